@@ -1,0 +1,116 @@
+"""ADD / CHECK / DEL / GC / STATUS of a whole conflist, as libcni runs them.
+
+Per-call data (container, netns, ifname, arguments) is an `Attachment`; the
+network is a parsed conflist plus its raw bytes, which the cache keeps so DEL
+and CHECK run against the config the attachment was made with.
+"""
+
+import dataclasses
+import os
+
+from .. import version
+from ..errors import CHECK_FAILED, CNIError
+from . import cache, conflist as conflists
+from .execute import exec_plugin, run_process
+
+
+@dataclasses.dataclass
+class Attachment:
+    container_id: str
+    netns: str
+    ifname: str = "eth0"
+    network: str = ""
+    args: list = dataclasses.field(default_factory=list)          # CNI_ARGS pairs
+    capability_args: dict = dataclasses.field(default_factory=dict)  # runtimeConfig
+
+
+class CNI:
+    def __init__(self, path: list, cache_dir: str = cache.DEFAULT_CACHE_DIR, runner=run_process):
+        self.path = list(path)
+        self.cache_dir = cache_dir
+        self.runner = runner
+
+    def _env(self, command: str, att: Attachment | None) -> dict:
+        env = dict(os.environ, CNI_COMMAND=command, CNI_PATH=os.pathsep.join(self.path))
+        for key in ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS"):
+            env.pop(key, None)
+        if att is not None:
+            env.update(CNI_CONTAINERID=att.container_id, CNI_IFNAME=att.ifname)
+            if att.netns:
+                env["CNI_NETNS"] = att.netns
+            if att.args:
+                env["CNI_ARGS"] = ";".join(f"{k}={v}" for k, v in att.args)
+        return env
+
+    def _run(self, command, conf, plugin, att, prev=None, extra=None):
+        runtime = att.capability_args if att else {}
+        config = conflists.plugin_config(conf, plugin, prev, runtime)
+        if extra:
+            config.update(extra)
+        return exec_plugin(plugin["type"], self._env(command, att), config, self.runner)
+
+    def add(self, conf: dict, raw: bytes, att: Attachment) -> dict:
+        att.network = conf["name"]
+        result = None
+        for plugin in conf["plugins"]:
+            output = self._run("ADD", conf, plugin, att, result)
+            if output is None:
+                raise CNIError(CHECK_FAILED, f"plug-in {plugin['type']} returned no result on ADD")
+            result = version.normalize_result(output)
+        cache.save(self.cache_dir, att, raw, result)
+        return result
+
+    def _cached(self, conf: dict, raw: bytes, att: Attachment) -> tuple:
+        """The config, raw bytes and result the attachment was made with, if cached."""
+        att.network = conf["name"]
+        entry = cache.load(self.cache_dir, att.network, att.container_id, att.ifname)
+        if entry is None:
+            return conf, raw, None
+        if entry.get("config"):
+            raw = entry["config"]
+            conf = conflists.parse(raw, "cached config")
+        if not att.args and entry.get("cniArgs"):
+            att.args = [tuple(pair) for pair in entry["cniArgs"]]
+        if not att.capability_args and entry.get("capabilityArgs"):
+            att.capability_args = entry["capabilityArgs"]
+        result = version.normalize_result(entry["result"]) if entry.get("result") else None
+        return conf, raw, result
+
+    def delete(self, conf: dict, raw: bytes, att: Attachment) -> None:
+        conf, raw, result = self._cached(conf, raw, att)
+        prev = result if version.at_least(conf["cniVersion"], "0.4.0") else None
+        for plugin in reversed(conf["plugins"]):
+            self._run("DEL", conf, plugin, att, prev)
+        cache.remove(self.cache_dir, att.network, att.container_id, att.ifname)
+
+    def check(self, conf: dict, raw: bytes, att: Attachment) -> None:
+        conf, raw, result = self._cached(conf, raw, att)
+        if not version.at_least(conf["cniVersion"], "0.4.0"):
+            raise CNIError(1, f"CHECK needs cniVersion 0.4.0 or later, {conf['name']} has {conf['cniVersion']}")
+        if conf.get("disableCheck"):
+            return
+        if result is None:
+            raise CNIError(CHECK_FAILED, f"no cached result for {att.container_id}/{att.ifname} on {conf['name']}")
+        for plugin in conf["plugins"]:
+            self._run("CHECK", conf, plugin, att, result)
+
+    def gc(self, conf: dict, raw: bytes, valid: list) -> list:
+        """DEL every cached attachment not in `valid` [(container, ifname)],
+        then let each plug-in collect what it still holds (spec 1.1.0)."""
+        keep = {tuple(v) for v in valid}
+        removed = []
+        for container_id, ifname in cache.entries(self.cache_dir, conf["name"]):
+            if (container_id, ifname) not in keep:
+                self.delete(conf, raw, Attachment(container_id, "", ifname))
+                removed.append((container_id, ifname))
+        if version.at_least(conf["cniVersion"], "1.1.0") and not conf.get("disableGC"):
+            listed = [{"containerID": c, "ifname": i} for c, i in sorted(keep)]
+            for plugin in conf["plugins"]:
+                self._run("GC", conf, plugin, None, extra={"cni.dev/valid-attachments": listed})
+        return removed
+
+    def status(self, conf: dict) -> None:
+        if not version.at_least(conf["cniVersion"], "1.1.0"):
+            return
+        for plugin in conf["plugins"]:
+            self._run("STATUS", conf, plugin, None)

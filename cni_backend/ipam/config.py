@@ -1,0 +1,143 @@
+"""The IPAM section of a network config, parsed and validated once.
+
+Accepts host-local's shapes: `ranges` (a list of range sets, each a list of
+ranges), or a single range given by `subnet`/`rangeStart`/`rangeEnd`/`gateway`
+at the top level. `runtimeConfig.ipRanges` replaces the ranges when present.
+"""
+
+import dataclasses
+import ipaddress
+
+from ..errors import CNIError, INVALID_CONFIG
+
+DEFAULT_DATA_DIR = "/var/lib/rancher-cni"
+
+
+def _bad(msg: str, details: str = "") -> CNIError:
+    return CNIError(INVALID_CONFIG, "ipam: " + msg, details)
+
+
+def parse_ip(value, what: str):
+    try:
+        return ipaddress.ip_address(str(value).split("/")[0])
+    except ValueError:
+        raise _bad(f"{what} {value!r} is not an IP address") from None
+
+
+def parse_network(value, what: str):
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        raise _bad(f"{what} {value!r} is not a CIDR such as 10.22.0.0/16") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
+    start: ipaddress.IPv4Address | ipaddress.IPv6Address
+    end: ipaddress.IPv4Address | ipaddress.IPv6Address
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+
+    @property
+    def pool(self) -> str:
+        """The key allocations live under: one pool per subnet per store."""
+        return str(self.subnet)
+
+    def in_subnet(self, ip) -> bool:
+        return ip.version == self.subnet.version and ip in self.subnet
+
+    def in_range(self, ip) -> bool:
+        return self.in_subnet(ip) and self.start <= ip <= self.end
+
+    def is_reserved_by_subnet(self, ip) -> bool:
+        """Network address, IPv4 broadcast and the gateway are never handed out."""
+        if ip == self.subnet.network_address or ip == self.gateway:
+            return True
+        return self.subnet.version == 4 and ip == self.subnet.broadcast_address
+
+
+def parse_range(raw) -> Range:
+    if not isinstance(raw, dict) or "subnet" not in raw:
+        raise _bad(f"a range must be an object with a 'subnet', got {raw!r}")
+    subnet = parse_network(raw["subnet"], "subnet")
+    smallest = 30 if subnet.version == 4 else 127
+    if subnet.prefixlen > smallest:
+        raise _bad(f"subnet {subnet} is too small", f"use a prefix of /{smallest} or shorter")
+    first = subnet.network_address + 1
+    last = subnet.broadcast_address - (1 if subnet.version == 4 else 0)
+    start = parse_ip(raw["rangeStart"], "rangeStart") if raw.get("rangeStart") else first
+    end = parse_ip(raw["rangeEnd"], "rangeEnd") if raw.get("rangeEnd") else last
+    gateway = parse_ip(raw["gateway"], "gateway") if raw.get("gateway") else first
+    for name, ip in (("rangeStart", start), ("rangeEnd", end), ("gateway", gateway)):
+        if ip.version != subnet.version or ip not in subnet:
+            raise _bad(f"{name} {ip} is not inside subnet {subnet}")
+    if start > end:
+        raise _bad(f"rangeStart {start} is after rangeEnd {end}")
+    return Range(subnet, max(start, first), min(end, last), gateway)
+
+
+def parse_range_sets(raw) -> list:
+    if not isinstance(raw, list) or not raw:
+        raise _bad("'ranges' must be a non-empty list of range sets (lists of ranges)")
+    sets = []
+    for range_set in raw:
+        if not isinstance(range_set, list) or not range_set:
+            raise _bad("each entry of 'ranges' must be a non-empty list of ranges")
+        sets.append([parse_range(r) for r in range_set])
+    every = [r for s in sets for r in s]
+    for i, a in enumerate(every):
+        for b in every[i + 1:]:
+            if a.subnet.version == b.subnet.version and a.start <= b.end and b.start <= a.end:
+                raise _bad(f"ranges {a.start}-{a.end} and {b.start}-{b.end} overlap")
+    return sets
+
+
+def parse_routes(raw) -> list:
+    routes = []
+    for route in raw or []:
+        if not isinstance(route, dict) or "dst" not in route:
+            raise _bad(f"a route must be an object with 'dst', got {route!r}")
+        parsed = {"dst": str(parse_network(route["dst"], "route dst"))}
+        if route.get("gw"):
+            parsed["gw"] = str(parse_ip(route["gw"], "route gw"))
+        routes.append(parsed)
+    return routes
+
+
+@dataclasses.dataclass
+class IPAMConfig:
+    range_sets: list
+    routes: list
+    exclude: list
+    dns: dict
+    data_dir: str
+
+    def is_excluded(self, ip) -> bool:
+        return any(ip.version == net.version and ip in net for net in self.exclude)
+
+
+def load(ipam: dict, runtime_config: dict) -> IPAMConfig:
+    if not isinstance(ipam, dict):
+        raise _bad("the 'ipam' section must be a JSON object")
+    if runtime_config.get("ipRanges"):
+        range_sets = parse_range_sets(runtime_config["ipRanges"])
+    elif ipam.get("ranges"):
+        range_sets = parse_range_sets(ipam["ranges"])
+    elif ipam.get("subnet"):
+        range_sets = parse_range_sets([[{k: ipam.get(k) for k in
+                                         ("subnet", "rangeStart", "rangeEnd", "gateway")}]])
+    else:
+        raise _bad("no address ranges", "set 'ranges' (or 'subnet') in the ipam section")
+    exclude = ipam.get("exclude") or []
+    if not isinstance(exclude, list):
+        raise _bad("'exclude' must be a list of addresses or CIDRs")
+    dns = ipam.get("dns") or {}
+    if not isinstance(dns, dict):
+        raise _bad("'dns' must be an object")
+    return IPAMConfig(
+        range_sets=range_sets,
+        routes=parse_routes(ipam.get("routes")),
+        exclude=[parse_network(e, "exclude entry") for e in exclude],
+        dns=dns,
+        data_dir=str(ipam.get("dataDir") or DEFAULT_DATA_DIR),
+    )

@@ -1,0 +1,155 @@
+"""Where allocations live: an interface, and the embedded SQLite store.
+
+Every change happens inside `transaction()`, which is exclusive and
+all-or-nothing, so parallel plug-in processes never hand out one address twice
+and a process killed mid-way leaves no half-made allocation. A distributed
+store (etcd) implements the same two classes with its own transactions.
+"""
+
+import abc
+import contextlib
+import dataclasses
+import os
+import sqlite3
+import time
+
+from ..errors import CNIError, IO_FAILURE, TRY_AGAIN_LATER
+
+
+@dataclasses.dataclass(frozen=True)
+class Allocation:
+    pool: str          # the subnet, e.g. "10.22.0.0/16"
+    ip: str
+    network: str       # the CNI network name (or the Docker-side owner)
+    container_id: str
+    ifname: str
+
+
+class Transaction(abc.ABC):
+    @abc.abstractmethod
+    def allocated(self, pool: str) -> dict:
+        """ip -> Allocation for every address held in `pool`."""
+
+    @abc.abstractmethod
+    def held_by(self, network: str, container_id: str, ifname: str) -> list:
+        ...
+
+    @abc.abstractmethod
+    def add(self, allocation: Allocation) -> None:
+        ...
+
+    @abc.abstractmethod
+    def remove(self, allocation: Allocation) -> None:
+        ...
+
+    @abc.abstractmethod
+    def all(self, network: str | None = None) -> list:
+        ...
+
+    @abc.abstractmethod
+    def cursor(self, pool: str) -> str | None:
+        """The address handed out last in `pool` (allocation resumes after it)."""
+
+    @abc.abstractmethod
+    def set_cursor(self, pool: str, ip: str) -> None:
+        ...
+
+
+class Store(abc.ABC):
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager:
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS allocations (
+    pool TEXT NOT NULL, ip TEXT NOT NULL, network TEXT NOT NULL,
+    container_id TEXT NOT NULL, ifname TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (pool, ip));
+CREATE INDEX IF NOT EXISTS allocations_by_owner
+    ON allocations (network, container_id, ifname);
+CREATE TABLE IF NOT EXISTS cursors (pool TEXT PRIMARY KEY, ip TEXT NOT NULL);
+"""
+_COLUMNS = "pool, ip, network, container_id, ifname"
+BUSY_TIMEOUT_S = 30
+
+
+class _SQLiteTransaction(Transaction):
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def _rows(self, where: str, params) -> list:
+        sql = f"SELECT {_COLUMNS} FROM allocations {where} ORDER BY pool, ip"
+        return [Allocation(*row) for row in self.db.execute(sql, params)]
+
+    def allocated(self, pool):
+        return {a.ip: a for a in self._rows("WHERE pool = ?", (pool,))}
+
+    def held_by(self, network, container_id, ifname):
+        return self._rows("WHERE network = ? AND container_id = ? AND ifname = ?",
+                          (network, container_id, ifname))
+
+    def add(self, allocation):
+        self.db.execute(f"INSERT INTO allocations ({_COLUMNS}, created) VALUES (?, ?, ?, ?, ?, ?)",
+                        (*dataclasses.astuple(allocation), time.time()))
+
+    def remove(self, allocation):
+        self.db.execute("DELETE FROM allocations WHERE pool = ? AND ip = ?",
+                        (allocation.pool, allocation.ip))
+
+    def all(self, network=None):
+        if network is None:
+            return self._rows("", ())
+        return self._rows("WHERE network = ?", (network,))
+
+    def cursor(self, pool):
+        row = self.db.execute("SELECT ip FROM cursors WHERE pool = ?", (pool,)).fetchone()
+        return row[0] if row else None
+
+    def set_cursor(self, pool, ip):
+        self.db.execute("INSERT OR REPLACE INTO cursors (pool, ip) VALUES (?, ?)", (pool, ip))
+
+
+class SQLiteStore(Store):
+    """One file per host; SQLite's write lock serialises allocating processes."""
+
+    FILENAME = "ipam.db"
+
+    def __init__(self, data_dir: str):
+        self.path = os.path.join(data_dir, self.FILENAME)
+        self.data_dir = data_dir
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            # WAL: readers never block the writer; NORMAL sync keeps commits atomic.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise CNIError(IO_FAILURE, f"cannot open the IPAM store {self.path}", str(exc)) from None
+        return db
+
+    @contextlib.contextmanager
+    def transaction(self):
+        db = self._connect()
+        try:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise CNIError(TRY_AGAIN_LATER, "the IPAM store is busy, try again",
+                               str(exc)) from None
+            try:
+                yield _SQLiteTransaction(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+
+def open_store(data_dir: str) -> Store:
+    """The store for `data_dir`; the one place that picks the implementation."""
+    return SQLiteStore(data_dir)

@@ -1,0 +1,1 @@
+"""Linux networking: namespaces, netlink (the only pyroute2 user) and firewall rules."""

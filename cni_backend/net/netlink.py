@@ -1,0 +1,226 @@
+"""Netlink through pyroute2: the only module of the project that imports it.
+
+Every helper takes an open `IPRoute` bound to one namespace (see `socket_in`),
+turns netlink errors into `CNIError`s that name the object and the errno, and
+tolerates "already exists" / "already gone" where the caller wants idempotence.
+"""
+
+import contextlib
+import errno
+import ipaddress
+import os
+import secrets
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import CNIError, INTERFACE_EXISTS, KERNEL_FEATURE_MISSING, NETLINK_FAILURE
+from . import netns
+
+IFF_PROMISC = 0x100
+# Bridge VLAN info flags (linux/if_bridge.h).
+BRIDGE_VLAN_INFO_PVID = 0x2
+BRIDGE_VLAN_INFO_UNTAGGED = 0x4
+
+
+def _fail(what: str, exc: NetlinkError) -> CNIError:
+    return CNIError(NETLINK_FAILURE, f"{what}: {os.strerror(exc.code)}", f"errno {exc.code}")
+
+
+@contextlib.contextmanager
+def socket_in(netns_path: str | None = None):
+    """An IPRoute bound to the namespace at `netns_path` (None: ours).
+
+    The socket is created inside the target namespace and keeps working there
+    after we come back, so no thread or child process is needed."""
+    if netns_path:
+        with netns.entered(netns_path):
+            ipr = IPRoute()
+    else:
+        ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def link(ipr, name: str):
+    """The link message for `name`, or None."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise _fail(f"looking up {name}", exc) from None
+
+
+def link_by_index(ipr, index: int):
+    try:
+        return ipr.link("get", index=index)[0]
+    except NetlinkError:
+        return None
+
+
+def kind(link_msg) -> str | None:
+    return link_msg.get(("linkinfo", "kind"))
+
+
+def describe(link_msg) -> dict:
+    return {"name": link_msg.get("ifname"), "index": link_msg["index"],
+            "mac": link_msg.get("address"), "mtu": link_msg.get("mtu"),
+            "master": link_msg.get("master"), "kind": kind(link_msg),
+            "up": bool(link_msg["flags"] & 1)}
+
+
+def ensure_bridge(ipr, name: str, mtu: int | None, promisc: bool) -> dict:
+    """The bridge `name`, created if missing; an existing non-bridge is an error."""
+    existing = link(ipr, name)
+    if existing is None:
+        spec = {"ifname": name, "kind": "bridge"}
+        if mtu:
+            spec["mtu"] = mtu
+        try:
+            ipr.link("add", **spec)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:  # another ADD made it meanwhile: fine
+                raise _fail(f"creating bridge {name}", exc) from None
+        existing = link(ipr, name)
+    if existing is None or kind(existing) != "bridge":
+        raise CNIError(NETLINK_FAILURE, f"{name} already exists and is a {kind(existing) or 'device'}, not a bridge",
+                       "choose another 'bridge' name in the network config")
+    index = existing["index"]
+    try:
+        if promisc:
+            ipr.link("set", index=index, flags=IFF_PROMISC, change=IFF_PROMISC)
+        ipr.link("set", index=index, state="up")
+    except NetlinkError as exc:
+        raise _fail(f"setting up bridge {name}", exc) from None
+    return describe(existing)
+
+
+def enable_vlan_filtering(ipr, bridge_index: int, bridge_name: str) -> None:
+    try:
+        ipr.link("set", index=bridge_index, kind="bridge", br_vlan_filtering=1)
+    except NetlinkError as exc:
+        if exc.code in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise CNIError(KERNEL_FEATURE_MISSING,
+                           f"cannot enable VLAN filtering on {bridge_name}: this kernel lacks bridge vlan_filtering",
+                           "build the kernel with CONFIG_BRIDGE_VLAN_FILTERING or drop the 'vlan' option") from None
+        raise _fail(f"enabling VLAN filtering on {bridge_name}", exc) from None
+    if not link(ipr, bridge_name).get(("linkinfo", "data", "br_vlan_filtering")):
+        raise CNIError(KERNEL_FEATURE_MISSING,
+                       f"VLAN filtering did not take effect on {bridge_name}: this kernel lacks bridge vlan_filtering")
+
+
+def set_port_vlan(ipr, index: int, vlan: int) -> None:
+    flags = BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED
+    try:
+        ipr.vlan_filter("add", index=index, vlan_info={"vid": vlan, "flags": flags})
+        ipr.vlan_filter("del", index=index, vlan_info={"vid": 1})
+    except NetlinkError as exc:
+        raise _fail(f"setting VLAN {vlan} on port {index}", exc) from None
+
+
+def create_veth(ipr, peer_name: str, peer_netns_fd: int, mtu: int | None, sandbox_ipr) -> str:
+    """A veth pair: a random `veth…` name here, `peer_name` inside the sandbox."""
+    for _ in range(8):
+        host_name = "veth" + secrets.token_hex(4)
+        spec = {"ifname": host_name, "kind": "veth",
+                "peer": {"ifname": peer_name, "net_ns_fd": peer_netns_fd}}
+        if mtu:
+            spec["mtu"] = mtu
+            spec["peer"]["mtu"] = mtu
+        try:
+            ipr.link("add", **spec)
+            return host_name
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST and link(sandbox_ipr, peer_name) is not None:
+                raise CNIError(INTERFACE_EXISTS, f"interface {peer_name} already exists in the sandbox") from None
+            if exc.code != errno.EEXIST or link(ipr, host_name) is None:
+                raise _fail(f"creating veth pair for {peer_name}", exc) from None
+    raise CNIError(NETLINK_FAILURE, "could not find a free veth name")
+
+
+def configure_port(ipr, name: str, bridge_index: int, hairpin: bool) -> dict:
+    """Enslave the host end to the bridge and bring it up."""
+    port = describe(link(ipr, name))
+    try:
+        ipr.link("set", index=port["index"], master=bridge_index)
+        if hairpin:
+            ipr.brport("set", index=port["index"], mode=1)
+        ipr.link("set", index=port["index"], state="up")
+    except NetlinkError as exc:
+        raise _fail(f"attaching {name} to the bridge", exc) from None
+    return dict(port, master=bridge_index, up=True)
+
+
+def bring_up(ipr, name: str, mac: str | None = None) -> dict:
+    found = describe(link(ipr, name))
+    try:
+        if mac:
+            ipr.link("set", index=found["index"], address=mac)
+        ipr.link("set", index=found["index"], state="up")
+    except NetlinkError as exc:
+        raise _fail(f"setting up {name}" + (f" with MAC {mac}" if mac else ""), exc) from None
+    return dict(found, mac=mac or found["mac"], up=True)
+
+
+def addresses(ipr, index: int) -> list:
+    """Addresses on the link as interfaces, e.g. IPv4Interface('10.0.0.2/24')."""
+    found = []
+    for msg in ipr.get_addr(index=index):
+        found.append(ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}"))
+    return found
+
+
+def add_address(ipr, index: int, cidr: str) -> None:
+    iface = ipaddress.ip_interface(cidr)
+    try:
+        ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise _fail(f"adding address {cidr}", exc) from None
+
+
+def delete_address(ipr, index: int, cidr: str) -> None:
+    iface = ipaddress.ip_interface(cidr)
+    try:
+        ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except NetlinkError as exc:
+        if exc.code not in (errno.EADDRNOTAVAIL, errno.ENODEV):
+            raise _fail(f"removing address {cidr}", exc) from None
+
+
+def add_route(ipr, dst: str, gateway: str | None, index: int) -> None:
+    network = ipaddress.ip_network(dst)
+    spec = {"dst": str(network.network_address), "dst_len": network.prefixlen,
+            "oif": index, "family": 10 if network.version == 6 else 2}
+    if gateway:
+        spec["gateway"] = gateway
+    try:
+        ipr.route("add", **spec)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            via = f" via {gateway}" if gateway else ""
+            raise _fail(f"adding route {dst}{via}", exc) from None
+
+
+def routes(ipr, index: int) -> list:
+    """(dst CIDR, gateway or None) for every route through the link."""
+    found = []
+    for family in (2, 10):
+        for msg in ipr.get_routes(family=family, oif=index, table=254):
+            dst = msg.get("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
+            found.append((str(ipaddress.ip_network(f"{dst}/{msg['dst_len']}")), msg.get("RTA_GATEWAY")))
+    return found
+
+
+def delete_link(ipr, name: str) -> bool:
+    """Delete `name` if present; True when something was deleted."""
+    try:
+        ipr.link("del", ifname=name)
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return False
+        raise _fail(f"deleting {name}", exc) from None
+    return True

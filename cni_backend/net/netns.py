@@ -1,0 +1,61 @@
+"""Entering network namespaces, with the standard library only.
+
+`entered()` moves the whole process with setns(2), which is only safe in a
+single-threaded process: our CNI executables and the daemon's forked workers
+are; a threaded server must call the executables instead.
+"""
+
+import contextlib
+import ctypes
+import errno
+import os
+
+CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+class NetnsGone(Exception):
+    """The namespace path does not exist (or is not a namespace any more)."""
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def open_netns(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsGone(path) from None
+
+
+@contextlib.contextmanager
+def entered(path: str):
+    """Run the body inside the namespace at `path`, then come back."""
+    target = open_netns(path)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _setns(target)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # a stale path that is not a netns
+                raise NetnsGone(path) from None
+            raise
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def write_sysctl(path: str, value: str) -> None:
+    """Write /proc/sys/<path> (e.g. "net/ipv4/ip_forward") in the current namespace."""
+    with open("/proc/sys/" + path, "w") as f:
+        f.write(value)

@@ -1,0 +1,13 @@
+"""Our CNI plug-ins, by executable name. Imported lazily: the thick front must
+not pay for pyroute2 when a daemon does the work."""
+
+import importlib
+
+PLUGINS = {
+    "rancher-bridge": "cni_backend.plugins.bridge",
+    "rancher-ipam": "cni_backend.plugins.ipam",
+}
+
+
+def load(name: str):
+    return importlib.import_module(PLUGINS[name])

@@ -1,0 +1,290 @@
+"""rancher-bridge: the reference bridge plug-in's behaviour, idempotent and
+undone on failure.
+
+A veth pair joins the sandbox to a Linux bridge; the IPAM plug-in picks the
+addresses; with isGateway the bridge carries the gateway address; rules let the
+traffic through Docker's FORWARD DROP policy and masquerade it with ipMasq.
+"""
+
+import contextlib
+import dataclasses
+import ipaddress
+import os
+import re
+
+from .. import delegate
+from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG, UNKNOWN_CONTAINER
+from ..net import firewall, netlink, netns
+from ..skel import IFNAME_MAX
+from ..version import CURRENT
+
+MAC_PATTERN = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
+
+
+@dataclasses.dataclass
+class BridgeConf:
+    bridge: str
+    is_gateway: bool
+    is_default_gateway: bool
+    force_address: bool
+    ip_masq: bool
+    mtu: int | None
+    hairpin: bool
+    promisc: bool
+    vlan: int
+    macspoofchk: bool
+    mac: str | None
+
+
+def _flag(config: dict, key: str) -> bool:
+    value = config.get(key, False)
+    if not isinstance(value, bool):
+        raise CNIError(INVALID_CONFIG, f"'{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _int(config: dict, key: str, low: int, high: int):
+    value = config.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise CNIError(INVALID_CONFIG, f"'{key}' must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _requested_mac(req) -> str | None:
+    mac = req.runtime_config.get("mac") or req.args_cni.get("mac") or req.args.get("MAC")
+    if mac is None:
+        return None
+    if not isinstance(mac, str) or not MAC_PATTERN.match(mac) or int(mac[:2], 16) & 1:
+        raise CNIError(INVALID_CONFIG, f"requested MAC {mac!r} is not a unicast MAC address",
+                       "expected six hex pairs separated by ':', first octet even")
+    return mac.lower()
+
+
+def load_conf(req) -> BridgeConf:
+    config = req.config
+    bridge = config.get("bridge", "cni0")
+    if not isinstance(bridge, str) or not bridge or len(bridge) > IFNAME_MAX or "/" in bridge or " " in bridge:
+        raise CNIError(INVALID_CONFIG, f"'bridge' {bridge!r} is not a valid interface name")
+    ipam = config.get("ipam")
+    if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str) or not ipam["type"]:
+        raise CNIError(INVALID_CONFIG, "the 'ipam' section with a 'type' is required",
+                       'e.g. "ipam": {"type": "rancher-ipam", "ranges": [[{"subnet": "10.22.0.0/16"}]]}')
+    is_default_gateway = _flag(config, "isDefaultGateway")
+    return BridgeConf(
+        bridge=bridge,
+        is_gateway=_flag(config, "isGateway") or is_default_gateway,
+        is_default_gateway=is_default_gateway,
+        force_address=_flag(config, "forceAddress"),
+        ip_masq=_flag(config, "ipMasq"),
+        mtu=_int(config, "mtu", 68, 65535),
+        hairpin=_flag(config, "hairpinMode"),
+        promisc=_flag(config, "promiscMode"),
+        vlan=_int(config, "vlan", 0, 4094) or 0,
+        macspoofchk=_flag(config, "macspoofchk"),
+        mac=_requested_mac(req),
+    )
+
+
+def _tag(req) -> str:
+    return firewall.attachment_tag(req.network, req.container_id, req.ifname)
+
+
+# -- ADD ------------------------------------------------------------------
+
+def add(req) -> dict:
+    conf = load_conf(req)
+    sandbox = req.netns_path_for_use()
+    with contextlib.ExitStack() as undo:
+        try:
+            netns_fd = netns.open_netns(sandbox)
+        except netns.NetnsGone:
+            raise CNIError(UNKNOWN_CONTAINER, f"network namespace {req.netns} does not exist") from None
+        undo.callback(os.close, netns_fd)
+        with netlink.socket_in() as host, netlink.socket_in(sandbox) as inside:
+            bridge = netlink.ensure_bridge(host, conf.bridge, conf.mtu, conf.promisc)
+            if conf.vlan:
+                netlink.enable_vlan_filtering(host, bridge["index"], conf.bridge)
+            with contextlib.ExitStack() as rollback:
+                # The veth first: if the interface exists (a repeated ADD), we
+                # fail before IPAM, so the rollback cannot free its address.
+                host_name = netlink.create_veth(host, req.ifname, netns_fd, conf.mtu, inside)
+                rollback.callback(netlink.delete_link, host, host_name)
+                ipam = delegate.add(req)
+                rollback.callback(delegate.delete, req)
+                port = netlink.configure_port(host, host_name, bridge["index"], conf.hairpin)
+                if conf.vlan:
+                    netlink.set_port_vlan(host, port["index"], conf.vlan)
+                routes = _container_routes(conf, ipam)
+                container = _configure_sandbox(inside, sandbox, req.ifname, conf.mac, ipam["ips"], routes)
+                if conf.is_gateway:
+                    _ensure_gateway(host, bridge, ipam["ips"], conf.force_address)
+                rollback.callback(firewall.remove_attachment_rules, _tag(req))
+                firewall.add_attachment_rules(_tag(req), conf.bridge,
+                                              [ip["address"] for ip in ipam["ips"]], conf.ip_masq)
+                if conf.macspoofchk:
+                    rollback.callback(firewall.remove_mac_filter, _tag(req))
+                    firewall.add_mac_filter(_tag(req), host_name, container["mac"])
+                rollback.pop_all()
+            bridge = netlink.describe(netlink.link_by_index(host, bridge["index"]))
+    interfaces = [
+        {"name": conf.bridge, "mac": bridge["mac"]},
+        {"name": host_name, "mac": port["mac"]},
+        {"name": req.ifname, "mac": container["mac"], "mtu": container["mtu"], "sandbox": req.netns},
+    ]
+    ips = [dict(ip, interface=2) for ip in ipam["ips"]]
+    return {"cniVersion": CURRENT, "interfaces": interfaces, "ips": ips,
+            "routes": routes, "dns": ipam.get("dns") or {}}
+
+
+def _container_routes(conf: BridgeConf, ipam: dict) -> list:
+    routes = [dict(r) for r in ipam.get("routes") or []]
+    if conf.is_default_gateway:
+        for ip in ipam["ips"]:
+            if not ip.get("gateway"):
+                continue
+            default = "0.0.0.0/0" if ipaddress.ip_address(ip["gateway"]).version == 4 else "::/0"
+            if not any(r["dst"] == default for r in routes):
+                routes.append({"dst": default, "gw": ip["gateway"]})
+    return routes
+
+
+def _gateway_for(ips: list, dst: str) -> str | None:
+    family = ipaddress.ip_network(dst).version
+    return next((ip["gateway"] for ip in ips if ip.get("gateway")
+                 and ipaddress.ip_address(ip["gateway"]).version == family), None)
+
+
+def _configure_sandbox(inside, sandbox: str, ifname: str, mac, ips: list, routes: list) -> dict:
+    if any(ipaddress.ip_interface(ip["address"]).version == 6 for ip in ips):
+        with netns.entered(sandbox):
+            _enable_ipv6_without_dad(ifname)
+    link = netlink.bring_up(inside, ifname, mac)
+    for ip in ips:
+        netlink.add_address(inside, link["index"], ip["address"])
+    for route in routes:
+        netlink.add_route(inside, route["dst"], route.get("gw") or _gateway_for(ips, route["dst"]),
+                          link["index"])
+    return link
+
+
+def _enable_ipv6_without_dad(ifname: str) -> None:
+    # Docker disables IPv6 in sandboxes that did not ask for it, and duplicate
+    # address detection would leave the address unusable for a second or two.
+    for key, value in (("disable_ipv6", "0"), ("accept_dad", "0")):
+        try:
+            netns.write_sysctl(f"net/ipv6/conf/{ifname}/{key}", value)
+        except FileNotFoundError:
+            pass  # a kernel without IPv6: adding the address will say so
+
+
+def _ensure_gateway(host, bridge: dict, ips: list, force: bool) -> None:
+    present = netlink.addresses(host, bridge["index"])
+    for ip in ips:
+        if not ip.get("gateway"):
+            continue
+        wanted = ipaddress.ip_interface(f"{ip['gateway']}/{ipaddress.ip_interface(ip['address']).network.prefixlen}")
+        clashing = [a for a in present if a.version == wanted.version
+                    and a.network.overlaps(wanted.network) and a != wanted]
+        for other in clashing:
+            if not force:
+                raise CNIError(INVALID_CONFIG, f"bridge {bridge['name']} already has address {other}, not {wanted}",
+                               "set forceAddress to replace it, or use another bridge")
+            netlink.delete_address(host, bridge["index"], str(other))
+        netlink.add_address(host, bridge["index"], str(wanted))
+        netns.write_sysctl("net/ipv4/ip_forward" if wanted.version == 4 else "net/ipv6/conf/all/forwarding", "1")
+
+
+# -- DEL ------------------------------------------------------------------
+
+def delete(req) -> None:
+    conf = load_conf(req)
+    with netlink.socket_in() as host:
+        if req.netns:
+            try:
+                with netlink.socket_in(req.netns_path_for_use()) as inside:
+                    netlink.delete_link(inside, req.ifname)
+            except netns.NetnsGone:
+                pass  # the sandbox and with it our veth are gone already
+        for iface in _host_interfaces(req.prev_result, conf):
+            netlink.delete_link(host, iface)
+    firewall.remove_attachment_rules(_tag(req), _families(req.prev_result))
+    if conf.macspoofchk:
+        firewall.remove_mac_filter(_tag(req))
+    delegate.delete(req)
+
+
+def _families(prev: dict | None) -> tuple:
+    """IP families whose rules DEL must look at: those of prevResult, else both."""
+    if not prev or not prev.get("ips"):
+        return (4, 6)
+    return tuple(sorted({ipaddress.ip_interface(ip["address"]).version for ip in prev["ips"]}))
+
+
+def _host_interfaces(prev: dict | None, conf: BridgeConf) -> list:
+    """Host-side veth names recorded in prevResult (never the bridge)."""
+    if not prev:
+        return []
+    return [i["name"] for i in prev.get("interfaces", [])
+            if not i.get("sandbox") and i.get("name") != conf.bridge and i.get("name", "").startswith("veth")]
+
+
+# -- CHECK ----------------------------------------------------------------
+
+def check(req) -> None:
+    conf = load_conf(req)
+    prev = req.prev_result
+    if not prev:
+        raise CNIError(CHECK_FAILED, "CHECK needs the ADD result as prevResult")
+    mine = [(n, i) for n, i in enumerate(prev.get("interfaces", []))
+            if i.get("name") == req.ifname and i.get("sandbox")]
+    if not mine:
+        raise CNIError(CHECK_FAILED, f"prevResult has no interface {req.ifname} in a sandbox")
+    position, expected = mine[0]
+    try:
+        with netlink.socket_in(req.netns_path_for_use()) as inside:
+            _check_sandbox(inside, req, prev, position, expected)
+    except netns.NetnsGone:
+        raise CNIError(UNKNOWN_CONTAINER, f"network namespace {req.netns} does not exist") from None
+    with netlink.socket_in() as host:
+        _check_host(host, conf, prev)
+    delegate.check(req)
+
+
+def _check_sandbox(inside, req, prev, position, expected) -> None:
+    link = netlink.link(inside, req.ifname)
+    if link is None:
+        raise CNIError(CHECK_FAILED, f"interface {req.ifname} is missing from {req.netns}")
+    found = netlink.describe(link)
+    if expected.get("mac") and found["mac"] != expected["mac"].lower():
+        raise CNIError(CHECK_FAILED, f"{req.ifname} has MAC {found['mac']}, expected {expected['mac']}")
+    present = {str(a) for a in netlink.addresses(inside, found["index"])}
+    for ip in prev.get("ips", []):
+        if ip.get("interface", position) == position and str(ipaddress.ip_interface(ip["address"])) not in present:
+            raise CNIError(CHECK_FAILED, f"address {ip['address']} is missing from {req.ifname}")
+    installed = netlink.routes(inside, found["index"])
+    for route in prev.get("routes", []):
+        dst = str(ipaddress.ip_network(route["dst"]))
+        if not any(d == dst and (not route.get("gw") or g == route["gw"]) for d, g in installed):
+            raise CNIError(CHECK_FAILED, f"route {route['dst']} is missing from {req.ifname}")
+
+
+def _check_host(host, conf: BridgeConf, prev: dict) -> None:
+    bridge = netlink.link(host, conf.bridge)
+    if bridge is None or netlink.kind(bridge) != "bridge":
+        raise CNIError(CHECK_FAILED, f"bridge {conf.bridge} is missing")
+    for name in _host_interfaces(prev, conf):
+        port = netlink.link(host, name)
+        if port is None or port.get("master") != bridge["index"]:
+            raise CNIError(CHECK_FAILED, f"host interface {name} is missing or not on {conf.bridge}")
+
+
+# -- GC / STATUS ----------------------------------------------------------
+
+def gc(req) -> None:
+    delegate.gc(req)
+
+
+def status(req) -> None:
+    delegate.status(req)

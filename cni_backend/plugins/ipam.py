@@ -1,0 +1,83 @@
+"""rancher-ipam: host-local's config, backed by the shared allocation store."""
+
+import ipaddress
+
+from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG, NOT_AVAILABLE
+from ..ipam import allocator, config as ipam_config
+from ..ipam.store import open_store
+from ..version import CURRENT
+
+
+def load_conf(req):
+    return ipam_config.load(req.config.get("ipam"), req.runtime_config)
+
+
+def _owner(req) -> tuple:
+    return (req.network, req.container_id, req.ifname)
+
+
+def _prefix_of(conf, ip: str) -> tuple:
+    address = ipaddress.ip_address(ip)
+    for range_set in conf.range_sets:
+        for rng in range_set:
+            if rng.in_subnet(address):
+                return rng.subnet.prefixlen, rng.gateway
+    raise CNIError(INVALID_CONFIG, f"address {ip} is outside the configured ranges")
+
+
+def add(req) -> dict:
+    conf = load_conf(req)
+    wanted = allocator.requested_ips(req.args, req.args_cni, req.runtime_config)
+    with open_store(conf.data_dir).transaction() as txn:
+        allocations = allocator.allocate(txn, conf, _owner(req), wanted)
+    ips = []
+    for allocation in allocations:
+        prefix, gateway = _prefix_of(conf, allocation.ip)
+        entry = {"address": f"{allocation.ip}/{prefix}"}
+        if gateway is not None:
+            entry["gateway"] = str(gateway)
+        ips.append(entry)
+    return {"cniVersion": CURRENT, "ips": ips, "routes": list(conf.routes), "dns": dict(conf.dns)}
+
+
+def delete(req) -> None:
+    conf = load_conf(req)
+    with open_store(conf.data_dir).transaction() as txn:
+        allocator.release(txn, _owner(req))
+
+
+def check(req) -> None:
+    conf = load_conf(req)
+    with open_store(conf.data_dir).transaction() as txn:
+        held = {a.ip for a in txn.held_by(*_owner(req))}
+    expected = {ip["address"].split("/")[0] for ip in (req.prev_result or {}).get("ips", [])}
+    if not held:
+        raise CNIError(CHECK_FAILED, f"no address is allocated to {req.container_id}/{req.ifname}")
+    if expected and not expected <= held:
+        raise CNIError(CHECK_FAILED, "allocated addresses differ from the previous result",
+                       f"allocated {sorted(held)}, previous result {sorted(expected)}")
+
+
+def valid_attachments(req) -> set:
+    raw = req.config.get("cni.dev/valid-attachments")
+    if not isinstance(raw, list):
+        raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments, a list")
+    try:
+        return {(a["containerID"], a["ifname"]) for a in raw}
+    except (TypeError, KeyError):
+        raise CNIError(INVALID_CONFIG, "each valid attachment needs containerID and ifname") from None
+
+
+def gc(req) -> None:
+    conf = load_conf(req)
+    with open_store(conf.data_dir).transaction() as txn:
+        allocator.collect_garbage(txn, req.network, valid_attachments(req))
+
+
+def status(req) -> None:
+    conf = load_conf(req)
+    try:
+        with open_store(conf.data_dir).transaction() as txn:
+            txn.all(req.network)
+    except CNIError as exc:
+        raise CNIError(NOT_AVAILABLE, "the IPAM store cannot be used", str(exc)) from None

@@ -1,0 +1,119 @@
+"""The thick plug-in daemon: a pre-loaded parent that forks one worker per call.
+
+Importing pyroute2 costs ~150 ms; paying it once here makes each CNI call cost
+a fork. A worker is a single-threaded process like the executable would be, so
+it may setns(2) freely, and a worker that dies takes only its own call with it.
+"""
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+
+from . import skel, wire
+from .plugins import PLUGINS, load
+
+log = logging.getLogger("rancher-cni")
+
+
+def _preload() -> None:
+    for name in PLUGINS:
+        load(name)
+    from .net import netlink  # noqa: F401  (pyroute2 itself)
+
+
+def _serve_one(conn: socket.socket) -> None:
+    """Runs in the forked worker."""
+    request, fds = wire.receive(conn, with_fds=True)
+    if request is None:
+        return
+    plugin = request.get("plugin")
+    env = request.get("env") or {}
+    stdin = request.get("stdin", "").encode("utf-8", "surrogateescape")
+    if plugin not in PLUGINS:
+        reply = {"stdout": "", "code": 1, "stderr": f"unknown plug-in {plugin!r}\n"}
+    else:
+        stdout, code, stderr = skel.dispatch(load(plugin), env, stdin, fds[0] if fds else None)
+        reply = {"stdout": stdout, "code": code, "stderr": stderr}
+        log.info("%s %s %s/%s -> %s", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "")[:12],
+                 env.get("CNI_IFNAME", ""), code)
+    wire.send(conn, reply)
+
+
+def _fork_worker(conn: socket.socket, listener: socket.socket) -> None:
+    pid = os.fork()
+    if pid:
+        conn.close()
+        return
+    code = 0
+    try:
+        listener.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _serve_one(conn)
+    except BaseException:  # noqa: BLE001 - a worker must never return into the accept loop
+        log.exception("worker failed")
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def bind(path: str) -> socket.socket:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # the socket is root's only: it runs netlink for callers
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old_umask)
+    listener.listen(128)
+    return listener
+
+
+def serve(path: str = wire.DEFAULT_SOCKET, ready=None) -> None:
+    """Serve until SIGTERM/SIGINT; removes the socket on the way out."""
+    _preload()
+    listener = bind(path)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    log.info("rancher-cni daemon listening on %s", path)
+    if ready:
+        ready()
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    try:
+        while not stopping:
+            for _ in selector.select(timeout=1.0):
+                try:
+                    conn, _ = listener.accept()
+                except OSError as exc:
+                    if exc.errno in (errno.EINTR, errno.EAGAIN):
+                        continue
+                    raise
+                _fork_worker(conn, listener)
+            _reap()
+    finally:
+        selector.close()
+        listener.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        _reap()

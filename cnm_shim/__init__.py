@@ -1,0 +1,1 @@
+"""The Docker side: libnetwork's remote NetworkDriver and IpamDriver over CNI."""

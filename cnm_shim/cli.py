@@ -1,0 +1,122 @@
+"""`cnm-shim`: the project's command line."""
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+
+from cni_backend import version
+from cni_backend.errors import CNIError
+from cni_backend.invoke import api, conflist
+
+DEFAULT_CNI_PATH = "/opt/cni/bin"
+
+
+def _netns_path(netns: str) -> str:
+    return netns if "/" in netns else os.path.join("/var/run/netns", netns)
+
+
+def _parse_args_pairs(text: str) -> list:
+    pairs = []
+    for item in filter(None, (text or "").split(";")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--args: {item!r} is not KEY=VALUE")
+        pairs.append((key, value))
+    return pairs
+
+
+def _cni(opts) -> api.CNI:
+    path = (opts.cni_path or os.environ.get("CNI_PATH") or DEFAULT_CNI_PATH).split(os.pathsep)
+    return api.CNI(path, cache_dir=opts.cache_dir)
+
+
+def cmd_cni(opts) -> int:
+    conf_dir = opts.conf_dir or os.environ.get("NETCONFPATH") or conflist.DEFAULT_CONF_DIR
+    conf, raw = conflist.find(opts.network, conf_dir)
+    cni = _cni(opts)
+    if opts.action == "gc":
+        valid = [tuple(v.split("/", 1)) for v in opts.valid]
+        for container_id, ifname in cni.gc(conf, raw, valid):
+            print(f"removed {container_id}/{ifname}")
+        return 0
+    if opts.action == "status":
+        cni.status(conf)
+        return 0
+    if not opts.netns:
+        raise SystemExit(f"cnm-shim cni {opts.action}: NETNS is required")
+    netns = _netns_path(opts.netns)
+    container_id = opts.container_id or "cnm-" + hashlib.sha256(netns.encode()).hexdigest()[:20]
+    try:
+        capability_args = json.loads(opts.cap_args) if opts.cap_args else {}
+    except ValueError as exc:
+        raise SystemExit(f"--cap-args is not JSON: {exc}")
+    att = api.Attachment(container_id, netns, opts.ifname,
+                         args=_parse_args_pairs(opts.args), capability_args=capability_args)
+    if opts.action == "add":
+        result = cni.add(conf, raw, att)
+        print(json.dumps(version.convert_result(result, conf["cniVersion"]), indent=2))
+    elif opts.action == "check":
+        cni.check(conf, raw, att)
+    else:
+        cni.delete(conf, raw, att)
+    return 0
+
+
+def cmd_cni_server(opts) -> int:
+    from cni_backend import server
+    server.serve(opts.socket)
+    return 0
+
+
+def cmd_install_cni(opts) -> int:
+    from cni_backend import install
+    for path in install.write_executables(opts.dir):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cnm-shim", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("CNM_SHIM_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cni = sub.add_parser("cni", help="run a CNI network's plug-ins like a runtime does (cnitool)")
+    cni.add_argument("action", choices=["add", "check", "del", "gc", "status"])
+    cni.add_argument("network", help="network name in the config dir, or a conflist file")
+    cni.add_argument("netns", nargs="?", help="netns name (under /var/run/netns) or path")
+    cni.add_argument("--ifname", default="eth0")
+    cni.add_argument("--container-id")
+    cni.add_argument("--args", default=os.environ.get("CNI_ARGS", ""), help="CNI_ARGS, K=V;K=V")
+    cni.add_argument("--cap-args", default=os.environ.get("CAP_ARGS", ""), help="runtimeConfig as JSON")
+    cni.add_argument("--conf-dir", help=f"default $NETCONFPATH or {conflist.DEFAULT_CONF_DIR}")
+    cni.add_argument("--cni-path", help=f"default $CNI_PATH or {DEFAULT_CNI_PATH}")
+    cni.add_argument("--cache-dir", default=api.cache.DEFAULT_CACHE_DIR)
+    cni.add_argument("--valid", action="append", default=[], metavar="CONTAINER/IFNAME",
+                     help="for gc: an attachment to keep (repeatable)")
+    cni.set_defaults(func=cmd_cni)
+
+    daemon = sub.add_parser("cni-server", help="run the daemon the CNI executables hand their work to")
+    daemon.add_argument("--socket", default=os.environ.get("RANCHER_CNI_SOCKET", "/run/rancher-cni/cni.sock"))
+    daemon.set_defaults(func=cmd_cni_server)
+
+    inst = sub.add_parser("install-cni", help="write the CNI executables into a plug-in directory")
+    inst.add_argument("--dir", default=DEFAULT_CNI_PATH)
+    inst.set_defaults(func=cmd_install_cni)
+    return parser
+
+
+def main(argv=None) -> int:
+    opts = build_parser().parse_args(argv)
+    logging.basicConfig(level=opts.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return opts.func(opts)
+    except CNIError as exc:
+        print(f"cnm-shim: error {exc.code}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

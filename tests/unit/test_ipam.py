@@ -1,0 +1,156 @@
+"""Address allocation against the real SQLite store, in a temp dir (no root)."""
+
+import ipaddress
+import multiprocessing
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from cni_backend.errors import CNIError
+from cni_backend.ipam import allocator, config
+from cni_backend.ipam.store import SQLiteStore
+
+
+def conf(tmp_path, **ipam):
+    ipam.setdefault("ranges", [[{"subnet": "10.9.0.0/29"}]])
+    return config.load(dict(ipam, dataDir=str(tmp_path)), {})
+
+
+def alloc(store, c, owner, wanted=()):
+    with store.transaction() as txn:
+        return allocator.allocate(txn, c, owner, [ipaddress.ip_address(w) for w in wanted])
+
+
+def test_small_subnet_hands_out_every_host_but_gateway_then_is_exhausted(tmp_path):
+    c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
+    got = [alloc(store, c, ("n", f"c{i}", "eth0"))[0].ip for i in range(5)]
+    assert got == ["10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.0.6"]
+    with pytest.raises(CNIError) as err:
+        alloc(store, c, ("n", "c9", "eth0"))
+    assert err.value.code == 102 and "no free address" in err.value.msg
+
+
+def test_same_container_and_ifname_get_their_address_back(tmp_path):
+    c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
+    first = alloc(store, c, ("n", "c1", "eth0"))
+    assert alloc(store, c, ("n", "c1", "eth0")) == first
+    assert alloc(store, c, ("n", "c1", "eth1")) != first
+
+
+def test_excluded_addresses_and_range_bounds_are_honoured(tmp_path):
+    c = conf(tmp_path, ranges=[[{"subnet": "10.9.0.0/24", "rangeStart": "10.9.0.10",
+                                 "rangeEnd": "10.9.0.13"}]], exclude=["10.9.0.11", "10.9.0.12/32"])
+    store = SQLiteStore(str(tmp_path))
+    got = [alloc(store, c, ("n", f"c{i}", "eth0"))[0].ip for i in range(2)]
+    assert got == ["10.9.0.10", "10.9.0.13"]
+
+
+def test_requested_address_is_given_and_then_refused_to_others(tmp_path):
+    c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
+    assert alloc(store, c, ("n", "c1", "eth0"), ["10.9.0.5"])[0].ip == "10.9.0.5"
+    with pytest.raises(CNIError) as err:
+        alloc(store, c, ("n", "c2", "eth0"), ["10.9.0.5"])
+    assert err.value.code == 101 and "c1" in err.value.details
+    with pytest.raises(CNIError):
+        alloc(store, c, ("n", "c3", "eth0"), ["10.9.0.1"])  # the gateway
+    with pytest.raises(CNIError) as err:
+        alloc(store, c, ("n", "c3", "eth0"), ["192.0.2.1"])
+    assert "not in any configured range" in err.value.msg
+
+
+def test_ipv4_and_ipv6_range_sets_give_one_address_each(tmp_path):
+    c = conf(tmp_path, ranges=[[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd00:9::/64"}]])
+    got = alloc(SQLiteStore(str(tmp_path)), c, ("n", "c1", "eth0"))
+    assert [a.ip for a in got] == ["10.9.0.2", "fd00:9::2"]
+
+
+def test_release_and_gc(tmp_path):
+    c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
+    for i in range(3):
+        alloc(store, c, ("n", f"c{i}", "eth0"))
+    with store.transaction() as txn:
+        assert [a.container_id for a in allocator.release(txn, ("n", "c0", "eth0"))] == ["c0"]
+        stale = allocator.collect_garbage(txn, "n", {("c1", "eth0")})
+        assert [a.container_id for a in stale] == ["c2"]
+        assert [a.container_id for a in txn.all()] == ["c1"]
+
+
+def test_round_robin_does_not_reuse_a_just_freed_address(tmp_path):
+    c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
+    first = alloc(store, c, ("n", "c1", "eth0"))[0].ip
+    with store.transaction() as txn:
+        allocator.release(txn, ("n", "c1", "eth0"))
+    assert alloc(store, c, ("n", "c2", "eth0"))[0].ip != first
+
+
+def test_a_failed_transaction_leaves_nothing(tmp_path):
+    c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
+    with pytest.raises(RuntimeError):
+        with store.transaction() as txn:
+            allocator.allocate(txn, c, ("n", "c1", "eth0"), [])
+            raise RuntimeError("killed half-way")
+    with store.transaction() as txn:
+        assert txn.all() == []
+
+
+@pytest.mark.parametrize("ipam,fragment", [
+    ({"ranges": [[{"subnet": "10.0.0.0/33"}]]}, "not a CIDR"),
+    ({"ranges": [[{"subnet": "10.0.0.0/24", "gateway": "10.0.1.1"}]]}, "not inside subnet"),
+    ({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.50", "rangeEnd": "10.0.0.10"}]]}, "after rangeEnd"),
+    ({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.0/25"}]]}, "overlap"),
+    ({"ranges": [[{"subnet": "10.0.0.0/31"}]]}, "too small"),
+    ({}, "no address ranges"),
+    ({"ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"gw": "10.0.0.1"}]}, "'dst'"),
+])
+def test_bad_ipam_config_is_code_7_with_a_clear_message(ipam, fragment):
+    with pytest.raises(CNIError) as err:
+        config.load(ipam, {})
+    assert err.value.code == 7 and fragment in err.value.msg
+
+
+def test_runtime_config_ip_ranges_replace_the_configured_ranges(tmp_path):
+    c = config.load({"ranges": [[{"subnet": "10.0.0.0/24"}]], "dataDir": str(tmp_path)},
+                    {"ipRanges": [[{"subnet": "10.7.0.0/24"}]]})
+    assert str(c.range_sets[0][0].subnet) == "10.7.0.0/24"
+
+
+def test_requested_ips_come_from_all_three_sources():
+    wanted = allocator.requested_ips({"IP": "10.0.0.5"}, {"ips": ["10.0.0.6"]}, {"ips": ["10.0.0.7/24"]})
+    assert [str(w) for w in wanted] == ["10.0.0.5", "10.0.0.6", "10.0.0.7"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prefix=st.integers(min_value=24, max_value=29), operations=st.lists(
+    st.tuples(st.sampled_from(["add", "del"]), st.integers(min_value=0, max_value=40)), max_size=60))
+def test_allocations_are_always_distinct_inside_the_range_and_sticky(tmp_path_factory, prefix, operations):
+    tmp = tmp_path_factory.mktemp("prop")
+    c = config.load({"ranges": [[{"subnet": f"10.20.0.0/{prefix}"}]], "dataDir": str(tmp)}, {})
+    store, rng, held = SQLiteStore(str(tmp)), c.range_sets[0][0], {}
+    for op, n in operations:
+        owner = ("n", f"c{n}", "eth0")
+        if op == "del":
+            with store.transaction() as txn:
+                allocator.release(txn, owner)
+            held.pop(n, None)
+            continue
+        try:
+            ip = alloc(store, c, owner)[0].ip
+        except CNIError as err:
+            assert err.code == 102 and len(held) == rng.subnet.num_addresses - 3
+            continue
+        assert held.setdefault(n, ip) == ip
+        address = ipaddress.ip_address(ip)
+        assert rng.in_range(address) and not rng.is_reserved_by_subnet(address)
+        assert len(set(held.values())) == len(held)
+
+
+def _allocate_in_child(args):
+    data_dir, n = args
+    c = config.load({"ranges": [[{"subnet": "10.30.0.0/24"}]], "dataDir": data_dir}, {})
+    return alloc(SQLiteStore(data_dir), c, ("n", f"c{n}", "eth0"))[0].ip
+
+
+def test_fifty_processes_allocating_at_once_get_fifty_distinct_addresses(tmp_path):
+    with multiprocessing.get_context("fork").Pool(50) as pool:
+        ips = pool.map(_allocate_in_child, [(str(tmp_path), n) for n in range(50)])
+    assert len(set(ips)) == 50
