@@ -1,0 +1,179 @@
+"""Fixtures shared by every layer: per-test CNI environments, namespaces with a
+recognisable prefix, and a guard that fails any test leaving state behind."""
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cni_backend import install
+
+PREFIX = "rcnit"  # every namespace, link and network a test makes starts with it
+REFERENCE_PLUGINS = "/usr/lib/cni"
+
+
+def run(*argv, check=True, **kw):
+    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
+
+
+def unique(kind: str) -> str:
+    return f"{PREFIX}{kind}{secrets.token_hex(3)}"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (network namespaces, netlink, iptables)")
+    for item in items:
+        if "netns" in item.keywords or "interop" in item.keywords:
+            item.add_marker(skip)
+
+
+# -- what a test may leave behind: nothing --------------------------------
+
+def host_state() -> dict:
+    links = run("ip", "-o", "link", "show").stdout.splitlines()
+    rules = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        out = run(tool, check=False).stdout
+        rules += [line for line in out.splitlines() if "rcni" in line or "RANCHER-CNI" in line]
+    nft = run("nft", "list", "tables", check=False).stdout
+    return {
+        "namespaces": sorted(run("ip", "netns", "list").stdout.split()),
+        "links": sorted(line.split(": ")[1].split("@")[0] for line in links),
+        "firewall rules": sorted(rules),
+        "nft tables": sorted(line for line in nft.splitlines() if "rancher" in line),
+    }
+
+
+def _leaks(before: dict) -> dict:
+    after = host_state()
+    return {k: sorted(set(after[k]) - set(before[k])) for k in after if set(after[k]) - set(before[k])}
+
+
+@pytest.fixture
+def leak_guard():
+    before = host_state()
+    yield
+    deadline = time.monotonic() + 5
+    # the kernel tears a deleted namespace (and its veths) down asynchronously
+    while (leaked := _leaks(before)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not leaked, f"the test left state behind: {leaked}"
+
+
+# -- namespaces ----------------------------------------------------------
+
+@pytest.fixture
+def make_netns(leak_guard):
+    made = []
+
+    def make() -> str:
+        name = unique("ns")
+        run("ip", "netns", "add", name)
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        run("ip", "netns", "del", name, check=False)
+
+
+def ns_exec(netns: str, *argv, check=True):
+    return run("ip", "netns", "exec", netns, *argv, check=check)
+
+
+def ping(netns: str, address: str, count: int = 1) -> bool:
+    return ns_exec(netns, "ping", "-c", str(count), "-W", "2", address, check=False).returncode == 0
+
+
+# -- a CNI environment: plug-in dir, conf dir, state, optional daemon ------
+
+class CNIEnv:
+    def __init__(self, root, daemon: bool):
+        self.root = root
+        self.bin = root / "bin"
+        self.conf_dir = root / "net.d"
+        self.state = root / "state"
+        self.cache = root / "cache"
+        self.socket = root / "cni.sock"
+        self.conf_dir.mkdir()
+        install.write_executables(str(self.bin))
+        for name in os.listdir(REFERENCE_PLUGINS) if os.path.isdir(REFERENCE_PLUGINS) else []:
+            (self.bin / name).symlink_to(os.path.join(REFERENCE_PLUGINS, name))
+        self.bridges = []
+        self.daemon = None
+        if daemon:
+            self.daemon = subprocess.Popen(
+                [sys.executable, "-m", "cnm_shim.cli", "cni-server", "--socket", str(self.socket)],
+                stdout=subprocess.DEVNULL, stderr=open(root / "daemon.log", "w"))
+            deadline = time.monotonic() + 20
+            while not self.socket.exists():
+                assert self.daemon.poll() is None, (root / "daemon.log").read_text()
+                assert time.monotonic() < deadline, "the CNI daemon did not start"
+                time.sleep(0.05)
+
+    def close(self):
+        if self.daemon:
+            self.daemon.send_signal(signal.SIGTERM)
+            self.daemon.wait(timeout=10)
+        for name in self.bridges:  # plug-ins never delete a bridge; the network's owner does
+            run("ip", "link", "del", name, check=False)
+
+    @property
+    def env(self) -> dict:
+        return dict(os.environ, CNI_PATH=str(self.bin), RANCHER_CNI_SOCKET=str(self.socket))
+
+    def bridge_config(self, name=None, subnet="10.123.0.0/24", **extra) -> dict:
+        bridge = unique("br")
+        self.bridges.append(bridge)
+        config = {"cniVersion": "1.1.0", "name": name or unique("net"), "type": "rancher-bridge",
+                  "bridge": bridge, "isGateway": True,
+                  "ipam": {"type": "rancher-ipam", "ranges": [[{"subnet": subnet}]], "dataDir": str(self.state)}}
+        config.update(extra)
+        return config
+
+    def exec(self, command, config, netns=None, container_id="c1", ifname="eth0", plugin=None,
+             stdin=None, env=None, host_netns=None):
+        """Run a plug-in executable like a runtime: (exit code, parsed stdout or None)."""
+        full_env = dict(self.env, CNI_COMMAND=command, CNI_CONTAINERID=container_id, CNI_IFNAME=ifname)
+        if netns:
+            full_env["CNI_NETNS"] = netns if "/" in netns else f"/var/run/netns/{netns}"
+        full_env.update(env or {})
+        full_env = {k: v for k, v in full_env.items() if v is not None}
+        raw = stdin if stdin is not None else json.dumps(config).encode()
+        argv = [str(self.bin / (plugin or config["type"]))]
+        if host_netns:  # run the plug-in as if that namespace were the host
+            argv = ["ip", "netns", "exec", host_netns, *argv]
+        done = subprocess.run(argv, input=raw, env=full_env, capture_output=True, timeout=120)
+        out = done.stdout.decode().strip()
+        return done.returncode, (json.loads(out) if out else None)
+
+    def allocations(self):
+        import sqlite3
+        path = self.state / "ipam.db"
+        if not path.exists():
+            return []
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT network, container_id, ifname, ip FROM allocations").fetchall()
+
+
+@pytest.fixture(params=["daemon", "direct"])
+def cni_env(request, tmp_path, leak_guard):
+    env = CNIEnv(tmp_path, daemon=request.param == "daemon")
+    yield env
+    env.close()
+    assert env.allocations() == [], "IPAM entries left behind"
+
+
+@pytest.fixture
+def cni_daemon_env(tmp_path, leak_guard):
+    env = CNIEnv(tmp_path, daemon=True)
+    yield env
+    env.close()
+    assert env.allocations() == [], "IPAM entries left behind"
