@@ -7,40 +7,33 @@ same code, same result, just slower to start.
 """
 
 import os
-import socket
 import sys
 
 from . import wire
 
+_DAEMON_GONE = ('{"cniVersion": "1.1.0", "code": 11, "msg": "the rancher-cni daemon ended '
+                'before answering; try again", "details": ""}')
+
 
 def _ask_daemon(plugin: str, env: dict, stdin: bytes):
     """(stdout, code, stderr) from the daemon, or None when none is listening."""
-    path = env.get(wire.SOCKET_ENV) or wire.DEFAULT_SOCKET
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
+    sock = wire.connect(env.get(wire.SOCKET_ENV) or wire.DEFAULT_SOCKET)
+    if sock is None:
         return None
-    fds = []
+    netns_fd = None
     try:
         if env.get("CNI_NETNS"):
             try:
-                fds.append(os.open(env["CNI_NETNS"], os.O_RDONLY | os.O_CLOEXEC))
+                netns_fd = os.open(env["CNI_NETNS"], os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 pass  # the daemon reports a missing netns as the plug-in would
-        request = {"plugin": plugin, "env": env, "stdin": stdin.decode("utf-8", "surrogateescape")}
-        wire.send(sock, request, fds)
-        reply, _ = wire.receive(sock)
+        wire.send_request(sock, plugin, env, stdin, netns_fd)
+        reply = wire.receive_reply(sock)
     finally:
-        for fd in fds:
-            os.close(fd)
+        if netns_fd is not None:
+            os.close(netns_fd)
         sock.close()
-    if reply is None:
-        error = ('{"cniVersion": "1.1.0", "code": 11, "msg": "the rancher-cni daemon '
-                 'ended before answering; try again"}')
-        return error, 11, ""
-    return reply["stdout"], reply["code"], reply["stderr"]
+    return reply or (_DAEMON_GONE, 11, "")
 
 
 def _in_process(plugin: str, env: dict, stdin: bytes):

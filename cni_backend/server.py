@@ -26,20 +26,17 @@ def _preload() -> None:
 
 def _serve_one(conn: socket.socket) -> None:
     """Runs in the forked worker."""
-    request, fds = wire.receive(conn, with_fds=True)
+    request = wire.receive_request(conn)
     if request is None:
         return
-    plugin = request.get("plugin")
-    env = request.get("env") or {}
-    stdin = request.get("stdin", "").encode("utf-8", "surrogateescape")
+    plugin, env, stdin, netns_fd = request
     if plugin not in PLUGINS:
-        reply = {"stdout": "", "code": 1, "stderr": f"unknown plug-in {plugin!r}\n"}
-    else:
-        stdout, code, stderr = skel.dispatch(load(plugin), env, stdin, fds[0] if fds else None)
-        reply = {"stdout": stdout, "code": code, "stderr": stderr}
-        log.info("%s %s %s/%s -> %s", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "")[:12],
-                 env.get("CNI_IFNAME", ""), code)
-    wire.send(conn, reply)
+        wire.send_reply(conn, 1, "", f"unknown plug-in {plugin!r}\n")
+        return
+    stdout, code, stderr = skel.dispatch(load(plugin), env, stdin, netns_fd)
+    log.info("%s %s %s/%s -> %s", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "")[:12],
+             env.get("CNI_IFNAME", ""), code)
+    wire.send_reply(conn, code, stdout, stderr)
 
 
 def _fork_worker(conn: socket.socket, listener: socket.socket) -> None:
