@@ -33,9 +33,14 @@ _MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
 _TOOLS = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
 
 
+def network_tag(network: str) -> str:
+    """The prefix every rule of `network` carries (GC finds a network's rules by it)."""
+    return "rcni-" + hashlib.sha256(network.encode()).hexdigest()[:8] + "-"
+
+
 def attachment_tag(network: str, container_id: str, ifname: str) -> str:
     digest = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()
-    return "rcni-" + digest[:20]
+    return network_tag(network) + digest[:16]
 
 
 @contextlib.contextmanager
@@ -77,14 +82,14 @@ def _comment_of(rule: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _plan_table(table: str, saved: tuple, tag: str, new_rules: list) -> list:
-    """restore lines for one table: drop `tag`'s rules, add `new_rules`, and
-    create or remove our chain and its jump as needed."""
+def _plan_table(table: str, saved: tuple, is_stale, new_rules: list) -> list:
+    """restore lines for one table: drop the rules whose tag `is_stale`, add
+    `new_rules`, and create or remove our chain and its jump as needed."""
     chains, rules = saved
     parent, chain = _JUMPS[table]
     jump = f"-A {parent} -m comment --comment rancher-cni -j {chain}"
     ours = [r for r in rules if r.startswith(f"-A {chain} ")]
-    stale = [r for r in ours if _comment_of(r) == tag]
+    stale = [r for r in ours if is_stale(_comment_of(r) or "")]
     remaining = len(ours) - len(stale) + len(new_rules)
     has_jump = any(r.startswith(f"-A {parent} ") and r.endswith(f"-j {chain}") for r in rules)
     lines = []
@@ -101,11 +106,11 @@ def _plan_table(table: str, saved: tuple, tag: str, new_rules: list) -> list:
     return lines
 
 
-def _apply(family: int, tag: str, new_rules: dict) -> None:
+def _apply(family: int, is_stale, new_rules: dict) -> None:
     saved = _saved_tables(family)
     script = []
     for table in ("filter", "nat"):
-        lines = _plan_table(table, saved.get(table, (set(), [])), tag, new_rules.get(table, []))
+        lines = _plan_table(table, saved.get(table, (set(), [])), is_stale, new_rules.get(table, []))
         if lines:
             script += [f"*{table}", *lines, "COMMIT"]
     if script:
@@ -148,13 +153,21 @@ def add_attachment_rules(tag: str, bridge: str, cidrs: list, masquerade: bool) -
     with _host_lock():
         for family, rules in _rules_for(tag, bridge, ips, masquerade).items():
             if not _append_fast(family, rules):
-                _apply(family, tag, rules)
+                _apply(family, tag.__eq__, rules)
 
 
 def remove_attachment_rules(tag: str, families=(4, 6)) -> None:
     with _host_lock():
         for family in families:
-            _apply(family, tag, {})
+            _apply(family, tag.__eq__, {})
+
+
+def collect_garbage(network: str, valid_tags: set) -> None:
+    """Remove every rule of `network` whose attachment is not in `valid_tags`."""
+    prefix = network_tag(network)
+    with _host_lock():
+        for family in (4, 6):
+            _apply(family, lambda tag: tag.startswith(prefix) and tag not in valid_tags, {})
 
 
 def attachment_rules(tag: str) -> list:

@@ -17,6 +17,7 @@ from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG, UNKNOWN_CONTAINER
 from ..net import firewall, netlink, netns
 from ..skel import IFNAME_MAX
 from ..version import CURRENT
+from . import ipam as ipam_plugin
 
 MAC_PATTERN = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 
@@ -283,6 +284,9 @@ def _check_host(host, conf: BridgeConf, prev: dict) -> None:
 # -- GC / STATUS ----------------------------------------------------------
 
 def gc(req) -> None:
+    valid = {firewall.attachment_tag(req.network, container_id, ifname)
+             for container_id, ifname in ipam_plugin.valid_attachments(req)}
+    firewall.collect_garbage(req.network, valid)
     delegate.gc(req)
 
 

@@ -222,8 +222,10 @@ def test_gc_releases_attachments_not_in_the_valid_list(cni_env, make_netns):
     for i, netns in enumerate(namespaces):
         assert cni_env.exec("ADD", config, netns, container_id=f"c{i}")[0] == 0
     gc = dict(config, **{"cni.dev/valid-attachments": [{"containerID": "c0", "ifname": "eth0"}]})
+    assert len(tagged_rules()) == 6
     assert cni_env.exec("GC", gc, env={"CNI_CONTAINERID": None, "CNI_IFNAME": None}) == (0, None)
     assert [a[1] for a in cni_env.allocations()] == ["c0"]
+    assert len(tagged_rules()) == 2  # only c0's rules are left
     for i, netns in enumerate(namespaces):
         assert cni_env.exec("DEL", config, netns, container_id=f"c{i}")[0] == 0
 

@@ -1,0 +1,55 @@
+# Two entry points for a fresh Debian 12 machine, run as root (see README.md):
+#   make run    install everything and run the plug-in daemon in the foreground
+#   make test   install everything the tests need and run every test layer
+PYTHON       ?= /usr/bin/python3
+VENV         ?= /opt/rancher-cni/venv
+CNI_BIN_DIR  ?= /opt/cni/bin
+TEST_VENV    ?= $(CURDIR)/.venv
+SOURCES      := setup.cfg pyproject.toml $(shell find cnm_shim cni_backend -name '*.py')
+DEB_PACKAGES := python3-venv iproute2 iptables nftables iputils-ping busybox-static \
+                containerd containernetworking-plugins
+
+.PHONY: deps install run test test-unit test-netns test-interop bench clean
+
+deps:  ## Debian packages (installed only when missing)
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: $(SOURCES)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q .
+	touch $@
+
+install: deps $(VENV)/.installed  ## the virtualenv in /opt/rancher-cni and the CNI executables
+	$(VENV)/bin/cnm-shim install-cni --dir $(CNI_BIN_DIR)
+
+run: install  ## the daemon the CNI executables hand their work to
+	exec $(VENV)/bin/cnm-shim cni-server
+
+$(TEST_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install -q --upgrade pip
+	$(TEST_VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+test: deps $(TEST_VENV)/.installed  ## every layer: unit, netns, interop
+	$(TEST_VENV)/bin/python -m pytest -ra tests
+
+test-unit: $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m pytest -ra tests/unit
+
+test-netns: deps $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m pytest -ra tests/netns
+
+test-interop: deps $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m pytest -ra tests/interop
+
+bench: deps $(TEST_VENV)/.installed  ## ours against the reference plug-ins, same run
+	$(TEST_VENV)/bin/python bench/cni_add_del.py
+
+clean:
+	rm -rf $(TEST_VENV) build *.egg-info
