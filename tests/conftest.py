@@ -56,10 +56,18 @@ def _leaks(before: dict) -> dict:
     return {k: sorted(set(after[k]) - set(before[k])) for k in after if set(after[k]) - set(before[k])}
 
 
+FORWARDING_SYSCTLS = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding")
+
+
 @pytest.fixture
 def leak_guard():
     before = host_state()
+    # isGateway turns forwarding on, as Docker does; the machine gets its own value back
+    forwarding = {path: open(path).read() for path in FORWARDING_SYSCTLS if os.path.exists(path)}
     yield
+    for path, value in forwarding.items():
+        with open(path, "w") as f:
+            f.write(value)
     deadline = time.monotonic() + 5
     # the kernel tears a deleted namespace (and its veths) down asynchronously
     while (leaked := _leaks(before)) and time.monotonic() < deadline:
