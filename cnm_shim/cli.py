@@ -11,6 +11,7 @@ from cni_backend import version
 from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist
 
+
 DEFAULT_CNI_PATH = "/opt/cni/bin"
 
 
@@ -71,6 +72,11 @@ def cmd_cni_server(opts) -> int:
     return 0
 
 
+def cmd_serve(opts) -> int:
+    from . import server
+    return server.serve(opts)
+
+
 def cmd_install_cni(opts) -> int:
     from cni_backend import install
     for path in install.write_executables(opts.dir):
@@ -101,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     daemon = sub.add_parser("cni-server", help="run the daemon the CNI executables hand their work to")
     daemon.add_argument("--socket", default=os.environ.get("RANCHER_CNI_SOCKET", "/run/rancher-cni/cni.sock"))
     daemon.set_defaults(func=cmd_cni_server)
+
+    serve = sub.add_parser("serve", help="answer Docker's NetworkDriver and IpamDriver calls (foreground)")
+    serve.add_argument("--plugin-dir", default="/run/docker/plugins")
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("CNM_SHIM_WORKERS", "4")))
+    serve.add_argument("--state-dir", default="/var/lib/rancher-cnm")
+    serve.add_argument("--run-dir", default="/run/rancher-cnm")
+    serve.add_argument("--ipam-data-dir", default="/var/lib/rancher-cni")
+    serve.add_argument("--cni-path", default=os.environ.get("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"))
+    serve.add_argument("--cni-conf-dir", default="/etc/cni/net.d", help="where -o cni.export=true writes")
+    serve.add_argument("--cni-socket", default=os.environ.get("RANCHER_CNI_SOCKET", "/run/rancher-cni/cni.sock"))
+    serve.add_argument("--no-cni-daemon", action="store_true", help="do not start the CNI daemon")
+    serve.add_argument("--access-log", action="store_true")
+    serve.set_defaults(func=cmd_serve)
 
     inst = sub.add_parser("install-cni", help="write the CNI executables into a plug-in directory")
     inst.add_argument("--dir", default=DEFAULT_CNI_PATH)

@@ -107,6 +107,20 @@ def allocate(txn, conf, owner: tuple, wanted: list) -> list:
     return result
 
 
+def reserve(txn, conf, owner: tuple, requested=None):
+    """One address from the first range set for an owner that may hold many
+    (Docker's IpamDriver: one owner per pool). Not sticky: every call reserves."""
+    range_set = conf.range_sets[0]
+    if requested is not None:
+        if _range_of(range_set, requested) is None:
+            raise CNIError(INVALID_CONFIG, f"address {requested} is not in {range_set[0].subnet}")
+        allocation = _reserve_requested(txn, conf, range_set, requested, owner)
+    else:
+        allocation = _reserve_dynamic(txn, conf, range_set, owner)
+    txn.add(allocation)
+    return allocation
+
+
 def release(txn, owner: tuple) -> list:
     released = txn.held_by(*owner)
     for allocation in released:

@@ -16,6 +16,11 @@ import time
 from ..errors import CNIError, IO_FAILURE, TRY_AGAIN_LATER
 
 
+# The `network` of addresses reserved through Docker's IpamDriver calls; CNI GC
+# of a network never touches them, Docker's ReleaseAddress frees them.
+DOCKER_OWNER = "@docker"
+
+
 @dataclasses.dataclass(frozen=True)
 class Allocation:
     pool: str          # the subnet, e.g. "10.22.0.0/16"

@@ -1,17 +1,25 @@
-"""Firewall rules owned by one attachment, added and removed as a unit.
+"""Firewall rules owned by attachments, added and removed as a unit.
 
 Each attachment's rules carry a comment tag derived from (network, container,
 ifname), so DEL finds them without any state, even when the sandbox is gone.
 All changes go through one `iptables-restore --noflush` per family, under a
-host-wide lock, so concurrent ADD/DEL never see half a rule set; our chains and
-their jumps exist exactly while some attachment has rules in them.
+host-wide lock, so concurrent ADD/DEL never see half a rule set. Everything
+else is derived from the attachments' rules: a bridge's isolation rules exist
+while some attachment uses the bridge, our chains and jumps while any does.
 
-Rules (per container address):
-  filter RANCHER-CNI-FORWARD   from the container, and replies to it: Docker's
-                               FORWARD policy DROP would cut the bridge off otherwise
-  nat    RANCHER-CNI-MASQ      ipMasq: masquerade what leaves the subnet
-  bridge rancher_cni (nft)     macspoofchk: frames from the host-side veth must
-                               carry the container's MAC
+filter RANCHER-CNI-FORWARD (jumped to from FORWARD)
+    -i BR ! -o BR -j RANCHER-CNI-ISOLATION      per bridge in use, first
+    -s IP -i BR -j ACCEPT                       per container: its traffic, which
+    -d IP -o BR ctstate RELATED,ESTABLISHED,DNAT  Docker's FORWARD DROP policy
+                                                would drop, and replies and
+                                                published ports back to it
+filter RANCHER-CNI-ISOLATION
+    ctstate DNAT -j RETURN                      published ports stay reachable
+    -o docker0 / -o br-+ -j DROP                not into Docker's own networks
+    -o BR -j DROP                               per bridge: not into our others
+nat RANCHER-CNI-MASQ (from POSTROUTING)         ipMasq: what leaves the subnet
+bridge rancher_cni (nft)                        macspoofchk: frames from the
+                                                host veth carry the container's MAC
 """
 
 import contextlib
@@ -25,9 +33,14 @@ import subprocess
 from ..errors import CNIError, FIREWALL_FAILURE
 
 FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
+ISOLATION_CHAIN = "RANCHER-CNI-ISOLATION"
 MASQ_CHAIN = "RANCHER-CNI-MASQ"
 NFT_TABLE = "rancher_cni"
 LOCK_PATH = "/run/rancher-cni/firewall.lock"
+ATTACHMENT_PREFIX = "rcni-"
+BRIDGE_PREFIX = "rcnibr-"
+STATIC_TAG = "rcni-isolation"
+DOCKER_BRIDGES = ("docker0", "br-+")
 _JUMPS = {"filter": ("FORWARD", FORWARD_CHAIN), "nat": ("POSTROUTING", MASQ_CHAIN)}
 _MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
 _TOOLS = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
@@ -77,40 +90,94 @@ def _saved_tables(family: int) -> dict:
     return tables
 
 
-def _comment_of(rule: str) -> str | None:
+def _comment_of(rule: str) -> str:
     match = re.search(r'--comment "?([^" ]+)"?', rule)
+    return match.group(1) if match else ""
+
+
+def _jump(table: str) -> str:
+    parent, chain = _JUMPS[table]
+    return f"{parent} -m comment --comment rancher-cni -j {chain}"
+
+
+def _bridge_rules(bridge: str) -> list:
+    """(chain, rule body) pairs isolating one bridge from our others."""
+    note = f"-m comment --comment {BRIDGE_PREFIX}{bridge}"
+    return [(FORWARD_CHAIN, f"-i {bridge} ! -o {bridge} {note} -j {ISOLATION_CHAIN}"),
+            (ISOLATION_CHAIN, f"-o {bridge} {note} -j DROP")]
+
+
+def _static_isolation() -> list:
+    note = f"-m comment --comment {STATIC_TAG}"
+    return ([f"-A {ISOLATION_CHAIN} -m conntrack --ctstate DNAT {note} -j RETURN"]
+            + [f"-A {ISOLATION_CHAIN} -o {bridge} {note} -j DROP" for bridge in DOCKER_BRIDGES])
+
+
+def _is_attachment(rule: str) -> bool:
+    tag = _comment_of(rule)
+    return tag.startswith(ATTACHMENT_PREFIX) and tag != STATIC_TAG
+
+
+def _bridge_of(rule: str) -> str | None:
+    match = re.search(r" -i (\S+)", rule)
     return match.group(1) if match else None
 
 
-def _plan_table(table: str, saved: tuple, is_stale, new_rules: list) -> list:
-    """restore lines for one table: drop the rules whose tag `is_stale`, add
-    `new_rules`, and create or remove our chain and its jump as needed."""
+def _plan_filter(saved: tuple, is_stale, new_rules: list) -> list:
     chains, rules = saved
-    parent, chain = _JUMPS[table]
-    jump = f"-A {parent} -m comment --comment rancher-cni -j {chain}"
-    ours = [r for r in rules if r.startswith(f"-A {chain} ")]
-    stale = [r for r in ours if is_stale(_comment_of(r) or "")]
+    ours = [r for r in rules if r.startswith(f"-A {FORWARD_CHAIN} ") and _is_attachment(r)]
+    stale = [r for r in ours if is_stale(_comment_of(r))]
+    remaining = [r for r in ours if r not in stale] + new_rules
+    needed = {_bridge_of(r) for r in remaining} - {None}
+    present = {_comment_of(r)[len(BRIDGE_PREFIX):] for r in rules if _comment_of(r).startswith(BRIDGE_PREFIX)}
+    lines = ["-D" + r[2:] for r in stale]
+    for bridge in present - needed:
+        lines += [f"-D {chain} {rule}" for chain, rule in _bridge_rules(bridge)]
+    if not remaining:
+        if FORWARD_CHAIN in chains:
+            lines += [f"-D {_jump('filter')}"] if f"-A {_jump('filter')}" in rules else []
+            lines += [f"-F {FORWARD_CHAIN}", f"-X {FORWARD_CHAIN}"]
+        if ISOLATION_CHAIN in chains:
+            lines += [f"-F {ISOLATION_CHAIN}", f"-X {ISOLATION_CHAIN}"]
+        return lines
+    for chain in (FORWARD_CHAIN, ISOLATION_CHAIN):
+        if chain not in chains:
+            lines.insert(0, f":{chain} - [0:0]")
+    if ISOLATION_CHAIN not in chains:
+        lines += _static_isolation()
+    if f"-A {_jump('filter')}" not in rules:
+        lines.append(f"-I {_jump('filter').replace(' ', ' 1 ', 1)}")
+    for bridge in needed - present:
+        (fwd, jump), (iso, drop) = _bridge_rules(bridge)
+        lines += [f"-I {fwd} 1 {jump}", f"-A {iso} {drop}"]
+    return lines + new_rules
+
+
+def _plan_nat(saved: tuple, is_stale, new_rules: list) -> list:
+    chains, rules = saved
+    ours = [r for r in rules if r.startswith(f"-A {MASQ_CHAIN} ") and _is_attachment(r)]
+    stale = [r for r in ours if is_stale(_comment_of(r))]
     remaining = len(ours) - len(stale) + len(new_rules)
-    has_jump = any(r.startswith(f"-A {parent} ") and r.endswith(f"-j {chain}") for r in rules)
-    lines = []
-    if remaining and chain not in chains:
-        lines.append(f":{chain} - [0:0]")
-    if remaining and not has_jump:
-        lines.append(jump.replace("-A ", "-I ", 1).replace(parent, f"{parent} 1", 1))
-    lines += ["-D" + r[2:] for r in stale]
-    lines += new_rules
-    if not remaining and chain in chains:
-        if has_jump:
-            lines.append("-D" + jump[2:])
-        lines.append(f"-X {chain}")
-    return lines
+    lines = ["-D" + r[2:] for r in stale]
+    if not remaining:
+        if MASQ_CHAIN in chains:
+            lines += [f"-D {_jump('nat')}"] if f"-A {_jump('nat')}" in rules else []
+            lines += [f"-F {MASQ_CHAIN}", f"-X {MASQ_CHAIN}"]
+        return lines
+    if MASQ_CHAIN not in chains:
+        lines.insert(0, f":{MASQ_CHAIN} - [0:0]")
+    if f"-A {_jump('nat')}" not in rules:
+        lines.append(f"-I {_jump('nat').replace(' ', ' 1 ', 1)}")
+    return lines + new_rules
 
 
 def _apply(family: int, is_stale, new_rules: dict) -> None:
+    """Bring the kernel to: the rules now there, less those whose tag is_stale,
+    plus new_rules, with the bridge rules and chains that follow from that."""
     saved = _saved_tables(family)
     script = []
-    for table in ("filter", "nat"):
-        lines = _plan_table(table, saved.get(table, (set(), [])), is_stale, new_rules.get(table, []))
+    for table, plan in (("filter", _plan_filter), ("nat", _plan_nat)):
+        lines = plan(saved.get(table, (set(), [])), is_stale, new_rules.get(table, []))
         if lines:
             script += [f"*{table}", *lines, "COMMIT"]
     if script:
@@ -122,11 +189,11 @@ def _rules_for(tag: str, bridge: str, ips: list, masquerade: bool) -> dict:
     per_family = {}
     for iface in ips:
         rules = per_family.setdefault(iface.version, {"filter": [], "nat": []})
-        ip, note = iface.ip, f"-m comment --comment {tag}"
-        host = f"{ip}/{32 if iface.version == 4 else 128}"
+        note = f"-m comment --comment {tag}"
+        host = f"{iface.ip}/{32 if iface.version == 4 else 128}"
         rules["filter"] += [
             f"-A {FORWARD_CHAIN} -s {host} -i {bridge} {note} -j ACCEPT",
-            f"-A {FORWARD_CHAIN} -d {host} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {note} -j ACCEPT",
+            f"-A {FORWARD_CHAIN} -d {host} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT",
         ]
         if masquerade:
             rules["nat"] += [
@@ -136,15 +203,19 @@ def _rules_for(tag: str, bridge: str, ips: list, masquerade: bool) -> dict:
     return per_family
 
 
-def _append_fast(family: int, new_rules: dict) -> bool:
-    """Append in one call, assuming our chains and jumps exist. Re-inserting the
-    jump makes the whole restore fail (changing nothing) when they do not."""
+def _append_fast(family: int, bridge: str, new_rules: dict) -> bool:
+    """Append in one call, assuming our chains, jumps and the bridge's rules
+    exist: each is deleted and put back in the same restore, which therefore
+    fails as a whole, changing nothing, when one of them does not."""
     script = []
     for table, rules in new_rules.items():
-        if rules:
-            parent, chain = _JUMPS[table]
-            jump = f"-m comment --comment rancher-cni -j {chain}"
-            script += [f"*{table}", f"-D {parent} {jump}", f"-I {parent} 1 {jump}", *rules, "COMMIT"]
+        if not rules:
+            continue
+        script += [f"*{table}", f"-D {_jump(table)}", f"-I {_jump(table).replace(' ', ' 1 ', 1)}"]
+        if table == "filter":
+            (fwd, jump), (iso, drop) = _bridge_rules(bridge)
+            script += [f"-D {fwd} {jump}", f"-I {fwd} 1 {jump}", f"-D {iso} {drop}", f"-A {iso} {drop}"]
+        script += [*rules, "COMMIT"]
     return _run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
 
 
@@ -152,7 +223,7 @@ def add_attachment_rules(tag: str, bridge: str, cidrs: list, masquerade: bool) -
     ips = [ipaddress.ip_interface(c) for c in cidrs]
     with _host_lock():
         for family, rules in _rules_for(tag, bridge, ips, masquerade).items():
-            if not _append_fast(family, rules):
+            if not _append_fast(family, bridge, rules):
                 _apply(family, tag.__eq__, rules)
 
 

@@ -224,3 +224,15 @@ def delete_link(ipr, name: str) -> bool:
             return False
         raise _fail(f"deleting {name}", exc) from None
     return True
+
+
+def move_link(ipr, name: str, new_name: str, target_netns_fd: int) -> None:
+    """Rename `name` and move it into another namespace (down: the kernel needs it)."""
+    existing = link(ipr, name)
+    if existing is None:
+        raise CNIError(NETLINK_FAILURE, f"interface {name} is missing from the staging namespace")
+    try:
+        ipr.link("set", index=existing["index"], state="down")
+        ipr.link("set", index=existing["index"], ifname=new_name, net_ns_fd=target_netns_fd)
+    except NetlinkError as exc:
+        raise _fail(f"moving {name} to the host as {new_name}", exc) from None

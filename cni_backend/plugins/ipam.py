@@ -4,7 +4,7 @@ import ipaddress
 
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG, NOT_AVAILABLE
 from ..ipam import allocator, config as ipam_config
-from ..ipam.store import open_store
+from ..ipam.store import DOCKER_OWNER, open_store
 from ..version import CURRENT
 
 
@@ -25,11 +25,37 @@ def _prefix_of(conf, ip: str) -> tuple:
     raise CNIError(INVALID_CONFIG, f"address {ip} is outside the configured ranges")
 
 
+# CNI_ARGS key set by the Docker side when its IpamDriver already reserved the
+# requested addresses: ADD then only checks and reports them, DEL frees nothing.
+RESERVED_ARG = "RANCHER_IPAM_RESERVED"
+
+
+def _reserved_by_docker(req) -> bool:
+    return req.args.get(RESERVED_ARG, "").lower() in ("1", "true")
+
+
+def _docker_reservations(txn, conf, wanted) -> list:
+    if not wanted:
+        raise CNIError(INVALID_CONFIG, f"{RESERVED_ARG} needs the requested addresses (runtimeConfig.ips)")
+    found = []
+    for ip in wanted:
+        _prefix_of(conf, str(ip))
+        holder = next((txn.allocated(r.pool).get(str(ip)) for s in conf.range_sets for r in s
+                       if r.in_subnet(ip)), None)
+        if holder is None or holder.network != DOCKER_OWNER:
+            raise CNIError(CHECK_FAILED, f"address {ip} is not reserved by the Docker IPAM driver")
+        found.append(holder)
+    return found
+
+
 def add(req) -> dict:
     conf = load_conf(req)
     wanted = allocator.requested_ips(req.args, req.args_cni, req.runtime_config)
     with open_store(conf.data_dir).transaction() as txn:
-        allocations = allocator.allocate(txn, conf, _owner(req), wanted)
+        if _reserved_by_docker(req):
+            allocations = _docker_reservations(txn, conf, wanted)
+        else:
+            allocations = allocator.allocate(txn, conf, _owner(req), wanted)
     ips = []
     for allocation in allocations:
         prefix, gateway = _prefix_of(conf, allocation.ip)
@@ -42,6 +68,8 @@ def add(req) -> dict:
 
 def delete(req) -> None:
     conf = load_conf(req)
+    if _reserved_by_docker(req):
+        return  # Docker's ReleaseAddress frees it
     with open_store(conf.data_dir).transaction() as txn:
         allocator.release(txn, _owner(req))
 
@@ -49,7 +77,11 @@ def delete(req) -> None:
 def check(req) -> None:
     conf = load_conf(req)
     with open_store(conf.data_dir).transaction() as txn:
-        held = {a.ip for a in txn.held_by(*_owner(req))}
+        if _reserved_by_docker(req):
+            wanted = allocator.requested_ips(req.args, req.args_cni, req.runtime_config)
+            held = {a.ip for a in _docker_reservations(txn, conf, wanted)}
+        else:
+            held = {a.ip for a in txn.held_by(*_owner(req))}
     expected = {ip["address"].split("/")[0] for ip in (req.prev_result or {}).get("ips", [])}
     if not held:
         raise CNIError(CHECK_FAILED, f"no address is allocated to {req.container_id}/{req.ifname}")

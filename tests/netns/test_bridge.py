@@ -19,9 +19,10 @@ def addresses_in(netns, ifname="eth0"):
 
 
 def tagged_rules():
+    """Rules that belong to one attachment (not the shared isolation rules)."""
     rules = []
     for tool in ("iptables-save", "ip6tables-save"):
-        rules += [l for l in run(tool).stdout.splitlines() if "rcni-" in l]
+        rules += [l for l in run(tool).stdout.splitlines() if "rcni-" in l and "rcni-isolation" not in l]
     return rules
 
 
@@ -235,3 +236,20 @@ def test_status_and_version(cni_env):
     assert cni_env.exec("STATUS", config, env={"CNI_CONTAINERID": None, "CNI_IFNAME": None}) == (0, None)
     code, out = cni_env.exec("VERSION", config, stdin=b"")
     assert code == 0 and "1.1.0" in out["supportedVersions"]
+
+
+def test_two_networks_are_isolated_unless_a_namespace_is_on_both(cni_env, make_netns):
+    red = cni_env.bridge_config(subnet="10.127.1.0/24")
+    blue = cni_env.bridge_config(subnet="10.127.2.0/24")
+    a, b = make_netns(), make_netns()
+    _, ra = cni_env.exec("ADD", red, a, container_id="ca")
+    _, rb = cni_env.exec("ADD", blue, b, container_id="cb")
+    target = rb["ips"][0]["address"].split("/")[0]
+    ns_exec(a, "ip", "route", "add", "10.127.2.0/24", "via", "10.127.1.1")
+    assert ping(a, "10.127.1.1") and not ping(a, target), "red reached blue through the host"
+    ns_exec(a, "ip", "route", "del", "10.127.2.0/24")
+    _, second = cni_env.exec("ADD", blue, a, container_id="ca", ifname="eth1")
+    assert ping(a, target), "a namespace on both networks reaches blue directly"
+    for config, netns, cid, ifname in ((red, a, "ca", "eth0"), (blue, a, "ca", "eth1"), (blue, b, "cb", "eth0")):
+        assert cni_env.exec("DEL", config, netns, container_id=cid, ifname=ifname)[0] == 0
+    assert "RANCHER-CNI" not in run("iptables-save").stdout

@@ -1,0 +1,32 @@
+"""Network-level lifecycle that no single CNI call owns: the bridge a network
+runtime created for a network, and what is left of the network when it goes.
+Used by the Docker side at CreateNetwork / DeleteNetwork."""
+
+from .ipam import allocator
+from .ipam.store import open_store
+from .net import firewall, netlink
+
+
+def bridge_exists(name: str) -> bool:
+    with netlink.socket_in() as host:
+        return netlink.link(host, name) is not None
+
+
+def ensure_bridge(name: str, mtu: int | None) -> None:
+    with netlink.socket_in() as host:
+        netlink.ensure_bridge(host, name, mtu, promisc=False)
+
+
+def remove_bridge(name: str) -> None:
+    with netlink.socket_in() as host:
+        found = netlink.link(host, name)
+        if found is not None and netlink.kind(found) == "bridge":
+            netlink.delete_link(host, name)
+
+
+def forget(cni_network: str, ipam_data_dir: str) -> None:
+    """Drop every firewall rule and IPAM entry still carrying the network's name."""
+    firewall.collect_garbage(cni_network, valid_tags=set())
+    with open_store(ipam_data_dir).transaction() as txn:
+        allocator.collect_garbage(txn, cni_network, valid=set())
+

@@ -1,0 +1,78 @@
+"""Attaching an interface for a sandbox that does not exist yet.
+
+Docker (up to 27) asks the driver at Join for an interface in the *host*
+namespace, which it moves into the container's sandbox itself. A CNI plug-in
+only knows how to put an interface into a namespace. So CNI ADD runs into a
+short-lived staging namespace, and the interface is then moved out to the host
+under a unique temporary name. Addresses do not survive the move (Docker sets
+them again); the MAC and MTU do.
+
+Everything here enters namespaces with setns(2): call it from a single-threaded
+process only (the shim's sync workers are).
+"""
+
+import ctypes
+import os
+import threading
+
+from .errors import CNIError, NETLINK_FAILURE
+from .net import netlink, netns
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise CNIError(NETLINK_FAILURE, f"{what}: {os.strerror(err)}", f"errno {err}")
+
+
+def _single_threaded() -> None:
+    if threading.active_count() != 1:
+        raise RuntimeError("staging namespaces need a single-threaded process")
+
+
+def create(path: str) -> None:
+    """A new, empty network namespace bind-mounted at `path`."""
+    _single_threaded()
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    with open(path, "w"):
+        pass
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.unshare(CLONE_NEWNET), "creating a staging namespace")
+        try:
+            _check(_libc.mount(b"/proc/thread-self/ns/net", path.encode(), None, MS_BIND, None),
+                   f"bind-mounting the staging namespace on {path}")
+        finally:
+            netns._setns(home)
+    except BaseException:
+        remove(path)
+        raise
+    finally:
+        os.close(home)
+
+
+def remove(path: str) -> None:
+    """Unmount and delete the staging namespace (its interfaces go with it)."""
+    _libc.umount2(path.encode(), MNT_DETACH)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def move_to_host(path: str, ifname: str, host_name: str) -> dict:
+    """Move `ifname` out of the staging namespace into ours, renamed `host_name`."""
+    _single_threaded()
+    host_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with netlink.socket_in(path) as staging:
+            netlink.move_link(staging, ifname, host_name, host_ns)
+    finally:
+        os.close(host_ns)
+    with netlink.socket_in() as host:
+        return netlink.describe(netlink.link(host, host_name))

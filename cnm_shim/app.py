@@ -1,0 +1,76 @@
+"""The Flask app factory: one app answers every driver socket; which backend a
+request is for comes from the socket it arrived on."""
+
+import dataclasses
+import logging
+import os
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from . import api
+from .errors import DriverError
+from .ipam_driver import IpamDriver
+from .state import State
+from .translate import Settings, Translator
+
+log = logging.getLogger("cnm-shim")
+
+# Driver (socket) name -> backend.
+DRIVERS = {"rancher-bridge": "bridge"}
+
+
+@dataclasses.dataclass
+class Services:
+    state: State
+    translator: Translator
+    ipam: IpamDriver
+    default_driver: str = "rancher-bridge"
+
+    @staticmethod
+    def backend_of(driver: str) -> str:
+        return DRIVERS[driver]
+
+
+class DriverFromSocket:
+    """WSGI middleware: the driver name is the basename of the Unix socket the
+    request came in on (gunicorn passes the connection as gunicorn.socket)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        conn = environ.get("gunicorn.socket")
+        if conn is not None:
+            try:
+                name = os.path.basename(conn.getsockname()).removesuffix(".sock")
+            except (OSError, TypeError, AttributeError):
+                name = ""
+            if name in DRIVERS:
+                environ["rancher.driver"] = name
+        return self.app(environ, start_response)
+
+
+def _error(exc: Exception):
+    """Every failure as Docker reads it: `Err` for the network driver, `Error` for IPAM."""
+    if isinstance(exc, DriverError):
+        status, message = exc.status, str(exc)
+    elif isinstance(exc, HTTPException):
+        status, message = exc.code, f"{request.path}: {exc.description}"
+    else:
+        log.exception("%s failed", request.path)
+        status, message = 500, f"internal error in {request.path}: {exc}"
+    key = "Error" if request.path.startswith("/IpamDriver.") else "Err"
+    return jsonify({key: message}), status
+
+
+def create_app(config: dict | None = None) -> Flask:
+    app = Flask("cnm_shim")
+    settings = Settings(**(config or {}))
+    state = State(settings.state_dir)
+    app.extensions["rancher"] = Services(state, Translator(state, settings), IpamDriver(state, settings.ipam_data_dir))
+    for blueprint in (api.plugin_api, api.network_api, api.ipam_api):
+        app.register_blueprint(blueprint)
+    app.register_error_handler(Exception, _error)
+    app.wsgi_app = DriverFromSocket(app.wsgi_app)
+    return app

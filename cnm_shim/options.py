@@ -1,0 +1,82 @@
+"""The `-o key=value` options of `docker network create`, per backend.
+
+Validated once, here: an unknown key or a bad value fails the command with a
+message that names it and lists what is valid.
+"""
+
+import dataclasses
+import re
+
+from .errors import DriverError
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}\Z")
+_CNI_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}\Z")
+
+
+def _bool(driver, key, value):
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise DriverError(f"{driver}: option {key}={value!r} is not a boolean (use true or false)")
+
+
+def _int_between(low, high):
+    def parse(driver, key, value):
+        try:
+            number = int(str(value), 10)
+        except ValueError:
+            number = None
+        if number is None or not low <= number <= high:
+            raise DriverError(f"{driver}: option {key}={value!r} must be an integer from {low} to {high}")
+        return number
+    return parse
+
+
+def _matching(pattern, what):
+    def parse(driver, key, value):
+        if not pattern.match(str(value)):
+            raise DriverError(f"{driver}: option {key}={value!r} is not {what}")
+        return str(value)
+    return parse
+
+
+@dataclasses.dataclass
+class Option:
+    name: str
+    parse: object
+    default: object
+    help: str
+
+
+BRIDGE_OPTIONS = [
+    Option("bridge", _matching(_IFNAME, "a valid interface name (at most 15 characters)"), None,
+           "Linux bridge to use; created if missing (default rb-<network id>), an existing one such as docker0 is reused"),
+    Option("mtu", _int_between(68, 65535), None, "MTU of the bridge and of the containers' interfaces"),
+    Option("ip_masq", _bool, True, "masquerade traffic leaving the subnet"),
+    Option("hairpin", _bool, False, "hairpin mode on the container ports"),
+    Option("promisc", _bool, False, "promiscuous mode on the bridge"),
+    Option("macspoofchk", _bool, False, "drop frames whose source MAC is not the container's"),
+    Option("vlan", _int_between(0, 4094), 0, "VLAN id of the container ports (needs bridge vlan_filtering)"),
+    Option("cni.export", _bool, False, "write the network's conflist to the CNI config dir for CNI runtimes"),
+    Option("cni.name", _matching(_CNI_NAME, "a valid CNI network name"), None,
+           "the network's CNI name (default rancher-<network id>)"),
+]
+ALIASES = {"com.docker.network.driver.mtu": "mtu", "com.docker.network.bridge.name": "bridge"}
+BACKEND_OPTIONS = {"bridge": BRIDGE_OPTIONS}
+
+
+def parse(driver: str, backend: str, raw: dict) -> dict:
+    """The user's option map -> {name: typed value} with defaults filled in."""
+    known = {o.name: o for o in BACKEND_OPTIONS[backend]}
+    if not isinstance(raw, dict):
+        raise DriverError(f"{driver}: driver options must be a map of strings")
+    values = {o.name: o.default for o in known.values()}
+    for key, value in raw.items():
+        name = ALIASES.get(key, key)
+        if name not in known:
+            raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted(known)))
+        values[name] = known[name].parse(driver, key, value)
+    return values

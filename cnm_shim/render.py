@@ -1,0 +1,57 @@
+"""The CNI conflist a Docker network stands for.
+
+The same document is used by the shim for Docker's containers and, exported,
+by CNI runtimes, so both models attach to the same bridge and draw from the same
+address pool (the IPAM store keys addresses by subnet).
+"""
+
+import ipaddress
+
+from .errors import DriverError
+
+# 1.0.0: what Debian's portmap and containerd 1.6 understand
+CNI_VERSION = "1.0.0"
+
+
+def _range(ipam_data: dict) -> dict:
+    """Docker's IPAMData {Pool, Gateway 'ip/len', AuxAddresses} -> a CNI range."""
+    try:
+        subnet = ipaddress.ip_network(ipam_data["Pool"])
+    except (KeyError, ValueError):
+        raise DriverError(f"invalid IPAM pool {ipam_data.get('Pool')!r}") from None
+    rng = {"subnet": str(subnet)}
+    if ipam_data.get("Gateway"):
+        rng["gateway"] = str(ipaddress.ip_interface(ipam_data["Gateway"]).ip)
+    return rng
+
+
+def _exclusions(ipam_data: dict) -> list:
+    return [str(ipaddress.ip_address(a.split("/")[0])) for a in (ipam_data.get("AuxAddresses") or {}).values()]
+
+
+def bridge_conflist(cni_name: str, bridge: str, opts: dict, ipv4: list, ipv6: list,
+                    ipam_data_dir: str, sub_pools: dict) -> dict:
+    ranges, exclude = [], []
+    for data in list(ipv4) + list(ipv6):
+        rng = _range(data)
+        sub_pool = sub_pools.get(rng["subnet"])
+        if sub_pool:  # --ip-range: CNI runtimes allocate from it too (IPAM clamps the ends)
+            hosts = ipaddress.ip_network(sub_pool)
+            rng["rangeStart"], rng["rangeEnd"] = str(hosts.network_address), str(hosts.broadcast_address)
+        ranges.append([rng])
+        exclude += _exclusions(data)
+    if not ranges:
+        raise DriverError("the network has no IPAM pool; give --subnet or use an IPAM driver that assigns one")
+    bridge_plugin = {
+        "type": "rancher-bridge", "bridge": bridge,
+        "isGateway": True, "isDefaultGateway": True, "ipMasq": opts["ip_masq"],
+        "hairpinMode": opts["hairpin"], "promiscMode": opts["promisc"], "macspoofchk": opts["macspoofchk"],
+        "capabilities": {"ips": True, "mac": True},
+        "ipam": {"type": "rancher-ipam", "ranges": ranges, "exclude": exclude, "dataDir": ipam_data_dir},
+    }
+    if opts["mtu"]:
+        bridge_plugin["mtu"] = opts["mtu"]
+    if opts["vlan"]:
+        bridge_plugin["vlan"] = opts["vlan"]
+    portmap = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
+    return {"cniVersion": CNI_VERSION, "name": cni_name, "plugins": [bridge_plugin, portmap]}

@@ -1,0 +1,277 @@
+"""CNM -> CNI: what each of Docker's NetworkDriver calls means in CNI terms.
+
+  CreateNetwork   validate the -o options, render the network's conflist,
+                  create the bridge, optionally export the conflist
+  CreateEndpoint  record the addresses Docker's IPAM chose; pick a MAC if none
+  Join            CNI ADD into a staging namespace (the sandbox may not exist
+                  yet), move the interface to the host for Docker to take
+  DeleteEndpoint  CNI DEL with the config and result cached at ADD
+  DeleteNetwork   remove what CreateNetwork made and anything left behind
+"""
+
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import tempfile
+
+from cni_backend import networks, staging
+from cni_backend.errors import CNIError
+from cni_backend.invoke import api, conflist as conflists
+from cni_backend.plugins.ipam import RESERVED_ARG
+
+from . import options, render
+from .errors import DriverError
+from .ipam_driver import ADDRESS_SPACES
+from .state import ENDPOINT, NETWORK, POOL, State
+
+log = logging.getLogger("cnm-shim")
+PORT_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+CONTAINER_IFNAME = "eth0"  # inside the staging namespace; Docker renames it in the sandbox
+
+
+@dataclasses.dataclass
+class Settings:
+    state_dir: str = "/var/lib/rancher-cnm"
+    run_dir: str = "/run/rancher-cnm"
+    ipam_data_dir: str = "/var/lib/rancher-cni"
+    cni_path: tuple = ("/opt/cni/bin", "/usr/lib/cni")
+    cni_conf_dir: str = "/etc/cni/net.d"
+
+
+def _ip(value: str, what: str):
+    try:
+        return ipaddress.ip_interface(value)
+    except ValueError:
+        raise DriverError(f"{what} {value!r} is not an address in CIDR form") from None
+
+
+def mac_for(address: str) -> str:
+    """Docker's own choice for an IPv4 address (02:42 + the address), else random."""
+    if address and _ip(address, "address").version == 4:
+        octets = _ip(address, "address").ip.packed
+    else:
+        octets = secrets.token_bytes(4)
+    return "02:42:" + ":".join(f"{b:02x}" for b in octets)
+
+
+def _port_mappings(raw) -> list:
+    """Docker's com.docker.network.portmap -> CNI's portMappings capability."""
+    mappings = []
+    for entry in raw or []:
+        proto = PORT_PROTOCOLS.get(entry.get("Proto"))
+        if proto is None or not entry.get("HostPort"):
+            continue
+        first, last = entry["HostPort"], entry.get("HostPortEnd") or entry["HostPort"]
+        for offset in range(last - first + 1):
+            mapping = {"hostPort": first + offset, "containerPort": entry["Port"] + offset, "protocol": proto}
+            if entry.get("HostIP"):
+                mapping["hostIP"] = entry["HostIP"]
+            mappings.append(mapping)
+    return mappings
+
+
+def join_answer(result: dict, src_name: str) -> dict:
+    """The CNI result -> Join's InterfaceName, Gateway(s) and StaticRoutes."""
+    answer = {"InterfaceName": {"SrcName": src_name, "DstPrefix": "eth"}, "StaticRoutes": []}
+    defaults = {4: False, 6: False}
+    for route in result.get("routes", []):
+        dst = ipaddress.ip_network(route["dst"])
+        if dst.prefixlen == 0:
+            defaults[dst.version] = True
+            continue
+        static = {"Destination": str(dst), "RouteType": 1}
+        if route.get("gw"):
+            static.update(RouteType=0, NextHop=route["gw"])
+        answer["StaticRoutes"].append(static)
+    for ip in result.get("ips", []):
+        version = ipaddress.ip_interface(ip["address"]).version
+        if ip.get("gateway") and defaults[version]:
+            answer["Gateway" if version == 4 else "GatewayIPv6"] = ip["gateway"]
+    return answer
+
+
+class Translator:
+    def __init__(self, state: State, settings: Settings):
+        self.state = state
+        self.settings = settings
+        self.cni = api.CNI(list(settings.cni_path), cache_dir=os.path.join(settings.state_dir, "cni"))
+
+    # -- networks ----------------------------------------------------------
+
+    def create_network(self, driver: str, backend: str, body: dict) -> None:
+        network_id = body["NetworkID"]
+        if self.state.get(NETWORK, network_id):
+            return  # Docker retried: the network is made already
+        raw_options = body.get("Options") or {}
+        opts = options.parse(driver, backend, raw_options.get("com.docker.network.generic") or {})
+        ipv4, ipv6 = body.get("IPv4Data") or [], body.get("IPv6Data") or []
+        cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
+        bridge = opts["bridge"] or "rb-" + network_id[:12]
+        self._refuse_duplicates(network_id, cni_name, bridge)
+        sub_pools = {p["subnet"]: p["sub_pool"] for p in self.state.all(POOL) if p.get("sub_pool")}
+        conf = render.bridge_conflist(cni_name, bridge, opts, ipv4, ipv6, self.settings.ipam_data_dir, sub_pools)
+        raw = json.dumps(conf, indent=2).encode()
+        self._validated(raw)
+        with contextlib.ExitStack() as undo:
+            created = not networks.bridge_exists(bridge)
+            try:
+                networks.ensure_bridge(bridge, opts["mtu"])
+            except CNIError as exc:
+                raise DriverError(f"{driver}: cannot use bridge {bridge}: {exc}") from None
+            if created:
+                undo.callback(networks.remove_bridge, bridge)
+            exported = self._export(cni_name, raw) if opts["cni.export"] else None
+            self.state.put(NETWORK, network_id, {
+                "id": network_id, "driver": driver, "backend": backend, "options": opts,
+                "cni_name": cni_name, "bridge": bridge, "bridge_created": created,
+                "conflist": conf, "exported": exported,
+                "docker_ipam": any(d.get("AddressSpace") in ADDRESS_SPACES for d in ipv4 + ipv6),
+            })
+            undo.pop_all()
+        log.info("network %s: %s on bridge %s", network_id[:12], cni_name, bridge)
+
+    def _refuse_duplicates(self, network_id: str, cni_name: str, bridge: str) -> None:
+        for other in self.state.all(NETWORK):
+            if other["cni_name"] == cni_name:
+                raise DriverError(f"CNI network name {cni_name!r} is already used by network {other['id'][:12]}")
+            if other["bridge"] == bridge:
+                raise DriverError(f"bridge {bridge!r} is already used by network {other['id'][:12]}; "
+                                  "choose another with -o bridge=NAME")
+
+    @staticmethod
+    def _validated(raw: bytes) -> dict:
+        try:
+            return conflists.parse(raw, "rendered conflist")
+        except CNIError as exc:
+            raise DriverError(f"invalid network configuration: {exc}") from None
+
+    def _export(self, cni_name: str, raw: bytes) -> str:
+        os.makedirs(self.settings.cni_conf_dir, mode=0o755, exist_ok=True)
+        path = os.path.join(self.settings.cni_conf_dir, f"50-{cni_name}.conflist")
+        fd, tmp = tempfile.mkstemp(dir=self.settings.cni_conf_dir, prefix=".rancher-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)  # a runtime never reads half a file
+        return path
+
+    def delete_network(self, body: dict) -> None:
+        network_id = body["NetworkID"]
+        net = self.state.get(NETWORK, network_id)
+        if net is None:
+            return
+        for ep in self.state.all(ENDPOINT):
+            if ep["network_id"] == network_id:
+                self._cni_del(net, ep)
+                self.state.delete(ENDPOINT, State.endpoint_key(network_id, ep["endpoint_id"]))
+        if net["bridge_created"]:
+            networks.remove_bridge(net["bridge"])
+        networks.forget(net["cni_name"], self.settings.ipam_data_dir)
+        if net.get("exported"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(net["exported"])
+        self.state.delete(NETWORK, network_id)
+        log.info("network %s removed", network_id[:12])
+
+    # -- endpoints ---------------------------------------------------------
+
+    def _network(self, network_id: str) -> dict:
+        net = self.state.get(NETWORK, network_id)
+        if net is None:
+            raise DriverError(f"network {network_id[:12]} is unknown to this driver")
+        return net
+
+    def create_endpoint(self, body: dict) -> dict:
+        net = self._network(body["NetworkID"])
+        iface = body.get("Interface") or {}
+        address, address6 = iface.get("Address") or "", iface.get("AddressIPv6") or ""
+        if not address and not address6:
+            raise DriverError(f"{net['driver']} needs an address from the IPAM driver (the null IPAM driver gives none)")
+        for value, what in ((address, "Address"), (address6, "AddressIPv6")):
+            if value:
+                _ip(value, what)
+        answer = {}
+        mac = iface.get("MacAddress") or ""
+        if not mac:
+            mac = answer["MacAddress"] = mac_for(address)
+        self.state.put(ENDPOINT, State.endpoint_key(net["id"], body["EndpointID"]), {
+            "network_id": net["id"], "endpoint_id": body["EndpointID"],
+            "address": address, "address6": address6, "mac": mac, "result": None,
+        })
+        return {"Interface": answer} if answer else {}
+
+    def _endpoint(self, body: dict) -> tuple:
+        net = self._network(body["NetworkID"])
+        ep = self.state.get(ENDPOINT, State.endpoint_key(net["id"], body["EndpointID"]))
+        if ep is None:
+            raise DriverError(f"endpoint {body['EndpointID'][:12]} is unknown to this driver")
+        return net, ep
+
+    def _attachment(self, net: dict, ep: dict, netns: str, port_mappings=None) -> api.Attachment:
+        caps = {"ips": [a for a in (ep["address"], ep["address6"]) if a], "mac": ep["mac"]}
+        if port_mappings:
+            caps["portMappings"] = port_mappings
+        args = [("IgnoreUnknown", "1")] + ([(RESERVED_ARG, "true")] if net["docker_ipam"] else [])
+        return api.Attachment(ep["endpoint_id"], netns, CONTAINER_IFNAME, args=args, capability_args=caps)
+
+    def join(self, body: dict) -> dict:
+        net, ep = self._endpoint(body)
+        if ep.get("result"):  # a repeated Join: the interface exists already
+            return join_answer(ep["result"], ep["src_name"])
+        mappings = _port_mappings((body.get("Options") or {}).get("com.docker.network.portmap"))
+        staging_path = os.path.join(self.settings.run_dir, "staging", ep["endpoint_id"][:24])
+        src_name = "rc" + ep["endpoint_id"][:12]
+        conf = net["conflist"]
+        raw = json.dumps(conf, indent=2).encode()
+        staging.create(staging_path)
+        try:
+            try:
+                result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path, mappings))
+                staging.move_to_host(staging_path, CONTAINER_IFNAME, src_name)
+            except CNIError as exc:
+                self._cni_del(net, ep, quiet=True)
+                raise DriverError(f"{net['driver']}: CNI ADD on {net['cni_name']} failed: {exc}") from None
+        finally:
+            staging.remove(staging_path)
+        ep.update(result=result, src_name=src_name, sandbox_key=body.get("SandboxKey", ""),
+                  port_mappings=mappings)
+        self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
+        return join_answer(result, src_name)
+
+    def leave(self, body: dict) -> None:
+        """Nothing to undo yet: Docker moves the interface back to the host after
+        Leave and only then calls DeleteEndpoint, where CNI DEL runs."""
+
+    def delete_endpoint(self, body: dict) -> None:
+        net = self.state.get(NETWORK, body["NetworkID"])
+        key = State.endpoint_key(body["NetworkID"], body["EndpointID"])
+        ep = self.state.get(ENDPOINT, key)
+        if net is None or ep is None:
+            return  # Docker cleans up endpoints we never saw or forgot: success
+        self._cni_del(net, ep)
+        self.state.delete(ENDPOINT, key)
+
+    def _cni_del(self, net: dict, ep: dict, quiet: bool = False) -> None:
+        conf = net["conflist"]
+        try:
+            self.cni.delete(conf, json.dumps(conf, indent=2).encode(), self._attachment(net, ep, ""))
+        except CNIError as exc:
+            if quiet:
+                log.warning("undoing ADD of %s: %s", ep["endpoint_id"][:12], exc)
+                return
+            raise DriverError(f"{net['driver']}: CNI DEL on {net['cni_name']} failed: {exc}") from None
+
+    def oper_info(self, body: dict) -> dict:
+        net, ep = self._endpoint(body)
+        result = ep.get("result") or {}
+        host_side = [i["name"] for i in result.get("interfaces", []) if i.get("name", "").startswith("veth")]
+        return {"Value": {"cni_network": net["cni_name"], "bridge": net["bridge"],
+                          "host_interface": host_side[0] if host_side else "",
+                          "addresses": [ip["address"] for ip in result.get("ips", [])]}}
+
+    def endpoints(self) -> list:
+        return self.state.all(ENDPOINT)

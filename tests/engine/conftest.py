@@ -1,0 +1,97 @@
+"""Engine-layer fixtures: a private dockerd (tests/engine/dockerd.py) and our
+shim serving it from /run/docker/plugins, where dockerd looks for plug-ins."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cni_backend import install
+from tests.conftest import host_state
+from tests.engine.dockerd import Dockerd
+
+PLUGIN_DIR = "/run/docker/plugins"
+DRIVER = "rancher-bridge"
+
+
+class Shim:
+    """`cnm-shim serve` with its state in a temp dir; can be killed and restarted."""
+
+    def __init__(self, root):
+        self.root = root
+        self.bin = root / "bin"
+        install.write_executables(str(self.bin))
+        self.socket = os.path.join(PLUGIN_DIR, f"{DRIVER}.sock")
+        self.cni_socket = str(root / "cni.sock")
+        self.export_dir = root / "net.d"
+        self.ipam_dir = root / "ipam"
+        self.state_dir = root / "state"
+        self.process = None
+        self.start()
+
+    def start(self):
+        argv = [sys.executable, "-m", "cnm_shim.cli", "serve", "--plugin-dir", PLUGIN_DIR,
+                "--state-dir", str(self.state_dir), "--run-dir", str(self.root / "run"),
+                "--ipam-data-dir", str(self.ipam_dir), "--cni-conf-dir", str(self.export_dir),
+                "--cni-socket", self.cni_socket, "--cni-path", f"{self.bin}:/usr/lib/cni", "--workers", "3"]
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.root / "shim.log", "a"),
+                                        start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(self.socket) and os.path.exists(self.cni_socket)):
+            assert self.process.poll() is None and time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return (self.root / "shim.log").read_text()[-4000:]
+
+    def kill9(self):
+        """What a crash looks like: every process of the shim gets SIGKILL."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        for path in (self.socket, self.cni_socket):
+            if os.path.exists(path):
+                os.unlink(path)
+
+    def allocations(self):
+        import sqlite3
+        path = self.ipam_dir / "ipam.db"
+        if not path.exists():
+            return []
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT network, container_id, ip FROM allocations").fetchall()
+
+    def state_entries(self):
+        import sqlite3
+        with sqlite3.connect(self.state_dir / "state.db") as db:
+            return db.execute("SELECT kind, key FROM objects WHERE kind != 'pool'").fetchall()
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if os.path.exists(os.path.join(PLUGIN_DIR, f"{DRIVER}.sock")):
+        pytest.fail(f"{PLUGIN_DIR}/{DRIVER}.sock exists: another {DRIVER} plug-in runs on this machine")
+    before = host_state()
+    root = tmp_path_factory.mktemp("engine")
+    shim = Shim(root)
+    dockerd = Dockerd()
+    yield dockerd, shim
+    dockerd.close()
+    shim.stop()
+    after = host_state()
+    leaked = {k: sorted(set(after[k]) - set(before[k])) for k in after if set(after[k]) - set(before[k])}
+    assert not leaked, f"the engine tests left state behind: {leaked}"

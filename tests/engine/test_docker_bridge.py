@@ -1,0 +1,132 @@
+"""Docker drives our bridge backend through the remote driver protocol: a real
+dockerd, real containers, read back with docker inspect and the kernel."""
+
+import json
+import os
+import time
+
+import pytest
+
+from tests.conftest import run, unique
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture
+def docker(engine, leak_guard):
+    """A docker CLI for one test; removes what the test made and checks nothing is left."""
+    dockerd, shim = engine
+    made = {"containers": [], "networks": []}
+
+    def cli(*args, check=True):
+        done = dockerd.cli(*args)
+        if check:
+            assert done.returncode == 0, f"docker {' '.join(args)}: {done.stderr}"
+        return done
+
+    cli.made = made
+    cli.dockerd, cli.shim = dockerd, shim
+    yield cli
+    for name in made["containers"]:
+        dockerd.cli("rm", "-f", name)
+    for name in made["networks"]:
+        dockerd.cli("network", "rm", name)
+    assert shim.state_entries() == [], "shim state entries left behind"
+    assert [a for a in shim.allocations() if a[0] != "@docker"] == [], "IPAM entries left behind"
+    assert not os.listdir(shim.root / "run" / "staging") if (shim.root / "run" / "staging").exists() else True
+
+
+def network(docker, *args, name=None):
+    name = name or unique("n")
+    docker("network", "create", "-d", "rancher-bridge", *args, name)
+    docker.made["networks"].append(name)
+    return name
+
+
+def container(docker, net, *args, name=None, command=("sleep", "600")):
+    name = name or unique("c")
+    docker.made["containers"].append(name)
+    docker("run", "-d", "--name", name, "--network", net, *args, docker.dockerd.image, *command)
+    return name
+
+
+def address(docker, name, net):
+    info = json.loads(docker("inspect", name).stdout)[0]
+    return info["NetworkSettings"]["Networks"][net]["IPAddress"]
+
+
+def can_ping(docker, source, target) -> bool:
+    return docker("exec", source, "ping", "-c", "1", "-W", "2", target, check=False).returncode == 0
+
+
+def test_two_containers_ping_by_ip_and_by_name(docker):
+    net = network(docker, "--subnet", "10.131.0.0/24")
+    inspect = json.loads(docker("network", "inspect", net).stdout)[0]
+    assert inspect["Driver"] == "rancher-bridge" and inspect["IPAM"]["Config"][0]["Subnet"] == "10.131.0.0/24"
+    a, b = container(docker, net), container(docker, net)
+    ip_b = address(docker, b, net)
+    assert ip_b.startswith("10.131.0.")
+    assert can_ping(docker, a, ip_b)
+    assert can_ping(docker, a, b), "Docker's embedded DNS resolves the other container"
+    mac = json.loads(docker("inspect", b).stdout)[0]["NetworkSettings"]["Networks"][net]["MacAddress"]
+    assert mac in docker("exec", b, "ip", "link", "show", "eth0").stdout
+
+
+def test_bad_option_fails_network_create_with_our_message(docker):
+    done = docker("network", "create", "-d", "rancher-bridge", "--subnet", "10.132.0.0/24",
+                  "-o", "mtuu=1400", unique("n"), check=False)
+    assert done.returncode != 0
+    assert "unknown option 'mtuu'" in done.stderr and "valid options:" in done.stderr and "mtu" in done.stderr
+    done = docker("network", "create", "-d", "rancher-bridge", "--subnet", "10.132.0.0/24",
+                  "-o", "mtu=huge", unique("n"), check=False)
+    assert done.returncode != 0 and "mtu='huge' must be an integer" in done.stderr
+
+
+def test_static_ip_connect_disconnect_and_two_networks(docker):
+    first = network(docker, "--subnet", "10.133.0.0/24")
+    second = network(docker, "--subnet", "10.134.0.0/24")
+    a = container(docker, first, "--ip", "10.133.0.50")
+    assert address(docker, a, first) == "10.133.0.50"
+    b = container(docker, second)
+    assert not can_ping(docker, a, address(docker, b, second))
+    docker("network", "connect", second, a)
+    assert can_ping(docker, a, address(docker, b, second))
+    assert "10.133.0.50" in docker("exec", a, "ip", "addr").stdout
+    docker("network", "disconnect", second, a)
+    assert second not in json.loads(docker("inspect", a).stdout)[0]["NetworkSettings"]["Networks"]
+    assert "10.134.0." not in docker("exec", a, "ip", "addr").stdout
+
+
+def test_our_ipam_driver(docker):
+    net = network(docker, "--ipam-driver", "rancher-bridge", "--subnet", "10.135.0.0/24", "--ip-range", "10.135.0.128/25")
+    a, b = container(docker, net), container(docker, net)
+    ip_a, ip_b = address(docker, a, net), address(docker, b, net)
+    assert ip_a != ip_b and all(int(ip.rsplit(".", 1)[1]) >= 128 for ip in (ip_a, ip_b))
+    assert can_ping(docker, a, ip_b)
+    held = {ip for owner, _, ip in docker.shim.allocations() if owner == "@docker"}
+    assert {ip_a, ip_b, "10.135.0.1"} <= held
+    auto = network(docker, "--ipam-driver", "rancher-bridge")
+    c = container(docker, auto)
+    assert address(docker, c, auto)
+
+
+def test_ipv6_subnet(docker):
+    net = network(docker, "--ipv6", "--subnet", "10.136.0.0/24", "--subnet", "fd00:136::/64")
+    a, b = container(docker, net), container(docker, net)
+    info = json.loads(docker("inspect", b).stdout)[0]["NetworkSettings"]["Networks"][net]
+    assert info["GlobalIPv6Address"].startswith("fd00:136::")
+    assert docker("exec", a, "ping6", "-c", "1", "-W", "3", info["GlobalIPv6Address"], check=False).returncode == 0
+
+
+def test_nothing_is_left_after_everything_is_removed(docker):
+    net = network(docker, "--subnet", "10.137.0.0/24")
+    names = [container(docker, net) for _ in range(3)]
+    bridge = json.loads(docker("network", "inspect", net).stdout)[0]["Id"][:12]
+    assert run("ip", "link", "show", f"rb-{bridge}", check=False).returncode == 0
+    for name in names:
+        docker("rm", "-f", name)
+    docker.made["containers"].clear()
+    docker("network", "rm", net)
+    docker.made["networks"].clear()
+    assert run("ip", "link", "show", f"rb-{bridge}", check=False).returncode != 0
+    assert "rcni-" not in run("iptables-save").stdout
