@@ -64,3 +64,7 @@ def bridge_main() -> int:
 
 def ipam_main() -> int:
     return main("rancher-ipam")
+
+
+def portmap_main() -> int:
+    return main("rancher-portmap")

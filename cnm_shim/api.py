@@ -119,13 +119,13 @@ def leave():
 
 @network_api.post("/NetworkDriver.ProgramExternalConnectivity")
 def program_external_connectivity():
-    with_ids("NetworkID", "EndpointID")
+    services().translator.program_external_connectivity(with_ids("NetworkID", "EndpointID"))
     return jsonify({})
 
 
 @network_api.post("/NetworkDriver.RevokeExternalConnectivity")
 def revoke_external_connectivity():
-    with_ids("NetworkID", "EndpointID")
+    services().translator.revoke_external_connectivity(with_ids("NetworkID", "EndpointID"))
     return jsonify({})
 
 

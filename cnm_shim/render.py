@@ -9,7 +9,7 @@ import ipaddress
 
 from .errors import DriverError
 
-# 1.0.0: what Debian's portmap and containerd 1.6 understand
+# 1.0.0: what containerd 1.6 (libcni 1.1) understands
 CNI_VERSION = "1.0.0"
 
 
@@ -53,5 +53,18 @@ def bridge_conflist(cni_name: str, bridge: str, opts: dict, ipv4: list, ipv6: li
         bridge_plugin["mtu"] = opts["mtu"]
     if opts["vlan"]:
         bridge_plugin["vlan"] = opts["vlan"]
-    portmap = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
-    return {"cniVersion": CNI_VERSION, "name": cni_name, "plugins": [bridge_plugin, portmap]}
+    return {"cniVersion": CNI_VERSION, "name": cni_name, "plugins": [bridge_plugin]}
+
+
+PORTMAP = {"type": "rancher-portmap", "capabilities": {"portMappings": True}, "snat": True}
+
+
+def exported(conf: dict) -> dict:
+    """What CNI runtimes get: the same network, with port mappings in the chain."""
+    return dict(conf, plugins=conf["plugins"] + [PORTMAP])
+
+
+def ports_conflist(conf: dict) -> dict:
+    """Docker publishes ports only on the endpoint that gives the container its
+    gateway, after Join: a separate list, run with the endpoint's result."""
+    return {"cniVersion": conf["cniVersion"], "name": conf["name"] + "-ports", "plugins": [PORTMAP]}

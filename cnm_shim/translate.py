@@ -68,7 +68,7 @@ def _port_mappings(raw) -> list:
         first, last = entry["HostPort"], entry.get("HostPortEnd") or entry["HostPort"]
         for offset in range(last - first + 1):
             mapping = {"hostPort": first + offset, "containerPort": entry["Port"] + offset, "protocol": proto}
-            if entry.get("HostIP"):
+            if entry.get("HostIP") not in (None, "", "0.0.0.0", "::"):
                 mapping["hostIP"] = entry["HostIP"]
             mappings.append(mapping)
     return mappings
@@ -124,7 +124,7 @@ class Translator:
                 raise DriverError(f"{driver}: cannot use bridge {bridge}: {exc}") from None
             if created:
                 undo.callback(networks.remove_bridge, bridge)
-            exported = self._export(cni_name, raw) if opts["cni.export"] else None
+            exported = self._export(cni_name, render.exported(conf)) if opts["cni.export"] else None
             self.state.put(NETWORK, network_id, {
                 "id": network_id, "driver": driver, "backend": backend, "options": opts,
                 "cni_name": cni_name, "bridge": bridge, "bridge_created": created,
@@ -149,7 +149,8 @@ class Translator:
         except CNIError as exc:
             raise DriverError(f"invalid network configuration: {exc}") from None
 
-    def _export(self, cni_name: str, raw: bytes) -> str:
+    def _export(self, cni_name: str, conf: dict) -> str:
+        raw = json.dumps(conf, indent=2).encode()
         os.makedirs(self.settings.cni_conf_dir, mode=0o755, exist_ok=True)
         path = os.path.join(self.settings.cni_conf_dir, f"50-{cni_name}.conflist")
         fd, tmp = tempfile.mkstemp(dir=self.settings.cni_conf_dir, prefix=".rancher-")
@@ -170,7 +171,8 @@ class Translator:
                 self.state.delete(ENDPOINT, State.endpoint_key(network_id, ep["endpoint_id"]))
         if net["bridge_created"]:
             networks.remove_bridge(net["bridge"])
-        networks.forget(net["cni_name"], self.settings.ipam_data_dir)
+        for name in (net["cni_name"], render.ports_conflist(net["conflist"])["name"]):
+            networks.forget(name, self.settings.ipam_data_dir)
         if net.get("exported"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(net["exported"])
@@ -211,10 +213,8 @@ class Translator:
             raise DriverError(f"endpoint {body['EndpointID'][:12]} is unknown to this driver")
         return net, ep
 
-    def _attachment(self, net: dict, ep: dict, netns: str, port_mappings=None) -> api.Attachment:
+    def _attachment(self, net: dict, ep: dict, netns: str) -> api.Attachment:
         caps = {"ips": [a for a in (ep["address"], ep["address6"]) if a], "mac": ep["mac"]}
-        if port_mappings:
-            caps["portMappings"] = port_mappings
         args = [("IgnoreUnknown", "1")] + ([(RESERVED_ARG, "true")] if net["docker_ipam"] else [])
         return api.Attachment(ep["endpoint_id"], netns, CONTAINER_IFNAME, args=args, capability_args=caps)
 
@@ -222,7 +222,6 @@ class Translator:
         net, ep = self._endpoint(body)
         if ep.get("result"):  # a repeated Join: the interface exists already
             return join_answer(ep["result"], ep["src_name"])
-        mappings = _port_mappings((body.get("Options") or {}).get("com.docker.network.portmap"))
         staging_path = os.path.join(self.settings.run_dir, "staging", ep["endpoint_id"][:24])
         src_name = "rc" + ep["endpoint_id"][:12]
         conf = net["conflist"]
@@ -230,15 +229,14 @@ class Translator:
         staging.create(staging_path)
         try:
             try:
-                result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path, mappings))
+                result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path))
                 staging.move_to_host(staging_path, CONTAINER_IFNAME, src_name)
             except CNIError as exc:
                 self._cni_del(net, ep, quiet=True)
                 raise DriverError(f"{net['driver']}: CNI ADD on {net['cni_name']} failed: {exc}") from None
         finally:
             staging.remove(staging_path)
-        ep.update(result=result, src_name=src_name, sandbox_key=body.get("SandboxKey", ""),
-                  port_mappings=mappings)
+        ep.update(result=result, src_name=src_name, sandbox_key=body.get("SandboxKey", ""))
         self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
         return join_answer(result, src_name)
 
@@ -252,6 +250,7 @@ class Translator:
         ep = self.state.get(ENDPOINT, key)
         if net is None or ep is None:
             return  # Docker cleans up endpoints we never saw or forgot: success
+        self._revoke_ports(net, ep)
         self._cni_del(net, ep)
         self.state.delete(ENDPOINT, key)
 
@@ -264,6 +263,45 @@ class Translator:
                 log.warning("undoing ADD of %s: %s", ep["endpoint_id"][:12], exc)
                 return
             raise DriverError(f"{net['driver']}: CNI DEL on {net['cni_name']} failed: {exc}") from None
+
+    # -- published ports -----------------------------------------------------
+
+    def program_external_connectivity(self, body: dict) -> None:
+        net, ep = self._endpoint(body)
+        mappings = _port_mappings((body.get("Options") or {}).get("com.docker.network.portmap"))
+        if not mappings or ep.get("port_mappings") == mappings:
+            return
+        if not ep.get("result"):
+            raise DriverError(f"endpoint {ep['endpoint_id'][:12]} has not joined a sandbox yet")
+        self._revoke_ports(net, ep)
+        conf = render.ports_conflist(net["conflist"])
+        att = api.Attachment(ep["endpoint_id"], ep.get("sandbox_key") or "/proc/self/ns/net", CONTAINER_IFNAME,
+                             capability_args={"portMappings": mappings})
+        try:
+            self.cni.add(conf, json.dumps(conf).encode(), att, prev_result=ep["result"])
+        except CNIError as exc:
+            self._revoke_ports(net, dict(ep, port_mappings=mappings))
+            raise DriverError(f"{net['driver']}: publishing ports failed: {exc}") from None
+        ep["port_mappings"] = mappings
+        self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
+
+    def revoke_external_connectivity(self, body: dict) -> None:
+        net = self.state.get(NETWORK, body["NetworkID"])
+        ep = self.state.get(ENDPOINT, State.endpoint_key(body["NetworkID"], body["EndpointID"]))
+        if net is not None and ep is not None and ep.get("port_mappings"):
+            self._revoke_ports(net, ep)
+            ep["port_mappings"] = None
+            self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
+
+    def _revoke_ports(self, net: dict, ep: dict) -> None:
+        if not ep.get("port_mappings"):
+            return
+        conf = render.ports_conflist(net["conflist"])
+        att = api.Attachment(ep["endpoint_id"], "", CONTAINER_IFNAME, capability_args={"portMappings": ep["port_mappings"]})
+        try:
+            self.cni.delete(conf, json.dumps(conf).encode(), att)
+        except CNIError as exc:
+            raise DriverError(f"{net['driver']}: removing published ports failed: {exc}") from None
 
     def oper_info(self, body: dict) -> dict:
         net, ep = self._endpoint(body)

@@ -49,9 +49,11 @@ class CNI:
             config.update(extra)
         return exec_plugin(plugin["type"], self._env(command, att), config, self.runner)
 
-    def add(self, conf: dict, raw: bytes, att: Attachment) -> dict:
+    def add(self, conf: dict, raw: bytes, att: Attachment, prev_result: dict | None = None) -> dict:
+        """ADD through the whole list; `prev_result` seeds the chain (a list that
+        only adds to an existing attachment, such as port mappings)."""
         att.network = conf["name"]
-        result = None
+        result = prev_result
         for plugin in conf["plugins"]:
             output = self._run("ADD", conf, plugin, att, result)
             if output is None:

@@ -6,6 +6,7 @@ import importlib
 PLUGINS = {
     "rancher-bridge": "cni_backend.plugins.bridge",
     "rancher-ipam": "cni_backend.plugins.ipam",
+    "rancher-portmap": "cni_backend.plugins.portmap",
 }
 
 

@@ -121,9 +121,9 @@ def add(req) -> dict:
                 container = _configure_sandbox(inside, sandbox, req.ifname, conf.mac, ipam["ips"], routes)
                 if conf.is_gateway:
                     _ensure_gateway(host, bridge, ipam["ips"], conf.force_address)
-                rollback.callback(firewall.remove_attachment_rules, _tag(req))
-                firewall.add_attachment_rules(_tag(req), conf.bridge,
-                                              [ip["address"] for ip in ipam["ips"]], conf.ip_masq)
+                rollback.callback(firewall.remove_rules, _tag(req))
+                firewall.add_rules(_tag(req), firewall.bridge_rules(
+                    _tag(req), conf.bridge, [ip["address"] for ip in ipam["ips"]], conf.ip_masq))
                 if conf.macspoofchk:
                     rollback.callback(firewall.remove_mac_filter, _tag(req))
                     firewall.add_mac_filter(_tag(req), host_name, container["mac"])
@@ -210,7 +210,7 @@ def delete(req) -> None:
                 pass  # the sandbox and with it our veth are gone already
         for iface in _host_interfaces(req.prev_result, conf):
             netlink.delete_link(host, iface)
-    firewall.remove_attachment_rules(_tag(req), _families(req.prev_result))
+    firewall.remove_rules(_tag(req), _families(req.prev_result))
     if conf.macspoofchk:
         firewall.remove_mac_filter(_tag(req))
     delegate.delete(req)

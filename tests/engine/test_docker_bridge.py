@@ -32,6 +32,9 @@ def docker(engine, leak_guard):
     for name in made["networks"]:
         dockerd.cli("network", "rm", name)
     assert shim.state_entries() == [], "shim state entries left behind"
+    ours = [r for tool in ("iptables-save", "ip6tables-save") for r in run(tool).stdout.splitlines()
+            if "rcni" in r or "RANCHER-CNI" in r]
+    assert ours == [], "firewall rules left behind"
     assert [a for a in shim.allocations() if a[0] != "@docker"] == [], "IPAM entries left behind"
     assert not os.listdir(shim.root / "run" / "staging") if (shim.root / "run" / "staging").exists() else True
 
@@ -130,3 +133,31 @@ def test_nothing_is_left_after_everything_is_removed(docker):
     docker.made["networks"].clear()
     assert run("ip", "link", "show", f"rb-{bridge}", check=False).returncode != 0
     assert "rcni-" not in run("iptables-save").stdout
+
+
+def http_get(url: str) -> str:
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return reply.read().decode()
+
+
+def test_published_port_is_reachable_from_the_host_and_another_container(docker):
+    net = network(docker, "--subnet", "10.138.0.0/24")
+    web = container(docker, net, "-p", "18080:80",
+                    command=("sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && httpd -f -p 80 -h /www"))
+    client = container(docker, net)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert http_get("http://127.0.0.1:18080/") == "hello-from-web\n"
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "published port never answered"
+            time.sleep(0.2)
+    gateway = json.loads(docker("inspect", client).stdout)[0]["NetworkSettings"]["Networks"][net]["Gateway"]
+    fetched = docker("exec", client, "wget", "-q", "-O", "-", f"http://{gateway}:18080/", check=False)
+    assert fetched.stdout == "hello-from-web\n", fetched.stderr
+    docker("rm", "-f", web)
+    docker.made["containers"].remove(web)
+    with pytest.raises(OSError):
+        http_get("http://127.0.0.1:18080/")

@@ -1,0 +1,212 @@
+"""iptables rules owned by attachments, changed atomically; everything else
+follows from them.
+
+A rule belongs to an attachment through its comment tag (`rcni-…`). Callers
+add or remove an attachment's rules; this module works out the rest from what
+the kernel holds: our chains and their jumps exist while some rule is in them,
+and a bridge's isolation rules while some attachment's traffic enters from that
+bridge. Each change is one `iptables-restore --noflush` per family, under a
+host-wide lock, so parallel ADD/DEL never see or leave half a rule set.
+"""
+
+import contextlib
+import fcntl
+import os
+import re
+import subprocess
+
+from ..errors import CNIError, FIREWALL_FAILURE
+
+FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
+ISOLATION_CHAIN = "RANCHER-CNI-ISOLATION"
+MASQ_CHAIN = "RANCHER-CNI-MASQ"
+HOSTPORT_CHAIN = "RANCHER-CNI-HOSTPORT"
+ATTACHMENT_PREFIX = "rcni-"
+BRIDGE_PREFIX = "rcnibr-"
+STATIC_TAG = "rcni-isolation"
+DOCKER_BRIDGES = ("docker0", "br-+")  # Docker's own bridge networks
+LOCK_PATH = "/run/rancher-cni/firewall.lock"
+_TOOLS = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
+_NOTE = "-m comment --comment rancher-cni"
+
+# Our attachment chains per table, and the jumps into each from built-in chains.
+CHAINS = {
+    "filter": {FORWARD_CHAIN: (f"FORWARD {_NOTE} -j {FORWARD_CHAIN}",)},
+    "nat": {
+        MASQ_CHAIN: (f"POSTROUTING {_NOTE} -j {MASQ_CHAIN}",),
+        HOSTPORT_CHAIN: (f"PREROUTING -m addrtype --dst-type LOCAL {_NOTE} -j {HOSTPORT_CHAIN}",
+                         f"OUTPUT -m addrtype --dst-type LOCAL {_NOTE} -j {HOSTPORT_CHAIN}"),
+    },
+}
+
+
+@contextlib.contextmanager
+def host_lock():
+    os.makedirs(os.path.dirname(LOCK_PATH), mode=0o755, exist_ok=True)
+    with open(LOCK_PATH, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def run(argv: list, stdin: str | None = None, check: bool = True):
+    """stdout of the command; with check=False, None when it failed."""
+    try:
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise CNIError(FIREWALL_FAILURE, f"{argv[0]} not found", "install the iptables and nftables packages") from None
+    if done.returncode != 0:
+        if not check:
+            return None
+        raise CNIError(FIREWALL_FAILURE, f"{argv[0]} failed", done.stderr.strip())
+    return done.stdout
+
+
+def saved_tables(family: int) -> dict:
+    """table -> (set of chain names, list of rule lines), from iptables-save."""
+    tables, current = {}, None
+    for line in run([_TOOLS[family][0]]).splitlines():
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:], (set(), []))
+        elif line.startswith(":") and current is not None:
+            current[0].add(line[1:].split()[0])
+        elif line.startswith("-A ") and current is not None:
+            current[1].append(line)
+    return tables
+
+
+def comment_of(rule: str) -> str:
+    match = re.search(r'--comment "?([^" ]+)"?', rule)
+    return match.group(1) if match else ""
+
+
+def _chain_of(rule: str) -> str:
+    return rule.split()[1]
+
+
+def _is_attachment(rule: str) -> bool:
+    tag = comment_of(rule)
+    return tag.startswith(ATTACHMENT_PREFIX) and tag != STATIC_TAG
+
+
+def _has_jump(rules: list, jump: str) -> bool:
+    parent, chain = jump.split()[0], jump.split()[-1]
+    return any(r.startswith(f"-A {parent} ") and r.endswith(f"-j {chain}") for r in rules)
+
+
+def _first(rule: str) -> str:
+    """'CHAIN spec' -> 'CHAIN 1 spec', for -I."""
+    chain, _, spec = rule.partition(" ")
+    return f"{chain} 1 {spec}"
+
+
+def _bridge_rules(bridge: str) -> tuple:
+    """The two rules that keep traffic entering from `bridge` out of our other bridges."""
+    note = f"-m comment --comment {BRIDGE_PREFIX}{bridge}"
+    return (f"{FORWARD_CHAIN} -i {bridge} ! -o {bridge} {note} -j {ISOLATION_CHAIN}",
+            f"{ISOLATION_CHAIN} -o {bridge} {note} -j DROP")
+
+
+def _static_isolation() -> list:
+    note = f"-m comment --comment {STATIC_TAG}"
+    return ([f"-A {ISOLATION_CHAIN} -m conntrack --ctstate DNAT {note} -j RETURN"]  # published ports
+            + [f"-A {ISOLATION_CHAIN} -o {bridge} {note} -j DROP" for bridge in DOCKER_BRIDGES])
+
+
+def _bridge_of(rule: str) -> str | None:
+    match = re.search(r" -i (\S+)", rule)
+    return match.group(1) if match and _chain_of(rule) == FORWARD_CHAIN else None
+
+
+def _plan(table: str, saved: tuple, is_stale, new_rules: list) -> list:
+    """restore lines taking `table` from `saved` to: its attachment rules less
+    the stale ones plus `new_rules`, with the chains, jumps and isolation
+    rules that follow from those."""
+    chains, rules = saved
+    ours = [r for r in rules if _chain_of(r) in CHAINS[table] and _is_attachment(r)]
+    stale = [r for r in ours if is_stale(comment_of(r))]
+    remaining = [r for r in ours if r not in stale] + new_rules
+    used = {_chain_of(r) for r in remaining}
+    declare, lines = [], ["-D" + r[2:] for r in stale]
+    for chain, jumps in CHAINS[table].items():
+        if chain in used:
+            if chain not in chains:
+                declare.append(f":{chain} - [0:0]")
+            lines += [f"-I {_first(j)}" for j in jumps if not _has_jump(rules, j)]
+        elif chain in chains:
+            lines += [f"-D {j}" for j in jumps if _has_jump(rules, j)] + [f"-F {chain}", f"-X {chain}"]
+    if table == "filter":
+        lines += _plan_isolation(chains, rules, remaining, declare)
+    return declare + lines + new_rules
+
+
+def _plan_isolation(chains: set, rules: list, remaining: list, declare: list) -> list:
+    needed = {_bridge_of(r) for r in remaining} - {None}
+    present = {comment_of(r)[len(BRIDGE_PREFIX):] for r in rules if comment_of(r).startswith(BRIDGE_PREFIX)}
+    lines = []
+    if not needed:
+        return [f"-F {ISOLATION_CHAIN}", f"-X {ISOLATION_CHAIN}"] if ISOLATION_CHAIN in chains else []
+    if ISOLATION_CHAIN not in chains:
+        declare.append(f":{ISOLATION_CHAIN} - [0:0]")
+        lines += _static_isolation()
+    for bridge in present - needed:
+        lines += [f"-D {rule}" for rule in _bridge_rules(bridge)]
+    for bridge in needed - present:
+        jump, drop = _bridge_rules(bridge)
+        lines += [f"-I {_first(jump)}", f"-A {drop}"]
+    return lines
+
+
+def apply(family: int, is_stale, new_rules: dict) -> None:
+    """The slow, always-correct path: list, plan, restore."""
+    saved = saved_tables(family)
+    script = []
+    for table in CHAINS:
+        lines = _plan(table, saved.get(table, (set(), [])), is_stale, new_rules.get(table, []))
+        if lines:
+            script += [f"*{table}", *lines, "COMMIT"]
+    if script:
+        run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n")
+
+
+def append_fast(family: int, new_rules: dict) -> bool:
+    """Append in one call, assuming the chains, jumps and bridge rules the new
+    rules need exist: each is deleted and put back in the same restore, which
+    therefore fails as a whole, changing nothing, when one does not."""
+    script = []
+    for table, rules in new_rules.items():
+        if not rules:
+            continue
+        script.append(f"*{table}")
+        for chain in sorted({_chain_of(r) for r in rules}):
+            for jump in CHAINS[table][chain]:
+                script += [f"-D {jump}", f"-I {_first(jump)}"]
+        for bridge in sorted({_bridge_of(r) for r in rules} - {None}):
+            jump, drop = _bridge_rules(bridge)
+            script += [f"-D {jump}", f"-I {_first(jump)}", f"-D {drop}", f"-A {drop}"]
+        script += [*rules, "COMMIT"]
+    if not script:
+        return True
+    return run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
+
+
+def add(per_family: dict, tag: str) -> None:
+    """Add rules {family: {table: [lines]}} that all carry `tag`."""
+    with host_lock():
+        for family, rules in per_family.items():
+            if not append_fast(family, rules):
+                apply(family, tag.__eq__, rules)
+
+
+def remove(is_stale, families=(4, 6)) -> None:
+    """Remove every attachment rule whose tag `is_stale`."""
+    with host_lock():
+        for family in families:
+            apply(family, is_stale, {})
+
+
+def rules_tagged(is_wanted) -> list:
+    found = []
+    for family in (4, 6):
+        for _, rules in saved_tables(family).values():
+            found += [r for r in rules if is_wanted(comment_of(r))]
+    return found
