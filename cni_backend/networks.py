@@ -30,3 +30,9 @@ def forget(cni_network: str, ipam_data_dir: str) -> None:
     with open_store(ipam_data_dir).transaction() as txn:
         allocator.collect_garbage(txn, cni_network, valid=set())
 
+
+
+def holder_of(ipam_data_dir: str, subnet: str, ip: str):
+    """The allocation holding `ip` in the pool of `subnet`, or None."""
+    with open_store(ipam_data_dir).transaction() as txn:
+        return txn.allocated(subnet).get(ip)

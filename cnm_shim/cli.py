@@ -77,6 +77,27 @@ def cmd_serve(opts) -> int:
     return server.serve(opts)
 
 
+def cmd_status(opts) -> int:
+    from .state import ENDPOINT, NETWORK, POOL, State
+    state = State(opts.state_dir)
+    networks, endpoints = state.all(NETWORK), state.all(ENDPOINT)
+    if opts.json:
+        print(json.dumps({"networks": networks, "endpoints": endpoints, "pools": state.all(POOL)}, indent=2))
+        return 0
+    for net in networks:
+        print(f"network {net['id'][:12]}  driver {net['driver']}  cni {net['cni_name']}  bridge {net['bridge']}"
+              + (f"  exported {net['exported']}" if net.get("exported") else ""))
+        for ep in (e for e in endpoints if e["network_id"] == net["id"]):
+            result = ep.get("result") or {}
+            host_side = [i["name"] for i in result.get("interfaces", []) if i.get("name", "").startswith("veth")]
+            addresses = ", ".join(ip["address"] for ip in result.get("ips", [])) or ep["address"]
+            ports = ", ".join(f"{m['hostPort']}->{m['containerPort']}/{m['protocol']}" for m in ep.get("port_mappings") or [])
+            print(f"  endpoint {ep['endpoint_id'][:12]}  {addresses}  mac {ep['mac']}  "
+                  f"host {host_side[0] if host_side else '-'}  sandbox {ep.get('sandbox_key') or '-'}"
+                  + (f"  ports {ports}" if ports else ""))
+    return 0
+
+
 def cmd_install_cni(opts) -> int:
     from cni_backend import install
     for path in install.write_executables(opts.dir):
@@ -120,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-cni-daemon", action="store_true", help="do not start the CNI daemon")
     serve.add_argument("--access-log", action="store_true")
     serve.set_defaults(func=cmd_serve)
+
+    status = sub.add_parser("status", help="networks and endpoints with their CNI results")
+    status.add_argument("--state-dir", default="/var/lib/rancher-cnm")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     inst = sub.add_parser("install-cni", help="write the CNI executables into a plug-in directory")
     inst.add_argument("--dir", default=DEFAULT_CNI_PATH)

@@ -222,6 +222,7 @@ class Translator:
         net, ep = self._endpoint(body)
         if ep.get("result"):  # a repeated Join: the interface exists already
             return join_answer(ep["result"], ep["src_name"])
+        self._reclaim_from_stale_endpoints(net, ep)
         staging_path = os.path.join(self.settings.run_dir, "staging", ep["endpoint_id"][:24])
         src_name = "rc" + ep["endpoint_id"][:12]
         conf = net["conflist"]
@@ -239,6 +240,26 @@ class Translator:
         ep.update(result=result, src_name=src_name, sandbox_key=body.get("SandboxKey", ""))
         self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
         return join_answer(result, src_name)
+
+    def _reclaim_from_stale_endpoints(self, net: dict, ep: dict) -> None:
+        """Docker's IPAM gave this endpoint an address one of our older endpoints
+        of the same network still holds: Docker no longer has that endpoint (a
+        dockerd killed before it could call DeleteEndpoint), so tear it down."""
+        for address in (ep["address"], ep["address6"]):
+            if not address:
+                continue
+            iface = ipaddress.ip_interface(address)
+            holder = networks.holder_of(self.settings.ipam_data_dir, str(iface.network), str(iface.ip))
+            if holder is None or holder.network != net["cni_name"] or holder.container_id == ep["endpoint_id"]:
+                continue
+            stale = self.state.get(ENDPOINT, State.endpoint_key(net["id"], holder.container_id))
+            if stale is None:
+                continue  # a CNI runtime's container: ADD will report the clash
+            log.warning("endpoint %s reclaims %s from stale endpoint %s", ep["endpoint_id"][:12],
+                        iface.ip, holder.container_id[:12])
+            self._revoke_ports(net, stale)
+            self._cni_del(net, stale)
+            self.state.delete(ENDPOINT, State.endpoint_key(net["id"], holder.container_id))
 
     def leave(self, body: dict) -> None:
         """Nothing to undo yet: Docker moves the interface back to the host after

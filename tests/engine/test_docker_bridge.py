@@ -35,7 +35,7 @@ def docker(engine, leak_guard):
     ours = [r for tool in ("iptables-save", "ip6tables-save") for r in run(tool).stdout.splitlines()
             if "rcni" in r or "RANCHER-CNI" in r]
     assert ours == [], "firewall rules left behind"
-    assert [a for a in shim.allocations() if a[0] != "@docker"] == [], "IPAM entries left behind"
+    assert shim.allocations() == [], "IPAM entries left behind"
     assert not os.listdir(shim.root / "run" / "staging") if (shim.root / "run" / "staging").exists() else True
 
 
