@@ -1,5 +1,6 @@
 # Two entry points for a fresh Debian 12 machine, run as root (see README.md):
-#   make run    install everything and run the plug-in daemon in the foreground
+#   make run    install everything, start a Docker engine if none runs, and run
+#               the plug-in (Docker driver + CNI daemon) in the foreground
 #   make test   install everything the tests need and run every test layer
 PYTHON       ?= /usr/bin/python3
 VENV         ?= /opt/rancher-cni/venv
@@ -7,9 +8,9 @@ CNI_BIN_DIR  ?= /opt/cni/bin
 TEST_VENV    ?= $(CURDIR)/.venv
 SOURCES      := setup.cfg pyproject.toml $(shell find cnm_shim cni_backend -name '*.py')
 DEB_PACKAGES := python3-venv iproute2 iptables nftables iputils-ping busybox-static \
-                containerd containernetworking-plugins
+                docker.io containerd containernetworking-plugins
 
-.PHONY: deps install run test test-unit test-netns test-interop bench clean
+.PHONY: deps install run test test-unit test-netns test-interop test-engine bench clean
 
 deps:  ## Debian packages (installed only when missing)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -27,8 +28,10 @@ $(VENV)/.installed: $(SOURCES)
 install: deps $(VENV)/.installed  ## the virtualenv in /opt/rancher-cni and the CNI executables
 	$(VENV)/bin/cnm-shim install-cni --dir $(CNI_BIN_DIR)
 
-run: install  ## the daemon the CNI executables hand their work to
-	exec $(VENV)/bin/cnm-shim cni-server
+run: install  ## a Docker engine if none runs, then the plug-in in the foreground
+	@pgrep -x dockerd >/dev/null || { echo "starting dockerd (log: /var/log/rancher-dockerd.log)"; \
+	  systemctl start docker 2>/dev/null || (nohup dockerd >/var/log/rancher-dockerd.log 2>&1 &); }
+	exec $(VENV)/bin/cnm-shim serve
 
 $(TEST_VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(TEST_VENV)
@@ -36,7 +39,7 @@ $(TEST_VENV)/.installed: setup.cfg pyproject.toml
 	$(TEST_VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-test: deps $(TEST_VENV)/.installed  ## every layer: unit, netns, interop
+test: deps $(TEST_VENV)/.installed  ## every layer: unit, netns, interop, engine
 	$(TEST_VENV)/bin/python -m pytest -ra tests
 
 test-unit: $(TEST_VENV)/.installed
@@ -47,6 +50,9 @@ test-netns: deps $(TEST_VENV)/.installed
 
 test-interop: deps $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python -m pytest -ra tests/interop
+
+test-engine: deps $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m pytest -ra tests/engine
 
 bench: deps $(TEST_VENV)/.installed  ## ours against the reference plug-ins, same run
 	$(TEST_VENV)/bin/python bench/cni_add_del.py

@@ -1,0 +1,96 @@
+"""Docker's wire quirks, through the Flask app (no root, no Docker): no
+Content-Type, empty bodies, `Err` vs `Error`, unknown IDs, IPAM bookkeeping."""
+
+import json
+
+import pytest
+
+from cnm_shim.app import create_app
+
+NET = "a" * 64
+
+
+@pytest.fixture
+def client(tmp_path):
+    app = create_app({"state_dir": str(tmp_path / "state"), "run_dir": str(tmp_path / "run"),
+                      "ipam_data_dir": str(tmp_path / "ipam"), "cni_conf_dir": str(tmp_path / "net.d")})
+    return app.test_client()
+
+
+def post(client, path, body=None, raw=None):
+    """As Docker posts: no Content-Type header, maybe no body at all."""
+    data = raw if raw is not None else (json.dumps(body) if body is not None else b"")
+    reply = client.post(path, data=data, headers={"Accept": "application/vnd.docker.plugins.v1.2+json"})
+    return reply.status_code, reply.get_json()
+
+
+@pytest.mark.parametrize("path,answer", [
+    ("/Plugin.Activate", {"Implements": ["NetworkDriver", "IpamDriver"]}),
+    ("/NetworkDriver.GetCapabilities", {"Scope": "local", "ConnectivityScope": "local"}),
+    ("/IpamDriver.GetCapabilities", {"RequiresMACAddress": False, "RequiresRequestReplay": False}),
+    ("/IpamDriver.GetDefaultAddressSpaces", {"LocalDefaultAddressSpace": "RancherLocal",
+                                             "GlobalDefaultAddressSpace": "RancherGlobal"}),
+])
+def test_empty_body_calls(client, path, answer):
+    assert post(client, path) == (200, answer)
+
+
+def test_network_errors_use_err_and_ipam_errors_use_error(client):
+    status, body = post(client, "/NetworkDriver.CreateNetwork", raw=b"{broken")
+    assert status == 400 and set(body) == {"Err"} and "not valid JSON" in body["Err"]
+    status, body = post(client, "/IpamDriver.RequestPool", raw=b"[1, 2]")
+    assert status == 400 and set(body) == {"Error"}
+
+
+def test_unknown_option_names_it_and_lists_the_valid_ones(client):
+    status, body = post(client, "/NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "Options": {"com.docker.network.generic": {"bridgename": "x"}},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.9.0.0/24", "Gateway": "10.9.0.1/24"}]})
+    assert status == 400 and "unknown option 'bridgename'" in body["Err"] and "bridge, cni.export" in body["Err"]
+
+
+@pytest.mark.parametrize("options,fragment", [
+    ({"mtu": "9999999"}, "mtu='9999999' must be an integer from 68 to 65535"),
+    ({"ip_masq": "maybe"}, "is not a boolean"),
+    ({"bridge": "a-name-longer-than-15"}, "not a valid interface name"),
+    ({"vlan": "-1"}, "from 0 to 4094"),
+])
+def test_bad_option_values_are_refused_before_anything_is_made(client, options, fragment):
+    status, body = post(client, "/NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "Options": {"com.docker.network.generic": options},
+        "IPv4Data": [{"Pool": "10.9.0.0/24", "Gateway": "10.9.0.1/24"}]})
+    assert status == 400 and fragment in body["Err"]
+
+
+@pytest.mark.parametrize("path", ["/NetworkDriver.Leave", "/NetworkDriver.DeleteEndpoint",
+                                  "/NetworkDriver.DeleteNetwork", "/NetworkDriver.RevokeExternalConnectivity"])
+def test_unknown_ids_on_teardown_calls_succeed(client, path):
+    assert post(client, path, {"NetworkID": NET, "EndpointID": "b" * 64}) == (200, {})
+
+
+@pytest.mark.parametrize("body", [{}, {"NetworkID": ""}, {"NetworkID": "../../etc"}, {"NetworkID": 7}])
+def test_invalid_ids_are_refused(client, body):
+    status, answer = post(client, "/NetworkDriver.CreateNetwork", body)
+    assert status == 400 and "NetworkID" in answer["Err"]
+
+
+def test_ipam_pool_and_addresses(client):
+    status, pool = post(client, "/IpamDriver.RequestPool", {"AddressSpace": "RancherLocal", "Pool": "10.40.0.0/24",
+                                                            "SubPool": "10.40.0.128/25", "V6": False})
+    assert status == 200 and pool["Pool"] == "10.40.0.0/24"
+    _, gateway = post(client, "/IpamDriver.RequestAddress", {
+        "PoolID": pool["PoolID"], "Address": "", "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+    assert gateway["Address"] == "10.40.0.1/24"
+    _, first = post(client, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": None})
+    _, second = post(client, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "", "Options": None})
+    assert first["Address"] == "10.40.0.128/24" and second["Address"] == "10.40.0.129/24"
+    status, clash = post(client, "/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Address": "10.40.0.129"})
+    assert status == 400 and "already in use" in clash["Error"]
+    assert post(client, "/IpamDriver.ReleaseAddress", {"PoolID": pool["PoolID"], "Address": "10.40.0.128/24"}) == (200, {})
+    assert post(client, "/IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]}) == (200, {})
+    assert post(client, "/IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]}) == (200, {})
+
+
+def test_pools_without_a_subnet_are_new_each_time(client):
+    pools = {post(client, "/IpamDriver.RequestPool", {"AddressSpace": "RancherLocal"})[1]["Pool"] for _ in range(3)}
+    assert len(pools) == 3
