@@ -68,3 +68,7 @@ def ipam_main() -> int:
 
 def portmap_main() -> int:
     return main("rancher-portmap")
+
+
+def flat_main() -> int:
+    return main("rancher-flat")

@@ -41,12 +41,15 @@ def _host(iface) -> str:
     return f"{iface.ip}/{32 if iface.version == 4 else 128}"
 
 
-def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool) -> dict:
-    """family -> table -> rules for a container on `bridge` with addresses `cidrs`."""
+def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden=()) -> dict:
+    """family -> table -> rules for a container on `bridge` with addresses `cidrs`;
+    nothing it sends is routed out of the `forbidden` interfaces."""
     per_family = {}
     note = f"-m comment --comment {tag}"
     for iface in map(ipaddress.ip_interface, cidrs):
         rules = per_family.setdefault(iface.version, {"filter": [], "nat": []})
+        rules["filter"] += [f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} -o {out} {note} -j DROP"
+                            for out in forbidden]
         rules["filter"] += [
             f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} {note} -j ACCEPT",
             f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT",
@@ -106,13 +109,27 @@ def _nft(script: str) -> str:
     return iptables.run(["nft", "-f", "-"], script)
 
 
-def add_mac_filter(tag: str, host_ifname: str, mac: str) -> None:
+def add_mac_filter(tag: str, host_ifname: str, mac: str, cidrs=()) -> None:
+    """Frames from the container's veth must carry its MAC, and, with `cidrs`,
+    its IP addresses (IPv4, ARP sender, IPv6 but link-local)."""
+    match = f'iifname "{host_ifname}"'
+    note = f'comment "{tag}"'
+    rules = [f"{match} ether saddr != {mac} drop {note}"]
+    v4 = [str(ipaddress.ip_interface(c).ip) for c in cidrs if ipaddress.ip_interface(c).version == 4]
+    v6 = [str(ipaddress.ip_interface(c).ip) for c in cidrs if ipaddress.ip_interface(c).version == 6]
+    if v4:
+        allowed = "{ " + ", ".join(v4) + " }"
+        rules += [f"{match} ether type ip ip saddr != {allowed} drop {note}",
+                  f"{match} ether type arp arp saddr ip != {allowed} drop {note}",
+                  f"{match} ether type arp arp saddr ether != {mac} drop {note}"]
+    if v6:
+        allowed = "{ " + ", ".join(v6 + ["fe80::/10", "::"]) + " }"
+        rules.append(f"{match} ether type ip6 ip6 saddr != {allowed} drop {note}")
     with iptables.host_lock():
         _nft(f"""table bridge {NFT_TABLE} {{
   chain prerouting {{ type filter hook prerouting priority -300; }}
 }}
-add rule bridge {NFT_TABLE} prerouting iifname "{host_ifname}" ether saddr != {mac} drop comment "{tag}"
-""")
+""" + "".join(f"add rule bridge {NFT_TABLE} prerouting {rule}\n" for rule in rules))
 
 
 def remove_mac_filter(tag: str) -> None:

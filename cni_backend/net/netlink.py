@@ -236,3 +236,107 @@ def move_link(ipr, name: str, new_name: str, target_netns_fd: int) -> None:
         ipr.link("set", index=existing["index"], ifname=new_name, net_ns_fd=target_netns_fd)
     except NetlinkError as exc:
         raise _fail(f"moving {name} to the host as {new_name}", exc) from None
+
+
+def set_master(ipr, name: str, master_index: int | None) -> None:
+    """Enslave `name` to `master_index`, or free it with None."""
+    found = link(ipr, name)
+    try:
+        ipr.link("set", index=found["index"], master=master_index or 0)
+        ipr.link("set", index=found["index"], state="up")
+    except NetlinkError as exc:
+        raise _fail(f"setting the master of {name}", exc) from None
+
+
+def create_vlan(ipr, parent: str, vlan: int) -> str:
+    name = f"{parent[:10]}.{vlan}"
+    if link(ipr, name) is not None:
+        return name
+    try:
+        ipr.link("add", ifname=name, kind="vlan", link=link(ipr, parent)["index"], vlan_id=vlan)
+    except NetlinkError as exc:
+        if exc.code in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise CNIError(KERNEL_FEATURE_MISSING, f"cannot create VLAN {vlan} on {parent}: this kernel lacks 802.1q VLAN links",
+                           "load the 8021q module or drop the 'vlan' option") from None
+        raise _fail(f"creating VLAN interface {name}", exc) from None
+    return name
+
+
+def create_veth_pair(ipr, name: str, peer: str) -> None:
+    """A veth pair with both ends here; an existing pair of these names is kept."""
+    if link(ipr, name) is not None and link(ipr, peer) is not None:
+        return
+    delete_link(ipr, name)
+    try:
+        ipr.link("add", ifname=name, kind="veth", peer={"ifname": peer})
+    except NetlinkError as exc:
+        raise _fail(f"creating veth pair {name}/{peer}", exc) from None
+
+
+def global_addresses(ipr, index: int) -> list:
+    """Addresses that are the administrator's, not the kernel's (no link-local)."""
+    return [a for a in addresses(ipr, index) if not a.ip.is_link_local]
+
+
+def routes_via(ipr, index: int) -> list:
+    """Static routes of the main table through the link, as re-addable specs."""
+    found = []
+    for family in (2, 10):
+        for msg in ipr.get_routes(family=family, oif=index, table=254):
+            if msg["proto"] == 2 or msg.get("RTA_DST", "").startswith("fe80") or msg["type"] != 1:
+                continue  # kernel-made (connected) routes come back with the addresses
+            dst = msg.get("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
+            spec = {"dst": f"{dst}/{msg['dst_len']}", "gateway": msg.get("RTA_GATEWAY"),
+                    "priority": msg.get("RTA_PRIORITY"), "prefsrc": msg.get("RTA_PREFSRC"),
+                    "proto": msg["proto"], "scope": msg["scope"]}
+            found.append({k: v for k, v in spec.items() if v is not None})
+    return found
+
+
+def add_route_spec(ipr, spec: dict, index: int, table: int = 254) -> None:
+    network = ipaddress.ip_network(spec["dst"])
+    args = {"dst": str(network.network_address), "dst_len": network.prefixlen, "oif": index,
+            "family": 10 if network.version == 6 else 2, "table": table}
+    for key in ("gateway", "priority", "prefsrc", "proto", "scope"):
+        if spec.get(key) is not None:
+            args[key] = spec[key]
+    try:
+        ipr.route("add", **args)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise _fail(f"adding route {spec['dst']}", exc) from None
+
+
+def delete_route_spec(ipr, spec: dict, index: int, table: int = 254) -> None:
+    network = ipaddress.ip_network(spec["dst"])
+    try:
+        ipr.route("del", dst=str(network.network_address), dst_len=network.prefixlen, oif=index,
+                  family=10 if network.version == 6 else 2, table=table)
+    except NetlinkError as exc:
+        if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+            raise _fail(f"removing route {spec['dst']}", exc) from None
+
+
+def set_neighbour(ipr, index: int, ip: str, mac: str, present: bool) -> None:
+    """A permanent neighbour entry (present) or its removal."""
+    try:
+        if present:
+            ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state="permanent")
+        else:
+            ipr.neigh("del", dst=ip, ifindex=index)
+    except NetlinkError as exc:
+        if present or exc.code not in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
+            raise _fail(f"{'setting' if present else 'removing'} neighbour {ip}", exc) from None
+
+
+def set_rule(ipr, src: str, dst: str, table: int, priority: int, present: bool) -> None:
+    """A policy-routing rule `from src to dst lookup table`."""
+    s, d = ipaddress.ip_network(src), ipaddress.ip_network(dst)
+    spec = {"family": 2 if s.version == 4 else 10, "src": str(s.network_address), "src_len": s.prefixlen,
+            "dst": str(d.network_address), "dst_len": d.prefixlen, "table": table, "priority": priority}
+    try:
+        ipr.rule("add" if present else "del", **spec)
+    except NetlinkError as exc:
+        if (present and exc.code == errno.EEXIST) or (not present and exc.code in (errno.ENOENT, errno.ESRCH)):
+            return
+        raise _fail(f"{'adding' if present else 'removing'} rule from {src} to {dst}", exc) from None

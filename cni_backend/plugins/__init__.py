@@ -7,6 +7,7 @@ PLUGINS = {
     "rancher-bridge": "cni_backend.plugins.bridge",
     "rancher-ipam": "cni_backend.plugins.ipam",
     "rancher-portmap": "cni_backend.plugins.portmap",
+    "rancher-flat": "cni_backend.plugins.flat",
 }
 
 

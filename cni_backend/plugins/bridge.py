@@ -25,8 +25,8 @@ MAC_PATTERN = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 @dataclasses.dataclass
 class BridgeConf:
     bridge: str
-    is_gateway: bool
-    is_default_gateway: bool
+    is_gateway: bool            # the gateway address lives on the bridge
+    is_default_gateway: bool    # the container's default route goes via the gateway
     force_address: bool
     ip_masq: bool
     mtu: int | None
@@ -35,6 +35,9 @@ class BridgeConf:
     vlan: int
     macspoofchk: bool
     mac: str | None
+    ip_spoof_check: bool = False  # also drop frames with another source IP (flat)
+    extra_routes: list = dataclasses.field(default_factory=list)
+    forbidden_out: tuple = ()     # interfaces the host must never route its traffic to
 
 
 def _flag(config: dict, key: str) -> bool:
@@ -95,7 +98,11 @@ def _tag(req) -> str:
 # -- ADD ------------------------------------------------------------------
 
 def add(req) -> dict:
-    conf = load_conf(req)
+    return attach(req, load_conf(req))
+
+
+def attach(req, conf: BridgeConf) -> dict:
+    """A veth from the sandbox to `conf.bridge`, addressed by IPAM; all or nothing."""
     sandbox = req.netns_path_for_use()
     with contextlib.ExitStack() as undo:
         try:
@@ -123,10 +130,11 @@ def add(req) -> dict:
                     _ensure_gateway(host, bridge, ipam["ips"], conf.force_address)
                 rollback.callback(firewall.remove_rules, _tag(req))
                 firewall.add_rules(_tag(req), firewall.bridge_rules(
-                    _tag(req), conf.bridge, [ip["address"] for ip in ipam["ips"]], conf.ip_masq))
-                if conf.macspoofchk:
+                    _tag(req), conf.bridge, [ip["address"] for ip in ipam["ips"]], conf.ip_masq, conf.forbidden_out))
+                if conf.macspoofchk or conf.ip_spoof_check:
                     rollback.callback(firewall.remove_mac_filter, _tag(req))
-                    firewall.add_mac_filter(_tag(req), host_name, container["mac"])
+                    firewall.add_mac_filter(_tag(req), host_name, container["mac"],
+                                            [ip["address"] for ip in ipam["ips"]] if conf.ip_spoof_check else ())
                 rollback.pop_all()
             bridge = netlink.describe(netlink.link_by_index(host, bridge["index"]))
     interfaces = [
@@ -140,7 +148,7 @@ def add(req) -> dict:
 
 
 def _container_routes(conf: BridgeConf, ipam: dict) -> list:
-    routes = [dict(r) for r in ipam.get("routes") or []]
+    routes = [dict(r) for r in ipam.get("routes") or []] + [dict(r) for r in conf.extra_routes]
     if conf.is_default_gateway:
         for ip in ipam["ips"]:
             if not ip.get("gateway"):
@@ -200,7 +208,11 @@ def _ensure_gateway(host, bridge: dict, ips: list, force: bool) -> None:
 # -- DEL ------------------------------------------------------------------
 
 def delete(req) -> None:
-    conf = load_conf(req)
+    detach(req, load_conf(req))
+
+
+def detach(req, conf: BridgeConf) -> None:
+    """Undo `attach`; fine when any part of it is gone already."""
     with netlink.socket_in() as host:
         if req.netns:
             try:
@@ -211,7 +223,7 @@ def delete(req) -> None:
         for iface in _host_interfaces(req.prev_result, conf):
             netlink.delete_link(host, iface)
     firewall.remove_rules(_tag(req), _families(req.prev_result))
-    if conf.macspoofchk:
+    if conf.macspoofchk or conf.ip_spoof_check:
         firewall.remove_mac_filter(_tag(req))
     delegate.delete(req)
 
@@ -234,7 +246,10 @@ def _host_interfaces(prev: dict | None, conf: BridgeConf) -> list:
 # -- CHECK ----------------------------------------------------------------
 
 def check(req) -> None:
-    conf = load_conf(req)
+    verify(req, load_conf(req))
+
+
+def verify(req, conf: BridgeConf) -> None:
     prev = req.prev_result
     if not prev:
         raise CNIError(CHECK_FAILED, "CHECK needs the ADD result as prevResult")

@@ -1,0 +1,280 @@
+"""The flat network's host side: what exists once per network, not per container.
+
+  uplink      the parent interface (or its VLAN sub-interface, made here) is
+              enslaved to the flat bridge; the host addresses and routes it
+              carried move to the bridge and move back, exactly, at removal
+  metadata    the source article's link between the flat bridge and the
+              metadata bridge (docker0): a veth pair veth-cni-H / veth-doc-H,
+              the link address bound (/32) on the metadata bridge, replies from
+              the metadata address routed back over the link (policy routing),
+              and ebtables rules that let only metadata traffic cross it
+  arp         ARP requests for the link address never leave through the uplink
+
+`ensure` is idempotent (it runs at network creation and before every ADD, so
+a restart re-creates whatever is missing); `remove` undoes everything from a
+record written before the first change.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import subprocess
+
+from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
+from .net import netlink, netns
+
+LOCK_DIR = "/run/rancher-cni"
+RULE_PRIORITY = 30000
+
+
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+    ip: str          # the metadata service, e.g. 169.254.169.250
+    link_ip: str     # bound on the metadata bridge, inside the flat subnet
+    bridge: str      # the metadata bridge, e.g. docker0
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatNetwork:
+    bridge: str
+    parent: str
+    vlan: int
+    mtu: int | None
+    subnets: tuple          # the flat subnets (for the metadata reply route)
+    metadata: Metadata | None
+    state_dir: str
+
+    @property
+    def suffix(self) -> str:
+        return hashlib.sha256(self.bridge.encode()).hexdigest()[:6]
+
+    @property
+    def link_names(self) -> tuple:
+        return f"veth-cni-{self.suffix}", f"veth-doc-{self.suffix}"
+
+    @property
+    def table(self) -> int:
+        return 10000 + int(self.suffix, 16) % 50000
+
+    @property
+    def record_path(self) -> str:
+        return os.path.join(self.state_dir, "flat", f"{self.bridge}.json")
+
+
+def _locked(flat: FlatNetwork):
+    os.makedirs(LOCK_DIR, mode=0o755, exist_ok=True)
+    lock = open(os.path.join(LOCK_DIR, f"flat-{flat.bridge}.lock"), "a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+def _write_record(flat: FlatNetwork, record: dict) -> None:
+    os.makedirs(os.path.dirname(flat.record_path), mode=0o700, exist_ok=True)
+    tmp = flat.record_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, flat.record_path)
+
+
+def _read_record(flat: FlatNetwork) -> dict | None:
+    try:
+        with open(flat.record_path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+# -- ensure -------------------------------------------------------------------
+
+def ensure(flat: FlatNetwork) -> None:
+    with _locked(flat), netlink.socket_in() as host:
+        record = _read_record(flat)
+        uplink = _ensure_uplink(host, flat, record)
+        bridge = netlink.ensure_bridge(host, flat.bridge, flat.mtu, promisc=False)
+        port = netlink.link(host, uplink)
+        if port.get("master") != bridge["index"]:
+            if record is None:
+                record = _snapshot(host, flat, uplink, bool(flat.vlan))
+                _write_record(flat, record)
+            _move_addresses(host, port["index"], bridge["index"], record)
+            netlink.set_master(host, uplink, bridge["index"])
+        # Answer ARP only for the bridge's own addresses: the link address is the
+        # metadata bridge's, and must be answered from there, over the link.
+        netns.write_sysctl(f"net/ipv4/conf/{flat.bridge}/arp_ignore", "1")
+        if flat.metadata:
+            _ensure_metadata_link(host, flat, bridge)
+        _ensure_ebtables(flat, uplink)
+
+
+def _ensure_uplink(host, flat: FlatNetwork, record: dict | None) -> str:
+    parent = netlink.link(host, flat.parent)
+    if parent is None:
+        raise CNIError(INVALID_CONFIG, f"parent interface {flat.parent} does not exist",
+                       "give the host interface facing the business network, e.g. parent=eth1")
+    if netlink.kind(parent) in ("bridge", "veth-peer") or flat.parent == "lo":
+        raise CNIError(INVALID_CONFIG, f"parent {flat.parent} cannot be an uplink ({netlink.kind(parent)})")
+    uplink = netlink.create_vlan(host, flat.parent, flat.vlan) if flat.vlan else flat.parent
+    found = netlink.link(host, uplink)
+    master = found.get("master")
+    if master:
+        owner = netlink.link_by_index(host, master)
+        owner_name = owner.get("ifname") if owner else str(master)
+        if owner_name != flat.bridge:
+            raise CNIError(INVALID_CONFIG, f"parent {uplink} is already part of {owner_name}",
+                           "an uplink serves one flat network; pick another parent or remove that network")
+    return uplink
+
+
+def _snapshot(host, flat: FlatNetwork, uplink: str, vlan_created: bool) -> dict:
+    """Everything about the uplink that the network changes, taken before the change."""
+    found = netlink.link(host, uplink)
+    return {"uplink": uplink, "parent": flat.parent, "vlan_created": vlan_created,
+            "up": bool(found["flags"] & 1),
+            "addresses": [str(a) for a in netlink.global_addresses(host, found["index"])],
+            "routes": netlink.routes_via(host, found["index"])}
+
+
+def _move_addresses(host, from_index: int, to_index: int, record: dict) -> None:
+    for cidr in record["addresses"]:
+        netlink.delete_address(host, from_index, cidr)   # its routes go with it
+    for cidr in record["addresses"]:
+        netlink.add_address(host, to_index, cidr)
+    for route in record["routes"]:
+        netlink.add_route_spec(host, route, to_index)
+
+
+def _ensure_metadata_link(host, flat: FlatNetwork, bridge: dict) -> None:
+    md = flat.metadata
+    md_bridge = netlink.link(host, md.bridge)
+    if md_bridge is None or netlink.kind(md_bridge) != "bridge":
+        raise CNIError(INVALID_CONFIG, f"metadata bridge {md.bridge} does not exist or is not a bridge",
+                       "set metadata_bridge to the bridge the metadata service is on")
+    cni_end, doc_end = flat.link_names
+    netlink.create_veth_pair(host, cni_end, doc_end)
+    netlink.set_master(host, cni_end, bridge["index"])
+    netlink.set_master(host, doc_end, md_bridge["index"])
+    netlink.add_address(host, md_bridge["index"], f"{md.link_ip}/32")
+    for subnet in flat.subnets:  # replies from the metadata address go back over the link
+        if ipaddress.ip_network(subnet).version == 4:
+            netlink.add_route_spec(host, {"dst": subnet, "scope": 253}, md_bridge["index"], table=flat.table)
+            netlink.set_rule(host, f"{md.ip}/32", subnet, flat.table, RULE_PRIORITY, present=True)
+
+
+# -- ebtables -----------------------------------------------------------------
+
+def _ebtables(*argv, check=True) -> bool:
+    done = subprocess.run(["ebtables", *argv], capture_output=True, text=True)
+    if done.returncode and check:
+        raise CNIError(FIREWALL_FAILURE, f"ebtables {' '.join(argv)} failed", done.stderr.strip())
+    return done.returncode == 0
+
+
+def _ebtables_rules(flat: FlatNetwork, uplink: str) -> list:
+    """(table, chain, rule) the network needs; chains named after the network.
+
+    The article uses the broute table (DROP = route instead of bridge). Kernels
+    without broute get the same policy from the filter table: what may not be
+    bridged from or to the link is dropped there."""
+    if not flat.metadata:
+        return []
+    md, (cni_end, _) = flat.metadata, flat.link_names
+    into, out = f"RFLAT-{flat.suffix}-IN", f"RFLAT-{flat.suffix}-OUT"
+    return [
+        ("filter", into, f"-p IPv4 --ip-src {md.ip} -j RETURN"),
+        ("filter", into, f"-p ARP --arp-op Reply --arp-ip-src {md.link_ip} -j RETURN"),
+        ("filter", into, "-j DROP"),
+        ("filter", out, f"-p IPv4 --ip-dst {md.ip} -j RETURN"),
+        ("filter", out, f"-p ARP --arp-op Request --arp-ip-dst {md.link_ip} -j RETURN"),
+        ("filter", out, "-j DROP"),
+        ("filter", "FORWARD", f"-i {cni_end} -j {into}"),
+        ("filter", "INPUT", f"-i {cni_end} -j {into}"),
+        ("filter", "FORWARD", f"-o {cni_end} -j {out}"),
+        ("filter", "OUTPUT", f"-o {cni_end} -j {out}"),
+        ("nat", "POSTROUTING", f"-o {uplink} -p ARP --arp-op Request --arp-ip-dst {md.link_ip} -j DROP"),
+    ]
+
+
+def _own_chains(rules: list) -> list:
+    return sorted({(table, chain) for table, chain, _ in rules if chain.startswith("RFLAT-")})
+
+
+def _ensure_ebtables(flat: FlatNetwork, uplink: str) -> None:
+    rules = _ebtables_rules(flat, uplink)
+    for table, chain in _own_chains(rules):
+        _ebtables("-t", table, "-N", chain, "-P", "RETURN", check=False)  # exists already: fine
+    for table, chain, rule in rules:
+        if not _ebtables("-t", table, "-C", chain, *rule.split(), check=False):
+            _ebtables("-t", table, "-A", chain, *rule.split())
+
+
+def _remove_ebtables(flat: FlatNetwork, uplink: str) -> None:
+    rules = _ebtables_rules(flat, uplink)
+    for table, chain, rule in rules:
+        if not chain.startswith("RFLAT-"):
+            while _ebtables("-t", table, "-D", chain, *rule.split(), check=False):
+                pass
+    for table, chain in _own_chains(rules):
+        _ebtables("-t", table, "-F", chain, check=False)
+        _ebtables("-t", table, "-X", chain, check=False)
+
+
+# -- remove -------------------------------------------------------------------
+
+def remove(flat: FlatNetwork) -> None:
+    """Undo `ensure`: the uplink gets back its master, addresses and routes."""
+    with _locked(flat), netlink.socket_in() as host:
+        record = _read_record(flat)
+        uplink = record["uplink"] if record else (f"{flat.parent[:10]}.{flat.vlan}" if flat.vlan else flat.parent)
+        _remove_ebtables(flat, uplink)
+        if flat.metadata:
+            _remove_metadata_link(host, flat)
+        bridge = netlink.link(host, flat.bridge)
+        port = netlink.link(host, uplink)
+        if bridge is not None and record is not None:
+            for cidr in record["addresses"]:
+                netlink.delete_address(host, bridge["index"], cidr)
+        if port is not None and bridge is not None and port.get("master") == bridge["index"]:
+            netlink.set_master(host, uplink, None)
+        if record is not None:
+            _restore_uplink(host, record)
+        if bridge is not None:
+            netlink.delete_link(host, flat.bridge)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(flat.record_path)
+
+
+def _restore_uplink(host, record: dict) -> None:
+    port = netlink.link(host, record["uplink"])
+    if port is None:
+        return
+    if record["vlan_created"]:
+        netlink.delete_link(host, record["uplink"])
+        return
+    for cidr in record["addresses"]:
+        netlink.add_address(host, port["index"], cidr)
+    for route in record["routes"]:
+        netlink.add_route_spec(host, route, port["index"])
+    if not record["up"]:
+        try:
+            host.link("set", index=port["index"], state="down")
+        except Exception as exc:  # noqa: BLE001 - report, the rest is restored
+            raise CNIError(NETLINK_FAILURE, f"setting {record['uplink']} down again: {exc}") from None
+
+
+def _remove_metadata_link(host, flat: FlatNetwork) -> None:
+    md = flat.metadata
+    md_bridge = netlink.link(host, md.bridge)
+    for subnet in flat.subnets:
+        if ipaddress.ip_network(subnet).version == 4:
+            netlink.set_rule(host, f"{md.ip}/32", subnet, flat.table, RULE_PRIORITY, present=False)
+            if md_bridge is not None:
+                netlink.delete_route_spec(host, {"dst": subnet}, md_bridge["index"], table=flat.table)
+    if md_bridge is not None:
+        netlink.delete_address(host, md_bridge["index"], f"{md.link_ip}/32")
+    netlink.delete_link(host, flat.link_names[0])

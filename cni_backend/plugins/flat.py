@@ -1,0 +1,141 @@
+"""rancher-flat: containers straight on the business network, no NAT.
+
+A bridge with the host's uplink enslaved; the business router is the
+containers' gateway (it is not on the bridge); with a metadata link, each
+container also gets a host route to the metadata address via the link address.
+Frames a container sends must carry its own MAC and IP (anti-spoofing).
+"""
+
+import copy
+import ipaddress
+
+from .. import flatnet
+from ..errors import CNIError, INVALID_CONFIG
+from ..ipam.config import DEFAULT_DATA_DIR
+from ..net import netlink
+from ..skel import IFNAME_MAX
+from . import bridge as bridge_plugin
+from .bridge import BridgeConf, _flag, _int, _requested_mac
+
+DEFAULT_METADATA_IP = "169.254.169.250"
+DEFAULT_METADATA_BRIDGE = "docker0"
+
+
+def _ifname(config: dict, key: str, default=None) -> str:
+    value = config.get(key, default)
+    if not isinstance(value, str) or not value or len(value) > IFNAME_MAX or "/" in value or " " in value:
+        raise CNIError(INVALID_CONFIG, f"'{key}' {value!r} is not a valid interface name")
+    return value
+
+
+def _subnets(config: dict) -> list:
+    ipam = config.get("ipam") or {}
+    ranges = ipam.get("ranges") or ([[{"subnet": ipam["subnet"]}]] if ipam.get("subnet") else [])
+    return [str(ipaddress.ip_network(r["subnet"], strict=False)) for s in ranges for r in s if r.get("subnet")]
+
+
+def _metadata(config: dict, subnets: list):
+    raw = config.get("metadata")
+    if not raw:
+        return None
+    if not isinstance(raw, dict) or not raw.get("linkIP"):
+        raise CNIError(INVALID_CONFIG, "'metadata' needs at least 'linkIP' (an address inside the subnet)")
+    try:
+        md_ip = ipaddress.ip_address(raw.get("ip") or DEFAULT_METADATA_IP)
+        link_ip = ipaddress.ip_address(raw["linkIP"])
+    except ValueError as exc:
+        raise CNIError(INVALID_CONFIG, f"metadata: {exc}") from None
+    if md_ip.version != 4 or link_ip.version != 4:
+        raise CNIError(INVALID_CONFIG, "metadata: the metadata and link addresses are IPv4 addresses")
+    if not any(link_ip in ipaddress.ip_network(s) for s in subnets):
+        raise CNIError(INVALID_CONFIG, f"metadata linkIP {link_ip} is outside the subnet {', '.join(subnets)}",
+                       "the link address must be an address of the flat subnet, reserved for the link")
+    return flatnet.Metadata(str(md_ip), str(link_ip), _ifname(raw, "bridge", DEFAULT_METADATA_BRIDGE))
+
+
+def load_network(config: dict) -> flatnet.FlatNetwork:
+    subnets = _subnets(config)
+    if not subnets:
+        raise CNIError(INVALID_CONFIG, "rancher-flat needs the ipam section's subnet")
+    if "parent" not in config:
+        raise CNIError(INVALID_CONFIG, "'parent' is required: the host interface facing the business network")
+    return flatnet.FlatNetwork(
+        bridge=_ifname(config, "bridge", "rflat0"),
+        parent=_ifname(config, "parent"),
+        vlan=_int(config, "vlan", 0, 4094) or 0,
+        mtu=_int(config, "mtu", 68, 65535),
+        subnets=tuple(subnets),
+        metadata=_metadata(config, subnets),
+        state_dir=str(config.get("stateDir") or DEFAULT_DATA_DIR),
+    )
+
+
+def _bridge_conf(req, flat: flatnet.FlatNetwork) -> BridgeConf:
+    extra = [{"dst": f"{flat.metadata.ip}/32", "gw": flat.metadata.link_ip}] if flat.metadata else []
+    return BridgeConf(bridge=flat.bridge, is_gateway=False, is_default_gateway=True, force_address=False,
+                      ip_masq=False, mtu=flat.mtu, hairpin=_flag(req.config, "hairpinMode"), promisc=False,
+                      vlan=0, macspoofchk=True, mac=_requested_mac(req), ip_spoof_check=True, extra_routes=extra,
+                      forbidden_out=(flat.metadata.bridge,) if flat.metadata else ())
+
+
+def _with_link_excluded(req, flat: flatnet.FlatNetwork):
+    """The request, with the link address added to IPAM's exclusions: it is
+    bound on every host's metadata bridge, no container may have it."""
+    if not flat.metadata:
+        return req
+    config = copy.deepcopy(req.config)
+    ipam = config.setdefault("ipam", {})
+    ipam["exclude"] = list(ipam.get("exclude") or []) + [flat.metadata.link_ip]
+    req.config = config
+    return req
+
+
+def _set_metadata_neighbours(flat, result: dict, present: bool) -> None:
+    """Replies from the metadata address reach the container over the link:
+    the metadata bridge knows the container's MAC without asking (an ARP
+    request from that side may not cross into the flat network)."""
+    if not flat.metadata:
+        return
+    sandbox_ifaces = [i for i in result.get("interfaces", []) if i.get("sandbox")]
+    with netlink.socket_in() as host:
+        md_bridge = netlink.link(host, flat.metadata.bridge)
+        if md_bridge is None:
+            return
+        for ip in result.get("ips", []):
+            address = ipaddress.ip_interface(ip["address"])
+            if address.version == 4 and sandbox_ifaces:
+                netlink.set_neighbour(host, md_bridge["index"], str(address.ip), sandbox_ifaces[0]["mac"], present)
+
+
+def add(req) -> dict:
+    flat = load_network(req.config)
+    flatnet.ensure(flat)
+    req = _with_link_excluded(req, flat)
+    result = bridge_plugin.attach(req, _bridge_conf(req, flat))
+    try:
+        _set_metadata_neighbours(flat, result, present=True)
+    except CNIError:
+        bridge_plugin.detach(req, _bridge_conf(req, flat))
+        raise
+    return result
+
+
+def delete(req) -> None:
+    flat = load_network(req.config)
+    req = _with_link_excluded(req, flat)
+    if req.prev_result:
+        _set_metadata_neighbours(flat, req.prev_result, present=False)
+    bridge_plugin.detach(req, _bridge_conf(req, flat))
+
+
+def check(req) -> None:
+    flat = load_network(req.config)
+    bridge_plugin.verify(_with_link_excluded(req, flat), _bridge_conf(req, flat))
+
+
+def gc(req) -> None:
+    bridge_plugin.gc(req)
+
+
+def status(req) -> None:
+    bridge_plugin.status(req)

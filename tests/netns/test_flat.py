@@ -1,0 +1,152 @@
+"""rancher-flat in real namespaces: an upstream switch and router made by the
+test (a namespace behind a veth standing in for the NIC), a metadata bridge with
+a metadata service, and containers on the business subnet."""
+
+import json
+import time
+
+import pytest
+
+from cni_backend.plugins.flat import load_network
+from cni_backend import flatnet
+from tests.conftest import ns_exec, ping, run, unique
+from tests.packets import arp_requests_for, capture, ipv4_from
+
+pytestmark = pytest.mark.netns
+
+SUBNET, ROUTER, HOST_IP, LINK_IP, MD_IP = "192.168.77.0/24", "192.168.77.1", "192.168.77.10", "192.168.77.2", "169.254.169.250"
+
+
+@pytest.fixture
+def rig(make_netns, tmp_path):
+    """router namespace with the switch; the uplink veth; the metadata bridge,
+    a metadata service namespace and another namespace on that bridge."""
+    router, metadata, other = make_netns(), make_netns(), make_netns()
+    uplink, md_bridge = unique("up"), unique("md")
+    run("ip", "link", "add", uplink, "type", "veth", "peer", "name", "wan0", "netns", router)
+    ns_exec(router, "ip", "link", "add", "sw", "type", "bridge")
+    ns_exec(router, "ip", "link", "set", "wan0", "master", "sw", "up")
+    ns_exec(router, "ip", "addr", "add", f"{ROUTER}/24", "dev", "sw")
+    ns_exec(router, "ip", "link", "set", "sw", "up")
+    run("ip", "addr", "add", f"{HOST_IP}/24", "dev", uplink)
+    run("ip", "link", "set", uplink, "up")
+    run("ip", "route", "add", "198.51.100.0/24", "via", ROUTER, "dev", uplink)
+    run("ip", "link", "add", md_bridge, "type", "bridge")
+    run("ip", "addr", "add", "169.254.169.1/24", "dev", md_bridge)
+    run("ip", "link", "set", md_bridge, "up")
+    for ns, address in ((metadata, MD_IP), (other, "169.254.169.9")):
+        host_end = unique("m")
+        run("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        run("ip", "link", "set", host_end, "master", md_bridge, "up")
+        ns_exec(ns, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
+        ns_exec(ns, "ip", "link", "set", "eth0", "up")
+        ns_exec(ns, "ip", "route", "add", "default", "via", "169.254.169.1")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("metadata-ok\n")
+    server = __import__("subprocess").Popen(["ip", "netns", "exec", metadata, "busybox", "httpd", "-f", "-p", "80",
+                                             "-h", str(www)])
+    yield {"router": router, "uplink": uplink, "md_bridge": md_bridge, "other": other}
+    server.kill()
+    server.wait()
+    run("ip", "link", "del", md_bridge, check=False)
+    run("ip", "link", "del", uplink, check=False)
+
+
+def flat_config(env, rig, **extra):
+    bridge = unique("fl")
+    env.bridges.append(bridge)
+    config = {"cniVersion": "1.0.0", "name": unique("flat"), "type": "rancher-flat", "bridge": bridge,
+              "parent": rig["uplink"], "stateDir": str(env.state),
+              "metadata": {"ip": MD_IP, "linkIP": LINK_IP, "bridge": rig["md_bridge"]},
+              "ipam": {"type": "rancher-ipam", "dataDir": str(env.state),
+                       "ranges": [[{"subnet": SUBNET, "rangeStart": "192.168.77.100",
+                                    "rangeEnd": "192.168.77.150", "gateway": ROUTER}]]}}
+    config.update(extra)
+    return config
+
+
+def ebtables_rules():
+    return [line for line in run("ebtables-save").stdout.splitlines() if not line.startswith("#")]
+
+
+def uplink_state(uplink):
+    link = json.loads(run("ip", "-j", "-d", "addr", "show", "dev", uplink).stdout)[0]
+    routes = json.loads(run("ip", "-j", "route", "show", "dev", uplink).stdout)
+    return {"master": link.get("master"), "addresses": sorted(a["local"] for a in link["addr_info"] if a["scope"] == "global"),
+            "routes": sorted((r["dst"], r.get("gateway")) for r in routes)}
+
+
+def test_flat_network_end_to_end(cni_daemon_env, make_netns, rig):
+    env = cni_daemon_env
+    before = uplink_state(rig["uplink"])
+    ebtables_before = ebtables_rules()
+    config = flat_config(env, rig)
+    a, b = make_netns(), make_netns()
+    code, ra = env.exec("ADD", config, a, container_id="ca")
+    assert code == 0, ra
+    _, rb = env.exec("ADD", config, b, container_id="cb")
+    ip_a, ip_b = (r["ips"][0]["address"].split("/")[0] for r in (ra, rb))
+    assert LINK_IP not in (ip_a, ip_b)
+
+    # the host's address moved from the uplink to the flat bridge, the uplink is a port
+    assert uplink_state(rig["uplink"])["master"] == config["bridge"]
+    assert HOST_IP in run("ip", "-o", "addr", "show", "dev", config["bridge"]).stdout
+
+    # business network: router <-> containers, container <-> container, no NAT
+    assert ping(rig["router"], ip_a) and ping(a, ROUTER) and ping(a, ip_b)
+    routes = ns_exec(a, "ip", "route").stdout
+    assert f"default via {ROUTER}" in routes and f"{MD_IP} via {LINK_IP}" in routes
+
+    # metadata over the link; nothing else on that bridge; no ARP for the link address upstream
+    with capture(rig["router"], "wan0", seconds=3) as frames:
+        ns_exec(a, "ip", "neigh", "flush", "all")
+        fetched = ns_exec(a, "wget", "-q", "-T", "3", "-O", "-", f"http://{MD_IP}/", check=False)
+    assert fetched.stdout == "metadata-ok\n", fetched.stderr
+    assert arp_requests_for(frames, LINK_IP) == [], "an ARP request for the link address left the host"
+    ns_exec(a, "ip", "route", "add", "169.254.169.9/32", "via", LINK_IP)
+    assert not ping(a, "169.254.169.9"), "the link let through traffic to another address"
+    ns_exec(a, "ip", "route", "replace", "169.254.169.9/32", "via", HOST_IP)
+    assert not ping(a, "169.254.169.9"), "the host routed a container into the metadata bridge"
+
+    # anti-spoofing: a forged source IP never reaches the router
+    ns_exec(b, "ip", "addr", "add", "192.168.77.140/24", "dev", "eth0")
+    with capture(rig["router"], "wan0", seconds=3) as frames:
+        ns_exec(b, "ping", "-c", "2", "-W", "1", "-I", "192.168.77.140", ROUTER, check=False)
+    assert ipv4_from(frames, "192.168.77.140") == []
+    ns_exec(b, "ip", "addr", "del", "192.168.77.140/24", "dev", "eth0")
+    ns_exec(b, "ip", "link", "set", "eth0", "address", "02:00:00:00:66:66")
+    with capture(rig["router"], "wan0", seconds=3) as frames:
+        ns_exec(b, "ping", "-c", "2", "-W", "1", ROUTER, check=False)
+    assert ipv4_from(frames, ip_b) == [], "a forged source MAC reached the router"
+
+    for netns, cid, result in ((a, "ca", ra), (b, "cb", rb)):
+        assert env.exec("DEL", dict(config, prevResult=result), netns, container_id=cid)[0] == 0
+    flatnet.remove(load_network(config))
+    assert uplink_state(rig["uplink"]) == before
+    assert ebtables_rules() == ebtables_before
+    assert LINK_IP not in run("ip", "addr", "show", "dev", rig["md_bridge"]).stdout
+    assert str(load_network(config).table) not in run("ip", "rule").stdout
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"parent": "rcnitnosuch0"}, "does not exist"),
+    ({"metadata": {"linkIP": "10.9.9.9", "bridge": "x"}}, "outside the subnet"),
+])
+def test_bad_flat_options_fail_clearly_and_change_nothing(cni_env, make_netns, rig, change, fragment):
+    before = uplink_state(rig["uplink"])
+    config = flat_config(cni_env, rig, **change)
+    code, error = cni_env.exec("ADD", config, make_netns())
+    assert code != 0 and fragment in error["msg"]
+    assert uplink_state(rig["uplink"]) == before and cni_env.allocations() == []
+
+
+def test_a_parent_serves_one_flat_network(cni_daemon_env, make_netns, rig):
+    first = flat_config(cni_daemon_env, rig)
+    netns = make_netns()
+    _, result = cni_daemon_env.exec("ADD", first, netns)
+    second = flat_config(cni_daemon_env, rig)
+    code, error = cni_daemon_env.exec("ADD", second, make_netns())
+    assert code != 0 and "already part of" in error["msg"]
+    assert cni_daemon_env.exec("DEL", dict(first, prevResult=result), netns)[0] == 0
+    flatnet.remove(load_network(first))
