@@ -205,20 +205,27 @@ def _own_chains(rules: list) -> list:
 
 
 def _ensure_ebtables(flat: FlatNetwork, uplink: str) -> None:
+    """Rebuild: our chains are flushed and refilled, our jumps deleted and put
+    back once (ebtables has no "check"; its -C changes counters)."""
     rules = _ebtables_rules(flat, uplink)
+    _remove_jumps(rules)
     for table, chain in _own_chains(rules):
-        _ebtables("-t", table, "-N", chain, "-P", "RETURN", check=False)  # exists already: fine
+        if not _ebtables("-t", table, "-F", chain, check=False):
+            _ebtables("-t", table, "-N", chain, "-P", "RETURN")
     for table, chain, rule in rules:
-        if not _ebtables("-t", table, "-C", chain, *rule.split(), check=False):
-            _ebtables("-t", table, "-A", chain, *rule.split())
+        _ebtables("-t", table, "-A", chain, *rule.split())
 
 
-def _remove_ebtables(flat: FlatNetwork, uplink: str) -> None:
-    rules = _ebtables_rules(flat, uplink)
+def _remove_jumps(rules: list) -> None:
     for table, chain, rule in rules:
         if not chain.startswith("RFLAT-"):
             while _ebtables("-t", table, "-D", chain, *rule.split(), check=False):
                 pass
+
+
+def _remove_ebtables(flat: FlatNetwork, uplink: str) -> None:
+    rules = _ebtables_rules(flat, uplink)
+    _remove_jumps(rules)
     for table, chain in _own_chains(rules):
         _ebtables("-t", table, "-F", chain, check=False)
         _ebtables("-t", table, "-X", chain, check=False)

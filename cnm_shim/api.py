@@ -5,12 +5,14 @@ as JSON (empty = {}) and checked here, at the edge, before anything acts on it.
 """
 
 import json
+import logging
 import re
 
 from flask import Blueprint, current_app, jsonify, request
 
 from .errors import DriverError
 
+log = logging.getLogger("cnm-shim")
 plugin_api = Blueprint("plugin", __name__)
 network_api = Blueprint("network", __name__)
 ipam_api = Blueprint("ipam", __name__)
@@ -24,6 +26,7 @@ def services():
 
 def body() -> dict:
     raw = request.get_data(cache=True)
+    log.debug("%s %s", request.path, raw[:4096])
     if not raw.strip():
         return {}
     try:

@@ -17,7 +17,7 @@ from .translate import Settings, Translator
 log = logging.getLogger("cnm-shim")
 
 # Driver (socket) name -> backend.
-DRIVERS = {"rancher-bridge": "bridge"}
+DRIVERS = {"rancher-bridge": "bridge", "rancher-flat": "flat"}
 
 
 @dataclasses.dataclass
@@ -68,7 +68,8 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask("cnm_shim")
     settings = Settings(**(config or {}))
     state = State(settings.state_dir)
-    app.extensions["rancher"] = Services(state, Translator(state, settings), IpamDriver(state, settings.ipam_data_dir))
+    ipam = IpamDriver(state, settings.ipam_data_dir)
+    app.extensions["rancher"] = Services(state, Translator(state, settings, ipam), ipam)
     for blueprint in (api.plugin_api, api.network_api, api.ipam_api):
         app.register_blueprint(blueprint)
     app.register_error_handler(Exception, _error)

@@ -121,6 +121,19 @@ class IpamDriver:
                 txn.add(gateway)
         return gateway
 
+    def reserve_link_address(self, subnet: str, ip: str) -> None:
+        """Keep a flat network's metadata link address out of Docker's hands."""
+        pool = next((p for p in self.state.all(POOL) if p["subnet"] == subnet), None)
+        if pool is None:
+            raise DriverError(f"no pool for subnet {subnet}")
+        with open_store(self.data_dir).transaction() as txn:
+            holder = txn.allocated(subnet).get(ip)
+            if holder is None:
+                txn.add(Allocation(subnet, ip, DOCKER_OWNER, pool["id"], "metadata-link"))
+            elif holder.network != DOCKER_OWNER or holder.container_id != pool["id"]:
+                raise DriverError(f"the metadata link address {ip} is already in use (by {holder.container_id})")
+            # else Docker holds it already for this pool, as an --aux-address
+
     def release_address(self, body: dict) -> dict:
         pool = self.state.get(POOL, body.get("PoolID", ""))
         if pool is None or not body.get("Address"):

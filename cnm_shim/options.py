@@ -5,6 +5,7 @@ message that names it and lists what is valid.
 """
 
 import dataclasses
+import ipaddress
 import re
 
 from .errors import DriverError
@@ -64,8 +65,34 @@ BRIDGE_OPTIONS = [
     Option("cni.name", _matching(_CNI_NAME, "a valid CNI network name"), None,
            "the network's CNI name (default rancher-<network id>)"),
 ]
+def _ipv4(driver, key, value):
+    try:
+        address = ipaddress.ip_address(str(value))
+    except ValueError:
+        address = None
+    if address is None or address.version != 4:
+        raise DriverError(f"{driver}: option {key}={value!r} is not an IPv4 address")
+    return str(address)
+
+
+_COMMON = {o.name: o for o in BRIDGE_OPTIONS}
+FLAT_OPTIONS = [
+    Option("parent", _matching(_IFNAME, "a valid interface name"), None,
+           "the host interface facing the business network (required)"),
+    Option("vlan", _int_between(0, 4094), 0, "use the VLAN sub-interface PARENT.VLAN, made and removed by us"),
+    Option("bridge", _COMMON["bridge"].parse, None, "the flat bridge (default rf-<network id>)"),
+    _COMMON["mtu"],
+    _COMMON["hairpin"],
+    Option("metadata_ip", _ipv4, "169.254.169.250", "the metadata service's address"),
+    Option("metadata_link_ip", _ipv4, None,
+           "an address of the subnet bound on the metadata bridge; turns the metadata link on"),
+    Option("metadata_bridge", _COMMON["bridge"].parse, "docker0", "the bridge the metadata service is on"),
+    _COMMON["cni.export"],
+    _COMMON["cni.name"],
+]
 ALIASES = {"com.docker.network.driver.mtu": "mtu", "com.docker.network.bridge.name": "bridge"}
-BACKEND_OPTIONS = {"bridge": BRIDGE_OPTIONS}
+BACKEND_OPTIONS = {"bridge": BRIDGE_OPTIONS, "flat": FLAT_OPTIONS}
+REQUIRED = {"flat": {"parent": "the host interface facing the business network, e.g. -o parent=eth1"}}
 
 
 def parse(driver: str, backend: str, raw: dict) -> dict:
@@ -79,4 +106,7 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
         if name not in known:
             raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted(known)))
         values[name] = known[name].parse(driver, key, value)
+    for name, example in REQUIRED.get(backend, {}).items():
+        if values.get(name) is None:
+            raise DriverError(f"{driver}: option {name} is required: {example}")
     return values

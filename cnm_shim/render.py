@@ -29,8 +29,9 @@ def _exclusions(ipam_data: dict) -> list:
     return [str(ipaddress.ip_address(a.split("/")[0])) for a in (ipam_data.get("AuxAddresses") or {}).values()]
 
 
-def bridge_conflist(cni_name: str, bridge: str, opts: dict, ipv4: list, ipv6: list,
-                    ipam_data_dir: str, sub_pools: dict) -> dict:
+def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict) -> dict:
+    """Docker's IPAM data -> rancher-ipam's config: the same subnets, gateways,
+    --ip-range and --aux-address, so CNI runtimes allocate as Docker does."""
     ranges, exclude = [], []
     for data in list(ipv4) + list(ipv6):
         rng = _range(data)
@@ -42,18 +43,41 @@ def bridge_conflist(cni_name: str, bridge: str, opts: dict, ipv4: list, ipv6: li
         exclude += _exclusions(data)
     if not ranges:
         raise DriverError("the network has no IPAM pool; give --subnet or use an IPAM driver that assigns one")
-    bridge_plugin = {
+    return {"type": "rancher-ipam", "ranges": ranges, "exclude": exclude, "dataDir": ipam_data_dir}
+
+
+def bridge_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
+    plugin = {
         "type": "rancher-bridge", "bridge": bridge,
         "isGateway": True, "isDefaultGateway": True, "ipMasq": opts["ip_masq"],
         "hairpinMode": opts["hairpin"], "promiscMode": opts["promisc"], "macspoofchk": opts["macspoofchk"],
-        "capabilities": {"ips": True, "mac": True},
-        "ipam": {"type": "rancher-ipam", "ranges": ranges, "exclude": exclude, "dataDir": ipam_data_dir},
+        "capabilities": {"ips": True, "mac": True}, "ipam": ipam,
     }
     if opts["mtu"]:
-        bridge_plugin["mtu"] = opts["mtu"]
+        plugin["mtu"] = opts["mtu"]
     if opts["vlan"]:
-        bridge_plugin["vlan"] = opts["vlan"]
-    return {"cniVersion": CNI_VERSION, "name": cni_name, "plugins": [bridge_plugin]}
+        plugin["vlan"] = opts["vlan"]
+    return plugin
+
+
+def flat_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
+    plugin = {"type": "rancher-flat", "bridge": bridge, "parent": opts["parent"], "hairpinMode": opts["hairpin"],
+              "stateDir": ipam["dataDir"], "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
+    for key in ("vlan", "mtu"):
+        if opts[key]:
+            plugin[key] = opts[key]
+    if opts["metadata_link_ip"]:
+        plugin["metadata"] = {"ip": opts["metadata_ip"], "linkIP": opts["metadata_link_ip"],
+                              "bridge": opts["metadata_bridge"]}
+    return plugin
+
+
+BACKEND_PLUGINS = {"bridge": bridge_plugin, "flat": flat_plugin}
+BRIDGE_PREFIX = {"bridge": "rb-", "flat": "rf-"}
+
+
+def conflist(cni_name: str, plugin: dict) -> dict:
+    return {"cniVersion": CNI_VERSION, "name": cni_name, "plugins": [plugin]}
 
 
 PORTMAP = {"type": "rancher-portmap", "capabilities": {"portMappings": True}, "snat": True}

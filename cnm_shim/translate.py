@@ -18,14 +18,15 @@ import os
 import secrets
 import tempfile
 
-from cni_backend import networks, staging
+from cni_backend import flatnet, networks, staging
 from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist as conflists
+from cni_backend.plugins import flat as flat_plugin
 from cni_backend.plugins.ipam import RESERVED_ARG
 
 from . import options, render
 from .errors import DriverError
-from .ipam_driver import ADDRESS_SPACES
+from .ipam_driver import ADDRESS_SPACES, IpamDriver
 from .state import ENDPOINT, NETWORK, POOL, State
 
 log = logging.getLogger("cnm-shim")
@@ -95,9 +96,10 @@ def join_answer(result: dict, src_name: str) -> dict:
 
 
 class Translator:
-    def __init__(self, state: State, settings: Settings):
+    def __init__(self, state: State, settings: Settings, ipam: IpamDriver):
         self.state = state
         self.settings = settings
+        self.ipam = ipam
         self.cni = api.CNI(list(settings.cni_path), cache_dir=os.path.join(settings.state_dir, "cni"))
 
     # -- networks ----------------------------------------------------------
@@ -110,29 +112,54 @@ class Translator:
         opts = options.parse(driver, backend, raw_options.get("com.docker.network.generic") or {})
         ipv4, ipv6 = body.get("IPv4Data") or [], body.get("IPv6Data") or []
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
-        bridge = opts["bridge"] or "rb-" + network_id[:12]
+        bridge = opts["bridge"] or render.BRIDGE_PREFIX[backend] + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge)
         sub_pools = {p["subnet"]: p["sub_pool"] for p in self.state.all(POOL) if p.get("sub_pool")}
-        conf = render.bridge_conflist(cni_name, bridge, opts, ipv4, ipv6, self.settings.ipam_data_dir, sub_pools)
-        raw = json.dumps(conf, indent=2).encode()
-        self._validated(raw)
+        ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools)
+        conf = render.conflist(cni_name, render.BACKEND_PLUGINS[backend](bridge, opts, ipam))
+        self._validated(json.dumps(conf).encode())
+        net = {"id": network_id, "driver": driver, "backend": backend, "options": opts,
+               "cni_name": cni_name, "bridge": bridge, "conflist": conf,
+               "docker_ipam": any(d.get("AddressSpace") in ADDRESS_SPACES for d in ipv4 + ipv6)}
         with contextlib.ExitStack() as undo:
-            created = not networks.bridge_exists(bridge)
             try:
-                networks.ensure_bridge(bridge, opts["mtu"])
+                if backend == "flat":
+                    self._prepare_flat(net, ipv4, undo)
+                else:
+                    self._prepare_bridge(net, undo)
             except CNIError as exc:
-                raise DriverError(f"{driver}: cannot use bridge {bridge}: {exc}") from None
-            if created:
-                undo.callback(networks.remove_bridge, bridge)
-            exported = self._export(cni_name, render.exported(conf)) if opts["cni.export"] else None
-            self.state.put(NETWORK, network_id, {
-                "id": network_id, "driver": driver, "backend": backend, "options": opts,
-                "cni_name": cni_name, "bridge": bridge, "bridge_created": created,
-                "conflist": conf, "exported": exported,
-                "docker_ipam": any(d.get("AddressSpace") in ADDRESS_SPACES for d in ipv4 + ipv6),
-            })
+                raise DriverError(f"{driver}: {exc}") from None
+            net["exported"] = self._export(cni_name, render.exported(conf)) if opts["cni.export"] else None
+            self.state.put(NETWORK, network_id, net)
             undo.pop_all()
-        log.info("network %s: %s on bridge %s", network_id[:12], cni_name, bridge)
+        log.info("network %s: %s (%s) on bridge %s", network_id[:12], cni_name, backend, bridge)
+
+    def _prepare_bridge(self, net: dict, undo) -> None:
+        net["bridge_created"] = not networks.bridge_exists(net["bridge"])
+        networks.ensure_bridge(net["bridge"], net["options"]["mtu"])
+        if net["bridge_created"]:
+            undo.callback(networks.remove_bridge, net["bridge"])
+
+    def _prepare_flat(self, net: dict, ipv4: list, undo) -> None:
+        """The uplink, the metadata link and their rules, made at `network create`
+        so a wrong parent fails there; the link address is kept from Docker's IPAM."""
+        net["bridge_created"] = True
+        flat = flat_plugin.load_network(net["conflist"]["plugins"][0])
+        if flat.metadata:
+            self._keep_link_address_out_of_docker_ipam(net, ipv4, flat.metadata.link_ip)
+        flatnet.ensure(flat)
+        undo.callback(flatnet.remove, flat)
+
+    def _keep_link_address_out_of_docker_ipam(self, net: dict, ipv4: list, link_ip: str) -> None:
+        if net["docker_ipam"]:
+            subnet = next(str(ipaddress.ip_network(d["Pool"])) for d in ipv4
+                          if ipaddress.ip_address(link_ip) in ipaddress.ip_network(d["Pool"]))
+            self.ipam.reserve_link_address(subnet, link_ip)
+            return
+        aux = {str(a).split("/")[0] for d in ipv4 for a in (d.get("AuxAddresses") or {}).values()}
+        if link_ip not in aux:
+            raise DriverError(f"{net['driver']}: Docker's IPAM could hand out the metadata link address {link_ip}; "
+                              f"add --aux-address metadata-link={link_ip} (or use --ipam-driver {net['driver']})")
 
     def _refuse_duplicates(self, network_id: str, cni_name: str, bridge: str) -> None:
         for other in self.state.all(NETWORK):
@@ -150,6 +177,7 @@ class Translator:
             raise DriverError(f"invalid network configuration: {exc}") from None
 
     def _export(self, cni_name: str, conf: dict) -> str:
+        """The conflist where CNI runtimes look, written atomically."""
         raw = json.dumps(conf, indent=2).encode()
         os.makedirs(self.settings.cni_conf_dir, mode=0o755, exist_ok=True)
         path = os.path.join(self.settings.cni_conf_dir, f"50-{cni_name}.conflist")
@@ -169,7 +197,9 @@ class Translator:
             if ep["network_id"] == network_id:
                 self._cni_del(net, ep)
                 self.state.delete(ENDPOINT, State.endpoint_key(network_id, ep["endpoint_id"]))
-        if net["bridge_created"]:
+        if net["backend"] == "flat":
+            flatnet.remove(flat_plugin.load_network(net["conflist"]["plugins"][0]))
+        elif net["bridge_created"]:
             networks.remove_bridge(net["bridge"])
         for name in (net["cni_name"], render.ports_conflist(net["conflist"])["name"]):
             networks.forget(name, self.settings.ipam_data_dir)

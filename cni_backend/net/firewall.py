@@ -41,9 +41,10 @@ def _host(iface) -> str:
     return f"{iface.ip}/{32 if iface.version == 4 else 128}"
 
 
-def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden=()) -> dict:
+def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False) -> dict:
     """family -> table -> rules for a container on `bridge` with addresses `cidrs`;
-    nothing it sends is routed out of the `forbidden` interfaces."""
+    nothing it sends is routed out of the `forbidden` interfaces; with
+    `open_inbound` (flat networks) anyone may connect to it, not only replies."""
     per_family = {}
     note = f"-m comment --comment {tag}"
     for iface in map(ipaddress.ip_interface, cidrs):
@@ -52,6 +53,7 @@ def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden
                             for out in forbidden]
         rules["filter"] += [
             f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} {note} -j ACCEPT",
+            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j ACCEPT" if open_inbound else
             f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT",
         ]
         if masquerade:

@@ -38,6 +38,7 @@ class BridgeConf:
     ip_spoof_check: bool = False  # also drop frames with another source IP (flat)
     extra_routes: list = dataclasses.field(default_factory=list)
     forbidden_out: tuple = ()     # interfaces the host must never route its traffic to
+    open_inbound: bool = False    # new connections from outside reach it (flat: no NAT, no port mapping)
 
 
 def _flag(config: dict, key: str) -> bool:
@@ -130,7 +131,7 @@ def attach(req, conf: BridgeConf) -> dict:
                     _ensure_gateway(host, bridge, ipam["ips"], conf.force_address)
                 rollback.callback(firewall.remove_rules, _tag(req))
                 firewall.add_rules(_tag(req), firewall.bridge_rules(
-                    _tag(req), conf.bridge, [ip["address"] for ip in ipam["ips"]], conf.ip_masq, conf.forbidden_out))
+                    _tag(req), conf.bridge, [ip["address"] for ip in ipam["ips"]], conf.ip_masq, conf.forbidden_out, conf.open_inbound))
                 if conf.macspoofchk or conf.ip_spoof_check:
                     rollback.callback(firewall.remove_mac_filter, _tag(req))
                     firewall.add_mac_filter(_tag(req), host_name, container["mac"],

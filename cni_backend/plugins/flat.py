@@ -75,7 +75,7 @@ def _bridge_conf(req, flat: flatnet.FlatNetwork) -> BridgeConf:
     return BridgeConf(bridge=flat.bridge, is_gateway=False, is_default_gateway=True, force_address=False,
                       ip_masq=False, mtu=flat.mtu, hairpin=_flag(req.config, "hairpinMode"), promisc=False,
                       vlan=0, macspoofchk=True, mac=_requested_mac(req), ip_spoof_check=True, extra_routes=extra,
-                      forbidden_out=(flat.metadata.bridge,) if flat.metadata else ())
+                      forbidden_out=(flat.metadata.bridge,) if flat.metadata else (), open_inbound=True)
 
 
 def _with_link_excluded(req, flat: flatnet.FlatNetwork):

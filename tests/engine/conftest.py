@@ -38,7 +38,7 @@ class Shim:
                 "--ipam-data-dir", str(self.ipam_dir), "--cni-conf-dir", str(self.export_dir),
                 "--cni-socket", self.cni_socket, "--cni-path", f"{self.bin}:/usr/lib/cni", "--workers", "3"]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.root / "shim.log", "a"),
-                                        start_new_session=True)
+                                        start_new_session=True, env=dict(os.environ, CNM_SHIM_LOG_LEVEL="DEBUG"))
         deadline = time.monotonic() + 30
         while not (os.path.exists(self.socket) and os.path.exists(self.cni_socket)):
             assert self.process.poll() is None and time.monotonic() < deadline, self.log()

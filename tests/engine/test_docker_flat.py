@@ -1,0 +1,117 @@
+"""Docker drives rancher-flat: containers on the business subnet behind a test
+uplink (a veth to a router namespace), with the metadata link."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import ns_exec, ping, run, unique
+from tests.engine.test_docker_bridge import address, can_ping, container, docker  # noqa: F401
+
+pytestmark = pytest.mark.engine
+
+SUBNET, ROUTER, HOST_IP, LINK_IP, MD_IP = "192.168.78.0/24", "192.168.78.1", "192.168.78.10", "192.168.78.2", "169.254.169.250"
+
+
+@pytest.fixture
+def rig(make_netns, tmp_path):
+    router = make_netns()
+    uplink, md_bridge = unique("up"), unique("md")
+    run("ip", "link", "add", uplink, "type", "veth", "peer", "name", "wan0", "netns", router)
+    ns_exec(router, "ip", "link", "add", "sw", "type", "bridge")
+    ns_exec(router, "ip", "link", "set", "wan0", "master", "sw", "up")
+    ns_exec(router, "ip", "addr", "add", f"{ROUTER}/24", "dev", "sw")
+    ns_exec(router, "ip", "link", "set", "sw", "up")
+    run("ip", "addr", "add", f"{HOST_IP}/24", "dev", uplink)
+    run("ip", "link", "set", uplink, "up")
+    run("ip", "link", "add", md_bridge, "type", "bridge")
+    run("ip", "addr", "add", f"{MD_IP}/32", "dev", md_bridge)
+    run("ip", "link", "set", md_bridge, "up")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("metadata-ok\n")
+    server = subprocess.Popen(["busybox", "httpd", "-f", "-p", f"{MD_IP}:80", "-h", str(www)])
+    yield {"router": router, "uplink": uplink, "md_bridge": md_bridge}
+    server.kill()
+    server.wait()
+    run("ip", "link", "del", md_bridge, check=False)
+    run("ip", "link", "del", uplink, check=False)
+
+
+def flat_network(docker, rig, *extra, link=True, subnet=SUBNET, gateway=ROUTER):
+    name = unique("f")
+    args = ["network", "create", "-d", "rancher-flat", "--subnet", subnet, "--gateway", gateway,
+            "-o", f"parent={rig['uplink']}", "-o", f"metadata_bridge={rig['md_bridge']}"]
+    if link:
+        args += ["-o", f"metadata_link_ip={LINK_IP}", "--aux-address", f"link={LINK_IP}"]
+    done = docker(*args, *extra, name, check=False)
+    if done.returncode == 0:
+        docker.made["networks"].append(name)
+    return name, done
+
+
+def uplink_state(uplink):
+    link = json.loads(run("ip", "-j", "addr", "show", "dev", uplink).stdout)[0]
+    return link.get("master"), sorted(a["local"] for a in link["addr_info"] if a["scope"] == "global")
+
+
+def test_flat_containers_on_the_business_network(docker, rig):
+    before = uplink_state(rig["uplink"])
+    net, done = flat_network(docker, rig, "--ip-range", "192.168.78.128/25")
+    assert done.returncode == 0, done.stderr
+    assert uplink_state(rig["uplink"])[0] is not None, "the uplink is a port of the flat bridge"
+    a, b = container(docker, net), container(docker, net)
+    ip_a, ip_b = address(docker, a, net), address(docker, b, net)
+    assert all(int(ip.rsplit(".", 1)[1]) >= 128 for ip in (ip_a, ip_b))
+    assert ping(rig["router"], ip_a), "reachable from outside the host, no port mapping, no NAT"
+    assert can_ping(docker, a, ROUTER) and can_ping(docker, a, ip_b)
+    assert f"default via {ROUTER}" in docker("exec", a, "ip", "route").stdout
+    # (busybox 1.35's wget crashes with -T, so no timeout flags here)
+    fetched = docker("exec", b, "wget", "-O", "-", f"http://{MD_IP}/", check=False)
+    assert fetched.stdout == "metadata-ok\n", fetched.stderr
+    for name in (a, b):
+        docker("rm", "-f", name)
+    docker.made["containers"].clear()
+    docker("network", "rm", net)
+    docker.made["networks"].clear()
+    assert uplink_state(rig["uplink"]) == before
+
+
+def test_flat_with_our_ipam_keeps_the_link_address(docker, rig):
+    net, done = flat_network(docker, rig, "--ipam-driver", "rancher-flat", link=False)
+    assert done.returncode == 0, done.stderr
+    docker("network", "rm", net)
+    docker.made["networks"].clear()
+    name, done = flat_network(docker, rig, "--ipam-driver", "rancher-flat", "-o", f"metadata_link_ip={LINK_IP}",
+                              link=False)  # no --aux-address: our IPAM keeps the link address by itself
+    assert done.returncode == 0, done.stderr
+    assert ("@docker", LINK_IP) in {(owner, ip) for owner, _, ip in docker.shim.allocations()}
+
+
+@pytest.mark.parametrize("case", ["missing parent", "absent parent", "link outside subnet", "link not reserved",
+                                  "parent in use"])
+def test_flat_option_errors_are_clear_and_leave_nothing(docker, rig, case):
+    before = uplink_state(rig["uplink"])
+    if case == "parent in use":
+        first, done = flat_network(docker, rig)
+        assert done.returncode == 0, done.stderr
+        second, done = flat_network(docker, rig, link=False, subnet="192.168.79.0/24", gateway="192.168.79.1")
+        expected = "already part of"
+    else:
+        extra = {"missing parent": [], "absent parent": ["-o", "parent=rcnitabsent0"],
+                 "link outside subnet": ["-o", "metadata_link_ip=10.1.1.1"],
+                 "link not reserved": ["-o", f"metadata_link_ip={LINK_IP}"]}[case]
+        name = unique("f")
+        args = ["network", "create", "-d", "rancher-flat", "--subnet", SUBNET, "--gateway", ROUTER,
+                "-o", f"metadata_bridge={rig['md_bridge']}"]
+        if case != "missing parent" and case != "absent parent":
+            args += ["-o", f"parent={rig['uplink']}"]
+        done = docker(*args, *extra, name, check=False)
+        expected = {"missing parent": "option parent is required", "absent parent": "does not exist",
+                    "link outside subnet": "outside the subnet", "link not reserved": "--aux-address"}[case]
+    assert done.returncode != 0 and expected in done.stderr, done.stderr
+    if case == "parent in use":
+        docker("network", "rm", first)
+        docker.made["networks"].clear()
+    assert uplink_state(rig["uplink"]) == before
