@@ -150,3 +150,55 @@ def test_a_parent_serves_one_flat_network(cni_daemon_env, make_netns, rig):
     assert code != 0 and "already part of" in error["msg"]
     assert cni_daemon_env.exec("DEL", dict(first, prevResult=result), netns)[0] == 0
     flatnet.remove(load_network(first))
+
+
+def test_containers_on_two_hosts_share_one_upstream(tmp_path, make_netns):
+    """Two hosts (namespaces running the plug-ins themselves), each with its own
+    uplink to the same switch, each with its own IPAM range of the subnet."""
+    from tests.conftest import CNIEnv
+    router = make_netns()
+    ns_exec(router, "ip", "link", "add", "sw", "type", "bridge")
+    ns_exec(router, "ip", "addr", "add", f"{ROUTER}/24", "dev", "sw")
+    ns_exec(router, "ip", "link", "set", "sw", "up")
+    containers = []
+    for n, first in ((1, 100), (2, 150)):
+        host = make_netns()
+        ns_exec(host, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", f"wan{n}", "netns", router)
+        ns_exec(router, "ip", "link", "set", f"wan{n}", "master", "sw", "up")
+        ns_exec(host, "ip", "link", "set", "uplink", "up")
+        ns_exec(host, "ip", "link", "add", "docker0", "type", "bridge")
+        ns_exec(host, "ip", "link", "set", "docker0", "up")
+        (tmp_path / f"host{n}").mkdir()
+        env = CNIEnv(tmp_path / f"host{n}", daemon=False)
+        config = {"cniVersion": "1.0.0", "name": "flatnet", "type": "rancher-flat", "bridge": "flat0",
+                  "parent": "uplink", "stateDir": str(env.state),
+                  "metadata": {"ip": MD_IP, "linkIP": LINK_IP, "bridge": "docker0"},
+                  "ipam": {"type": "rancher-ipam", "dataDir": str(env.state),
+                           "ranges": [[{"subnet": SUBNET, "rangeStart": f"192.168.77.{first}",
+                                        "rangeEnd": f"192.168.77.{first + 49}", "gateway": ROUTER}]]}}
+        netns = make_netns()
+        code, result = env.exec("ADD", config, netns, container_id=f"c{n}", host_netns=host)
+        assert code == 0, result
+        containers.append((env, config, netns, host, f"c{n}", result))
+    (_, _, a, _, _, ra), (_, _, b, _, _, rb) = containers
+    ip_a, ip_b = ra["ips"][0]["address"].split("/")[0], rb["ips"][0]["address"].split("/")[0]
+    assert ip_a.startswith("192.168.77.1") and ip_b != ip_a
+    assert ping(a, ip_b) and ping(b, ip_a) and ping(router, ip_a)
+    for env, config, netns, host, container_id, result in containers:
+        assert env.exec("DEL", dict(config, prevResult=result), netns, container_id=container_id, host_netns=host)[0] == 0
+        assert env.allocations() == []
+
+
+def test_vlan_sub_interface_or_a_clear_kernel_error(cni_env, make_netns, rig):
+    before = uplink_state(rig["uplink"])
+    config = flat_config(cni_env, rig, vlan=42)
+    netns = make_netns()
+    code, out = cni_env.exec("ADD", config, netns)
+    if code != 0:
+        assert out["code"] == 106 and "802.1q" in out["msg"]
+        assert uplink_state(rig["uplink"]) == before and cni_env.allocations() == []
+        pytest.skip("this kernel lacks 802.1q VLAN links: " + out["msg"])
+    assert f"{rig['uplink'][:10]}.42" in run("ip", "-o", "link", "show", "master", config["bridge"]).stdout
+    assert cni_env.exec("DEL", dict(config, prevResult=out), netns)[0] == 0
+    flatnet.remove(load_network(config))
+    assert uplink_state(rig["uplink"]) == before
