@@ -8,7 +8,7 @@ CNI_BIN_DIR  ?= /opt/cni/bin
 TEST_VENV    ?= $(CURDIR)/.venv
 SOURCES      := setup.cfg pyproject.toml $(shell find cnm_shim cni_backend -name '*.py')
 DEB_PACKAGES := python3-venv iproute2 iptables nftables iputils-ping busybox-static \
-                docker.io containerd containernetworking-plugins
+                docker.io containerd containernetworking-plugins ebtables iperf3
 
 .PHONY: deps install run test test-unit test-netns test-interop test-engine bench clean
 
@@ -54,8 +54,9 @@ test-interop: deps $(TEST_VENV)/.installed
 test-engine: deps $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python -m pytest -ra tests/engine
 
-bench: deps $(TEST_VENV)/.installed  ## ours against the reference plug-ins, same run
+bench: deps $(TEST_VENV)/.installed  ## ours against the references, same run
 	$(TEST_VENV)/bin/python bench/cni_add_del.py
+	$(TEST_VENV)/bin/python bench/flat_throughput.py
 
 clean:
 	rm -rf $(TEST_VENV) build *.egg-info

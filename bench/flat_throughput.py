@@ -1,0 +1,93 @@
+"""TCP throughput from a container to a router namespace over rancher-flat,
+against Docker's built-in macvlan driver on the same uplink, same run,
+interleaved. The router namespace and the uplink veth are made here; nothing
+leaves the machine.
+
+    python bench/flat_throughput.py [--rounds 3] [--seconds 5]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import pathlib
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from tests.engine.conftest import Shim  # noqa: E402
+from tests.engine.dockerd import Dockerd  # noqa: E402
+
+ROUTER_NS, UPLINK = "rcnibenchR", "rcnibenchup"
+SUBNET, GATEWAY = "192.168.88.0/24", "192.168.88.1"
+
+
+def sh(*argv, check=True):
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+def make_rig():
+    sh("ip", "netns", "add", ROUTER_NS)
+    sh("ip", "link", "add", UPLINK, "type", "veth", "peer", "name", "wan0", "netns", ROUTER_NS)
+    for argv in (("ip", "link", "add", "sw", "type", "bridge"), ("ip", "link", "set", "wan0", "master", "sw", "up"),
+                 ("ip", "addr", "add", f"{GATEWAY}/24", "dev", "sw"), ("ip", "link", "set", "sw", "up")):
+        sh("ip", "netns", "exec", ROUTER_NS, *argv)
+    sh("ip", "link", "set", UPLINK, "up")
+    return subprocess.Popen(["ip", "netns", "exec", ROUTER_NS, "iperf3", "-s"], stdout=subprocess.DEVNULL)
+
+
+def measure(dockerd: Dockerd, driver: str, seconds: int) -> float:
+    """Gbit/s of one iperf3 run from a fresh container on a fresh network."""
+    net, name = f"bench-{driver}", f"bench-{driver}-c"
+    created = dockerd.cli("network", "create", "-d", driver, "--subnet", SUBNET, "--gateway", GATEWAY,
+                          "-o", f"parent={UPLINK}", net)
+    assert created.returncode == 0, created.stderr
+    try:
+        started = dockerd.cli("run", "-d", "--name", name, "--network", net, dockerd.image, "sleep", "600")
+        assert started.returncode == 0, started.stderr
+        pid = json.loads(dockerd.cli("inspect", name).stdout)[0]["State"]["Pid"]
+        out = sh("nsenter", f"--net=/proc/{pid}/ns/net", "iperf3", "-c", GATEWAY, "-t", str(seconds), "-J").stdout
+        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        dockerd.cli("rm", "-f", name)
+        dockerd.cli("network", "rm", net)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--bridge-nf", choices=["0", "1"], help="set net.bridge.bridge-nf-call-iptables for the run")
+    opts = parser.parse_args()
+    root = pathlib.Path(tempfile.mkdtemp(prefix="rcnibench."))
+    server = make_rig()
+    shim = Shim(root)
+    dockerd = Dockerd()
+    if opts.bridge_nf is not None:  # dockerd's close() puts the machine's value back
+        for key in ("iptables", "ip6tables"):
+            pathlib.Path(f"/proc/sys/net/bridge/bridge-nf-call-{key}").write_text(opts.bridge_nf)
+    print("net.bridge.bridge-nf-call-iptables =", pathlib.Path("/proc/sys/net/bridge/bridge-nf-call-iptables").read_text().strip())
+    samples = {"rancher-flat": [], "macvlan": []}
+    try:
+        for _ in range(opts.rounds):
+            for driver in samples:
+                samples[driver].append(measure(dockerd, driver, opts.seconds))
+    finally:
+        dockerd.close()
+        shim.stop()
+        server.kill()
+        server.wait()
+        sh("ip", "link", "del", UPLINK, check=False)
+        sh("ip", "netns", "del", ROUTER_NS, check=False)
+    flat, macvlan = (statistics.median(samples[d]) for d in ("rancher-flat", "macvlan"))
+    print(f"{'iperf3 TCP container -> router namespace':42} {'median':>12}")
+    print(f"{'rancher-flat':42} {flat:8.2f} Gbit/s")
+    print(f"{'Docker macvlan (same uplink)':42} {macvlan:8.2f} Gbit/s")
+    print(f"{'ratio rancher-flat / macvlan':42} {flat / macvlan:8.2f}   (target >= 0.95)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
