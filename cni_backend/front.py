@@ -72,3 +72,7 @@ def portmap_main() -> int:
 
 def flat_main() -> int:
     return main("rancher-flat")
+
+
+def vxlan_main() -> int:
+    return main("rancher-vxlan")

@@ -340,3 +340,47 @@ def set_rule(ipr, src: str, dst: str, table: int, priority: int, present: bool) 
         if (present and exc.code == errno.EEXIST) or (not present and exc.code in (errno.ENOENT, errno.ESRCH)):
             return
         raise _fail(f"{'adding' if present else 'removing'} rule from {src} to {dst}", exc) from None
+
+
+def default_route_device(ipr) -> str | None:
+    for msg in ipr.get_routes(family=2, table=254):
+        if msg["dst_len"] == 0 and msg.get("RTA_OIF"):
+            found = link_by_index(ipr, msg.get("RTA_OIF"))
+            return found.get("ifname") if found else None
+    return None
+
+
+def ensure_vxlan(ipr, name: str, vni: int, local_ip: str, port: int, underlay_index: int, mtu: int) -> dict:
+    """A VTEP with learning off (FDB entries are programmed, not learned)."""
+    existing = link(ipr, name)
+    if existing is None:
+        try:
+            ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local_ip, vxlan_port=port,
+                     vxlan_link=underlay_index, vxlan_learning=0, mtu=mtu)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise _fail(f"creating VTEP {name} (VNI {vni}, UDP {port})", exc) from None
+        existing = link(ipr, name)
+    if kind(existing) != "vxlan":
+        raise CNIError(NETLINK_FAILURE, f"{name} already exists and is a {kind(existing) or 'device'}, not a VXLAN device")
+    data = existing.get(("linkinfo", "data"))
+    if data is not None and data.get("vxlan_id") not in (None, vni):
+        raise CNIError(NETLINK_FAILURE, f"{name} exists with VNI {data.get('vxlan_id')}, not {vni}")
+    return describe(existing)
+
+
+def flood_peers(ipr, vtep_index: int) -> set:
+    """Peers of the all-zero FDB entries (head-end replication of broadcast)."""
+    peers = set()
+    for msg in ipr.fdb("dump", ifindex=vtep_index):
+        if msg.get("NDA_LLADDR") == "00:00:00:00:00:00" and msg.get("NDA_DST"):
+            peers.add(msg.get("NDA_DST"))
+    return peers
+
+
+def set_flood_peer(ipr, vtep_index: int, peer: str, present: bool) -> None:
+    try:
+        ipr.fdb("append" if present else "del", ifindex=vtep_index, lladdr="00:00:00:00:00:00", dst=peer)
+    except NetlinkError as exc:
+        if not ((present and exc.code == errno.EEXIST) or (not present and exc.code == errno.ENOENT)):
+            raise _fail(f"{'adding' if present else 'removing'} VXLAN peer {peer}", exc) from None

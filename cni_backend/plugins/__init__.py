@@ -8,6 +8,7 @@ PLUGINS = {
     "rancher-ipam": "cni_backend.plugins.ipam",
     "rancher-portmap": "cni_backend.plugins.portmap",
     "rancher-flat": "cni_backend.plugins.flat",
+    "rancher-vxlan": "cni_backend.plugins.vxlan",
 }
 
 

@@ -1,0 +1,55 @@
+"""rancher-vxlan: one subnet across hosts. The bridge plug-in's attach on a
+bridge that also holds the VTEP, with the containers' MTU set to fit the
+VXLAN header."""
+
+from .. import vxlannet
+from ..errors import CNIError, INVALID_CONFIG
+from . import bridge as bridge_plugin
+from .bridge import _int
+from .flat import _ifname
+
+
+def load_network(config: dict) -> vxlannet.VxlanNetwork:
+    vni = _int(config, "vni", 1, 16777215) or 1042
+    return vxlannet.VxlanNetwork(
+        bridge=_ifname(config, "bridge", f"vxbr{vni}"[:15]),
+        vni=vni,
+        port=_int(config, "port", 1, 65535) or 4789,
+        vtep_dev=_ifname(config, "vtepDev") if config.get("vtepDev") else None,
+        peers=vxlannet.parse_peers(config.get("peers")),
+    )
+
+
+def _bridge_conf(req, mtu: int):
+    conf = bridge_plugin.load_conf(req)
+    if conf.mtu and conf.mtu > mtu:
+        raise CNIError(INVALID_CONFIG, f"mtu {conf.mtu} does not fit: the underlay allows {mtu} inside VXLAN")
+    conf.bridge = load_network(req.config).bridge
+    conf.mtu = conf.mtu or mtu
+    return conf
+
+
+def add(req) -> dict:
+    net = load_network(req.config)
+    mtu = vxlannet.ensure(net)
+    return bridge_plugin.attach(req, _bridge_conf(req, mtu))
+
+
+def delete(req) -> None:
+    conf = bridge_plugin.load_conf(req)
+    conf.bridge = load_network(req.config).bridge
+    bridge_plugin.detach(req, conf)
+
+
+def check(req) -> None:
+    conf = bridge_plugin.load_conf(req)
+    conf.bridge = load_network(req.config).bridge
+    bridge_plugin.verify(req, conf)
+
+
+def gc(req) -> None:
+    bridge_plugin.gc(req)
+
+
+def status(req) -> None:
+    bridge_plugin.status(req)

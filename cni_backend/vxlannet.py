@@ -1,0 +1,78 @@
+"""The VXLAN network's host side: the bridge plus a VTEP `vtep<VNI>` on UDP
+4789 enslaved to it, so one subnet spans every host; MTU 50 below the
+underlay's (the VXLAN header); learning off, broadcast and unknown unicast
+replicated to each peer by all-zero FDB entries (head-end replication)."""
+
+import dataclasses
+import fcntl
+import ipaddress
+import os
+
+from .errors import CNIError, INVALID_CONFIG
+from .net import netlink
+
+VXLAN_OVERHEAD = 50
+LOCK_DIR = "/run/rancher-cni"
+
+
+@dataclasses.dataclass(frozen=True)
+class VxlanNetwork:
+    bridge: str
+    vni: int
+    port: int
+    vtep_dev: str | None    # the underlay interface; None: the default route's
+    peers: tuple
+
+    @property
+    def vtep(self) -> str:
+        return f"vtep{self.vni}"
+
+
+def _underlay(host, net: VxlanNetwork) -> tuple:
+    name = net.vtep_dev or netlink.default_route_device(host)
+    found = netlink.link(host, name) if name else None
+    if found is None:
+        raise CNIError(INVALID_CONFIG, f"underlay interface {name or '(default route)'} does not exist",
+                       "set vtepDev (-o vtep_dev=IF) to the interface that reaches the other hosts")
+    addresses = [a for a in netlink.global_addresses(host, found["index"]) if a.version == 4]
+    if not addresses:
+        raise CNIError(INVALID_CONFIG, f"underlay interface {name} has no IPv4 address to send VXLAN from")
+    return netlink.describe(found), str(addresses[0].ip)
+
+
+def ensure(net: VxlanNetwork) -> int:
+    """Bridge, VTEP and flood entries; returns the containers' MTU."""
+    os.makedirs(LOCK_DIR, mode=0o755, exist_ok=True)
+    with open(os.path.join(LOCK_DIR, f"vxlan-{net.vni}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with netlink.socket_in() as host:
+            underlay, local_ip = _underlay(host, net)
+            mtu = underlay["mtu"] - VXLAN_OVERHEAD
+            bridge = netlink.ensure_bridge(host, net.bridge, mtu, promisc=False)
+            vtep = netlink.ensure_vxlan(host, net.vtep, net.vni, local_ip, net.port, underlay["index"], mtu)
+            if vtep.get("master") != bridge["index"]:
+                netlink.set_master(host, net.vtep, bridge["index"])
+            wanted = {p for p in net.peers if p != local_ip}
+            present = netlink.flood_peers(host, vtep["index"])
+            for peer in wanted - present:
+                netlink.set_flood_peer(host, vtep["index"], peer, present=True)
+            for peer in present - wanted:
+                netlink.set_flood_peer(host, vtep["index"], peer, present=False)
+            return mtu
+
+
+def remove(net: VxlanNetwork) -> None:
+    with netlink.socket_in() as host:
+        netlink.delete_link(host, net.vtep)
+        netlink.delete_link(host, net.bridge)
+
+
+def parse_peers(raw) -> tuple:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise CNIError(INVALID_CONFIG, "'peers' must be a list of IPv4 addresses")
+    try:
+        return tuple(str(ipaddress.IPv4Address(p)) for p in raw)
+    except ValueError as exc:
+        raise CNIError(INVALID_CONFIG, f"peers: {exc}") from None
