@@ -17,7 +17,7 @@ from .translate import Settings, Translator
 log = logging.getLogger("cnm-shim")
 
 # Driver (socket) name -> backend.
-DRIVERS = {"rancher-bridge": "bridge", "rancher-flat": "flat"}
+DRIVERS = {"rancher-bridge": "bridge", "rancher-flat": "flat", "rancher-vxlan": "vxlan"}
 
 
 @dataclasses.dataclass

@@ -90,8 +90,26 @@ FLAT_OPTIONS = [
     _COMMON["cni.export"],
     _COMMON["cni.name"],
 ]
+def _peers(driver, key, value):
+    peers = [p.strip() for p in str(value).split(",") if p.strip()]
+    for peer in peers:
+        _ipv4(driver, key, peer)
+    return peers
+
+
+VXLAN_OPTIONS = [
+    Option("vni", _int_between(1, 16777215), 1042, "the VXLAN network identifier; the VTEP is vtep<VNI>"),
+    Option("vtep_dev", _matching(_IFNAME, "a valid interface name"), None,
+           "the underlay interface (default: the one with the default route)"),
+    Option("peers", _peers, [], "comma-separated underlay addresses of the other hosts"),
+    Option("bridge", _COMMON["bridge"].parse, None, "the network's bridge (default rv-<network id>)"),
+    _COMMON["mtu"],
+    _COMMON["ip_masq"],
+    _COMMON["cni.export"],
+    _COMMON["cni.name"],
+]
 ALIASES = {"com.docker.network.driver.mtu": "mtu", "com.docker.network.bridge.name": "bridge"}
-BACKEND_OPTIONS = {"bridge": BRIDGE_OPTIONS, "flat": FLAT_OPTIONS}
+BACKEND_OPTIONS = {"bridge": BRIDGE_OPTIONS, "flat": FLAT_OPTIONS, "vxlan": VXLAN_OPTIONS}
 REQUIRED = {"flat": {"parent": "the host interface facing the business network, e.g. -o parent=eth1"}}
 
 

@@ -72,8 +72,19 @@ def flat_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
     return plugin
 
 
-BACKEND_PLUGINS = {"bridge": bridge_plugin, "flat": flat_plugin}
-BRIDGE_PREFIX = {"bridge": "rb-", "flat": "rf-"}
+def vxlan_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
+    plugin = {"type": "rancher-vxlan", "bridge": bridge, "vni": opts["vni"], "peers": opts["peers"],
+              "isGateway": True, "isDefaultGateway": True, "ipMasq": opts["ip_masq"],
+              "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
+    if opts["vtep_dev"]:
+        plugin["vtepDev"] = opts["vtep_dev"]
+    if opts["mtu"]:
+        plugin["mtu"] = opts["mtu"]
+    return plugin
+
+
+BACKEND_PLUGINS = {"bridge": bridge_plugin, "flat": flat_plugin, "vxlan": vxlan_plugin}
+BRIDGE_PREFIX = {"bridge": "rb-", "flat": "rf-", "vxlan": "rv-"}
 
 
 def conflist(cni_name: str, plugin: dict) -> dict:

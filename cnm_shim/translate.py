@@ -18,10 +18,10 @@ import os
 import secrets
 import tempfile
 
-from cni_backend import flatnet, networks, staging
+from cni_backend import flatnet, networks, staging, vxlannet
 from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist as conflists
-from cni_backend.plugins import flat as flat_plugin
+from cni_backend.plugins import flat as flat_plugin, vxlan as vxlan_plugin
 from cni_backend.plugins.ipam import RESERVED_ARG
 
 from . import options, render
@@ -125,6 +125,8 @@ class Translator:
             try:
                 if backend == "flat":
                     self._prepare_flat(net, ipv4, undo)
+                elif backend == "vxlan":
+                    self._prepare_vxlan(net, undo)
                 else:
                     self._prepare_bridge(net, undo)
             except CNIError as exc:
@@ -149,6 +151,12 @@ class Translator:
             self._keep_link_address_out_of_docker_ipam(net, ipv4, flat.metadata.link_ip)
         flatnet.ensure(flat)
         undo.callback(flatnet.remove, flat)
+
+    def _prepare_vxlan(self, net: dict, undo) -> None:
+        net["bridge_created"] = True
+        vxlan = vxlan_plugin.load_network(net["conflist"]["plugins"][0])
+        vxlannet.ensure(vxlan)
+        undo.callback(vxlannet.remove, vxlan)
 
     def _keep_link_address_out_of_docker_ipam(self, net: dict, ipv4: list, link_ip: str) -> None:
         if net["docker_ipam"]:
@@ -199,6 +207,8 @@ class Translator:
                 self.state.delete(ENDPOINT, State.endpoint_key(network_id, ep["endpoint_id"]))
         if net["backend"] == "flat":
             flatnet.remove(flat_plugin.load_network(net["conflist"]["plugins"][0]))
+        elif net["backend"] == "vxlan":
+            vxlannet.remove(vxlan_plugin.load_network(net["conflist"]["plugins"][0]))
         elif net["bridge_created"]:
             networks.remove_bridge(net["bridge"])
         for name in (net["cni_name"], render.ports_conflist(net["conflist"])["name"]):

@@ -43,8 +43,9 @@ def _host(iface) -> str:
 
 def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False) -> dict:
     """family -> table -> rules for a container on `bridge` with addresses `cidrs`;
-    nothing it sends is routed out of the `forbidden` interfaces; with
-    `open_inbound` (flat networks) anyone may connect to it, not only replies."""
+    nothing it sends is routed out of the `forbidden` interfaces. Who may open
+    connections to it: replies only (False), its own subnet ("subnet": VXLAN,
+    where that subnet's other hosts come in through the VTEP), anyone (True: flat)."""
     per_family = {}
     note = f"-m comment --comment {tag}"
     for iface in map(ipaddress.ip_interface, cidrs):
@@ -53,9 +54,11 @@ def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden
                             for out in forbidden]
         rules["filter"] += [
             f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} {note} -j ACCEPT",
-            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j ACCEPT" if open_inbound else
+            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j ACCEPT" if open_inbound is True else
             f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT",
         ]
+        if open_inbound == "subnet":
+            rules["filter"].append(f"-A {FORWARD_CHAIN} -s {iface.network} -d {_host(iface)} -o {bridge} {note} -j ACCEPT")
         if masquerade:
             rules["nat"] += [
                 f"-A {MASQ_CHAIN} -s {_host(iface)} -d {iface.network} {note} -j RETURN",

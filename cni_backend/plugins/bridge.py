@@ -38,7 +38,7 @@ class BridgeConf:
     ip_spoof_check: bool = False  # also drop frames with another source IP (flat)
     extra_routes: list = dataclasses.field(default_factory=list)
     forbidden_out: tuple = ()     # interfaces the host must never route its traffic to
-    open_inbound: bool = False    # new connections from outside reach it (flat: no NAT, no port mapping)
+    open_inbound: bool | str = False  # who may connect to it: see firewall.bridge_rules
 
 
 def _flag(config: dict, key: str) -> bool:

@@ -26,6 +26,7 @@ def _bridge_conf(req, mtu: int):
         raise CNIError(INVALID_CONFIG, f"mtu {conf.mtu} does not fit: the underlay allows {mtu} inside VXLAN")
     conf.bridge = load_network(req.config).bridge
     conf.mtu = conf.mtu or mtu
+    conf.open_inbound = "subnet"  # the subnet's containers on other hosts arrive through the VTEP
     return conf
 
 

@@ -39,9 +39,9 @@ def docker(engine, leak_guard):
     assert not os.listdir(shim.root / "run" / "staging") if (shim.root / "run" / "staging").exists() else True
 
 
-def network(docker, *args, name=None):
+def network(docker, *args, name=None, driver="rancher-bridge"):
     name = name or unique("n")
-    docker("network", "create", "-d", "rancher-bridge", *args, name)
+    docker("network", "create", "-d", driver, *args, name)
     docker.made["networks"].append(name)
     return name
 

@@ -1,0 +1,56 @@
+"""Docker drives rancher-vxlan; the "other host" is a namespace with a
+hand-made kernel VXLAN (iproute2), so our VTEP is checked against the kernel's
+own, across an underlay veth the test makes."""
+
+import json
+
+import pytest
+
+from tests.conftest import ns_exec, ping, run, unique
+from tests.engine.test_docker_bridge import address, can_ping, container, docker, network  # noqa: F401
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture
+def other_host(make_netns):
+    host, workload = make_netns(), make_netns()
+    underlay = unique("ul")
+    run("ip", "link", "add", underlay, "type", "veth", "peer", "name", "ul", "netns", host)
+    run("ip", "addr", "add", "10.98.0.1/24", "dev", underlay)
+    run("ip", "link", "set", underlay, "up")
+    for argv in (["ip", "addr", "add", "10.98.0.2/24", "dev", "ul"], ["ip", "link", "set", "ul", "up"],
+                 ["ip", "link", "add", "vtep1042", "type", "vxlan", "id", "1042", "local", "10.98.0.2",
+                  "dstport", "4789", "nolearning", "dev", "ul"],
+                 ["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vtep1042", "dst", "10.98.0.1"],
+                 ["ip", "link", "add", "br0", "type", "bridge"], ["ip", "link", "set", "vtep1042", "master", "br0", "up"],
+                 ["ip", "link", "set", "br0", "up"],
+                 ["ip", "link", "add", "w0", "type", "veth", "peer", "name", "eth0", "netns", workload],
+                 ["ip", "link", "set", "w0", "master", "br0", "up"]):
+        ns_exec(host, *argv)
+    ns_exec(workload, "ip", "addr", "add", "10.43.200.1/16", "dev", "eth0")
+    ns_exec(workload, "ip", "link", "set", "eth0", "mtu", "1450", "up")
+    yield {"underlay": underlay, "workload": workload}
+    run("ip", "link", "del", underlay, check=False)
+
+
+def test_docker_containers_reach_another_hosts_workload_over_vxlan(docker, other_host):
+    net = network(docker, "--subnet", "10.43.0.0/16", "--ip-range", "10.43.1.0/24",
+                  "-o", f"vtep_dev={other_host['underlay']}", "-o", "peers=10.98.0.2", driver="rancher-vxlan")
+    a, b = container(docker, net), container(docker, net)
+    assert can_ping(docker, a, address(docker, b, net))
+    assert can_ping(docker, a, "10.43.200.1"), "reached the other host through our VTEP and the kernel's"
+    assert ping(other_host["workload"], address(docker, a, net))
+    mtu = docker("exec", a, "cat", "/sys/class/net/eth0/mtu").stdout.strip()
+    assert mtu == "1450"
+    vtep = json.loads(run("ip", "-j", "-d", "link", "show", "vtep1042").stdout)[0]
+    assert vtep["linkinfo"]["info_data"]["id"] == 1042 and vtep["linkinfo"]["info_data"]["learning"] is False
+
+
+def test_bad_vxlan_options_fail_clearly(docker):
+    done = docker("network", "create", "-d", "rancher-vxlan", "--subnet", "10.44.0.0/16",
+                  "-o", "peers=10.98.0.2,not-an-ip", unique("v"), check=False)
+    assert done.returncode != 0 and "not an IPv4 address" in done.stderr
+    done = docker("network", "create", "-d", "rancher-vxlan", "--subnet", "10.44.0.0/16",
+                  "-o", "vtep_dev=rcnitnosuch", unique("v"), check=False)
+    assert done.returncode != 0 and "does not exist" in done.stderr
