@@ -81,7 +81,7 @@ def main() -> int:
                                                         dict(base, RANCHER_CNI_SOCKET=f"{root}/absent.sock")),
         }
         samples = {name: [] for name in runs}
-        for name, args in runs.items():  # warm-up: bridges and chains exist afterwards, as in steady use
+        for args in runs.values():  # warm-up: bridges and chains exist afterwards, as in steady use
             cycle(*args)
         for _ in range(opts.rounds):
             for name, args in runs.items():

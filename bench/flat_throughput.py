@@ -8,7 +8,6 @@ leaves the machine.
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys

@@ -5,6 +5,7 @@ import json
 import os
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -102,6 +103,15 @@ def ping(netns: str, address: str, count: int = 1) -> bool:
 
 # -- a CNI environment: plug-in dir, conf dir, state, optional daemon ------
 
+def ipam_rows(data_dir, columns: str) -> list:
+    """Rows of the IPAM store in `data_dir`, read straight from SQLite."""
+    path = data_dir / "ipam.db"
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as db:
+        return db.execute(f"SELECT {columns} FROM allocations").fetchall()
+
+
 class CNIEnv:
     def __init__(self, root, daemon: bool):
         self.root = root
@@ -163,12 +173,7 @@ class CNIEnv:
         return done.returncode, (json.loads(out) if out else None)
 
     def allocations(self):
-        import sqlite3
-        path = self.state / "ipam.db"
-        if not path.exists():
-            return []
-        with sqlite3.connect(path) as db:
-            return db.execute("SELECT network, container_id, ifname, ip FROM allocations").fetchall()
+        return ipam_rows(self.state, "network, container_id, ifname, ip")
 
 
 @pytest.fixture(params=["daemon", "direct"])

@@ -77,7 +77,7 @@ def port_rules(tag: str, mappings: list, cidrs: list, snat: bool) -> dict:
             if host_ip is not None and host_ip.version != iface.version:
                 continue
             rules = per_family.setdefault(iface.version, {"filter": [], "nat": []})
-            proto, match = m["protocol"], f"-p {m['protocol']} -m {m['protocol']}"
+            match = f"-p {m['protocol']} -m {m['protocol']}"
             target = f"{iface.ip}:{m['containerPort']}" if iface.version == 4 else f"[{iface.ip}]:{m['containerPort']}"
             only = f"-d {host_ip}/{host_ip.max_prefixlen} " if host_ip else ""
             rules["nat"].append(f"-A {HOSTPORT_CHAIN} {only}{match} --dport {m['hostPort']} {note} -j DNAT --to-destination {target}")

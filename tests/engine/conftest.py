@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cni_backend import install
-from tests.conftest import host_state
+from tests.conftest import host_state, ipam_rows, run
 from tests.engine.dockerd import Dockerd
 
 PLUGIN_DIR = "/run/docker/plugins"
@@ -66,12 +66,7 @@ class Shim:
                 os.unlink(path)
 
     def allocations(self):
-        import sqlite3
-        path = self.ipam_dir / "ipam.db"
-        if not path.exists():
-            return []
-        with sqlite3.connect(path) as db:
-            return db.execute("SELECT network, container_id, ip FROM allocations").fetchall()
+        return ipam_rows(self.ipam_dir, "network, container_id, ip")
 
     def state_entries(self):
         import sqlite3
@@ -95,3 +90,30 @@ def engine(tmp_path_factory):
     after = host_state()
     leaked = {k: sorted(set(after[k]) - set(before[k])) for k in after if set(after[k]) - set(before[k])}
     assert not leaked, f"the engine tests left state behind: {leaked}"
+
+
+@pytest.fixture
+def docker(engine, leak_guard):
+    """A docker CLI for one test; removes what the test made and checks nothing is left."""
+    dockerd, shim = engine
+    made = {"containers": [], "networks": []}
+
+    def cli(*args, check=True):
+        done = dockerd.cli(*args)
+        if check:
+            assert done.returncode == 0, f"docker {' '.join(args)}: {done.stderr}"
+        return done
+
+    cli.made = made
+    cli.dockerd, cli.shim = dockerd, shim
+    yield cli
+    for name in made["containers"]:
+        dockerd.cli("rm", "-f", name)
+    for name in made["networks"]:
+        dockerd.cli("network", "rm", name)
+    assert shim.state_entries() == [], "shim state entries left behind"
+    ours = [r for tool in ("iptables-save", "ip6tables-save") for r in run(tool).stdout.splitlines()
+            if "rcni" in r or "RANCHER-CNI" in r]
+    assert ours == [], "firewall rules left behind"
+    assert shim.allocations() == [], "IPAM entries left behind"
+    assert not os.listdir(shim.root / "run" / "staging") if (shim.root / "run" / "staging").exists() else True

@@ -11,7 +11,7 @@ import pytest
 
 from cni_backend import install
 from tests.conftest import unique
-from tests.engine.test_docker_bridge import address, can_ping, container, docker, network  # noqa: F401
+from tests.engine.helpers import address, can_ping, container, network
 from tests.interop.containerd import Containerd
 
 pytestmark = pytest.mark.engine

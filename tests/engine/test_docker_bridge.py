@@ -2,64 +2,14 @@
 dockerd, real containers, read back with docker inspect and the kernel."""
 
 import json
-import os
-import time
 
 import pytest
 
 from tests.conftest import run, unique
+from tests.engine.helpers import address, can_ping, container, network
+from tests.rigs import http_get, wait_for_http
 
 pytestmark = pytest.mark.engine
-
-
-@pytest.fixture
-def docker(engine, leak_guard):
-    """A docker CLI for one test; removes what the test made and checks nothing is left."""
-    dockerd, shim = engine
-    made = {"containers": [], "networks": []}
-
-    def cli(*args, check=True):
-        done = dockerd.cli(*args)
-        if check:
-            assert done.returncode == 0, f"docker {' '.join(args)}: {done.stderr}"
-        return done
-
-    cli.made = made
-    cli.dockerd, cli.shim = dockerd, shim
-    yield cli
-    for name in made["containers"]:
-        dockerd.cli("rm", "-f", name)
-    for name in made["networks"]:
-        dockerd.cli("network", "rm", name)
-    assert shim.state_entries() == [], "shim state entries left behind"
-    ours = [r for tool in ("iptables-save", "ip6tables-save") for r in run(tool).stdout.splitlines()
-            if "rcni" in r or "RANCHER-CNI" in r]
-    assert ours == [], "firewall rules left behind"
-    assert shim.allocations() == [], "IPAM entries left behind"
-    assert not os.listdir(shim.root / "run" / "staging") if (shim.root / "run" / "staging").exists() else True
-
-
-def network(docker, *args, name=None, driver="rancher-bridge"):
-    name = name or unique("n")
-    docker("network", "create", "-d", driver, *args, name)
-    docker.made["networks"].append(name)
-    return name
-
-
-def container(docker, net, *args, name=None, command=("sleep", "600")):
-    name = name or unique("c")
-    docker.made["containers"].append(name)
-    docker("run", "-d", "--name", name, "--network", net, *args, docker.dockerd.image, *command)
-    return name
-
-
-def address(docker, name, net):
-    info = json.loads(docker("inspect", name).stdout)[0]
-    return info["NetworkSettings"]["Networks"][net]["IPAddress"]
-
-
-def can_ping(docker, source, target) -> bool:
-    return docker("exec", source, "ping", "-c", "1", "-W", "2", target, check=False).returncode == 0
 
 
 def test_two_containers_ping_by_ip_and_by_name(docker):
@@ -135,25 +85,12 @@ def test_nothing_is_left_after_everything_is_removed(docker):
     assert "rcni-" not in run("iptables-save").stdout
 
 
-def http_get(url: str) -> str:
-    import urllib.request
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        return reply.read().decode()
-
-
 def test_published_port_is_reachable_from_the_host_and_another_container(docker):
     net = network(docker, "--subnet", "10.138.0.0/24")
     web = container(docker, net, "-p", "18080:80",
                     command=("sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && httpd -f -p 80 -h /www"))
     client = container(docker, net)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            assert http_get("http://127.0.0.1:18080/") == "hello-from-web\n"
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "published port never answered"
-            time.sleep(0.2)
+    assert wait_for_http("http://127.0.0.1:18080/") == "hello-from-web\n"
     gateway = json.loads(docker("inspect", client).stdout)[0]["NetworkSettings"]["Networks"][net]["Gateway"]
     fetched = docker("exec", client, "wget", "-q", "-O", "-", f"http://{gateway}:18080/", check=False)
     assert fetched.stdout == "hello-from-web\n", fetched.stderr

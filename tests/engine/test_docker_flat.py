@@ -6,8 +6,9 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ns_exec, ping, run, unique
-from tests.engine.test_docker_bridge import address, can_ping, container, docker  # noqa: F401
+from tests.conftest import ping, run, unique
+from tests.rigs import router_with_uplink
+from tests.engine.helpers import address, can_ping, container
 
 pytestmark = pytest.mark.engine
 
@@ -16,15 +17,8 @@ SUBNET, ROUTER, HOST_IP, LINK_IP, MD_IP = "192.168.78.0/24", "192.168.78.1", "19
 
 @pytest.fixture
 def rig(make_netns, tmp_path):
-    router = make_netns()
-    uplink, md_bridge = unique("up"), unique("md")
-    run("ip", "link", "add", uplink, "type", "veth", "peer", "name", "wan0", "netns", router)
-    ns_exec(router, "ip", "link", "add", "sw", "type", "bridge")
-    ns_exec(router, "ip", "link", "set", "wan0", "master", "sw", "up")
-    ns_exec(router, "ip", "addr", "add", f"{ROUTER}/24", "dev", "sw")
-    ns_exec(router, "ip", "link", "set", "sw", "up")
-    run("ip", "addr", "add", f"{HOST_IP}/24", "dev", uplink)
-    run("ip", "link", "set", uplink, "up")
+    router, uplink = router_with_uplink(make_netns, f"{ROUTER}/24", f"{HOST_IP}/24")
+    md_bridge = unique("md")
     run("ip", "link", "add", md_bridge, "type", "bridge")
     run("ip", "addr", "add", f"{MD_IP}/32", "dev", md_bridge)
     run("ip", "link", "set", md_bridge, "up")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import ns_exec, ping, run, unique
-from tests.engine.test_docker_bridge import address, can_ping, container, docker, network  # noqa: F401
+from tests.engine.helpers import address, can_ping, container, network
 
 pytestmark = pytest.mark.engine
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.engine.test_docker_bridge import address, can_ping, container, docker, network  # noqa: F401
+from tests.engine.helpers import address, can_ping, container, network
 
 pytestmark = pytest.mark.engine
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cni_backend import install
-from tests.conftest import ns_exec, ping, run, unique
+from tests.conftest import ping, run, unique
 from tests.interop.containerd import Containerd
 
 pytestmark = pytest.mark.interop

@@ -3,7 +3,6 @@ test (a namespace behind a veth standing in for the NIC), a metadata bridge with
 a metadata service, and containers on the business subnet."""
 
 import json
-import time
 
 import pytest
 
@@ -11,6 +10,7 @@ from cni_backend.plugins.flat import load_network
 from cni_backend import flatnet
 from tests.conftest import ns_exec, ping, run, unique
 from tests.packets import arp_requests_for, capture, ipv4_from
+from tests.rigs import router_with_uplink
 
 pytestmark = pytest.mark.netns
 
@@ -21,15 +21,8 @@ SUBNET, ROUTER, HOST_IP, LINK_IP, MD_IP = "192.168.77.0/24", "192.168.77.1", "19
 def rig(make_netns, tmp_path):
     """router namespace with the switch; the uplink veth; the metadata bridge,
     a metadata service namespace and another namespace on that bridge."""
-    router, metadata, other = make_netns(), make_netns(), make_netns()
-    uplink, md_bridge = unique("up"), unique("md")
-    run("ip", "link", "add", uplink, "type", "veth", "peer", "name", "wan0", "netns", router)
-    ns_exec(router, "ip", "link", "add", "sw", "type", "bridge")
-    ns_exec(router, "ip", "link", "set", "wan0", "master", "sw", "up")
-    ns_exec(router, "ip", "addr", "add", f"{ROUTER}/24", "dev", "sw")
-    ns_exec(router, "ip", "link", "set", "sw", "up")
-    run("ip", "addr", "add", f"{HOST_IP}/24", "dev", uplink)
-    run("ip", "link", "set", uplink, "up")
+    router, uplink = router_with_uplink(make_netns, f"{ROUTER}/24", f"{HOST_IP}/24")
+    metadata, other, md_bridge = make_netns(), make_netns(), unique("md")
     run("ip", "route", "add", "198.51.100.0/24", "via", ROUTER, "dev", uplink)
     run("ip", "link", "add", md_bridge, "type", "bridge")
     run("ip", "addr", "add", "169.254.169.1/24", "dev", md_bridge)

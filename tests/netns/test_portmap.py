@@ -3,19 +3,13 @@
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import ns_exec, run
+from tests.conftest import run
+from tests.rigs import http_get, wait_for_http
 
 pytestmark = pytest.mark.netns
-
-
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=3) as reply:
-        return reply.read().decode()
 
 
 def test_published_port_reaches_a_namespace_and_disappears_on_del(cni_daemon_env, make_netns, tmp_path):
@@ -36,14 +30,7 @@ def test_published_port_reaches_a_namespace_and_disappears_on_del(cni_daemon_env
                    check=True, capture_output=True, env=env.env)
     server = subprocess.Popen(["ip", "netns", "exec", netns, "busybox", "httpd", "-f", "-p", "80", "-h", str(www)])
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                assert fetch("http://127.0.0.1:18181/") == "hello-from-netns\n"
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the published port never answered"
-                time.sleep(0.1)
+        assert wait_for_http("http://127.0.0.1:18181/") == "hello-from-netns\n"
         assert "RANCHER-CNI-HOSTPORT" in run("iptables-save", "-t", "nat").stdout
     finally:
         server.kill()
@@ -51,4 +38,4 @@ def test_published_port_reaches_a_namespace_and_disappears_on_del(cni_daemon_env
     subprocess.run(base[:4] + ["del", config["name"], netns] + base[4:], check=True, capture_output=True, env=env.env)
     assert "RANCHER-CNI" not in run("iptables-save").stdout
     with pytest.raises(OSError):
-        fetch("http://127.0.0.1:18181/")
+        http_get("http://127.0.0.1:18181/")
