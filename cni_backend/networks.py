@@ -3,7 +3,6 @@ runtime created for a network, and what is left of the network when it goes.
 Used by the Docker side at CreateNetwork / DeleteNetwork."""
 
 from .ipam import allocator
-from .ipam.store import open_store
 from .net import firewall, netlink
 
 
@@ -24,15 +23,13 @@ def remove_bridge(name: str) -> None:
             netlink.delete_link(host, name)
 
 
-def forget(cni_network: str, ipam_data_dir: str) -> None:
+def forget(cni_network: str, store) -> None:
     """Drop every firewall rule and IPAM entry still carrying the network's name."""
     firewall.collect_garbage(cni_network, valid_tags=set())
-    with open_store(ipam_data_dir).transaction() as txn:
-        allocator.collect_garbage(txn, cni_network, valid=set())
+    store.run(lambda txn: allocator.collect_garbage(txn, cni_network, valid=set()))
 
 
 
-def holder_of(ipam_data_dir: str, subnet: str, ip: str):
+def holder_of(store, subnet: str, ip: str):
     """The allocation holding `ip` in the pool of `subnet`, or None."""
-    with open_store(ipam_data_dir).transaction() as txn:
-        return txn.allocated(subnet).get(ip)
+    return store.run(lambda txn: txn.allocated(subnet).get(ip))

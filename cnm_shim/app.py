@@ -68,7 +68,7 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask("cnm_shim")
     settings = Settings(**(config or {}))
     state = State(settings.state_dir)
-    ipam = IpamDriver(state, settings.ipam_data_dir)
+    ipam = IpamDriver(state, settings.store())
     app.extensions["rancher"] = Services(state, Translator(state, settings, ipam), ipam)
     for blueprint in (api.plugin_api, api.network_api, api.ipam_api):
         app.register_blueprint(blueprint)

@@ -7,7 +7,7 @@ import ipaddress
 
 from cni_backend.errors import CNIError
 from cni_backend.ipam import allocator, config as ipam_config
-from cni_backend.ipam.store import DOCKER_OWNER, Allocation, open_store
+from cni_backend.ipam.store import DOCKER_OWNER, Allocation
 
 from .errors import DriverError
 from .state import POOL, State
@@ -28,9 +28,9 @@ def _network(value: str, what: str):
 
 
 class IpamDriver:
-    def __init__(self, state: State, data_dir: str):
+    def __init__(self, state: State, store):
         self.state = state
-        self.data_dir = data_dir
+        self.store = store  # the CNI side's store: SQLite on one host, etcd across hosts
 
     def request_pool(self, body: dict) -> dict:
         space = body.get("AddressSpace") or LOCAL_SPACE
@@ -75,16 +75,18 @@ class IpamDriver:
             rng.update(rangeStart=str(hosts.network_address), rangeEnd=str(hosts.broadcast_address))
         if pool.get("gateway"):
             rng["gateway"] = pool["gateway"]
-        return ipam_config.load({"ranges": [[rng]], "dataDir": self.data_dir}, {})
+        return ipam_config.load({"ranges": [[rng]]}, {})
 
     def release_pool(self, body: dict) -> dict:
         pool = self.state.get(POOL, body.get("PoolID", ""))
         if pool is None:
             return {}
-        with open_store(self.data_dir).transaction() as txn:
+        def release_all(txn):
             for held in txn.allocated(pool["subnet"]).values():
                 if held.network == DOCKER_OWNER and held.container_id == pool["id"]:
                     txn.remove(held)
+
+        self.store.run(release_all)
         self.state.delete(POOL, pool["id"])
         return {}
 
@@ -101,9 +103,9 @@ class IpamDriver:
             held = self._reserve_gateway(pool, wanted or subnet.network_address + 1)
             self.state.put(POOL, pool["id"], dict(pool, gateway=held.ip))
         else:
+            conf = self._config(pool)
             try:
-                with open_store(self.data_dir).transaction() as txn:
-                    held = allocator.reserve(txn, self._config(pool), (DOCKER_OWNER, pool["id"], ""), wanted)
+                held = self.store.run(lambda txn: allocator.reserve(txn, conf, (DOCKER_OWNER, pool["id"], ""), wanted))
             except CNIError as exc:
                 raise DriverError(str(exc)) from None
         return {"Address": f"{held.ip}/{subnet.prefixlen}", "Data": {}}
@@ -113,12 +115,15 @@ class IpamDriver:
         if ip not in subnet or ip == subnet.network_address or (subnet.version == 4 and ip == subnet.broadcast_address):
             raise DriverError(f"gateway {ip} is not a host address of {subnet}")
         gateway = Allocation(pool["subnet"], str(ip), DOCKER_OWNER, pool["id"], "gateway")
-        with open_store(self.data_dir).transaction() as txn:
+
+        def reserve(txn):
             holder = txn.allocated(pool["subnet"]).get(str(ip))
             if holder is not None and holder != gateway:
                 raise DriverError(f"gateway {ip} is already in use (by {holder.container_id})")
             if holder is None:
                 txn.add(gateway)
+
+        self.store.run(reserve)
         return gateway
 
     def reserve_link_address(self, subnet: str, ip: str) -> None:
@@ -126,7 +131,7 @@ class IpamDriver:
         pool = next((p for p in self.state.all(POOL) if p["subnet"] == subnet), None)
         if pool is None:
             raise DriverError(f"no pool for subnet {subnet}")
-        with open_store(self.data_dir).transaction() as txn:
+        def reserve(txn):
             holder = txn.allocated(subnet).get(ip)
             if holder is None:
                 txn.add(Allocation(subnet, ip, DOCKER_OWNER, pool["id"], "metadata-link"))
@@ -134,13 +139,18 @@ class IpamDriver:
                 raise DriverError(f"the metadata link address {ip} is already in use (by {holder.container_id})")
             # else Docker holds it already for this pool, as an --aux-address
 
+        self.store.run(reserve)
+
     def release_address(self, body: dict) -> dict:
         pool = self.state.get(POOL, body.get("PoolID", ""))
         if pool is None or not body.get("Address"):
             return {}
         ip = body["Address"].split("/")[0]
-        with open_store(self.data_dir).transaction() as txn:
+
+        def release(txn):
             held = txn.allocated(pool["subnet"]).get(ip)
             if held is not None and held.network == DOCKER_OWNER:
                 txn.remove(held)
+
+        self.store.run(release)
         return {}

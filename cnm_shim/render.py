@@ -29,7 +29,7 @@ def _exclusions(ipam_data: dict) -> list:
     return [str(ipaddress.ip_address(a.split("/")[0])) for a in (ipam_data.get("AuxAddresses") or {}).values()]
 
 
-def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict) -> dict:
+def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, etcd_endpoints=()) -> dict:
     """Docker's IPAM data -> rancher-ipam's config: the same subnets, gateways,
     --ip-range and --aux-address, so CNI runtimes allocate as Docker does."""
     ranges, exclude = [], []
@@ -43,7 +43,10 @@ def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict) ->
         exclude += _exclusions(data)
     if not ranges:
         raise DriverError("the network has no IPAM pool; give --subnet or use an IPAM driver that assigns one")
-    return {"type": "rancher-ipam", "ranges": ranges, "exclude": exclude, "dataDir": ipam_data_dir}
+    section = {"type": "rancher-ipam", "ranges": ranges, "exclude": exclude, "dataDir": ipam_data_dir}
+    if etcd_endpoints:
+        section["etcdEndpoints"] = list(etcd_endpoints)
+    return section
 
 
 def bridge_plugin(bridge: str, opts: dict, ipam: dict) -> dict:

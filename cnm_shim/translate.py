@@ -21,6 +21,7 @@ import tempfile
 from cni_backend import flatnet, networks, staging, vxlannet
 from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist as conflists
+from cni_backend.ipam.store import open_store
 from cni_backend.plugins import flat as flat_plugin, vxlan as vxlan_plugin
 from cni_backend.plugins.ipam import RESERVED_ARG
 
@@ -41,6 +42,10 @@ class Settings:
     ipam_data_dir: str = "/var/lib/rancher-cni"
     cni_path: tuple = ("/opt/cni/bin", "/usr/lib/cni")
     cni_conf_dir: str = "/etc/cni/net.d"
+    etcd_endpoints: tuple = ()   # addresses global across hosts when set
+
+    def store(self):
+        return open_store(self.ipam_data_dir, self.etcd_endpoints)
 
 
 def _ip(value: str, what: str):
@@ -115,7 +120,7 @@ class Translator:
         bridge = opts["bridge"] or render.BRIDGE_PREFIX[backend] + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge)
         sub_pools = {p["subnet"]: p["sub_pool"] for p in self.state.all(POOL) if p.get("sub_pool")}
-        ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools)
+        ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints)
         conf = render.conflist(cni_name, render.BACKEND_PLUGINS[backend](bridge, opts, ipam))
         self._validated(json.dumps(conf).encode())
         net = {"id": network_id, "driver": driver, "backend": backend, "options": opts,
@@ -212,7 +217,7 @@ class Translator:
         elif net["bridge_created"]:
             networks.remove_bridge(net["bridge"])
         for name in (net["cni_name"], render.ports_conflist(net["conflist"])["name"]):
-            networks.forget(name, self.settings.ipam_data_dir)
+            networks.forget(name, self.settings.store())
         if net.get("exported"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(net["exported"])
@@ -289,7 +294,7 @@ class Translator:
             if not address:
                 continue
             iface = ipaddress.ip_interface(address)
-            holder = networks.holder_of(self.settings.ipam_data_dir, str(iface.network), str(iface.ip))
+            holder = networks.holder_of(self.settings.store(), str(iface.network), str(iface.ip))
             if holder is None or holder.network != net["cni_name"] or holder.container_id == ep["endpoint_id"]:
                 continue
             stale = self.state.get(ENDPOINT, State.endpoint_key(net["id"], holder.container_id))

@@ -111,6 +111,8 @@ class IPAMConfig:
     exclude: list
     dns: dict
     data_dir: str
+    etcd_endpoints: tuple = ()
+    etcd_prefix: str = "/rancher-cni"
 
     def is_excluded(self, ip) -> bool:
         return any(ip.version == net.version and ip in net for net in self.exclude)
@@ -134,10 +136,15 @@ def load(ipam: dict, runtime_config: dict) -> IPAMConfig:
     dns = ipam.get("dns") or {}
     if not isinstance(dns, dict):
         raise _bad("'dns' must be an object")
+    endpoints = ipam.get("etcdEndpoints") or []
+    if not isinstance(endpoints, list) or not all(isinstance(e, str) and "://" in e for e in endpoints):
+        raise _bad("'etcdEndpoints' must be a list of URLs such as http://10.0.0.1:2379")
     return IPAMConfig(
         range_sets=range_sets,
         routes=parse_routes(ipam.get("routes")),
         exclude=[parse_network(e, "exclude entry") for e in exclude],
         dns=dns,
         data_dir=str(ipam.get("dataDir") or DEFAULT_DATA_DIR),
+        etcd_endpoints=tuple(endpoints),
+        etcd_prefix=str(ipam.get("etcdPrefix") or "/rancher-cni"),
     )

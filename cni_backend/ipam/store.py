@@ -1,9 +1,10 @@
 """Where allocations live: an interface, and the embedded SQLite store.
 
-Every change happens inside `transaction()`, which is exclusive and
-all-or-nothing, so parallel plug-in processes never hand out one address twice
-and a process killed mid-way leaves no half-made allocation. A distributed
-store (etcd) implements the same two classes with its own transactions.
+Every change happens inside `run(fn)`: `fn(txn)` reads and writes through a
+`Transaction` that commits all or nothing, so parallel plug-in processes never
+hand out one address twice and a process killed mid-way leaves no half-made
+allocation. SQLite runs `fn` once under its write lock; etcd (`etcd_store.py`)
+runs it optimistically and again when another host changed the same pool.
 """
 
 import abc
@@ -62,8 +63,8 @@ class Transaction(abc.ABC):
 
 class Store(abc.ABC):
     @abc.abstractmethod
-    def transaction(self) -> contextlib.AbstractContextManager:
-        ...
+    def run(self, fn):
+        """fn(txn), atomically; returns what fn returns."""
 
 
 _SCHEMA = """
@@ -136,8 +137,12 @@ class SQLiteStore(Store):
             raise CNIError(IO_FAILURE, f"cannot open the IPAM store {self.path}", str(exc)) from None
         return db
 
+    def run(self, fn):
+        with self._transaction() as txn:
+            return fn(txn)
+
     @contextlib.contextmanager
-    def transaction(self):
+    def _transaction(self):
         db = self._connect()
         try:
             try:
@@ -155,6 +160,10 @@ class SQLiteStore(Store):
             db.close()
 
 
-def open_store(data_dir: str) -> Store:
-    """The store for `data_dir`; the one place that picks the implementation."""
+def open_store(data_dir: str, etcd_endpoints=(), etcd_prefix: str = "/rancher-cni") -> Store:
+    """The store to use; the one place that picks the implementation: etcd
+    when endpoints are given (addresses global across hosts), else SQLite."""
+    if etcd_endpoints:
+        from .etcd_store import EtcdStore  # its HTTP client costs import time
+        return EtcdStore(list(etcd_endpoints), etcd_prefix)
     return SQLiteStore(data_dir)

@@ -12,6 +12,10 @@ def load_conf(req):
     return ipam_config.load(req.config.get("ipam"), req.runtime_config)
 
 
+def _store(conf):
+    return open_store(conf.data_dir, conf.etcd_endpoints, conf.etcd_prefix)
+
+
 def _owner(req) -> tuple:
     return (req.network, req.container_id, req.ifname)
 
@@ -51,11 +55,10 @@ def _docker_reservations(txn, conf, wanted) -> list:
 def add(req) -> dict:
     conf = load_conf(req)
     wanted = allocator.requested_ips(req.args, req.args_cni, req.runtime_config)
-    with open_store(conf.data_dir).transaction() as txn:
-        if _reserved_by_docker(req):
-            allocations = _docker_reservations(txn, conf, wanted)
-        else:
-            allocations = allocator.allocate(txn, conf, _owner(req), wanted)
+    if _reserved_by_docker(req):
+        allocations = _store(conf).run(lambda txn: _docker_reservations(txn, conf, wanted))
+    else:
+        allocations = _store(conf).run(lambda txn: allocator.allocate(txn, conf, _owner(req), wanted))
     ips = []
     for allocation in allocations:
         prefix, gateway = _prefix_of(conf, allocation.ip)
@@ -70,18 +73,16 @@ def delete(req) -> None:
     conf = load_conf(req)
     if _reserved_by_docker(req):
         return  # Docker's ReleaseAddress frees it
-    with open_store(conf.data_dir).transaction() as txn:
-        allocator.release(txn, _owner(req))
+    _store(conf).run(lambda txn: allocator.release(txn, _owner(req)))
 
 
 def check(req) -> None:
     conf = load_conf(req)
-    with open_store(conf.data_dir).transaction() as txn:
-        if _reserved_by_docker(req):
-            wanted = allocator.requested_ips(req.args, req.args_cni, req.runtime_config)
-            held = {a.ip for a in _docker_reservations(txn, conf, wanted)}
-        else:
-            held = {a.ip for a in txn.held_by(*_owner(req))}
+    if _reserved_by_docker(req):
+        wanted = allocator.requested_ips(req.args, req.args_cni, req.runtime_config)
+        held = {a.ip for a in _store(conf).run(lambda txn: _docker_reservations(txn, conf, wanted))}
+    else:
+        held = {a.ip for a in _store(conf).run(lambda txn: txn.held_by(*_owner(req)))}
     expected = {ip["address"].split("/")[0] for ip in (req.prev_result or {}).get("ips", [])}
     if not held:
         raise CNIError(CHECK_FAILED, f"no address is allocated to {req.container_id}/{req.ifname}")
@@ -102,14 +103,13 @@ def valid_attachments(req) -> set:
 
 def gc(req) -> None:
     conf = load_conf(req)
-    with open_store(conf.data_dir).transaction() as txn:
-        allocator.collect_garbage(txn, req.network, valid_attachments(req))
+    valid = valid_attachments(req)
+    _store(conf).run(lambda txn: allocator.collect_garbage(txn, req.network, valid))
 
 
 def status(req) -> None:
     conf = load_conf(req)
     try:
-        with open_store(conf.data_dir).transaction() as txn:
-            txn.all(req.network)
+        _store(conf).run(lambda txn: txn.all(req.network))
     except CNIError as exc:
         raise CNIError(NOT_AVAILABLE, "the IPAM store cannot be used", str(exc)) from None

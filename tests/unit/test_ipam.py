@@ -17,8 +17,7 @@ def conf(tmp_path, **ipam):
 
 
 def alloc(store, c, owner, wanted=()):
-    with store.transaction() as txn:
-        return allocator.allocate(txn, c, owner, [ipaddress.ip_address(w) for w in wanted])
+    return store.run(lambda txn: allocator.allocate(txn, c, owner, [ipaddress.ip_address(w) for w in wanted]))
 
 
 def test_small_subnet_hands_out_every_host_but_gateway_then_is_exhausted(tmp_path):
@@ -68,29 +67,28 @@ def test_release_and_gc(tmp_path):
     c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
     for i in range(3):
         alloc(store, c, ("n", f"c{i}", "eth0"))
-    with store.transaction() as txn:
-        assert [a.container_id for a in allocator.release(txn, ("n", "c0", "eth0"))] == ["c0"]
-        stale = allocator.collect_garbage(txn, "n", {("c1", "eth0")})
-        assert [a.container_id for a in stale] == ["c2"]
-        assert [a.container_id for a in txn.all()] == ["c1"]
+    assert [a.container_id for a in store.run(lambda txn: allocator.release(txn, ("n", "c0", "eth0")))] == ["c0"]
+    stale = store.run(lambda txn: allocator.collect_garbage(txn, "n", {("c1", "eth0")}))
+    assert [a.container_id for a in stale] == ["c2"]
+    assert [a.container_id for a in store.run(lambda txn: txn.all())] == ["c1"]
 
 
 def test_round_robin_does_not_reuse_a_just_freed_address(tmp_path):
     c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
     first = alloc(store, c, ("n", "c1", "eth0"))[0].ip
-    with store.transaction() as txn:
-        allocator.release(txn, ("n", "c1", "eth0"))
+    store.run(lambda txn: allocator.release(txn, ("n", "c1", "eth0")))
     assert alloc(store, c, ("n", "c2", "eth0"))[0].ip != first
 
 
 def test_a_failed_transaction_leaves_nothing(tmp_path):
     c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
+    def allocate_then_die(txn):
+        allocator.allocate(txn, c, ("n", "c1", "eth0"), [])
+        raise RuntimeError("killed half-way")
+
     with pytest.raises(RuntimeError):
-        with store.transaction() as txn:
-            allocator.allocate(txn, c, ("n", "c1", "eth0"), [])
-            raise RuntimeError("killed half-way")
-    with store.transaction() as txn:
-        assert txn.all() == []
+        store.run(allocate_then_die)
+    assert store.run(lambda txn: txn.all()) == []
 
 
 @pytest.mark.parametrize("ipam,fragment", [
@@ -129,8 +127,7 @@ def test_allocations_are_always_distinct_inside_the_range_and_sticky(tmp_path_fa
     for op, n in operations:
         owner = ("n", f"c{n}", "eth0")
         if op == "del":
-            with store.transaction() as txn:
-                allocator.release(txn, owner)
+            store.run(lambda txn: allocator.release(txn, owner))
             held.pop(n, None)
             continue
         try:
