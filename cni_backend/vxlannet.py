@@ -22,10 +22,18 @@ class VxlanNetwork:
     port: int
     vtep_dev: str | None    # the underlay interface; None: the default route's
     peers: tuple
+    state_dir: str = "/var/lib/rancher-cni"
+    registry: bool = False  # an agent programs remote endpoints from etcd: answer ARP locally
 
     @property
     def vtep(self) -> str:
         return f"vtep{self.vni}"
+
+
+def local_address(net: VxlanNetwork) -> str:
+    """The underlay address this host sends VXLAN from."""
+    with netlink.socket_in() as host:
+        return _underlay(host, net)[1]
 
 
 def _underlay(host, net: VxlanNetwork) -> tuple:
@@ -49,7 +57,8 @@ def ensure(net: VxlanNetwork) -> int:
             underlay, local_ip = _underlay(host, net)
             mtu = underlay["mtu"] - VXLAN_OVERHEAD
             bridge = netlink.ensure_bridge(host, net.bridge, mtu, promisc=False)
-            vtep = netlink.ensure_vxlan(host, net.vtep, net.vni, local_ip, net.port, underlay["index"], mtu)
+            vtep = netlink.ensure_vxlan(host, net.vtep, net.vni, local_ip, net.port, underlay["index"], mtu,
+                                        proxy=net.registry)
             if vtep.get("master") != bridge["index"]:
                 netlink.set_master(host, net.vtep, bridge["index"])
             wanted = {p for p in net.peers if p != local_ip}

@@ -98,6 +98,23 @@ def cmd_status(opts) -> int:
     return 0
 
 
+def cmd_vxlan_agent(opts) -> int:
+    import signal
+    import urllib.parse
+    from etcd3gw.client import Etcd3Client
+    from cni_backend import vxlan_registry, vxlannet
+    net = vxlannet.VxlanNetwork(bridge="", vni=opts.vni, port=4789, vtep_dev=opts.vtep_dev,
+                                peers=tuple(p for p in opts.peers.split(",") if p), state_dir=opts.state_dir)
+    url = urllib.parse.urlsplit(opts.etcd_endpoints.split(",")[0])
+    client = Etcd3Client(host=url.hostname, port=url.port or 2379, protocol=url.scheme, timeout=5, api_path="/v3/")
+    agent = vxlan_registry.Agent(client, opts.etcd_prefix, opts.vni, vxlannet.local_address(net), opts.state_dir,
+                                 ttl=opts.ttl, static_peers=net.peers)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    agent.run(interval=opts.interval, stop=lambda: bool(stopping))
+    return 0
+
+
 def cmd_install_cni(opts) -> int:
     from cni_backend import install
     for path in install.write_executables(opts.dir):
@@ -139,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cni-conf-dir", default="/etc/cni/net.d", help="where -o cni.export=true writes")
     serve.add_argument("--cni-socket", default=os.environ.get("RANCHER_CNI_SOCKET", "/run/rancher-cni/cni.sock"))
     serve.add_argument("--no-cni-daemon", action="store_true", help="do not start the CNI daemon")
+    serve.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""),
+                       help="comma-separated etcd URLs: addresses global across hosts, VXLAN registry")
     serve.add_argument("--access-log", action="store_true")
     serve.set_defaults(func=cmd_serve)
 
@@ -146,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--state-dir", default="/var/lib/rancher-cnm")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    agent = sub.add_parser("vxlan-agent", help="share this host's VXLAN endpoints through etcd, program the others'")
+    agent.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""), required=False)
+    agent.add_argument("--etcd-prefix", default="/rancher-cni")
+    agent.add_argument("--vni", type=int, default=1042)
+    agent.add_argument("--vtep-dev", help="underlay interface (default: the default route's)")
+    agent.add_argument("--peers", default="", help="static peers, comma-separated")
+    agent.add_argument("--state-dir", default="/var/lib/rancher-cni")
+    agent.add_argument("--ttl", type=int, default=10, help="lease TTL: how fast a dead host disappears")
+    agent.add_argument("--interval", type=float, default=1.0)
+    agent.set_defaults(func=cmd_vxlan_agent)
 
     inst = sub.add_parser("install-cni", help="write the CNI executables into a plug-in directory")
     inst.add_argument("--dir", default=DEFAULT_CNI_PATH)

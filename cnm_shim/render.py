@@ -77,8 +77,10 @@ def flat_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
 
 def vxlan_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
     plugin = {"type": "rancher-vxlan", "bridge": bridge, "vni": opts["vni"], "peers": opts["peers"],
-              "isGateway": True, "isDefaultGateway": True, "ipMasq": opts["ip_masq"],
+              "isGateway": True, "isDefaultGateway": True, "ipMasq": opts["ip_masq"], "stateDir": ipam["dataDir"],
               "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
+    if ipam.get("etcdEndpoints"):  # remote endpoints come from the registry (cnm-shim vxlan-agent)
+        plugin["etcdEndpoints"] = ipam["etcdEndpoints"]
     if opts["vtep_dev"]:
         plugin["vtepDev"] = opts["vtep_dev"]
     if opts["mtu"]:

@@ -63,7 +63,8 @@ def serve(opts) -> int:
     os.makedirs(opts.plugin_dir, mode=0o755, exist_ok=True)
     daemon = None if opts.no_cni_daemon else start_cni_daemon(opts.cni_socket)
     app_config = {"state_dir": opts.state_dir, "run_dir": opts.run_dir, "ipam_data_dir": opts.ipam_data_dir,
-                  "cni_path": tuple(opts.cni_path.split(os.pathsep)), "cni_conf_dir": opts.cni_conf_dir}
+                  "cni_path": tuple(opts.cni_path.split(os.pathsep)), "cni_conf_dir": opts.cni_conf_dir,
+                  "etcd_endpoints": tuple(e for e in opts.etcd_endpoints.split(",") if e)}
     create_app(app_config)  # fail here, loudly, before binding sockets Docker would find
     gunicorn_options = {
         "bind": [f"unix:{os.path.join(opts.plugin_dir, name)}.sock" for name in DRIVERS],

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.request
 
 
 def _free_port() -> int:
@@ -17,7 +16,8 @@ def _free_port() -> int:
 
 
 class EtcdCluster:
-    def __init__(self, members: int = 1):
+    def __init__(self, members: int = 1, netns: str | None = None, address: str = "127.0.0.1"):
+        self.netns, self.address = netns, address
         if shutil.which("etcd") is None:
             raise RuntimeError("etcd is not installed (Debian package etcd-server)")
         self.root = tempfile.mkdtemp(prefix="rcnit-etcd.")
@@ -32,29 +32,32 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list:
-        return [f"http://127.0.0.1:{self.client_ports[n]}" for n in self.names]
+        return [f"http://{self.address}:{self.client_ports[n]}" for n in self.names]
 
     def start(self, name: str) -> None:
-        initial = ",".join(f"{n}=http://127.0.0.1:{self.peer_ports[n]}" for n in self.names)
+        at = self.address
+        initial = ",".join(f"{n}=http://{at}:{self.peer_ports[n]}" for n in self.names)
         argv = ["etcd", "--name", name, "--data-dir", os.path.join(self.root, name),
-                "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[name]}",
-                "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[name]}",
-                "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[name]}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[name]}",
+                "--listen-client-urls", f"http://{at}:{self.client_ports[name]}",
+                "--advertise-client-urls", f"http://{at}:{self.client_ports[name]}",
+                "--listen-peer-urls", f"http://{at}:{self.peer_ports[name]}",
+                "--initial-advertise-peer-urls", f"http://{at}:{self.peer_ports[name]}",
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
                 "--log-level", "error", "--logger", "zap"]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         self.processes[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                 stderr=open(os.path.join(self.root, f"{name}.log"), "a"))
 
     def wait_healthy(self, name: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
+        url = f"http://{self.address}:{self.client_ports[name]}/health"
+        probe = ["python3", "-c", f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=1).read())"]
+        if self.netns:
+            probe = ["ip", "netns", "exec", self.netns, *probe]
         while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.client_ports[name]}/health", timeout=1) as r:
-                    if b'"true"' in r.read():
-                        return
-            except OSError:
-                pass
+            if b'true' in subprocess.run(probe, capture_output=True).stdout:
+                return
             assert self.processes[name].poll() is None, open(os.path.join(self.root, f"{name}.log")).read()[-2000:]
             assert time.monotonic() < deadline, f"etcd member {name} did not become healthy"
             time.sleep(0.1)

@@ -18,6 +18,8 @@ from ..errors import CNIError, INTERFACE_EXISTS, KERNEL_FEATURE_MISSING, NETLINK
 from . import netns
 
 IFF_PROMISC = 0x100
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
 # Bridge VLAN info flags (linux/if_bridge.h).
 BRIDGE_VLAN_INFO_PVID = 0x2
 BRIDGE_VLAN_INFO_UNTAGGED = 0x4
@@ -350,13 +352,15 @@ def default_route_device(ipr) -> str | None:
     return None
 
 
-def ensure_vxlan(ipr, name: str, vni: int, local_ip: str, port: int, underlay_index: int, mtu: int) -> dict:
-    """A VTEP with learning off (FDB entries are programmed, not learned)."""
+def ensure_vxlan(ipr, name: str, vni: int, local_ip: str, port: int, underlay_index: int, mtu: int,
+                 proxy: bool = False) -> dict:
+    """A VTEP with learning off (FDB entries are programmed, not learned);
+    with `proxy`, ARP for remote endpoints is answered from its neighbour table."""
     existing = link(ipr, name)
     if existing is None:
         try:
             ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local_ip, vxlan_port=port,
-                     vxlan_link=underlay_index, vxlan_learning=0, mtu=mtu)
+                     vxlan_link=underlay_index, vxlan_learning=0, vxlan_proxy=int(proxy), mtu=mtu)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise _fail(f"creating VTEP {name} (VNI {vni}, UDP {port})", exc) from None
@@ -380,7 +384,36 @@ def flood_peers(ipr, vtep_index: int) -> set:
 
 def set_flood_peer(ipr, vtep_index: int, peer: str, present: bool) -> None:
     try:
-        ipr.fdb("append" if present else "del", ifindex=vtep_index, lladdr="00:00:00:00:00:00", dst=peer)
+        ipr.fdb("append" if present else "del", ifindex=vtep_index, lladdr="00:00:00:00:00:00", dst=peer,
+                state=NUD_PERMANENT, flags=NTF_SELF)
     except NetlinkError as exc:
         if not ((present and exc.code == errno.EEXIST) or (not present and exc.code == errno.ENOENT)):
             raise _fail(f"{'adding' if present else 'removing'} VXLAN peer {peer}", exc) from None
+
+
+def fdb_entries(ipr, index: int) -> dict:
+    """Unicast FDB entries of a VTEP: MAC -> remote VTEP address."""
+    found = {}
+    for msg in ipr.fdb("dump", ifindex=index):
+        mac, dst = msg.get("NDA_LLADDR"), msg.get("NDA_DST")
+        if mac and dst and mac != "00:00:00:00:00:00" and msg.get("ifindex") == index:
+            found[mac] = dst
+    return found
+
+
+def set_fdb(ipr, index: int, mac: str, dst: str | None) -> None:
+    """Point `mac` at the remote VTEP `dst`; None removes the entry."""
+    try:
+        if dst:  # the VTEP's own table (NTF_SELF), not the bridge's
+            ipr.fdb("replace", ifindex=index, lladdr=mac, dst=dst, state=NUD_PERMANENT, flags=NTF_SELF)
+        else:
+            ipr.fdb("del", ifindex=index, lladdr=mac, flags=NTF_SELF)
+    except NetlinkError as exc:
+        if dst or exc.code not in (errno.ENOENT, errno.ESRCH):
+            raise _fail(f"{'setting' if dst else 'removing'} FDB entry {mac}", exc) from None
+
+
+def neighbours(ipr, index: int) -> dict:
+    """Permanent neighbour entries of a link: IP -> MAC."""
+    return {msg.get("NDA_DST"): msg.get("NDA_LLADDR") for msg in ipr.get_neighbours(ifindex=index)
+            if msg["state"] & 0x80 and msg.get("NDA_LLADDR")}

@@ -2,7 +2,8 @@
 bridge that also holds the VTEP, with the containers' MTU set to fit the
 VXLAN header."""
 
-from .. import vxlannet
+from .. import vxlan_registry, vxlannet
+from ..ipam.config import DEFAULT_DATA_DIR
 from ..errors import CNIError, INVALID_CONFIG
 from . import bridge as bridge_plugin
 from .bridge import _int
@@ -17,6 +18,8 @@ def load_network(config: dict) -> vxlannet.VxlanNetwork:
         port=_int(config, "port", 1, 65535) or 4789,
         vtep_dev=_ifname(config, "vtepDev") if config.get("vtepDev") else None,
         peers=vxlannet.parse_peers(config.get("peers")),
+        state_dir=str(config.get("stateDir") or DEFAULT_DATA_DIR),
+        registry=bool(config.get("etcdEndpoints")),
     )
 
 
@@ -30,16 +33,27 @@ def _bridge_conf(req, mtu: int):
     return conf
 
 
+def _record_name(req) -> str:
+    return f"{req.container_id}-{req.ifname}"
+
+
 def add(req) -> dict:
     net = load_network(req.config)
     mtu = vxlannet.ensure(net)
-    return bridge_plugin.attach(req, _bridge_conf(req, mtu))
+    result = bridge_plugin.attach(req, _bridge_conf(req, mtu))
+    sandbox = next(i for i in result["interfaces"] if i.get("sandbox"))
+    # for the host's vxlan-agent, which tells the other hosts where this container is
+    vxlan_registry.record_endpoint(net.state_dir, net.vni, _record_name(req),
+                                   [ip["address"] for ip in result["ips"]], sandbox["mac"])
+    return result
 
 
 def delete(req) -> None:
+    net = load_network(req.config)
     conf = bridge_plugin.load_conf(req)
-    conf.bridge = load_network(req.config).bridge
+    conf.bridge = net.bridge
     bridge_plugin.detach(req, conf)
+    vxlan_registry.forget_endpoint(net.state_dir, net.vni, _record_name(req))
 
 
 def check(req) -> None:

@@ -127,7 +127,7 @@ def test_allocations_are_always_distinct_inside_the_range_and_sticky(tmp_path_fa
     for op, n in operations:
         owner = ("n", f"c{n}", "eth0")
         if op == "del":
-            store.run(lambda txn: allocator.release(txn, owner))
+            store.run(lambda txn, owner=owner: allocator.release(txn, owner))
             held.pop(n, None)
             continue
         try:
