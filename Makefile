@@ -8,9 +8,9 @@ CNI_BIN_DIR  ?= /opt/cni/bin
 TEST_VENV    ?= $(CURDIR)/.venv
 SOURCES      := setup.cfg pyproject.toml $(shell find cnm_shim cni_backend -name '*.py')
 DEB_PACKAGES := python3-venv iproute2 iptables nftables iputils-ping busybox-static \
-                docker.io containerd containernetworking-plugins ebtables iperf3
+                docker.io containerd containernetworking-plugins ebtables iperf3 etcd-server
 
-.PHONY: deps install run test test-unit test-netns test-interop test-engine bench clean
+.PHONY: deps install run test test-unit test-etcd test-netns test-interop test-engine bench clean
 
 deps:  ## Debian packages (installed only when missing)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -39,7 +39,7 @@ $(TEST_VENV)/.installed: setup.cfg pyproject.toml
 	$(TEST_VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-test: deps $(TEST_VENV)/.installed  ## every layer: unit, netns, interop, engine
+test: deps $(TEST_VENV)/.installed  ## every layer: unit, etcd, netns, interop, engine
 	$(TEST_VENV)/bin/python -m pytest -ra tests
 
 test-unit: $(TEST_VENV)/.installed
@@ -51,12 +51,16 @@ test-netns: deps $(TEST_VENV)/.installed
 test-interop: deps $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python -m pytest -ra tests/interop
 
+test-etcd: deps $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m pytest -ra tests/etcd
+
 test-engine: deps $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python -m pytest -ra tests/engine
 
 bench: deps $(TEST_VENV)/.installed  ## ours against the references, same run
 	$(TEST_VENV)/bin/python bench/cni_add_del.py
-	$(TEST_VENV)/bin/python bench/flat_throughput.py
+	$(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 5
+	$(TEST_VENV)/bin/python bench/vxlan_throughput.py --rounds 5
 
 clean:
 	rm -rf $(TEST_VENV) build *.egg-info
