@@ -205,14 +205,46 @@ def _own_chains(rules: list) -> list:
     return sorted({(table, chain) for table, chain, _ in rules if chain.startswith("RFLAT-")})
 
 
+def _installed_ebtables() -> dict:
+    """(table, chain) -> rules as token sets (ebtables prints options in its own order)."""
+    done = subprocess.run(["ebtables-save"], capture_output=True, text=True)
+    installed, table = {}, None
+    for line in done.stdout.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-A ") and table:
+            _, chain, *rule = line.split()
+            installed.setdefault((table, chain), []).append(frozenset(rule))
+    return installed
+
+
+def _already_installed(installed: dict, wanted: dict) -> bool:
+    """Our chains hold exactly the wanted rules; each jump is there once."""
+    for (table, chain), rules in wanted.items():
+        present = installed.get((table, chain), [])
+        if chain.startswith("RFLAT-"):
+            if sorted(map(sorted, present)) != sorted(map(sorted, rules)):
+                return False
+        elif any(present.count(rule) != 1 for rule in rules):
+            return False
+    return True
+
+
 def _ensure_ebtables(flat: FlatNetwork, uplink: str) -> None:
-    """Rebuild: our chains are flushed and refilled, our jumps deleted and put
-    back once (ebtables has no "check"; its -C changes counters)."""
+    """Rebuilt only when what the kernel holds differs: our chains have policy
+    DROP, so even mid-rebuild the link fails closed (ebtables has no "check";
+    its -C changes counters)."""
     rules = _ebtables_rules(flat, uplink)
+    installed = _installed_ebtables()
+    wanted = {}
+    for table, chain, rule in rules:
+        wanted.setdefault((table, chain), []).append(frozenset(rule.split()))
+    if _already_installed(installed, wanted):
+        return
     _remove_jumps(rules)
     for table, chain in _own_chains(rules):
         if not _ebtables("-t", table, "-F", chain, check=False):
-            _ebtables("-t", table, "-N", chain, "-P", "RETURN")
+            _ebtables("-t", table, "-N", chain, "-P", "DROP")
     for table, chain, rule in rules:
         _ebtables("-t", table, "-A", chain, *rule.split())
 
