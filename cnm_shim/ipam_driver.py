@@ -4,6 +4,7 @@ same address. Docker's reservations are owned by DOCKER_OWNER: CNI GC leaves
 them alone and ReleaseAddress frees them."""
 
 import ipaddress
+import socket
 
 from cni_backend.errors import CNIError
 from cni_backend.ipam import allocator, config as ipam_config
@@ -28,9 +29,15 @@ def _network(value: str, what: str):
 
 
 class IpamDriver:
-    def __init__(self, state: State, store):
+    def __init__(self, state: State, store, host: str | None = None):
         self.state = state
         self.store = store  # the CNI side's store: SQLite on one host, etcd across hosts
+        # With a shared store, the same pool exists on every host: container
+        # addresses are this host's; the gateway and the link address are shared.
+        self.host = host or socket.gethostname()
+
+    def _owner(self, pool: dict) -> tuple:
+        return (DOCKER_OWNER, f"{pool['id']}@{self.host}", "")
 
     def request_pool(self, body: dict) -> dict:
         space = body.get("AddressSpace") or LOCAL_SPACE
@@ -81,10 +88,14 @@ class IpamDriver:
         pool = self.state.get(POOL, body.get("PoolID", ""))
         if pool is None:
             return {}
+        mine, shared = f"{pool['id']}@{self.host}", pool["id"]
+
         def release_all(txn):
-            for held in txn.allocated(pool["subnet"]).values():
-                if held.network == DOCKER_OWNER and held.container_id == pool["id"]:
-                    txn.remove(held)
+            held = [a for a in txn.allocated(pool["subnet"]).values() if a.network == DOCKER_OWNER]
+            others = [a for a in held if a.container_id.startswith(shared + "@") and a.container_id != mine]
+            for allocation in held:
+                if allocation.container_id == mine or (allocation.container_id == shared and not others):
+                    txn.remove(allocation)
 
         self.store.run(release_all)
         self.state.delete(POOL, pool["id"])
@@ -105,7 +116,7 @@ class IpamDriver:
         else:
             conf = self._config(pool)
             try:
-                held = self.store.run(lambda txn: allocator.reserve(txn, conf, (DOCKER_OWNER, pool["id"], ""), wanted))
+                held = self.store.run(lambda txn: allocator.reserve(txn, conf, self._owner(pool), wanted))
             except CNIError as exc:
                 raise DriverError(str(exc)) from None
         return {"Address": f"{held.ip}/{subnet.prefixlen}", "Data": {}}
@@ -135,7 +146,7 @@ class IpamDriver:
             holder = txn.allocated(subnet).get(ip)
             if holder is None:
                 txn.add(Allocation(subnet, ip, DOCKER_OWNER, pool["id"], "metadata-link"))
-            elif holder.network != DOCKER_OWNER or holder.container_id != pool["id"]:
+            elif holder.network != DOCKER_OWNER or not holder.container_id.startswith(pool["id"]):
                 raise DriverError(f"the metadata link address {ip} is already in use (by {holder.container_id})")
             # else Docker holds it already for this pool, as an --aux-address
 

@@ -94,3 +94,26 @@ def test_ipam_pool_and_addresses(client):
 def test_pools_without_a_subnet_are_new_each_time(client):
     pools = {post(client, "/IpamDriver.RequestPool", {"AddressSpace": "RancherLocal"})[1]["Pool"] for _ in range(3)}
     assert len(pools) == 3
+
+
+def test_a_pool_shared_through_one_store_is_released_per_host(tmp_path):
+    """Two hosts' IPAM drivers on one store (as with etcd): releasing the pool
+    on one host frees its addresses only; the gateway stays while another host
+    uses the pool."""
+    from cni_backend.ipam.store import SQLiteStore
+    from cnm_shim.ipam_driver import IpamDriver
+    from cnm_shim.state import State
+    store = SQLiteStore(str(tmp_path / "shared"))
+    hosts = [IpamDriver(State(str(tmp_path / f"h{n}")), store, host=f"h{n}") for n in range(2)]
+    for driver in hosts:
+        pool = driver.request_pool({"AddressSpace": "RancherLocal", "Pool": "10.70.0.0/24"})
+        driver.request_address({"PoolID": pool["PoolID"], "Address": "10.70.0.1",
+                                "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+    a = hosts[0].request_address({"PoolID": pool["PoolID"]})["Address"]
+    b = hosts[1].request_address({"PoolID": pool["PoolID"]})["Address"]
+    assert a != b
+    hosts[0].release_pool({"PoolID": pool["PoolID"]})
+    held = store.run(lambda txn: sorted(txn.allocated("10.70.0.0/24")))
+    assert held == ["10.70.0.1", b.split("/")[0]]
+    hosts[1].release_pool({"PoolID": pool["PoolID"]})
+    assert store.run(lambda txn: txn.allocated("10.70.0.0/24")) == {}
