@@ -118,7 +118,7 @@ class Translator:
         ipv4, ipv6 = body.get("IPv4Data") or [], body.get("IPv6Data") or []
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
         bridge = opts["bridge"] or render.BRIDGE_PREFIX[backend] + network_id[:12]
-        self._refuse_duplicates(network_id, cni_name, bridge)
+        self._refuse_duplicates(network_id, cni_name, bridge, opts.get("vni") if backend == "vxlan" else None)
         sub_pools = {p["subnet"]: p["sub_pool"] for p in self.state.all(POOL) if p.get("sub_pool")}
         ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints)
         conf = render.conflist(cni_name, render.BACKEND_PLUGINS[backend](bridge, opts, ipam))
@@ -174,8 +174,10 @@ class Translator:
             raise DriverError(f"{net['driver']}: Docker's IPAM could hand out the metadata link address {link_ip}; "
                               f"add --aux-address metadata-link={link_ip} (or use --ipam-driver {net['driver']})")
 
-    def _refuse_duplicates(self, network_id: str, cni_name: str, bridge: str) -> None:
+    def _refuse_duplicates(self, network_id: str, cni_name: str, bridge: str, vni: int | None) -> None:
         for other in self.state.all(NETWORK):
+            if vni is not None and other["backend"] == "vxlan" and other["options"]["vni"] == vni:
+                raise DriverError(f"VNI {vni} is already used by network {other['id'][:12]}; choose another with -o vni=N")
             if other["cni_name"] == cni_name:
                 raise DriverError(f"CNI network name {cni_name!r} is already used by network {other['id'][:12]}")
             if other["bridge"] == bridge:

@@ -151,3 +151,26 @@ def test_fifty_processes_allocating_at_once_get_fifty_distinct_addresses(tmp_pat
     with multiprocessing.get_context("fork").Pool(50) as pool:
         ips = pool.map(_allocate_in_child, [(str(tmp_path), n) for n in range(50)])
     assert len(set(ips)) == 50
+
+
+def _allocate_then_get_killed(data_dir):
+    import os
+    import signal
+    c = config.load({"ranges": [[{"subnet": "10.31.0.0/24"}]], "dataDir": data_dir}, {})
+
+    def killed_mid_transaction(txn):
+        allocator.allocate(txn, c, ("n", "doomed", "eth0"), [])
+        os.kill(os.getpid(), signal.SIGKILL)  # inside the transaction, before the commit
+
+    SQLiteStore(data_dir).run(killed_mid_transaction)
+
+
+def test_a_process_killed_mid_allocation_leaves_the_store_whole(tmp_path):
+    process = multiprocessing.get_context("fork").Process(target=_allocate_then_get_killed, args=(str(tmp_path),))
+    process.start()
+    process.join()
+    assert process.exitcode == -9
+    c = config.load({"ranges": [[{"subnet": "10.31.0.0/24"}]], "dataDir": str(tmp_path)}, {})
+    store = SQLiteStore(str(tmp_path))
+    assert store.run(lambda txn: txn.all()) == [], "no half-made allocation"
+    assert alloc(store, c, ("n", "next", "eth0"))[0].ip == "10.31.0.2", "the store is usable, its lock released"
