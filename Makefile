@@ -10,7 +10,7 @@ SOURCES      := setup.cfg pyproject.toml $(shell find cnm_shim cni_backend -name
 DEB_PACKAGES := python3-venv iproute2 iptables nftables iputils-ping busybox-static \
                 docker.io containerd containernetworking-plugins ebtables iperf3 etcd-server
 
-.PHONY: deps install run test test-unit test-etcd test-netns test-interop test-engine bench clean
+.PHONY: deps install run test test-unit test-etcd test-netns test-interop test-engine test-multihost bench clean
 
 deps:  ## Debian packages (installed only when missing)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -39,7 +39,7 @@ $(TEST_VENV)/.installed: setup.cfg pyproject.toml
 	$(TEST_VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-test: deps $(TEST_VENV)/.installed  ## every layer: unit, etcd, netns, interop, engine
+test: deps $(TEST_VENV)/.installed  ## every layer: unit, etcd, netns, interop, engine, multihost
 	$(TEST_VENV)/bin/python -m pytest -ra tests
 
 test-unit: $(TEST_VENV)/.installed
@@ -56,6 +56,9 @@ test-etcd: deps $(TEST_VENV)/.installed
 
 test-engine: deps $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python -m pytest -ra tests/engine
+
+test-multihost: deps $(TEST_VENV)/.installed
+	$(TEST_VENV)/bin/python -m pytest -ra tests/multihost
 
 bench: deps $(TEST_VENV)/.installed  ## ours against the references, same run
 	$(TEST_VENV)/bin/python bench/cni_add_del.py

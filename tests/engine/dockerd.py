@@ -110,8 +110,12 @@ def ensure_installed() -> None:
 
 
 class Dockerd:
-    def __init__(self, root: str | None = None, forward_drop: bool = True, start_timeout: float = 60):
+    def __init__(self, root: str | None = None, forward_drop: bool = True, start_timeout: float = 60,
+                 enter=()):
+        """`enter` prefixes every daemon command (e.g. nsenter into a "host"
+        namespace of the multi-host rig)."""
         ensure_installed()
+        self.enter = list(enter)
         self.own_root = root is None
         self.root = root or tempfile.mkdtemp(prefix="rcnitd-", dir="/tmp")
         os.makedirs(self.root, exist_ok=True)
@@ -156,7 +160,7 @@ class Dockerd:
         self.client = self._wait(self._connect, self.dockerd, "dockerd")
         self.crashed = False
         if self.forward_drop:  # what Docker does on a machine that had forwarding off
-            run("iptables", "-P", "FORWARD", "DROP")
+            run(*self.enter, "iptables", "-P", "FORWARD", "DROP")
 
     def stop(self, timeout: float = 30) -> None:
         """Stop dockerd like `systemctl stop docker`: it stops its running
@@ -247,8 +251,8 @@ class Dockerd:
         # a session of its own: Ctrl-C on the tests does not hit it, and its
         # shims and docker-proxy processes stay recognisable by session id
         with open(self._path(f"{name}.log"), "a") as log:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen([*self.enter, *argv], stdin=subprocess.DEVNULL, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         self.sessions.add(process.pid)
         return process
 
