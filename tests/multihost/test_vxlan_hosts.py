@@ -2,6 +2,9 @@
 
 import concurrent.futures
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -45,13 +48,13 @@ def can_ping(host, container, address, timeout=15) -> bool:
 def test_containers_on_three_hosts_reach_each_other(rig):
     net = create_network(rig)
     names = [unique("c") for _ in rig.hosts]
-    addresses = [run_container(host, net, name) for host, name in zip(rig.hosts, names)]
+    addresses = [run_container(host, net, name) for host, name in zip(rig.hosts, names, strict=True)]
     assert len(set(addresses)) == 3
     for i, host in enumerate(rig.hosts):
         for j, address in enumerate(addresses):
             if i != j:
                 assert can_ping(host, names[i], address), f"host {i + 1} -> host {j + 1}"
-    for host, name in zip(rig.hosts, names):
+    for host, name in zip(rig.hosts, names, strict=True):
         host.docker("rm", "-f", name)
     for host in rig.hosts:
         host.docker("network", "rm", net)
@@ -65,5 +68,73 @@ def test_thirty_containers_started_at_once_on_three_hosts_get_distinct_addresses
     assert len(set(addresses)) == 30
     for host, name in jobs:
         host.docker("rm", "-f", name)
+    for host in rig.hosts:
+        host.docker("network", "rm", net)
+
+
+def vtep_fdb(host) -> str:
+    return subprocess.run([*host.enter, "bridge", "fdb", "show", "dev", "vtep1042"],
+                          capture_output=True, text=True).stdout
+
+
+def wait_until(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.3)
+
+
+def test_a_dead_host_disappears_and_comes_back(rig):
+    net = create_network(rig)
+    a, b, c = rig.hosts
+    names = {host: unique("r") for host in rig.hosts}
+    for host, name in names.items():
+        done = host.docker("run", "-d", "--name", name, "--restart", "always", "--network", net,
+                           host.dockerd.image, "sleep", "600")
+        assert done.returncode == 0, done.stderr
+    address_c = json.loads(c.docker("inspect", names[c]).stdout)[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
+    assert can_ping(a, names[a], address_c)
+    c.kill_plugin()
+    c.dockerd.kill()
+    for survivor in (a, b):  # the agents' lease TTL is 3 s
+        wait_until(lambda s=survivor: c.address not in vtep_fdb(s), 15, "host C's entries outlived its lease")
+    c.start_plugin()
+    c.dockerd.start()
+    wait_until(lambda: json.loads(c.docker("inspect", names[c]).stdout)[0]["State"]["Running"], 30,
+               "host C's container did not come back")
+    address_c = json.loads(c.docker("inspect", names[c]).stdout)[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
+    assert can_ping(a, names[a], address_c), "host C rejoined"
+    for host, name in names.items():
+        host.docker("rm", "-f", name)
+    for host in rig.hosts:
+        host.docker("network", "rm", net)
+
+
+def test_a_cni_runtime_on_one_host_reaches_docker_on_another(rig):
+    net = create_network(rig)
+    a, b = rig.hosts[0], rig.hosts[1]
+    name = unique("d")
+    address_b = run_container(b, net, name)
+    # on host A: the network's conflist, as `-o cni.export=true` would write it, driven by our invoke CLI
+    state = json.loads(subprocess.run([*a.enter, sys.executable, "-m", "cnm_shim.cli", "status", "--json",
+                                       "--state-dir", f"{a.root}/state"], capture_output=True, text=True).stdout)
+    conf = next(n["conflist"] for n in state["networks"] if n["backend"] == "vxlan")
+    conflist = os.path.join(a.root, "cni.conflist")
+    with open(conflist, "w") as f:
+        json.dump(conf, f)
+    workload = f"rcnitwl{rig.tag}"
+    subprocess.run([*a.enter, "ip", "netns", "add", workload], check=True)
+    try:
+        cli = [*a.enter, sys.executable, "-m", "cnm_shim.cli", "cni"]
+        paths = ["--cni-path", f"{a.root}/bin", "--cache-dir", f"{a.root}/cache"]
+        added = subprocess.run(cli + ["add", conflist, workload] + paths, capture_output=True, text=True)
+        assert added.returncode == 0, added.stderr
+        pinged = lambda: subprocess.run([*a.enter, "ip", "netns", "exec", workload, "ping", "-c", "1", "-W", "1",
+                                         address_b], capture_output=True).returncode == 0  # noqa: E731
+        wait_until(pinged, 15, "the CNI workload on host A never reached Docker's container on host B")
+        subprocess.run(cli + ["del", conflist, workload] + paths, check=True, capture_output=True)
+    finally:
+        subprocess.run([*a.enter, "ip", "netns", "del", workload])
+    b.docker("rm", "-f", name)
     for host in rig.hosts:
         host.docker("network", "rm", net)
