@@ -18,6 +18,11 @@ import urllib.parse
 
 from .net import netlink
 
+try:
+    from etcd3gw.lease import Lease
+except ImportError:  # only the agent needs it
+    Lease = None
+
 log = logging.getLogger("rancher-cni")
 
 
@@ -58,9 +63,12 @@ def local_endpoints(state_dir: str, vni: int) -> dict:
 
 
 class Agent:
-    def __init__(self, client, prefix: str, vni: int, vtep_ip: str, state_dir: str, ttl: int = 10,
+    def __init__(self, connect, prefix: str, vni: int, vtep_ip: str, state_dir: str, ttl: int = 10,
                  static_peers=()):
-        self.client = client
+        """`connect()` returns a client for the next etcd member (called again
+        whenever the current one fails)."""
+        self.connect = connect
+        self.client = connect()
         self.base = f"{prefix.rstrip('/')}/vxlan/{vni}"
         self.vni, self.vtep_ip, self.state_dir, self.ttl = vni, vtep_ip, state_dir, ttl
         self.static_peers = set(static_peers)
@@ -141,7 +149,9 @@ class Agent:
             try:
                 self.register()
                 self.program()
-            except Exception as exc:  # noqa: BLE001 - etcd away: keep the tables, retry
+            except Exception as exc:  # noqa: BLE001 - etcd away: keep the tables, try the next member
                 log.warning("vxlan agent: %s: %s", type(exc).__name__, exc)
-                self.lease = None if "lease" in str(exc).lower() else self.lease
+                self.client = self.connect()
+                if self.lease is not None:  # the same lease, through the new member
+                    self.lease = Lease(self.lease.id, self.client)
             time.sleep(interval)

@@ -99,15 +99,20 @@ def cmd_status(opts) -> int:
 
 
 def cmd_vxlan_agent(opts) -> int:
+    import itertools
     import signal
     import urllib.parse
     from etcd3gw.client import Etcd3Client
     from cni_backend import vxlan_registry, vxlannet
     net = vxlannet.VxlanNetwork(bridge="", vni=opts.vni, port=4789, vtep_dev=opts.vtep_dev,
                                 peers=tuple(p for p in opts.peers.split(",") if p), state_dir=opts.state_dir)
-    url = urllib.parse.urlsplit(opts.etcd_endpoints.split(",")[0])
-    client = Etcd3Client(host=url.hostname, port=url.port or 2379, protocol=url.scheme, timeout=5, api_path="/v3/")
-    agent = vxlan_registry.Agent(client, opts.etcd_prefix, opts.vni, vxlannet.local_address(net), opts.state_dir,
+    members = itertools.cycle(e for e in opts.etcd_endpoints.split(",") if e)
+
+    def connect():
+        url = urllib.parse.urlsplit(next(members))
+        return Etcd3Client(host=url.hostname, port=url.port or 2379, protocol=url.scheme, timeout=5, api_path="/v3/")
+
+    agent = vxlan_registry.Agent(connect, opts.etcd_prefix, opts.vni, vxlannet.local_address(net), opts.state_dir,
                                  ttl=opts.ttl, static_peers=net.peers)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))

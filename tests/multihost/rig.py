@@ -115,7 +115,7 @@ class Rig:
             for argv in (("ip", "link", "set", "lo", "up"), ("ip", "link", "add", "sw", "type", "bridge"),
                          ("ip", "addr", "add", f"{UNDERLAY_NET}.254/24", "dev", "sw"), ("ip", "link", "set", "sw", "up")):
                 ns_exec(self.underlay, *argv)
-            self.etcd = EtcdCluster(netns=self.underlay, address=f"{UNDERLAY_NET}.254")
+            self.etcd = EtcdCluster(members=3, netns=self.underlay, address=f"{UNDERLAY_NET}.254")
             for index in range(1, hosts + 1):
                 self.hosts.append(Host(index, self.underlay, self.etcd.endpoints, self.tag))
         except BaseException:

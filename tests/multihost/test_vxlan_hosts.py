@@ -138,3 +138,27 @@ def test_a_cni_runtime_on_one_host_reaches_docker_on_another(rig):
     b.docker("rm", "-f", name)
     for host in rig.hosts:
         host.docker("network", "rm", net)
+
+
+def test_with_one_of_three_etcd_members_down_everything_keeps_working(rig):
+    net = create_network(rig)
+    a, b = rig.hosts[0], rig.hosts[1]
+    first, second = unique("e"), unique("e")
+    address_b = run_container(b, net, first)
+    run_container(a, net, second)
+    assert can_ping(a, second, address_b)
+    rig.etcd.stop(rig.etcd.names[0])
+    try:
+        assert can_ping(a, second, address_b), "existing connectivity"
+        third = unique("e")
+        address_new = run_container(b, net, third)  # a new address, allocated through the other members
+        assert address_new not in (address_b,)
+        assert can_ping(a, second, address_new)
+        b.docker("rm", "-f", third)
+    finally:
+        rig.etcd.start(rig.etcd.names[0])
+        rig.etcd.wait_healthy(rig.etcd.names[0])
+    b.docker("rm", "-f", first)
+    a.docker("rm", "-f", second)
+    for host in rig.hosts:
+        host.docker("network", "rm", net)
