@@ -10,7 +10,7 @@ SOURCES      := setup.cfg pyproject.toml $(shell find cnm_shim cni_backend -name
 DEB_PACKAGES := python3-venv iproute2 iptables nftables iputils-ping busybox-static \
                 docker.io containerd containernetworking-plugins ebtables iperf3 etcd-server
 
-.PHONY: deps install run test test-unit test-etcd test-netns test-interop test-engine test-multihost bench clean
+.PHONY: deps install run test test-unit test-etcd test-netns test-interop test-engine test-multihost rig bench clean
 
 deps:  ## Debian packages (installed only when missing)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -59,6 +59,9 @@ test-engine: deps $(TEST_VENV)/.installed
 
 test-multihost: deps $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python -m pytest -ra tests/multihost
+
+rig: deps $(TEST_VENV)/.installed  ## three Docker hosts on this machine until Ctrl-C (see docs/multi-host.md)
+	$(TEST_VENV)/bin/python -m tests.multihost.rig 3
 
 bench: deps $(TEST_VENV)/.installed  ## ours against the references, same run
 	$(TEST_VENV)/bin/python bench/cni_add_del.py

@@ -101,16 +101,16 @@ def cmd_status(opts) -> int:
 def cmd_vxlan_agent(opts) -> int:
     import itertools
     import signal
-    import urllib.parse
-    from etcd3gw.client import Etcd3Client
     from cni_backend import vxlan_registry, vxlannet
+    from cni_backend.ipam.etcd_store import client_for
     net = vxlannet.VxlanNetwork(bridge="", vni=opts.vni, port=4789, vtep_dev=opts.vtep_dev,
                                 peers=tuple(p for p in opts.peers.split(",") if p), state_dir=opts.state_dir)
     members = itertools.cycle(e for e in opts.etcd_endpoints.split(",") if e)
 
+    tls = {k: v for k, v in (("ca", opts.etcd_ca), ("cert", opts.etcd_cert), ("key", opts.etcd_key)) if v}
+
     def connect():
-        url = urllib.parse.urlsplit(next(members))
-        return Etcd3Client(host=url.hostname, port=url.port or 2379, protocol=url.scheme, timeout=5, api_path="/v3/")
+        return client_for(next(members), tls)
 
     agent = vxlan_registry.Agent(connect, opts.etcd_prefix, opts.vni, vxlannet.local_address(net), opts.state_dir,
                                  ttl=opts.ttl, static_peers=net.peers)
@@ -125,6 +125,13 @@ def cmd_install_cni(opts) -> int:
     for path in install.write_executables(opts.dir):
         print(path)
     return 0
+
+
+def add_etcd_tls_options(parser) -> None:
+    """For https:// etcd members: the CA to trust and this host's client certificate."""
+    parser.add_argument("--etcd-ca", default=os.environ.get("RANCHER_ETCD_CA"))
+    parser.add_argument("--etcd-cert", default=os.environ.get("RANCHER_ETCD_CERT"))
+    parser.add_argument("--etcd-key", default=os.environ.get("RANCHER_ETCD_KEY"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-cni-daemon", action="store_true", help="do not start the CNI daemon")
     serve.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""),
                        help="comma-separated etcd URLs: addresses global across hosts, VXLAN registry")
+    add_etcd_tls_options(serve)
     serve.add_argument("--access-log", action="store_true")
     serve.set_defaults(func=cmd_serve)
 
@@ -180,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--state-dir", default="/var/lib/rancher-cni")
     agent.add_argument("--ttl", type=int, default=10, help="lease TTL: how fast a dead host disappears")
     agent.add_argument("--interval", type=float, default=1.0)
+    add_etcd_tls_options(agent)
     agent.set_defaults(func=cmd_vxlan_agent)
 
     inst = sub.add_parser("install-cni", help="write the CNI executables into a plug-in directory")

@@ -29,7 +29,8 @@ def _exclusions(ipam_data: dict) -> list:
     return [str(ipaddress.ip_address(a.split("/")[0])) for a in (ipam_data.get("AuxAddresses") or {}).values()]
 
 
-def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, etcd_endpoints=()) -> dict:
+def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, etcd_endpoints=(),
+                 etcd_tls=None) -> dict:
     """Docker's IPAM data -> rancher-ipam's config: the same subnets, gateways,
     --ip-range and --aux-address, so CNI runtimes allocate as Docker does."""
     ranges, exclude = [], []
@@ -46,6 +47,8 @@ def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, et
     section = {"type": "rancher-ipam", "ranges": ranges, "exclude": exclude, "dataDir": ipam_data_dir}
     if etcd_endpoints:
         section["etcdEndpoints"] = list(etcd_endpoints)
+        for key, path in (etcd_tls or {}).items():
+            section[f"etcd{key.capitalize()}File"] = path
     return section
 
 

@@ -64,7 +64,9 @@ def serve(opts) -> int:
     daemon = None if opts.no_cni_daemon else start_cni_daemon(opts.cni_socket)
     app_config = {"state_dir": opts.state_dir, "run_dir": opts.run_dir, "ipam_data_dir": opts.ipam_data_dir,
                   "cni_path": tuple(opts.cni_path.split(os.pathsep)), "cni_conf_dir": opts.cni_conf_dir,
-                  "etcd_endpoints": tuple(e for e in opts.etcd_endpoints.split(",") if e)}
+                  "etcd_endpoints": tuple(e for e in opts.etcd_endpoints.split(",") if e),
+                  "etcd_tls": {k: v for k, v in (("ca", opts.etcd_ca), ("cert", opts.etcd_cert),
+                                                 ("key", opts.etcd_key)) if v} or None}
     create_app(app_config)  # fail here, loudly, before binding sockets Docker would find
     gunicorn_options = {
         "bind": [f"unix:{os.path.join(opts.plugin_dir, name)}.sock" for name in DRIVERS],

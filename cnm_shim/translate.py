@@ -43,9 +43,10 @@ class Settings:
     cni_path: tuple = ("/opt/cni/bin", "/usr/lib/cni")
     cni_conf_dir: str = "/etc/cni/net.d"
     etcd_endpoints: tuple = ()   # addresses global across hosts when set
+    etcd_tls: dict | None = None  # {"ca", "cert", "key"} for https members
 
     def store(self):
-        return open_store(self.ipam_data_dir, self.etcd_endpoints)
+        return open_store(self.ipam_data_dir, self.etcd_endpoints, etcd_tls=self.etcd_tls)
 
 
 def _ip(value: str, what: str):
@@ -120,7 +121,8 @@ class Translator:
         bridge = opts["bridge"] or render.BRIDGE_PREFIX[backend] + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge, opts.get("vni") if backend == "vxlan" else None)
         sub_pools = {p["subnet"]: p["sub_pool"] for p in self.state.all(POOL) if p.get("sub_pool")}
-        ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints)
+        ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
+                                   self.settings.etcd_tls)
         conf = render.conflist(cni_name, render.BACKEND_PLUGINS[backend](bridge, opts, ipam))
         self._validated(json.dumps(conf).encode())
         net = {"id": network_id, "driver": driver, "backend": backend, "options": opts,

@@ -16,8 +16,11 @@ def _free_port() -> int:
 
 
 class EtcdCluster:
-    def __init__(self, members: int = 1, netns: str | None = None, address: str = "127.0.0.1"):
-        self.netns, self.address = netns, address
+    def __init__(self, members: int = 1, netns: str | None = None, address: str = "127.0.0.1", tls: dict | None = None):
+        """`tls` ({"ca", "cert", "key"} paths): clients must use https and a
+        certificate signed by that CA."""
+        self.netns, self.address, self.tls = netns, address, tls
+        self.scheme = "https" if tls else "http"
         if shutil.which("etcd") is None:
             raise RuntimeError("etcd is not installed (Debian package etcd-server)")
         self.root = tempfile.mkdtemp(prefix="rcnit-etcd.")
@@ -32,18 +35,21 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list:
-        return [f"http://{self.address}:{self.client_ports[n]}" for n in self.names]
+        return [f"{self.scheme}://{self.address}:{self.client_ports[n]}" for n in self.names]
 
     def start(self, name: str) -> None:
         at = self.address
         initial = ",".join(f"{n}=http://{at}:{self.peer_ports[n]}" for n in self.names)
         argv = ["etcd", "--name", name, "--data-dir", os.path.join(self.root, name),
-                "--listen-client-urls", f"http://{at}:{self.client_ports[name]}",
-                "--advertise-client-urls", f"http://{at}:{self.client_ports[name]}",
+                "--listen-client-urls", f"{self.scheme}://{at}:{self.client_ports[name]}",
+                "--advertise-client-urls", f"{self.scheme}://{at}:{self.client_ports[name]}",
                 "--listen-peer-urls", f"http://{at}:{self.peer_ports[name]}",
                 "--initial-advertise-peer-urls", f"http://{at}:{self.peer_ports[name]}",
                 "--initial-cluster", initial, "--initial-cluster-state", "new",
                 "--log-level", "error", "--logger", "zap"]
+        if self.tls:
+            argv += ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"],
+                     "--trusted-ca-file", self.tls["ca"], "--client-cert-auth"]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         self.processes[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
@@ -51,8 +57,14 @@ class EtcdCluster:
 
     def wait_healthy(self, name: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        url = f"http://{self.address}:{self.client_ports[name]}/health"
-        probe = ["python3", "-c", f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=1).read())"]
+        url = f"{self.scheme}://{self.address}:{self.client_ports[name]}/health"
+        if self.tls:
+            context = (f"import ssl; c = ssl.create_default_context(cafile={self.tls['ca']!r}); "
+                       f"c.load_cert_chain({self.tls['cert']!r}, {self.tls['key']!r})")
+        else:
+            context = "c = None"
+        probe = ["python3", "-c", f"import urllib.request; {context}; "
+                 f"print(urllib.request.urlopen({url!r}, timeout=1, context=c).read())"]
         if self.netns:
             probe = ["ip", "netns", "exec", self.netns, *probe]
         while True:

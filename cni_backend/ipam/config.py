@@ -113,6 +113,7 @@ class IPAMConfig:
     data_dir: str
     etcd_endpoints: tuple = ()
     etcd_prefix: str = "/rancher-cni"
+    etcd_tls: dict | None = None   # {"ca", "cert", "key"}: paths for an https etcd
 
     def is_excluded(self, ip) -> bool:
         return any(ip.version == net.version and ip in net for net in self.exclude)
@@ -147,4 +148,6 @@ def load(ipam: dict, runtime_config: dict) -> IPAMConfig:
         data_dir=str(ipam.get("dataDir") or DEFAULT_DATA_DIR),
         etcd_endpoints=tuple(endpoints),
         etcd_prefix=str(ipam.get("etcdPrefix") or "/rancher-cni"),
+        etcd_tls={k: ipam[f"etcd{k.capitalize()}File"] for k in ("ca", "cert", "key")
+                  if ipam.get(f"etcd{k.capitalize()}File")} or None,
     )

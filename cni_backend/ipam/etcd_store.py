@@ -129,17 +129,32 @@ class _EtcdTransaction(Transaction):
         return bool(reply.get("succeeded"))
 
 
+def client_for(endpoint: str, tls: dict | None = None):
+    """An etcd v3 client for one member; `tls` may hold ca, cert, key (paths)."""
+    import requests  # slow to import: only when etcd is used
+    from etcd3gw.client import Etcd3Client
+    tls = tls or {}
+    session = requests.Session()
+    if tls.get("ca"):
+        session.verify = tls["ca"]
+        # else REQUESTS_CA_BUNDLE, when set, silently replaces the CA we were given
+        session.trust_env = False
+    if tls.get("cert") and tls.get("key"):
+        session.cert = (tls["cert"], tls["key"])
+    url = urllib.parse.urlsplit(endpoint)
+    return Etcd3Client(host=url.hostname, port=url.port or 2379, protocol=url.scheme, timeout=TIMEOUT_S,
+                       api_path="/v3/", session=session)
+
+
 class EtcdStore(Store):
-    def __init__(self, endpoints: list, prefix: str = "/rancher-cni"):
+    def __init__(self, endpoints: list, prefix: str = "/rancher-cni", tls: dict | None = None):
         self.endpoints = endpoints
         self.prefix = prefix
+        self.tls = tls
 
     def _clients(self):
-        from etcd3gw.client import Etcd3Client  # requests is slow to import: only when etcd is used
         for endpoint in random.sample(self.endpoints, len(self.endpoints)):
-            url = urllib.parse.urlsplit(endpoint)
-            yield endpoint, Etcd3Client(host=url.hostname, port=url.port or 2379, protocol=url.scheme,
-                                        timeout=TIMEOUT_S, api_path="/v3/")
+            yield endpoint, client_for(endpoint, self.tls)
 
     def run(self, fn):
         import requests

@@ -160,10 +160,10 @@ class SQLiteStore(Store):
             db.close()
 
 
-def open_store(data_dir: str, etcd_endpoints=(), etcd_prefix: str = "/rancher-cni") -> Store:
+def open_store(data_dir: str, etcd_endpoints=(), etcd_prefix: str = "/rancher-cni", etcd_tls=None) -> Store:
     """The store to use; the one place that picks the implementation: etcd
     when endpoints are given (addresses global across hosts), else SQLite."""
     if etcd_endpoints:
         from .etcd_store import EtcdStore  # its HTTP client costs import time
-        return EtcdStore(list(etcd_endpoints), etcd_prefix)
+        return EtcdStore(list(etcd_endpoints), etcd_prefix, etcd_tls)
     return SQLiteStore(data_dir)

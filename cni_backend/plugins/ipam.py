@@ -13,7 +13,7 @@ def load_conf(req):
 
 
 def _store(conf):
-    return open_store(conf.data_dir, conf.etcd_endpoints, conf.etcd_prefix)
+    return open_store(conf.data_dir, conf.etcd_endpoints, conf.etcd_prefix, conf.etcd_tls)
 
 
 def _owner(req) -> tuple:

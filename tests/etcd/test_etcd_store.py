@@ -110,3 +110,35 @@ def test_the_ipam_executable_uses_etcd_from_its_config(etcd, tmp_path):
     done = subprocess.run([str(tmp_path / "bin" / "rancher-ipam")], input=json.dumps(network).encode(),
                           env=dict(env, CNI_COMMAND="DEL"), capture_output=True)
     assert done.returncode == 0 and EtcdStore(etcd.endpoints, "/test/exec").run(lambda txn: txn.all()) == []
+
+
+def _make_certificates(directory) -> dict:
+    """A CA, and one certificate for 127.0.0.1 used by the server and the client."""
+    def openssl(*argv):
+        subprocess.run(["openssl", *argv], check=True, capture_output=True, cwd=directory)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "1", "-subj", "/CN=rcnit-ca")
+    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=node")
+    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "node.pem", "-days", "1", "-extfile", "ext.cnf")
+    return {"ca": str(directory / "ca.pem"), "cert": str(directory / "node.pem"), "key": str(directory / "node.key")}
+
+
+def test_etcd_over_tls_with_client_certificates(tmp_path):
+    if subprocess.run(["which", "openssl"], capture_output=True).returncode:
+        pytest.skip("openssl is not installed")
+    tls = _make_certificates(tmp_path)
+    try:
+        cluster = EtcdCluster(tls=tls)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        secure = EtcdStore(cluster.endpoints, "/test/tls", tls)
+        assert alloc(secure, conf(), ("n", "c1", "eth0"))[0].ip == "10.60.0.2"
+        without_cert = EtcdStore(cluster.endpoints, "/test/tls", {"ca": tls["ca"]})
+        with pytest.raises(CNIError) as err:
+            alloc(without_cert, conf(), ("n", "c2", "eth0"))
+        assert err.value.code == 11
+    finally:
+        cluster.close()

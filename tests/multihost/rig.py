@@ -133,3 +133,30 @@ class Rig:
                 os.rmdir(path)
             except OSError:
                 pass
+
+
+def main() -> int:
+    """`python -m tests.multihost.rig [N]`: start N hosts, print how to reach
+    them, and remove every trace on Ctrl-C or SIGTERM."""
+    import time
+    hosts = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    rig = Rig(hosts)
+    try:
+        print(f"etcd: {','.join(rig.etcd.endpoints)} (in namespace {rig.underlay})")
+        for host in rig.hosts:
+            print(f"host {host.index}: DOCKER_HOST=unix://{host.dockerd.socket} /usr/bin/docker ...   "
+                  f"shell: {' '.join(host.enter)} bash")
+        print("Ctrl-C removes everything.", flush=True)
+        while not stopping:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rig.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
