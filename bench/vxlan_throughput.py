@@ -72,7 +72,7 @@ def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float
     server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
     try:
         for _ in range(50):  # until the server listens
-            done = ns(client_ns, "iperf3", "-c", server_ip, "-t", str(seconds), "-J", check=False)
+            done = ns(client_ns, "iperf3", "-c", server_ip, "-t", str(seconds), "-O", "1", "-J", check=False)
             report = json.loads(done.stdout or "{}")
             if done.returncode == 0 and "error" not in report:
                 return report["end"]["sum_received"]["bits_per_second"] / 1e9
@@ -92,10 +92,13 @@ def main() -> int:
     samples = {"rancher-vxlan": [], "hand-made kernel VXLAN": [], "underlay (no VXLAN)": []}
     try:
         ours_a, ours_b = build(root)
-        for _ in range(opts.rounds):
-            samples["rancher-vxlan"].append(iperf(OURS[0], OURS[1], ours_b, opts.seconds))
-            samples["hand-made kernel VXLAN"].append(iperf(HANDMADE[0], HANDMADE[1], "10.55.0.2", opts.seconds))
-            samples["underlay (no VXLAN)"].append(iperf(HOSTS[0], HOSTS[1], "10.97.0.2", opts.seconds))
+        runs = {"rancher-vxlan": (OURS[0], OURS[1], ours_b),
+                "hand-made kernel VXLAN": (HANDMADE[0], HANDMADE[1], "10.55.0.2"),
+                "underlay (no VXLAN)": (HOSTS[0], HOSTS[1], "10.97.0.2")}
+        for round_number in range(opts.rounds):
+            order = list(runs) if round_number % 2 == 0 else list(reversed(runs))  # no order bias
+            for name in order:
+                samples[name].append(iperf(*runs[name], opts.seconds))
         fragments = ns(OURS[0], "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", ours_b, check=False)
     finally:
         for name in HOSTS + OURS + HANDMADE:
