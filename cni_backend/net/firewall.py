@@ -19,6 +19,7 @@ bridge rancher_cni (nft)                          macspoofchk
 
 import hashlib
 import ipaddress
+import re
 
 from . import iptables
 from .iptables import FORWARD_CHAIN, HOSTPORT_CHAIN, MASQ_CHAIN
@@ -116,38 +117,44 @@ def _nft(script: str) -> str:
 
 def add_mac_filter(tag: str, host_ifname: str, mac: str, cidrs=()) -> None:
     """Frames from the container's veth must carry its MAC, and, with `cidrs`,
-    its IP addresses (IPv4, ARP sender, IPv6 but link-local)."""
-    match = f'iifname "{host_ifname}"'
+    its IP addresses (IPv4, ARP sender, IPv6 but link-local). One chain per
+    attachment, reached through a verdict map keyed by the veth: each frame
+    costs one lookup, however many containers the host has."""
     note = f'comment "{tag}"'
-    rules = [f"{match} ether saddr != {mac} drop {note}"]
+    rules = [f"ether saddr != {mac} drop {note}"]
     v4 = [str(ipaddress.ip_interface(c).ip) for c in cidrs if ipaddress.ip_interface(c).version == 4]
     v6 = [str(ipaddress.ip_interface(c).ip) for c in cidrs if ipaddress.ip_interface(c).version == 6]
     if v4:
         allowed = "{ " + ", ".join(v4) + " }"
-        rules += [f"{match} ether type ip ip saddr != {allowed} drop {note}",
-                  f"{match} ether type arp arp saddr ip != {allowed} drop {note}",
-                  f"{match} ether type arp arp saddr ether != {mac} drop {note}"]
+        rules += [f"ether type ip ip saddr != {allowed} drop {note}",
+                  f"ether type arp arp saddr ip != {allowed} drop {note}",
+                  f"ether type arp arp saddr ether != {mac} drop {note}"]
     if v6:
         allowed = "{ " + ", ".join(v6 + ["fe80::/10", "::"]) + " }"
-        rules.append(f"{match} ether type ip6 ip6 saddr != {allowed} drop {note}")
+        rules.append(f"ether type ip6 ip6 saddr != {allowed} drop {note}")
     with iptables.host_lock():
-        _nft(f"""table bridge {NFT_TABLE} {{
-  chain prerouting {{ type filter hook prerouting priority -300; }}
+        if iptables.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) is None:
+            _nft(f"""table bridge {NFT_TABLE} {{
+  map ports {{ type ifname : verdict; }}
+  chain prerouting {{ type filter hook prerouting priority -300; iifname vmap @ports; }}
 }}
-""" + "".join(f"add rule bridge {NFT_TABLE} prerouting {rule}\n" for rule in rules))
+""")
+        _nft(f"add chain bridge {NFT_TABLE} {tag}\nflush chain bridge {NFT_TABLE} {tag}\n"
+             + "".join(f"add rule bridge {NFT_TABLE} {tag} {rule}\n" for rule in rules)
+             + f'add element bridge {NFT_TABLE} ports {{ "{host_ifname}" : jump {tag} }}\n')
 
 
 def remove_mac_filter(tag: str) -> None:
     with iptables.host_lock():
-        listing = iptables.run(["nft", "-a", "list", "chain", "bridge", NFT_TABLE, "prerouting"], check=False)
+        listing = iptables.run(["nft", "list", "map", "bridge", NFT_TABLE, "ports"], check=False)
         if listing is None:
             return  # no table: nothing of ours
-        rules = [line for line in listing.splitlines() if "# handle" in line and " drop " in line]
-        mine = [line for line in rules if f'comment "{tag}"' in line]
-        if not mine:
-            return
-        if len(mine) == len(rules):
-            _nft(f"delete table bridge {NFT_TABLE}\n")
-            return
-        handles = [line.rsplit("# handle", 1)[1].strip() for line in mine]
-        _nft("".join(f"delete rule bridge {NFT_TABLE} prerouting handle {h}\n" for h in handles))
+        ports = re.findall(r'"([^"]+)"\s*:\s*jump\s+([\w.-]+)', listing)
+        mine = [name for name, chain in ports if chain == tag]
+        script = "".join(f'delete element bridge {NFT_TABLE} ports {{ "{name}" }}\n' for name in mine)
+        if iptables.run(["nft", "list", "chain", "bridge", NFT_TABLE, tag], check=False) is not None:
+            script += f"flush chain bridge {NFT_TABLE} {tag}\ndelete chain bridge {NFT_TABLE} {tag}\n"
+        if len(mine) == len(ports):
+            script = f"delete table bridge {NFT_TABLE}\n"  # the last one: nothing of ours stays
+        if script:
+            _nft(script)
