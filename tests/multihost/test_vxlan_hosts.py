@@ -37,6 +37,14 @@ def run_container(host, net, name):
     return json.loads(host.docker("inspect", name).stdout)[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
 
 
+def remove(rig, net, containers) -> None:
+    """The containers [(host, name)], then the network on every host."""
+    for host, name in containers:
+        host.docker("rm", "-f", name)
+    for host in rig.hosts:
+        host.docker("network", "rm", net)
+
+
 def can_ping(host, container, address, timeout=15) -> bool:
     deadline = time.monotonic() + timeout  # the agents program the others' entries within a second or so
     while time.monotonic() < deadline:
@@ -54,10 +62,7 @@ def test_containers_on_three_hosts_reach_each_other(rig):
         for j, address in enumerate(addresses):
             if i != j:
                 assert can_ping(host, names[i], address), f"host {i + 1} -> host {j + 1}"
-    for host, name in zip(rig.hosts, names, strict=True):
-        host.docker("rm", "-f", name)
-    for host in rig.hosts:
-        host.docker("network", "rm", net)
+    remove(rig, net, zip(rig.hosts, names, strict=True))
 
 
 def test_thirty_containers_started_at_once_on_three_hosts_get_distinct_addresses(rig):
@@ -66,10 +71,7 @@ def test_thirty_containers_started_at_once_on_three_hosts_get_distinct_addresses
     with concurrent.futures.ThreadPoolExecutor(30) as pool:
         addresses = list(pool.map(lambda job: run_container(job[0], net, job[1]), jobs))
     assert len(set(addresses)) == 30
-    for host, name in jobs:
-        host.docker("rm", "-f", name)
-    for host in rig.hosts:
-        host.docker("network", "rm", net)
+    remove(rig, net, jobs)
 
 
 def vtep_fdb(host) -> str:
@@ -104,10 +106,7 @@ def test_a_dead_host_disappears_and_comes_back(rig):
                "host C's container did not come back")
     address_c = json.loads(c.docker("inspect", names[c]).stdout)[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
     assert can_ping(a, names[a], address_c), "host C rejoined"
-    for host, name in names.items():
-        host.docker("rm", "-f", name)
-    for host in rig.hosts:
-        host.docker("network", "rm", net)
+    remove(rig, net, names.items())
 
 
 def test_a_cni_runtime_on_one_host_reaches_docker_on_another(rig):
@@ -135,9 +134,7 @@ def test_a_cni_runtime_on_one_host_reaches_docker_on_another(rig):
         subprocess.run(cli + ["del", conflist, workload] + paths, check=True, capture_output=True)
     finally:
         subprocess.run([*a.enter, "ip", "netns", "del", workload])
-    b.docker("rm", "-f", name)
-    for host in rig.hosts:
-        host.docker("network", "rm", net)
+    remove(rig, net, [(b, name)])
 
 
 def test_with_one_of_three_etcd_members_down_everything_keeps_working(rig):
@@ -158,7 +155,4 @@ def test_with_one_of_three_etcd_members_down_everything_keeps_working(rig):
     finally:
         rig.etcd.start(rig.etcd.names[0])
         rig.etcd.wait_healthy(rig.etcd.names[0])
-    b.docker("rm", "-f", first)
-    a.docker("rm", "-f", second)
-    for host in rig.hosts:
-        host.docker("network", "rm", net)
+    remove(rig, net, [(b, first), (a, second)])
