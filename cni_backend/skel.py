@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import re
-import sys
 import traceback
 
 from . import version
@@ -207,12 +206,3 @@ def dispatch(plugin, env, stdin: bytes, netns_fd=None) -> tuple:
         error = CNIError(INTERNAL, f"internal error: {exc}", type(exc).__name__)
         return json.dumps(error.to_json(_error_version(stdin))), 1, traceback.format_exc()
 
-
-def main(plugin) -> int:
-    """The executable's whole body when it does the work itself."""
-    stdout, code, stderr = dispatch(plugin, os.environ, sys.stdin.buffer.read())
-    if stderr:
-        sys.stderr.write(stderr)
-    if stdout:
-        sys.stdout.write(stdout + "\n")
-    return code
