@@ -81,6 +81,11 @@ def _port_mappings(raw) -> list:
     return mappings
 
 
+def _raw(conf: dict) -> bytes:
+    """A conflist as the bytes handed to CNI (and kept in its cache)."""
+    return json.dumps(conf, indent=2).encode()
+
+
 def join_answer(result: dict, src_name: str) -> dict:
     """The CNI result -> Join's InterfaceName, Gateway(s) and StaticRoutes."""
     answer = {"InterfaceName": {"SrcName": src_name, "DstPrefix": "eth"}, "StaticRoutes": []}
@@ -124,7 +129,7 @@ class Translator:
         ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
                                    self.settings.etcd_tls)
         conf = render.conflist(cni_name, render.BACKEND_PLUGINS[backend](bridge, opts, ipam))
-        self._validated(json.dumps(conf).encode())
+        self._validated(_raw(conf))
         net = {"id": network_id, "driver": driver, "backend": backend, "options": opts,
                "cni_name": cni_name, "bridge": bridge, "conflist": conf,
                "docker_ipam": any(d.get("AddressSpace") in ADDRESS_SPACES for d in ipv4 + ipv6)}
@@ -195,7 +200,7 @@ class Translator:
 
     def _export(self, cni_name: str, conf: dict) -> str:
         """The conflist where CNI runtimes look, written atomically."""
-        raw = json.dumps(conf, indent=2).encode()
+        raw = _raw(conf)
         os.makedirs(self.settings.cni_conf_dir, mode=0o755, exist_ok=True)
         path = os.path.join(self.settings.cni_conf_dir, f"50-{cni_name}.conflist")
         fd, tmp = tempfile.mkstemp(dir=self.settings.cni_conf_dir, prefix=".rancher-")
@@ -275,7 +280,7 @@ class Translator:
         staging_path = os.path.join(self.settings.run_dir, "staging", ep["endpoint_id"][:24])
         src_name = "rc" + ep["endpoint_id"][:12]
         conf = net["conflist"]
-        raw = json.dumps(conf, indent=2).encode()
+        raw = _raw(conf)
         staging.create(staging_path)
         try:
             try:
@@ -327,7 +332,7 @@ class Translator:
     def _cni_del(self, net: dict, ep: dict, quiet: bool = False) -> None:
         conf = net["conflist"]
         try:
-            self.cni.delete(conf, json.dumps(conf, indent=2).encode(), self._attachment(net, ep, ""))
+            self.cni.delete(conf, _raw(conf), self._attachment(net, ep, ""))
         except CNIError as exc:
             if quiet:
                 log.warning("undoing ADD of %s: %s", ep["endpoint_id"][:12], exc)
@@ -348,7 +353,7 @@ class Translator:
         att = api.Attachment(ep["endpoint_id"], ep.get("sandbox_key") or "/proc/self/ns/net", CONTAINER_IFNAME,
                              capability_args={"portMappings": mappings})
         try:
-            self.cni.add(conf, json.dumps(conf).encode(), att, prev_result=ep["result"])
+            self.cni.add(conf, _raw(conf), att, prev_result=ep["result"])
         except CNIError as exc:
             self._revoke_ports(net, dict(ep, port_mappings=mappings))
             raise DriverError(f"{net['driver']}: publishing ports failed: {exc}") from None
@@ -369,7 +374,7 @@ class Translator:
         conf = render.ports_conflist(net["conflist"])
         att = api.Attachment(ep["endpoint_id"], "", CONTAINER_IFNAME, capability_args={"portMappings": ep["port_mappings"]})
         try:
-            self.cni.delete(conf, json.dumps(conf).encode(), att)
+            self.cni.delete(conf, _raw(conf), att)
         except CNIError as exc:
             raise DriverError(f"{net['driver']}: removing published ports failed: {exc}") from None
 

@@ -23,11 +23,12 @@ def load_network(config: dict) -> vxlannet.VxlanNetwork:
     )
 
 
-def _bridge_conf(req, mtu: int):
+def _bridge_conf(req, net, mtu: int | None = None):
+    """The bridge plug-in's view of this network (mtu: what the underlay allows, known at ADD)."""
     conf = bridge_plugin.load_conf(req)
-    if conf.mtu and conf.mtu > mtu:
+    if mtu and conf.mtu and conf.mtu > mtu:
         raise CNIError(INVALID_CONFIG, f"mtu {conf.mtu} does not fit: the underlay allows {mtu} inside VXLAN")
-    conf.bridge = load_network(req.config).bridge
+    conf.bridge = net.bridge
     conf.mtu = conf.mtu or mtu
     conf.open_inbound = "subnet"  # the subnet's containers on other hosts arrive through the VTEP
     return conf
@@ -40,7 +41,7 @@ def _record_name(req) -> str:
 def add(req) -> dict:
     net = load_network(req.config)
     mtu = vxlannet.ensure(net)
-    result = bridge_plugin.attach(req, _bridge_conf(req, mtu))
+    result = bridge_plugin.attach(req, _bridge_conf(req, net, mtu))
     sandbox = next(i for i in result["interfaces"] if i.get("sandbox"))
     # for the host's vxlan-agent, which tells the other hosts where this container is
     vxlan_registry.record_endpoint(net.state_dir, net.vni, _record_name(req),
@@ -50,16 +51,12 @@ def add(req) -> dict:
 
 def delete(req) -> None:
     net = load_network(req.config)
-    conf = bridge_plugin.load_conf(req)
-    conf.bridge = net.bridge
-    bridge_plugin.detach(req, conf)
+    bridge_plugin.detach(req, _bridge_conf(req, net))
     vxlan_registry.forget_endpoint(net.state_dir, net.vni, _record_name(req))
 
 
 def check(req) -> None:
-    conf = bridge_plugin.load_conf(req)
-    conf.bridge = load_network(req.config).bridge
-    bridge_plugin.verify(req, conf)
+    bridge_plugin.verify(req, _bridge_conf(req, load_network(req.config)))
 
 
 def gc(req) -> None:
