@@ -33,21 +33,22 @@ class Services:
 
 
 class DriverFromSocket:
-    """WSGI middleware: the driver name is the basename of the Unix socket the
-    request came in on (gunicorn passes the connection as gunicorn.socket)."""
+    """WSGI middleware: the driver is named by the Unix socket the request came
+    in on (gunicorn passes the connection as gunicorn.socket)."""
 
-    def __init__(self, app):
+    def __init__(self, app, sockets: dict):
         self.app = app
+        self.sockets = sockets  # socket file name -> driver name
 
     def __call__(self, environ, start_response):
         conn = environ.get("gunicorn.socket")
         if conn is not None:
             try:
-                name = os.path.basename(conn.getsockname()).removesuffix(".sock")
+                name = os.path.basename(conn.getsockname())
             except (OSError, TypeError, AttributeError):
                 name = ""
-            if name in DRIVERS:
-                environ["rancher.driver"] = name
+            if name in self.sockets:
+                environ["rancher.driver"] = self.sockets[name]
         return self.app(environ, start_response)
 
 
@@ -66,12 +67,16 @@ def _error(exc: Exception):
 
 def create_app(config: dict | None = None) -> Flask:
     app = Flask("cnm_shim")
-    settings = Settings(**(config or {}))
+    config = dict(config or {})
+    sockets = config.pop("sockets", None) or {f"{name}.sock": name for name in DRIVERS}
+    settings = Settings(**config)
     state = State(settings.state_dir)
     ipam = IpamDriver(state, settings.store())
-    app.extensions["rancher"] = Services(state, Translator(state, settings, ipam), ipam)
+    drivers = sorted(set(sockets.values()))
+    app.extensions["rancher"] = Services(state, Translator(state, settings, ipam), ipam,
+                                         **({"default_driver": drivers[0]} if len(drivers) == 1 else {}))
     for blueprint in (api.plugin_api, api.network_api, api.ipam_api):
         app.register_blueprint(blueprint)
     app.register_error_handler(Exception, _error)
-    app.wsgi_app = DriverFromSocket(app.wsgi_app)
+    app.wsgi_app = DriverFromSocket(app.wsgi_app, sockets)
     return app

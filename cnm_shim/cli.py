@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="answer Docker's NetworkDriver and IpamDriver calls (foreground)")
     serve.add_argument("--plugin-dir", default="/run/docker/plugins")
+    serve.add_argument("--backend", choices=("bridge", "flat", "vxlan"), default=os.environ.get("RANCHER_BACKEND") or None,
+                       help="serve only this backend (default: all three, one socket each)")
+    serve.add_argument("--socket", help="with --backend: the socket's file name (default rancher-BACKEND.sock)")
+    serve.add_argument("--vxlan-agent-vnis", default=os.environ.get("RANCHER_VXLAN_AGENT_VNIS", ""),
+                       help="comma-separated VNIs to run a vxlan-agent for (needs --etcd-endpoints)")
+    serve.add_argument("--vtep-dev", default=os.environ.get("RANCHER_VTEP_DEV") or None,
+                       help="the vxlan agents' underlay interface (default: the default route's)")
     serve.add_argument("--workers", type=int, default=int(os.environ.get("CNM_SHIM_WORKERS", "4")))
     serve.add_argument("--state-dir", default="/var/lib/rancher-cnm")
     serve.add_argument("--run-dir", default="/run/rancher-cnm")

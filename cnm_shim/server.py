@@ -58,6 +58,29 @@ def start_cni_daemon(path: str):
     return child
 
 
+def sockets(backend: str | None, socket_name: str | None) -> dict:
+    """Socket file name -> driver name. All three drivers by default; one when
+    a backend is chosen, as in the managed plug-in, whose single socket Docker
+    names after the plug-in (any alias), not after the backend."""
+    if backend is None:
+        return {f"{name}.sock": name for name in DRIVERS}
+    driver = f"rancher-{backend}"
+    return {socket_name or f"{driver}.sock": driver}
+
+
+def start_vxlan_agent(vni: str, opts) -> subprocess.Popen:
+    if not opts.etcd_endpoints:
+        raise SystemExit("a vxlan agent needs --etcd-endpoints (RANCHER_ETCD_ENDPOINTS)")
+    argv = [sys.executable, "-m", "cnm_shim.cli", "vxlan-agent", "--vni", vni, "--etcd-endpoints", opts.etcd_endpoints,
+            "--state-dir", opts.ipam_data_dir]
+    if opts.vtep_dev:
+        argv += ["--vtep-dev", opts.vtep_dev]
+    for flag, value in (("--etcd-ca", opts.etcd_ca), ("--etcd-cert", opts.etcd_cert), ("--etcd-key", opts.etcd_key)):
+        if value:
+            argv += [flag, value]
+    return subprocess.Popen(argv)
+
+
 def serve(opts) -> int:
     os.environ[wire.SOCKET_ENV] = opts.cni_socket  # inherited by the executables we run
     os.makedirs(opts.plugin_dir, mode=0o755, exist_ok=True)
@@ -67,9 +90,11 @@ def serve(opts) -> int:
                   "etcd_endpoints": tuple(e for e in opts.etcd_endpoints.split(",") if e),
                   "etcd_tls": {k: v for k, v in (("ca", opts.etcd_ca), ("cert", opts.etcd_cert),
                                                  ("key", opts.etcd_key)) if v} or None}
+    app_config["sockets"] = sockets(opts.backend, opts.socket)
     create_app(app_config)  # fail here, loudly, before binding sockets Docker would find
+    agents = [start_vxlan_agent(vni, opts) for vni in opts.vxlan_agent_vnis.split(",") if vni]
     gunicorn_options = {
-        "bind": [f"unix:{os.path.join(opts.plugin_dir, name)}.sock" for name in DRIVERS],
+        "bind": [f"unix:{os.path.join(opts.plugin_dir, name)}" for name in app_config["sockets"]],
         "workers": opts.workers,
         "worker_class": "sync",
         "timeout": 300,
@@ -83,7 +108,8 @@ def serve(opts) -> int:
     try:
         ShimServer(app_config, gunicorn_options).run()
     finally:
-        if daemon is not None:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=15)
+        for child in [daemon, *agents]:
+            if child is not None:
+                child.send_signal(signal.SIGTERM)
+                child.wait(timeout=15)
     return 0
