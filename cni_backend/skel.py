@@ -12,7 +12,7 @@ import os
 import re
 import traceback
 
-from . import version
+from . import trace, version
 from .errors import (CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,
                      INVALID_CONFIG, INVALID_ENV)
 
@@ -198,7 +198,9 @@ def dispatch(plugin, env, stdin: bytes, netns_fd=None) -> tuple:
         if env.get("CNI_COMMAND") == "VERSION":
             return json.dumps(version_info(stdin)), 0, ""
         req = build_request(env, stdin, netns_fd)
-        output = run(plugin, req)
+        with trace.bound(env), trace.span("plugin", env, plugin=req.config["type"], command=req.command,
+                                          container=req.container_id[:12]):
+            output = run(plugin, req)
         return (json.dumps(output) if output is not None else ""), 0, ""
     except CNIError as exc:
         return json.dumps(exc.to_json(_error_version(stdin))), 1, ""

@@ -7,8 +7,11 @@ as JSON (empty = {}) and checked here, at the edge, before anything acts on it.
 import json
 import logging
 import re
+import time
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
+
+from cni_backend import trace
 
 from .errors import DriverError
 
@@ -24,6 +27,19 @@ def services():
     return current_app.extensions["rancher"]
 
 
+@plugin_api.before_app_request
+def _trace_start():
+    g.trace = trace.target(), time.time(), time.perf_counter()
+
+
+@plugin_api.teardown_app_request
+def _trace_end(_exc):
+    """One `shim` span per Docker request, while tracing (cni_backend.trace)."""
+    path, t0, start = g.pop("trace", (None, 0, 0))
+    if path:
+        trace.record(path, "shim", t0, time.perf_counter() - start, path=request.path)
+
+
 def body() -> dict:
     raw = request.get_data(cache=True)
     log.debug("%s %s", request.path, raw[:4096])
@@ -31,8 +47,8 @@ def body() -> dict:
         return {}
     try:
         parsed = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise DriverError("the request body is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise DriverError("the request body is not valid JSON (or is nested too deeply)") from None
     if parsed is None:
         return {}
     if not isinstance(parsed, dict):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 
+from .. import trace
 from ..errors import CNIError, DECODE_FAILURE, PLUGIN_FAILED, PLUGIN_NOT_FOUND
 
 PLUGIN_TIMEOUT_S = 120
@@ -33,7 +34,9 @@ def exec_plugin(plugin_type: str, env: dict, config: dict, runner=run_process):
     """Run the plug-in; its parsed stdout (None when empty), or raise its error."""
     paths = [p for p in env.get("CNI_PATH", "").split(os.pathsep) if p]
     path = find_plugin(plugin_type, paths)
-    code, stdout, stderr = runner(path, env, json.dumps(config).encode())
+    with trace.span("cni.exec", plugin=plugin_type, command=env.get("CNI_COMMAND"),
+                    container=env.get("CNI_CONTAINERID", "")[:12]):
+        code, stdout, stderr = runner(path, env, json.dumps(config).encode())
     text = stdout.decode(errors="replace").strip()
     if code != 0:
         try:

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 
+from .. import trace
 from ..errors import CNIError, FIREWALL_FAILURE
 
 FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
@@ -51,7 +52,8 @@ def host_lock():
 def run(argv: list, stdin: str | None = None, check: bool = True):
     """stdout of the command; with check=False, None when it failed."""
     try:
-        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+        with trace.span("firewall", tool=os.path.basename(argv[0])):
+            done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise CNIError(FIREWALL_FAILURE, f"{argv[0]} not found", "install the iptables and nftables packages") from None
     if done.returncode != 0:

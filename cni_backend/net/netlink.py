@@ -14,6 +14,7 @@ import secrets
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .. import trace
 from ..errors import CNIError, INTERFACE_EXISTS, KERNEL_FEATURE_MISSING, NETLINK_FAILURE
 from . import netns
 
@@ -40,8 +41,9 @@ def socket_in(netns_path: str | None = None):
             ipr = IPRoute()
     else:
         ipr = IPRoute()
+    traced = trace.target()
     try:
-        yield ipr
+        yield trace.CountingNetlink(ipr, traced) if traced else ipr
     finally:
         ipr.close()
 
