@@ -113,6 +113,18 @@ BACKEND_OPTIONS = {"bridge": BRIDGE_OPTIONS, "flat": FLAT_OPTIONS, "vxlan": VXLA
 REQUIRED = {"flat": {"parent": "the host interface facing the business network, e.g. -o parent=eth1"}}
 
 
+def choose_backend(driver: str, backend: str, raw: dict) -> tuple:
+    """`-o backend=NAME` overrides the driver's own backend (the one a managed
+    plug-in serves by default): (backend, the other options)."""
+    if not isinstance(raw, dict) or "backend" not in raw:
+        return backend, raw
+    rest = {k: v for k, v in raw.items() if k != "backend"}
+    chosen = str(raw["backend"]).strip().lower()
+    if chosen not in BACKEND_OPTIONS:
+        raise DriverError(f"{driver}: option backend={raw['backend']!r} is not one of: " + ", ".join(BACKEND_OPTIONS))
+    return chosen, rest
+
+
 def parse(driver: str, backend: str, raw: dict) -> dict:
     """The user's option map -> {name: typed value} with defaults filled in."""
     known = {o.name: o for o in BACKEND_OPTIONS[backend]}
@@ -122,7 +134,7 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
     for key, value in raw.items():
         name = ALIASES.get(key, key)
         if name not in known:
-            raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted(known)))
+            raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted([*known, "backend"])))
         values[name] = known[name].parse(driver, key, value)
     for name, example in REQUIRED.get(backend, {}).items():
         if values.get(name) is None:

@@ -120,7 +120,8 @@ class Translator:
         if self.state.get(NETWORK, network_id):
             return  # Docker retried: the network is made already
         raw_options = body.get("Options") or {}
-        opts = options.parse(driver, backend, raw_options.get("com.docker.network.generic") or {})
+        backend, generic = options.choose_backend(driver, backend, raw_options.get("com.docker.network.generic") or {})
+        opts = options.parse(driver, backend, generic)
         ipv4, ipv6 = body.get("IPv4Data") or [], body.get("IPv6Data") or []
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
         bridge = opts["bridge"] or render.BRIDGE_PREFIX[backend] + network_id[:12]

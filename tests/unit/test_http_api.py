@@ -62,6 +62,27 @@ def test_bad_option_values_are_refused_before_anything_is_made(client, options, 
     assert status == 400 and fragment in body["Err"]
 
 
+@pytest.mark.parametrize("options,fragment", [
+    ({"backend": "flat"}, "option parent is required"),  # flat's own rules now apply
+    ({"backend": "vxlan", "parent": "eth1"}, "unknown option 'parent'"),
+    ({"backend": "macvlan"}, "backend='macvlan' is not one of: bridge, flat, vxlan"),
+])
+def test_the_backend_option_chooses_whose_rules_apply(client, options, fragment):
+    status, body = post(client, "/NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "Options": {"com.docker.network.generic": options},
+        "IPv4Data": [{"Pool": "10.9.0.0/24", "Gateway": "10.9.0.1/24"}]})
+    assert status == 400 and fragment in body["Err"]
+
+
+def test_a_single_backend_app_serves_that_backend_by_default(tmp_path):
+    app = create_app({"state_dir": str(tmp_path / "state"), "run_dir": str(tmp_path / "run"),
+                      "ipam_data_dir": str(tmp_path / "ipam"), "sockets": {"rancher.sock": "rancher-flat"}})
+    status, body = post(app.test_client(), "/NetworkDriver.CreateNetwork", {
+        "NetworkID": NET, "IPv4Data": [{"Pool": "10.9.0.0/24", "Gateway": "10.9.0.1/24"}]})
+    assert status == 400 and body["Err"] == "rancher-flat: option parent is required: " \
+        "the host interface facing the business network, e.g. -o parent=eth1"
+
+
 @pytest.mark.parametrize("path", ["/NetworkDriver.Leave", "/NetworkDriver.DeleteEndpoint",
                                   "/NetworkDriver.DeleteNetwork", "/NetworkDriver.RevokeExternalConnectivity"])
 def test_unknown_ids_on_teardown_calls_succeed(client, path):
