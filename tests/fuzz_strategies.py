@@ -1,0 +1,81 @@
+"""Hypothesis strategies for bad input shared by the fuzz tests: nasty strings
+(shell metacharacters, huge, control characters), any JSON value, invalid
+CIDRs, addresses and MACs next to valid ones."""
+
+import string
+
+from hypothesis import HealthCheck, settings, strategies as st
+
+# Reproducible in CI: the same cases every run, no example database on disk.
+FUZZ_SETTINGS = dict(derandomize=True, database=None, deadline=None, print_blob=True,
+                     suppress_health_check=list(HealthCheck))
+
+
+def fuzz_settings(examples: int):
+    return settings(max_examples=examples, **FUZZ_SETTINGS)
+
+
+SHELL = ["$(reboot)", "`id`", "; rm -rf /", "a|b", "a && b", "x > /tmp/rcnit-pwned", "${IFS}", "*", "-rf",
+         "'", '"', "\\", "\n", "\x00", "eth0\n", "%s%n%x", "../../etc/passwd", "/", "..", ".", "\u202e",
+         "a" * 16, "lo", "docker0", "eth0", "-", "--help", "NaN", "null", "true", "{}", "[]", "0x10", "1e3", " 1"]
+
+nasty_text = st.one_of(
+    st.sampled_from(SHELL),
+    st.text(max_size=30),
+    st.text(alphabet=string.printable, max_size=30),
+    st.builds(lambda n, c: c * n, st.integers(256, 100_000), st.sampled_from(["A", "\u00e9", ";", "9", "/"])),
+)
+json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=2 ** 63),
+                        st.floats(allow_nan=False, allow_infinity=False), nasty_text)
+json_value = st.recursive(json_scalar, lambda inner: st.lists(inner, max_size=4)
+                          | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
+
+VALID_CIDRS = ["10.77.0.0/24", "10.91.0.0/16", "192.168.200.0/24", "fd00:77::/64", "10.77.0.0/30", "0.0.0.0/0"]
+BAD_CIDRS = ["10.0.0.0/33", "10.0.0.1/24", "300.1.1.1/8", "fd00::/129", "10.0.0.0", "10.0.0.0/", "/24",
+             "10.0.0.0/-1", "10.0.0.0/24/1", "fd00::1/64", "10.0.0.0/32", "10.0.0.0/31", "::/0", "1.2.3.4/0x10",
+             "10.0.0.0 /24", " 10.0.0.0/24"]
+VALID_IPS_WITH_LEN = ["10.77.0.9/24", "10.77.0.1/24", "10.77.0.200/24", "fd00:77::9/64", "10.91.3.4/16"]
+BAD_IPS = ["10.77.0.256/24", "10.77.0.9/33", "10.77.0.9", "fe80::1%eth0/64", "1.2.3", "::g", "10.77.0.9/24/1",
+           "10.77.0.0/24", "0.0.0.0/0", "255.255.255.255/32", "10.99.0.5/24"]
+VALID_MACS = ["02:42:0a:4d:00:09", "02:00:00:00:00:01", "AA:BB:CC:DD:EE:FE"]
+BAD_MACS = ["01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "02:42:0a:4d:00", "02:42:0a:4d:00:09:01", "zz:zz:zz:zz:zz:zz",
+            "02-42-0a-4d-00-09", "0242.0a4d.0009", "02:42:0a:4d:00:9"]
+
+
+def one_of_values(good, bad):
+    return st.one_of(st.sampled_from(good), st.sampled_from(bad), nasty_text, json_value)
+
+
+cidrs = one_of_values(VALID_CIDRS, BAD_CIDRS)
+ips_with_len = one_of_values(VALID_IPS_WITH_LEN, BAD_IPS)
+plain_ips = one_of_values([i.split("/")[0] for i in VALID_IPS_WITH_LEN], BAD_IPS)
+macs = one_of_values(VALID_MACS, BAD_MACS)
+
+
+def garbage_bytes():
+    """Bodies that are not a JSON object at all."""
+    return st.one_of(
+        st.binary(max_size=200),
+        st.sampled_from([b"{", b"{broken", b'{"a": }', b"[1, 2]", b'"text"', b"42", b"null", b"true", b"\xff\xfe",
+                         b"{}" * 3, b'{"a": NaN}', b"[" * 3000 + b"]" * 3000, b'{"a":' * 2000 + b"1" + b"}" * 2000,
+                         b"1" * 10_000, b"\x00{}"]),
+        json_value.filter(lambda v: not isinstance(v, dict)).map(lambda v: _dumps(v)),
+    )
+
+
+def _dumps(value) -> bytes:
+    import json
+    return json.dumps(value).encode()
+
+
+def document(required: dict, optional: dict | None = None):
+    """A JSON object whose fields come from their strategies, any of them
+    possibly replaced by an arbitrary JSON value, plus stray keys."""
+    def loose(strategy):
+        return st.one_of(strategy, strategy, strategy, json_value)
+    return st.builds(
+        lambda base, extra: {**extra, **base},
+        st.fixed_dictionaries({k: loose(v) for k, v in required.items()},
+                              optional={k: loose(v) for k, v in (optional or {}).items()}),
+        st.dictionaries(nasty_text, json_value, max_size=2),
+    )
