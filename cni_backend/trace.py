@@ -47,10 +47,10 @@ def target(env=None) -> str | None:
         return None
 
 
-def record(path: str, span: str, t0: float, seconds: float, **fields) -> None:
+def record(trace_file: str, span: str, t0: float, seconds: float, **fields) -> None:
     line = json.dumps({"span": span, "t0": t0, "ms": round(seconds * 1000, 3), "pid": os.getpid(), **fields})
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(trace_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, (line + "\n").encode())
         finally:

@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_etcd_tls_options(agent)
     agent.set_defaults(func=cmd_vxlan_agent)
 
+    from .compare import add_parser as add_compare_parser
+    add_compare_parser(sub)
+
     inst = sub.add_parser("install-cni", help="write the CNI executables into a plug-in directory")
     inst.add_argument("--dir", default=DEFAULT_CNI_PATH)
     inst.set_defaults(func=cmd_install_cni)
