@@ -8,9 +8,13 @@ CNI_BIN_DIR  ?= /opt/cni/bin
 TEST_VENV    ?= $(CURDIR)/.venv
 SOURCES      := setup.cfg pyproject.toml $(shell find cnm_shim cni_backend -name '*.py')
 DEB_PACKAGES := python3-venv iproute2 iptables nftables iputils-ping busybox-static \
-                docker.io containerd containernetworking-plugins ebtables iperf3 etcd-server
+                docker.io containerd containernetworking-plugins ebtables iperf3 etcd-server \
+                debootstrap docker-registry
+PLUGIN       ?= rancher-cni
+PLUGIN_BUILD ?= $(CURDIR)/build/plugin
+REGISTRY     ?= localhost:5000
 
-.PHONY: deps install run test test-unit test-etcd test-netns test-interop test-engine test-multihost rig bench clean
+.PHONY: deps install engine plugin registry plugin-push run test test-unit test-etcd test-netns test-interop test-engine test-multihost rig bench clean
 
 deps:  ## Debian packages (installed only when missing)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -28,10 +32,24 @@ $(VENV)/.installed: $(SOURCES)
 install: deps $(VENV)/.installed  ## the virtualenv in /opt/rancher-cni and the CNI executables
 	$(VENV)/bin/cnm-shim install-cni --dir $(CNI_BIN_DIR)
 
-run: install  ## a Docker engine if none runs, then the plug-in in the foreground
+engine: deps  ## a Docker engine, if none runs
 	@pgrep -x dockerd >/dev/null || { echo "starting dockerd (log: /var/log/rancher-dockerd.log)"; \
-	  systemctl start docker 2>/dev/null || (nohup dockerd >/var/log/rancher-dockerd.log 2>&1 &); }
+	  systemctl start docker 2>/dev/null || (nohup dockerd >/var/log/rancher-dockerd.log 2>&1 &); \
+	  for i in $$(seq 100); do docker version >/dev/null 2>&1 && break; sleep 0.2; done; }
+
+run: install engine  ## a Docker engine if none runs, then the plug-in in the foreground
 	exec $(VENV)/bin/cnm-shim serve
+
+plugin: deps $(VENV)/.installed engine  ## the managed plug-in $(PLUGIN), built from Debian's packages, enabled
+	packaging/build-plugin.sh $(PLUGIN_BUILD) $(VENV)/bin/pip
+	packaging/plugin.sh install $(PLUGIN) $(PLUGIN_BUILD)
+
+registry: deps  ## Debian's docker-registry on $(REGISTRY)
+	packaging/registry.sh $(REGISTRY)
+
+plugin-push: deps $(VENV)/.installed engine registry  ## build the plug-in and push it to $(REGISTRY)/$(PLUGIN)
+	packaging/build-plugin.sh $(PLUGIN_BUILD) $(VENV)/bin/pip
+	packaging/plugin.sh push $(REGISTRY)/$(PLUGIN) $(PLUGIN_BUILD)
 
 $(TEST_VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(TEST_VENV)

@@ -1,0 +1,116 @@
+"""The managed plug-in (plugin.json + a debootstrap rootfs): created and enabled
+like `make plugin` does, every backend through one driver, Docker's rules for
+disabling it, upgrades and restarts that keep containers connected, and an
+install from a registry on a second engine."""
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import host_state, ping, run
+from tests.engine.dockerd import Dockerd
+from tests.engine.helpers import address, can_ping, container, network
+from tests.engine.managed import ManagedPlugin, Registry, build_bundle
+from tests.engine.test_docker_flat import LINK_IP, ROUTER, SUBNET, rig  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return build_bundle(tmp_path_factory.mktemp("plugin") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def managed(bundle, tmp_path_factory):
+    before = host_state()
+    plugin = ManagedPlugin(Dockerd(), tmp_path_factory.mktemp("managed-state"))
+    try:
+        plugin.create(bundle)
+        yield plugin
+    finally:
+        plugin.close()
+    assert plugin.allocations() == [], "IPAM entries left behind"
+    after = host_state()
+    assert {k: sorted(set(after[k]) - set(before[k])) for k in after if set(after[k]) - set(before[k])} == {}
+
+
+@pytest.fixture
+def docker(managed, leak_guard):
+    yield managed
+    managed.clean()
+
+
+def test_every_backend_through_one_managed_driver(docker, rig):
+    driver = docker.driver
+    bridge_net = network(docker, "--subnet", "10.81.0.0/24", "--ipam-driver", driver, driver=driver)
+    vxlan_net = network(docker, "--subnet", "10.82.0.0/24", "-o", "backend=vxlan", "-o", "vni=4242", driver=driver)
+    flat_net = network(docker, "--subnet", SUBNET, "--gateway", ROUTER, "-o", "backend=flat",
+                       "-o", f"parent={rig['uplink']}", "-o", f"metadata_bridge={rig['md_bridge']}",
+                       "-o", f"metadata_link_ip={LINK_IP}", "--aux-address", f"link={LINK_IP}", driver=driver)
+    assert run("ip", "link", "show", "vtep4242").returncode == 0, "the VXLAN backend made its VTEP"
+    for net in (bridge_net, vxlan_net, flat_net):
+        a, b = container(docker, net), container(docker, net)
+        assert can_ping(docker, a, address(docker, b, net)), net
+    flat_container = docker.made["containers"][-1]
+    assert ping(rig["router"], address(docker, flat_container, flat_net)), "flat: reachable from the upstream"
+
+
+def test_bad_options_fail_in_dockers_output(docker):
+    done = docker("network", "create", "-d", docker.driver, "-o", "backend=macvlan", "bad", check=False)
+    assert done.returncode != 0 and "backend='macvlan' is not one of: bridge, flat, vxlan" in done.stderr
+
+
+def test_disable_is_refused_while_in_use_and_an_upgrade_keeps_containers_connected(docker):
+    net = network(docker, "--subnet", "10.83.0.0/24", "--ipam-driver", docker.driver, driver=docker.driver)
+    first = container(docker, net)
+    done = docker("plugin", "disable", docker.name, check=False)
+    assert done.returncode != 0 and "in use" in done.stderr, "Docker's own rule"
+    # the upgrade path of a plug-in built locally: disable, change settings, enable
+    docker("plugin", "disable", "-f", docker.name)
+    docker("plugin", "set", docker.name, "CNM_SHIM_LOG_LEVEL=INFO")
+    docker("plugin", "enable", docker.name)
+    second = container(docker, net)
+    assert address(docker, second, net) != address(docker, first, net), "allocations survived the restart"
+    assert can_ping(docker, second, address(docker, first, net)), "the running container stayed connected"
+    docker.clean()
+    docker("plugin", "disable", docker.name)  # allowed once nothing uses it
+    docker("plugin", "enable", docker.name)
+
+
+def test_containers_come_back_after_a_daemon_restart(docker):
+    net = network(docker, "--subnet", "10.84.0.0/24", driver=docker.driver)
+    steady = container(docker, net, "--restart", "always")
+    docker.dockerd.restart()
+    deadline = time.monotonic() + 60
+    while json.loads(docker("inspect", steady).stdout)[0]["State"]["Status"] != "running":
+        assert time.monotonic() < deadline, docker.dockerd.log_tail()
+        time.sleep(0.2)
+    probe = container(docker, net)
+    assert can_ping(docker, probe, address(docker, steady, net))
+
+
+def test_install_from_a_registry_on_a_second_engine(bundle, tmp_path, leak_guard):
+    registry = Registry(tmp_path / "registry")
+    reference = f"{registry.address}/rancher-cni:latest"
+    second = None
+    try:
+        # `make plugin-push` on a build host (an engine holds one plug-in per rootfs digest,
+        # so the build host is an engine of its own here)
+        with Dockerd() as builder:
+            for argv in (("plugin", "create", reference, bundle), ("plugin", "push", reference)):
+                done = builder.cli(*argv, timeout=300)
+                assert done.returncode == 0, done.stderr
+        second = ManagedPlugin(Dockerd(), tmp_path / "second", name="rancher-vxlan")
+        second.install(reference, backend="vxlan")
+        net = network(second, "--subnet", "10.85.0.0/24", driver=second.driver)
+        a, b = container(second, net), container(second, net)
+        assert can_ping(second, a, address(second, b, net))
+        bridge = json.loads(second("network", "inspect", net).stdout)[0]["Id"][:12]
+        assert run("ip", "link", "show", f"rv-{bridge}").returncode == 0, "the alias serves the vxlan backend"
+    finally:
+        if second is not None:
+            second.close()
+            assert second.allocations() == []
+        registry.close()
