@@ -268,8 +268,7 @@ class Comparison(contextlib.ExitStack):
                         for op in samples[m]} for m in MODELS}
         return {
             "backend": self.opts.backend, "containers": n, "started": self.started,
-            "command": shlex.join(["cnm-shim", *sys.argv[1:]]) if os.path.basename(sys.argv[0]) == "cnm-shim"
-            else shlex.join(sys.argv),
+            "command": shlex.join(["cnm-shim", *sys.argv[1:]]),  # also when run as python -m cnm_shim.cli
             "environment": self._versions(),
             "network": {"docker_name": self.docker_name, "cni_name": self.cni_name, "subnet": self.subnet,
                         "id": self.network_id},

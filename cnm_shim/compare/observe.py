@@ -159,12 +159,18 @@ def iperf3(server_ns: str, server_ip: str, client_ns: str, seconds: int) -> dict
         for _ in range(50):
             done = run("nsenter", f"--net={client_ns}", "iperf3", "-c", server_ip, "-t", str(seconds), "-O", "1",
                        "-J", check=False, timeout=seconds + 30)
-            if done.returncode == 0:
-                end = json.loads(done.stdout)["end"]
+            try:
+                answer = json.loads(done.stdout)
+            except ValueError:
+                answer = {"error": done.stdout[-300:] or done.stderr[-300:]}
+            end = answer.get("end") or {}
+            if "sum_received" in end:
                 return {"gbit_s": round(end["sum_received"]["bits_per_second"] / 1e9, 2),
-                        "retransmits": end["sum_sent"].get("retransmits")}
+                        "retransmits": end.get("sum_sent", {}).get("retransmits")}
+            if "unable to connect" not in str(answer.get("error", "")):
+                return {"gbit_s": None, "error": str(answer.get("error", "no result"))[-300:]}
             time.sleep(0.1)  # the server is not listening yet
-        return {"gbit_s": None, "error": done.stdout[-300:] or done.stderr[-300:]}
+        return {"gbit_s": None, "error": str(answer.get("error"))[-300:]}
     finally:
         if server.poll() is None:
             server.kill()
