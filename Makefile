@@ -88,3 +88,7 @@ bench: deps $(TEST_VENV)/.installed  ## ours against the references, same run
 
 clean:
 	rm -rf $(TEST_VENV) build *.egg-info
+
+.PHONY: compare
+compare: deps $(TEST_VENV)/.installed  ## CNM vs CNI, each backend, on a private engine in a sandbox (docs/cnm-vs-cni.md)
+	tests/sandbox.sh $(TEST_VENV)/bin/python bench/compare_rig.py --backends bridge,flat,vxlan -n 10 --out docs/compare
