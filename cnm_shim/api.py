@@ -4,6 +4,7 @@ Docker sends no Content-Type and sometimes no body; every body is read leniently
 as JSON (empty = {}) and checked here, at the edge, before anything acts on it.
 """
 
+import ipaddress
 import json
 import logging
 import re
@@ -69,6 +70,95 @@ def with_ids(*names) -> dict:
     return data
 
 
+def _cidr_address(value, what: str, version: int | None = None, pool=None):
+    """An 'ip/len' string (Docker's form for gateways and endpoint addresses)."""
+    try:
+        address = ipaddress.ip_interface(value) if isinstance(value, str) and "%" not in value else None
+    except ValueError:
+        address = None
+    if address is None or (version and address.version != version):
+        family = f"an IPv{version}" if version else "an"
+        raise DriverError(f"{what} {value!r} is not {family} address in CIDR form such as "
+                          + ("10.22.0.5/24" if version != 6 else "fd00:22::5/64"))
+    if pool is not None and address.ip not in pool:
+        raise DriverError(f"{what} {value!r} is not inside pool {pool}")
+    return address
+
+
+def check_ipam_data(data: dict) -> None:
+    """IPv4Data / IPv6Data: lists of {AddressSpace, Pool, Gateway, AuxAddresses}."""
+    for key, version in (("IPv4Data", 4), ("IPv6Data", 6)):
+        entries = data.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list) or not all(isinstance(d, dict) for d in entries):
+            raise DriverError(f"{key} must be a list of objects")
+        for n, entry in enumerate(entries):
+            where = f"{key}[{n}]"
+            pool = entry.get("Pool")
+            try:
+                pool = ipaddress.ip_network(pool) if isinstance(pool, str) else None
+            except ValueError:
+                pool = None
+            if pool is None or pool.version != version:
+                raise DriverError(f"{where}.Pool {entry.get('Pool')!r} is not an IPv{version} subnet in CIDR form "
+                                  "such as " + ("10.22.0.0/16" if version == 4 else "fd00:22::/64"))
+            for name in ("AddressSpace", "Gateway"):
+                if entry.get(name) is not None and not isinstance(entry[name], str):
+                    raise DriverError(f"{where}.{name} must be a string")
+            if entry.get("Gateway"):
+                _cidr_address(entry["Gateway"], f"{where}.Gateway", version, pool)
+            aux = entry.get("AuxAddresses")
+            if aux is not None and not isinstance(aux, dict):
+                raise DriverError(f"{where}.AuxAddresses must be a map of names to addresses")
+            for name, value in (aux or {}).items():
+                if not isinstance(value, str):
+                    raise DriverError(f"{where}.AuxAddresses[{name!r}] must be an address string")
+                _cidr_address(value, f"{where}.AuxAddresses[{name!r}]", version, pool)
+
+
+MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
+
+
+def check_interface(data: dict) -> None:
+    """CreateEndpoint's Interface: Address, AddressIPv6 ('ip/len' or empty), MacAddress."""
+    iface = data.get("Interface") or {}
+    for key, version in (("Address", 4), ("AddressIPv6", 6)):
+        if iface.get(key) not in (None, ""):
+            _cidr_address(iface[key], f"Interface.{key}", version)
+    mac = iface.get("MacAddress")
+    if mac not in (None, "") and (not isinstance(mac, str) or not MAC.match(mac) or int(mac[:2], 16) & 1):
+        raise DriverError(f"Interface.MacAddress {mac!r} is not a unicast MAC address "
+                          "(six hex pairs separated by ':', first octet even, e.g. 02:42:0a:16:00:05)")
+
+
+def check_port_map(data: dict) -> None:
+    """Options' com.docker.network.portmap: [{Proto, IP, Port, HostIP, HostPort, HostPortEnd}]."""
+    raw = (data.get("Options") or {}).get("com.docker.network.portmap")
+    if raw is None:
+        return
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        raise DriverError("com.docker.network.portmap must be a list of objects")
+    for n, entry in enumerate(raw):
+        for key in ("Proto", "Port", "HostPort", "HostPortEnd"):
+            value = entry.get(key, 0)
+            if value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+                raise DriverError(f"com.docker.network.portmap[{n}].{key} {value!r} must be an integer from 0 to 65535")
+        if (entry.get("HostPortEnd") or 0) and entry["HostPortEnd"] < (entry.get("HostPort") or 0):
+            raise DriverError(f"com.docker.network.portmap[{n}]: HostPortEnd {entry['HostPortEnd']} is below "
+                              f"HostPort {entry.get('HostPort')}")
+        for key in ("IP", "HostIP"):
+            value = entry.get(key)
+            if value in (None, ""):
+                continue
+            try:
+                ipaddress.ip_address(value if isinstance(value, str) else "-")
+            except ValueError:
+                raise DriverError(f"com.docker.network.portmap[{n}].{key} {value!r} is not an IP address") from None
+
+
 def driver_name() -> str:
     return request.environ.get("rancher.driver", services().default_driver)
 
@@ -92,10 +182,7 @@ def capabilities():
 @network_api.post("/NetworkDriver.CreateNetwork")
 def create_network():
     data = with_ids("NetworkID")
-    for key in ("IPv4Data", "IPv6Data"):
-        if data.get(key) is not None and not (isinstance(data[key], list)
-                                              and all(isinstance(d, dict) for d in data[key])):
-            raise DriverError(f"{key} must be a list of objects")
+    check_ipam_data(data)
     services().translator.create_network(driver_name(), backend(), data)
     return jsonify({})
 
@@ -108,7 +195,9 @@ def delete_network():
 
 @network_api.post("/NetworkDriver.CreateEndpoint")
 def create_endpoint():
-    return jsonify(services().translator.create_endpoint(with_ids("NetworkID", "EndpointID")))
+    data = with_ids("NetworkID", "EndpointID")
+    check_interface(data)
+    return jsonify(services().translator.create_endpoint(data))
 
 
 @network_api.post("/NetworkDriver.EndpointOperInfo")
@@ -138,7 +227,9 @@ def leave():
 
 @network_api.post("/NetworkDriver.ProgramExternalConnectivity")
 def program_external_connectivity():
-    services().translator.program_external_connectivity(with_ids("NetworkID", "EndpointID"))
+    data = with_ids("NetworkID", "EndpointID")
+    check_port_map(data)
+    services().translator.program_external_connectivity(data)
     return jsonify({})
 
 

@@ -55,7 +55,13 @@ class IpamDriver:
             sub_pool = _network(body["SubPool"], "ip-range")
             if sub_pool.version != subnet.version or not sub_pool.subnet_of(subnet):
                 raise DriverError(f"ip-range {sub_pool} is not inside subnet {subnet}")
+        try:  # the CNI IPAM's own checks (e.g. a pool too small to hold a container)
+            ipam_config.parse_range({"subnet": str(subnet)})
+        except CNIError as exc:
+            raise DriverError(f"pool {subnet}: {exc}") from None
         pool_id = f"{space}/{subnet}" + (f"/{sub_pool}" if sub_pool else "")
+        if self.state.get(POOL, pool_id) is not None:  # Docker retried: keep what the pool holds (its gateway)
+            return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
         self.state.put(POOL, pool_id, {"id": pool_id, "subnet": str(subnet),
                                        "sub_pool": str(sub_pool) if sub_pool else None})
         return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
@@ -82,7 +88,10 @@ class IpamDriver:
             rng.update(rangeStart=str(hosts.network_address), rangeEnd=str(hosts.broadcast_address))
         if pool.get("gateway"):
             rng["gateway"] = pool["gateway"]
-        return ipam_config.load({"ranges": [[rng]]}, {})
+        try:
+            return ipam_config.load({"ranges": [[rng]]}, {})
+        except CNIError as exc:
+            raise DriverError(f"pool {pool['id']}: {exc}") from None
 
     def release_pool(self, body: dict) -> dict:
         pool = self.state.get(POOL, body.get("PoolID", ""))

@@ -21,6 +21,7 @@ import tempfile
 from cni_backend import flatnet, networks, staging, vxlannet
 from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist as conflists
+from cni_backend.ipam import config as ipam_config
 from cni_backend.ipam.store import open_store
 from cni_backend.plugins import flat as flat_plugin, vxlan as vxlan_plugin
 from cni_backend.plugins.ipam import RESERVED_ARG
@@ -195,7 +196,10 @@ class Translator:
     @staticmethod
     def _validated(raw: bytes) -> dict:
         try:
-            return conflists.parse(raw, "rendered conflist")
+            conf = conflists.parse(raw, "rendered conflist")
+            for plugin in conf["plugins"]:  # the IPAM's own checks: a pool too small, a gateway outside it
+                ipam_config.load(plugin["ipam"], {})
+            return conf
         except CNIError as exc:
             raise DriverError(f"invalid network configuration: {exc}") from None
 
@@ -251,11 +255,18 @@ class Translator:
         for value, what in ((address, "Address"), (address6, "AddressIPv6")):
             if value:
                 _ip(value, what)
+        key = State.endpoint_key(net["id"], body["EndpointID"])
+        known = self.state.get(ENDPOINT, key)
+        if known is not None:  # Docker retried: the same endpoint answers the same, keeps its state
+            if (known["address"], known["address6"]) != (address, address6):
+                raise DriverError(f"endpoint {body['EndpointID'][:12]} exists already with other addresses")
+            chosen = not iface.get("MacAddress")
+            return {"Interface": {"MacAddress": known["mac"]}} if chosen else {}
         answer = {}
         mac = iface.get("MacAddress") or ""
         if not mac:
             mac = answer["MacAddress"] = mac_for(address)
-        self.state.put(ENDPOINT, State.endpoint_key(net["id"], body["EndpointID"]), {
+        self.state.put(ENDPOINT, key, {
             "network_id": net["id"], "endpoint_id": body["EndpointID"],
             "address": address, "address6": address6, "mac": mac, "result": None,
         })

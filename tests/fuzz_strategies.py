@@ -79,3 +79,23 @@ def document(required: dict, optional: dict | None = None):
                               optional={k: loose(v) for k, v in (optional or {}).items()}),
         st.dictionaries(nasty_text, json_value, max_size=2),
     )
+
+
+@st.composite
+def mutated(draw, fields: dict, max_mutations: int = 2):
+    """A valid-looking object (every field from its good strategy) with up to
+    `max_mutations` fields broken: dropped, given a bad value, or any JSON.
+    fields: name -> (good strategy, bad strategy, required)."""
+    out = {}
+    for name, (good, _, required) in fields.items():
+        if required or draw(st.booleans()):
+            out[name] = draw(good)
+    names = sorted(fields)
+    count = min(draw(st.sampled_from([0, 1, 1, 1, 2, 2])), max_mutations, len(names))
+    for name in draw(st.lists(st.sampled_from(names), min_size=count, max_size=count, unique=True)) if names else []:
+        action = draw(st.sampled_from(["bad", "bad", "drop", "any"]))
+        if action == "drop":
+            out.pop(name, None)
+        else:
+            out[name] = draw(fields[name][1] if action == "bad" else json_value)
+    return out

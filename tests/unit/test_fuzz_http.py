@@ -29,72 +29,105 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tests import private_netns
-from tests.fuzz_strategies import (cidrs, document, fuzz_settings, garbage_bytes, ips_with_len, json_value, macs,
+from tests.fuzz_strategies import (cidrs, fuzz_settings, garbage_bytes, ips_with_len, json_value, macs, mutated,
                                    nasty_text, plain_ips)
 
 KNOWN_NET = "f" * 64
 KNOWN_EP = "e" * 64
 KNOWN_POOL_ID = "RancherLocal/10.78.0.0/24"
-EXAMPLES = int(os.environ.get("RANCHER_FUZZ_HTTP_EXAMPLES", "350"))
+EXAMPLES = int(os.environ.get("RANCHER_FUZZ_HTTP_EXAMPLES", "250"))
 
-ids = st.one_of(st.sampled_from([KNOWN_NET, KNOWN_EP, "0" * 64, "a1b2c3"]),
-                st.text(alphabet="0123456789abcdef", min_size=1, max_size=64), nasty_text)
-net_ids = st.one_of(st.just(KNOWN_NET), ids)
-ep_ids = st.one_of(st.just(KNOWN_EP), ids)
+fresh_ids = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+bad_ids = st.one_of(nasty_text, st.sampled_from(["", "../../etc", "a" * 129, "-x", "a b", "a/b", "a\nb"]))
+net_ids = st.one_of(st.just(KNOWN_NET), fresh_ids)
+ep_ids = st.one_of(st.just(KNOWN_EP), fresh_ids)
 OPTION_KEYS = ["bridge", "mtu", "ip_masq", "hairpin", "promisc", "macspoofchk", "vlan", "cni.export", "cni.name",
                "parent", "metadata_ip", "metadata_link_ip", "metadata_bridge", "vni", "vtep_dev", "peers",
                "com.docker.network.driver.mtu", "com.docker.network.bridge.name"]
-option_values = st.one_of(st.sampled_from(["true", "false", "1", "0", "yes", "9000", "68", "65536", "4094", "4095",
-                                           "-1", "rcnitfz0", "lo", "10.77.0.3", "10.0.0.2,10.0.0.3", "169.254.1.1"]),
-                          nasty_text)
-generic_options = st.dictionaries(st.one_of(st.sampled_from(OPTION_KEYS), nasty_text), option_values, max_size=4)
-ipam_data = document({"Pool": cidrs}, {"AddressSpace": st.sampled_from(["LocalDefault", "RancherLocal", "RancherGlobal"]),
-                                       "Gateway": ips_with_len,
-                                       "AuxAddresses": st.dictionaries(nasty_text, st.one_of(plain_ips, ips_with_len),
-                                                                       max_size=3)})
-port_entry = document({"Proto": st.sampled_from([6, 17, 132, 0, 1, -6]), "Port": st.integers(-5, 70000),
-                       "HostPort": st.integers(-5, 70000)},
-                      {"HostPortEnd": st.one_of(st.integers(-5, 70000), st.integers(min_value=10 ** 9)),
-                       "HostIP": st.one_of(plain_ips, st.just(""), st.just("0.0.0.0")), "IP": plain_ips})
-endpoint_options = document({}, {"com.docker.network.portmap": st.one_of(st.lists(port_entry, max_size=3), json_value),
-                                 "com.docker.network.endpoint.exposedports": json_value,
-                                 "com.docker.network.endpoint.macaddress": json_value})
+good_option_values = st.sampled_from(["true", "false", "1", "0", "yes", "9000", "68", "1500", "4094", "7",
+                                      "rcnitfz0", "lo", "10.77.0.3", "10.0.0.2,10.0.0.3", "169.254.1.1", "rcnit-net"])
+bad_option_values = st.one_of(st.sampled_from(["65536", "4095", "-1", "67", "maybe", "10.0.0.300", "a" * 16, ""]),
+                              nasty_text, json_value)
+generic_options = st.dictionaries(st.one_of(st.sampled_from(OPTION_KEYS), st.sampled_from(OPTION_KEYS), nasty_text),
+                                  st.one_of(good_option_values, good_option_values, bad_option_values), max_size=3)
+POOLS = [("10.%d.0.0/24" % n, "10.%d.0.1/24" % n, "10.%d.0.5/24" % n) for n in range(100, 110)]
+pool_triples = st.sampled_from(POOLS)
 
-NETWORK_IDS = {"NetworkID": net_ids}
-ENDPOINT_IDS = {"NetworkID": net_ids, "EndpointID": ep_ids}
+
+@st.composite
+def ipam_data(draw):
+    pool, gateway, aux = draw(pool_triples)
+    return draw(mutated({
+        "AddressSpace": (st.sampled_from(["LocalDefault", "RancherLocal"]), json_value, False),
+        "Pool": (st.just(pool), cidrs, True),
+        "Gateway": (st.just(gateway), ips_with_len, False),
+        "AuxAddresses": (st.just({"link": aux}), st.one_of(st.dictionaries(nasty_text, ips_with_len, max_size=2),
+                                                           json_value), False)}, 1))
+
+
+port_entry = mutated({"Proto": (st.sampled_from([6, 17, 132]), st.one_of(st.sampled_from([0, 1, -6, "tcp"]), json_value), True),
+                      "Port": (st.integers(1, 65535), st.one_of(st.integers(-5, 0), st.integers(65536), json_value), True),
+                      "HostPort": (st.integers(1, 65535), st.one_of(st.integers(-5, 0), st.integers(65536), json_value), True),
+                      "HostPortEnd": (st.integers(0, 65535), st.one_of(st.integers(min_value=10 ** 9), json_value), False),
+                      "HostIP": (st.sampled_from(["", "0.0.0.0", "127.0.0.1"]), plain_ips, False),
+                      "IP": (st.just(""), plain_ips, False)}, 1)
+endpoint_options = mutated({"com.docker.network.portmap": (st.lists(port_entry, max_size=3), json_value, False),
+                            "com.docker.network.endpoint.exposedports": (st.just([{"Proto": 6, "Port": 80}]), json_value, False),
+                            "com.docker.network.endpoint.macaddress": (st.just("AkIKTQAJ"), json_value, False)}, 1)
+
+NETWORK_IDS = {"NetworkID": (net_ids, bad_ids, True)}
+ENDPOINT_IDS = {"NetworkID": (net_ids, bad_ids, True), "EndpointID": (ep_ids, bad_ids, True)}
+
+
+def call(fields: dict):
+    return mutated(fields)
+
+
+anything = (json_value, json_value, False)
 BODIES = {
-    "/Plugin.Activate": document({}),
-    "/NetworkDriver.GetCapabilities": document({}),
-    "/NetworkDriver.CreateNetwork": document(NETWORK_IDS, {
-        "Options": document({}, {"com.docker.network.generic": generic_options,
-                                 "com.docker.network.enable_ipv6": json_value}),
-        "IPv4Data": st.lists(ipam_data, max_size=2), "IPv6Data": st.lists(ipam_data, max_size=2)}),
-    "/NetworkDriver.DeleteNetwork": document(NETWORK_IDS),
-    "/NetworkDriver.AllocateNetwork": document(NETWORK_IDS, {"Options": json_value}),
-    "/NetworkDriver.FreeNetwork": document(NETWORK_IDS),
-    "/NetworkDriver.CreateEndpoint": document(ENDPOINT_IDS, {
-        "Interface": document({}, {"Address": ips_with_len, "AddressIPv6": ips_with_len, "MacAddress": macs}),
-        "Options": endpoint_options}),
-    "/NetworkDriver.EndpointOperInfo": document(ENDPOINT_IDS),
-    "/NetworkDriver.DeleteEndpoint": document(ENDPOINT_IDS),
-    "/NetworkDriver.Join": document(ENDPOINT_IDS, {"SandboxKey": st.one_of(nasty_text, st.just("/var/run/docker/netns/x")),
-                                                   "Options": endpoint_options}),
-    "/NetworkDriver.Leave": document(ENDPOINT_IDS),
-    "/NetworkDriver.ProgramExternalConnectivity": document(ENDPOINT_IDS, {"Options": endpoint_options}),
-    "/NetworkDriver.RevokeExternalConnectivity": document(ENDPOINT_IDS, {"Options": endpoint_options}),
-    "/NetworkDriver.DiscoverNew": document({"DiscoveryType": json_value, "DiscoveryData": json_value}),
-    "/NetworkDriver.DiscoverDelete": document({"DiscoveryType": json_value, "DiscoveryData": json_value}),
-    "/IpamDriver.GetCapabilities": document({}),
-    "/IpamDriver.GetDefaultAddressSpaces": document({}),
-    "/IpamDriver.RequestPool": document({}, {
-        "AddressSpace": st.sampled_from(["RancherLocal", "RancherGlobal", "LocalDefault", ""]),
-        "Pool": cidrs, "SubPool": cidrs, "Options": json_value, "V6": json_value}),
-    "/IpamDriver.ReleasePool": document({"PoolID": st.one_of(st.just(KNOWN_POOL_ID), nasty_text)}),
-    "/IpamDriver.RequestAddress": document({"PoolID": st.one_of(st.just(KNOWN_POOL_ID), nasty_text)}, {
-        "Address": st.one_of(plain_ips, ips_with_len, st.sampled_from(["10.78.0.9", "10.78.0.1", "10.78.0.255"])),
-        "Options": document({}, {"RequestAddressType": st.sampled_from(["com.docker.network.gateway", ""])})}),
-    "/IpamDriver.ReleaseAddress": document({"PoolID": st.one_of(st.just(KNOWN_POOL_ID), nasty_text)},
-                                           {"Address": st.one_of(plain_ips, ips_with_len)}),
+    "/Plugin.Activate": call({"x": anything}),
+    "/NetworkDriver.GetCapabilities": call({"x": anything}),
+    "/NetworkDriver.CreateNetwork": call({
+        "NetworkID": (fresh_ids, bad_ids, True),
+        "Options": (mutated({"com.docker.network.generic": (generic_options, json_value, True),
+                             "com.docker.network.enable_ipv6": (st.booleans(), json_value, False)}, 1), json_value, True),
+        "IPv4Data": (st.lists(ipam_data(), min_size=1, max_size=2), json_value, True),
+        "IPv6Data": (st.just([]), st.lists(ipam_data(), max_size=1), False)}),
+    "/NetworkDriver.DeleteNetwork": call(NETWORK_IDS),
+    "/NetworkDriver.AllocateNetwork": call(dict(NETWORK_IDS, Options=anything)),
+    "/NetworkDriver.FreeNetwork": call(NETWORK_IDS),
+    "/NetworkDriver.CreateEndpoint": call(dict(ENDPOINT_IDS, Interface=(mutated({
+        "Address": (st.sampled_from(["10.77.0.9/24", "10.77.0.10/24", "10.77.0.5/24"]), ips_with_len, True),
+        "AddressIPv6": (st.sampled_from(["", "fd00:77::9/64"]), ips_with_len, False),
+        "MacAddress": (st.sampled_from(["", "02:42:0a:4d:00:09"]), macs, False)}, 1), json_value, True),
+        Options=(endpoint_options, json_value, False))),
+    "/NetworkDriver.EndpointOperInfo": call(ENDPOINT_IDS),
+    "/NetworkDriver.DeleteEndpoint": call(ENDPOINT_IDS),
+    "/NetworkDriver.Join": call(dict(ENDPOINT_IDS, SandboxKey=(st.just("/var/run/docker/netns/0123456789ab"),
+                                                               nasty_text, True),
+                                     Options=(endpoint_options, json_value, False))),
+    "/NetworkDriver.Leave": call(ENDPOINT_IDS),
+    "/NetworkDriver.ProgramExternalConnectivity": call(dict(ENDPOINT_IDS, Options=(endpoint_options, json_value, True))),
+    "/NetworkDriver.RevokeExternalConnectivity": call(dict(ENDPOINT_IDS, Options=(endpoint_options, json_value, False))),
+    "/NetworkDriver.DiscoverNew": call({"DiscoveryType": anything, "DiscoveryData": anything}),
+    "/NetworkDriver.DiscoverDelete": call({"DiscoveryType": anything, "DiscoveryData": anything}),
+    "/IpamDriver.GetCapabilities": call({"x": anything}),
+    "/IpamDriver.GetDefaultAddressSpaces": call({"x": anything}),
+    "/IpamDriver.RequestPool": call({
+        "AddressSpace": (st.sampled_from(["RancherLocal", "RancherGlobal", ""]), st.one_of(st.just("LocalDefault"), json_value), False),
+        "Pool": (st.sampled_from([p for p, _, _ in POOLS] + ["", "fd00:78::/64"]), cidrs, False),
+        "SubPool": (st.sampled_from(["", "10.100.0.128/25"]), cidrs, False),
+        "Options": (st.just({}), json_value, False), "V6": (st.booleans(), json_value, False)}),
+    "/IpamDriver.ReleasePool": call({"PoolID": (st.sampled_from([KNOWN_POOL_ID, "RancherLocal/10.100.0.0/24"]),
+                                                nasty_text, True)}),
+    "/IpamDriver.RequestAddress": call({
+        "PoolID": (st.just(KNOWN_POOL_ID), nasty_text, True),
+        "Address": (st.sampled_from(["", "10.78.0.9", "10.78.0.9/24", "10.78.0.1"]),
+                    st.one_of(plain_ips, ips_with_len, st.sampled_from(["10.78.0.0", "10.78.0.255", "fd00::1"])), False),
+        "Options": (st.one_of(st.none(), st.just({"RequestAddressType": "com.docker.network.gateway"})),
+                    json_value, False)}),
+    "/IpamDriver.ReleaseAddress": call({"PoolID": (st.just(KNOWN_POOL_ID), nasty_text, True),
+                                        "Address": (st.sampled_from(["10.78.0.9", "10.78.0.9/24"]), plain_ips, True)}),
 }
 # Calls whose repetition, once accepted, must answer the same and change nothing more.
 IDEMPOTENT = {"/NetworkDriver.CreateNetwork", "/NetworkDriver.DeleteNetwork", "/NetworkDriver.CreateEndpoint",
@@ -195,7 +228,7 @@ def fuzz(path: str, root: str, examples: int) -> dict:
     counts = {"accepted": 0, "rejected": 0}
 
     @fuzz_settings(examples)
-    @given(raw=st.one_of(BODIES[path].map(lambda d: json.dumps(d).encode()), garbage_bytes()),
+    @given(raw=st.one_of(*[BODIES[path].map(lambda d: json.dumps(d).encode())] * 5, garbage_bytes()),
            driver=st.sampled_from(DRIVERS), repeat=st.booleans())
     def one_call(raw, driver, repeat):
         shim.seed()
