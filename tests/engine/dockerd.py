@@ -111,9 +111,10 @@ def ensure_installed() -> None:
 
 class Dockerd:
     def __init__(self, root: str | None = None, forward_drop: bool = True, start_timeout: float = 60,
-                 enter=()):
+                 enter=(), daemon_config: dict | None = None):
         """`enter` prefixes every daemon command (e.g. nsenter into a "host"
-        namespace of the multi-host rig)."""
+        namespace of the multi-host rig); `daemon_config` adds daemon.json keys."""
+        self.daemon_config = daemon_config or {}
         ensure_installed()
         self.enter = list(enter)
         self.own_root = root is None
@@ -238,7 +239,7 @@ class Dockerd:
         os.makedirs(self._path("containerd"), exist_ok=True)
         with open(self._path("daemon.json"), "w") as f:
             # instead of /etc/docker/daemon.json; and the trust key (a file option only) out of /etc/docker
-            json.dump({"deprecated-key-path": self._path("key.json")}, f)
+            json.dump({"deprecated-key-path": self._path("key.json"), **self.daemon_config}, f)
         c = self._path("containerd")
         with open(self._path("containerd.toml"), "w") as f:
             f.write(f'version = 2\nroot = "{c}/root"\nstate = "{c}/state"\n'

@@ -36,11 +36,12 @@ def free_port() -> int:
 
 
 class Registry:
-    """Debian's docker-registry on localhost:PORT (Docker trusts it without TLS)."""
+    """Debian's docker-registry on localhost:PORT (Docker trusts it without TLS)
+    or on `address` (an address of a test bridge, for engines in containers)."""
 
-    def __init__(self, root):
+    def __init__(self, root, address: str | None = None):
         self.root = str(root)
-        self.address = f"localhost:{free_port()}"
+        self.address = address or f"localhost:{free_port()}"
         done = subprocess.run([os.path.join(PACKAGING, "registry.sh"), self.address],
                               env=dict(os.environ, REGISTRY_ROOT=self.root), capture_output=True, text=True)
         assert done.returncode == 0, f"registry.sh: {done.stderr}"
