@@ -65,6 +65,19 @@ def remove(path: str) -> None:
         pass
 
 
+def remove_all(directory: str) -> list:
+    """Remove every staging namespace under `directory`: at start-up they are
+    all stale (a worker killed between create and remove), and each holds the
+    container side of a veth whose host side would otherwise stay."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        remove(os.path.join(directory, name))
+    return names
+
+
 def move_to_host(path: str, ifname: str, host_name: str) -> dict:
     """Move `ifname` out of the staging namespace into ours, renamed `host_name`."""
     _single_threaded()

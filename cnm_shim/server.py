@@ -14,7 +14,7 @@ import time
 
 from gunicorn.app.base import BaseApplication
 
-from cni_backend import wire
+from cni_backend import staging, wire
 
 from .app import DRIVERS, create_app
 
@@ -91,6 +91,9 @@ def serve(opts) -> int:
                   "etcd_tls": {k: v for k, v in (("ca", opts.etcd_ca), ("cert", opts.etcd_cert),
                                                  ("key", opts.etcd_key)) if v} or None}
     app_config["sockets"] = sockets(opts.backend, opts.socket)
+    stale = staging.remove_all(os.path.join(opts.run_dir, "staging"))  # before any worker stages anew
+    if stale:
+        log.warning("removed %d staging namespaces left by a killed worker", len(stale))
     create_app(app_config)  # fail here, loudly, before binding sockets Docker would find
     agents = [start_vxlan_agent(vni, opts) for vni in opts.vxlan_agent_vnis.split(",") if vni]
     gunicorn_options = {

@@ -23,6 +23,7 @@ from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist as conflists
 from cni_backend.ipam import config as ipam_config
 from cni_backend.ipam.store import open_store
+from cni_backend.net import netlink
 from cni_backend.plugins import flat as flat_plugin, vxlan as vxlan_plugin
 from cni_backend.plugins.ipam import RESERVED_ARG
 
@@ -55,6 +56,12 @@ def _ip(value: str, what: str):
         return ipaddress.ip_interface(value)
     except ValueError:
         raise DriverError(f"{what} {value!r} is not an address in CIDR form") from None
+
+
+def host_name(ep: dict) -> str:
+    """The name the endpoint's interface has in the host between Join and
+    Docker moving it into the sandbox."""
+    return "rc" + ep["endpoint_id"][:12]
 
 
 def mac_for(address: str) -> str:
@@ -289,8 +296,8 @@ class Translator:
         if ep.get("result"):  # a repeated Join: the interface exists already
             return join_answer(ep["result"], ep["src_name"])
         self._reclaim_from_stale_endpoints(net, ep)
-        staging_path = os.path.join(self.settings.run_dir, "staging", ep["endpoint_id"][:24])
-        src_name = "rc" + ep["endpoint_id"][:12]
+        staging_path = self._staging_path(ep)
+        src_name = host_name(ep)
         conf = net["conflist"]
         raw = _raw(conf)
         staging.create(staging_path)
@@ -306,6 +313,22 @@ class Translator:
         ep.update(result=result, src_name=src_name, sandbox_key=body.get("SandboxKey", ""))
         self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
         return join_answer(result, src_name)
+
+    def _staging_path(self, ep: dict) -> str:
+        return os.path.join(self.settings.run_dir, "staging", ep["endpoint_id"][:24])
+
+    def _discard_half_joined(self, ep: dict) -> None:
+        """What a Join killed half-way leaves: its staging namespace (with the
+        container side of the veth) and the interface moved to the host under
+        our name, if Docker never took it. Both named after the endpoint; after
+        a normal Leave the interface is back under that name, and deleting it
+        first is what the bridge DEL would do anyway (one veth end takes the
+        other)."""
+        staging.remove(self._staging_path(ep))
+        with netlink.socket_in() as host:
+            if netlink.delete_link(host, host_name(ep)):
+                log.warning("endpoint %s: removed %s, left by an interrupted Join", ep["endpoint_id"][:12],
+                            host_name(ep))
 
     def _reclaim_from_stale_endpoints(self, net: dict, ep: dict) -> None:
         """Docker's IPAM gave this endpoint an address one of our older endpoints
@@ -338,6 +361,7 @@ class Translator:
         if net is None or ep is None:
             return  # Docker cleans up endpoints we never saw or forgot: success
         self._revoke_ports(net, ep)
+        self._discard_half_joined(ep)
         self._cni_del(net, ep)
         self.state.delete(ENDPOINT, key)
 
