@@ -111,7 +111,7 @@ def validate_ifname(ifname: str) -> None:
 def decode_config(stdin: bytes) -> dict:
     try:
         config = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CNIError(DECODE_FAILURE, "the network configuration on stdin is not valid JSON",
                        str(exc)) from None
     if not isinstance(config, dict):
@@ -168,7 +168,7 @@ def version_info(stdin: bytes) -> dict:
     asked = version.CURRENT
     try:
         asked = json.loads(stdin).get("cniVersion", asked) if stdin.strip() else asked
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         pass
     return {"cniVersion": asked, "supportedVersions": list(version.SUPPORTED_VERSIONS)}
 
@@ -177,7 +177,7 @@ def _error_version(stdin: bytes) -> str:
     """The cniVersion to write an error in: the config's if we can read it."""
     try:
         asked = json.loads(stdin).get("cniVersion")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError, TypeError):
         return version.CURRENT
     return asked if asked in version.SUPPORTED_VERSIONS else version.CURRENT
 

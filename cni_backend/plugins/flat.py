@@ -11,6 +11,7 @@ import ipaddress
 
 from .. import flatnet
 from ..errors import CNIError, INVALID_CONFIG
+from ..ipam import config as ipam_config
 from ..ipam.config import DEFAULT_DATA_DIR
 from ..net import netlink
 from ..skel import IFNAME_MAX
@@ -29,9 +30,10 @@ def _ifname(config: dict, key: str, default=None) -> str:
 
 
 def _subnets(config: dict) -> list:
-    ipam = config.get("ipam") or {}
-    ranges = ipam.get("ranges") or ([[{"subnet": ipam["subnet"]}]] if ipam.get("subnet") else [])
-    return [str(ipaddress.ip_network(r["subnet"], strict=False)) for s in ranges for r in s if r.get("subnet")]
+    if not config.get("ipam"):
+        return []
+    conf = ipam_config.load(config["ipam"], {})  # a malformed ipam section is error 7, naming the field
+    return [str(r.subnet) for s in conf.range_sets for r in s]
 
 
 def _metadata(config: dict, subnets: list):

@@ -35,7 +35,7 @@ from tests.fuzz_strategies import (cidrs, fuzz_settings, garbage_bytes, ips_with
 KNOWN_NET = "f" * 64
 KNOWN_EP = "e" * 64
 KNOWN_POOL_ID = "RancherLocal/10.78.0.0/24"
-EXAMPLES = int(os.environ.get("RANCHER_FUZZ_HTTP_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("RANCHER_FUZZ_HTTP_EXAMPLES", "320"))
 
 fresh_ids = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
 bad_ids = st.one_of(nasty_text, st.sampled_from(["", "../../etc", "a" * 129, "-x", "a b", "a/b", "a\nb"]))

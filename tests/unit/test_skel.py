@@ -119,3 +119,18 @@ def test_plugin_errors_keep_their_code_and_the_config_version():
 def test_unexpected_exceptions_become_code_100_not_a_traceback():
     out, code = call(Recorder(fail=KeyError("boom")))
     assert code == 1 and out["code"] == 100 and "boom" in out["msg"]
+
+
+# Regressions found by the fuzz (tests/netns/test_fuzz_cni.py): code 100 with a traceback before.
+
+def test_stdin_nested_too_deeply_is_code_6():
+    out, code = call(Recorder(), stdin=b"[" * 5000 + b"]" * 5000)
+    assert code != 0 and out["code"] == 6
+
+
+@pytest.mark.parametrize("ipam", ["x", {"ranges": True}, {"ranges": [["10.0.0.0/24"]]}, {"subnet": 5}])
+def test_flat_with_a_malformed_ipam_section_is_code_7(ipam):
+    from cni_backend.plugins import flat
+    config = {"cniVersion": "1.0.0", "name": "net1", "type": "rancher-flat", "parent": "eth1", "ipam": ipam}
+    out, code = call(flat, env={"CNI_COMMAND": "DEL"}, config=config)
+    assert code != 0 and out["code"] == 7 and "ipam" in out["msg"]
