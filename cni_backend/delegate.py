@@ -4,13 +4,17 @@ rancher-ipam runs in-process (no second interpreter start per call); any other
 IPAM type is executed from CNI_PATH with the same config, as the spec says."""
 
 from . import version
+from .errors import CNIError, INVALID_CONFIG
 from .invoke.execute import exec_plugin
 
 IN_PROCESS = "rancher-ipam"
 
 
 def _ipam_type(req) -> str:
-    return req.config["ipam"]["type"]
+    ipam = req.config.get("ipam")
+    if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str) or not ipam["type"]:
+        raise CNIError(INVALID_CONFIG, "the 'ipam' section with a 'type' (a plug-in name) is required")
+    return ipam["type"]
 
 
 def _call(req, command: str):

@@ -128,7 +128,8 @@ def test_stdin_nested_too_deeply_is_code_6():
     assert code != 0 and out["code"] == 6
 
 
-@pytest.mark.parametrize("ipam", ["x", {"ranges": True}, {"ranges": [["10.0.0.0/24"]]}, {"subnet": 5}])
+@pytest.mark.parametrize("ipam", ["x", {"ranges": True}, {"ranges": [["10.0.0.0/24"]]}, {"subnet": 5},
+                                  {"type": 5, "subnet": "10.0.0.0/24"}])
 def test_flat_with_a_malformed_ipam_section_is_code_7(ipam):
     from cni_backend.plugins import flat
     config = {"cniVersion": "1.0.0", "name": "net1", "type": "rancher-flat", "parent": "eth1", "ipam": ipam}
