@@ -77,6 +77,13 @@ def cmd_serve(opts) -> int:
     return server.serve(opts)
 
 
+def cmd_restart_stranded(opts) -> int:
+    from .recovery import restart_stranded
+    for name in restart_stranded(opts.docker_host, opts.drivers.split(","), delay=opts.delay):
+        print(name)
+    return 0
+
+
 def cmd_status(opts) -> int:
     from .state import ENDPOINT, NETWORK, POOL, State
     state = State(opts.state_dir)
@@ -179,7 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated etcd URLs: addresses global across hosts, VXLAN registry")
     add_etcd_tls_options(serve)
     serve.add_argument("--access-log", action="store_true")
+    serve.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
+                       help="the engine whose stranded restart-policy containers to start once up ('' = none)")
     serve.set_defaults(func=cmd_serve)
+
+    stranded = sub.add_parser("restart-stranded", help="start restart-policy containers dockerd could not "
+                              "start because the plug-in was not up (serve runs this by itself)")
+    stranded.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
+    stranded.add_argument("--drivers", default="rancher-bridge,rancher-flat,rancher-vxlan")
+    stranded.add_argument("--delay", type=float, default=0.0)
+    stranded.set_defaults(func=cmd_restart_stranded)
 
     status = sub.add_parser("status", help="networks and endpoints with their CNI results")
     status.add_argument("--state-dir", default="/var/lib/rancher-cnm")
@@ -190,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""), required=False)
     agent.add_argument("--etcd-prefix", default="/rancher-cni")
     agent.add_argument("--vni", type=int, default=1042)
-    agent.add_argument("--vtep-dev", help="underlay interface (default: the default route's)")
+    agent.add_argument("--vtep-dev", default=os.environ.get("RANCHER_VTEP_DEV") or None,
+                       help="underlay interface (default: the default route's)")
     agent.add_argument("--peers", default="", help="static peers, comma-separated")
     agent.add_argument("--state-dir", default="/var/lib/rancher-cni")
     agent.add_argument("--ttl", type=int, default=10, help="lease TTL: how fast a dead host disappears")
@@ -200,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .compare import add_parser as add_compare_parser
     add_compare_parser(sub)
+    from .doctor import add_parser as add_doctor_parser
+    add_doctor_parser(sub)
 
     inst = sub.add_parser("install-cni", help="write the CNI executables into a plug-in directory")
     inst.add_argument("--dir", default=DEFAULT_CNI_PATH)

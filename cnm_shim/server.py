@@ -21,6 +21,17 @@ from .app import DRIVERS, create_app
 log = logging.getLogger("cnm-shim")
 
 
+def restart_stranded_later(docker_host: str, drivers) -> None:
+    """Once the sockets are bound: a short-lived child starts the containers
+    dockerd gave up on while we were down (cnm_shim/recovery.py). A child,
+    not a thread, as the master forks workers."""
+    socket_path = docker_host.removeprefix("unix://")
+    if not docker_host or (docker_host.startswith("unix://") and not os.path.exists(socket_path)):
+        return
+    subprocess.Popen([sys.executable, "-m", "cnm_shim.cli", "restart-stranded", "--docker-host", docker_host,
+                      "--drivers", ",".join(sorted(set(drivers))), "--delay", "1"], start_new_session=False)
+
+
 class ShimServer(BaseApplication):
     def __init__(self, app_config: dict, gunicorn_options: dict):
         self.app_config = app_config
@@ -107,6 +118,7 @@ def serve(opts) -> int:
         "loglevel": opts.log_level.lower(),
         "proc_name": "cnm-shim",
         "control_socket_disable": True,  # gunicorn >= 25 would open one in $HOME
+        "when_ready": lambda arbiter: restart_stranded_later(opts.docker_host, app_config["sockets"].values()),
     }
     try:
         ShimServer(app_config, gunicorn_options).run()

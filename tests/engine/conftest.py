@@ -29,6 +29,7 @@ class Shim:
         self.export_dir = root / "net.d"
         self.ipam_dir = root / "ipam"
         self.state_dir = root / "state"
+        self.docker_host = ""  # the engine whose stranded containers serve() restarts; none until set
         self.process = None
         self.start()
 
@@ -36,7 +37,8 @@ class Shim:
         argv = [sys.executable, "-m", "cnm_shim.cli", "serve", "--plugin-dir", PLUGIN_DIR,
                 "--state-dir", str(self.state_dir), "--run-dir", str(self.root / "run"),
                 "--ipam-data-dir", str(self.ipam_dir), "--cni-conf-dir", str(self.export_dir),
-                "--cni-socket", self.cni_socket, "--cni-path", f"{self.bin}:/usr/lib/cni", "--workers", "3"]
+                "--cni-socket", self.cni_socket, "--cni-path", f"{self.bin}:/usr/lib/cni", "--workers", "3",
+                "--docker-host", self.docker_host]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.root / "shim.log", "a"),
                                         start_new_session=True, env=dict(os.environ, CNM_SHIM_LOG_LEVEL="DEBUG"))
         deadline = time.monotonic() + 30
@@ -84,6 +86,7 @@ def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
     shim = Shim(root)
     dockerd = Dockerd()
+    shim.docker_host = f"unix://{dockerd.socket}"
     yield dockerd, shim
     dockerd.close()
     shim.stop()

@@ -4,6 +4,7 @@ once everything is removed nothing is left (the `docker` fixture checks state,
 IPAM, firewall rules, staging namespaces; leak_guard links and namespaces)."""
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -84,3 +85,40 @@ def test_live_restore_keeps_containers_connected(docker):
                 engine.cli("rm", "-f", name)
             for name in cli.made["networks"]:
                 engine.cli("network", "rm", name)
+
+
+def unit_file(name: str) -> dict:
+    """KEY -> [values] of a systemd unit in packaging/systemd (all sections)."""
+    values = {}
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "packaging", "systemd", name)
+    for line in open(path):
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.strip().split("=", 1)
+            values.setdefault(key, []).append(value)
+    return values
+
+
+@pytest.mark.parametrize("order", ["as the unit orders it", "plug-in 3 s after dockerd"])
+def test_restart_policy_containers_come_back_whatever_starts_first(docker, order):
+    unit = unit_file("rancher-cnm.service")
+    assert "docker.service" in unit["Before"][0].split() and "docker.service" in unit["WantedBy"][0].split()
+    gate = unit["ExecStartPost"][0].removeprefix("/bin/sh -c ").strip("'")
+    net = network(docker, "--subnet", "10.152.0.0/24")
+    a, b = container(docker, net, "--restart", "always"), container(docker, net, "--restart", "always")
+    stopped = container(docker, net, "--restart", "unless-stopped")
+    docker("stop", stopped)  # by its user: stays stopped, whoever starts first
+    docker.dockerd.stop()  # the machine shuts down: docker.service first, then the plug-in
+    docker.shim.stop()
+    if order == "as the unit orders it":
+        docker.shim.start()
+        # the unit's start-up gate, for real: it returns once the driver's socket exists
+        assert subprocess.run(["sh", "-c", gate], timeout=60).returncode == 0
+        docker.dockerd.start()
+    else:  # no ordering: Docker retries a missing plug-in socket for ~15 s
+        docker.dockerd.start()
+        time.sleep(3)
+        docker.shim.start()
+    wait_running(docker, a, timeout=60)
+    wait_running(docker, b, timeout=60)
+    assert can_ping(docker, a, address(docker, b, net))
+    assert not running(docker, stopped)
