@@ -23,6 +23,23 @@ def remove_bridge(name: str) -> None:
             netlink.delete_link(host, name)
 
 
+def missing_parts(bridge: str, ports=()) -> list:
+    """What of a network's host side is gone: its bridge, or a link that must be
+    one of the bridge's ports (a VTEP, a flat uplink)."""
+    with netlink.socket_in() as host:
+        found = netlink.link(host, bridge)
+        if found is None or netlink.kind(found) != "bridge":
+            return [f"bridge {bridge} is missing"]
+        missing = []
+        for name in ports:
+            port = netlink.link(host, name)
+            if port is None:
+                missing.append(f"{name} is missing")
+            elif port.get("master") != found["index"]:
+                missing.append(f"{name} is not enslaved to {bridge}")
+        return missing
+
+
 def forget(cni_network: str, store) -> None:
     """Drop every firewall rule and IPAM entry still carrying the network's name."""
     firewall.collect_garbage(cni_network, valid_tags=set())

@@ -85,8 +85,12 @@ class CNI:
             self._run("DEL", conf, plugin, att, prev)
         cache.remove(self.cache_dir, att.network, att.container_id, att.ifname)
 
-    def check(self, conf: dict, raw: bytes, att: Attachment) -> None:
+    def check(self, conf: dict, raw: bytes, att: Attachment, view=None) -> None:
+        """`view(result)`, if given, adapts the cached result to what the runtime
+        did after ADD (Docker picks one endpoint's gateway as the default route)."""
         conf, raw, result = self._cached(conf, raw, att)
+        if view is not None and result is not None:
+            result = view(result)
         if not version.at_least(conf["cniVersion"], "0.4.0"):
             raise CNIError(1, f"CHECK needs cniVersion 0.4.0 or later, {conf['name']} has {conf['cniVersion']}")
         if conf.get("disableCheck"):

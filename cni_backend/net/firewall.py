@@ -109,6 +109,30 @@ def rules_of(tag: str) -> list:
     return iptables.rules_tagged(tag.__eq__)
 
 
+def missing_rules(tag: str, per_family: dict) -> list:
+    """The rules of `per_family` (see bridge_rules) the kernel does not hold."""
+    present = set(rules_of(tag))
+    return [r for tables in per_family.values() for rules in tables.values() for r in rules if r not in present]
+
+
+def replace_rules(tag: str, per_family: dict) -> None:
+    """The attachment's rules become exactly `per_family`, chains and jumps with them."""
+    iptables.replace(tag, per_family)
+
+
+def stray_tags(network: str, valid_tags: set) -> list:
+    """Tags of `network`'s rules that belong to no attachment in `valid_tags`."""
+    prefix = network_tag(network)
+    return sorted({t for t in map(iptables.comment_of, iptables.rules_tagged(lambda t: t.startswith(prefix)))
+                   if t not in valid_tags})
+
+
+def collect_garbage_checked(network: str, valid_tags) -> list:
+    """collect_garbage, with `valid_tags()` read under the firewall lock (so an
+    attachment added meanwhile keeps its rules); the removed tags."""
+    return iptables.collect(network_tag(network), valid_tags)
+
+
 # -- macspoofchk, with nftables' bridge family ----------------------------
 
 def _nft(script: str) -> str:

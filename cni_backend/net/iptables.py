@@ -212,3 +212,48 @@ def rules_tagged(is_wanted) -> list:
         for _, rules in saved_tables(family).values():
             found += [r for r in rules if is_wanted(comment_of(r))]
     return found
+
+
+def _nothing_stale(tag: str) -> bool:
+    return False
+
+
+def derived_drift() -> list:
+    """(family, restore line) for each chain, jump or isolation rule that does
+    not follow from the attachment rules present (empty: all in line)."""
+    drift = []
+    for family in (4, 6):
+        saved = saved_tables(family)
+        for table in CHAINS:
+            drift += [(family, line) for line in _plan(table, saved.get(table, (set(), [])), _nothing_stale, [])]
+    return drift
+
+
+def repair_derived() -> None:
+    """Put our chains, jumps and isolation rules back in line with the attachment rules."""
+    with host_lock():
+        for family in (4, 6):
+            apply(family, _nothing_stale, {})
+
+
+def replace(tag: str, per_family: dict) -> None:
+    """The rules carrying `tag` become exactly `per_family` (idempotent)."""
+    with host_lock():
+        for family in (4, 6):
+            apply(family, tag.__eq__, per_family.get(family, {}))
+
+
+def collect(prefix: str, valid_tags) -> list:
+    """Remove rules whose tag starts with `prefix` and is not in `valid_tags()`,
+    which is called under the host lock: an attachment made while it runs
+    cannot lose its rules. Returns the removed tags."""
+    with host_lock():
+        valid = valid_tags()
+        removed = set()
+        for family in (4, 6):
+            tags = {comment_of(r) for _, rules in saved_tables(family).values() for r in rules}
+            stale = {t for t in tags if t.startswith(prefix) and t not in valid}
+            if stale:
+                apply(family, stale.__contains__, {})
+                removed |= stale
+    return sorted(removed)

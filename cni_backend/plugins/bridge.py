@@ -19,6 +19,9 @@ from ..skel import IFNAME_MAX
 from ..version import CURRENT
 from . import ipam as ipam_plugin
 
+# CHECK only: the interface's name in the sandbox when the runtime renamed it
+# after ADD (Docker names it eth<N>); the attachment stays CNI_IFNAME's.
+SANDBOX_IFNAME_ARG = "RANCHER_SANDBOX_IFNAME"
 MAC_PATTERN = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 
 
@@ -130,8 +133,7 @@ def attach(req, conf: BridgeConf) -> dict:
                 if conf.is_gateway:
                     _ensure_gateway(host, bridge, ipam["ips"], conf.force_address)
                 rollback.callback(firewall.remove_rules, _tag(req))
-                firewall.add_rules(_tag(req), firewall.bridge_rules(
-                    _tag(req), conf.bridge, [ip["address"] for ip in ipam["ips"]], conf.ip_masq, conf.forbidden_out, conf.open_inbound))
+                firewall.add_rules(_tag(req), _rules(req, conf, ipam["ips"]))
                 if conf.macspoofchk or conf.ip_spoof_check:
                     rollback.callback(firewall.remove_mac_filter, _tag(req))
                     firewall.add_mac_filter(_tag(req), host_name, container["mac"],
@@ -146,6 +148,11 @@ def attach(req, conf: BridgeConf) -> dict:
     ips = [dict(ip, interface=2) for ip in ipam["ips"]]
     return {"cniVersion": CURRENT, "interfaces": interfaces, "ips": ips,
             "routes": routes, "dns": ipam.get("dns") or {}}
+
+
+def _rules(req, conf: BridgeConf, ips: list) -> dict:
+    return firewall.bridge_rules(_tag(req), conf.bridge, [ip["address"] for ip in ips], conf.ip_masq,
+                                 conf.forbidden_out, conf.open_inbound)
 
 
 def _container_routes(conf: BridgeConf, ipam: dict) -> list:
@@ -266,25 +273,30 @@ def verify(req, conf: BridgeConf) -> None:
         raise CNIError(UNKNOWN_CONTAINER, f"network namespace {req.netns} does not exist") from None
     with netlink.socket_in() as host:
         _check_host(host, conf, prev)
+    missing = firewall.missing_rules(_tag(req), _rules(req, conf, prev.get("ips", [])))
+    if missing:
+        raise CNIError(CHECK_FAILED, f"{len(missing)} firewall rule(s) of {req.container_id}/{req.ifname} missing",
+                       "; ".join(missing))
     delegate.check(req)
 
 
 def _check_sandbox(inside, req, prev, position, expected) -> None:
-    link = netlink.link(inside, req.ifname)
+    name = req.args.get(SANDBOX_IFNAME_ARG) or req.ifname
+    link = netlink.link(inside, name)
     if link is None:
-        raise CNIError(CHECK_FAILED, f"interface {req.ifname} is missing from {req.netns}")
+        raise CNIError(CHECK_FAILED, f"interface {name} is missing from {req.netns}")
     found = netlink.describe(link)
     if expected.get("mac") and found["mac"] != expected["mac"].lower():
-        raise CNIError(CHECK_FAILED, f"{req.ifname} has MAC {found['mac']}, expected {expected['mac']}")
+        raise CNIError(CHECK_FAILED, f"{name} has MAC {found['mac']}, expected {expected['mac']}")
     present = {str(a) for a in netlink.addresses(inside, found["index"])}
     for ip in prev.get("ips", []):
         if ip.get("interface", position) == position and str(ipaddress.ip_interface(ip["address"])) not in present:
-            raise CNIError(CHECK_FAILED, f"address {ip['address']} is missing from {req.ifname}")
+            raise CNIError(CHECK_FAILED, f"address {ip['address']} is missing from {name}")
     installed = netlink.routes(inside, found["index"])
     for route in prev.get("routes", []):
         dst = str(ipaddress.ip_network(route["dst"]))
         if not any(d == dst and (not route.get("gw") or g == route["gw"]) for d, g in installed):
-            raise CNIError(CHECK_FAILED, f"route {route['dst']} is missing from {req.ifname}")
+            raise CNIError(CHECK_FAILED, f"route {route['dst']} is missing from {name}")
 
 
 def _check_host(host, conf: BridgeConf, prev: dict) -> None:
@@ -295,6 +307,33 @@ def _check_host(host, conf: BridgeConf, prev: dict) -> None:
         port = netlink.link(host, name)
         if port is None or port.get("master") != bridge["index"]:
             raise CNIError(CHECK_FAILED, f"host interface {name} is missing or not on {conf.bridge}")
+
+
+# -- repair (not a CNI command: `cnm-shim doctor --repair`) -----------------
+
+def repair(req) -> None:
+    restore(req, load_conf(req))
+
+
+def restore(req, conf: BridgeConf) -> None:
+    """Put back the host side of an attachment as prevResult recorded it: its
+    host veth on the bridge, the gateway address, its firewall rules. Only
+    what prevResult names; the sandbox is the container's and left alone."""
+    prev = req.prev_result
+    if not prev:
+        raise CNIError(CHECK_FAILED, "repair needs the ADD result as prevResult")
+    with netlink.socket_in() as host:
+        found = netlink.link(host, conf.bridge)
+        if found is None or netlink.kind(found) != "bridge":
+            raise CNIError(CHECK_FAILED, f"bridge {conf.bridge} is missing: the network's repair puts it back")
+        bridge = netlink.describe(found)
+        for name in _host_interfaces(prev, conf):
+            port = netlink.link(host, name)
+            if port is not None and port.get("master") != bridge["index"]:
+                netlink.configure_port(host, name, bridge["index"], conf.hairpin)
+        if conf.is_gateway:
+            _ensure_gateway(host, bridge, prev.get("ips", []), conf.force_address)
+    firewall.replace_rules(_tag(req), _rules(req, conf, prev.get("ips", [])))
 
 
 # -- GC / STATUS ----------------------------------------------------------

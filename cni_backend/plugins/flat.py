@@ -135,6 +135,11 @@ def check(req) -> None:
     bridge_plugin.verify(_with_link_excluded(req, flat), _bridge_conf(req, flat))
 
 
+def repair(req) -> None:
+    flat = load_network(req.config)
+    bridge_plugin.restore(_with_link_excluded(req, flat), _bridge_conf(req, flat))
+
+
 def gc(req) -> None:
     bridge_plugin.gc(req)
 

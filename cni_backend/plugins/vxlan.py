@@ -59,6 +59,10 @@ def check(req) -> None:
     bridge_plugin.verify(req, _bridge_conf(req, load_network(req.config)))
 
 
+def repair(req) -> None:
+    bridge_plugin.restore(req, _bridge_conf(req, load_network(req.config)))
+
+
 def gc(req) -> None:
     bridge_plugin.gc(req)
 

@@ -1,0 +1,396 @@
+"""`cnm-shim doctor`: compare what the kernel and the stores hold with what the
+shim remembers, report the drift, and with --repair fix what is provably ours.
+
+Checked, for the shim's networks and endpoints (state.db, read only):
+  network    the bridge, and the VTEP (vxlan) or uplink (flat) enslaved to it
+  endpoint   CNI CHECK with the config and result cached at ADD, as libcni runs
+             it (sandbox interface, addresses, routes, host veth on the bridge,
+             firewall rules, IPAM); the sandbox is the container's netns
+  firewall   our chains, jumps and isolation rules in line with the attachment
+             rules; rules of our networks that no attachment owns
+  ipam       allocations of our networks that no endpoint and no cached CNI
+             attachment (ours or a runtime's) owns
+  cache      cached CNI attachments of our networks whose endpoint is gone
+  staging    staging namespaces no Join is using
+
+Repaired with --repair, each under the lock its owner takes: network pieces
+by the same idempotent `ensure` CreateNetwork runs; an endpoint's host side
+(veth back on the bridge, gateway address, firewall rules) from its cached
+result, then CHECK again; chains and jumps re-derived; orphan allocations,
+stray rules and stale cache entries collected with the valid attachments read
+inside the IPAM transaction / under the firewall lock (CNI GC semantics, but a
+Join racing the doctor cannot lose what it just made); stale staging namespaces
+removed. Never repaired: the inside of a container (restart it), anything of a
+network exported to CNI runtimes that a runtime's in-flight ADD could own,
+Docker's own IPAM reservations.
+"""
+
+import dataclasses
+import json
+import os
+import sqlite3
+import sys
+
+from cni_backend import flatnet, networks, repair as backend_repair, staging, vxlannet
+from cni_backend.errors import CHECK_FAILED, CNIError, IO_FAILURE
+from cni_backend.invoke import api, cache, conflist as conflists
+from cni_backend.ipam.store import DOCKER_OWNER
+from cni_backend.net import firewall, iptables, netlink, netns
+from cni_backend.plugins import flat as flat_plugin, vxlan as vxlan_plugin
+from cni_backend.plugins.bridge import SANDBOX_IFNAME_ARG
+
+from . import render
+from .state import ENDPOINT, NETWORK
+from .translate import CONTAINER_IFNAME, Settings, _raw
+
+DEFAULT_RUNTIME_CACHES = ("/var/lib/cni",)
+HEALTHY, DRIFT, CANNOT_CHECK = 0, 1, 2
+
+
+class CannotCheck(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Finding:
+    kind: str          # network | endpoint | firewall | ipam | cache | staging
+    subject: str       # what it is about: a network, endpoint, tag, address, path
+    problem: str
+    repairable: bool
+    repaired: bool = False
+    note: str = ""     # what --repair did, or why it does not
+
+    def line(self) -> str:
+        status = "repaired" if self.repaired else ("repairable" if self.repairable else "not repairable")
+        return f"{self.kind:9} {self.subject}: {self.problem} [{status}]" + (f" ({self.note})" if self.note else "")
+
+
+class ReadOnlyState:
+    """state.db read without writing (no schema, no WAL switch): safe beside the plug-in."""
+
+    def __init__(self, state_dir: str):
+        self.path = os.path.join(state_dir, "state.db")
+        if not os.path.exists(self.path):
+            raise CannotCheck(f"no shim state at {self.path} (wrong --state-dir?)")
+
+    def all(self, kind: str) -> list:
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+            try:
+                rows = db.execute("SELECT value FROM objects WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise CannotCheck(f"cannot read {self.path}: {exc}") from None
+        return [json.loads(row[0]) for row in rows]
+
+
+class Doctor:
+    def __init__(self, settings: Settings, runtime_caches=DEFAULT_RUNTIME_CACHES):
+        self.settings = settings
+        self.state = ReadOnlyState(settings.state_dir)
+        self.cache_dir = os.path.join(settings.state_dir, "cni")
+        self.runtime_caches = [d for d in runtime_caches if os.path.realpath(d) != os.path.realpath(self.cache_dir)]
+        self.cni = api.CNI(list(settings.cni_path), cache_dir=self.cache_dir)
+        self.findings: list = []
+        self.errors: list = []
+
+    # -- the whole run -------------------------------------------------------
+
+    def run(self, repair: bool) -> int:
+        for step in (self.check_networks, self.check_endpoints, self.check_cache, self.check_allocations,
+                     self.check_firewall, self.check_staging):
+            try:
+                step(repair)
+            except (CNIError, CannotCheck, OSError) as exc:
+                self.errors.append(f"{step.__name__[6:]}: {exc}")
+        if self.errors:
+            return CANNOT_CHECK
+        return DRIFT if any(not f.repaired for f in self.findings) else HEALTHY
+
+    def _found(self, finding: Finding, repair: bool, fix=None) -> None:
+        """Record `finding`; with repair, run `fix()`, which returns a note or raises."""
+        self.findings.append(finding)
+        if repair and finding.repairable and fix is not None:
+            try:
+                finding.note = fix() or finding.note
+                finding.repaired = True
+            except CNIError as exc:
+                finding.note = f"repair failed: {exc}"
+
+    def _networks(self) -> list:
+        return self.state.all(NETWORK)
+
+    def _endpoint_ids(self) -> set:
+        return {ep["endpoint_id"] for ep in self.state.all(ENDPOINT)}
+
+    # -- networks --------------------------------------------------------------
+
+    def check_networks(self, repair: bool) -> None:
+        for net in self._networks():
+            missing = networks.missing_parts(net["bridge"], self._ports(net))
+            if missing:
+                ours = net["backend"] != "bridge" or net.get("bridge_created")
+                self._found(Finding("network", f"{net['cni_name']} ({net['id'][:12]})", "; ".join(missing), bool(ours),
+                                    note="" if ours else f"bridge {net['bridge']} was not made by the plug-in"),
+                            repair, lambda net=net: self._ensure_network(net))
+
+    @staticmethod
+    def _main_plugin(net: dict) -> dict:
+        return net["conflist"]["plugins"][0]
+
+    def _ports(self, net: dict) -> list:
+        if net["backend"] == "vxlan":
+            return [vxlan_plugin.load_network(self._main_plugin(net)).vtep]
+        if net["backend"] == "flat":
+            flat = flat_plugin.load_network(self._main_plugin(net))
+            return [f"{flat.parent[:10]}.{flat.vlan}" if flat.vlan else flat.parent]
+        return []
+
+    def _ensure_network(self, net: dict) -> str:
+        """What CreateNetwork made, made again the same idempotent way."""
+        if net["backend"] == "flat":
+            flatnet.ensure(flat_plugin.load_network(self._main_plugin(net)))
+        elif net["backend"] == "vxlan":
+            vxlannet.ensure(vxlan_plugin.load_network(self._main_plugin(net)))
+        else:
+            networks.ensure_bridge(net["bridge"], net["options"]["mtu"])
+        return "re-created; the endpoints' host side follows below"
+
+    # -- endpoints ---------------------------------------------------------------
+
+    def check_endpoints(self, repair: bool) -> None:
+        nets = {n["id"]: n for n in self._networks()}
+        for ep in self.state.all(ENDPOINT):
+            net = nets.get(ep["network_id"])
+            if net is None or not ep.get("result"):
+                continue  # not joined (yet): nothing in the kernel to compare
+            subject = f"{ep['endpoint_id'][:12]} on {net['cni_name']}"
+            problem = self._check_endpoint(net, ep)
+            if problem is None or not self._still_joined(ep):
+                continue
+            gone = problem.startswith("sandbox ")
+            self._found(Finding("endpoint", subject, problem, repairable=not gone),
+                        repair, lambda net=net, ep=ep: self._restore_endpoint(net, ep))
+
+    def _still_joined(self, ep: dict) -> bool:
+        """Docker may have deleted the endpoint while we looked: then nothing drifted."""
+        now = [e for e in self.state.all(ENDPOINT) if e["endpoint_id"] == ep["endpoint_id"]]
+        return bool(now) and now[0].get("result") == ep.get("result")
+
+    def _check_endpoint(self, net: dict, ep: dict) -> str | None:
+        sandbox = ep.get("sandbox_key") or ""
+        if not sandbox or not os.path.exists(sandbox):
+            return f"sandbox {sandbox or '(none)'} is gone; Docker deletes the endpoint when it learns so"
+        mac = next((i["mac"] for i in ep["result"].get("interfaces", []) if i.get("sandbox")), ep["mac"])
+        try:
+            inside = self._sandbox_view(sandbox, mac)
+        except netns.NetnsGone:
+            return f"sandbox {sandbox} is gone"
+        if inside["ifname"] is None:
+            return f"CHECK: no interface with MAC {mac} in the sandbox {sandbox}"
+        att = self._attachment(net, ep, sandbox, inside["ifname"])
+        conf = net["conflist"]
+        try:
+            self.cni.check(conf, _raw(conf), att, view=lambda result: self._as_docker_set_it(result, inside))
+        except CNIError as exc:
+            return f"CHECK: {exc}"
+        return None
+
+    @staticmethod
+    def _sandbox_view(sandbox: str, mac: str) -> dict:
+        """The name Docker gave our interface in the sandbox, and whether the
+        sandbox's default route leaves through it (Docker gives one endpoint
+        the gateway)."""
+        with netlink.socket_in(sandbox) as inside:
+            ours = next((netlink.describe(link) for link in inside.get_links()
+                         if (link.get("address") or "").lower() == mac.lower()), None)
+            if ours is None:
+                return {"ifname": None, "default_here": False}
+            defaults = [msg for family in (2, 10) for msg in inside.get_routes(family=family, table=254)
+                        if msg["dst_len"] == 0]
+            here = not defaults or any(msg.get("RTA_OIF") == ours["index"] for msg in defaults)
+            return {"ifname": ours["name"], "default_here": here}
+
+    @staticmethod
+    def _as_docker_set_it(result: dict, inside: dict) -> dict:
+        if inside["default_here"]:
+            return result
+        return dict(result, routes=[r for r in result.get("routes", []) if not r["dst"].endswith("/0")])
+
+    def _cached_entry(self, net: dict, ep: dict) -> dict:
+        return cache.load(self.cache_dir, net["cni_name"], ep["endpoint_id"], CONTAINER_IFNAME) or {}
+
+    def _attachment(self, net: dict, ep: dict, sandbox: str, sandbox_ifname: str) -> api.Attachment:
+        entry = self._cached_entry(net, ep)
+        args = [tuple(pair) for pair in entry.get("cniArgs") or []] + [(SANDBOX_IFNAME_ARG, sandbox_ifname)]
+        return api.Attachment(ep["endpoint_id"], sandbox, CONTAINER_IFNAME, args=args,
+                              capability_args=entry.get("capabilityArgs") or {})
+
+    def _restore_endpoint(self, net: dict, ep: dict) -> str:
+        entry = self._cached_entry(net, ep)
+        if not entry.get("result"):
+            raise CNIError(IO_FAILURE, "no cached CNI result to restore from")
+        conf = conflists.parse(entry["config"], "cached config")
+        backend_repair.restore_attachment(conf, ep["endpoint_id"], ep.get("sandbox_key") or "", CONTAINER_IFNAME,
+                                          [tuple(p) for p in entry.get("cniArgs") or []],
+                                          entry.get("capabilityArgs") or {}, entry["result"])
+        problem = self._check_endpoint(net, ep)
+        if problem is not None:
+            raise CNIError(CHECK_FAILED, f"host side restored, still: {problem}; the container's inside is its own: "
+                              "restart the container (docker restart) to re-create its interface")
+        return "host side restored from the cached result; CHECK passes"
+
+    # -- cached attachments without an endpoint -------------------------------------
+
+    def _our_lists(self, net: dict) -> list:
+        """(name, conflist) of the network's lists: the main one and the ports one."""
+        ports = render.ports_conflist(net["conflist"])
+        return [(net["cni_name"], net["conflist"]), (ports["name"], ports)]
+
+    def check_cache(self, repair: bool) -> None:
+        for net in self._networks():
+            for name, conf in self._our_lists(net):
+                cached = cache.entries(self.cache_dir, name)  # listed before the endpoints: see _stale
+                endpoints = self._endpoint_ids()
+                for container_id, ifname in cached:
+                    if container_id in endpoints:
+                        continue
+                    self._found(Finding("cache", f"{name}/{container_id[:12]}/{ifname}",
+                                        "cached CNI attachment whose endpoint is gone", repairable=True),
+                                repair, lambda conf=conf, c=container_id, i=ifname: self._delete_cached(conf, c, i))
+
+    def _delete_cached(self, conf: dict, container_id: str, ifname: str) -> str:
+        # An endpoint is recorded before its ADD and forgotten after its DEL, so a
+        # cache entry listed before the endpoints were read, without an endpoint,
+        # belongs to no Join or DeleteEndpoint in flight.
+        self.cni.delete(conf, _raw(conf), api.Attachment(container_id, "", ifname))
+        return "CNI DEL with the cached config and result"
+
+    # -- IPAM ------------------------------------------------------------------------
+
+    def _valid_attachments(self, net: dict) -> set:
+        """(container, ifname) a live attachment of `net` may hold: every endpoint
+        (joined or about to), our cached attachments, the runtimes' cached ones."""
+        valid = {(ep_id, CONTAINER_IFNAME) for ep_id in self._endpoint_ids()}
+        for name, _ in self._our_lists(net):
+            valid |= set(cache.entries(self.cache_dir, name))
+            for directory in self.runtime_caches:
+                valid |= set(cache.entries(directory, name))
+        return valid
+
+    def check_allocations(self, repair: bool) -> None:
+        store = self.settings.store()
+        for net in self._networks():
+            held = store.run(lambda txn, name=net["cni_name"]: txn.all(name))
+            valid = self._valid_attachments(net)
+            orphans = [a for a in held if (a.container_id, a.ifname) not in valid and a.network != DOCKER_OWNER]
+            exported = bool(net.get("exported"))
+            for allocation in orphans:
+                self._found(Finding("ipam", f"{allocation.ip} in {allocation.pool}",
+                                    f"held by {allocation.container_id}/{allocation.ifname} on {net['cni_name']}, "
+                                    "which no endpoint or CNI attachment owns", repairable=not exported,
+                                    note="network exported to CNI runtimes: a runtime's ADD may be in flight; "
+                                         "collect with `cnm-shim cni gc` from the runtime" if exported else ""),
+                            repair, lambda net=net, a=allocation: self._release(store, net, a))
+
+    def _release(self, store, net: dict, allocation) -> str:
+        def release(txn):
+            # Inside the store's transaction no ADD allocates; an endpoint's record
+            # exists before its ADD, so read here, the owner list is complete.
+            current = txn.allocated(allocation.pool).get(allocation.ip)
+            if current is None or (current.container_id, current.ifname) in self._valid_attachments(net):
+                return False
+            txn.remove(current)
+            return True
+        return "released" if store.run(release) else "gone or owned meanwhile: left alone"
+
+    # -- firewall -----------------------------------------------------------------------
+
+    def check_firewall(self, repair: bool) -> None:
+        drift = iptables.derived_drift()
+        if drift:
+            lines = "; ".join(f"IPv{family}: {line}" for family, line in drift)
+            self._found(Finding("firewall", "chains and jumps", f"not in line with the attachment rules: {lines}",
+                                repairable=True), repair, lambda: iptables.repair_derived() or "re-derived")
+        for net in self._networks():
+            for name, _ in self._our_lists(net):
+                suffix = "p" if name != net["cni_name"] else ""
+
+                def valid_tags(net=net, name=name, suffix=suffix):
+                    return {firewall.attachment_tag(name, c, i) + suffix for c, i in self._valid_attachments(net)}
+                exported = bool(net.get("exported"))
+                for tag in firewall.stray_tags(name, valid_tags()):
+                    self._found(Finding("firewall", tag, f"rules of {name} that no endpoint or attachment owns",
+                                        repairable=not exported,
+                                        note="network exported to CNI runtimes" if exported else ""),
+                                repair, lambda name=name, v=valid_tags: self._collect_rules(name, v))
+
+    @staticmethod
+    def _collect_rules(name: str, valid_tags) -> str:
+        removed = firewall.collect_garbage_checked(name, valid_tags)
+        return f"removed {', '.join(removed)}" if removed else "already gone"
+
+    # -- staging namespaces ----------------------------------------------------------------
+
+    def check_staging(self, repair: bool) -> None:
+        directory = os.path.join(self.settings.run_dir, "staging")
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return
+        endpoints = self.state.all(ENDPOINT)
+        for name in names:
+            owner = next((ep for ep in endpoints if ep["endpoint_id"][:24] == name), None)
+            if owner is not None and not owner.get("result"):
+                continue  # a Join in flight, or one Docker will discard with DeleteEndpoint
+            path = os.path.join(directory, name)
+            self._found(Finding("staging", path, "staging namespace no Join is using", repairable=True),
+                        repair, lambda path=path: staging.remove(path) or "removed")
+
+    # -- output -------------------------------------------------------------------------------
+
+    def report(self, code: int) -> dict:
+        return {"status": {HEALTHY: "healthy", DRIFT: "drift", CANNOT_CHECK: "cannot check"}[code], "exit": code,
+                "findings": [dataclasses.asdict(f) for f in self.findings], "errors": self.errors}
+
+
+def cmd_doctor(opts) -> int:
+    settings = Settings(state_dir=opts.state_dir, run_dir=opts.run_dir, ipam_data_dir=opts.ipam_data_dir,
+                        cni_path=tuple(p for p in opts.cni_path.split(os.pathsep) if p),
+                        etcd_endpoints=tuple(e for e in opts.etcd_endpoints.split(",") if e))
+    try:
+        doctor = Doctor(settings, opts.runtime_cache_dir or DEFAULT_RUNTIME_CACHES)
+        code = doctor.run(opts.repair)
+    except (CannotCheck, CNIError) as exc:
+        if opts.json:
+            print(json.dumps({"status": "cannot check", "exit": CANNOT_CHECK, "findings": [], "errors": [str(exc)]}))
+        else:
+            print(f"cannot check: {exc}", file=sys.stderr)
+        return CANNOT_CHECK
+    if opts.json:
+        print(json.dumps(doctor.report(code), indent=2))
+        return code
+    for finding in doctor.findings:
+        print(finding.line())
+    for error in doctor.errors:
+        print(f"cannot check {error}", file=sys.stderr)
+    print({HEALTHY: "healthy" if not doctor.findings else "healthy: everything found was repaired",
+           DRIFT: f"drift: {sum(not f.repaired for f in doctor.findings)} problem(s) left",
+           CANNOT_CHECK: "could not check everything"}[code])
+    return code
+
+
+def add_parser(sub) -> None:
+    doctor = sub.add_parser("doctor", help="CNI CHECK every endpoint, compare the kernel and stores with the state; "
+                                           "--repair fixes what is provably ours")
+    doctor.add_argument("--state-dir", default="/var/lib/rancher-cnm")
+    doctor.add_argument("--run-dir", default="/run/rancher-cnm")
+    doctor.add_argument("--ipam-data-dir", default="/var/lib/rancher-cni")
+    doctor.add_argument("--cni-path", default=os.environ.get("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"))
+    doctor.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""))
+    doctor.add_argument("--runtime-cache-dir", action="append", default=[],
+                        help=f"a CNI runtime's cache whose attachments count as owners (default {DEFAULT_RUNTIME_CACHES[0]})")
+    doctor.add_argument("--repair", action="store_true", help="fix what is safe; exit 0 if everything found was")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=cmd_doctor)
