@@ -169,10 +169,16 @@ def bring_up(ipr, name: str, mac: str | None = None) -> dict:
     return dict(found, mac=mac or found["mac"], up=True)
 
 
-def addresses(ipr, index: int) -> list:
-    """Addresses on the link as interfaces, e.g. IPv4Interface('10.0.0.2/24')."""
+def addresses(ipr, index: int, version: int | None = None) -> list:
+    """Addresses on the link as interfaces, e.g. IPv4Interface('10.0.0.2/24'),
+    of one IP version if given.
+
+    The kernel answers an address dump with every address of the namespace
+    and pyroute2 filters by link afterwards: on a host with 1,000 veths (each
+    with its IPv6 link-local address) an unfiltered dump costs ~400 ms. Asking
+    for one family makes the kernel leave the others out (~2 ms for IPv4)."""
     found = []
-    for msg in ipr.get_addr(index=index):
+    for msg in ipr.get_addr(index=index, **({"family": 2 if version == 4 else 10} if version else {})):
         found.append(ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}"))
     return found
 

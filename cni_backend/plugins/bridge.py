@@ -197,7 +197,10 @@ def _enable_ipv6_without_dad(ifname: str) -> None:
 
 
 def _ensure_gateway(host, bridge: dict, ips: list, force: bool) -> None:
-    present = netlink.addresses(host, bridge["index"])
+    # one dump per IP version in use: the host's IPv6 link-locals (one per
+    # veth) stay out of an IPv4-only network's ADD
+    versions = {ipaddress.ip_address(ip["gateway"]).version for ip in ips if ip.get("gateway")}
+    present = [a for version in sorted(versions) for a in netlink.addresses(host, bridge["index"], version)]
     for ip in ips:
         if not ip.get("gateway"):
             continue
