@@ -85,6 +85,7 @@ bench: deps $(TEST_VENV)/.installed  ## ours against the references, same run
 	$(TEST_VENV)/bin/python bench/cni_add_del.py
 	$(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 5
 	$(TEST_VENV)/bin/python bench/vxlan_throughput.py --rounds 5
+	tests/sandbox.sh $(TEST_VENV)/bin/python bench/load.py
 
 clean:
 	rm -rf $(TEST_VENV) build *.egg-info
