@@ -82,7 +82,9 @@ def vxlan_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
     plugin = {"type": "rancher-vxlan", "bridge": bridge, "vni": opts["vni"], "peers": opts["peers"],
               "isGateway": True, "isDefaultGateway": True, "ipMasq": opts["ip_masq"], "stateDir": ipam["dataDir"],
               "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
-    if ipam.get("etcdEndpoints"):  # remote endpoints come from the registry (cnm-shim vxlan-agent)
+    if ipam.get("etcdEndpoints") and not opts["peers"]:
+        # remote endpoints come from the registry (cnm-shim vxlan-agent); a network
+        # given its peers floods to them and learns nothing from etcd
         plugin["etcdEndpoints"] = ipam["etcdEndpoints"]
     if opts["vtep_dev"]:
         plugin["vtepDev"] = opts["vtep_dev"]

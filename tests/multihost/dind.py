@@ -11,7 +11,8 @@ where the outer bridge's address .1 serves the registry; eth1 is on "upstream"
 (192.168.91.0/24, node i at .11+i, the outer bridge .1 is the router), the
 business network a rancher-flat network takes as its parent. The outer engine
 pushes the plug-in (it holds no copy of its own), each node installs it with
---insecure-registry for that address. The nodes' dockerds put their cgroups
+--insecure-registry for that address, pointed at an etcd on the underlay
+(global IPAM, and a VXLAN registry agent for VNI 4243 run by the plug-in). The nodes' dockerds put their cgroups
 under the outer engine's, so its close() removes them.
 """
 
@@ -25,6 +26,8 @@ from tests.engine.managed import PACKAGING, Registry, free_port
 NODE_IMAGE = "rcnit-dind-node:latest"
 UNDERLAY, UPSTREAM = "10.251.0", "192.168.91"
 PLUGIN = "rancher-cni:latest"
+ETCD = f"http://{UNDERLAY}.5:2379"  # a container of the outer engine
+AGENT_VNI = 4243  # the plug-ins run a VXLAN registry agent for it
 
 
 def privileges() -> list:
@@ -82,6 +85,7 @@ class DindCluster:
             for name, prefix in (("underlay", UNDERLAY), ("upstream", UPSTREAM)):
                 self._outer("network", "create", "--subnet", f"{prefix}.0/24", "--gateway", f"{prefix}.1", name)
             self.registry = Registry(os.path.join(self.workdir, "registry"), address=self.registry_address)
+            self._start_etcd()
             for argv in (("plugin", "create", self.reference, bundle), ("plugin", "push", self.reference),
                          ("plugin", "rm", self.reference)):
                 self._outer(*argv)
@@ -150,4 +154,17 @@ class DindCluster:
         """The test image, and the plug-in from the registry, privileges granted."""
         image = subprocess.run([*node._outer_cli(), "save", self.outer.image], capture_output=True, check=True).stdout
         node("load", stdin=image)
-        node("plugin", "install", "--grant-all-permissions", "--alias", "rancher-cni", self.reference)
+        node("plugin", "install", "--grant-all-permissions", "--alias", "rancher-cni", self.reference,
+             f"RANCHER_ETCD_ENDPOINTS={ETCD}", f"RANCHER_VXLAN_AGENT_VNIS={AGENT_VNI}", "RANCHER_VTEP_DEV=eth0")
+
+    def _start_etcd(self) -> None:
+        """One etcd member on the underlay, Debian's binary in a node-image
+        container: global IPAM and the VXLAN registry for the plug-ins."""
+        address = ETCD.removeprefix("http://").split(":")[0]
+        self._outer("run", "-d", "--name", f"rcnit-etcd-{os.path.basename(self.outer.root)[-6:]}",
+                    "--network", "underlay", "--ip", address, "-v", "/usr/bin/etcd:/usr/bin/etcd:ro",
+                    "--entrypoint", "/usr/bin/etcd", NODE_IMAGE, "--name", "e1", "--data-dir", "/tmp/etcd",
+                    "--listen-client-urls", ETCD, "--advertise-client-urls", ETCD,
+                    "--listen-peer-urls", "http://127.0.0.1:2380",
+                    "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+                    "--initial-cluster", "e1=http://127.0.0.1:2380")

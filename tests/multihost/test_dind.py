@@ -2,12 +2,14 @@
 and their containers reach each other across nodes, over rancher-vxlan and
 over a rancher-flat network sharing one upstream."""
 
+import time
+
 import pytest
 
 from tests.conftest import host_state
 from tests.engine.helpers import address, can_ping, container, network
 from tests.engine.managed import build_bundle
-from tests.multihost.dind import PLUGIN, UPSTREAM, DindCluster
+from tests.multihost.dind import AGENT_VNI, PLUGIN, UPSTREAM, DindCluster
 
 pytestmark = pytest.mark.multihost
 NODES = 2
@@ -33,6 +35,21 @@ def test_vxlan_connects_containers_on_different_nodes(cluster):
     a, b = container(first, "vx"), container(second, "vx")
     assert can_ping(first, a, address(second, b, "vx"))
     assert "mtu 1450" in first("exec", a, "ip", "link", "show", "eth0").stdout, "underlay MTU less 50"
+
+
+def test_vxlan_with_etcd_global_addresses_and_the_plugins_registry_agent(cluster):
+    """No peers, no ranges: the addresses come from one pool in etcd, and the
+    plug-ins' agents tell each node where the other's containers are."""
+    for node in cluster.nodes:
+        network(node, "--subnet", "10.62.0.0/24", "--ipam-driver", PLUGIN, "-o", "backend=vxlan",
+                "-o", f"vni={AGENT_VNI}", "-o", "vtep_dev=eth0", name="vxe", driver=PLUGIN)
+    first, second = cluster.node(0), cluster.node(1)
+    a, b = container(first, "vxe"), container(second, "vxe")
+    target = address(second, b, "vxe")
+    assert address(first, a, "vxe") != target, "one pool across nodes"
+    deadline = time.monotonic() + 15  # the agents poll etcd about every second
+    while not can_ping(first, a, target):
+        assert time.monotonic() < deadline, "the registry never connected the nodes"
 
 
 def test_flat_networks_on_two_nodes_share_the_upstream(cluster):
