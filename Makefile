@@ -40,15 +40,17 @@ engine: deps  ## a Docker engine, if none runs
 run: install engine  ## a Docker engine if none runs, then the plug-in in the foreground
 	exec $(VENV)/bin/cnm-shim serve
 
-plugin: deps $(VENV)/.installed engine  ## the managed plug-in $(PLUGIN), built from Debian's packages, enabled
+# the bundle (config.json + rootfs), rebuilt only when the project changed
+$(PLUGIN_BUILD)/config.json: $(SOURCES) plugin.json $(wildcard packaging/*.sh) | deps $(VENV)/.installed
 	packaging/build-plugin.sh $(PLUGIN_BUILD) $(VENV)/bin/pip
+
+plugin: deps engine $(PLUGIN_BUILD)/config.json  ## the managed plug-in $(PLUGIN), built from Debian's packages, enabled
 	packaging/plugin.sh install $(PLUGIN) $(PLUGIN_BUILD)
 
 registry: deps  ## Debian's docker-registry on $(REGISTRY)
 	packaging/registry.sh $(REGISTRY)
 
-plugin-push: deps $(VENV)/.installed engine registry  ## build the plug-in and push it to $(REGISTRY)/$(PLUGIN)
-	packaging/build-plugin.sh $(PLUGIN_BUILD) $(VENV)/bin/pip
+plugin-push: deps engine registry $(PLUGIN_BUILD)/config.json  ## build the plug-in, push it to $(REGISTRY)/$(PLUGIN)
 	packaging/plugin.sh push $(REGISTRY)/$(PLUGIN) $(PLUGIN_BUILD)
 
 $(TEST_VENV)/.installed: setup.cfg pyproject.toml
