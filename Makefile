@@ -33,7 +33,7 @@ install: deps $(VENV)/.installed  ## the virtualenv in /opt/rancher-cni and the 
 	$(VENV)/bin/cnm-shim install-cni --dir $(CNI_BIN_DIR)
 
 engine: deps  ## a Docker engine, if none runs
-	@pgrep -x dockerd >/dev/null || { echo "starting dockerd (log: /var/log/rancher-dockerd.log)"; \
+	@docker version >/dev/null 2>&1 || { echo "starting dockerd (log: /var/log/rancher-dockerd.log)"; \
 	  systemctl start docker 2>/dev/null || (nohup dockerd >/var/log/rancher-dockerd.log 2>&1 &); \
 	  for i in $$(seq 100); do docker version >/dev/null 2>&1 && break; sleep 0.2; done; }
 

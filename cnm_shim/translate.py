@@ -128,7 +128,9 @@ class Translator:
         if self.state.get(NETWORK, network_id):
             return  # Docker retried: the network is made already
         raw_options = body.get("Options") or {}
-        backend, generic = options.choose_backend(driver, backend, raw_options.get("com.docker.network.generic") or {})
+        chosen, generic = options.choose_backend(driver, backend, raw_options.get("com.docker.network.generic") or {})
+        if chosen != backend:  # name the backend in messages, not the socket it came in on
+            backend, driver = chosen, f"rancher-{chosen}"
         opts = options.parse(driver, backend, generic)
         ipv4, ipv6 = body.get("IPv4Data") or [], body.get("IPv6Data") or []
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
