@@ -100,6 +100,18 @@ class DockerModel:
             container.remove(force=True)
 
 
+def remove_namespace_cgroups(namespace: str) -> None:
+    """runc puts a ctr container in the cgroup /NAMESPACE/ID of every hierarchy
+    and removes only ID: take away the namespace's cgroups once they are empty."""
+    for top in [os.path.join("/sys/fs/cgroup", h, namespace) for h in os.listdir("/sys/fs/cgroup")] \
+            + [os.path.join("/sys/fs/cgroup", namespace)]:
+        for directory, _, _ in sorted(os.walk(top), key=lambda entry: len(entry[0]), reverse=True):
+            try:
+                os.rmdir(directory)
+            except OSError:  # not empty (still in use), or gone
+                pass
+
+
 class Containerd:
     """A containerd to run `ctr run --cni` against: the one at `socket`, or a
     private one under a temp dir. ctr reads /etc/cni/net.d and /opt/cni/bin
@@ -173,6 +185,7 @@ class Containerd:
                 self.process.wait()
         else:
             self.ctr("namespaces", "rm", CTR_NAMESPACE, check=False)
+        remove_namespace_cgroups(CTR_NAMESPACE)
         with open("/proc/self/mounts") as f:
             mounts = [line.split()[1] for line in f]
         for mount in reversed(mounts):

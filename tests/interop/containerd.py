@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 
+from cnm_shim.compare.models import remove_namespace_cgroups
 from tests.images import write_busybox_image
 
 NAMESPACE = "rcnitest"
@@ -107,6 +108,7 @@ class Containerd:
             if mount.startswith(self.root + "/"):
                 subprocess.run(["umount", "-l", mount], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+        remove_namespace_cgroups(NAMESPACE)
         if not self.had_run_dir:  # the shim socket dir is hard-wired in containerd 1.6
             for leftover in ("/run/containerd/s", "/run/containerd"):
                 try:
