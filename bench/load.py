@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 from cni_backend import install  # noqa: E402
 from cni_backend.invoke import api as cni_api, conflist as conflists  # noqa: E402
 from cni_backend.invoke.execute import PLUGIN_TIMEOUT_S  # noqa: E402
+from tests.conftest import process_tree  # noqa: E402
 
 REFERENCE = "/usr/lib/cni"
 PREFIX = "rload"
@@ -72,24 +73,6 @@ def window(samples: list, end: int, size: int) -> dict:
     part = samples[max(0, end - size):end]
     return {"from": max(0, end - size) + 1, "to": end, "p50_ms": round(statistics.median(part) * 1000, 1),
             "p95_ms": round(pct(part, 0.95) * 1000, 1)}
-
-
-def tree_pids(root: int) -> list:
-    children = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
 
 
 def rss_mib(pids: list) -> float:
@@ -159,7 +142,7 @@ def cni_load(n: int, size: int, marks: list) -> dict:
             if daemon.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("the CNI daemon did not start")
             time.sleep(0.05)
-        rss[0] = rss_mib(tree_pids(daemon.pid))
+        rss[0] = rss_mib(process_tree(daemon.pid))
         started = time.monotonic()
         for i in range(n):
             order = list(nets) if i % 2 == 0 else list(reversed(nets))
@@ -173,7 +156,7 @@ def cni_load(n: int, size: int, marks: list) -> dict:
                 cni.add(conf, raw, att)
                 add[kind].append(time.perf_counter() - t0)
             if i + 1 in marks:
-                rss[i + 1] = rss_mib(tree_pids(daemon.pid))
+                rss[i + 1] = rss_mib(process_tree(daemon.pid))
                 print(f"  {i + 1} attached ({time.monotonic() - started:.0f} s), daemon RSS {rss[i + 1]} MiB",
                       flush=True)
         rules = {"ours": _count_rules(None), "reference": _count_rules(refhost)}
@@ -186,7 +169,7 @@ def cni_load(n: int, size: int, marks: list) -> dict:
                 cni.delete(conf, raw, cni_api.Attachment(ns, f"/run/netns/{ns}", "eth0"))
                 delete[kind].append(time.perf_counter() - t0)
                 sh("ip", "netns", "del", ns)
-        rss["after DEL"] = rss_mib(tree_pids(daemon.pid))
+        rss["after DEL"] = rss_mib(process_tree(daemon.pid))
         print(f"  all deleted ({time.monotonic() - started:.0f} s)", flush=True)
         left = _cni_leftovers(root, refhost)
         figures = {
@@ -285,7 +268,7 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
             return done.stdout
 
         def shim_rss():
-            return rss_mib(tree_pids(shim.process.pid))
+            return rss_mib(process_tree(shim.process.pid))
 
         def dockerd_rss():
             return rss_mib([dockerd.dockerd.pid])

@@ -8,6 +8,7 @@ import stat
 
 import pytest
 
+from tests.conftest import process_tree
 from tests.engine.conftest import PLUGIN_DIR
 from tests.engine.helpers import address, can_ping, container, network
 
@@ -53,28 +54,12 @@ def _tcp_listeners() -> set:
     return inodes
 
 
-def _process_tree(root: int) -> list:
-    children = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(pid))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += children.get(pid, [])
-    return tree
-
-
 def test_sockets_are_roots_0660_and_nothing_listens_on_tcp(docker):
     for driver in ("rancher-bridge", "rancher-flat", "rancher-vxlan"):
         info = os.stat(os.path.join(PLUGIN_DIR, f"{driver}.sock"))
         assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o660, driver
         assert (info.st_uid, info.st_gid) == (0, 0), driver
-    processes = _process_tree(docker.shim.process.pid)
+    processes = process_tree(docker.shim.process.pid)
     assert len(processes) >= 3, "gunicorn master, workers and the CNI daemon"
     assert _socket_inodes(processes), "the scan sees the processes' sockets"
     assert _socket_inodes(processes) & _tcp_listeners() == set()

@@ -42,7 +42,7 @@ def docker(managed, leak_guard):
     managed.clean()
 
 
-def test_every_backend_through_one_managed_driver(docker, rig):
+def test_every_backend_through_one_managed_driver(docker, rig):  # noqa: F811 (the fixture imported above)
     driver = docker.driver
     bridge_net = network(docker, "--subnet", "10.81.0.0/24", "--ipam-driver", driver, driver=driver)
     vxlan_net = network(docker, "--subnet", "10.82.0.0/24", "-o", "backend=vxlan", "-o", "vni=4242", driver=driver)
