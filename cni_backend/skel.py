@@ -14,7 +14,8 @@ import traceback
 
 from . import trace, version
 from .errors import (CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,
-                     INVALID_CONFIG, INVALID_ENV)
+                     INVALID_CONFIG, INVALID_ENV, UNKNOWN_CONTAINER)
+from .net.netns import NetnsGone
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 
@@ -204,6 +205,9 @@ def dispatch(plugin, env, stdin: bytes, netns_fd=None) -> tuple:
         return (json.dumps(output) if output is not None else ""), 0, ""
     except CNIError as exc:
         return json.dumps(exc.to_json(_error_version(stdin))), 1, ""
+    except NetnsGone as exc:  # CNI_NETNS went away, or never was a network namespace (/dev/null)
+        error = CNIError(UNKNOWN_CONTAINER, f"{exc} does not exist or is not a network namespace")
+        return json.dumps(error.to_json(_error_version(stdin))), 1, ""
     except Exception as exc:  # noqa: BLE001 - a runtime must always get the spec's JSON
         error = CNIError(INTERNAL, f"internal error: {exc}", type(exc).__name__)
         return json.dumps(error.to_json(_error_version(stdin))), 1, traceback.format_exc()

@@ -253,3 +253,11 @@ def test_two_networks_are_isolated_unless_a_namespace_is_on_both(cni_env, make_n
     for config, netns, cid, ifname in ((red, a, "ca", "eth0"), (blue, a, "ca", "eth1"), (blue, b, "cb", "eth0")):
         assert cni_env.exec("DEL", config, netns, container_id=cid, ifname=ifname)[0] == 0
     assert "RANCHER-CNI" not in run("iptables-save").stdout
+
+
+@pytest.mark.parametrize("path", ["/dev/null", "/proc/self/ns/uts", "/", "/nonexistent/netns"])
+def test_add_into_what_is_not_a_network_namespace_is_code_3(cni_env, path):
+    """Found by the CNI fuzz in CI: /dev/null reached setns(2) and came back as code 100."""
+    code, answer = cni_env.exec("ADD", cni_env.bridge_config(), netns=path)
+    assert code != 0 and answer["code"] == 3 and "network namespace" in answer["msg"], answer
+    assert cni_env.allocations() == []
