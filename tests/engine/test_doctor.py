@@ -121,3 +121,28 @@ def test_an_orphan_ipam_allocation_is_reported_and_released_by_repair(docker):
     assert store.run(lambda txn: txn.all()) == [held], "only the orphan is released"
     assert address(docker, a, net) == held.ip
     assert doctor(docker)[0] == 0
+
+
+def test_a_deleted_bridge_is_reported_and_repair_rebuilds_it(docker):
+    net = network(docker, "--subnet", "10.166.0.0/24")
+    a, b = container(docker, net), container(docker, net)
+    bridge = "rb-" + json.loads(docker("network", "inspect", net).stdout)[0]["Id"][:12]
+    run("ip", "link", "del", bridge)  # the containers' host veths survive, masterless
+    code, report = doctor(docker)
+    assert code == 1 and any(f["kind"] == "network" and bridge in f["problem"] + f["subject"]
+                             for f in report["findings"]), report
+    code, report = doctor(docker, "--repair")
+    assert code == 0, report
+    assert run("ip", "link", "show", bridge).returncode == 0
+    assert can_ping(docker, a, address(docker, b, net)), "the ports are back on the rebuilt bridge"
+    assert doctor(docker)[0] == 0
+
+
+def test_a_stale_staging_namespace_is_reported_and_removed(docker):
+    from cni_backend import staging
+    path = docker.shim.root / "run" / "staging" / ("f" * 24)
+    staging.create(str(path))  # what a worker killed between create and remove leaves
+    code, report = doctor(docker)
+    assert code == 1 and [f["kind"] for f in report["findings"]] == ["staging"], report
+    code, report = doctor(docker, "--repair")
+    assert code == 0 and not path.exists(), report
