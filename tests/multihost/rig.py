@@ -64,7 +64,8 @@ class Host:
         self.shim = subprocess.Popen(
             [*self.enter, sys.executable, "-m", "cnm_shim.cli", "serve", "--state-dir", f"{r}/state",
              "--run-dir", f"{r}/run", "--ipam-data-dir", f"{r}/ipam", "--cni-conf-dir", f"{r}/net.d",
-             "--cni-path", f"{r}/bin:/usr/lib/cni", "--etcd-endpoints", etcd, "--workers", "2"],
+             "--cni-path", f"{r}/bin:/usr/lib/cni", "--etcd-endpoints", etcd, "--workers", "2",
+             "--docker-host", f"unix://{r}/docker/docker.sock"],  # the host's dockerd (Dockerd(root=r/docker))
             stdout=log, stderr=log, start_new_session=True)
         self.agent = subprocess.Popen(
             [*self.enter, sys.executable, "-m", "cnm_shim.cli", "vxlan-agent", "--etcd-endpoints", etcd,

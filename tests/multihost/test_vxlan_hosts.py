@@ -109,6 +109,30 @@ def test_a_dead_host_disappears_and_comes_back(rig):
     remove(rig, net, names.items())
 
 
+def test_a_host_whose_plugin_starts_after_dockerd_gets_its_containers_back(rig):
+    """The start order packaging/systemd/rancher-cnm.service prevents (the plug-in
+    Before=docker.service), on one host of three after a crash: dockerd comes
+    up first and fails its restart-policy container ("plugin not found"); the
+    plug-in, once up, starts it, and it reaches the other hosts again."""
+    net = create_network(rig)
+    a, _, c = rig.hosts
+    names = {host: unique("o") for host in (a, c)}
+    for host, name in names.items():
+        done = host.docker("run", "-d", "--name", name, "--restart", "always", "--network", net,
+                           host.dockerd.image, "sleep", "600")
+        assert done.returncode == 0, done.stderr
+    c.kill_plugin()
+    c.dockerd.kill()
+    c.dockerd.start()  # the wrong order: no plug-in yet
+    time.sleep(3)
+    c.start_plugin()
+    wait_until(lambda: json.loads(c.docker("inspect", names[c]).stdout)[0]["State"]["Running"], 60,
+               "host C's container did not come back")
+    address_c = json.loads(c.docker("inspect", names[c]).stdout)[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
+    assert can_ping(a, names[a], address_c), "host C's container reaches host A again"
+    remove(rig, net, names.items())
+
+
 def test_a_cni_runtime_on_one_host_reaches_docker_on_another(rig):
     net = create_network(rig)
     a, b = rig.hosts[0], rig.hosts[1]
