@@ -328,7 +328,7 @@ class Translator:
         other)."""
         staging.remove(self._staging_path(ep))
         with netlink.socket_in() as host:
-            if netlink.delete_link(host, host_name(ep)):
+            if netlink.delete_link(host, host_name(ep)) and not ep.get("result"):
                 log.warning("endpoint %s: removed %s, left by an interrupted Join", ep["endpoint_id"][:12],
                             host_name(ep))
 
