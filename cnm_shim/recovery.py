@@ -39,8 +39,10 @@ def restart_stranded(docker_host: str, drivers, delay: float = 1.0, attempts: in
     client = docker.DockerClient(base_url=docker_host, version="auto", timeout=60)
     started = []
     try:
-        for attempt in range(attempts):
+        for attempt in range(attempts):  # a start Docker refuses now may pass once we have warmed up
             pending = [c for c in stranded(client, drivers) if c.name not in started]
+            if not pending:
+                break
             for container in pending:
                 try:
                     container.start()
@@ -48,8 +50,6 @@ def restart_stranded(docker_host: str, drivers, delay: float = 1.0, attempts: in
                     log.warning("started %s, which dockerd could not start without us", container.name)
                 except docker.errors.APIError as exc:
                     log.warning("starting %s: %s", container.name, exc)
-            if not pending or len(started) == len(pending):
-                break
             time.sleep(1 + attempt)
     finally:
         client.close()

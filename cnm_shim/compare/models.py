@@ -112,6 +112,49 @@ def remove_namespace_cgroups(namespace: str) -> None:
                 pass
 
 
+def start_private_containerd(root: str) -> tuple:
+    """(process, socket) of a containerd whose every path is under `root`
+    (its "opt" dir too; no CRI)."""
+    socket = os.path.join(root, "containerd.sock")
+    with open(os.path.join(root, "config.toml"), "w") as f:
+        f.write(f'version = 2\nroot = "{root}/root"\nstate = "{root}/state"\n'
+                'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+                f'[grpc]\n  address = "{socket}"\n'
+                f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{root}/opt"\n')
+    process = subprocess.Popen(["containerd", "-c", f"{root}/config.toml", "--log-level", "warn"],
+                               stdout=subprocess.DEVNULL, stderr=open(f"{root}/log", "w"))
+    return process, socket
+
+
+def overlay_dirs(root: str) -> dict:
+    """Lower dir -> overlay dir (upper/ and work/) for /etc, /opt and /var/lib:
+    ctr reads CNI config and plug-ins only from the machine's own paths."""
+    overlays = {}
+    for lower, name in (("/etc", "etc"), ("/opt", "opt"), ("/var/lib", "var")):
+        overlays[lower] = os.path.join(root, "ov", name)
+        os.makedirs(overlays[lower] + "/upper")
+        os.makedirs(overlays[lower] + "/work")
+    return overlays
+
+
+def ctr_run_argv(overlays: dict, socket: str, namespace: str, root: str, image: str, name: str, *command) -> list:
+    """`ctr run --rm --cni` in a private mount namespace with `overlays` mounted."""
+    mounts = " && ".join(f"mount -t overlay overlay -o lowerdir={lower},upperdir={d}/upper,workdir={d}/work {lower}"
+                         for lower, d in overlays.items())
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", mounts + ' && exec "$@"', "sh",
+            "ctr", "-a", socket, "-n", namespace, "run", "--rm", "--cni",
+            "--runc-root", f"{root}/runc", "--fifo-dir", f"{root}/fifo", image, name, *command]
+
+
+def unmount_below(root: str) -> None:
+    """Lazily unmount everything mounted under `root` (deepest first)."""
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split()[1] for line in f]
+    for mount in reversed(mounts):
+        if mount.startswith(root + "/"):
+            run("umount", "-l", mount, check=False)
+
+
 class Containerd:
     """A containerd to run `ctr run --cni` against: the one at `socket`, or a
     private one under a temp dir. ctr reads /etc/cni/net.d and /opt/cni/bin
@@ -124,14 +167,7 @@ class Containerd:
         self.process = None
         self.had_run_dir = os.path.exists("/run/containerd")
         if socket is None:
-            socket = os.path.join(self.root, "containerd.sock")
-            with open(os.path.join(self.root, "config.toml"), "w") as f:
-                f.write(f'version = 2\nroot = "{self.root}/root"\nstate = "{self.root}/state"\n'
-                        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-                        f'[grpc]\n  address = "{socket}"\n'
-                        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{self.root}/opt"\n')
-            self.process = subprocess.Popen(["containerd", "-c", f"{self.root}/config.toml", "--log-level", "warn"],
-                                            stdout=subprocess.DEVNULL, stderr=open(f"{self.root}/log", "w"))
+            self.process, socket = start_private_containerd(self.root)
         self.socket = socket
         deadline = time.monotonic() + 30
         while self.ctr("version", check=False).returncode != 0:
@@ -143,12 +179,7 @@ class Containerd:
             f.write(image_archive)
         self.ctr("image", "import", archive)
         os.remove(archive)
-        self.overlays = {}
-        for lower, name in (("/etc", "etc"), ("/opt", "opt"), ("/var/lib", "var")):
-            upper = os.path.join(self.root, "ov", name)
-            os.makedirs(upper + "/upper")
-            os.makedirs(upper + "/work")
-            self.overlays[lower] = upper
+        self.overlays = overlay_dirs(self.root)
         self.conf_dir = os.path.join(self.overlays["/etc"], "upper", "cni", "net.d")
         self.bin_dir = os.path.join(self.overlays["/opt"], "upper", "cni", "bin")
         os.makedirs(self.conf_dir)
@@ -163,11 +194,7 @@ class Containerd:
         return run("ctr", "-a", self.socket, "-n", CTR_NAMESPACE, *argv, check=check)
 
     def run_argv(self, name: str, *command) -> list:
-        mounts = " && ".join(f"mount -t overlay overlay -o lowerdir={lower},upperdir={d}/upper,workdir={d}/work {lower}"
-                             for lower, d in self.overlays.items())
-        return ["unshare", "-m", "--propagation", "private", "sh", "-c", mounts + ' && exec "$@"', "sh",
-                "ctr", "-a", self.socket, "-n", CTR_NAMESPACE, "run", "--rm", "--cni",
-                "--runc-root", f"{self.root}/runc", "--fifo-dir", f"{self.root}/fifo", self.image, name, *command]
+        return ctr_run_argv(self.overlays, self.socket, CTR_NAMESPACE, self.root, self.image, name, *command)
 
     def close(self) -> None:
         for cid in self.ctr("container", "ls", "-q", check=False).stdout.split():
@@ -186,11 +213,7 @@ class Containerd:
         else:
             self.ctr("namespaces", "rm", CTR_NAMESPACE, check=False)
         remove_namespace_cgroups(CTR_NAMESPACE)
-        with open("/proc/self/mounts") as f:
-            mounts = [line.split()[1] for line in f]
-        for mount in reversed(mounts):
-            if mount.startswith(self.root + "/"):
-                run("umount", "-l", mount, check=False)
+        unmount_below(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
         if not self.had_run_dir:  # the shim socket dir is hard-wired in containerd 1.6
             for leftover in ("/run/containerd/s", "/run/containerd"):

@@ -9,6 +9,7 @@ works with it).
 """
 
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -97,8 +98,7 @@ class ManagedPlugin:
         return done
 
     def allocations(self) -> list:
-        from pathlib import Path
-        return ipam_rows(Path(self.state) / "ipam", "network, container_id, ip")
+        return ipam_rows(pathlib.Path(self.state) / "ipam", "network, container_id, ip")
 
     def clean(self) -> None:
         """Remove what a test made; the plug-in stays."""

@@ -14,7 +14,8 @@ import subprocess
 import tempfile
 import time
 
-from cnm_shim.compare.models import remove_namespace_cgroups
+from cnm_shim.compare.models import (ctr_run_argv, overlay_dirs, remove_namespace_cgroups,
+                                     start_private_containerd, unmount_below)
 from tests.images import write_busybox_image
 
 NAMESPACE = "rcnitest"
@@ -24,15 +25,8 @@ IMAGE = "localhost/rcnit-busybox:latest"
 class Containerd:
     def __init__(self):
         self.root = tempfile.mkdtemp(prefix="rcnit-ctrd.")  # short: unix socket paths are limited
-        self.socket = os.path.join(self.root, "containerd.sock")
         self.had_run_dir = os.path.exists("/run/containerd")
-        with open(os.path.join(self.root, "config.toml"), "w") as f:
-            f.write(f'version = 2\nroot = "{self.root}/root"\nstate = "{self.root}/state"\n'
-                    'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-                    f'[grpc]\n  address = "{self.socket}"\n'
-                    f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{self.root}/opt"\n')
-        self.process = subprocess.Popen(["containerd", "-c", f"{self.root}/config.toml", "--log-level", "warn"],
-                                        stdout=subprocess.DEVNULL, stderr=open(f"{self.root}/log", "w"))
+        self.process, self.socket = start_private_containerd(self.root)
         deadline = time.monotonic() + 30
         while self.ctr("version", check=False).returncode != 0:
             assert self.process.poll() is None and time.monotonic() < deadline, "containerd did not start"
@@ -40,12 +34,7 @@ class Containerd:
         image = os.path.join(self.root, "busybox.tar")
         write_busybox_image(image, IMAGE)
         self.ctr("image", "import", image)
-        self.overlays = {}
-        for lower, name in (("/etc", "etc"), ("/opt", "opt"), ("/var/lib", "var")):
-            upper = os.path.join(self.root, "ov", name)
-            os.makedirs(upper + "/upper")
-            os.makedirs(upper + "/work")
-            self.overlays[lower] = upper
+        self.overlays = overlay_dirs(self.root)
         self.running = {}
 
     @property
@@ -66,11 +55,7 @@ class Containerd:
 
     def run_cni(self, name: str, *command, env=None) -> int:
         """Start a container with `ctr run --cni`; its pid once CNI ADD is done."""
-        mounts = " && ".join(f"mount -t overlay overlay -o lowerdir={lower},upperdir={d}/upper,workdir={d}/work {lower}"
-                             for lower, d in self.overlays.items())
-        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", mounts + ' && exec "$@"', "sh",
-                "ctr", "-a", self.socket, "-n", NAMESPACE, "run", "--rm", "--cni",
-                "--runc-root", f"{self.root}/runc", "--fifo-dir", f"{self.root}/fifo", IMAGE, name, *command]
+        argv = ctr_run_argv(self.overlays, self.socket, NAMESPACE, self.root, IMAGE, name, *command)
         log = open(os.path.join(self.root, f"{name}.out"), "w")
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env=env)
@@ -102,11 +87,7 @@ class Containerd:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        with open("/proc/self/mounts") as f:
-            mounts = [line.split()[1] for line in f]
-        for mount in reversed(mounts):
-            if mount.startswith(self.root + "/"):
-                subprocess.run(["umount", "-l", mount], check=False)
+        unmount_below(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
         remove_namespace_cgroups(NAMESPACE)
         if not self.had_run_dir:  # the shim socket dir is hard-wired in containerd 1.6

@@ -31,10 +31,19 @@ def create_network(rig):
     return name
 
 
-def run_container(host, net, name):
-    done = host.docker("run", "-d", "--name", name, "--network", net, host.dockerd.image, "sleep", "600")
+def run_container(host, net, name, *options):
+    done = host.docker("run", "-d", "--name", name, *options, "--network", net, host.dockerd.image, "sleep", "600")
     assert done.returncode == 0, done.stderr
+    return address_of(host, name, net)
+
+
+def address_of(host, name, net) -> str:
     return json.loads(host.docker("inspect", name).stdout)[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
+
+
+def wait_running(host, name, timeout: float) -> None:
+    wait_until(lambda: json.loads(host.docker("inspect", name).stdout)[0]["State"]["Running"], timeout,
+               f"{name} did not come back")
 
 
 def remove(rig, net, containers) -> None:
@@ -91,21 +100,16 @@ def test_a_dead_host_disappears_and_comes_back(rig):
     a, b, c = rig.hosts
     names = {host: unique("r") for host in rig.hosts}
     for host, name in names.items():
-        done = host.docker("run", "-d", "--name", name, "--restart", "always", "--network", net,
-                           host.dockerd.image, "sleep", "600")
-        assert done.returncode == 0, done.stderr
-    address_c = json.loads(c.docker("inspect", names[c]).stdout)[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
-    assert can_ping(a, names[a], address_c)
+        run_container(host, net, name, "--restart", "always")
+    assert can_ping(a, names[a], address_of(c, names[c], net))
     c.kill_plugin()
     c.dockerd.kill()
     for survivor in (a, b):  # the agents' lease TTL is 3 s
         wait_until(lambda s=survivor: c.address not in vtep_fdb(s), 15, "host C's entries outlived its lease")
     c.start_plugin()
     c.dockerd.start()
-    wait_until(lambda: json.loads(c.docker("inspect", names[c]).stdout)[0]["State"]["Running"], 30,
-               "host C's container did not come back")
-    address_c = json.loads(c.docker("inspect", names[c]).stdout)[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
-    assert can_ping(a, names[a], address_c), "host C rejoined"
+    wait_running(c, names[c], 30)
+    assert can_ping(a, names[a], address_of(c, names[c], net)), "host C rejoined"
     remove(rig, net, names.items())
 
 
@@ -118,18 +122,14 @@ def test_a_host_whose_plugin_starts_after_dockerd_gets_its_containers_back(rig):
     a, _, c = rig.hosts
     names = {host: unique("o") for host in (a, c)}
     for host, name in names.items():
-        done = host.docker("run", "-d", "--name", name, "--restart", "always", "--network", net,
-                           host.dockerd.image, "sleep", "600")
-        assert done.returncode == 0, done.stderr
+        run_container(host, net, name, "--restart", "always")
     c.kill_plugin()
     c.dockerd.kill()
     c.dockerd.start()  # the wrong order: no plug-in yet
     time.sleep(3)
     c.start_plugin()
-    wait_until(lambda: json.loads(c.docker("inspect", names[c]).stdout)[0]["State"]["Running"], 60,
-               "host C's container did not come back")
-    address_c = json.loads(c.docker("inspect", names[c]).stdout)[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
-    assert can_ping(a, names[a], address_c), "host C's container reaches host A again"
+    wait_running(c, names[c], 60)
+    assert can_ping(a, names[a], address_of(c, names[c], net)), "host C's container reaches host A again"
     remove(rig, net, names.items())
 
 
