@@ -1,9 +1,14 @@
 """TCP throughput from a container to a router namespace over rancher-flat,
 against Docker's built-in macvlan driver on the same uplink, same run,
-interleaved. The router namespace and the uplink veth are made here; nothing
-leaves the machine.
+interleaved. rancher-flat is measured as built (its fast path on) and with
+`-o fast_path=false` (every frame through the bridge and br_netfilter). The
+router namespace and the uplink veth are made here; nothing leaves the machine.
 
-    python bench/flat_throughput.py [--rounds 3] [--seconds 5]
+    python bench/flat_throughput.py [--rounds 3] [--seconds 5] [--congestion cubic]
+
+--congestion picks iperf3's TCP congestion control (default: the host's).
+With BBR, throughput is bounded by its pacing; with CUBIC, by the CPU the
+data path costs, so the two show different things.
 """
 
 import argparse
@@ -37,11 +42,19 @@ def make_rig():
     return subprocess.Popen(["ip", "netns", "exec", ROUTER_NS, "iperf3", "-s"], stdout=subprocess.DEVNULL)
 
 
-def measure(dockerd: Dockerd, driver: str, seconds: int) -> float:
+CONFIGS = {  # label -> (driver, extra options)
+    "rancher-flat": ("rancher-flat", []),
+    "rancher-flat fast_path=false": ("rancher-flat", ["-o", "fast_path=false"]),
+    "macvlan": ("macvlan", []),
+}
+
+
+def measure(dockerd: Dockerd, config: str, seconds: int, congestion: str | None) -> float:
     """Gbit/s of one iperf3 run from a fresh container on a fresh network."""
+    driver, options = CONFIGS[config]
     net, name = f"bench-{driver}", f"bench-{driver}-c"
     created = dockerd.cli("network", "create", "-d", driver, "--subnet", SUBNET, "--gateway", GATEWAY,
-                          "-o", f"parent={UPLINK}", net)
+                          "-o", f"parent={UPLINK}", *options, net)
     assert created.returncode == 0, created.stderr
     try:
         started = dockerd.cli("run", "-d", "--name", name, "--network", net, dockerd.image, "sleep", "600")
@@ -49,7 +62,7 @@ def measure(dockerd: Dockerd, driver: str, seconds: int) -> float:
         pid = json.loads(dockerd.cli("inspect", name).stdout)[0]["State"]["Pid"]
         # -O 1: the first second (slow start, ARP) is not counted
         out = sh("nsenter", f"--net=/proc/{pid}/ns/net", "iperf3", "-c", GATEWAY, "-t", str(seconds), "-O", "1",
-                 "-J").stdout
+                 *(["-C", congestion] if congestion else []), "-J").stdout
         return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
     finally:
         dockerd.cli("rm", "-f", name)
@@ -60,6 +73,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--congestion", help="iperf3's TCP congestion control, e.g. cubic (default: the host's)")
     parser.add_argument("--bridge-nf", choices=["0", "1"], help="set net.bridge.bridge-nf-call-iptables for the run")
     opts = parser.parse_args()
     root = pathlib.Path(tempfile.mkdtemp(prefix="rcnibench."))
@@ -70,12 +84,14 @@ def main() -> int:
         for key in ("iptables", "ip6tables"):
             pathlib.Path(f"/proc/sys/net/bridge/bridge-nf-call-{key}").write_text(opts.bridge_nf)
     print("net.bridge.bridge-nf-call-iptables =", pathlib.Path("/proc/sys/net/bridge/bridge-nf-call-iptables").read_text().strip())
-    samples = {"rancher-flat": [], "macvlan": []}
+    congestion = opts.congestion or pathlib.Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    print("TCP congestion control:", congestion)
+    samples = {config: [] for config in CONFIGS}
     try:
         for round_number in range(opts.rounds):
-            order = list(samples) if round_number % 2 == 0 else list(reversed(samples))  # ABBA: no order bias
-            for driver in order:
-                samples[driver].append(measure(dockerd, driver, opts.seconds))
+            shift = round_number % len(samples)  # each configuration takes each place in turn: no order bias
+            for config in list(samples)[shift:] + list(samples)[:shift]:
+                samples[config].append(measure(dockerd, config, opts.seconds, opts.congestion))
     finally:
         dockerd.close()
         shim.stop()
@@ -83,11 +99,12 @@ def main() -> int:
         server.wait()
         sh("ip", "link", "del", UPLINK, check=False)
         sh("ip", "netns", "del", ROUTER_NS, check=False)
-    flat, macvlan = (statistics.median(samples[d]) for d in ("rancher-flat", "macvlan"))
-    print(f"{'iperf3 TCP container -> router namespace':42} {'median':>12}")
-    print(f"{'rancher-flat':42} {flat:8.2f} Gbit/s")
-    print(f"{'Docker macvlan (same uplink)':42} {macvlan:8.2f} Gbit/s")
-    print(f"{'ratio rancher-flat / macvlan':42} {flat / macvlan:8.2f}   (target >= 0.95)")
+    macvlan = statistics.median(samples["macvlan"])
+    print(f"{'iperf3 TCP container -> router namespace':42} {'median':>12}  ratio   samples")
+    for config, values in samples.items():
+        median = statistics.median(values)
+        print(f"{config:42} {median:8.2f} Gbit/s  {median / macvlan:5.2f}   {' '.join(f'{v:.1f}' for v in values)}")
+    print("target: rancher-flat / macvlan >= 0.95")
     return 0
 
 

@@ -9,6 +9,8 @@
               the metadata address routed back over the link (policy routing),
               and ebtables rules that let only metadata traffic cross it
   arp         ARP requests for the link address never leave through the uplink
+  fast path   unicast between containers and the uplink skips the bridge
+              (net/flat_fastpath.py), unless the network turns it off
 
 `ensure` is idempotent (it runs at network creation and before every ADD, so
 a restart re-creates whatever is missing); `remove` undoes everything from a
@@ -25,7 +27,7 @@ import os
 import subprocess
 
 from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
-from .net import netlink, netns
+from .net import flat_fastpath, netlink, netns
 
 LOCK_DIR = "/run/rancher-cni"
 RULE_PRIORITY = 30000
@@ -47,6 +49,7 @@ class FlatNetwork:
     subnets: tuple          # the flat subnets (for the metadata reply route)
     metadata: Metadata | None
     state_dir: str
+    fast_path: bool = True
 
     @property
     def suffix(self) -> str:
@@ -104,6 +107,7 @@ def ensure(flat: FlatNetwork) -> None:
                 _write_record(flat, record)
             _move_addresses(host, port["index"], bridge["index"], record)
             netlink.set_master(host, uplink, bridge["index"])
+        bridge_mac = _pin_bridge_mac(host, bridge["index"], port.get("address"))
         # Answer ARP only for the bridge's own addresses: the link address is the
         # metadata bridge's, and must be answered from there, over the link.
         netns.write_sysctl(f"net/ipv4/conf/{flat.bridge}/arp_ignore", "1")
@@ -111,6 +115,17 @@ def ensure(flat: FlatNetwork) -> None:
             _ensure_metadata_link(host, flat, bridge)
         _ensure_ebtables(flat, uplink)
         _set_notrack(flat, present=True)
+        if flat.fast_path:
+            flat_fastpath.ensure_network(flat.suffix, uplink, bridge_mac)
+
+
+def _pin_bridge_mac(host, bridge_index: int, uplink_mac: str) -> str:
+    """The bridge keeps the uplink's MAC: the host's address, moved onto the
+    bridge, stays at the MAC the business network knows, and the MAC no longer
+    follows the lowest port's (the fast path must know which MAC is local)."""
+    if netlink.link_by_index(host, bridge_index).get("address") != uplink_mac:
+        netlink.set_mac(host, bridge_index, uplink_mac)
+    return uplink_mac
 
 
 def _ensure_uplink(host, flat: FlatNetwork, record: dict | None) -> str:
@@ -292,6 +307,7 @@ def remove(flat: FlatNetwork) -> None:
         uplink = record["uplink"] if record else (f"{flat.parent[:10]}.{flat.vlan}" if flat.vlan else flat.parent)
         _remove_ebtables(flat, uplink)
         _set_notrack(flat, present=False)
+        flat_fastpath.remove_network(flat.suffix)
         if flat.metadata:
             _remove_metadata_link(host, flat)
         bridge = netlink.link(host, flat.bridge)

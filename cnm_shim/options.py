@@ -87,6 +87,8 @@ FLAT_OPTIONS = [
     Option("metadata_link_ip", _ipv4, None,
            "an address of the subnet bound on the metadata bridge; turns the metadata link on"),
     Option("metadata_bridge", _COMMON["bridge"].parse, "docker0", "the bridge the metadata service is on"),
+    Option("fast_path", _bool, True,
+           "unicast between containers and the uplink skips the bridge and its br_netfilter hooks"),
     _COMMON["cni.export"],
     _COMMON["cni.name"],
 ]

@@ -68,7 +68,7 @@ def bridge_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
 
 def flat_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
     plugin = {"type": "rancher-flat", "bridge": bridge, "parent": opts["parent"], "hairpinMode": opts["hairpin"],
-              "stateDir": ipam["dataDir"], "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
+              "fastPath": opts["fast_path"], "stateDir": ipam["dataDir"], "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
     for key in ("vlan", "mtu"):
         if opts[key]:
             plugin[key] = opts[key]

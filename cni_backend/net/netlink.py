@@ -258,6 +258,13 @@ def set_master(ipr, name: str, master_index: int | None) -> None:
         raise _fail(f"setting the master of {name}", exc) from None
 
 
+def set_mac(ipr, index: int, mac: str) -> None:
+    try:
+        ipr.link("set", index=index, address=mac)
+    except NetlinkError as exc:
+        raise _fail(f"setting MAC {mac} on interface {index}", exc) from None
+
+
 def create_vlan(ipr, parent: str, vlan: int) -> str:
     name = f"{parent[:10]}.{vlan}"
     if link(ipr, name) is not None:

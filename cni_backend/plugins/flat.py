@@ -4,18 +4,21 @@ A bridge with the host's uplink enslaved; the business router is the
 containers' gateway (it is not on the bridge); with a metadata link, each
 container also gets a host route to the metadata address via the link address.
 Frames a container sends must carry its own MAC and IP (anti-spoofing).
+Unicast between a container and the uplink skips the bridge (the fast path,
+net/flat_fastpath.py) unless "fastPath" is false.
 """
 
 import copy
 import ipaddress
 
 from .. import flatnet
-from ..errors import CNIError, INVALID_CONFIG
+from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG
 from ..ipam import config as ipam_config
 from ..ipam.config import DEFAULT_DATA_DIR
-from ..net import netlink
+from ..net import firewall, flat_fastpath, netlink
 from ..skel import IFNAME_MAX
 from . import bridge as bridge_plugin
+from . import ipam as ipam_plugin
 from .bridge import BridgeConf, _flag, _int, _requested_mac
 
 DEFAULT_METADATA_IP = "169.254.169.250"
@@ -69,6 +72,7 @@ def load_network(config: dict) -> flatnet.FlatNetwork:
         subnets=tuple(subnets),
         metadata=_metadata(config, subnets),
         state_dir=str(config.get("stateDir") or DEFAULT_DATA_DIR),
+        fast_path=_flag(config, "fastPath") if "fastPath" in config else True,
     )
 
 
@@ -116,10 +120,26 @@ def add(req) -> dict:
     result = bridge_plugin.attach(req, _bridge_conf(req, flat))
     try:
         _set_metadata_neighbours(flat, result, present=True)
+        _add_fast_path(req, flat, result)
     except CNIError:
+        flat_fastpath.remove_attachment(flat.suffix, _tag(req))
         bridge_plugin.detach(req, _bridge_conf(req, flat))
         raise
     return result
+
+
+def _tag(req) -> str:
+    return firewall.attachment_tag(req.network, req.container_id, req.ifname)
+
+
+def _add_fast_path(req, flat: flatnet.FlatNetwork, result: dict) -> None:
+    if not flat.fast_path:
+        return
+    host_veth = next(i["name"] for i in result["interfaces"] if not i.get("sandbox") and i["name"] != flat.bridge)
+    container = next(i for i in result["interfaces"] if i.get("sandbox"))
+    flat_fastpath.add_attachment(flat.suffix, _tag(req), host_veth, container["mac"],
+                                 [ip["address"] for ip in result["ips"]],
+                                 flat.metadata.ip if flat.metadata else None)
 
 
 def delete(req) -> None:
@@ -127,21 +147,32 @@ def delete(req) -> None:
     req = _with_link_excluded(req, flat)
     if req.prev_result:
         _set_metadata_neighbours(flat, req.prev_result, present=False)
+    flat_fastpath.remove_attachment(flat.suffix, _tag(req))
     bridge_plugin.detach(req, _bridge_conf(req, flat))
 
 
 def check(req) -> None:
     flat = load_network(req.config)
     bridge_plugin.verify(_with_link_excluded(req, flat), _bridge_conf(req, flat))
+    if flat.fast_path and not flat_fastpath.attachment_present(flat.suffix, _tag(req)):
+        raise CNIError(CHECK_FAILED, f"the fast path of {req.container_id}/{req.ifname} is missing",
+                       "cnm-shim doctor --repair puts it back")
 
 
 def repair(req) -> None:
     flat = load_network(req.config)
     bridge_plugin.restore(_with_link_excluded(req, flat), _bridge_conf(req, flat))
+    if flat.fast_path:
+        flatnet.ensure(flat)
+        _add_fast_path(req, flat, req.prev_result)
 
 
 def gc(req) -> None:
     bridge_plugin.gc(req)
+    flat = load_network(req.config)
+    valid = {firewall.attachment_tag(req.network, container_id, ifname)
+             for container_id, ifname in ipam_plugin.valid_attachments(req)}
+    flat_fastpath.collect_garbage(flat.suffix, valid)
 
 
 def status(req) -> None:

@@ -84,7 +84,7 @@ def test_flat_with_our_ipam_keeps_the_link_address(docker, rig):
 
 
 @pytest.mark.parametrize("case", ["missing parent", "absent parent", "link outside subnet", "link not reserved",
-                                  "parent in use"])
+                                  "parent in use", "fast_path not a boolean"])
 def test_flat_option_errors_are_clear_and_leave_nothing(docker, rig, case):
     before = uplink_state(rig["uplink"])
     if case == "parent in use":
@@ -95,7 +95,8 @@ def test_flat_option_errors_are_clear_and_leave_nothing(docker, rig, case):
     else:
         extra = {"missing parent": [], "absent parent": ["-o", "parent=rcnitabsent0"],
                  "link outside subnet": ["-o", "metadata_link_ip=10.1.1.1"],
-                 "link not reserved": ["-o", f"metadata_link_ip={LINK_IP}"]}[case]
+                 "link not reserved": ["-o", f"metadata_link_ip={LINK_IP}"],
+                 "fast_path not a boolean": ["-o", "fast_path=fast"]}[case]
         name = unique("f")
         args = ["network", "create", "-d", "rancher-flat", "--subnet", SUBNET, "--gateway", ROUTER,
                 "-o", f"metadata_bridge={rig['md_bridge']}"]
@@ -103,9 +104,46 @@ def test_flat_option_errors_are_clear_and_leave_nothing(docker, rig, case):
             args += ["-o", f"parent={rig['uplink']}"]
         done = docker(*args, *extra, name, check=False)
         expected = {"missing parent": "option parent is required", "absent parent": "does not exist",
-                    "link outside subnet": "outside the subnet", "link not reserved": "--aux-address"}[case]
+                    "link outside subnet": "outside the subnet", "link not reserved": "--aux-address",
+                    "fast_path not a boolean": "fast_path='fast' is not a boolean"}[case]
     assert done.returncode != 0 and expected in done.stderr, done.stderr
     if case == "parent in use":
         docker("network", "rm", first)
         docker.made["networks"].clear()
     assert uplink_state(rig["uplink"]) == before
+
+
+def fast_path_chains() -> dict:
+    """table -> its per-container chains, of every flat network's fast path."""
+    listing = json.loads(run("nft", "-j", "list", "ruleset", "netdev").stdout)["nftables"]
+    chains = {}
+    for entry in listing:
+        if "table" in entry and entry["table"]["name"].startswith("rancher_flat_"):
+            chains[entry["table"]["name"]] = []
+        elif "chain" in entry and entry["chain"]["table"].startswith("rancher_flat_") \
+                and entry["chain"]["name"] not in ("out", "uplink"):
+            chains[entry["chain"]["table"]].append(entry["chain"]["name"])
+    return chains
+
+
+def test_a_lost_fast_path_falls_back_to_the_bridge_and_doctor_puts_it_back(docker, rig):
+    from tests.engine.test_doctor import doctor
+
+    net, done = flat_network(docker, rig)
+    assert done.returncode == 0, done.stderr
+    a = container(docker, net)
+    [(table, [chain])] = fast_path_chains().items()
+    run("nft", "flush", "chain", "netdev", table, chain)
+    run("nft", "delete", "chain", "netdev", table, chain)
+    assert ping(rig["router"], address(docker, a, net)) and can_ping(docker, a, ROUTER), "the bridge still carries it"
+    code, report = doctor(docker)
+    assert code == 1 and "fast path" in report["findings"][0]["problem"], report
+    code, report = doctor(docker, "--repair")
+    assert code == 0 and report["findings"][0]["repaired"], report
+    assert fast_path_chains() == {table: [chain]}
+    assert can_ping(docker, a, ROUTER)
+    docker("rm", "-f", a)
+    docker.made["containers"].clear()
+    docker("network", "rm", net)
+    docker.made["networks"].clear()
+    assert fast_path_chains() == {}

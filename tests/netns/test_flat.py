@@ -8,6 +8,7 @@ import pytest
 
 from cni_backend.plugins.flat import load_network
 from cni_backend import flatnet
+from cni_backend.net.firewall import attachment_tag
 from tests.conftest import ns_exec, ping, run, unique
 from tests.packets import arp_requests_for, capture, ipv4_from
 from tests.rigs import router_with_uplink
@@ -60,7 +61,9 @@ def flat_config(env, rig, **extra):
 
 
 def ebtables_rules():
-    return [line for line in run("ebtables-save").stdout.splitlines() if not line.startswith("#")]
+    """Rules and our chains (the built-in chains of a table that did not exist
+    before stay, empty: ebtables makes them on first use)."""
+    return [line for line in run("ebtables-save").stdout.splitlines() if line.startswith("-A") or "RFLAT" in line]
 
 
 def uplink_state(uplink):
@@ -195,3 +198,57 @@ def test_vlan_sub_interface_or_a_clear_kernel_error(cni_env, make_netns, rig):
     assert cni_env.exec("DEL", dict(config, prevResult=out), netns)[0] == 0
     flatnet.remove(load_network(config))
     assert uplink_state(rig["uplink"]) == before
+
+
+def forward_counters(ip: str) -> int:
+    """Packets counted by the container's iptables FORWARD rules: what the
+    bridge handed to br_netfilter for it."""
+    listing = run("iptables", "-w", "-L", "RANCHER-CNI-FORWARD", "-v", "-x", "-n").stdout
+    return sum(int(line.split()[0]) for line in listing.splitlines() if f" {ip} " in f" {line} ")
+
+
+def fast_path_packets(flat, tag: str) -> int:
+    listing = json.loads(run("nft", "-j", "list", "chain", "netdev", f"rancher_flat_{flat.suffix}", tag).stdout)
+    return sum(expr["counter"]["packets"] for entry in listing["nftables"] if "rule" in entry
+               for expr in entry["rule"]["expr"] if "counter" in expr)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_fast_path_takes_router_traffic_off_the_bridge(cni_daemon_env, make_netns, rig, fast_path):
+    """With the fast path, unicast between a container and the router never
+    reaches br_netfilter (the gap to macvlan); traffic between containers and
+    to the metadata link still crosses the bridge; DEL and network removal
+    leave nothing of it."""
+    env, sysctl = cni_daemon_env, "/proc/sys/net/bridge/bridge-nf-call-iptables"
+    saved = open(sysctl).read()
+    open(sysctl, "w").write("1")  # as Docker leaves it
+    try:
+        config = flat_config(env, rig, fastPath=fast_path)
+        flat = load_network(config)
+        a, b = make_netns(), make_netns()
+        _, ra = env.exec("ADD", config, a, container_id="ca")
+        _, rb = env.exec("ADD", config, b, container_id="cb")
+        ip_a, ip_b = (r["ips"][0]["address"].split("/")[0] for r in (ra, rb))
+        assert ping(a, ROUTER) and ping(rig["router"], ip_a)
+        bridged = forward_counters(ip_a)
+        if fast_path:
+            assert bridged == 0, "router traffic walked br_netfilter"
+            assert fast_path_packets(flat, attachment_tag(config["name"], "ca", "eth0")) > 0
+        else:
+            assert bridged > 0 and run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}",
+                                       check=False).returncode != 0
+        assert ping(a, ip_b) and forward_counters(ip_a) > bridged  # containers: over the bridge
+        fetched = ns_exec(a, "wget", "-q", "-T", "3", "-O", "-", f"http://{MD_IP}/", check=False)
+        assert fetched.stdout == "metadata-ok\n", fetched.stderr
+        assert env.exec("CHECK", dict(config, prevResult=ra), a, container_id="ca")[0] == 0
+
+        mac_a = next(i["mac"] for i in ra["interfaces"] if i.get("sandbox"))
+        assert env.exec("DEL", dict(config, prevResult=ra), a, container_id="ca")[0] == 0
+        if fast_path:
+            left = run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}").stdout
+            assert mac_a not in left and left.count("hook ingress") == 2  # the uplink's and b's
+        assert env.exec("DEL", dict(config, prevResult=rb), b, container_id="cb")[0] == 0
+        flatnet.remove(flat)
+        assert run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}", check=False).returncode != 0
+    finally:
+        open(sysctl, "w").write(saved)

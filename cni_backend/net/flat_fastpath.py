@@ -1,0 +1,142 @@
+"""The flat network's fast path: unicast between a container and the uplink
+is handed from one device to the other at ingress, before the bridge.
+
+Why: Docker turns br_netfilter on for every bridge of the host (the global
+bridge-nf-call-iptables sysctl; a bridge can only opt in, never out), so each
+frame the flat bridge switches also walks iptables' PREROUTING, FORWARD and
+POSTROUTING hooks. That was the whole gap to Docker's macvlan driver
+(docs/performance.md). nftables' netdev family can forward a frame from one
+device's ingress hook straight to another device.
+
+table netdev rancher_flat_<S>     one per flat network (S: flatnet's suffix)
+  set local     MACs that stay on the bridge: the bridge's own, every container's
+  map ports     container MAC -> its host veth
+  chain uplink  ingress of the uplink: unicast to a container's MAC -> its veth
+  chain out     forward to the uplink (rewritten by every ensure, so a
+                re-created uplink is found by its new index)
+  chain <tag>   ingress of one container's host veth: unicast IP that passes
+                anti-spoofing (the container's MAC and addresses), not to a
+                local MAC nor to the metadata address -> out
+
+Everything else takes the bridge as before, where the bridge's rules apply:
+broadcast, multicast, ARP, traffic between containers, to the host or over
+the metadata link, and every frame the anti-spoofing chain would refuse.
+Losing the fast path (a flushed ruleset) therefore costs speed, never
+connectivity or isolation.
+"""
+
+import ipaddress
+import json
+
+from . import iptables
+
+_PREFIX = "rancher_flat_"
+
+
+def table_name(suffix: str) -> str:
+    return _PREFIX + suffix
+
+
+def _nft(script: str) -> None:
+    iptables.run(["nft", "-f", "-"], script)
+
+
+def _listing(table: str) -> list | None:
+    """The table's objects as nft's JSON gives them; None when it does not exist."""
+    out = iptables.run(["nft", "-j", "list", "table", "netdev", table], check=False)
+    return None if out is None else json.loads(out)["nftables"]
+
+
+def ensure_network(suffix: str, uplink: str, bridge_mac: str) -> None:
+    table = table_name(suffix)
+    _nft(f"""table netdev {table} {{
+  set local {{ type ether_addr; }}
+  map ports {{ type ether_addr : iface_index; }}
+  chain out {{ }}
+  chain uplink {{ type filter hook ingress device "{uplink}" priority 0; }}
+}}
+flush chain netdev {table} out
+add rule netdev {table} out fwd to "{uplink}"
+flush chain netdev {table} uplink
+add rule netdev {table} uplink fwd to ether daddr map @ports
+add element netdev {table} local {{ {bridge_mac} }}
+""")
+
+
+def remove_network(suffix: str) -> None:
+    if _listing(table_name(suffix)) is not None:
+        _nft(f"delete table netdev {table_name(suffix)}\n")
+
+
+def add_attachment(suffix: str, tag: str, host_ifname: str, mac: str, cidrs: list, metadata_ip: str | None) -> None:
+    table = table_name(suffix)
+    addresses = [ipaddress.ip_interface(c).ip for c in cidrs]
+    v4 = ", ".join(str(a) for a in addresses if a.version == 4)
+    v6 = ", ".join(str(a) for a in addresses if a.version == 6)
+    unicast_out = "ether daddr != @local meta pkttype other counter goto out"
+    rules = []
+    if v4:
+        not_metadata = f"ip daddr != {metadata_ip} " if metadata_ip else ""
+        rules.append(f"ether saddr {mac} ether type ip ip saddr {{ {v4} }} {not_metadata}{unicast_out}")
+    if v6:
+        rules.append(f"ether saddr {mac} ether type ip6 ip6 saddr {{ {v6} }} {unicast_out}")
+    remove_attachment(suffix, tag, mac)  # a repeated ADD or a stale entry for this MAC: replaced
+    _nft(f'add chain netdev {table} {tag} {{ type filter hook ingress device "{host_ifname}" priority 0; }}\n'
+         + "".join(f"add rule netdev {table} {tag} {rule}\n" for rule in rules)
+         + f'add element netdev {table} local {{ {mac} comment "{tag}" }}\n'
+         + f'add element netdev {table} ports {{ {mac} comment "{tag}" : "{host_ifname}" }}\n')
+
+
+def _elements(listing: list, name: str) -> list:
+    """(mac, comment) of the set or map `name`."""
+    found = []
+    for entry in listing:
+        obj = entry.get("set") or entry.get("map")
+        if not obj or obj["name"] != name:
+            continue
+        for elem in obj.get("elem", []):
+            key = elem[0] if isinstance(elem, list) else elem
+            inner = key.get("elem", key) if isinstance(key, dict) else {"val": key}
+            found.append((inner["val"], inner.get("comment")))
+    return found
+
+
+def _chains(listing: list) -> set:
+    return {entry["chain"]["name"] for entry in listing if "chain" in entry}
+
+
+def remove_attachment(suffix: str, tag: str, mac: str | None = None) -> None:
+    """Remove the attachment's chain and elements (found by their comment,
+    and with `mac`, any element for that MAC); nothing there is fine."""
+    table = table_name(suffix)
+    listing = _listing(table)
+    if listing is None:
+        return
+    script = ""
+    for name in ("local", "ports"):
+        for value, comment in _elements(listing, name):
+            if comment == tag or (mac and value == mac.lower() and comment):
+                script += f"delete element netdev {table} {name} {{ {value} }}\n"
+    if tag in _chains(listing):
+        script += f"flush chain netdev {table} {tag}\ndelete chain netdev {table} {tag}\n"
+    if script:
+        _nft(script)
+
+
+def attachment_present(suffix: str, tag: str) -> bool:
+    listing = _listing(table_name(suffix))
+    return listing is not None and tag in _chains(listing) and \
+        any(comment == tag for _, comment in _elements(listing, "ports"))
+
+
+def collect_garbage(suffix: str, valid_tags: set) -> list:
+    """Remove the attachments whose tag is not valid; the removed tags."""
+    listing = _listing(table_name(suffix))
+    if listing is None:
+        return []
+    tags = {comment for name in ("local", "ports") for _, comment in _elements(listing, name) if comment}
+    tags |= {chain for chain in _chains(listing) if chain not in ("out", "uplink")}
+    stale = sorted(tags - set(valid_tags))
+    for tag in stale:
+        remove_attachment(suffix, tag)
+    return stale
