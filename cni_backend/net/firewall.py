@@ -103,6 +103,9 @@ def collect_garbage(network: str, valid_tags: set) -> None:
     """Remove every rule of `network` whose attachment is not in `valid_tags`."""
     prefix = network_tag(network)
     iptables.remove(lambda tag: tag.startswith(prefix) and tag not in valid_tags)
+    for tag in _mac_filter_chains(prefix):
+        if tag not in valid_tags:
+            remove_mac_filter(tag)
 
 
 def rules_of(tag: str) -> list:
@@ -166,6 +169,11 @@ def add_mac_filter(tag: str, host_ifname: str, mac: str, cidrs=()) -> None:
         _nft(f"add chain bridge {NFT_TABLE} {tag}\nflush chain bridge {NFT_TABLE} {tag}\n"
              + "".join(f"add rule bridge {NFT_TABLE} {tag} {rule}\n" for rule in rules)
              + f'add element bridge {NFT_TABLE} ports {{ "{host_ifname}" : jump {tag} }}\n')
+
+
+def _mac_filter_chains(prefix: str) -> list:
+    listing = iptables.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) or ""
+    return re.findall(rf"^\s*chain ({re.escape(prefix)}[\w.-]+) {{", listing, re.M)
 
 
 def remove_mac_filter(tag: str) -> None:
