@@ -2,6 +2,7 @@
 shim serving it from /run/docker/plugins, where dockerd looks for plug-ins."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from cni_backend import install
 from tests.conftest import host_state, ipam_rows, run
 from tests.engine.dockerd import Dockerd
+from tests.interop.containerd import Containerd
 
 PLUGIN_DIR = "/run/docker/plugins"
 DRIVER = "rancher-bridge"
@@ -120,3 +122,13 @@ def docker(engine, leak_guard):
     assert ours == [], "firewall rules left behind"
     assert shim.allocations() == [], "IPAM entries left behind"
     assert not os.listdir(shim.root / "run" / "staging") if (shim.root / "run" / "staging").exists() else True
+
+
+@pytest.fixture
+def containerd():
+    """A private containerd, for `ctr run --cni` next to Docker's containers."""
+    if shutil.which("containerd") is None:
+        pytest.skip("containerd is not installed")
+    ctrd = Containerd()
+    yield ctrd
+    ctrd.close()

@@ -12,7 +12,6 @@ import pytest
 from cni_backend import install
 from tests.conftest import unique
 from tests.engine.helpers import address, can_ping, container, network
-from tests.interop.containerd import Containerd
 
 pytestmark = pytest.mark.engine
 
@@ -23,15 +22,6 @@ def exported_conflist(docker, net) -> str:
         [sys.executable, "-m", "cnm_shim.cli", "status", "--json", "--state-dir", str(docker.shim.state_dir)],
         capture_output=True, text=True, check=True).stdout)
     return next(n["exported"] for n in state["networks"] if n["id"] == network_id)
-
-
-@pytest.fixture
-def containerd():
-    if shutil.which("containerd") is None:
-        pytest.skip("containerd is not installed")
-    ctrd = Containerd()
-    yield ctrd
-    ctrd.close()
 
 
 def test_a_docker_container_and_a_ctr_container_share_one_network(docker, containerd):

@@ -2,13 +2,18 @@
 uplink (a veth to a router namespace), with the metadata link."""
 
 import json
+import os
+import shutil
 import subprocess
 
 import pytest
 
+from cni_backend import install
 from tests.conftest import ping, run, unique
 from tests.rigs import router_with_uplink
 from tests.engine.helpers import address, can_ping, container
+from tests.engine.test_doctor import doctor
+from tests.engine.test_both_models import exported_conflist
 
 pytestmark = pytest.mark.engine
 
@@ -127,8 +132,6 @@ def fast_path_chains() -> dict:
 
 
 def test_a_lost_fast_path_falls_back_to_the_bridge_and_doctor_puts_it_back(docker, rig):
-    from tests.engine.test_doctor import doctor
-
     net, done = flat_network(docker, rig)
     assert done.returncode == 0, done.stderr
     a = container(docker, net)
@@ -147,3 +150,24 @@ def test_a_lost_fast_path_falls_back_to_the_bridge_and_doctor_puts_it_back(docke
     docker("network", "rm", net)
     docker.made["networks"].clear()
     assert fast_path_chains() == {}
+
+
+def test_a_docker_and_a_ctr_container_share_one_flat_network(docker, rig, containerd):
+    """Issue 4's "the same through CNI": the network exported as a conflist,
+    a `ctr run --cni` container next to a Docker one on the business subnet,
+    both reached from the router, both on the fast path."""
+    net, done = flat_network(docker, rig, "-o", "cni.export=true", "-o", f"cni.name={unique('cni')}")
+    assert done.returncode == 0, done.stderr
+    shutil.copy(exported_conflist(docker, net), os.path.join(containerd.cni_conf_dir, "00-rancher.conflist"))
+    install.write_executables(containerd.cni_bin_dir)
+    a = container(docker, net)
+    pid = containerd.run_cni("c1", "sleep", "300", env=dict(os.environ, RANCHER_CNI_SOCKET=docker.shim.cni_socket))
+    ctr_ip = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-4", "-o", "addr", "show", "eth0"],
+                            capture_output=True, text=True, check=True).stdout.split()[3].split("/")[0]
+    assert ctr_ip.startswith("192.168.78.") and ctr_ip not in (LINK_IP, address(docker, a, net))
+    assert ping(rig["router"], ctr_ip) and ping(rig["router"], address(docker, a, net))
+    assert can_ping(docker, a, ctr_ip)
+    [chains] = fast_path_chains().values()
+    assert len(chains) == 2, "one fast-path chain per container, whichever model made it"
+    containerd.stop("c1")
+    assert len(next(iter(fast_path_chains().values()))) == 1
