@@ -99,13 +99,10 @@ def remove_rules(tag: str, families=(4, 6)) -> None:
     iptables.remove(tag.__eq__, families)
 
 
-def collect_garbage(network: str, valid_tags: set) -> None:
-    """Remove every rule of `network` whose attachment is not in `valid_tags`."""
-    prefix = network_tag(network)
-    iptables.remove(lambda tag: tag.startswith(prefix) and tag not in valid_tags)
-    for tag in _mac_filter_chains(prefix):
-        if tag not in valid_tags:
-            remove_mac_filter(tag)
+def collect_garbage(network: str, valid_tags: set) -> list:
+    """Remove every rule and anti-spoofing chain of `network` whose attachment
+    is not in `valid_tags`; the removed tags."""
+    return collect_garbage_checked(network, lambda: valid_tags)
 
 
 def rules_of(tag: str) -> list:
@@ -133,7 +130,17 @@ def stray_tags(network: str, valid_tags: set) -> list:
 def collect_garbage_checked(network: str, valid_tags) -> list:
     """collect_garbage, with `valid_tags()` read under the firewall lock (so an
     attachment added meanwhile keeps its rules); the removed tags."""
-    return iptables.collect(network_tag(network), valid_tags)
+    prefix = network_tag(network)
+    # listed before valid_tags() is read: ADD makes a chain after its IPAM
+    # allocation, so a chain listed here is counted valid if it is
+    chains = _mac_filter_chains(prefix)
+    removed = set(iptables.collect(prefix, valid_tags))
+    valid = valid_tags()
+    for tag in chains:
+        if tag not in valid:
+            remove_mac_filter(tag)
+            removed.add(tag)
+    return sorted(removed)
 
 
 # -- macspoofchk, with nftables' bridge family ----------------------------
