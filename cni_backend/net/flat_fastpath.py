@@ -28,6 +28,7 @@ connectivity or isolation.
 import ipaddress
 import json
 
+from ..errors import CNIError
 from . import iptables
 
 _PREFIX = "rancher_flat_"
@@ -80,11 +81,26 @@ def add_attachment(suffix: str, tag: str, host_ifname: str, mac: str, cidrs: lis
         rules.append(f"ether saddr {mac} ether type ip ip saddr {{ {v4} }} {not_metadata}{unicast_out}")
     if v6:
         rules.append(f"ether saddr {mac} ether type ip6 ip6 saddr {{ {v6} }} {unicast_out}")
-    remove_attachment(suffix, tag, mac)  # a repeated ADD or a stale entry for this MAC: replaced
-    _nft(f'add chain netdev {table} {tag} {{ type filter hook ingress device "{host_ifname}" priority 0; }}\n'
-         + "".join(f"add rule netdev {table} {tag} {rule}\n" for rule in rules)
-         + f'add element netdev {table} local {{ {mac} comment "{tag}" }}\n'
-         + f'add element netdev {table} ports {{ {mac} comment "{tag}" : "{host_ifname}" }}\n')
+    # One transaction, idempotent without reading the table first: the chain
+    # is flushed before its rules go in, and each element is added, deleted
+    # and added again with our comment, so an entry for this MAC left by a
+    # DEL that never came changes owner. Only a stale map entry pointing at
+    # another veth makes the first add fail: then it is removed and we retry.
+    port = f'{mac} : "{host_ifname}"'
+    script = (f'add chain netdev {table} {tag} {{ type filter hook ingress device "{host_ifname}" priority 0; }}\n'
+              f"flush chain netdev {table} {tag}\n"
+              + "".join(f"add rule netdev {table} {tag} {rule}\n" for rule in rules)
+              + f"add element netdev {table} local {{ {mac} }}\n"
+              f"delete element netdev {table} local {{ {mac} }}\n"
+              f'add element netdev {table} local {{ {mac} comment "{tag}" }}\n'
+              f"add element netdev {table} ports {{ {port} }}\n"
+              f"delete element netdev {table} ports {{ {mac} }}\n"
+              f'add element netdev {table} ports {{ {mac} comment "{tag}" : "{host_ifname}" }}\n')
+    try:
+        _nft(script)
+    except CNIError:
+        remove_attachment(suffix, tag, mac)
+        _nft(script)
 
 
 def _elements(listing: list, name: str) -> list:
