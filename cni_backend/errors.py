@@ -34,6 +34,12 @@ class CNIError(Exception):
         self.msg = msg
         self.details = details
 
+    def __reduce__(self):
+        # Exception pickles as cls(*self.args), which here is (msg,) alone; a
+        # CNIError crossing a process boundary (a worker pool, the daemon) must
+        # arrive whole, not as a TypeError in the receiving process.
+        return (type(self), (self.code, self.msg, self.details))
+
     def to_json(self, cni_version: str) -> dict:
         return {
             "cniVersion": cni_version,

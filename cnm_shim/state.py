@@ -8,25 +8,26 @@ import json
 import os
 import sqlite3
 
+from cni_backend import sqlite_file
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (kind, key));
 """
 NETWORK, ENDPOINT, POOL = "network", "endpoint", "pool"
+_BUSY_TIMEOUT_S = 30
 
 
 class State:
     def __init__(self, state_dir: str):
         self.path = os.path.join(state_dir, "state.db")
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        sqlite_file.connect(self.path, _SCHEMA, _BUSY_TIMEOUT_S).close()
 
     @contextlib.contextmanager
     def _db(self):
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         try:
             yield db
         finally:

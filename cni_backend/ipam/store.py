@@ -14,6 +14,7 @@ import os
 import sqlite3
 import time
 
+from .. import sqlite_file
 from ..errors import CNIError, IO_FAILURE, TRY_AGAIN_LATER
 
 
@@ -128,11 +129,9 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         try:
             os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             # WAL: readers never block the writer; NORMAL sync keeps commits atomic.
-            db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite_file.connect(self.path, _SCHEMA, BUSY_TIMEOUT_S)
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise CNIError(IO_FAILURE, f"cannot open the IPAM store {self.path}", str(exc)) from None
         return db

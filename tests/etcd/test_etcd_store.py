@@ -65,8 +65,10 @@ def _allocate_in_host_process(args):
 
 def test_thirty_allocations_from_three_hosts_at_once_are_distinct(etcd):
     jobs = [(etcd.endpoints, "/test/thirty", host, n) for host in range(3) for n in range(10)]
-    with multiprocessing.get_context("fork").Pool(30) as pool:
-        ips = pool.map(_allocate_in_host_process, jobs)
+    # Workers from a fork server (forking pytest may copy a lock another
+    # thread holds); a hang fails the test instead of stalling the run.
+    with multiprocessing.get_context("forkserver").Pool(30) as pool:
+        ips = pool.map_async(_allocate_in_host_process, jobs).get(timeout=300)
     assert len(set(ips)) == 30
 
 

@@ -2,6 +2,7 @@
 
 import ipaddress
 import multiprocessing
+import pickle
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -141,16 +142,66 @@ def test_allocations_are_always_distinct_inside_the_range_and_sticky(tmp_path_fa
         assert len(set(held.values())) == len(held)
 
 
-def _allocate_in_child(args):
-    data_dir, n = args
+# Child processes come from a fork server: forking pytest itself could copy a
+# lock some other thread holds and hang the child. Any hang here fails the
+# test after CHILD_TIMEOUT_S instead of stalling the run.
+CHILD_TIMEOUT_S = 120
+
+
+def _allocate_at_the_gate(data_dir, n, gate, results):
     c = config.load({"ranges": [[{"subnet": "10.30.0.0/24"}]], "dataDir": data_dir}, {})
-    return alloc(SQLiteStore(data_dir), c, ("n", f"c{n}", "eth0"))[0].ip
+    gate.wait()
+    try:
+        results.put(alloc(SQLiteStore(data_dir), c, ("n", f"c{n}", "eth0"))[0].ip)
+    except CNIError as err:
+        results.put(err)
+
+
+def _all_at_once(target, args_per_child):
+    """target(*args, gate, results) in one process per args, released together; what each put."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    gate, results = ctx.Event(), ctx.Queue()
+    children = [ctx.Process(target=target, args=(*args, gate, results)) for args in args_per_child]
+    for child in children:
+        child.start()
+    gate.set()
+    got = [results.get(timeout=CHILD_TIMEOUT_S) for _ in children]
+    for child in children:
+        child.join(CHILD_TIMEOUT_S)
+    return got
 
 
 def test_fifty_processes_allocating_at_once_get_fifty_distinct_addresses(tmp_path):
-    with multiprocessing.get_context("fork").Pool(50) as pool:
-        ips = pool.map(_allocate_in_child, [(str(tmp_path), n) for n in range(50)])
+    ips = _all_at_once(_allocate_at_the_gate, [(str(tmp_path), n) for n in range(50)])
+    assert not [ip for ip in ips if isinstance(ip, CNIError)]
     assert len(set(ips)) == 50
+
+
+def _open_each_store(data_dirs, gate, results):
+    gate.wait()
+    failures = []
+    for data_dir in data_dirs:
+        try:
+            SQLiteStore(data_dir).run(lambda txn: txn.all())
+        except CNIError as err:
+            failures.append(str(err))
+    results.put(failures)
+
+
+def test_processes_opening_new_stores_together_all_succeed(tmp_path):
+    # Regression: setting up a new SQLite file (WAL mode, tables) raced, so
+    # some of the first parallel ADDs on a host failed "database is locked".
+    # Eight processes walking the same forty new stores hit that race about
+    # ten times per run before the fix.
+    data_dirs = [str(tmp_path / str(n)) for n in range(40)]
+    failures = _all_at_once(_open_each_store, [(data_dirs,)] * 8)
+    assert sum(failures, []) == []
+
+
+def test_a_cni_error_crosses_a_process_boundary_whole():
+    err = pickle.loads(pickle.dumps(CNIError(11, "the IPAM store is busy", "database is locked")))
+    assert (err.code, err.msg, err.details) == (11, "the IPAM store is busy", "database is locked")
 
 
 def _allocate_then_get_killed(data_dir):
@@ -166,9 +217,9 @@ def _allocate_then_get_killed(data_dir):
 
 
 def test_a_process_killed_mid_allocation_leaves_the_store_whole(tmp_path):
-    process = multiprocessing.get_context("fork").Process(target=_allocate_then_get_killed, args=(str(tmp_path),))
+    process = multiprocessing.get_context("forkserver").Process(target=_allocate_then_get_killed, args=(str(tmp_path),))
     process.start()
-    process.join()
+    process.join(CHILD_TIMEOUT_S)
     assert process.exitcode == -9
     c = config.load({"ranges": [[{"subnet": "10.31.0.0/24"}]], "dataDir": str(tmp_path)}, {})
     store = SQLiteStore(str(tmp_path))
