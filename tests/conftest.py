@@ -94,6 +94,25 @@ def leak_guard():
     assert not leaked, f"the test left state behind: {leaked}"
 
 
+BRIDGE_NF_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+
+
+@pytest.fixture
+def docker_host_firewall():
+    """The host's firewall as Docker leaves it: FORWARD policy DROP, and bridged
+    frames handed to iptables (br_netfilter). Tests get this whatever the
+    machine had; the machine's own values come back afterwards."""
+    policy = run("iptables", "-w", "-S", "FORWARD").stdout.splitlines()[0].split()[-1]
+    bridge_nf = open(BRIDGE_NF_SYSCTL).read().strip()
+    run("iptables", "-w", "-P", "FORWARD", "DROP")
+    with open(BRIDGE_NF_SYSCTL, "w") as f:
+        f.write("1")
+    yield
+    run("iptables", "-w", "-P", "FORWARD", policy)
+    with open(BRIDGE_NF_SYSCTL, "w") as f:
+        f.write(bridge_nf)
+
+
 # -- namespaces ----------------------------------------------------------
 
 @pytest.fixture

@@ -42,11 +42,15 @@ def _host(iface) -> str:
     return f"{iface.ip}/{32 if iface.version == 4 else 128}"
 
 
-def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False) -> dict:
+def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False,
+                 metadata=None) -> dict:
     """family -> table -> rules for a container on `bridge` with addresses `cidrs`;
     nothing it sends is routed out of the `forbidden` interfaces. Who may open
     connections to it: replies only (False), its own subnet ("subnet": VXLAN,
-    where that subnet's other hosts come in through the VTEP), anyone (True: flat)."""
+    where that subnet's other hosts come in through the VTEP), anyone (True: flat).
+    `metadata` (bridge, address): flat's metadata service, which the container
+    reaches over the link; the host routes both directions in and out of that
+    bridge, where Docker's FORWARD DROP policy would drop them."""
     per_family = {}
     note = f"-m comment --comment {tag}"
     for iface in map(ipaddress.ip_interface, cidrs):
@@ -58,6 +62,12 @@ def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden
             f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j ACCEPT" if open_inbound is True else
             f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT",
         ]
+        if metadata and iface.version == 4:
+            md_bridge, md_ip = metadata
+            rules["filter"] += [
+                f"-A {FORWARD_CHAIN} -s {_host(iface)} -d {md_ip}/32 -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
+                f"-A {FORWARD_CHAIN} -s {md_ip}/32 -d {_host(iface)} -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
+            ]
         if open_inbound == "subnet":
             rules["filter"].append(f"-A {FORWARD_CHAIN} -s {iface.network} -d {_host(iface)} -o {bridge} {note} -j ACCEPT")
         if masquerade:

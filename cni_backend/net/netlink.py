@@ -19,8 +19,10 @@ from ..errors import CNIError, INTERFACE_EXISTS, KERNEL_FEATURE_MISSING, NETLINK
 from . import netns
 
 IFF_PROMISC = 0x100
+NUD_NOARP = 0x40      # a bridge FDB entry that never ages ("static")
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
+NTF_MASTER = 0x04
 # Bridge VLAN info flags (linux/if_bridge.h).
 BRIDGE_VLAN_INFO_PVID = 0x2
 BRIDGE_VLAN_INFO_UNTAGGED = 0x4
@@ -426,6 +428,14 @@ def set_fdb(ipr, index: int, mac: str, dst: str | None) -> None:
     except NetlinkError as exc:
         if dst or exc.code not in (errno.ENOENT, errno.ESRCH):
             raise _fail(f"{'setting' if dst else 'removing'} FDB entry {mac}", exc) from None
+
+
+def pin_bridge_fdb(ipr, port_index: int, mac: str) -> None:
+    """A static entry in the bridge's FDB: `mac` lives behind this port."""
+    try:
+        ipr.fdb("replace", ifindex=port_index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER)
+    except NetlinkError as exc:
+        raise _fail(f"pinning {mac} in the bridge FDB", exc) from None
 
 
 def neighbours(ipr, index: int) -> dict:

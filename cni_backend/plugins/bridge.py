@@ -42,6 +42,7 @@ class BridgeConf:
     extra_routes: list = dataclasses.field(default_factory=list)
     forbidden_out: tuple = ()     # interfaces the host must never route its traffic to
     open_inbound: bool | str = False  # who may connect to it: see firewall.bridge_rules
+    metadata: tuple | None = None     # flat's (metadata bridge, address): see firewall.bridge_rules
 
 
 def _flag(config: dict, key: str) -> bool:
@@ -152,7 +153,7 @@ def attach(req, conf: BridgeConf) -> dict:
 
 def _rules(req, conf: BridgeConf, ips: list) -> dict:
     return firewall.bridge_rules(_tag(req), conf.bridge, [ip["address"] for ip in ips], conf.ip_masq,
-                                 conf.forbidden_out, conf.open_inbound)
+                                 conf.forbidden_out, conf.open_inbound, conf.metadata)
 
 
 def _container_routes(conf: BridgeConf, ipam: dict) -> list:

@@ -81,7 +81,8 @@ def _bridge_conf(req, flat: flatnet.FlatNetwork) -> BridgeConf:
     return BridgeConf(bridge=flat.bridge, is_gateway=False, is_default_gateway=True, force_address=False,
                       ip_masq=False, mtu=flat.mtu, hairpin=_flag(req.config, "hairpinMode"), promisc=False,
                       vlan=0, macspoofchk=True, mac=_requested_mac(req), ip_spoof_check=True, extra_routes=extra,
-                      forbidden_out=(flat.metadata.bridge,) if flat.metadata else (), open_inbound=True)
+                      forbidden_out=(flat.metadata.bridge,) if flat.metadata else (), open_inbound=True,
+                      metadata=(flat.metadata.bridge, flat.metadata.ip) if flat.metadata else None)
 
 
 def _with_link_excluded(req, flat: flatnet.FlatNetwork):
@@ -140,6 +141,11 @@ def _add_fast_path(req, flat: flatnet.FlatNetwork, result: dict) -> None:
     flat_fastpath.add_attachment(flat.suffix, _tag(req), host_veth, container["mac"],
                                  [ip["address"] for ip in result["ips"]],
                                  flat.metadata.ip if flat.metadata else None)
+    # The bridge no longer sees the container's unicast to the uplink, so the
+    # entry it learned would age out and frames from the host to the
+    # container would then flood every port. A static entry goes with the veth.
+    with netlink.socket_in() as host:
+        netlink.pin_bridge_fdb(host, netlink.link(host, host_veth)["index"], container["mac"])
 
 
 def delete(req) -> None:

@@ -3,6 +3,7 @@ test (a namespace behind a veth standing in for the NIC), a metadata bridge with
 a metadata service, and containers on the business subnet."""
 
 import json
+import time
 
 import pytest
 
@@ -20,9 +21,10 @@ SUBNET, ROUTER, HOST_IP, LINK_IP, MD_IP = "192.168.77.0/24", "192.168.77.1", "19
 
 
 @pytest.fixture
-def rig(make_netns, tmp_path):
+def rig(make_netns, tmp_path, docker_host_firewall):
     """router namespace with the switch; the uplink veth; the metadata bridge,
-    a metadata service namespace and another namespace on that bridge."""
+    a metadata service namespace and another namespace on that bridge; the
+    host's firewall as Docker leaves it."""
     router, uplink = router_with_uplink(make_netns, f"{ROUTER}/24", f"{HOST_IP}/24")
     metadata, other, md_bridge = make_netns(), make_netns(), unique("md")
     run("ip", "route", "add", "198.51.100.0/24", "via", ROUTER, "dev", uplink)
@@ -98,7 +100,7 @@ def test_flat_network_end_to_end(cni_daemon_env, make_netns, rig):
     # metadata over the link; nothing else on that bridge; no ARP for the link address upstream
     with capture(rig["router"], "wan0", seconds=3) as frames:
         ns_exec(a, "ip", "neigh", "flush", "all")
-        fetched = ns_exec(a, "wget", "-q", "-T", "3", "-O", "-", f"http://{MD_IP}/", check=False)
+        fetched = ns_exec(a, "wget", "-q", "-T", "3", "-t", "1", "-O", "-", f"http://{MD_IP}/", check=False)
     assert fetched.stdout == "metadata-ok\n", fetched.stderr
     assert arp_requests_for(frames, LINK_IP) == [], "an ARP request for the link address left the host"
     ns_exec(a, "ip", "route", "add", "169.254.169.9/32", "via", LINK_IP)
@@ -220,39 +222,59 @@ def test_fast_path_takes_router_traffic_off_the_bridge(cni_daemon_env, make_netn
     reaches br_netfilter (the gap to macvlan); traffic between containers and
     to the metadata link still crosses the bridge; DEL and network removal
     leave nothing of it."""
-    env, sysctl = cni_daemon_env, "/proc/sys/net/bridge/bridge-nf-call-iptables"
-    saved = open(sysctl).read()
-    open(sysctl, "w").write("1")  # as Docker leaves it
-    try:
-        config = flat_config(env, rig, fastPath=fast_path)
-        flat = load_network(config)
-        a, b = make_netns(), make_netns()
-        _, ra = env.exec("ADD", config, a, container_id="ca")
-        _, rb = env.exec("ADD", config, b, container_id="cb")
-        ip_a, ip_b = (r["ips"][0]["address"].split("/")[0] for r in (ra, rb))
-        assert ping(a, ROUTER) and ping(rig["router"], ip_a)
-        bridged = forward_counters(ip_a)
-        if fast_path:
-            assert bridged == 0, "router traffic walked br_netfilter"
-            assert fast_path_packets(flat, attachment_tag(config["name"], "ca", "eth0")) > 0
-        else:
-            assert bridged > 0 and run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}",
-                                       check=False).returncode != 0
-        assert ping(a, ip_b) and forward_counters(ip_a) > bridged  # containers: over the bridge
-        fetched = ns_exec(a, "wget", "-q", "-T", "3", "-O", "-", f"http://{MD_IP}/", check=False)
-        assert fetched.stdout == "metadata-ok\n", fetched.stderr
-        assert env.exec("CHECK", dict(config, prevResult=ra), a, container_id="ca")[0] == 0
+    env = cni_daemon_env
+    config = flat_config(env, rig, fastPath=fast_path)
+    flat = load_network(config)
+    a, b = make_netns(), make_netns()
+    _, ra = env.exec("ADD", config, a, container_id="ca")
+    _, rb = env.exec("ADD", config, b, container_id="cb")
+    ip_a, ip_b = (r["ips"][0]["address"].split("/")[0] for r in (ra, rb))
+    assert ping(a, ROUTER) and ping(rig["router"], ip_a)
+    bridged = forward_counters(ip_a)
+    if fast_path:
+        assert bridged == 0, "router traffic walked br_netfilter"
+        assert fast_path_packets(flat, attachment_tag(config["name"], "ca", "eth0")) > 0
+    else:
+        assert bridged > 0 and run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}",
+                                   check=False).returncode != 0
+    assert ping(a, ip_b) and forward_counters(ip_a) > bridged  # containers: over the bridge
+    fetched = ns_exec(a, "wget", "-q", "-T", "3", "-t", "1", "-O", "-", f"http://{MD_IP}/", check=False)
+    assert fetched.stdout == "metadata-ok\n", fetched.stderr
+    assert env.exec("CHECK", dict(config, prevResult=ra), a, container_id="ca")[0] == 0
 
-        mac_a = next(i["mac"] for i in ra["interfaces"] if i.get("sandbox"))
-        assert env.exec("DEL", dict(config, prevResult=ra), a, container_id="ca")[0] == 0
-        if fast_path:
-            left = run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}").stdout
-            assert mac_a not in left and left.count("hook ingress") == 2  # the uplink's and b's
-        assert env.exec("DEL", dict(config, prevResult=rb), b, container_id="cb")[0] == 0
-        flatnet.remove(flat)
-        assert run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}", check=False).returncode != 0
-    finally:
-        open(sysctl, "w").write(saved)
+    mac_a = next(i["mac"] for i in ra["interfaces"] if i.get("sandbox"))
+    assert env.exec("DEL", dict(config, prevResult=ra), a, container_id="ca")[0] == 0
+    if fast_path:
+        left = run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}").stdout
+        assert mac_a not in left and left.count("hook ingress") == 2  # the uplink's and b's
+    assert env.exec("DEL", dict(config, prevResult=rb), b, container_id="cb")[0] == 0
+    flatnet.remove(flat)
+    assert run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}", check=False).returncode != 0
+
+
+def bridge_fdb(bridge: str) -> dict:
+    """MAC -> (port, state) of the bridge's entries for its ports."""
+    entries = json.loads(run("bridge", "-j", "fdb", "show", "br", bridge).stdout)
+    return {e["mac"]: (e["ifname"], e.get("state", "")) for e in entries if e.get("ifname") != bridge}
+
+
+def test_the_bridge_still_knows_a_fast_path_container_after_ageing(cni_env, make_netns, rig):
+    """The fast path hides a container's unicast from the bridge, so what the
+    bridge learned would age out; its static entry stays, so frames from the
+    host to the container are never flooded."""
+    config = flat_config(cni_env, rig)
+    a = make_netns()
+    _, ra = cni_env.exec("ADD", config, a, container_id="ca")
+    mac_a = next(i["mac"] for i in ra["interfaces"] if i.get("sandbox"))
+    host_a = next(i["name"] for i in ra["interfaces"] if i["name"].startswith("veth"))
+    run("ip", "link", "set", config["bridge"], "type", "bridge", "ageing_time", "100")  # 1 s
+    assert ping(a, ROUTER)  # ARP crosses the bridge, the pings take the fast path
+    time.sleep(3)
+    fdb = bridge_fdb(config["bridge"])
+    assert fdb.get(mac_a) == (host_a, "static"), fdb
+    assert cni_env.exec("DEL", dict(config, prevResult=ra), a, container_id="ca")[0] == 0
+    assert mac_a not in bridge_fdb(config["bridge"])
+    flatnet.remove(load_network(config))
 
 
 def test_stale_fast_path_entries_are_replaced_and_collected(cni_env, make_netns, rig):
