@@ -152,6 +152,22 @@ def test_a_lost_fast_path_falls_back_to_the_bridge_and_doctor_puts_it_back(docke
     assert fast_path_chains() == {}
 
 
+def test_a_released_uplink_is_reported_and_repair_enslaves_it_again(docker, rig):
+    net, done = flat_network(docker, rig)
+    assert done.returncode == 0, done.stderr
+    a = container(docker, net)
+    bridge = uplink_state(rig["uplink"])[0]
+    run("ip", "link", "set", rig["uplink"], "nomaster")  # behind Docker's back
+    code, report = doctor(docker)
+    assert code == 1 and [f["problem"] for f in report["findings"]] == [
+        f"{rig['uplink']} is not enslaved to {bridge}"], report
+    code, report = doctor(docker, "--repair")
+    assert code == 0 and report["findings"][0]["repaired"], report
+    assert uplink_state(rig["uplink"])[0] == bridge
+    assert ping(rig["router"], address(docker, a, net)) and can_ping(docker, a, ROUTER)
+    assert doctor(docker)[0] == 0
+
+
 def test_a_docker_and_a_ctr_container_share_one_flat_network(docker, rig, containerd):
     """Issue 4's "the same through CNI": the network exported as a conflist,
     a `ctr run --cni` container next to a Docker one on the business subnet,

@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import ns_exec, ping, run, unique
 from tests.engine.helpers import address, can_ping, container, network
+from tests.engine.test_doctor import doctor
 
 pytestmark = pytest.mark.engine
 
@@ -45,6 +46,23 @@ def test_docker_containers_reach_another_hosts_workload_over_vxlan(docker, other
     assert mtu == "1450"
     vtep = json.loads(run("ip", "-j", "-d", "link", "show", "vtep1042").stdout)[0]
     assert vtep["linkinfo"]["info_data"]["id"] == 1042 and vtep["linkinfo"]["info_data"]["learning"] is False
+
+
+def test_a_deleted_vtep_is_reported_and_repair_recreates_it(docker, other_host):
+    net = network(docker, "--subnet", "10.43.0.0/16", "--ip-range", "10.43.1.0/24",
+                  "-o", f"vtep_dev={other_host['underlay']}", "-o", "peers=10.98.0.2", driver="rancher-vxlan")
+    a = container(docker, net)
+    assert can_ping(docker, a, "10.43.200.1")
+    bridge = json.loads(run("ip", "-j", "link", "show", "vtep1042").stdout)[0]["master"]
+    run("ip", "link", "del", "vtep1042")  # behind Docker's back: the other host is cut off
+    code, report = doctor(docker)
+    assert code == 1 and [f["problem"] for f in report["findings"]] == ["vtep1042 is missing"], report
+    code, report = doctor(docker, "--repair")
+    assert code == 0 and report["findings"][0]["repaired"], report
+    vtep = json.loads(run("ip", "-j", "-d", "link", "show", "vtep1042").stdout)[0]
+    assert vtep["linkinfo"]["info_data"]["id"] == 1042 and vtep.get("master") == bridge
+    assert can_ping(docker, a, "10.43.200.1"), "the VTEP, its peer and the bridge port are back"
+    assert doctor(docker)[0] == 0
 
 
 def test_bad_vxlan_options_fail_clearly(docker):

@@ -35,7 +35,33 @@ def eth0_address(netns_path: str) -> str:
     return out.split()[3].split("/")[0]
 
 
-def test_invoke_cli_drives_the_reference_bridge_and_host_local(cni_daemon_env, make_netns):
+REFERENCE_FIREWALL_CHAINS = ("CNI-FORWARD", "CNI-ADMIN")
+
+
+def filter_chains() -> set:
+    return {line[1:].split()[0] for line in run("iptables-save", "-t", "filter").stdout.splitlines()
+            if line.startswith(":")}
+
+
+@pytest.fixture
+def reference_firewall_chains():
+    """The reference firewall plug-in leaves its chains after the last DEL;
+    the ones it made here are removed again."""
+    before = filter_chains()
+    yield
+    for chain in REFERENCE_FIREWALL_CHAINS:
+        if chain in filter_chains() - before:
+            run("iptables", "-w", "-D", "FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules",
+                "-j", chain, check=False)
+            run("iptables", "-w", "-F", chain)
+            run("iptables", "-w", "-X", chain)
+
+
+def test_invoke_cli_drives_the_reference_bridge_and_host_local(cni_daemon_env, make_netns, docker_host_firewall,
+                                                               reference_firewall_chains):
+    """On a host firewalled as Docker leaves it (FORWARD DROP, bridged frames
+    through iptables) the reference bridge needs the reference firewall plug-in
+    chained after it, as on any Docker host: a three-plug-in chain."""
     if not os.path.exists("/usr/lib/cni/bridge"):
         pytest.skip("Debian's containernetworking-plugins is not installed")
     env = cni_daemon_env
@@ -45,7 +71,8 @@ def test_invoke_cli_drives_the_reference_bridge_and_host_local(cni_daemon_env, m
     host_local = env.root / "host-local"
     conf = {"cniVersion": "1.0.0", "name": name, "plugins": [
         {"type": "bridge", "bridge": bridge, "isGateway": True,
-         "ipam": {"type": "host-local", "subnet": "10.125.0.0/24", "dataDir": str(host_local)}}]}
+         "ipam": {"type": "host-local", "subnet": "10.125.0.0/24", "dataDir": str(host_local)}},
+        {"type": "firewall", "backend": "iptables"}]}
     (env.conf_dir / f"10-{name}.conflist").write_text(json.dumps(conf))
     a, b = make_netns(), make_netns()
     ra = cli(env, "add", name, a)
@@ -59,6 +86,8 @@ def test_invoke_cli_drives_the_reference_bridge_and_host_local(cni_daemon_env, m
     leftover = [f for f in os.listdir(host_local / name) if not f.startswith(("last_reserved", "lock"))]
     assert leftover == [] and ra["ips"] != rb["ips"]
     assert os.listdir(env.cache / "results") == []
+    forward = run("iptables-save", "-t", "filter").stdout
+    assert not [line for line in forward.splitlines() if line.startswith("-A CNI-") and "10.125.0." in line]
 
 
 @pytest.fixture
