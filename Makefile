@@ -85,8 +85,8 @@ rig: deps $(TEST_VENV)/.installed  ## three Docker hosts on this machine until C
 
 bench: deps $(TEST_VENV)/.installed  ## ours against the references, same run
 	$(TEST_VENV)/bin/python bench/cni_add_del.py
-	$(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 6
-	$(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 6 --congestion cubic
+	$(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 20
+	$(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 10 --congestion cubic
 	$(TEST_VENV)/bin/python bench/vxlan_throughput.py --rounds 5
 	tests/sandbox.sh $(TEST_VENV)/bin/python bench/load.py
 
