@@ -1,6 +1,7 @@
 """Opening the project's SQLite files (the IPAM store, the shim's state) so
 that any number of processes may open a new file at the same moment."""
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -25,24 +26,20 @@ def connect(path: str, schema: str, timeout: float) -> sqlite3.Connection:
     return db
 
 
-class _setup_lock:
+@contextlib.contextmanager
+def _setup_lock(path: str, timeout: float):
     """An flock on PATH.lock, waited for up to `timeout` seconds."""
-
-    def __init__(self, path: str, timeout: float):
-        self.path, self.timeout = path + ".lock", timeout
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + self.timeout
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    os.close(self.fd)
-                    raise sqlite3.OperationalError(f"{self.path} stayed locked for {self.timeout} s") from None
+                    raise sqlite3.OperationalError(f"{path}.lock stayed locked for {timeout} s") from None
                 time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        os.close(self.fd)  # closing the only descriptor releases the flock
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the flock

@@ -49,8 +49,9 @@ def reference_firewall_chains():
     the ones it made here are removed again."""
     before = filter_chains()
     yield
+    made = filter_chains() - before
     for chain in REFERENCE_FIREWALL_CHAINS:
-        if chain in filter_chains() - before:
+        if chain in made:
             run("iptables", "-w", "-D", "FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules",
                 "-j", chain, check=False)
             run("iptables", "-w", "-F", chain)
