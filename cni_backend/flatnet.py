@@ -27,7 +27,7 @@ import os
 import subprocess
 
 from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
-from .net import flat_fastpath, netlink, netns
+from .net import features, flat_fastpath, netlink, sysctls
 
 LOCK_DIR = "/run/rancher-cni"
 RULE_PRIORITY = 30000
@@ -110,13 +110,23 @@ def ensure(flat: FlatNetwork) -> None:
         bridge_mac = _pin_bridge_mac(host, bridge["index"], port.get("address"))
         # Answer ARP only for the bridge's own addresses: the link address is the
         # metadata bridge's, and must be answered from there, over the link.
-        netns.write_sysctl(f"net/ipv4/conf/{flat.bridge}/arp_ignore", "1")
+        sysctls.ensure(sysctls.interface_path("ipv4", flat.bridge, "arp_ignore"), "1",
+                       f"{flat.bridge} answers ARP for its own addresses only, not for the metadata link's")
         if flat.metadata:
+            features.require("ebtables_filter", "the metadata link's policy")
+            sysctls.ensure_forwarding(4, f"{flat.bridge}: metadata requests are routed from the flat bridge "
+                                         f"to {flat.metadata.bridge} and back")
             _ensure_metadata_link(host, flat, bridge)
         _ensure_ebtables(flat, uplink)
         _set_notrack(flat, present=True)
-        if flat.fast_path:
+        if fast_path_usable(flat):
             flat_fastpath.ensure_network(flat.suffix, uplink, bridge_mac)
+
+
+def fast_path_usable(flat: FlatNetwork) -> bool:
+    """The fast path when the network wants it and the kernel can forward at
+    ingress (nft netdev `fwd`); otherwise every frame takes the bridge."""
+    return flat.fast_path and features.has("nft_netdev_fwd")
 
 
 def _pin_bridge_mac(host, bridge_index: int, uplink_mac: str) -> str:

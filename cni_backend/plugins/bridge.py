@@ -14,7 +14,7 @@ import re
 
 from .. import delegate
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG, UNKNOWN_CONTAINER
-from ..net import firewall, netlink, netns
+from ..net import features, firewall, netlink, netns, sysctls
 from ..skel import IFNAME_MAX
 from ..version import CURRENT
 from . import ipam as ipam_plugin
@@ -109,6 +109,8 @@ def add(req) -> dict:
 def attach(req, conf: BridgeConf) -> dict:
     """A veth from the sandbox to `conf.bridge`, addressed by IPAM; all or nothing."""
     sandbox = req.netns_path_for_use()
+    if conf.macspoofchk or conf.ip_spoof_check:
+        features.require("nft_bridge", "anti-spoofing (macspoofchk)")  # before anything is made
     with contextlib.ExitStack() as undo:
         try:
             netns_fd = netns.open_netns(sandbox)
@@ -192,7 +194,7 @@ def _enable_ipv6_without_dad(ifname: str) -> None:
     # address detection would leave the address unusable for a second or two.
     for key, value in (("disable_ipv6", "0"), ("accept_dad", "0")):
         try:
-            netns.write_sysctl(f"net/ipv6/conf/{ifname}/{key}", value)
+            netns.write_sysctl(sysctls.interface_path("ipv6", ifname, key), value)
         except FileNotFoundError:
             pass  # a kernel without IPv6: adding the address will say so
 
@@ -214,7 +216,8 @@ def _ensure_gateway(host, bridge: dict, ips: list, force: bool) -> None:
                                "set forceAddress to replace it, or use another bridge")
             netlink.delete_address(host, bridge["index"], str(other))
         netlink.add_address(host, bridge["index"], str(wanted))
-        netns.write_sysctl("net/ipv4/ip_forward" if wanted.version == 4 else "net/ipv6/conf/all/forwarding", "1")
+        sysctls.ensure_forwarding(wanted.version, f"{bridge['name']} is the gateway of {wanted.network}: "
+                                                  "its containers' traffic is routed by this host")
 
 
 # -- DEL ------------------------------------------------------------------

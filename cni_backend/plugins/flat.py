@@ -134,7 +134,7 @@ def _tag(req) -> str:
 
 
 def _add_fast_path(req, flat: flatnet.FlatNetwork, result: dict) -> None:
-    if not flat.fast_path:
+    if not flatnet.fast_path_usable(flat):
         return
     host_veth = next(i["name"] for i in result["interfaces"] if not i.get("sandbox") and i["name"] != flat.bridge)
     container = next(i for i in result["interfaces"] if i.get("sandbox"))
@@ -160,7 +160,7 @@ def delete(req) -> None:
 def check(req) -> None:
     flat = load_network(req.config)
     bridge_plugin.verify(_with_link_excluded(req, flat), _bridge_conf(req, flat))
-    if flat.fast_path and not flat_fastpath.attachment_present(flat.suffix, _tag(req)):
+    if flatnet.fast_path_usable(flat) and not flat_fastpath.attachment_present(flat.suffix, _tag(req)):
         raise CNIError(CHECK_FAILED, f"the fast path of {req.container_id}/{req.ifname} is missing",
                        "cnm-shim doctor --repair puts it back")
 
@@ -168,7 +168,7 @@ def check(req) -> None:
 def repair(req) -> None:
     flat = load_network(req.config)
     bridge_plugin.restore(_with_link_excluded(req, flat), _bridge_conf(req, flat))
-    if flat.fast_path:
+    if flatnet.fast_path_usable(flat):
         flatnet.ensure(flat)
         _add_fast_path(req, flat, req.prev_result)
 

@@ -9,7 +9,7 @@ rules carry the attachment's tag and disappear with DEL, chains included.
 import ipaddress
 
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG
-from ..net import firewall, netns
+from ..net import firewall, sysctls
 from . import ipam as ipam_plugin
 
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -73,9 +73,14 @@ def add(req) -> dict:
         bridge = _host_interface(prev)
         if snat and bridge:
             try:  # lets DNAT'ed packets from 127.0.0.1 leave through the bridge
-                netns.write_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
+                sysctls.ensure(sysctls.interface_path("ipv4", bridge, "route_localnet"), "1",
+                               "published ports answer on 127.0.0.1: DNAT'ed packets leave through the bridge")
             except FileNotFoundError:
-                pass
+                pass  # not a host interface (prevResult named a sandbox's)
+            except ValueError as exc:
+                raise CNIError(INVALID_CONFIG, f"prevResult: {exc}") from None
+        for version in sorted({ipaddress.ip_interface(c).version for c in _container_cidrs(prev)}):
+            sysctls.ensure_forwarding(version, "published ports: packets DNAT'ed to a container are routed by this host")
         firewall.add_rules(_tag(req), firewall.port_rules(_tag(req), mappings, _container_cidrs(prev), snat))
     return prev
 

@@ -9,7 +9,7 @@ import pytest
 
 from cni_backend.plugins.flat import load_network
 from cni_backend import flatnet
-from cni_backend.net import flat_fastpath
+from cni_backend.net import flat_fastpath, sysctls
 from cni_backend.net.firewall import attachment_tag
 from tests.conftest import ns_exec, ping, run, unique
 from tests.packets import arp_requests_for, capture, ipv4_from
@@ -76,8 +76,11 @@ def uplink_state(uplink):
             "routes": sorted((r["dst"], r.get("gateway")) for r in routes)}
 
 
-def test_flat_network_end_to_end(cni_daemon_env, make_netns, rig):
+def test_flat_network_end_to_end(fresh_host_sysctls, cni_daemon_env, make_netns, rig):
+    """From a fresh host's sysctls (forwarding off, no dockerd ever ran): the
+    plug-in turns on the forwarding its metadata link needs."""
     env = cni_daemon_env
+    assert sysctls.read("net/ipv4/ip_forward") == "0"
     before = uplink_state(rig["uplink"])
     ebtables_before = ebtables_rules()
     config = flat_config(env, rig)
@@ -87,6 +90,7 @@ def test_flat_network_end_to_end(cni_daemon_env, make_netns, rig):
     _, rb = env.exec("ADD", config, b, container_id="cb")
     ip_a, ip_b = (r["ips"][0]["address"].split("/")[0] for r in (ra, rb))
     assert LINK_IP not in (ip_a, ip_b)
+    assert sysctls.read("net/ipv4/ip_forward") == "1", "the metadata link is routed: ADD turns forwarding on"
 
     # the host's address moved from the uplink to the flat bridge, the uplink is a port
     assert uplink_state(rig["uplink"])["master"] == config["bridge"]

@@ -1,0 +1,138 @@
+"""Kernel features the backends use, probed on this host, never assumed.
+
+Each probe asks the kernel itself (a netlink or nftables transaction that
+leaves nothing behind), so a feature built as a module that loads on demand
+counts as present. A result is cached for the life of the boot, in a file
+under /run (a kernel does not lose features; a module that appears later is
+found after a reboot or by removing the file), because the CNI executables are
+short-lived processes.
+
+feature          used by                        without it
+nft_netdev_fwd   flat fast path                 the bridge path (logged; doctor/status say so)
+nft_bridge       MAC/IP anti-spoofing           CNI error 106 at ADD: no unprotected port
+ebtables_filter  flat metadata link policy      CNI error 106 when a metadata link is asked for
+ebtables_broute  (the article's broute table)   the same policy from the filter table (always)
+vxlan            rancher-vxlan VTEP             CNI error 106 naming CONFIG_VXLAN
+vlan             flat "vlan" option             CNI error 106 naming 802.1q (netlink.create_vlan)
+vlan_filtering   bridge "vlan" option           CNI error 106 (netlink.enable_vlan_filtering)
+"""
+
+import json
+import logging
+import os
+import subprocess
+
+from ..errors import CNIError, KERNEL_FEATURE_MISSING
+
+log = logging.getLogger("rancher-cni")
+
+CACHE_DIR = "/run/rancher-cni"
+_PROBE_TABLE = "rancher_probe"
+_memo: dict = {}
+
+
+def _nft_transaction(family: str, chain: str, rule: str) -> bool:
+    """Add a table with one rule and delete it again, in one transaction: the
+    kernel must accept the rule (and load its modules), nothing stays."""
+    script = (f"add table {family} {_PROBE_TABLE}\n"
+              f"add chain {family} {_PROBE_TABLE} {chain}\n"
+              f"add rule {family} {_PROBE_TABLE} c {rule}\n"
+              f"delete table {family} {_PROBE_TABLE}\n")
+    try:
+        done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=10)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _tool_succeeds(*argv) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+
+
+PROBES = {
+    # a regular chain: the rule is validated and its module loaded, no hook is installed
+    "nft_netdev_fwd": lambda: _nft_transaction("netdev", "c", 'fwd to "lo"'),
+    "nft_bridge": lambda: _nft_transaction(
+        "bridge", "c { type filter hook forward priority 0; }", "ether saddr 02:00:00:00:00:01 drop"),
+    "ebtables_filter": lambda: _tool_succeeds("ebtables", "-t", "filter", "-L"),
+    "ebtables_broute": lambda: _tool_succeeds("ebtables", "-t", "broute", "-L"),
+}
+
+# what to tell the operator when a feature is missing
+REMEDY = {
+    "nft_netdev_fwd": "kernel option CONFIG_NFT_FWD_NETDEV (module nft_fwd_netdev)",
+    "nft_bridge": "kernel option CONFIG_NF_TABLES_BRIDGE (module nf_tables_bridge) and the nftables package",
+    "ebtables_filter": "kernel option CONFIG_BRIDGE_EBT_T_FILTER (ebtables filter table) and the ebtables package",
+    "ebtables_broute": "kernel option CONFIG_BRIDGE_EBT_BROUTE",
+}
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _cache_path() -> str:
+    return os.path.join(CACHE_DIR, "features.json")
+
+
+def _read_cache() -> dict:
+    try:
+        with open(_cache_path()) as f:
+            cached = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cached, dict) or cached.get("boot_id") != _boot_id():
+        return {}
+    found = cached.get("features")
+    return {k: v for k, v in found.items() if k in PROBES and isinstance(v, bool)} if isinstance(found, dict) else {}
+
+
+def _write_cache(found: dict) -> None:
+    try:
+        os.makedirs(CACHE_DIR, mode=0o755, exist_ok=True)
+        tmp = f"{_cache_path()}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"boot_id": _boot_id(), "features": found}, f)
+        os.replace(tmp, _cache_path())
+    except OSError:
+        pass  # a cache only: the next process probes again
+
+
+def has(feature: str) -> bool:
+    """Whether this host's kernel (and tools) offer `feature` (a PROBES key)."""
+    if feature not in _memo:
+        _memo.update(_read_cache())
+    if feature not in _memo:
+        _memo[feature] = bool(PROBES[feature]())
+        if not _memo[feature]:
+            log.warning("kernel feature %s is missing: %s", feature, REMEDY[feature])
+        _write_cache(dict(_memo))
+    return _memo[feature]
+
+
+def require(feature: str, what: str) -> None:
+    """A CNI error naming the missing feature and what provides it."""
+    if not has(feature):
+        raise CNIError(KERNEL_FEATURE_MISSING, f"{what} needs {feature}, which this kernel lacks",
+                       f"provide {REMEDY[feature]}")
+
+
+def report() -> dict:
+    """Every probed feature: name -> present, for doctor and status."""
+    return {name: has(name) for name in PROBES}
+
+
+def forget() -> None:
+    """Probe again on the next call (tests; after loading a module)."""
+    _memo.clear()
+    try:
+        os.unlink(_cache_path())
+    except OSError:
+        pass
