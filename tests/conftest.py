@@ -4,6 +4,7 @@ recognisable prefix, and a guard that fails any test leaving state behind."""
 import json
 import os
 import secrets
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +14,9 @@ import time
 import pytest
 
 from cni_backend import install
+from tests.isolation import in_private_namespaces
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "rcnit"  # every namespace, link and network a test makes starts with it
 REFERENCE_PLUGINS = "/usr/lib/cni"
 
@@ -55,17 +58,27 @@ def pytest_collection_modifyitems(config, items):
 
 # -- what a test may leave behind: nothing --------------------------------
 
+def _firewall_lines() -> list:
+    """Our iptables and ebtables lines, each as "TOOL TABLE LINE" so that a
+    leftover can be removed again: rules (-A) and chain declarations (:)."""
+    found = []
+    for tool, save in (("iptables", "iptables-save"), ("ip6tables", "ip6tables-save"), ("ebtables", "ebtables-save")):
+        table = None
+        for line in run(save, check=False).stdout.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif table and ("rcni" in line or "RANCHER-CNI" in line or "RFLAT-" in line):
+                found.append(f"{tool} {table} {line}")
+    return found
+
+
 def host_state() -> dict:
     links = run("ip", "-o", "link", "show").stdout.splitlines()
-    rules = []
-    for tool in ("iptables-save", "ip6tables-save"):
-        out = run(tool, check=False).stdout
-        rules += [line for line in out.splitlines() if "rcni" in line or "RANCHER-CNI" in line]
     nft = run("nft", "list", "tables", check=False).stdout
     return {
         "namespaces": sorted(run("ip", "netns", "list").stdout.split()),
         "links": sorted(line.split(": ")[1].split("@")[0] for line in links),
-        "firewall rules": sorted(rules),
+        "firewall rules": sorted(_firewall_lines()),
         "nft tables": sorted(line for line in nft.splitlines() if "rancher" in line),
     }
 
@@ -75,7 +88,34 @@ def _leaks(before: dict) -> dict:
     return {k: sorted(set(after[k]) - set(before[k])) for k in after if set(after[k]) - set(before[k])}
 
 
+def remove_leaks(leaked: dict) -> None:
+    """Take away what a test left, so that its failure stays its own: the
+    next test starts on the machine as it was."""
+    for name in leaked.get("namespaces", []):
+        run("ip", "netns", "del", name, check=False)
+    for name in leaked.get("links", []):
+        run("ip", "link", "del", name, check=False)
+    lines = [line.split(" ", 2) for line in leaked.get("firewall rules", [])]
+    for tool, table, line in lines:  # rules first: a chain goes only once nothing jumps to it
+        if line.startswith("-A "):
+            run(tool, *(["-w"] if tool != "ebtables" else []), "-t", table, "-D", *shlex.split(line)[1:], check=False)
+    for tool, table, line in lines:
+        if line.startswith(":"):
+            chain = line[1:].split()[0]
+            wait = ["-w"] if tool != "ebtables" else []
+            run(tool, *wait, "-t", table, "-F", chain, check=False)
+            run(tool, *wait, "-t", table, "-X", chain, check=False)
+    for line in leaked.get("nft tables", []):
+        run("nft", "delete", *line.split(), check=False)
+
+
 FORWARDING_SYSCTLS = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding")
+
+
+def write_sysctls(values: dict) -> None:
+    for path, value in values.items():
+        with open(path, "w") as f:
+            f.write(value)
 
 
 @pytest.fixture
@@ -84,14 +124,30 @@ def leak_guard():
     # isGateway turns forwarding on, as Docker does; the machine gets its own value back
     forwarding = {path: open(path).read() for path in FORWARDING_SYSCTLS if os.path.exists(path)}
     yield
-    for path, value in forwarding.items():
-        with open(path, "w") as f:
-            f.write(value)
+    write_sysctls(forwarding)
     deadline = time.monotonic() + 5
     # the kernel tears a deleted namespace (and its veths) down asynchronously
     while (leaked := _leaks(before)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not leaked, f"the test left state behind: {leaked}"
+    if leaked:
+        remove_leaks(leaked)
+    assert not leaked, f"the test left state behind (removed now): {leaked}"
+
+
+@pytest.fixture
+def fresh_host_sysctls(leak_guard):
+    """Forwarding off, as on a fresh machine where no dockerd ever ran: what
+    a backend needs, it must set itself (the leak guard restores the values)."""
+    write_sysctls({path: "0" for path in FORWARDING_SYSCTLS if os.path.exists(path)})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_machine_in_the_sandbox():
+    """In the sandbox (make test), every run starts from a fresh machine's
+    forwarding sysctls, whatever the machine or an earlier layer had."""
+    if os.geteuid() == 0 and in_private_namespaces():
+        write_sysctls({path: "0" for path in FORWARDING_SYSCTLS if os.path.exists(path)})
+    yield
 
 
 BRIDGE_NF_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"
