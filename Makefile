@@ -14,7 +14,7 @@ PLUGIN       ?= rancher-cni
 PLUGIN_BUILD ?= $(CURDIR)/build/plugin
 REGISTRY     ?= localhost:5000
 
-.PHONY: deps install engine plugin registry plugin-push run test test-unit test-etcd test-netns test-interop test-engine test-multihost rig bench clean
+.PHONY: deps install engine plugin registry plugin-push run prefetch test test-unit test-etcd test-netns test-interop test-engine test-multihost rig bench clean
 
 deps:  ## Debian packages (installed only when missing)
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -59,40 +59,51 @@ $(TEST_VENV)/.installed: setup.cfg pyproject.toml
 	$(TEST_VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-test: deps $(TEST_VENV)/.installed  ## every layer: unit, etcd, netns, interop, engine, multihost
-	$(TEST_VENV)/bin/python -m pytest -ra tests
+# Tests and benchmarks run in a private network and mount namespace
+# (tests/sandbox.sh): a plug-in serving this machine's Docker keeps its
+# sockets, state, CNI config and rules, and the tests start from a fresh
+# machine's sysctls whatever this one has. Only loopback exists in there, so
+# what needs the network (Debian's archive, PyPI) is fetched first (prefetch).
+SANDBOX      := tests/sandbox.sh
+PYTEST       := $(SANDBOX) $(TEST_VENV)/bin/python -m pytest -ra
+
+prefetch: deps $(TEST_VENV)/.installed  ## the Debian root file systems and wheels the sandboxed tests build from
+	packaging/prefetch.sh $(TEST_VENV)/bin/pip
+
+test: deps $(TEST_VENV)/.installed prefetch  ## every layer: unit, etcd, netns, interop, engine, multihost
+	$(PYTEST) tests
 
 test-unit: $(TEST_VENV)/.installed
 	$(TEST_VENV)/bin/python -m pytest -ra tests/unit
 
 test-netns: deps $(TEST_VENV)/.installed
-	$(TEST_VENV)/bin/python -m pytest -ra tests/netns
+	$(PYTEST) tests/netns
 
 test-interop: deps $(TEST_VENV)/.installed
-	$(TEST_VENV)/bin/python -m pytest -ra tests/interop
+	$(PYTEST) tests/interop
 
 test-etcd: deps $(TEST_VENV)/.installed
-	$(TEST_VENV)/bin/python -m pytest -ra tests/etcd
+	$(PYTEST) tests/etcd
 
-test-engine: deps $(TEST_VENV)/.installed
-	$(TEST_VENV)/bin/python -m pytest -ra tests/engine
+test-engine: deps $(TEST_VENV)/.installed prefetch
+	$(PYTEST) tests/engine
 
-test-multihost: deps $(TEST_VENV)/.installed
-	$(TEST_VENV)/bin/python -m pytest -ra tests/multihost
+test-multihost: deps $(TEST_VENV)/.installed prefetch
+	$(PYTEST) tests/multihost
 
 rig: deps $(TEST_VENV)/.installed  ## three Docker hosts on this machine until Ctrl-C (see docs/multi-host.md)
 	$(TEST_VENV)/bin/python -m tests.multihost.rig 3
 
-bench: deps $(TEST_VENV)/.installed  ## ours against the references, same run
-	$(TEST_VENV)/bin/python bench/cni_add_del.py
-	$(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 20
-	$(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 10 --congestion cubic
-	$(TEST_VENV)/bin/python bench/vxlan_throughput.py --rounds 5
-	tests/sandbox.sh $(TEST_VENV)/bin/python bench/load.py
+bench: deps $(TEST_VENV)/.installed  ## ours against the references, same run, each in the sandbox
+	$(SANDBOX) $(TEST_VENV)/bin/python bench/cni_add_del.py
+	$(SANDBOX) $(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 20
+	$(SANDBOX) $(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 10 --congestion cubic
+	$(SANDBOX) $(TEST_VENV)/bin/python bench/vxlan_throughput.py --rounds 5
+	$(SANDBOX) $(TEST_VENV)/bin/python bench/load.py
 
 clean:
 	rm -rf $(TEST_VENV) build *.egg-info
 
 .PHONY: compare
 compare: deps $(TEST_VENV)/.installed  ## CNM vs CNI, each backend, on a private engine in a sandbox (docs/cnm-vs-cni.md)
-	tests/sandbox.sh $(TEST_VENV)/bin/python bench/compare_rig.py --backends bridge,flat,vxlan -n 10 --out docs/compare
+	$(SANDBOX) $(TEST_VENV)/bin/python bench/compare_rig.py --backends bridge,flat,vxlan -n 10 --out docs/compare

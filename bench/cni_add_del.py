@@ -17,7 +17,10 @@ import sys
 import tempfile
 import time
 
-from cni_backend import install
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from cni_backend import install  # noqa: E402
+from tests.isolation import bench_main_guard  # noqa: E402
 
 REFERENCE = "/usr/lib/cni"
 
@@ -61,6 +64,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--json", help="also write the figures to this file")
     opts = parser.parse_args()
+    bench_main_guard(__file__)  # before anything is made
     if not os.path.exists(f"{REFERENCE}/bridge"):
         raise SystemExit("the reference plug-ins are missing: apt-get install containernetworking-plugins")
     root = tempfile.mkdtemp(prefix="rcnibench.")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.isolation import bench_main_guard  # noqa: E402
 from tests.engine.conftest import Shim  # noqa: E402
 from tests.engine.dockerd import Dockerd  # noqa: E402
 
@@ -29,6 +30,7 @@ def main() -> int:
     parser.add_argument("--out", default="compare-reports")
     parser.add_argument("--iperf-seconds", type=int, default=3)
     opts = parser.parse_args()
+    bench_main_guard(__file__)  # before anything is made
     root = Path(tempfile.mkdtemp(prefix="rcmp-rig."))
     shim = Shim(root)
     dockerd = None

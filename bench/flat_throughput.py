@@ -21,6 +21,7 @@ import pathlib
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from tests.isolation import bench_main_guard  # noqa: E402
 from tests.engine.conftest import Shim  # noqa: E402
 from tests.engine.dockerd import Dockerd  # noqa: E402
 
@@ -76,6 +77,7 @@ def main() -> int:
     parser.add_argument("--congestion", help="iperf3's TCP congestion control, e.g. cubic (default: the host's)")
     parser.add_argument("--bridge-nf", choices=["0", "1"], help="set net.bridge.bridge-nf-call-iptables for the run")
     opts = parser.parse_args()
+    bench_main_guard(__file__)  # before anything is made
     root = pathlib.Path(tempfile.mkdtemp(prefix="rcnibench."))
     server = make_rig()
     shim = Shim(root)

@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 from cni_backend import install  # noqa: E402
 from cni_backend.invoke import api as cni_api, conflist as conflists  # noqa: E402
 from cni_backend.invoke.execute import PLUGIN_TIMEOUT_S  # noqa: E402
+from tests.isolation import bench_main_guard  # noqa: E402
 from tests.conftest import process_tree  # noqa: E402
 
 REFERENCE = "/usr/lib/cni"
@@ -440,6 +441,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--update-docs", action="store_true", help="put the tables into docs/performance.md")
     opts = parser.parse_args()
+    bench_main_guard(__file__)  # before anything is made
     if os.geteuid() != 0:
         raise SystemExit("needs root; run it as: tests/sandbox.sh .venv/bin/python bench/load.py")
     if os.path.exists("/run/docker/plugins/rancher-bridge.sock"):

@@ -19,6 +19,8 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from tests.isolation import bench_main_guard  # noqa: E402
+
 from cni_backend import install  # noqa: E402
 
 HOSTS = ("rcnibenchHA", "rcnibenchHB")
@@ -88,6 +90,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     opts = parser.parse_args()
+    bench_main_guard(__file__)  # before anything is made
     root = pathlib.Path(tempfile.mkdtemp(prefix="rcnibench."))
     samples = {"rancher-vxlan": [], "hand-made kernel VXLAN": [], "underlay (no VXLAN)": []}
     try:

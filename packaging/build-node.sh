@@ -6,7 +6,7 @@
 set -eu
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
-"$here/debian-rootfs.sh" "$out" docker.io iproute2 iptables iputils-ping procps
+"$here/debian-rootfs.sh" "$out" $(cat "$here/node-packages")
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/usr/local/bin"

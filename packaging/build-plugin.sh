@@ -13,10 +13,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 project=$(dirname "$here")
 rm -rf "$dir"
 mkdir -p "$dir/rootfs"
-"$here/debian-rootfs.sh" "$dir/base.tar" python3 python3-venv iproute2 iptables nftables ebtables
+"$here/debian-rootfs.sh" "$dir/base.tar" $(cat "$here/plugin-packages")
 tar -C "$dir/rootfs" -xf "$dir/base.tar"
 rm "$dir/base.tar"
-"$pip" wheel -q --wheel-dir "$dir/rootfs/tmp/wheels" "$project"
+# offline when prefetch.sh filled the wheelhouse (the tests' sandbox has no network)
+wheels=${ROOTFS_CACHE:-/var/cache/rancher-cni}/wheels
+"$pip" wheel -q --no-index --find-links "$wheels" --wheel-dir "$dir/rootfs/tmp/wheels" "$project" 2>/dev/null \
+    || "$pip" wheel -q --wheel-dir "$dir/rootfs/tmp/wheels" "$project"
 # a clean environment: nothing of this machine's pip settings applies in there
 in_rootfs() { env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$dir/rootfs" "$@"; }
 in_rootfs /usr/bin/python3 -m venv /opt/rancher-cni/venv

@@ -15,7 +15,10 @@
 # on the machine is the empty mount points, created when missing.
 set -euo pipefail
 [ "$#" -gt 0 ] || { echo "usage: $0 COMMAND [ARG...]" >&2; exit 2; }
+# the machine's plug-in (make run) keeps its sockets, state and CNI config: in
+# here, these are empty and ours
 PRIVATE_DIRS="/run/docker /run/containerd /run/netns /run/rancher-cni /run/rancher-cnm /etc/cni/net.d /var/lib/cni"
+PRIVATE_DIRS="$PRIVATE_DIRS /var/lib/rancher-cni /var/lib/rancher-cnm /var/lib/rancher-cni-registry"
 exec unshare --net --mount --propagation private -- bash -euc '
   for dir in '"$PRIVATE_DIRS"'; do
     mkdir -p "$dir"

@@ -13,6 +13,7 @@ import pytest
 from cni_backend import install
 from tests.conftest import host_state, ipam_rows, run
 from tests.engine.dockerd import Dockerd
+from tests.isolation import require_sandbox
 from tests.interop.containerd import Containerd
 
 PLUGIN_DIR = "/run/docker/plugins"
@@ -23,6 +24,7 @@ class Shim:
     """`cnm-shim serve` with its state in a temp dir; can be killed and restarted."""
 
     def __init__(self, root):
+        require_sandbox("the test plug-in (cnm-shim serve on /run/docker/plugins)")
         self.root = root
         self.bin = root / "bin"
         install.write_executables(str(self.bin))

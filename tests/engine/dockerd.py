@@ -78,6 +78,8 @@ from functools import partial
 
 import docker
 
+from tests.isolation import require_sandbox
+
 from tests.images import write_busybox_image
 
 DOCKERD = "/usr/sbin/dockerd"
@@ -114,6 +116,8 @@ class Dockerd:
                  enter=(), daemon_config: dict | None = None):
         """`enter` prefixes every daemon command (e.g. nsenter into a "host"
         namespace of the multi-host rig); `daemon_config` adds daemon.json keys."""
+        if not enter:  # a rig's host namespace is private already
+            require_sandbox("the test engine (a dockerd sharing /run/docker/plugins)")
         self.daemon_config = daemon_config or {}
         ensure_installed()
         self.enter = list(enter)
