@@ -30,4 +30,5 @@ exec unshare --net --mount --propagation private -- bash -euc '
   mount --move "$cgroups" /sys/fs/cgroup
   rmdir "$cgroups"
   ip link set lo up
+  export RANCHER_SANDBOX_NS="$(readlink /proc/self/ns/net) $(readlink /proc/self/ns/mnt)"
   exec "$@"' sandbox "$@"
