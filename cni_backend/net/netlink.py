@@ -379,6 +379,9 @@ def ensure_vxlan(ipr, name: str, vni: int, local_ip: str, port: int, underlay_in
             ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local_ip, vxlan_port=port,
                      vxlan_link=underlay_index, vxlan_learning=0, vxlan_proxy=int(proxy), mtu=mtu)
         except NetlinkError as exc:
+            if exc.code == errno.EOPNOTSUPP:  # the link type is unknown to this kernel
+                raise CNIError(KERNEL_FEATURE_MISSING, f"cannot create VTEP {name}: this kernel lacks VXLAN links",
+                               "build the kernel with CONFIG_VXLAN (module vxlan)") from None
             if exc.code != errno.EEXIST:
                 raise _fail(f"creating VTEP {name} (VNI {vni}, UDP {port})", exc) from None
         existing = link(ipr, name)
