@@ -11,7 +11,8 @@ feature          used by                        without it
 nft_netdev_fwd   flat fast path                 the bridge path (logged; doctor/status say so)
 nft_bridge       MAC/IP anti-spoofing           CNI error 106 at ADD: no unprotected port
 ebtables_filter  flat metadata link policy      CNI error 106 when a metadata link is asked for
-ebtables_broute  (the article's broute table)   the same policy from the filter table (always)
+(the article's broute table is not used: the filter table carries its policy
+on every kernel, see docs/user-guide.md)
 vxlan            rancher-vxlan VTEP             CNI error 106 naming CONFIG_VXLAN
 vlan             flat "vlan" option             CNI error 106 naming 802.1q (netlink.create_vlan)
 vlan_filtering   bridge "vlan" option           CNI error 106 (netlink.enable_vlan_filtering)
@@ -58,7 +59,6 @@ PROBES = {
     "nft_bridge": lambda: _nft_transaction(
         "bridge", "c { type filter hook forward priority 0; }", "ether saddr 02:00:00:00:00:01 drop"),
     "ebtables_filter": lambda: _tool_succeeds("ebtables", "-t", "filter", "-L"),
-    "ebtables_broute": lambda: _tool_succeeds("ebtables", "-t", "broute", "-L"),
 }
 
 # what to tell the operator when a feature is missing
@@ -66,7 +66,6 @@ REMEDY = {
     "nft_netdev_fwd": "kernel option CONFIG_NFT_FWD_NETDEV (module nft_fwd_netdev)",
     "nft_bridge": "kernel option CONFIG_NF_TABLES_BRIDGE (module nf_tables_bridge) and the nftables package",
     "ebtables_filter": "kernel option CONFIG_BRIDGE_EBT_T_FILTER (ebtables filter table) and the ebtables package",
-    "ebtables_broute": "kernel option CONFIG_BRIDGE_EBT_BROUTE",
 }
 
 
