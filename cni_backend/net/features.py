@@ -11,11 +11,12 @@ feature          used by                        without it
 nft_netdev_fwd   flat fast path                 the bridge path (logged; doctor/status say so)
 nft_bridge       MAC/IP anti-spoofing           CNI error 106 at ADD: no unprotected port
 ebtables_filter  flat metadata link policy      CNI error 106 when a metadata link is asked for
-(the article's broute table is not used: the filter table carries its policy
-on every kernel, see docs/user-guide.md)
 vxlan            rancher-vxlan VTEP             CNI error 106 naming CONFIG_VXLAN
 vlan             flat "vlan" option             CNI error 106 naming 802.1q (netlink.create_vlan)
 vlan_filtering   bridge "vlan" option           CNI error 106 (netlink.enable_vlan_filtering)
+
+The article's ebtables broute table is not used: the filter table carries its
+policy on every kernel (docs/user-guide.md maps the rules).
 """
 
 import json
