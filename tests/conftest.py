@@ -1,6 +1,7 @@
 """Fixtures shared by every layer: per-test CNI environments, namespaces with a
 recognisable prefix, and a guard that fails any test leaving state behind."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ import pytest
 
 from cni_backend import install
 from tests.isolation import in_private_namespaces
+from tests.processes import process_tree, started_processes  # noqa: F401 (process_tree: for other tests)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "rcnit"  # every namespace, link and network a test makes starts with it
@@ -27,24 +29,6 @@ def run(*argv, check=True, **kw):
 
 def unique(kind: str) -> str:
     return f"{PREFIX}{kind}{secrets.token_hex(3)}"
-
-
-def process_tree(root: int) -> list:
-    """`root` and all its descendants, read from /proc."""
-    children = {}
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
 
 
 def pytest_collection_modifyitems(config, items):
@@ -83,14 +67,21 @@ def host_state() -> dict:
     }
 
 
-def _leaks(before: dict) -> dict:
+def _leaks(before: dict, processes_before: set = frozenset()) -> dict:
     after = host_state()
-    return {k: sorted(set(after[k]) - set(before[k])) for k in after if set(after[k]) - set(before[k])}
+    leaked = {k: sorted(set(after[k]) - set(before[k])) for k in after if set(after[k]) - set(before[k])}
+    processes = started_processes(processes_before)
+    return dict(leaked, processes=processes) if processes else leaked
 
 
 def remove_leaks(leaked: dict) -> None:
     """Take away what a test left, so that its failure stays its own: the
     next test starts on the machine as it was."""
+    for entry in leaked.get("processes", []):
+        pid = int(entry.split()[0])
+        for member in reversed(process_tree(pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, signal.SIGKILL)
     for name in leaked.get("namespaces", []):
         run("ip", "netns", "del", name, check=False)
     for name in leaked.get("links", []):
@@ -121,13 +112,15 @@ def write_sysctls(values: dict) -> None:
 @pytest.fixture
 def leak_guard():
     before = host_state()
+    processes_before = set(process_tree(os.getpid()))
     # isGateway turns forwarding on, as Docker does; the machine gets its own value back
     forwarding = {path: open(path).read() for path in FORWARDING_SYSCTLS if os.path.exists(path)}
     yield
     write_sysctls(forwarding)
     deadline = time.monotonic() + 5
-    # the kernel tears a deleted namespace (and its veths) down asynchronously
-    while (leaked := _leaks(before)) and time.monotonic() < deadline:
+    # the kernel tears a deleted namespace (and its veths) down asynchronously,
+    # and a process told to stop may take a moment
+    while (leaked := _leaks(before, processes_before)) and time.monotonic() < deadline:
         time.sleep(0.1)
     if leaked:
         remove_leaks(leaked)

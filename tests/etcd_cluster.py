@@ -8,6 +8,8 @@ import subprocess
 import tempfile
 import time
 
+from tests.processes import long_lived
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -54,6 +56,7 @@ class EtcdCluster:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         self.processes[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                 stderr=open(os.path.join(self.root, f"{name}.log"), "a"))
+        long_lived(self.processes[name].pid)  # members restart within tests; the cluster stops them
 
     def wait_healthy(self, name: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

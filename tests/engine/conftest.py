@@ -14,6 +14,7 @@ from cni_backend import install
 from tests.conftest import host_state, ipam_rows, run
 from tests.engine.dockerd import Dockerd
 from tests.isolation import require_sandbox
+from tests.processes import long_lived
 from tests.interop.containerd import Containerd
 
 PLUGIN_DIR = "/run/docker/plugins"
@@ -45,6 +46,7 @@ class Shim:
                 "--docker-host", self.docker_host]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.root / "shim.log", "a"),
                                         start_new_session=True, env=dict(os.environ, CNM_SHIM_LOG_LEVEL="DEBUG"))
+        long_lived(self.process.pid)  # restarted by tests, stopped by its fixture
         deadline = time.monotonic() + 30
         while not (os.path.exists(self.socket) and os.path.exists(self.cni_socket)):
             assert self.process.poll() is None and time.monotonic() < deadline, self.log()

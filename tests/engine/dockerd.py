@@ -79,6 +79,7 @@ from functools import partial
 import docker
 
 from tests.isolation import require_sandbox
+from tests.processes import long_lived
 
 from tests.images import write_busybox_image
 
@@ -259,6 +260,7 @@ class Dockerd:
             process = subprocess.Popen([*self.enter, *argv], stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
         self.sessions.add(process.pid)
+        long_lived(process.pid)  # the engine's fixture stops it, also when a test restarted it
         return process
 
     def _wait(self, ready, process: subprocess.Popen, name: str):

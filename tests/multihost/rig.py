@@ -17,6 +17,7 @@ from cni_backend import install
 from tests.conftest import ns_exec, run
 from tests.engine.dockerd import Dockerd
 from tests.etcd_cluster import EtcdCluster
+from tests.processes import long_lived
 
 UNDERLAY_NET = "10.96.0"
 PER_HOST_DIRS = ("/run/docker/plugins", "/run/rancher-cni", "/run/docker/netns")
@@ -55,6 +56,7 @@ class Host:
                                    "--propagation", "private", "sh", "-c", script],
                                   stdout=subprocess.PIPE, text=True, start_new_session=True)
         assert holder.stdout.readline().strip() == "ready"
+        long_lived(holder.pid)
         self.processes.append(holder)
         return ["nsenter", "-t", str(holder.pid), "-m", "-n"]
 
@@ -71,6 +73,7 @@ class Host:
             [*self.enter, sys.executable, "-m", "cnm_shim.cli", "vxlan-agent", "--etcd-endpoints", etcd,
              "--vni", "1042", "--vtep-dev", "ul", "--state-dir", f"{r}/ipam", "--ttl", "3", "--interval", "0.5"],
             stdout=log, stderr=log, start_new_session=True)
+        long_lived(self.shim.pid), long_lived(self.agent.pid)  # restarted by tests, stopped by the rig
         for _ in range(200):
             if os.path.exists(os.path.join(self.root, "run-docker-plugins", "rancher-vxlan.sock")):
                 return
