@@ -96,6 +96,7 @@ def _read_record(flat: FlatNetwork) -> dict | None:
 # -- ensure -------------------------------------------------------------------
 
 def ensure(flat: FlatNetwork) -> None:
+    features.require("nft_bridge", "a flat network's anti-spoofing")  # before anything is changed
     with _locked(flat), netlink.socket_in() as host:
         record = _read_record(flat)
         uplink = _ensure_uplink(host, flat, record)

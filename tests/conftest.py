@@ -136,11 +136,28 @@ def fresh_host_sysctls(leak_guard):
 
 @pytest.fixture(scope="session", autouse=True)
 def fresh_machine_in_the_sandbox():
-    """In the sandbox (make test), every run starts from a fresh machine's
-    forwarding sysctls, whatever the machine or an earlier layer had."""
-    if os.geteuid() == 0 and in_private_namespaces():
-        write_sysctls({path: "0" for path in FORWARDING_SYSCTLS if os.path.exists(path)})
+    """In the sandbox (make test), every run starts from a fresh machine:
+    forwarding off, whatever the machine or an earlier layer had, and a NIC
+    with the default route (a veth whose peer stays unaddressed: nothing
+    routed there goes anywhere), which a host has and the sandbox lacks; a
+    VXLAN network without vtep_dev sends from the default route's device."""
+    if os.geteuid() != 0 or not in_private_namespaces():
+        yield
+        return
+    write_sysctls({path: "0" for path in FORWARDING_SYSCTLS if os.path.exists(path)})
+    has_default = run("ip", "route", "show", "default").stdout.strip()
+    if not has_default:
+        run("ip", "link", "add", SANDBOX_NIC, "type", "veth", "peer", "name", f"{SANDBOX_NIC}p")
+        run("ip", "addr", "add", "198.18.0.2/24", "dev", SANDBOX_NIC)
+        for name in (SANDBOX_NIC, f"{SANDBOX_NIC}p"):
+            run("ip", "link", "set", name, "up")
+        run("ip", "route", "add", "default", "via", "198.18.0.1", "dev", SANDBOX_NIC)
     yield
+    if not has_default:
+        run("ip", "link", "del", SANDBOX_NIC, check=False)
+
+
+SANDBOX_NIC = "rcnitnic0"  # 198.18.0.0/15 is the benchmarking range (RFC 2544): no one's network
 
 
 BRIDGE_NF_SYSCTL = "/proc/sys/net/bridge/bridge-nf-call-iptables"

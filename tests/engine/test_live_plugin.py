@@ -18,6 +18,7 @@ import time
 import pytest
 
 from cni_backend import install
+from cnm_shim.app import DRIVERS
 from tests.conftest import ROOT, run
 from tests.engine.dockerd import Dockerd
 from tests.isolation import require_sandbox
@@ -25,7 +26,8 @@ from tests.isolation import require_sandbox
 pytestmark = pytest.mark.engine
 
 PLUGIN_SOCKET = "/run/docker/plugins/rancher-bridge.sock"
-DEFAULT_STATE = ("/var/lib/rancher-cnm", "/var/lib/rancher-cni", "/run/rancher-cni", "/run/rancher-cnm")
+DEFAULT_STATE = ("/var/lib/rancher-cnm", "/var/lib/rancher-cni", "/run/rancher-cnm")
+CNI_DAEMON_SOCKET = "/run/rancher-cni/cni.sock"
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -55,8 +57,8 @@ def live_plugin(tmp_path, leak_guard):
     """`cnm-shim serve` as make run starts it (default sockets, state and CNI
     daemon socket); only the CNI executables come from a temp dir."""
     require_sandbox("this test")  # it uses the default paths, private only in here
-    for path in (PLUGIN_SOCKET, *DEFAULT_STATE):
-        assert not os.path.exists(path) or not os.listdir(path) if os.path.isdir(path) else not os.path.exists(path)
+    for path in (PLUGIN_SOCKET, CNI_DAEMON_SOCKET, "/var/lib/rancher-cnm/state.db"):
+        assert not os.path.exists(path), f"{path} exists: the sandbox is not fresh"
     install.write_executables(str(tmp_path / "bin"))
     serve = subprocess.Popen([sys.executable, "-m", "cnm_shim.cli", "serve", "--cni-path", f"{tmp_path / 'bin'}"],
                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"), start_new_session=True)
@@ -74,8 +76,9 @@ def live_plugin(tmp_path, leak_guard):
     for directory in DEFAULT_STATE:  # private tmpfs of this sandbox: emptied for the tests after us
         if os.path.isdir(directory):
             run("find", directory, "-mindepth", "1", "-delete", check=False)
-    for name in os.listdir("/run/docker/plugins"):
-        os.unlink(os.path.join("/run/docker/plugins", name))
+    for path in (*(f"/run/docker/plugins/{d}.sock" for d in DRIVERS), CNI_DAEMON_SOCKET):
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 def test_benchmarks_and_engine_tests_beside_a_running_plugin_leave_it_alone(live_plugin, tmp_path):
