@@ -8,9 +8,10 @@ show it).
           frame the bridge got from them (firewall.bridge_path_frames);
           metadata link: both veth ends up and enslaved, and the frames its
           ebtables chains let across
-  bridge  the bridge path, with its frame count
-  vxlan   the bridge path plus the VTEP: present, up, enslaved, its flood
-          (FDB) peers and its packet counters
+  bridge  the bridge path, with the frames its containers sent (the rx
+          counters of the bridge's veth ports: no fast path can take them)
+  vxlan   the same, plus the VTEP: present, up, enslaved, its flood (FDB)
+          peers and its packet counters
 
 A configured fast path that no packet took is said so: the configuration
 alone proves nothing (issue 13: a fast path that made no difference).
@@ -32,22 +33,30 @@ def br_netfilter_on() -> bool:
         return False
 
 
-def _bridge_path(cni_name: str) -> dict:
-    frames = firewall.bridge_path_frames(cni_name)
-    return {"frames_from_containers": frames or 0, "br_netfilter": br_netfilter_on()}
+def _bridge_path(frames: int) -> dict:
+    return {"frames_from_containers": frames, "br_netfilter": br_netfilter_on()}
 
 
-def bridge(cni_name: str, bridge_name: str) -> dict:
+def _port_frames(host, bridge_msg) -> int:
+    """Frames the bridge's veth ports received from their containers."""
+    if bridge_msg is None:
+        return 0
+    return sum((port.get("stats64") or {}).get("rx_packets", 0) for port in host.get_links()
+               if port.get("master") == bridge_msg["index"] and netlink.kind(port) == "veth")
+
+
+def bridge(bridge_name: str) -> dict:
     with netlink.socket_in() as host:
         found = netlink.link(host, bridge_name)
-    path = _bridge_path(cni_name)
+        path = _bridge_path(_port_frames(host, found))
     state = "present" if found is not None else "missing"
     return {"path": "bridge", "bridge": {"name": bridge_name, "state": state}, "bridge_path": path,
             "summary": f"bridge path ({path['frames_from_containers']} frames from containers); bridge {state}"}
 
 
 def flat(cni_name: str, net: flatnet.FlatNetwork) -> dict:
-    path = _bridge_path(cni_name)
+    # Not the veths' rx counters: those count the fast path's frames too.
+    path = _bridge_path(firewall.bridge_path_frames(cni_name) or 0)
     fast = _fast_path(net)
     link = _metadata_link(net)
     if fast["state"] == "carrying traffic":
@@ -97,10 +106,10 @@ def _metadata_link(net: flatnet.FlatNetwork) -> dict:
     return {"configured": True, "up": up, "frames": frames or 0, "state": state}
 
 
-def vxlan(cni_name: str, net: vxlannet.VxlanNetwork) -> dict:
-    path = _bridge_path(cni_name)
+def vxlan(net: vxlannet.VxlanNetwork) -> dict:
     with netlink.socket_in() as host:
         vtep, br = netlink.link(host, net.vtep), netlink.link(host, net.bridge)
+        path = _bridge_path(_port_frames(host, br))
         peers = sorted(netlink.flood_peers(host, vtep["index"])) if vtep is not None else []
         learned = len(netlink.fdb_entries(host, vtep["index"])) if vtep is not None else 0
     if vtep is None:

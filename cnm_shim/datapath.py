@@ -15,9 +15,9 @@ def describe(net: dict) -> dict:
         if net["backend"] == "flat":
             found = datapath.flat(net["cni_name"], flat_plugin.load_network(plugin))
         elif net["backend"] == "vxlan":
-            found = datapath.vxlan(net["cni_name"], vxlan_plugin.load_network(plugin))
+            found = datapath.vxlan(vxlan_plugin.load_network(plugin))
         else:
-            found = datapath.bridge(net["cni_name"], net["bridge"])
+            found = datapath.bridge(net["bridge"])
     except (CNIError, OSError) as exc:
         return {"path": "unknown", "summary": f"cannot tell: {exc}"}
     return dict(found, network=net["id"], cni_name=net["cni_name"], backend=net["backend"])

@@ -56,11 +56,16 @@ def rules_with(text: str) -> list:
 
 def test_a_healthy_network_is_exit_0(docker):
     net = network(docker, "--subnet", "10.161.0.0/24")
-    container(docker, net)
-    container(docker, net)
+    a, b = container(docker, net), container(docker, net)
     code, report = doctor(docker)
-    assert (code, report["findings"]) == (0, []), report
-    assert doctor(docker, "--repair") == (0, report), "--repair on a healthy host changes nothing"
+    assert (code, report["findings"], report["docker"]["checked"]) == (0, [], True), report
+    code, repaired = doctor(docker, "--repair")
+    assert (code, repaired["findings"]) == (0, []), "--repair on a healthy host changes nothing"
+    [found] = report["data_paths"]
+    assert found["path"] == "bridge" and found["bridge"]["state"] == "present", found
+    assert can_ping(docker, a, address(docker, b, net))
+    frames = doctor(docker)[1]["data_paths"][0]["bridge_path"]["frames_from_containers"]
+    assert frames > found["bridge_path"]["frames_from_containers"], "the ping is counted on the bridge path"
 
 
 def test_a_host_veth_deleted_behind_dockers_back_is_reported(docker):
