@@ -300,3 +300,41 @@ def test_no_engine_answering_skips_the_docker_check_and_says_so(docker):
     code, report = doctor(docker, "--docker-host", f"unix://{docker.shim.root}/no-engine.sock")
     assert code == 0 and report["docker"]["checked"] is False, report
     assert "no Docker engine answers" in report["docker"]["reason"], report
+
+
+def test_a_forgotten_exported_network_a_cni_runtime_still_uses_is_left_to_the_runtime(docker, make_netns):
+    """Docker forgot an exported network, but a CNI runtime's attachment is
+    still on it: that is not Docker's to judge, so --repair leaves it (and
+    the attachment keeps working); once the runtime has detached, --repair
+    removes the network."""
+    from tests.engine.test_both_models import exported_conflist
+    net = network(docker, "--subnet", "10.171.0.0/24", "-o", "cni.export=true")
+    net_id, exported = network_id(docker, net), exported_conflist(docker, net)
+    runtime_cache, netns = docker.shim.root / "runtime-cache", make_netns()
+    cni = [sys.executable, "-m", "cnm_shim.cli", "cni"]
+    paths = ["--cni-path", str(docker.shim.bin), "--cache-dir", str(runtime_cache), "--container-id", "rcnitrt"]
+    env = dict(os.environ, RANCHER_CNI_SOCKET=docker.shim.cni_socket)
+    subprocess.run(cni + ["add", exported, netns] + paths, check=True, env=env, capture_output=True)
+    attached = True
+    away = PluginSocket(docker)
+    try:
+        with away:
+            docker_calls_fail_meanwhile(docker, ("network", "rm", net))
+        docker.made["networks"].remove(net)
+        code, report = doctor(docker, "--repair", "--runtime-cache-dir", str(runtime_cache))
+        assert code == 1, report
+        [finding] = report["findings"]
+        assert (finding["kind"], finding["repairable"], finding["repaired"]) == ("network", False, False), report
+        assert "rcnitrt/eth0" in finding["note"], finding
+        assert "rb-" + net_id[:12] in links()
+        subprocess.run(cni + ["check", exported, netns] + paths, check=True, env=env, capture_output=True)
+        subprocess.run(cni + ["del", exported, netns] + paths, check=True, env=env, capture_output=True)
+        attached = False
+        code, report = doctor(docker, "--repair", "--runtime-cache-dir", str(runtime_cache))
+        assert code == 0 and [f["repaired"] for f in report["findings"]] == [True], report
+        assert "rb-" + net_id[:12] not in links() and shim_state(docker)["networks"] == []
+        assert not os.path.exists(exported), "the exported conflist goes with the network"
+    finally:
+        if attached:
+            subprocess.run(cni + ["del", exported, netns] + paths, env=env, capture_output=True)
+        away.post("NetworkDriver.DeleteNetwork", {"NetworkID": net_id})
