@@ -35,7 +35,7 @@ import requests.exceptions
 from cni_backend.invoke import cache
 
 from .ipam_driver import IpamDriver
-from .state import ENDPOINT, NETWORK, POOL, State
+from .state import ENDPOINT, POOL, State
 from .translate import Settings, Translator
 
 DEFAULT_DRIVERS = ("rancher-bridge", "rancher-flat", "rancher-vxlan")
@@ -58,6 +58,7 @@ class Drift:
     note: str = ""
     network: dict | None = None   # our record, for what we hold
     endpoint: dict | None = None
+    endpoint_ids: tuple = ()      # our endpoints this covers (a forgotten network's are forgotten too)
 
 
 class Engine:
@@ -117,6 +118,7 @@ def compare(engine: Engine, records, drivers, runtime_caches=()) -> list:
             found.append(Drift("network", name, f"Docker no longer has this network; the plug-in still holds it "
                                                 f"and {len(ours)} endpoint(s) (its DeleteNetwork never arrived)",
                                repairable=not users, network=net,
+                               endpoint_ids=tuple(ep["endpoint_id"] for ep in ours),
                                note=f"exported: CNI runtime attachments {', '.join(users)} still use it"
                                     if users else ""))
             continue
@@ -126,7 +128,7 @@ def compare(engine: Engine, records, drivers, runtime_caches=()) -> list:
             if ep["endpoint_id"] not in docker_eps:
                 found.append(Drift("endpoint", f"{ep['endpoint_id'][:12]} on {net['cni_name']}",
                                    "Docker no longer has this endpoint (its DeleteEndpoint never arrived)",
-                                   repairable=True, network=net, endpoint=ep))
+                                   repairable=True, network=net, endpoint=ep, endpoint_ids=(ep["endpoint_id"],)))
         known = {ep["endpoint_id"] for ep in records()[1]} if containers else set()
         for key, container in containers.items():
             if container.get("EndpointID") not in known:
@@ -163,16 +165,22 @@ class Teardown:
         self.translator = Translator(self.state, settings, self.ipam)
         self.engine = engine
 
+    def remove(self, drift: Drift) -> str:
+        """Remove what Docker forgot (only `network` and `endpoint` drift is repairable)."""
+        if drift.endpoint is not None:
+            return self.endpoint(drift.network, drift.endpoint)
+        return self.network(drift.network)
+
     def endpoint(self, net: dict, ep: dict) -> str:
         docker_eps = self.engine.endpoint_ids(net["id"])
         if docker_eps is not None and ep["endpoint_id"] in docker_eps:
-            return "Docker lists it again: left alone"
+            raise EngineError("Docker lists it on a second look: left alone")
         self._endpoint(net, ep)
         return "removed: ports revoked, CNI DEL with the cached config, state row"
 
     def network(self, net: dict) -> str:
         if self.engine.network(net["id"]) is not None:
-            return "Docker lists it again: left alone"
+            raise EngineError("Docker lists it on a second look: left alone")
         for ep in self.state.all(ENDPOINT):
             if ep["network_id"] == net["id"]:
                 self._endpoint(net, ep)
@@ -200,12 +208,14 @@ class Teardown:
         networks with our IPAM driver uses the same subnet."""
         if not net.get("docker_ipam"):
             return []
-        subnets = {r["subnet"] for ranges in net["conflist"]["plugins"][0]["ipam"]["ranges"] for r in ranges}
-        in_use = {cfg.get("Subnet") for other in self.engine.networks() if other["Id"] != net["id"]
-                  for cfg in ((other.get("IPAM") or {}).get("Config") or [])}
+        subnets = {ipaddress.ip_network(r["subnet"])
+                   for ranges in net["conflist"]["plugins"][0]["ipam"]["ranges"] for r in ranges}
+        in_use = {ipaddress.ip_network(cfg["Subnet"]) for other in self.engine.networks() if other["Id"] != net["id"]
+                  for cfg in ((other.get("IPAM") or {}).get("Config") or []) if cfg.get("Subnet")}
         released = []
         for pool in self.state.all(POOL):
-            if pool["subnet"] in subnets and pool["subnet"] not in in_use:
+            subnet = ipaddress.ip_network(pool["subnet"])
+            if subnet in subnets and subnet not in in_use:
                 self.ipam.release_pool({"PoolID": pool["id"]})
                 released.append(pool["id"])
         return released

@@ -35,6 +35,7 @@ Docker's own IPAM reservations.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import sqlite3
@@ -156,17 +157,9 @@ class Doctor:
             self.docker.update(checked=True, reason="")
             teardown = docker_sync.Teardown(self.settings, engine) if repair else None
             for drift in drifts:
-                if drift.kind == "endpoint":
-                    self.forgotten.add(drift.endpoint["endpoint_id"])
-                    fix = lambda d=drift: teardown.endpoint(d.network, d.endpoint)  # noqa: E731
-                elif drift.kind == "network":
-                    self.forgotten |= {ep["endpoint_id"] for ep in self.state.all(ENDPOINT)
-                                       if ep["network_id"] == drift.network["id"]}
-                    fix = lambda d=drift: teardown.network(d.network)  # noqa: E731
-                else:
-                    fix = None
+                self.forgotten |= set(drift.endpoint_ids)
                 self._found(Finding(drift.kind, drift.subject, drift.problem, drift.repairable, note=drift.note),
-                            repair, fix)
+                            repair, teardown and functools.partial(teardown.remove, drift))
         finally:
             engine.close()
 
