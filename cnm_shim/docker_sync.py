@@ -135,7 +135,8 @@ def compare(engine: Engine, records, drivers, runtime_caches=()) -> list:
                 found.append(Drift("docker-endpoint", f"{container.get('EndpointID', '')[:12]} on {net['cni_name']}",
                                    f"Docker has this endpoint (container {container.get('Name') or key}) but the "
                                    "plug-in has no record of it", repairable=False,
-                                   note="restart the container, or disconnect and connect it again"))
+                                   note="restart the container, or disconnect and connect it again",
+                                   endpoint_ids=(container.get("EndpointID"),)))
     listed = engine.networks()
     held = {net["id"] for net in records()[0]}
     for docker_net in listed:

@@ -103,6 +103,9 @@ class Doctor:
         self.docker_host, self.drivers = docker_host, tuple(drivers)
         self.docker = {"host": docker_host, "checked": False, "reason": "no --docker-host"}
         self.forgotten: set = set()  # endpoint IDs Docker no longer has: not judged again below
+        # Docker's endpoints of our networks that we have no record of: their
+        # cached attachment, rules and addresses are nobody's orphans
+        self.docker_held: set = set()
         self.state = ReadOnlyState(settings.state_dir)
         self.cache_dir = os.path.join(settings.state_dir, "cni")
         self.runtime_caches = [d for d in runtime_caches if os.path.realpath(d) != os.path.realpath(self.cache_dir)]
@@ -139,7 +142,7 @@ class Doctor:
         return self.state.all(NETWORK)
 
     def _endpoint_ids(self) -> set:
-        return {ep["endpoint_id"] for ep in self.state.all(ENDPOINT)}
+        return {ep["endpoint_id"] for ep in self.state.all(ENDPOINT)} | self.docker_held
 
     # -- Docker ----------------------------------------------------------------
 
@@ -157,7 +160,10 @@ class Doctor:
             self.docker.update(checked=True, reason="")
             teardown = docker_sync.Teardown(self.settings, engine) if repair else None
             for drift in drifts:
-                self.forgotten |= set(drift.endpoint_ids)
+                if drift.kind == "docker-endpoint":
+                    self.docker_held |= set(drift.endpoint_ids)
+                else:
+                    self.forgotten |= set(drift.endpoint_ids)
                 self._found(Finding(drift.kind, drift.subject, drift.problem, drift.repairable, note=drift.note),
                             repair, teardown and functools.partial(teardown.remove, drift))
         finally:

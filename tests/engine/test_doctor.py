@@ -232,7 +232,7 @@ def test_what_docker_forgot_while_the_socket_was_away_is_found_and_repair_remove
     kept_net = network(docker, "--subnet", "10.167.0.0/24")
     gone_net = network(docker, "--subnet", "10.168.0.0/24", "--ipam-driver", "rancher-bridge")
     published = container(docker, kept_net, "-p", "18080:80")
-    kept = container(docker, kept_net)
+    kept, neighbour = container(docker, kept_net), container(docker, kept_net)
     ep_gone, ep_kept = endpoint_of(docker, published, kept_net), endpoint_of(docker, kept, kept_net)
     kept_id, gone_id = network_id(docker, kept_net), network_id(docker, gone_net)
     gone_bridge = "rb-" + gone_id[:12]
@@ -244,8 +244,7 @@ def test_what_docker_forgot_while_the_socket_was_away_is_found_and_repair_remove
             docker_calls_fail_meanwhile(docker, ("rm", "-f", published), ("network", "rm", gone_net))
         docker.made["containers"].remove(published)
         docker.made["networks"].remove(gone_net)
-        assert {e["endpoint_id"] for e in shim_state(docker)["endpoints"]} == {ep_gone["endpoint_id"],
-                                                                               ep_kept["endpoint_id"]}, \
+        assert ep_gone["endpoint_id"] in {e["endpoint_id"] for e in shim_state(docker)["endpoints"]}, \
             "the plug-in still holds the endpoint Docker forgot"
 
         code, report = doctor(docker)
@@ -258,14 +257,17 @@ def test_what_docker_forgot_while_the_socket_was_away_is_found_and_repair_remove
         code, report = doctor(docker, "--repair")
         assert code == 0 and all(f["repaired"] for f in report["findings"]), report
         state = shim_state(docker)
-        assert [e["endpoint_id"] for e in state["endpoints"]] == [ep_kept["endpoint_id"]]
+        ep_neighbour = endpoint_of(docker, neighbour, kept_net)
+        assert sorted(e["endpoint_id"] for e in state["endpoints"]) == \
+            sorted([ep_kept["endpoint_id"], ep_neighbour["endpoint_id"]])
         assert [n["id"] for n in state["networks"]] == [kept_id]
         assert state["pools"] == [], "the forgotten network's pool is released"
         assert gone_bridge not in links() and host_veth(ep_gone) not in links()
         assert "rc" + ep_gone["endpoint_id"][:12] not in links()
         assert not rules_with(ep_gone["address"].split("/")[0] + "/32") and not rules_with("18080"), "DNAT and rules"
-        assert {ip for _, _, ip in docker.shim.allocations()} == {ep_kept["address"].split("/")[0]}
-        assert can_ping(docker, kept, address(docker, kept, kept_net)) and host_veth(ep_kept) in links()
+        assert {ip for _, _, ip in docker.shim.allocations()} == {e["address"].split("/")[0]
+                                                                   for e in (ep_kept, ep_neighbour)}
+        assert can_ping(docker, kept, address(docker, neighbour, kept_net)) and host_veth(ep_kept) in links()
         code, report = doctor(docker)
         assert (code, report["findings"]) == (0, []), report
     finally:  # on failure: the plug-in's own teardown, so nothing spills into the next test
@@ -338,3 +340,26 @@ def test_a_forgotten_exported_network_a_cni_runtime_still_uses_is_left_to_the_ru
         if attached:
             subprocess.run(cni + ["del", exported, netns] + paths, env=env, capture_output=True)
         away.post("NetworkDriver.DeleteNetwork", {"NetworkID": net_id})
+
+
+def test_an_endpoint_docker_has_and_the_plug_in_lacks_is_reported_not_touched(docker):
+    """A lost endpoint record of a running container: reported; its cached
+    CNI attachment, rules and address are not collected as orphans."""
+    import sqlite3
+    net = network(docker, "--subnet", "10.172.0.0/24")
+    a, b = container(docker, net), container(docker, net)
+    ep = endpoint_of(docker, a, net)
+    key = f"{ep['network_id']}/{ep['endpoint_id']}"
+    with sqlite3.connect(docker.shim.state_dir / "state.db") as db:
+        row = db.execute("SELECT kind, key, value FROM objects WHERE kind = 'endpoint' AND key = ?", (key,)).fetchone()
+        db.execute("DELETE FROM objects WHERE kind = 'endpoint' AND key = ?", (key,))
+    try:
+        code, report = doctor(docker, "--repair")
+        assert code == 1 and [(f["kind"], f["subject"], f["repaired"]) for f in report["findings"]] == \
+            [("docker-endpoint", f"{ep['endpoint_id'][:12]} on rancher-{ep['network_id'][:12]}", False)], report
+        assert host_veth(ep) in links(), "its cached attachment, rules and address are not orphans: Docker has it"
+        assert can_ping(docker, b, address(docker, a, net))
+    finally:
+        with sqlite3.connect(docker.shim.state_dir / "state.db") as db:
+            db.execute("INSERT OR REPLACE INTO objects (kind, key, value) VALUES (?, ?, ?)", row)
+    assert doctor(docker)[0] == 0
