@@ -24,6 +24,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import subprocess
 
 from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
@@ -288,6 +289,19 @@ def _remove_ebtables(flat: FlatNetwork, uplink: str) -> None:
     for table, chain in _own_chains(rules):
         _ebtables("-t", table, "-F", chain, check=False)
         _ebtables("-t", table, "-X", chain, check=False)
+
+
+def metadata_link_frames(flat: FlatNetwork) -> int | None:
+    """Frames allowed across the metadata link (the counters of our chains'
+    RETURN rules, both directions); None when the chains are missing."""
+    into, out = f"RFLAT-{flat.suffix}-IN", f"RFLAT-{flat.suffix}-OUT"
+    frames = 0
+    for chain in (into, out):
+        done = subprocess.run(["ebtables", "-t", "filter", "-L", chain, "--Lc"], capture_output=True, text=True)
+        if done.returncode:
+            return None
+        frames += sum(int(m) for m in re.findall(r"-j RETURN\s*, pcnt = (\d+)", done.stdout))
+    return frames
 
 
 # -- conntrack ------------------------------------------------------------------

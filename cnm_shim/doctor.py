@@ -2,6 +2,9 @@
 shim remembers, report the drift, and with --repair fix what is provably ours.
 
 Checked, for the shim's networks and endpoints (state.db, read only):
+  docker     the engine's networks and endpoints against ours, by ID
+             (docker_sync.py): what Docker removed while the plug-in could
+             not hear it, and what Docker has that the plug-in lacks
   network    the bridge, and the VTEP (vxlan) or uplink (flat) enslaved to it
   endpoint   CNI CHECK with the config and result cached at ADD, as libcni runs
              it (sandbox interface, addresses, routes, host veth on the bridge,
@@ -13,7 +16,13 @@ Checked, for the shim's networks and endpoints (state.db, read only):
   cache      cached CNI attachments of our networks whose endpoint is gone
   staging    staging namespaces no Join is using
 
-Repaired with --repair, each under the lock its owner takes: network pieces
+Shown besides, not judged: each network's data path, proven by counters
+(datapath.py): flat's fast path or bridge path and its metadata link, the
+VXLAN VTEP and its peers.
+
+Repaired with --repair, each under the lock its owner takes: what Docker
+forgot, by the teardown its lost DeleteEndpoint / DeleteNetwork would have
+done (after asking Docker once more); network pieces
 by the same idempotent `ensure` CreateNetwork runs; an endpoint's host side
 (veth back on the bridge, gateway address, firewall rules) from its cached
 result, then CHECK again; chains and jumps re-derived; orphan allocations,
@@ -26,6 +35,7 @@ Docker's own IPAM reservations.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import sqlite3
@@ -39,7 +49,8 @@ from cni_backend.net import firewall, iptables, netlink, netns
 from cni_backend.plugins import flat as flat_plugin, vxlan as vxlan_plugin
 from cni_backend.plugins.bridge import SANDBOX_IFNAME_ARG
 
-from . import render
+from . import datapath, docker_sync, render
+from .errors import DriverError
 from .state import ENDPOINT, NETWORK
 from .translate import CONTAINER_IFNAME, Settings, _raw
 
@@ -86,24 +97,33 @@ class ReadOnlyState:
 
 
 class Doctor:
-    def __init__(self, settings: Settings, runtime_caches=DEFAULT_RUNTIME_CACHES):
+    def __init__(self, settings: Settings, runtime_caches=DEFAULT_RUNTIME_CACHES, docker_host: str = "",
+                 drivers=docker_sync.DEFAULT_DRIVERS):
         self.settings = settings
+        self.docker_host, self.drivers = docker_host, tuple(drivers)
+        self.docker = {"host": docker_host, "checked": False, "reason": "no --docker-host"}
+        self.forgotten: set = set()  # endpoint IDs Docker no longer has: not judged again below
+        # Docker's endpoints of our networks that we have no record of: their
+        # cached attachment, rules and addresses are nobody's orphans
+        self.docker_held: set = set()
         self.state = ReadOnlyState(settings.state_dir)
         self.cache_dir = os.path.join(settings.state_dir, "cni")
         self.runtime_caches = [d for d in runtime_caches if os.path.realpath(d) != os.path.realpath(self.cache_dir)]
         self.cni = api.CNI(list(settings.cni_path), cache_dir=self.cache_dir)
         self.findings: list = []
         self.errors: list = []
+        self.data_paths: list = []
 
     # -- the whole run -------------------------------------------------------
 
     def run(self, repair: bool) -> int:
-        for step in (self.check_networks, self.check_endpoints, self.check_cache, self.check_allocations,
-                     self.check_firewall, self.check_staging):
+        for step in (self.check_docker, self.check_networks, self.check_endpoints, self.check_cache,
+                     self.check_allocations, self.check_firewall, self.check_staging):
             try:
                 step(repair)
-            except (CNIError, CannotCheck, OSError) as exc:
+            except (CNIError, CannotCheck, OSError, docker_sync.EngineError) as exc:
                 self.errors.append(f"{step.__name__[6:]}: {exc}")
+        self.data_paths = [datapath.describe(net) for net in self._networks()]
         if self.errors:
             return CANNOT_CHECK
         return DRIFT if any(not f.repaired for f in self.findings) else HEALTHY
@@ -115,14 +135,39 @@ class Doctor:
             try:
                 finding.note = fix() or finding.note
                 finding.repaired = True
-            except CNIError as exc:
+            except (CNIError, DriverError, docker_sync.EngineError) as exc:
                 finding.note = f"repair failed: {exc}"
 
     def _networks(self) -> list:
         return self.state.all(NETWORK)
 
     def _endpoint_ids(self) -> set:
-        return {ep["endpoint_id"] for ep in self.state.all(ENDPOINT)}
+        return {ep["endpoint_id"] for ep in self.state.all(ENDPOINT)} | self.docker_held
+
+    # -- Docker ----------------------------------------------------------------
+
+    def check_docker(self, repair: bool) -> None:
+        if not self.docker_host:
+            return
+        try:
+            engine = docker_sync.Engine(self.docker_host)
+        except docker_sync.NoEngine as exc:
+            self.docker["reason"] = f"{exc}; the check against Docker was skipped"
+            return
+        try:
+            drifts = docker_sync.compare(engine, lambda: (self._networks(), self.state.all(ENDPOINT)),
+                                         self.drivers, self.runtime_caches)
+            self.docker.update(checked=True, reason="")
+            teardown = docker_sync.Teardown(self.settings, engine) if repair else None
+            for drift in drifts:
+                if drift.kind == "docker-endpoint":
+                    self.docker_held |= set(drift.endpoint_ids)
+                else:
+                    self.forgotten |= set(drift.endpoint_ids)
+                self._found(Finding(drift.kind, drift.subject, drift.problem, drift.repairable, note=drift.note),
+                            repair, teardown and functools.partial(teardown.remove, drift))
+        finally:
+            engine.close()
 
     # -- networks --------------------------------------------------------------
 
@@ -163,8 +208,8 @@ class Doctor:
         nets = {n["id"]: n for n in self._networks()}
         for ep in self.state.all(ENDPOINT):
             net = nets.get(ep["network_id"])
-            if net is None or not ep.get("result"):
-                continue  # not joined (yet): nothing in the kernel to compare
+            if net is None or not ep.get("result") or ep["endpoint_id"] in self.forgotten:
+                continue  # not joined (yet): nothing in the kernel to compare; or reported above
             subject = f"{ep['endpoint_id'][:12]} on {net['cni_name']}"
             problem = self._check_endpoint(net, ep)
             if problem is None or not self._still_joined(ep):
@@ -352,7 +397,8 @@ class Doctor:
 
     def report(self, code: int) -> dict:
         return {"status": {HEALTHY: "healthy", DRIFT: "drift", CANNOT_CHECK: "cannot check"}[code], "exit": code,
-                "findings": [dataclasses.asdict(f) for f in self.findings], "errors": self.errors}
+                "findings": [dataclasses.asdict(f) for f in self.findings], "errors": self.errors,
+                "docker": self.docker, "data_paths": self.data_paths}
 
 
 def cmd_doctor(opts) -> int:
@@ -360,7 +406,8 @@ def cmd_doctor(opts) -> int:
                         cni_path=tuple(p for p in opts.cni_path.split(os.pathsep) if p),
                         etcd_endpoints=tuple(e for e in opts.etcd_endpoints.split(",") if e))
     try:
-        doctor = Doctor(settings, opts.runtime_cache_dir or DEFAULT_RUNTIME_CACHES)
+        doctor = Doctor(settings, opts.runtime_cache_dir or DEFAULT_RUNTIME_CACHES, opts.docker_host,
+                        [d for d in opts.drivers.split(",") if d])
         code = doctor.run(opts.repair)
     except (CannotCheck, CNIError) as exc:
         if opts.json:
@@ -371,6 +418,10 @@ def cmd_doctor(opts) -> int:
     if opts.json:
         print(json.dumps(doctor.report(code), indent=2))
         return code
+    for found in doctor.data_paths:
+        print(f"datapath  {found['cni_name']} ({found['network'][:12]}, {found['backend']}): {found['summary']}")
+    if not doctor.docker["checked"]:
+        print(f"docker    {doctor.docker['reason']}")
     for finding in doctor.findings:
         print(finding.line())
     for error in doctor.errors:
@@ -391,6 +442,10 @@ def add_parser(sub) -> None:
     doctor.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""))
     doctor.add_argument("--runtime-cache-dir", action="append", default=[],
                         help=f"a CNI runtime's cache whose attachments count as owners (default {DEFAULT_RUNTIME_CACHES[0]})")
+    doctor.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///run/docker.sock"),
+                        help="the engine to compare networks and endpoints with ('' = skip that check)")
+    doctor.add_argument("--drivers", default=",".join(docker_sync.DEFAULT_DRIVERS),
+                        help="Docker driver names that are this plug-in's (e.g. rancher-cni for the managed one)")
     doctor.add_argument("--repair", action="store_true", help="fix what is safe; exit 0 if everything found was")
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=cmd_doctor)

@@ -19,6 +19,7 @@ bridge rancher_cni (nft)                          macspoofchk
 
 import hashlib
 import ipaddress
+import json
 import re
 
 from . import iptables
@@ -165,7 +166,9 @@ def add_mac_filter(tag: str, host_ifname: str, mac: str, cidrs=()) -> None:
     attachment, reached through a verdict map keyed by the veth: each frame
     costs one lookup, however many containers the host has."""
     note = f'comment "{tag}"'
-    rules = [f"ether saddr != {mac} drop {note}"]
+    # The counter first: every frame the bridge got from this container, the
+    # proof of what took the bridge path (`bridge_path_frames`).
+    rules = [f"counter {note}", f"ether saddr != {mac} drop {note}"]
     v4 = [str(ipaddress.ip_interface(c).ip) for c in cidrs if ipaddress.ip_interface(c).version == 4]
     v6 = [str(ipaddress.ip_interface(c).ip) for c in cidrs if ipaddress.ip_interface(c).version == 6]
     if v4:
@@ -186,6 +189,22 @@ def add_mac_filter(tag: str, host_ifname: str, mac: str, cidrs=()) -> None:
         _nft(f"add chain bridge {NFT_TABLE} {tag}\nflush chain bridge {NFT_TABLE} {tag}\n"
              + "".join(f"add rule bridge {NFT_TABLE} {tag} {rule}\n" for rule in rules)
              + f'add element bridge {NFT_TABLE} ports {{ "{host_ifname}" : jump {tag} }}\n')
+
+
+def bridge_path_frames(network: str) -> int | None:
+    """Frames the bridge received from `network`'s containers (the counters
+    at the head of their macspoofchk chains); None when none has a chain."""
+    listing = iptables.run(["nft", "-j", "list", "table", "bridge", NFT_TABLE], check=False)
+    if listing is None:
+        return None
+    prefix, chains, frames = network_tag(network), 0, 0
+    for entry in json.loads(listing)["nftables"]:
+        if "chain" in entry and entry["chain"]["name"].startswith(prefix):
+            chains += 1
+        rule = entry.get("rule")
+        if rule and rule["chain"].startswith(prefix):
+            frames += sum(expr["counter"]["packets"] for expr in rule["expr"] if "counter" in expr)
+    return frames if chains else None
 
 
 def _mac_filter_chains(prefix: str) -> list:

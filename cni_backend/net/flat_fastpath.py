@@ -12,6 +12,8 @@ table netdev rancher_flat_<S>     one per flat network (S: flatnet's suffix)
   set local     MACs that stay on the bridge: the bridge's own, every container's
   map ports     container MAC -> its host veth
   chain uplink  ingress of the uplink: unicast to a container's MAC -> its veth
+                (counted: with the <tag> chains' counters, the proof that the
+                fast path carries traffic, which `cnm-shim doctor` reports)
   chain out     forward to the uplink (rewritten by every ensure, so a
                 re-created uplink is found by its new index)
   chain <tag>   ingress of one container's host veth: unicast IP that passes
@@ -59,7 +61,7 @@ def ensure_network(suffix: str, uplink: str, bridge_mac: str) -> None:
 flush chain netdev {table} out
 add rule netdev {table} out fwd to "{uplink}"
 flush chain netdev {table} uplink
-add rule netdev {table} uplink fwd to ether daddr map @ports
+add rule netdev {table} uplink ether daddr @ports counter fwd to ether daddr map @ports
 add element netdev {table} local {{ {bridge_mac} }}
 """)
 
@@ -143,6 +145,24 @@ def attachment_present(suffix: str, tag: str) -> bool:
     listing = _listing(table_name(suffix))
     return listing is not None and tag in _chains(listing) and \
         any(comment == tag for _, comment in _elements(listing, "ports"))
+
+
+def packets(suffix: str) -> dict | None:
+    """Packets the fast path moved, from its rules' counters: `from_uplink`
+    (the uplink chain) and `to_uplink` (every container chain); None when the
+    network has no fast-path table. A counter counts only what matched its
+    rule, so these are frames that really skipped the bridge."""
+    listing = _listing(table_name(suffix))
+    if listing is None:
+        return None
+    counted = {"from_uplink": 0, "to_uplink": 0}
+    for entry in listing:
+        rule = entry.get("rule")
+        if rule is None or rule["chain"] == "out":
+            continue
+        key = "from_uplink" if rule["chain"] == "uplink" else "to_uplink"
+        counted[key] += sum(expr["counter"]["packets"] for expr in rule["expr"] if "counter" in expr)
+    return counted
 
 
 def collect_garbage(suffix: str, valid_tags: set) -> list:

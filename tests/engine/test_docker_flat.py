@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -187,3 +188,55 @@ def test_a_docker_and_a_ctr_container_share_one_flat_network(docker, rig, contai
     assert len(chains) == 2, "one fast-path chain per container, whichever model made it"
     containerd.stop("c1")
     assert len(next(iter(fast_path_chains().values()))) == 1
+
+
+def forward_counters(ip: str) -> int:
+    """Packets the container's iptables FORWARD rules counted: what the bridge
+    handed to br_netfilter for it (Docker leaves bridge-nf-call-iptables on)."""
+    listing = run("iptables", "-w", "-L", "RANCHER-CNI-FORWARD", "-v", "-x", "-n").stdout
+    return sum(int(line.split()[0]) for line in listing.splitlines() if f" {ip} " in f" {line} ")
+
+
+def data_path(docker, net) -> dict:
+    """The doctor's data-path report of network `net`."""
+    net_id = json.loads(docker("network", "inspect", net).stdout)[0]["Id"]
+    code, report = doctor(docker)
+    assert code == 0, report
+    [found] = [p for p in report["data_paths"] if p["network"] == net_id]
+    return found
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_doctor_and_status_show_the_data_path_a_flat_network_really_uses(docker, rig, fast_path):
+    """The report comes from counters: with the fast path, router traffic
+    shows up in its nft counters and never in br_netfilter's; with
+    fast_path=false it is the bridge path; a fast path no container traffic
+    took yet says so; the metadata link shows the frames it let across."""
+    net, done = flat_network(docker, rig, "-o", f"fast_path={str(fast_path).lower()}")
+    assert done.returncode == 0, done.stderr
+    if fast_path:  # traffic to the host itself never takes the fast path
+        assert ping(rig["router"], HOST_IP)
+        found = data_path(docker, net)
+        assert (found["path"], found["fast_path"]["state"]) == ("bridge", "configured but no packets took it"), found
+    a = container(docker, net)
+    ip_a = address(docker, a, net)
+    walked = forward_counters(ip_a)
+    assert ping(rig["router"], ip_a) and can_ping(docker, a, ROUTER)
+    found = data_path(docker, net)
+    if fast_path:
+        assert found["path"] == "fast", found
+        assert found["fast_path"]["from_uplink"] > 0 and found["fast_path"]["to_uplink"] > 0, found
+        assert found["summary"].startswith(f"fast path: carrying traffic ({found['fast_path']['packets']} packets)")
+        assert forward_counters(ip_a) == walked, "the kernel agrees: router traffic never met br_netfilter"
+    else:
+        assert (found["path"], found["fast_path"]["state"]) == ("bridge", "off"), found
+        assert found["summary"].startswith("bridge path (fast path off)"), found
+        assert found["bridge_path"]["frames_from_containers"] > 0, found
+        assert forward_counters(ip_a) > walked, "the kernel agrees: it walked br_netfilter"
+    fetched = docker("exec", a, "wget", "-O", "-", f"http://{MD_IP}/", check=False)
+    assert fetched.stdout == "metadata-ok\n", fetched.stderr
+    link = data_path(docker, net)["metadata_link"]
+    assert link["up"] and link["frames"] > 0 and link["state"].startswith("up ("), link
+    status = subprocess.run([sys.executable, "-m", "cnm_shim.cli", "status", "--state-dir", str(docker.shim.state_dir)],
+                            capture_output=True, text=True, check=True).stdout
+    assert ("fast path: carrying traffic (" if fast_path else "bridge path (fast path off)") in status, status

@@ -46,6 +46,10 @@ def test_docker_containers_reach_another_hosts_workload_over_vxlan(docker, other
     assert mtu == "1450"
     vtep = json.loads(run("ip", "-j", "-d", "link", "show", "vtep1042").stdout)[0]
     assert vtep["linkinfo"]["info_data"]["id"] == 1042 and vtep["linkinfo"]["info_data"]["learning"] is False
+    [found] = doctor(docker)[1]["data_paths"]
+    assert found["path"] == "bridge" and found["vtep"]["state"] == "up", found
+    assert found["vtep"]["flood_peers"] == ["10.98.0.2"] and found["vtep"]["tx_packets"] > 0, found
+    assert "VTEP vtep1042 up, flood peers 10.98.0.2" in found["summary"], found
 
 
 def test_a_deleted_vtep_is_reported_and_repair_recreates_it(docker, other_host):
