@@ -74,6 +74,8 @@ def flat(cni_name: str, net: flatnet.FlatNetwork) -> dict:
 def _fast_path(net: flatnet.FlatNetwork) -> dict:
     if not net.fast_path:
         return {"configured": False, "state": "off", "packets": 0}
+    if not flatnet.fast_path_usable(net):
+        return {"configured": True, "state": "unavailable (this kernel lacks nft netdev fwd)", "packets": 0}
     counted = flat_fastpath.packets(net.suffix)
     if counted is None:
         return {"configured": True, "state": "configured but its nft table is missing", "packets": 0}
@@ -126,3 +128,21 @@ def vxlan(net: vxlannet.VxlanNetwork) -> dict:
     return {"path": "bridge", "bridge_path": path,
             "vtep": {"name": net.vtep, "state": state, "flood_peers": peers, "fdb_entries": learned, **counted},
             "summary": summary}
+
+
+HOST_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/bridge/bridge-nf-call-iptables")
+
+
+def host() -> dict:
+    """The host settings and kernel features the backends rely on, as the
+    kernel has them now (docs/host-requirements.md says who needs which)."""
+    from .net import features, sysctls
+    return {"sysctls": {path.replace("/", "."): sysctls.read(path) for path in HOST_SYSCTLS},
+            "features": features.report()}
+
+
+def host_summary(found: dict) -> str:
+    settings = ", ".join(f"{k}={'-' if v is None else v}" for k, v in found["sysctls"].items())
+    have = ", ".join(f"{name} {'yes' if ok else 'MISSING'}" for name, ok in found["features"].items())
+    return f"{settings}; kernel: {have}"
+

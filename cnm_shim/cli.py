@@ -85,15 +85,16 @@ def cmd_restart_stranded(opts) -> int:
 
 
 def cmd_status(opts) -> int:
-    from .datapath import describe
+    from .datapath import describe, host, host_summary
     from .state import ENDPOINT, NETWORK, POOL, State
     state = State(opts.state_dir)
     networks, endpoints = state.all(NETWORK), state.all(ENDPOINT)
     paths = {net["id"]: describe(net) for net in networks}  # what carries the traffic, from counters
     if opts.json:
         print(json.dumps({"networks": networks, "endpoints": endpoints, "pools": state.all(POOL),
-                          "data_paths": list(paths.values())}, indent=2))
+                          "data_paths": list(paths.values()), "host": host()}, indent=2))
         return 0
+    print(f"host: {host_summary(host())}")
     for net in networks:
         print(f"network {net['id'][:12]}  driver {net['driver']}  cni {net['cni_name']}  bridge {net['bridge']}"
               + (f"  exported {net['exported']}" if net.get("exported") else ""))

@@ -21,3 +21,12 @@ def describe(net: dict) -> dict:
     except (CNIError, OSError) as exc:
         return {"path": "unknown", "summary": f"cannot tell: {exc}"}
     return dict(found, network=net["id"], cni_name=net["cni_name"], backend=net["backend"])
+
+
+def host() -> dict:
+    return datapath.host()
+
+
+def host_summary(found: dict) -> str:
+    return datapath.host_summary(found)
+

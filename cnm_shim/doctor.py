@@ -398,7 +398,7 @@ class Doctor:
     def report(self, code: int) -> dict:
         return {"status": {HEALTHY: "healthy", DRIFT: "drift", CANNOT_CHECK: "cannot check"}[code], "exit": code,
                 "findings": [dataclasses.asdict(f) for f in self.findings], "errors": self.errors,
-                "docker": self.docker, "data_paths": self.data_paths}
+                "docker": self.docker, "data_paths": self.data_paths, "host": datapath.host()}
 
 
 def cmd_doctor(opts) -> int:
@@ -418,6 +418,7 @@ def cmd_doctor(opts) -> int:
     if opts.json:
         print(json.dumps(doctor.report(code), indent=2))
         return code
+    print(f"host      {datapath.host_summary(datapath.host())}")
     for found in doctor.data_paths:
         print(f"datapath  {found['cni_name']} ({found['network'][:12]}, {found['backend']}): {found['summary']}")
     if not doctor.docker["checked"]:

@@ -66,6 +66,9 @@ def test_a_healthy_network_is_exit_0(docker):
     assert can_ping(docker, a, address(docker, b, net))
     frames = doctor(docker)[1]["data_paths"][0]["bridge_path"]["frames_from_containers"]
     assert frames > found["bridge_path"]["frames_from_containers"], "the ping is counted on the bridge path"
+    # the host as the kernel has it: the gateway bridge turned forwarding on
+    assert report["host"]["sysctls"]["net.ipv4.ip_forward"] == "1"
+    assert report["host"]["features"]["nft_bridge"] is True
 
 
 def test_a_host_veth_deleted_behind_dockers_back_is_reported(docker):
