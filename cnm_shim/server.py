@@ -3,39 +3,73 @@ plus the CNI daemon the executables hand their work to.
 
 Sync workers, on purpose: each is a single-threaded process, so the staging
 namespace work may setns(2) safely, and a hung call ties up one worker, not all.
+
+Stopping (SIGTERM, SIGINT): the socket files go first, so that Docker's next
+connection fails to connect and is retried with its body intact; the workers
+finish their calls and serve what was already queued (cnm_shim/worker.py);
+then the children (cnm_shim/children.py) get SIGTERM. Everything is gone after
+GRACEFUL_TIMEOUT + CHILD_GRACE seconds at most. SIGQUIT stops at once.
 """
 
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from cni_backend import staging, wire
 
+from . import listeners
 from .app import DRIVERS, create_app
+from .children import Children
+from .worker import DrainingWorker
 
 log = logging.getLogger("cnm-shim")
 
+GRACEFUL_TIMEOUT = 10  # seconds a worker has to finish its call and its queue before SIGKILL
+CHILD_GRACE = 5  # then the CNI daemon, agents and restart pass, before SIGKILL
 
-def restart_stranded_later(docker_host: str, drivers) -> None:
+
+def restart_stranded_later(children: Children, docker_host: str, drivers) -> None:
     """Once the sockets are bound: a short-lived child starts the containers
     dockerd gave up on while we were down (cnm_shim/recovery.py). A child,
     not a thread, as the master forks workers."""
     socket_path = docker_host.removeprefix("unix://")
     if not docker_host or (docker_host.startswith("unix://") and not os.path.exists(socket_path)):
         return
-    subprocess.Popen([sys.executable, "-m", "cnm_shim.cli", "restart-stranded", "--docker-host", docker_host,
-                      "--drivers", ",".join(sorted(set(drivers))), "--delay", "1"], start_new_session=False)
+    children.start([sys.executable, "-m", "cnm_shim.cli", "restart-stranded", "--docker-host", docker_host,
+                    "--drivers", ",".join(sorted(set(drivers))), "--delay", "1"])
+
+
+class ShimArbiter(Arbiter):
+    """gunicorn's master, with the stop a plug-in needs: SIGINT stops as
+    gracefully as SIGTERM (a second one, while stopping, still means now),
+    and only the socket files that are still ours are removed, before the
+    workers are told to stop. gunicorn's own stop unlinks by name, after
+    the listeners are closed, and fails on a file somebody already removed,
+    stranding the workers."""
+
+    claimed: list = []  # listeners.Claimed, set by ShimServer
+
+    def handle_int(self):
+        raise StopIteration
+
+    def stop(self, graceful=True):
+        for sock in self.claimed:
+            sock.release()
+        for listener in self.LISTENERS:
+            listener.close()
+        self.LISTENERS = []
+        super().stop(graceful)
 
 
 class ShimServer(BaseApplication):
-    def __init__(self, app_config: dict, gunicorn_options: dict):
+    def __init__(self, app_config: dict, gunicorn_options: dict, claimed: list):
         self.app_config = app_config
         self.gunicorn_options = gunicorn_options
+        self.claimed = claimed
         super().__init__()
 
     def load_config(self):
@@ -46,6 +80,11 @@ class ShimServer(BaseApplication):
     def load(self):
         return create_app(self.app_config)
 
+    def run(self):
+        arbiter = ShimArbiter(self)
+        arbiter.claimed = self.claimed
+        arbiter.run()
+
 
 def _cni_daemon_running(path: str) -> bool:
     sock = wire.connect(path)
@@ -55,18 +94,19 @@ def _cni_daemon_running(path: str) -> bool:
     return True
 
 
-def start_cni_daemon(path: str):
-    """The CNI daemon as a child, unless one already listens on `path`."""
+def start_cni_daemon(children: Children, path: str) -> None:
+    """The CNI daemon as a child, unless one already listens on `path`: that
+    one is somebody else's, used and left alone."""
     if _cni_daemon_running(path):
         log.info("using the CNI daemon already listening on %s", path)
-        return None
-    child = subprocess.Popen([sys.executable, "-m", "cnm_shim.cli", "cni-server", "--socket", path])
+        return
+    child = children.start([sys.executable, "-m", "cnm_shim.cli", "cni-server", "--socket", path], socket=path)
     deadline = time.monotonic() + 30
     while not _cni_daemon_running(path):
-        if child.poll() is not None or time.monotonic() > deadline:
+        if child.process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the CNI daemon did not start on {path}")
         time.sleep(0.05)
-    return child
+    child.remember_socket()
 
 
 def sockets(backend: str | None, socket_name: str | None) -> dict:
@@ -79,7 +119,7 @@ def sockets(backend: str | None, socket_name: str | None) -> dict:
     return {socket_name or f"{driver}.sock": driver}
 
 
-def start_vxlan_agent(vni: str, opts) -> subprocess.Popen:
+def start_vxlan_agent(children: Children, vni: str, opts) -> None:
     if not opts.etcd_endpoints:
         raise SystemExit("a vxlan agent needs --etcd-endpoints (RANCHER_ETCD_ENDPOINTS)")
     argv = [sys.executable, "-m", "cnm_shim.cli", "vxlan-agent", "--vni", vni, "--etcd-endpoints", opts.etcd_endpoints,
@@ -89,42 +129,52 @@ def start_vxlan_agent(vni: str, opts) -> subprocess.Popen:
     for flag, value in (("--etcd-ca", opts.etcd_ca), ("--etcd-cert", opts.etcd_cert), ("--etcd-key", opts.etcd_key)):
         if value:
             argv += [flag, value]
-    return subprocess.Popen(argv)
+    children.start(argv)
 
 
 def serve(opts) -> int:
     os.environ[wire.SOCKET_ENV] = opts.cni_socket  # inherited by the executables we run
-    os.makedirs(opts.plugin_dir, mode=0o755, exist_ok=True)
-    daemon = None if opts.no_cni_daemon else start_cni_daemon(opts.cni_socket)
     app_config = {"state_dir": opts.state_dir, "run_dir": opts.run_dir, "ipam_data_dir": opts.ipam_data_dir,
                   "cni_path": tuple(opts.cni_path.split(os.pathsep)), "cni_conf_dir": opts.cni_conf_dir,
                   "etcd_endpoints": tuple(e for e in opts.etcd_endpoints.split(",") if e),
                   "etcd_tls": {k: v for k, v in (("ca", opts.etcd_ca), ("cert", opts.etcd_cert),
                                                  ("key", opts.etcd_key)) if v} or None}
     app_config["sockets"] = sockets(opts.backend, opts.socket)
-    stale = staging.remove_all(os.path.join(opts.run_dir, "staging"))  # before any worker stages anew
-    if stale:
-        log.warning("removed %d staging namespaces left by a killed worker", len(stale))
-    create_app(app_config)  # fail here, loudly, before binding sockets Docker would find
-    agents = [start_vxlan_agent(vni, opts) for vni in opts.vxlan_agent_vnis.split(",") if vni]
-    gunicorn_options = {
-        "bind": [f"unix:{os.path.join(opts.plugin_dir, name)}" for name in app_config["sockets"]],
-        "workers": opts.workers,
-        "worker_class": "sync",
-        "timeout": 300,
-        "graceful_timeout": 10,
-        "umask": 0o117,  # sockets 0660, root's
-        "accesslog": "-" if opts.access_log else None,
-        "loglevel": opts.log_level.lower(),
-        "proc_name": "cnm-shim",
-        "control_socket_disable": True,  # gunicorn >= 25 would open one in $HOME
-        "when_ready": lambda arbiter: restart_stranded_later(opts.docker_host, app_config["sockets"].values()),
-    }
+    # First, before anything is started: refuse if another server answers on
+    # our sockets. Listening from here on, Docker's calls queue until a worker
+    # is ready instead of failing.
+    claimed = listeners.claim(opts.plugin_dir, app_config["sockets"])
+    children = Children()
+    master = os.getpid()
     try:
-        ShimServer(app_config, gunicorn_options).run()
+        if not opts.no_cni_daemon:
+            start_cni_daemon(children, opts.cni_socket)
+        stale = staging.remove_all(os.path.join(opts.run_dir, "staging"))  # before any worker stages anew
+        if stale:
+            log.warning("removed %d staging namespaces left by a killed worker", len(stale))
+        create_app(app_config)  # fail here, loudly, not in every worker
+        for vni in filter(None, opts.vxlan_agent_vnis.split(",")):
+            start_vxlan_agent(children, vni, opts)
+        gunicorn_options = {
+            "bind": [sock.hand_over() for sock in claimed],
+            "workers": opts.workers,
+            "worker_class": DrainingWorker,
+            "timeout": 300,
+            "graceful_timeout": GRACEFUL_TIMEOUT,
+            "umask": 0o117,  # the workers' heartbeat files; the sockets are bound already (listeners.py)
+            "accesslog": "-" if opts.access_log else None,
+            "loglevel": opts.log_level.lower(),
+            "proc_name": "cnm-shim",
+            "control_socket_disable": True,  # gunicorn >= 25 would open one in $HOME
+            "when_ready": lambda arbiter: restart_stranded_later(children, opts.docker_host,
+                                                                 app_config["sockets"].values()),
+        }
+        ShimServer(app_config, gunicorn_options, claimed).run()
     finally:
-        for child in [daemon, *agents]:
-            if child is not None:
-                child.send_signal(signal.SIGTERM)
-                child.wait(timeout=15)
+        # gunicorn's workers are forks that leave through this frame too (as
+        # SystemExit): only the master gives back what the master holds
+        if os.getpid() == master:
+            for sock in claimed:  # gunicorn's stop did this already, unless it never ran
+                sock.release()
+            children.stop(CHILD_GRACE)
     return 0
