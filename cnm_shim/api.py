@@ -2,6 +2,20 @@
 
 Docker sends no Content-Type and sometimes no body; every body is read leniently
 as JSON (empty = {}) and checked here, at the edge, before anything acts on it.
+
+Docker retries every call whose connection fails, and a retry after the first
+attempt wrote its body arrives with NO body (moby's plug-in client re-reads a
+drained buffer; ../shared/PROTOCOLS.md section 1). So each call that should
+carry a body says what an empty one means, next to its handler:
+- a question (EndpointOperInfo) gets an empty answer;
+- a release (DeleteNetwork, DeleteEndpoint, Leave, RevokeExternalConnectivity,
+  ReleasePool, ReleaseAddress) names nothing, so nothing is released: success,
+  and a warning in our log (Docker goes on whatever we answer, or, for Revoke,
+  fails the container's join if we do not; `cnm-shim doctor` finds leftovers);
+- a creation (CreateNetwork, CreateEndpoint, Join, RequestPool, RequestAddress)
+  cannot be answered right, so it fails with a message that says why;
+- ProgramExternalConnectivity succeeds when no endpoint still waits for its
+  published ports, and fails otherwise (we cannot tell whose ports were meant).
 """
 
 import ipaddress
@@ -55,6 +69,29 @@ def body() -> dict:
     if not isinstance(parsed, dict):
         raise DriverError("the request body must be a JSON object")
     return parsed
+
+
+RESENT = ("the request arrived without a body, which is how Docker re-sends a call after a "
+          "connection error (the plug-in was restarting or was killed)")
+
+
+def resent_without_body() -> bool:
+    """A zero-length body on a call that always carries one: Docker's retry.
+    (A body of `{}` is a malformed request, and is checked as one.)"""
+    return not request.get_data(cache=True).strip()
+
+
+def refuse_if_resent(consequence: str) -> None:
+    if resent_without_body():
+        raise DriverError(f"{RESENT}; {consequence}")
+
+
+def released_nothing_if_resent() -> bool:
+    if not resent_without_body():
+        return False
+    log.warning("%s: %s; it names nothing, so nothing was released (cnm-shim doctor finds what "
+                "Docker no longer has)", request.path.lstrip("/"), RESENT)
+    return True
 
 
 def with_ids(*names) -> dict:
@@ -181,6 +218,8 @@ def capabilities():
 
 @network_api.post("/NetworkDriver.CreateNetwork")
 def create_network():
+    # Resent without a body: refused; it names no network or pool.
+    refuse_if_resent("it names no network, so none was created: run the command again")
     data = with_ids("NetworkID")
     check_ipam_data(data)
     services().translator.create_network(driver_name(), backend(), data)
@@ -189,12 +228,18 @@ def create_network():
 
 @network_api.post("/NetworkDriver.DeleteNetwork")
 def delete_network():
+    # Resent without a body: success. Docker removes its network whatever we
+    # answer (an error is only logged); what we still hold, doctor finds.
+    if released_nothing_if_resent():
+        return jsonify({})
     services().translator.delete_network(with_ids("NetworkID"))
     return jsonify({})
 
 
 @network_api.post("/NetworkDriver.CreateEndpoint")
 def create_endpoint():
+    # Resent without a body: refused; it names no endpoint and no address.
+    refuse_if_resent("it names no endpoint, so none was created: start the container again")
     data = with_ids("NetworkID", "EndpointID")
     check_interface(data)
     return jsonify(services().translator.create_endpoint(data))
@@ -202,31 +247,59 @@ def create_endpoint():
 
 @network_api.post("/NetworkDriver.EndpointOperInfo")
 def endpoint_oper_info():
+    # Resent without a body: an empty answer. The values are informational
+    # (`docker network inspect`); failing here failed `docker run` ("Updating
+    # join info failed") after a plug-in restart.
+    if resent_without_body():
+        return jsonify(Value={})
     return jsonify(services().translator.oper_info(with_ids("NetworkID", "EndpointID")))
 
 
 @network_api.post("/NetworkDriver.DeleteEndpoint")
 def delete_endpoint():
+    # Resent without a body: success. Docker forgets the endpoint whatever we
+    # answer (an error is only logged); its address is reclaimed when Docker
+    # hands it out again, and doctor reports the rest.
+    if released_nothing_if_resent():
+        return jsonify({})
     services().translator.delete_endpoint(with_ids("NetworkID", "EndpointID"))
     return jsonify({})
 
 
 @network_api.post("/NetworkDriver.Join")
 def join():
+    # Resent without a body: refused; it names no endpoint, and Docker needs
+    # the interface name only the right endpoint's Join can give.
+    refuse_if_resent("it names no endpoint, so none was joined: start the container again")
     data = with_ids("NetworkID", "EndpointID")
     if not isinstance(data.get("SandboxKey", ""), str):
         raise DriverError("SandboxKey must be a string")
+    check_port_map(data)  # kept as the ports the endpoint waits for (ProgramExternalConnectivity)
     return jsonify(services().translator.join(data))
 
 
 @network_api.post("/NetworkDriver.Leave")
 def leave():
+    # Resent without a body: success (Leave undoes nothing here anyway).
+    if released_nothing_if_resent():
+        return jsonify({})
     services().translator.leave(with_ids("NetworkID", "EndpointID"))
     return jsonify({})
 
 
 @network_api.post("/NetworkDriver.ProgramExternalConnectivity")
 def program_external_connectivity():
+    # Resent without a body: Docker sends this for every container it starts,
+    # with or without -p. If none of this driver's endpoints still waits for
+    # the ports it was given at Join, the first attempt published them or there
+    # were none: success. Otherwise refused, rather than publish someone
+    # else's ports or start a container without its own.
+    if resent_without_body():
+        waiting = services().translator.endpoints_awaiting_ports(driver_name())
+        if waiting:
+            raise DriverError(f"{RESENT}; it names no endpoint, and {', '.join(waiting)} still wait for their "
+                              "published ports, so none were published: start the container again")
+        return jsonify({})
     data = with_ids("NetworkID", "EndpointID")
     check_port_map(data)
     services().translator.program_external_connectivity(data)
@@ -235,6 +308,10 @@ def program_external_connectivity():
 
 @network_api.post("/NetworkDriver.RevokeExternalConnectivity")
 def revoke_external_connectivity():
+    # Resent without a body: success. An error here would fail the join of the
+    # container's next network (Docker revokes the old gateway endpoint first).
+    if released_nothing_if_resent():
+        return jsonify({})
     services().translator.revoke_external_connectivity(with_ids("NetworkID", "EndpointID"))
     return jsonify({})
 
@@ -277,19 +354,30 @@ def _ipam_body() -> dict:
 
 @ipam_api.post("/IpamDriver.RequestPool")
 def request_pool():
+    # Resent without a body: refused. Read as "any pool" it would hand out a
+    # subnet the user did not ask for, and Docker would take it.
+    refuse_if_resent("it names no pool, so none was reserved: run the command again")
     return jsonify(services().ipam.request_pool(_ipam_body()))
 
 
 @ipam_api.post("/IpamDriver.ReleasePool")
 def release_pool():
+    # Resent without a body: success; Docker only logs a failed release.
+    if released_nothing_if_resent():
+        return jsonify({})
     return jsonify(services().ipam.release_pool(_ipam_body()))
 
 
 @ipam_api.post("/IpamDriver.RequestAddress")
 def request_address():
+    # Resent without a body: refused; it names no pool to take an address from.
+    refuse_if_resent("it names no pool, so no address was reserved: try again")
     return jsonify(services().ipam.request_address(_ipam_body()))
 
 
 @ipam_api.post("/IpamDriver.ReleaseAddress")
 def release_address():
+    # Resent without a body: success; Docker only logs a failed release.
+    if released_nothing_if_resent():
+        return jsonify({})
     return jsonify(services().ipam.release_address(_ipam_body()))

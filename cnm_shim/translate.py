@@ -312,7 +312,8 @@ class Translator:
                 raise DriverError(f"{net['driver']}: CNI ADD on {net['cni_name']} failed: {exc}") from None
         finally:
             staging.remove(staging_path)
-        ep.update(result=result, src_name=src_name, sandbox_key=body.get("SandboxKey", ""))
+        ep.update(result=result, src_name=src_name, sandbox_key=body.get("SandboxKey", ""),
+                  ports_at_join=_port_mappings((body.get("Options") or {}).get("com.docker.network.portmap")))
         self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
         return join_answer(result, src_name)
 
@@ -383,6 +384,9 @@ class Translator:
         net, ep = self._endpoint(body)
         mappings = _port_mappings((body.get("Options") or {}).get("com.docker.network.portmap"))
         if not mappings or ep.get("port_mappings") == mappings:
+            if ep.get("ports_at_join"):
+                ep["ports_at_join"] = None  # the call it waited for came, asking nothing new
+                self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
             return
         if not ep.get("result"):
             raise DriverError(f"endpoint {ep['endpoint_id'][:12]} has not joined a sandbox yet")
@@ -395,16 +399,25 @@ class Translator:
         except CNIError as exc:
             self._revoke_ports(net, dict(ep, port_mappings=mappings))
             raise DriverError(f"{net['driver']}: publishing ports failed: {exc}") from None
-        ep["port_mappings"] = mappings
+        ep["port_mappings"], ep["ports_at_join"] = mappings, None
         self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
 
     def revoke_external_connectivity(self, body: dict) -> None:
         net = self.state.get(NETWORK, body["NetworkID"])
         ep = self.state.get(ENDPOINT, State.endpoint_key(body["NetworkID"], body["EndpointID"]))
-        if net is not None and ep is not None and ep.get("port_mappings"):
+        if net is not None and ep is not None and (ep.get("port_mappings") or ep.get("ports_at_join")):
             self._revoke_ports(net, ep)
-            ep["port_mappings"] = None
+            ep["port_mappings"] = ep["ports_at_join"] = None  # no longer the gateway endpoint: waits for nothing
             self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
+
+    def endpoints_awaiting_ports(self, driver: str) -> list:
+        """Short IDs of `driver`'s endpoints whose Join carried published ports
+        and that no ProgramExternalConnectivity has reached since. (An
+        endpoint that is not its container's gateway never gets that call and
+        waits for good: rare, and it only makes an ambiguous retry fail.)"""
+        drivers = {net["id"]: net["driver"] for net in self.state.all(NETWORK)}
+        return [ep["endpoint_id"][:12] for ep in self.state.all(ENDPOINT)
+                if drivers.get(ep["network_id"]) == driver and ep.get("ports_at_join")]
 
     def _revoke_ports(self, net: dict, ep: dict) -> None:
         if not ep.get("port_mappings"):

@@ -138,3 +138,64 @@ def test_a_pool_shared_through_one_store_is_released_per_host(tmp_path):
     assert held == ["10.70.0.1", b.split("/")[0]]
     hosts[1].release_pool({"PoolID": pool["PoolID"]})
     assert store.run(lambda txn: txn.allocated("10.70.0.0/24")) == {}
+
+
+# -- calls Docker re-sends without a body -------------------------------------
+# After a connection error Docker retries with the body already drained
+# (PROTOCOLS.md section 1): zero bytes, not `{}`.
+
+@pytest.mark.parametrize("path,answer", [
+    ("/NetworkDriver.EndpointOperInfo", {"Value": {}}),
+    ("/NetworkDriver.Leave", {}),
+    ("/NetworkDriver.DeleteEndpoint", {}),
+    ("/NetworkDriver.DeleteNetwork", {}),
+    ("/NetworkDriver.RevokeExternalConnectivity", {}),
+    ("/NetworkDriver.ProgramExternalConnectivity", {}),
+    ("/NetworkDriver.AllocateNetwork", {"Options": {}}),
+    ("/NetworkDriver.FreeNetwork", {}),
+    ("/NetworkDriver.DiscoverNew", {}),
+    ("/NetworkDriver.DiscoverDelete", {}),
+    ("/IpamDriver.ReleasePool", {}),
+    ("/IpamDriver.ReleaseAddress", {}),
+])
+def test_a_call_resent_without_a_body_is_answered_without_failing(client, path, answer):
+    assert post(client, path) == (200, answer)
+
+
+@pytest.mark.parametrize("path,key", [
+    ("/NetworkDriver.CreateNetwork", "Err"),
+    ("/NetworkDriver.CreateEndpoint", "Err"),
+    ("/NetworkDriver.Join", "Err"),
+    ("/IpamDriver.RequestPool", "Error"),
+    ("/IpamDriver.RequestAddress", "Error"),
+])
+def test_a_creation_resent_without_a_body_fails_saying_why(client, path, key):
+    status, answer = post(client, path)
+    assert status == 400 and set(answer) == {key}
+    assert "arrived without a body" in answer[key] and "connection error" in answer[key]
+    assert client.application.extensions["rancher"].state.all("pool") == [], "nothing reserved"
+
+
+def test_an_empty_body_is_a_retry_but_an_empty_object_is_a_bad_request(client):
+    """`{}` is a client's mistake, not Docker's retry: still refused."""
+    status, answer = post(client, "/NetworkDriver.Leave", {})
+    assert status == 400 and "NetworkID" in answer["Err"]
+    status, answer = post(client, "/NetworkDriver.EndpointOperInfo", {})
+    assert status == 400 and "NetworkID" in answer["Err"]
+
+
+def test_program_external_connectivity_resent_while_an_endpoint_waits_for_its_ports_fails(client):
+    """An endpoint that joined with published ports and got no
+    ProgramExternalConnectivity yet: an empty retry cannot say whose ports,
+    so it fails rather than start a container without them; once the call
+    with a body came, an empty retry succeeds."""
+    from cnm_shim.state import ENDPOINT, NETWORK, State
+    state = client.application.extensions["rancher"].state
+    ports = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    state.put(NETWORK, NET, {"id": NET, "driver": "rancher-bridge"})
+    ep = {"network_id": NET, "endpoint_id": "e" * 64, "result": {"ips": []}, "ports_at_join": ports}
+    state.put(ENDPOINT, State.endpoint_key(NET, "e" * 64), ep)
+    status, answer = post(client, "/NetworkDriver.ProgramExternalConnectivity")
+    assert status == 400 and "eeeeeeeeeeee still wait" in answer["Err"]
+    state.put(ENDPOINT, State.endpoint_key(NET, "e" * 64), dict(ep, ports_at_join=None, port_mappings=ports))
+    assert post(client, "/NetworkDriver.ProgramExternalConnectivity") == (200, {})
