@@ -56,3 +56,32 @@ def started_processes(before: set) -> list:
             continue
         found.append(f"{pid} {cmdline[:120]}")
     return found
+
+
+def _stat_fields(pid: int) -> list | None:
+    """/proc/PID/stat after the command name: [state, ppid, ...], or None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def identities(pids) -> dict:
+    """pid -> start time: tells a process from a later one given the same pid."""
+    found = {}
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields:
+            found[pid] = fields[19]
+    return found
+
+
+def still_running(identities_before: dict) -> list:
+    """Those of the processes (`identities`) that exist and are not zombies."""
+    left = []
+    for pid, start in identities_before.items():
+        fields = _stat_fields(pid)
+        if fields and fields[19] == start and fields[0] != "Z":
+            left.append(pid)
+    return left

@@ -11,8 +11,10 @@ import time
 import pytest
 
 from cni_backend import install
+from cnm_shim.app import DRIVERS
 from tests.conftest import host_state, ipam_rows, run
 from tests.engine.dockerd import Dockerd
+from tests.engine.helpers import post_unix
 from tests.isolation import require_sandbox
 from tests.processes import long_lived
 from tests.interop.containerd import Containerd
@@ -24,22 +26,23 @@ DRIVER = "rancher-bridge"
 class Shim:
     """`cnm-shim serve` with its state in a temp dir; can be killed and restarted."""
 
-    def __init__(self, root):
+    def __init__(self, root, plugin_dir=PLUGIN_DIR, docker_host="", cni_socket=None):
         require_sandbox("the test plug-in (cnm-shim serve on /run/docker/plugins)")
         self.root = root
         self.bin = root / "bin"
         install.write_executables(str(self.bin))
-        self.socket = os.path.join(PLUGIN_DIR, f"{DRIVER}.sock")
-        self.cni_socket = str(root / "cni.sock")
+        self.plugin_dir = plugin_dir
+        self.socket = os.path.join(plugin_dir, f"{DRIVER}.sock")
+        self.cni_socket = cni_socket or str(root / "cni.sock")
         self.export_dir = root / "net.d"
         self.ipam_dir = root / "ipam"
         self.state_dir = root / "state"
-        self.docker_host = ""  # the engine whose stranded containers serve() restarts; none until set
+        self.docker_host = docker_host  # the engine whose stranded containers serve() restarts; none until set
         self.process = None
         self.start()
 
     def start(self):
-        argv = [sys.executable, "-m", "cnm_shim.cli", "serve", "--plugin-dir", PLUGIN_DIR,
+        argv = [sys.executable, "-m", "cnm_shim.cli", "serve", "--plugin-dir", self.plugin_dir,
                 "--state-dir", str(self.state_dir), "--run-dir", str(self.root / "run"),
                 "--ipam-data-dir", str(self.ipam_dir), "--cni-conf-dir", str(self.export_dir),
                 "--cni-socket", self.cni_socket, "--cni-path", f"{self.bin}:/usr/lib/cni", "--workers", "3",
@@ -48,19 +51,33 @@ class Shim:
                                         start_new_session=True, env=dict(os.environ, CNM_SHIM_LOG_LEVEL="DEBUG"))
         long_lived(self.process.pid)  # restarted by tests, stopped by its fixture
         deadline = time.monotonic() + 30
-        while not (os.path.exists(self.socket) and os.path.exists(self.cni_socket)):
+        while not (self._answers() and os.path.exists(self.cni_socket)):
             assert self.process.poll() is None and time.monotonic() < deadline, self.log()
             time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        """Served by a worker of this process, not just a socket file (a killed
+        server's may still be there until the new one takes it over)."""
+        try:
+            return post_unix(self.socket, "Plugin.Activate", timeout=5)[0] == 200
+        except OSError:
+            return False
+
+    def sockets(self) -> list:
+        """Every socket file this shim made: one per driver, and the CNI daemon's."""
+        return [os.path.join(self.plugin_dir, f"{name}.sock") for name in DRIVERS] + [self.cni_socket]
 
     def log(self) -> str:
         return (self.root / "shim.log").read_text()[-4000:]
 
-    def kill9(self):
-        """What a crash looks like: every process of the shim gets SIGKILL."""
+    def kill9(self, remove_sockets=True):
+        """What a crash looks like: every process of the shim gets SIGKILL.
+        The socket files stay, as after a real crash, unless `remove_sockets`."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
-        if os.path.exists(self.socket):
-            os.unlink(self.socket)
+        for path in self.sockets() if remove_sockets else ():
+            if os.path.exists(path):
+                os.unlink(path)
 
     def stop(self):
         if self.process and self.process.poll() is None:
@@ -69,7 +86,7 @@ class Shim:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill9()
-        for path in (self.socket, self.cni_socket):
+        for path in self.sockets():
             if os.path.exists(path):
                 os.unlink(path)
 

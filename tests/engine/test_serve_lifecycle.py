@@ -1,0 +1,137 @@
+"""`cnm-shim serve` as a process: it stops cleanly on SIGTERM and SIGINT (no
+process and no socket of its own left), it leaves alone what it did not
+start, and it refuses to take over sockets another server still answers on.
+
+Each test runs its own serve on a plug-in dir of its own (the engine
+fixture's serve keeps /run/docker/plugins); no dockerd is needed to watch a
+process stop, so none is started here.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.processes import identities, process_tree, still_running
+from tests.engine.conftest import Shim
+from tests.engine.helpers import post_unix
+
+pytestmark = pytest.mark.engine
+
+ACTIVATED = (200, {"Implements": ["NetworkDriver", "IpamDriver"]})
+
+
+@pytest.fixture
+def serves(tmp_path):
+    """Makes Shims on one private plug-in dir; kills whatever of theirs is left."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    made = []
+
+    def make(name="a", **kw):
+        root = tmp_path / name
+        root.mkdir()
+        shim = Shim(root, plugin_dir=str(tmp_path / "plugins"), **kw)
+        made.append((shim, identities(process_tree(shim.process.pid))))
+        return shim
+
+    yield make
+    for shim, processes in made:
+        for pid in still_running(processes):
+            os.kill(pid, signal.SIGKILL)
+        shim.stop()
+
+
+def wait_for_tree(root_pid, count: int, marker: str, timeout=30) -> list:
+    """Until `root_pid` has `count` processes under it (itself included), one
+    with `marker` in its command line; their pids."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tree = process_tree(root_pid)
+        lines = []
+        for pid in tree:
+            try:
+                lines.append(open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace"))
+            except OSError:
+                continue
+        if len(tree) >= count and any(marker in line for line in lines):
+            return tree
+        assert time.monotonic() < deadline, f"under {root_pid}: {lines}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def engine_that_never_answers(tmp_path):
+    """A stand-in for a hung dockerd: a socket that takes connections and never
+    answers, so serve's restart-stranded child is still running when we stop."""
+    path = str(tmp_path / "hung-docker.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    yield f"unix://{path}"
+    listener.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_stops_on_a_signal_leaving_no_process_and_no_socket(serves, engine_that_never_answers, sig):
+    shim = serves(docker_host=engine_that_never_answers)
+    # the master, 3 workers, the CNI daemon, the restart-stranded pass
+    processes = identities(wait_for_tree(shim.process.pid, 6, "restart-stranded"))
+    assert all(os.path.exists(path) for path in shim.sockets())
+    assert post_unix(shim.socket, "Plugin.Activate") == ACTIVATED
+
+    shim.process.send_signal(sig)
+    assert shim.process.wait(timeout=120) == 0, shim.log()
+
+    deadline = time.monotonic() + 10  # init reaps what was reparented to it (TESTING.md: ~1-2 s)
+    while still_running(processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert still_running(processes) == [], shim.log()
+    assert [path for path in shim.sockets() if os.path.exists(path)] == []
+    assert os.listdir(shim.plugin_dir) == []
+
+
+def test_serve_leaves_a_cni_daemon_it_did_not_start_running(serves, tmp_path):
+    """A CNI daemon already listening is used, not owned: it runs on, with its
+    socket, after serve stops."""
+    cni_socket = str(tmp_path / "theirs.sock")
+    theirs = subprocess.Popen([sys.executable, "-m", "cnm_shim.cli", "cni-server", "--socket", cni_socket],
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(cni_socket):
+            assert theirs.poll() is None and time.monotonic() < deadline, "their CNI daemon did not start"
+            time.sleep(0.05)
+        shim = serves(cni_socket=cni_socket)
+        assert theirs.pid not in process_tree(shim.process.pid)
+        shim.process.send_signal(signal.SIGTERM)
+        assert shim.process.wait(timeout=120) == 0, shim.log()
+        assert theirs.poll() is None, "their CNI daemon was stopped"
+        assert os.path.exists(cni_socket), "their CNI daemon's socket was removed"
+        assert os.listdir(shim.plugin_dir) == []
+    finally:
+        theirs.terminate()
+        theirs.wait(timeout=30)
+
+
+def test_a_second_serve_refuses_while_the_first_answers_and_takes_over_a_stale_socket(serves):
+    first = serves("first")
+    argv = [sys.executable, "-m", "cnm_shim.cli", "serve", "--plugin-dir", first.plugin_dir,
+            "--state-dir", str(first.root / "second-state"), "--run-dir", str(first.root / "second-run"),
+            "--ipam-data-dir", str(first.root / "second-ipam"), "--cni-socket", str(first.root / "second-cni.sock"),
+            "--docker-host", ""]
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0
+    assert f"a server already answers on {first.socket}" in refused.stderr, refused.stderr
+    assert post_unix(first.socket, "Plugin.Activate") == ACTIVATED, "the first one still answers"
+    assert not os.path.exists(first.root / "second-cni.sock"), "the refused one started nothing"
+
+    first.kill9(remove_sockets=False)  # what a crash leaves: socket files nobody answers on
+    assert os.path.exists(first.socket)
+    second = serves("second")
+    assert post_unix(second.socket, "Plugin.Activate") == ACTIVATED
+    assert f"{first.socket}: nobody answers on it" in (second.root / "shim.log").read_text()
