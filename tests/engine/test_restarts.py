@@ -2,11 +2,14 @@
 working, new ones join, old ones are cleaned up."""
 
 import json
+import os
+import signal
 import time
 
 import pytest
 
-from tests.engine.helpers import address, can_ping, container, network
+from tests.processes import identities, process_tree, still_running
+from tests.engine.helpers import address, can_ping, container, network, post_unix
 
 pytestmark = pytest.mark.engine
 
@@ -49,3 +52,44 @@ def test_containers_with_a_restart_policy_come_back_after_dockerd_restarts(docke
     assert can_ping(docker, a, address(docker, b, net))
     endpoints = [e for e in docker.shim.state_entries() if e[0] == "endpoint"]
     assert len(endpoints) == 2, "endpoints of the stopped incarnations were deleted"
+
+
+# Every call Docker may re-send after a connection error, which then arrives
+# without a body (PROTOCOLS.md section 1), and what it must answer.
+RESENT_CALLS = {
+    "NetworkDriver.EndpointOperInfo": {"Value": {}},
+    "NetworkDriver.Leave": {},
+    "NetworkDriver.DeleteEndpoint": {},
+    "NetworkDriver.DeleteNetwork": {},
+    "NetworkDriver.RevokeExternalConnectivity": {},
+    "NetworkDriver.ProgramExternalConnectivity": {},
+    "NetworkDriver.FreeNetwork": {},
+    "IpamDriver.ReleasePool": {},
+    "IpamDriver.ReleaseAddress": {},
+}
+
+
+@pytest.mark.parametrize("killed", ["process group", "master"])
+def test_a_plugin_restart_never_fails_a_container_start(docker, killed):
+    """The reported failure: after kill -9 and a restart, `docker run` failed
+    with "EndpointOperInfo: NetworkID None is missing", the call re-sent
+    without its body after "connection reset by peer". Killing only the
+    master must not leave workers holding the old socket either."""
+    net = network(docker, "--subnet", "10.143.0.0/24")
+    a = container(docker, net)
+    container(docker, net, "-p", "18143:80")
+    old = identities(process_tree(docker.shim.process.pid))
+    if killed == "master":
+        os.kill(docker.shim.process.pid, signal.SIGKILL)
+        docker.shim.process.wait()
+    else:
+        docker.shim.kill9(remove_sockets=False)  # the socket files stay, as after a real crash
+    docker.shim.start()
+    deadline = time.monotonic() + 30  # the killed master's children get SIGTERM from the kernel
+    while still_running(old) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert still_running(old) == [], "processes of the killed plug-in are still running"
+    for call, answer in RESENT_CALLS.items():
+        assert post_unix(docker.shim.socket, call) == (200, answer), call
+    for _ in range(10):
+        assert can_ping(docker, container(docker, net), address(docker, a, net))

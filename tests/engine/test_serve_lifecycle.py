@@ -135,3 +135,47 @@ def test_a_second_serve_refuses_while_the_first_answers_and_takes_over_a_stale_s
     second = serves("second")
     assert post_unix(second.socket, "Plugin.Activate") == ACTIVATED
     assert f"{first.socket}: nobody answers on it" in (second.root / "shim.log").read_text()
+
+
+def test_a_stop_answers_every_call_already_made_including_queued_ones(serves):
+    """Calls in progress and calls still in the listen queue when SIGTERM comes
+    are all answered: closing a queue unserved resets those connections, and
+    Docker re-sends such a call with an empty body. Five requests are held
+    half-written (3 workers: at least two of them wait in the queue), one
+    complete request queues behind them; then SIGTERM; then the halves are
+    finished."""
+    shim = serves()
+    request = (b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 0\r\n"
+               b"Connection: close\r\n\r\n")
+    half = len(request) // 2
+    held = []
+    for _ in range(5):
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(60)
+        conn.connect(shim.socket)
+        conn.sendall(request[:half])
+        held.append(conn)
+    queued = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    queued.settimeout(60)
+    queued.connect(shim.socket)
+    queued.sendall(request)
+    held.append(queued)
+    try:
+        shim.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30  # the master removes the socket files first
+        while os.path.exists(shim.socket):
+            assert time.monotonic() < deadline, "the socket file stayed"
+            time.sleep(0.05)
+        for conn in held[:-1]:
+            conn.sendall(request[half:])
+        answers = []
+        for conn in held:
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+            answers.append(reply.split(b"\r\n", 1)[0])
+        assert answers == [b"HTTP/1.1 200 OK"] * 6
+    finally:
+        for conn in held:
+            conn.close()
+    assert shim.process.wait(timeout=120) == 0, shim.log()
