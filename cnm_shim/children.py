@@ -3,8 +3,11 @@ daemon, the vxlan agents, the restart-stranded pass — and how they end.
 
 Each child gets SIGTERM from the kernel if the master dies (PR_SET_PDEATHSIG),
 so a master killed with SIGKILL strands none of them; a clean stop sends
-SIGTERM itself, waits, then SIGKILLs what is left. A CNI daemon found already
-running is not ours and is never started, signalled or unlinked here.
+SIGTERM itself, after the workers are done (they are the CNI daemon's
+clients), waits, then SIGKILLs what is left. Each child has a process group
+of its own: Ctrl-C in a terminal signals the whole foreground group, and
+would stop the CNI daemon under calls still in progress. A CNI daemon found
+already running is not ours and is never started, signalled or unlinked here.
 """
 
 import contextlib
@@ -21,12 +24,12 @@ from .listeners import remove_if_same
 log = logging.getLogger("cnm-shim")
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
     """Have the kernel send `sig` to this process when its parent exits."""
-    if _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
@@ -53,7 +56,7 @@ class Children:
 
     def start(self, argv, socket: str | None = None) -> Child:
         """Start `argv` from the master's single thread (where preexec_fn is safe)."""
-        child = Child(subprocess.Popen(argv, preexec_fn=die_with_parent), socket)
+        child = Child(subprocess.Popen(argv, preexec_fn=die_with_parent, process_group=0), socket)
         self.children.append(child)
         return child
 

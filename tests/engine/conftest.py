@@ -1,6 +1,7 @@
 """Engine-layer fixtures: a private dockerd (tests/engine/dockerd.py) and our
 shim serving it from /run/docker/plugins, where dockerd looks for plug-ins."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ from tests.conftest import host_state, ipam_rows, run
 from tests.engine.dockerd import Dockerd
 from tests.engine.helpers import post_unix
 from tests.isolation import require_sandbox
-from tests.processes import long_lived
+from tests.processes import long_lived, process_tree
 from tests.interop.containerd import Containerd
 
 PLUGIN_DIR = "/run/docker/plugins"
@@ -71,9 +72,14 @@ class Shim:
         return (self.root / "shim.log").read_text()[-4000:]
 
     def kill9(self, remove_sockets=True):
-        """What a crash looks like: every process of the shim gets SIGKILL.
-        The socket files stay, as after a real crash, unless `remove_sockets`."""
+        """What a crash looks like: every process of the shim gets SIGKILL (its
+        group, and its children's groups). The socket files stay, as after a
+        real crash, unless `remove_sockets`."""
+        tree = process_tree(self.process.pid)
         os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait()
         for path in self.sockets() if remove_sockets else ():
             if os.path.exists(path):

@@ -76,15 +76,19 @@ def engine_that_never_answers(tmp_path):
     listener.close()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_serve_stops_on_a_signal_leaving_no_process_and_no_socket(serves, engine_that_never_answers, sig):
+@pytest.mark.parametrize("sig,to_group", [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM", "SIGINT", "Ctrl-C: SIGINT to the foreground process group"])
+def test_serve_stops_on_a_signal_leaving_no_process_and_no_socket(serves, engine_that_never_answers, sig, to_group):
     shim = serves(docker_host=engine_that_never_answers)
     # the master, 3 workers, the CNI daemon, the restart-stranded pass
     processes = identities(wait_for_tree(shim.process.pid, 6, "restart-stranded"))
     assert all(os.path.exists(path) for path in shim.sockets())
     assert post_unix(shim.socket, "Plugin.Activate") == ACTIVATED
 
-    shim.process.send_signal(sig)
+    if to_group:
+        os.killpg(shim.process.pid, sig)  # the Shim runs serve in a session, its group, of its own
+    else:
+        shim.process.send_signal(sig)
     assert shim.process.wait(timeout=120) == 0, shim.log()
 
     deadline = time.monotonic() + 10  # init reaps what was reparented to it (TESTING.md: ~1-2 s)
