@@ -10,8 +10,9 @@ carry a body says what an empty one means, next to its handler:
 - a question (EndpointOperInfo) gets an empty answer;
 - a release (DeleteNetwork, DeleteEndpoint, Leave, RevokeExternalConnectivity,
   ReleasePool, ReleaseAddress) names nothing, so nothing is released: success,
-  and a warning in our log (Docker goes on whatever we answer, or, for Revoke,
-  fails the container's join if we do not; `cnm-shim doctor` finds leftovers);
+  and a warning in our log (Docker goes on whatever we answer, except that a
+  failed Revoke fails the join of the container's next network; `cnm-shim
+  doctor` finds what we still hold);
 - a creation (CreateNetwork, CreateEndpoint, Join, RequestPool, RequestAddress)
   cannot be answered right, so it fails with a message that says why;
 - ProgramExternalConnectivity succeeds when no endpoint still waits for its

@@ -51,7 +51,7 @@ class ShimArbiter(Arbiter):
     the listeners are closed, and fails on a file somebody already removed,
     stranding the workers."""
 
-    claimed: list = []  # listeners.Claimed, set by ShimServer
+    claimed: tuple = ()  # listeners.Claimed, set by ShimServer
 
     def handle_int(self):
         raise StopIteration
@@ -82,7 +82,7 @@ class ShimServer(BaseApplication):
 
     def run(self):
         arbiter = ShimArbiter(self)
-        arbiter.claimed = self.claimed
+        arbiter.claimed = tuple(self.claimed)
         arbiter.run()
 
 
