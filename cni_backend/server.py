@@ -49,6 +49,7 @@ def _fork_worker(conn: socket.socket, listener: socket.socket) -> None:
         listener.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)  # the parent's
         _serve_one(conn)
     except BaseException:  # noqa: BLE001 - a worker must never return into the accept loop
         log.exception("worker failed")
@@ -90,14 +91,23 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None) -> None:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    # a signal wakes the select below at once (it would otherwise sleep on):
+    # a stopping daemon must not look alive to a `cnm-shim serve` starting anew
+    wakeup_read, wakeup_write = os.pipe()
+    os.set_blocking(wakeup_write, False)
+    signal.set_wakeup_fd(wakeup_write)
     log.info("rancher-cni daemon listening on %s", path)
     if ready:
         ready()
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
+    selector.register(wakeup_read, selectors.EVENT_READ)
     try:
         while not stopping:
-            for _ in selector.select(timeout=1.0):
+            for key, _ in selector.select(timeout=1.0):
+                if key.fileobj == wakeup_read:
+                    os.read(wakeup_read, 512)
+                    continue
                 try:
                     conn, _ = listener.accept()
                 except OSError as exc:
@@ -107,6 +117,9 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None) -> None:
                 _fork_worker(conn, listener)
             _reap()
     finally:
+        signal.set_wakeup_fd(-1)
+        os.close(wakeup_read)
+        os.close(wakeup_write)
         selector.close()
         listener.close()
         try:
