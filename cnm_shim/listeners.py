@@ -19,7 +19,7 @@ import stat
 
 log = logging.getLogger("cnm-shim")
 
-BACKLOG = 128  # Docker makes one connection per call; a busy engine queues a few dozen at most
+BACKLOG = 2048  # gunicorn's default (the kernel caps it at net.core.somaxconn): a burst of calls waits, not fails
 PROBE_TIMEOUT = 2.0  # a listener whose queue is full makes connect() wait: that is someone alive too
 
 

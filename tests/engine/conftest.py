@@ -99,6 +99,13 @@ class Shim:
     def allocations(self):
         return ipam_rows(self.ipam_dir, "network, container_id, ip")
 
+    def endpoints(self) -> list:
+        """The endpoint records in the shim's state."""
+        import json
+        import sqlite3
+        with sqlite3.connect(self.state_dir / "state.db") as db:
+            return [json.loads(v) for (v,) in db.execute("SELECT value FROM objects WHERE kind = 'endpoint'")]
+
     def state_entries(self):
         import sqlite3
         with sqlite3.connect(self.state_dir / "state.db") as db:

@@ -78,6 +78,10 @@ def test_a_plugin_restart_never_fails_a_container_start(docker, killed):
     net = network(docker, "--subnet", "10.143.0.0/24")
     a = container(docker, net)
     container(docker, net, "-p", "18143:80")
+    published = [ep for ep in docker.shim.endpoints() if ep.get("port_mappings")]
+    assert len(published) == 1, "Docker published the port through ProgramExternalConnectivity"
+    assert [ep for ep in docker.shim.endpoints() if ep.get("ports_at_join")] == [], \
+        "no endpoint waits for its ports: an empty ProgramExternalConnectivity may succeed"
     old = identities(process_tree(docker.shim.process.pid))
     if killed == "master":
         os.kill(docker.shim.process.pid, signal.SIGKILL)
