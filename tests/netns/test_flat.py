@@ -9,8 +9,7 @@ import pytest
 
 from cni_backend.plugins.flat import load_network
 from cni_backend import flatnet
-from cni_backend.net import flat_fastpath, sysctls
-from cni_backend.net.firewall import attachment_tag
+from cni_backend.net import flat_fastpath, sysctls, tags
 from tests.conftest import ns_exec, ping, run, unique
 from tests.packets import arp_requests_for, capture, ipv4_from
 from tests.rigs import router_with_uplink
@@ -237,7 +236,7 @@ def test_fast_path_takes_router_traffic_off_the_bridge(cni_daemon_env, make_netn
     bridged = forward_counters(ip_a)
     if fast_path:
         assert bridged == 0, "router traffic walked br_netfilter"
-        assert fast_path_packets(flat, attachment_tag(config["name"], "ca", "eth0")) > 0
+        assert fast_path_packets(flat, str(tags.of(tags.FLAT, config["name"], "ca", "eth0"))) > 0
     else:
         assert bridged > 0 and run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}",
                                    check=False).returncode != 0
@@ -291,7 +290,7 @@ def test_stale_fast_path_entries_are_replaced_and_collected(cni_env, make_netns,
     a, b = make_netns(), make_netns()
     _, ra = cni_env.exec("ADD", config, a, container_id="ca")
     _, rb = cni_env.exec("ADD", config, b, container_id="cb")
-    tag_a, tag_b = (attachment_tag(config["name"], cid, "eth0") for cid in ("ca", "cb"))
+    tag_a, tag_b = (tags.of(tags.FLAT, config["name"], cid, "eth0") for cid in ("ca", "cb"))
     mac_a = next(i["mac"] for i in ra["interfaces"] if i.get("sandbox"))
     host_a = next(i["name"] for i in ra["interfaces"] if i["name"].startswith("veth"))
     run("nft", f"delete element netdev {table} ports {{ {mac_a} }}")
@@ -299,12 +298,12 @@ def test_stale_fast_path_entries_are_replaced_and_collected(cni_env, make_netns,
     flat_fastpath.add_attachment(flat.suffix, tag_a, host_a, mac_a, [ra["ips"][0]["address"]], MD_IP)
     listing = run("nft", "list", "table", "netdev", table).stdout
     assert "rcni-gone" not in listing and listing.count(mac_a) == 3, listing  # local, ports, a's rule
-    assert ping(a, ROUTER) and fast_path_packets(flat, tag_a) > 0
+    assert ping(a, ROUTER) and fast_path_packets(flat, str(tag_a)) > 0
 
     gc = dict(config, cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "cb", "ifname": "eth0"}]})
     code, out = cni_env.exec("GC", gc, env={"CNI_CONTAINERID": None, "CNI_IFNAME": None})
     assert (code, out) == (0, None), out
     listing = run("nft", "list", "table", "netdev", table).stdout
-    assert tag_a not in listing and mac_a not in listing and tag_b in listing, listing
+    assert str(tag_a) not in listing and mac_a not in listing and str(tag_b) in listing, listing
     assert cni_env.exec("DEL", dict(config, prevResult=rb), b, container_id="cb")[0] == 0
     flatnet.remove(flat)
