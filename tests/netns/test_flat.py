@@ -3,6 +3,7 @@ test (a namespace behind a veth standing in for the NIC), a metadata bridge with
 a metadata service, and containers on the business subnet."""
 
 import json
+import re
 import time
 
 import pytest
@@ -306,4 +307,53 @@ def test_stale_fast_path_entries_are_replaced_and_collected(cni_env, make_netns,
     listing = run("nft", "list", "table", "netdev", table).stdout
     assert str(tag_a) not in listing and mac_a not in listing and str(tag_b) in listing, listing
     assert cni_env.exec("DEL", dict(config, prevResult=rb), b, container_id="cb")[0] == 0
+    flatnet.remove(flat)
+
+
+def test_a_fast_path_made_by_the_previous_version_is_checked_collected_repaired_and_deleted(cni_env, make_netns, rig):
+    """The previous version named an attachment's fast-path chain and
+    commented its elements with a kind-less tag: CHECK accepts it, GC
+    collects it when the attachment is gone, a repair replaces it, DEL removes it."""
+    from cni_backend import repair
+    config = flat_config(cni_env, rig)
+    flat = load_network(config)
+    table = f"rancher_flat_{flat.suffix}"
+    a, b = make_netns(), make_netns()
+    results = {"ca": cni_env.exec("ADD", config, a, container_id="ca")[1],
+               "cb": cni_env.exec("ADD", config, b, container_id="cb")[1]}
+    tag = {cid: tags.of(tags.FLAT, config["name"], cid, "eth0") for cid in results}
+
+    def downgrade(cid):  # what the previous version's add_attachment made: the same, with the old tag
+        result = results[cid]
+        mac = next(i["mac"] for i in result["interfaces"] if i.get("sandbox"))
+        host = next(i["name"] for i in result["interfaces"] if i["name"].startswith("veth"))
+        flat_fastpath.remove_attachment(flat.suffix, tag[cid])
+        flat_fastpath.add_attachment(flat.suffix, tag[cid].legacy, host, mac, [result["ips"][0]["address"]], MD_IP)
+
+    def legacy_in(listing, cid):  # today's tag starts with the legacy one
+        return re.search(rf"{tag[cid].legacy}(?![\w-])", listing) is not None
+
+    for cid in results:
+        downgrade(cid)
+    listing = run("nft", "list", "table", "netdev", table).stdout
+    assert "-flat" not in listing and all(legacy_in(listing, cid) for cid in results), listing
+    for cid, netns in (("ca", a), ("cb", b)):
+        assert cni_env.exec("CHECK", dict(config, prevResult=results[cid]), netns, container_id=cid)[0] == 0
+
+    gc = dict(config, cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "ca", "ifname": "eth0"}]})
+    assert cni_env.exec("GC", gc, env={"CNI_CONTAINERID": None, "CNI_IFNAME": None}) == (0, None)
+    listing = run("nft", "list", "table", "netdev", table).stdout
+    assert not legacy_in(listing, "cb") and legacy_in(listing, "ca"), listing
+
+    plugin = {k: v for k, v in config.items() if k not in ("cniVersion", "name")}
+    conflist = {"cniVersion": config["cniVersion"], "name": config["name"], "plugins": [plugin]}
+    repair.restore_attachment(conflist, "ca", f"/var/run/netns/{a}", "eth0", [], {}, results["ca"])
+    listing = run("nft", "list", "table", "netdev", table).stdout
+    assert not legacy_in(listing, "ca") and listing.count(str(tag["ca"])) == 3, listing  # chain, local, ports
+    assert ping(a, ROUTER) and fast_path_packets(flat, str(tag["ca"])) > 0
+
+    downgrade("ca")
+    assert cni_env.exec("DEL", dict(config, prevResult=results["ca"]), a, container_id="ca")[0] == 0
+    assert "rcni-" not in run("nft", "list", "table", "netdev", table).stdout
+    assert cni_env.exec("DEL", dict(config, prevResult=results["cb"]), b, container_id="cb")[0] == 0
     flatnet.remove(flat)
