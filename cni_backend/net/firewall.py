@@ -41,7 +41,7 @@ def _host(iface) -> str:
     return f"{iface.ip}/{32 if iface.version == 4 else 128}"
 
 
-def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False,
+def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False,
                  metadata=None) -> dict:
     """family -> table -> rules for a container on `bridge` with addresses `cidrs`;
     nothing it sends is routed out of the `forbidden` interfaces. Who may open
@@ -77,7 +77,7 @@ def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden
     return per_family
 
 
-def port_rules(tag: str, mappings: list, cidrs: list, snat: bool) -> dict:
+def port_rules(tag: tags.Tag, mappings: list, cidrs: list, snat: bool) -> dict:
     """family -> table -> DNAT rules for `mappings` to the container at `cidrs`."""
     per_family = {}
     note = f"-m comment --comment {tag}"
@@ -138,7 +138,7 @@ def stray_tags(network: str, valid_attachments) -> list:
     """Tags of `network`'s iptables rules, of any kind, that belong to no
     attachment in `valid_attachments`."""
     is_stale = tags.stale_test(network, tags.KINDS, valid_attachments)
-    return sorted({t for t in map(iptables.comment_of, iptables.rules_tagged(is_stale))})
+    return sorted(set(map(iptables.comment_of, iptables.rules_tagged(is_stale))))
 
 
 def collect_garbage_checked(network: str, valid_attachments, kinds=tags.KINDS) -> list:
