@@ -360,20 +360,18 @@ class Doctor:
                                 repairable=True), repair, lambda: iptables.repair_derived() or "re-derived")
         for net in self._networks():
             for name, _ in self._our_lists(net):
-                suffix = "p" if name != net["cni_name"] else ""
-
-                def valid_tags(net=net, name=name, suffix=suffix):
-                    return {firewall.attachment_tag(name, c, i) + suffix for c, i in self._valid_attachments(net)}
+                def valid(net=net):  # every kind of rule of a valid attachment is valid
+                    return self._valid_attachments(net)
                 exported = bool(net.get("exported"))
-                for tag in firewall.stray_tags(name, valid_tags()):
+                for tag in firewall.stray_tags(name, valid()):
                     self._found(Finding("firewall", tag, f"rules of {name} that no endpoint or attachment owns",
                                         repairable=not exported,
                                         note="network exported to CNI runtimes" if exported else ""),
-                                repair, lambda name=name, v=valid_tags: self._collect_rules(name, v))
+                                repair, lambda name=name, v=valid: self._collect_rules(name, v))
 
     @staticmethod
-    def _collect_rules(name: str, valid_tags) -> str:
-        removed = firewall.collect_garbage_checked(name, valid_tags)
+    def _collect_rules(name: str, valid_attachments) -> str:
+        removed = firewall.collect_garbage_checked(name, valid_attachments)
         return f"removed {', '.join(removed)}" if removed else "already gone"
 
     # -- staging namespaces ----------------------------------------------------------------

@@ -14,36 +14,34 @@ filter RANCHER-CNI-ISOLATION
 nat RANCHER-CNI-MASQ (from POSTROUTING)           ipMasq, and published ports
                                                   reached from the host or subnet
 nat RANCHER-CNI-HOSTPORT (PREROUTING, OUTPUT)     published ports: DNAT
-bridge rancher_cni (nft)                          macspoofchk
+bridge rancher_cni (nft)                          macspoofchk: a chain per attachment
+
+Each rule and chain is tagged with its attachment and kind (`tags`:
+rcni-<network>-<attachment>-<bridge|portmap|flat|spoof>). DEL, CHECK and
+repair take an attachment's `tags.Tag`, and also find the rules the previous
+version tagged without a kind. GC is by kind: each plug-in collects only the
+kinds it makes (bridge: bridge + spoof; portmap: portmap; flat: those of the
+bridge, and its fast path in flat_fastpath), so plug-ins chained in one
+network never collect each other's rules; a network's removal collects all.
 """
 
-import hashlib
 import ipaddress
 import json
 import re
 
-from . import iptables
+from . import iptables, tags
 from .iptables import FORWARD_CHAIN, HOSTPORT_CHAIN, MASQ_CHAIN
 
 NFT_TABLE = "rancher_cni"
 _MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
-
-
-def network_tag(network: str) -> str:
-    """The prefix every rule of `network` carries (GC finds a network's rules by it)."""
-    return iptables.ATTACHMENT_PREFIX + hashlib.sha256(network.encode()).hexdigest()[:8] + "-"
-
-
-def attachment_tag(network: str, container_id: str, ifname: str) -> str:
-    digest = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()
-    return network_tag(network) + digest[:16]
+_IPTABLES_KINDS = frozenset({tags.BRIDGE, tags.PORTMAP})  # what iptables rules can be
 
 
 def _host(iface) -> str:
     return f"{iface.ip}/{32 if iface.version == 4 else 128}"
 
 
-def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False,
+def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False,
                  metadata=None) -> dict:
     """family -> table -> rules for a container on `bridge` with addresses `cidrs`;
     nothing it sends is routed out of the `forbidden` interfaces. Who may open
@@ -79,7 +77,7 @@ def bridge_rules(tag: str, bridge: str, cidrs: list, masquerade: bool, forbidden
     return per_family
 
 
-def port_rules(tag: str, mappings: list, cidrs: list, snat: bool) -> dict:
+def port_rules(tag: tags.Tag, mappings: list, cidrs: list, snat: bool) -> dict:
     """family -> table -> DNAT rules for `mappings` to the container at `cidrs`."""
     per_family = {}
     note = f"-m comment --comment {tag}"
@@ -102,55 +100,63 @@ def port_rules(tag: str, mappings: list, cidrs: list, snat: bool) -> dict:
     return per_family
 
 
-def add_rules(tag: str, per_family: dict) -> None:
-    iptables.add(per_family, tag)
+def add_rules(tag: tags.Tag, per_family: dict) -> None:
+    iptables.add(per_family, str(tag))
 
 
-def remove_rules(tag: str, families=(4, 6)) -> None:
-    iptables.remove(tag.__eq__, families)
+def remove_rules(tag: tags.Tag, families=(4, 6)) -> None:
+    """Remove the attachment's rules of `tag`'s kind, legacy-tagged ones too."""
+    iptables.remove(tag.every.__contains__, families)
 
 
-def collect_garbage(network: str, valid_tags: set) -> list:
-    """Remove every rule and anti-spoofing chain of `network` whose attachment
-    is not in `valid_tags`; the removed tags."""
-    return collect_garbage_checked(network, lambda: valid_tags)
+def rules_of(tag: tags.Tag) -> list:
+    return iptables.rules_tagged(tag.every.__contains__)
 
 
-def rules_of(tag: str) -> list:
-    return iptables.rules_tagged(tag.__eq__)
-
-
-def missing_rules(tag: str, per_family: dict) -> list:
-    """The rules of `per_family` (see bridge_rules) the kernel does not hold."""
-    present = set(rules_of(tag))
+def missing_rules(tag: tags.Tag, per_family: dict) -> list:
+    """The rules of `per_family` (see bridge_rules) the kernel does not hold;
+    a rule the previous version tagged counts as present."""
+    legacy = re.compile(rf"--comment {re.escape(tag.legacy)}(?=\s|$)")
+    present = {legacy.sub(f"--comment {tag}", rule) for rule in rules_of(tag)}
     return [r for tables in per_family.values() for rules in tables.values() for r in rules if r not in present]
 
 
-def replace_rules(tag: str, per_family: dict) -> None:
-    """The attachment's rules become exactly `per_family`, chains and jumps with them."""
-    iptables.replace(tag, per_family)
+def replace_rules(tag: tags.Tag, per_family: dict) -> None:
+    """The attachment's rules of `tag`'s kind become exactly `per_family`
+    (legacy-tagged ones replaced, not kept beside), chains and jumps with them."""
+    iptables.replace(tag.every.__contains__, per_family)
 
 
-def stray_tags(network: str, valid_tags: set) -> list:
-    """Tags of `network`'s rules that belong to no attachment in `valid_tags`."""
-    prefix = network_tag(network)
-    return sorted({t for t in map(iptables.comment_of, iptables.rules_tagged(lambda t: t.startswith(prefix)))
-                   if t not in valid_tags})
+def collect_garbage(network: str, valid_attachments, kinds=tags.KINDS) -> list:
+    """Remove every rule and anti-spoofing chain of `network` of one of
+    `kinds` whose attachment (container_id, ifname) is not in
+    `valid_attachments`; the removed tags. (flat's fast path: flat_fastpath.)"""
+    return collect_garbage_checked(network, lambda: valid_attachments, kinds)
 
 
-def collect_garbage_checked(network: str, valid_tags) -> list:
-    """collect_garbage, with `valid_tags()` read under the firewall lock (so an
-    attachment added meanwhile keeps its rules); the removed tags."""
-    prefix = network_tag(network)
-    # listed before valid_tags() is read: ADD makes a chain after its IPAM
-    # allocation, so a chain listed here is counted valid if it is
-    chains = _mac_filter_chains(prefix)
-    removed = set(iptables.collect(prefix, valid_tags))
-    valid = valid_tags()
-    for tag in chains:
-        if tag not in valid:
-            remove_mac_filter(tag)
-            removed.add(tag)
+def stray_tags(network: str, valid_attachments) -> list:
+    """Tags of `network`'s iptables rules, of any kind, that belong to no
+    attachment in `valid_attachments`."""
+    is_stale = tags.stale_test(network, tags.KINDS, valid_attachments)
+    return sorted(set(map(iptables.comment_of, iptables.rules_tagged(is_stale))))
+
+
+def collect_garbage_checked(network: str, valid_attachments, kinds=tags.KINDS) -> list:
+    """collect_garbage, with `valid_attachments()` read under the firewall lock
+    (so an attachment added meanwhile keeps its rules); the removed tags."""
+    kinds = frozenset(kinds)
+    # listed before valid_attachments() is read: ADD makes a chain after its
+    # IPAM allocation, so a chain listed here is counted valid if it is
+    chains = _mac_filter_chains(network) if tags.SPOOF in kinds else []
+    removed = set()
+    if kinds & _IPTABLES_KINDS:
+        removed |= set(iptables.collect(
+            lambda: tags.stale_test(network, kinds & _IPTABLES_KINDS, valid_attachments())))
+    if chains:
+        is_stale = tags.stale_test(network, {tags.SPOOF}, valid_attachments())
+        for chain in filter(is_stale, chains):
+            _remove_mac_filter_chains({chain})
+            removed.add(chain)
     return sorted(removed)
 
 
@@ -160,7 +166,7 @@ def _nft(script: str) -> str:
     return iptables.run(["nft", "-f", "-"], script)
 
 
-def add_mac_filter(tag: str, host_ifname: str, mac: str, cidrs=()) -> None:
+def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
     """Frames from the container's veth must carry its MAC, and, with `cidrs`,
     its IP addresses (IPv4, ARP sender, IPv6 but link-local). One chain per
     attachment, reached through a verdict map keyed by the veth: each frame
@@ -197,7 +203,7 @@ def bridge_path_frames(network: str) -> int | None:
     listing = iptables.run(["nft", "-j", "list", "table", "bridge", NFT_TABLE], check=False)
     if listing is None:
         return None
-    prefix, chains, frames = network_tag(network), 0, 0
+    prefix, chains, frames = tags.network_prefix(network), 0, 0
     for entry in json.loads(listing)["nftables"]:
         if "chain" in entry and entry["chain"]["name"].startswith(prefix):
             chains += 1
@@ -207,21 +213,28 @@ def bridge_path_frames(network: str) -> int | None:
     return frames if chains else None
 
 
-def _mac_filter_chains(prefix: str) -> list:
+def _mac_filter_chains(network: str) -> list:
+    prefix = tags.network_prefix(network)
     listing = iptables.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) or ""
     return re.findall(rf"^\s*chain ({re.escape(prefix)}[\w.-]+) {{", listing, re.M)
 
 
-def remove_mac_filter(tag: str) -> None:
+def remove_mac_filter(tag: tags.Tag) -> None:
+    """Remove the attachment's macspoofchk chain (today's or a legacy one)."""
+    _remove_mac_filter_chains(tag.every)
+
+
+def _remove_mac_filter_chains(names) -> None:
     with iptables.host_lock():
         listing = iptables.run(["nft", "list", "map", "bridge", NFT_TABLE, "ports"], check=False)
         if listing is None:
             return  # no table: nothing of ours
         ports = re.findall(r'"([^"]+)"\s*:\s*jump\s+([\w.-]+)', listing)
-        mine = [name for name, chain in ports if chain == tag]
+        mine = [name for name, chain in ports if chain in names]
         script = "".join(f'delete element bridge {NFT_TABLE} ports {{ "{name}" }}\n' for name in mine)
-        if iptables.run(["nft", "list", "chain", "bridge", NFT_TABLE, tag], check=False) is not None:
-            script += f"flush chain bridge {NFT_TABLE} {tag}\ndelete chain bridge {NFT_TABLE} {tag}\n"
+        for chain in sorted(names):
+            if iptables.run(["nft", "list", "chain", "bridge", NFT_TABLE, chain], check=False) is not None:
+                script += f"flush chain bridge {NFT_TABLE} {chain}\ndelete chain bridge {NFT_TABLE} {chain}\n"
         if len(mine) == len(ports):
             script = f"delete table bridge {NFT_TABLE}\n"  # the last one: nothing of ours stays
         if script:

@@ -19,6 +19,8 @@ table netdev rancher_flat_<S>     one per flat network (S: flatnet's suffix)
   chain <tag>   ingress of one container's host veth: unicast IP that passes
                 anti-spoofing (the container's MAC and addresses), not to a
                 local MAC nor to the metadata address -> out
+                (<tag>: the attachment's tag of kind flat, see `tags`; its
+                elements carry it as their comment)
 
 Everything else takes the bridge as before, where the bridge's rules apply:
 broadcast, multicast, ARP, traffic between containers, to the host or over
@@ -31,7 +33,7 @@ import ipaddress
 import json
 
 from ..errors import CNIError
-from . import iptables
+from . import iptables, tags
 
 _PREFIX = "rancher_flat_"
 
@@ -71,7 +73,7 @@ def remove_network(suffix: str) -> None:
         _nft(f"delete table netdev {table_name(suffix)}\n")
 
 
-def add_attachment(suffix: str, tag: str, host_ifname: str, mac: str, cidrs: list, metadata_ip: str | None) -> None:
+def add_attachment(suffix: str, tag: tags.Tag, host_ifname: str, mac: str, cidrs: list, metadata_ip: str | None) -> None:
     table = table_name(suffix)
     addresses = [ipaddress.ip_interface(c).ip for c in cidrs]
     v4 = ", ".join(str(a) for a in addresses if a.version == 4)
@@ -123,9 +125,20 @@ def _chains(listing: list) -> set:
     return {entry["chain"]["name"] for entry in listing if "chain" in entry}
 
 
-def remove_attachment(suffix: str, tag: str, mac: str | None = None) -> None:
+def remove_attachment(suffix: str, tag: tags.Tag, mac: str | None = None) -> None:
     """Remove the attachment's chain and elements (found by their comment,
-    and with `mac`, any element for that MAC); nothing there is fine."""
+    today's or a legacy one, and with `mac`, any element for that MAC);
+    nothing there is fine."""
+    _remove(suffix, tag.every, mac)
+
+
+def remove_legacy(suffix: str, tag: tags.Tag) -> None:
+    """Remove what the previous version made for the attachment (its chain
+    and elements, tagged without a kind)."""
+    _remove(suffix, {tag.legacy})
+
+
+def _remove(suffix: str, names, mac: str | None = None) -> None:
     table = table_name(suffix)
     listing = _listing(table)
     if listing is None:
@@ -133,18 +146,20 @@ def remove_attachment(suffix: str, tag: str, mac: str | None = None) -> None:
     script = ""
     for name in ("local", "ports"):
         for value, comment in _elements(listing, name):
-            if comment == tag or (mac and value == mac.lower() and comment):
+            if comment in names or (mac and value == mac.lower() and comment):
                 script += f"delete element netdev {table} {name} {{ {value} }}\n"
-    if tag in _chains(listing):
-        script += f"flush chain netdev {table} {tag}\ndelete chain netdev {table} {tag}\n"
+    for chain in sorted(_chains(listing) & set(names)):
+        script += f"flush chain netdev {table} {chain}\ndelete chain netdev {table} {chain}\n"
     if script:
         _nft(script)
 
 
-def attachment_present(suffix: str, tag: str) -> bool:
+def attachment_present(suffix: str, tag: tags.Tag) -> bool:
+    """The attachment's chain and port entry are there (today's or legacy ones)."""
     listing = _listing(table_name(suffix))
-    return listing is not None and tag in _chains(listing) and \
-        any(comment == tag for _, comment in _elements(listing, "ports"))
+    return listing is not None and any(
+        name in _chains(listing) and any(comment == name for _, comment in _elements(listing, "ports"))
+        for name in tag.every)
 
 
 def packets(suffix: str) -> dict | None:
@@ -165,14 +180,15 @@ def packets(suffix: str) -> dict | None:
     return counted
 
 
-def collect_garbage(suffix: str, valid_tags: set) -> list:
-    """Remove the attachments whose tag is not valid; the removed tags."""
+def collect_garbage(suffix: str, network: str, valid_attachments) -> list:
+    """Remove the fast-path entries of `network` (kind flat) whose attachment
+    (container_id, ifname) is not in `valid_attachments`; the removed tags."""
     listing = _listing(table_name(suffix))
     if listing is None:
         return []
-    tags = {comment for name in ("local", "ports") for _, comment in _elements(listing, name) if comment}
-    tags |= {chain for chain in _chains(listing) if chain not in ("out", "uplink")}
-    stale = sorted(tags - set(valid_tags))
-    for tag in stale:
-        remove_attachment(suffix, tag)
+    found = {comment for name in ("local", "ports") for _, comment in _elements(listing, name) if comment}
+    found |= _chains(listing)
+    stale = sorted(filter(tags.stale_test(network, {tags.FLAT}, valid_attachments), found))
+    if stale:
+        _remove(suffix, set(stale))
     return stale

@@ -1,7 +1,7 @@
 """iptables rules owned by attachments, changed atomically; everything else
 follows from them.
 
-A rule belongs to an attachment through its comment tag (`rcni-…`). Callers
+A rule belongs to an attachment through its comment tag (`tags`). Callers
 add or remove an attachment's rules; this module works out the rest from what
 the kernel holds: our chains and their jumps exist while some rule is in them,
 and a bridge's isolation rules while some attachment's traffic enters from that
@@ -17,12 +17,12 @@ import subprocess
 
 from .. import trace
 from ..errors import CNIError, FIREWALL_FAILURE
+from . import tags
 
 FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
 ISOLATION_CHAIN = "RANCHER-CNI-ISOLATION"
 MASQ_CHAIN = "RANCHER-CNI-MASQ"
 HOSTPORT_CHAIN = "RANCHER-CNI-HOSTPORT"
-ATTACHMENT_PREFIX = "rcni-"
 BRIDGE_PREFIX = "rcnibr-"
 STATIC_TAG = "rcni-isolation"
 DOCKER_BRIDGES = ("docker0", "br-+")  # Docker's own bridge networks
@@ -86,8 +86,7 @@ def _chain_of(rule: str) -> str:
 
 
 def _is_attachment(rule: str) -> bool:
-    tag = comment_of(rule)
-    return tag.startswith(ATTACHMENT_PREFIX) and tag != STATIC_TAG
+    return tags.is_attachment_tag(comment_of(rule))
 
 
 def _has_jump(rules: list, jump: str) -> bool:
@@ -256,23 +255,23 @@ def repair_derived() -> None:
             apply(family, _nothing_stale, {})
 
 
-def replace(tag: str, per_family: dict) -> None:
-    """The rules carrying `tag` become exactly `per_family` (idempotent)."""
+def replace(is_replaced, per_family: dict) -> None:
+    """The rules whose tag `is_replaced` become exactly `per_family` (idempotent)."""
     with host_lock():
         for family in (4, 6):
-            apply(family, tag.__eq__, per_family.get(family, {}))
+            apply(family, is_replaced, per_family.get(family, {}))
 
 
-def collect(prefix: str, valid_tags) -> list:
-    """Remove rules whose tag starts with `prefix` and is not in `valid_tags()`,
-    which is called under the host lock: an attachment made while it runs
-    cannot lose its rules. Returns the removed tags."""
+def collect(stale_test) -> list:
+    """Remove the attachment rules whose tag the predicate `stale_test()`
+    returns accepts; it is called under the host lock, so an attachment made
+    while this runs cannot lose its rules. Returns the removed tags."""
     with host_lock():
-        valid = valid_tags()
+        is_stale = stale_test()
         removed = set()
         for family in (4, 6):
-            tags = {comment_of(r) for _, rules in saved_tables(family).values() for r in rules}
-            stale = {t for t in tags if t.startswith(prefix) and t not in valid}
+            found = {comment_of(r) for _, rules in saved_tables(family).values() for r in rules}
+            stale = {t for t in found if is_stale(t)}
             if stale:
                 apply(family, stale.__contains__, {})
                 removed |= stale

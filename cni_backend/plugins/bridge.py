@@ -14,7 +14,7 @@ import re
 
 from .. import delegate
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG, UNKNOWN_CONTAINER
-from ..net import features, firewall, netlink, netns, sysctls
+from ..net import features, firewall, netlink, netns, sysctls, tags
 from ..skel import IFNAME_MAX
 from ..version import CURRENT
 from . import ipam as ipam_plugin
@@ -96,8 +96,12 @@ def load_conf(req) -> BridgeConf:
     )
 
 
-def _tag(req) -> str:
-    return firewall.attachment_tag(req.network, req.container_id, req.ifname)
+def _tag(req) -> tags.Tag:
+    return tags.of(tags.BRIDGE, req.network, req.container_id, req.ifname)
+
+
+def _spoof_tag(req) -> tags.Tag:
+    return tags.of(tags.SPOOF, req.network, req.container_id, req.ifname)
 
 
 # -- ADD ------------------------------------------------------------------
@@ -138,8 +142,8 @@ def attach(req, conf: BridgeConf) -> dict:
                 rollback.callback(firewall.remove_rules, _tag(req))
                 firewall.add_rules(_tag(req), _rules(req, conf, ipam["ips"]))
                 if conf.macspoofchk or conf.ip_spoof_check:
-                    rollback.callback(firewall.remove_mac_filter, _tag(req))
-                    firewall.add_mac_filter(_tag(req), host_name, container["mac"],
+                    rollback.callback(firewall.remove_mac_filter, _spoof_tag(req))
+                    firewall.add_mac_filter(_spoof_tag(req), host_name, container["mac"],
                                             [ip["address"] for ip in ipam["ips"]] if conf.ip_spoof_check else ())
                 rollback.pop_all()
             bridge = netlink.describe(netlink.link_by_index(host, bridge["index"]))
@@ -239,7 +243,7 @@ def detach(req, conf: BridgeConf) -> None:
             netlink.delete_link(host, iface)
     firewall.remove_rules(_tag(req), _families(req.prev_result))
     if conf.macspoofchk or conf.ip_spoof_check:
-        firewall.remove_mac_filter(_tag(req))
+        firewall.remove_mac_filter(_spoof_tag(req))
     delegate.delete(req)
 
 
@@ -346,9 +350,7 @@ def restore(req, conf: BridgeConf) -> None:
 # -- GC / STATUS ----------------------------------------------------------
 
 def gc(req) -> None:
-    valid = {firewall.attachment_tag(req.network, container_id, ifname)
-             for container_id, ifname in ipam_plugin.valid_attachments(req)}
-    firewall.collect_garbage(req.network, valid)
+    firewall.collect_garbage(req.network, ipam_plugin.valid_attachments(req), kinds={tags.BRIDGE, tags.SPOOF})
     delegate.gc(req)
 
 

@@ -15,7 +15,7 @@ from .. import flatnet
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG
 from ..ipam import config as ipam_config
 from ..ipam.config import DEFAULT_DATA_DIR
-from ..net import firewall, flat_fastpath, netlink
+from ..net import flat_fastpath, netlink, tags
 from ..skel import IFNAME_MAX
 from . import bridge as bridge_plugin
 from . import ipam as ipam_plugin
@@ -129,8 +129,8 @@ def add(req) -> dict:
     return result
 
 
-def _tag(req) -> str:
-    return firewall.attachment_tag(req.network, req.container_id, req.ifname)
+def _tag(req) -> tags.Tag:
+    return tags.of(tags.FLAT, req.network, req.container_id, req.ifname)
 
 
 def _add_fast_path(req, flat: flatnet.FlatNetwork, result: dict) -> None:
@@ -170,15 +170,14 @@ def repair(req) -> None:
     bridge_plugin.restore(_with_link_excluded(req, flat), _bridge_conf(req, flat))
     if flatnet.fast_path_usable(flat):
         flatnet.ensure(flat)
+        flat_fastpath.remove_legacy(flat.suffix, _tag(req))  # made by the previous version: replaced
         _add_fast_path(req, flat, req.prev_result)
 
 
 def gc(req) -> None:
     bridge_plugin.gc(req)
     flat = load_network(req.config)
-    valid = {firewall.attachment_tag(req.network, container_id, ifname)
-             for container_id, ifname in ipam_plugin.valid_attachments(req)}
-    flat_fastpath.collect_garbage(flat.suffix, valid)
+    flat_fastpath.collect_garbage(flat.suffix, req.network, ipam_plugin.valid_attachments(req))
 
 
 def status(req) -> None:

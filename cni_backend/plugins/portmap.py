@@ -9,7 +9,7 @@ rules carry the attachment's tag and disappear with DEL, chains included.
 import ipaddress
 
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG
-from ..net import firewall, sysctls
+from ..net import firewall, sysctls, tags
 from . import ipam as ipam_plugin
 
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -50,9 +50,9 @@ def _snat(req) -> bool:
     return value
 
 
-def _tag(req) -> str:
-    # Its own tag: the main plug-in's DEL must not take the port rules, nor ours its rules.
-    return firewall.attachment_tag(req.network, req.container_id, req.ifname) + "p"
+def _tag(req) -> tags.Tag:
+    # Its own kind: the main plug-in's DEL and GC must not take the port rules, nor ours its rules.
+    return tags.of(tags.PORTMAP, req.network, req.container_id, req.ifname)
 
 
 def _container_cidrs(prev: dict) -> list:
@@ -95,9 +95,7 @@ def check(req) -> None:
 
 
 def gc(req) -> None:
-    valid = {firewall.attachment_tag(req.network, container_id, ifname) + "p"
-             for container_id, ifname in ipam_plugin.valid_attachments(req)}
-    firewall.collect_garbage(req.network, valid)
+    firewall.collect_garbage(req.network, ipam_plugin.valid_attachments(req), kinds={tags.PORTMAP})
 
 
 def status(req) -> None:

@@ -3,14 +3,14 @@ test (a namespace behind a veth standing in for the NIC), a metadata bridge with
 a metadata service, and containers on the business subnet."""
 
 import json
+import re
 import time
 
 import pytest
 
 from cni_backend.plugins.flat import load_network
 from cni_backend import flatnet
-from cni_backend.net import flat_fastpath, sysctls
-from cni_backend.net.firewall import attachment_tag
+from cni_backend.net import flat_fastpath, sysctls, tags
 from tests.conftest import ns_exec, ping, run, unique
 from tests.packets import arp_requests_for, capture, ipv4_from
 from tests.rigs import router_with_uplink
@@ -237,7 +237,7 @@ def test_fast_path_takes_router_traffic_off_the_bridge(cni_daemon_env, make_netn
     bridged = forward_counters(ip_a)
     if fast_path:
         assert bridged == 0, "router traffic walked br_netfilter"
-        assert fast_path_packets(flat, attachment_tag(config["name"], "ca", "eth0")) > 0
+        assert fast_path_packets(flat, str(tags.of(tags.FLAT, config["name"], "ca", "eth0"))) > 0
     else:
         assert bridged > 0 and run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}",
                                    check=False).returncode != 0
@@ -291,7 +291,7 @@ def test_stale_fast_path_entries_are_replaced_and_collected(cni_env, make_netns,
     a, b = make_netns(), make_netns()
     _, ra = cni_env.exec("ADD", config, a, container_id="ca")
     _, rb = cni_env.exec("ADD", config, b, container_id="cb")
-    tag_a, tag_b = (attachment_tag(config["name"], cid, "eth0") for cid in ("ca", "cb"))
+    tag_a, tag_b = (tags.of(tags.FLAT, config["name"], cid, "eth0") for cid in ("ca", "cb"))
     mac_a = next(i["mac"] for i in ra["interfaces"] if i.get("sandbox"))
     host_a = next(i["name"] for i in ra["interfaces"] if i["name"].startswith("veth"))
     run("nft", f"delete element netdev {table} ports {{ {mac_a} }}")
@@ -299,12 +299,61 @@ def test_stale_fast_path_entries_are_replaced_and_collected(cni_env, make_netns,
     flat_fastpath.add_attachment(flat.suffix, tag_a, host_a, mac_a, [ra["ips"][0]["address"]], MD_IP)
     listing = run("nft", "list", "table", "netdev", table).stdout
     assert "rcni-gone" not in listing and listing.count(mac_a) == 3, listing  # local, ports, a's rule
-    assert ping(a, ROUTER) and fast_path_packets(flat, tag_a) > 0
+    assert ping(a, ROUTER) and fast_path_packets(flat, str(tag_a)) > 0
 
     gc = dict(config, cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "cb", "ifname": "eth0"}]})
     code, out = cni_env.exec("GC", gc, env={"CNI_CONTAINERID": None, "CNI_IFNAME": None})
     assert (code, out) == (0, None), out
     listing = run("nft", "list", "table", "netdev", table).stdout
-    assert tag_a not in listing and mac_a not in listing and tag_b in listing, listing
+    assert str(tag_a) not in listing and mac_a not in listing and str(tag_b) in listing, listing
     assert cni_env.exec("DEL", dict(config, prevResult=rb), b, container_id="cb")[0] == 0
+    flatnet.remove(flat)
+
+
+def test_a_fast_path_made_by_the_previous_version_is_checked_collected_repaired_and_deleted(cni_env, make_netns, rig):
+    """The previous version named an attachment's fast-path chain and
+    commented its elements with a kind-less tag: CHECK accepts it, GC
+    collects it when the attachment is gone, a repair replaces it, DEL removes it."""
+    from cni_backend import repair
+    config = flat_config(cni_env, rig)
+    flat = load_network(config)
+    table = f"rancher_flat_{flat.suffix}"
+    a, b = make_netns(), make_netns()
+    results = {"ca": cni_env.exec("ADD", config, a, container_id="ca")[1],
+               "cb": cni_env.exec("ADD", config, b, container_id="cb")[1]}
+    tag = {cid: tags.of(tags.FLAT, config["name"], cid, "eth0") for cid in results}
+
+    def downgrade(cid):  # what the previous version's add_attachment made: the same, with the old tag
+        result = results[cid]
+        mac = next(i["mac"] for i in result["interfaces"] if i.get("sandbox"))
+        host = next(i["name"] for i in result["interfaces"] if i["name"].startswith("veth"))
+        flat_fastpath.remove_attachment(flat.suffix, tag[cid])
+        flat_fastpath.add_attachment(flat.suffix, tag[cid].legacy, host, mac, [result["ips"][0]["address"]], MD_IP)
+
+    def legacy_in(listing, cid):  # today's tag starts with the legacy one
+        return re.search(rf"{tag[cid].legacy}(?![\w-])", listing) is not None
+
+    for cid in results:
+        downgrade(cid)
+    listing = run("nft", "list", "table", "netdev", table).stdout
+    assert "-flat" not in listing and all(legacy_in(listing, cid) for cid in results), listing
+    for cid, netns in (("ca", a), ("cb", b)):
+        assert cni_env.exec("CHECK", dict(config, prevResult=results[cid]), netns, container_id=cid)[0] == 0
+
+    gc = dict(config, cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "ca", "ifname": "eth0"}]})
+    assert cni_env.exec("GC", gc, env={"CNI_CONTAINERID": None, "CNI_IFNAME": None}) == (0, None)
+    listing = run("nft", "list", "table", "netdev", table).stdout
+    assert not legacy_in(listing, "cb") and legacy_in(listing, "ca"), listing
+
+    plugin = {k: v for k, v in config.items() if k not in ("cniVersion", "name")}
+    conflist = {"cniVersion": config["cniVersion"], "name": config["name"], "plugins": [plugin]}
+    repair.restore_attachment(conflist, "ca", f"/var/run/netns/{a}", "eth0", [], {}, results["ca"])
+    listing = run("nft", "list", "table", "netdev", table).stdout
+    assert not legacy_in(listing, "ca") and listing.count(str(tag["ca"])) == 3, listing  # chain, local, ports
+    assert ping(a, ROUTER) and fast_path_packets(flat, str(tag["ca"])) > 0
+
+    downgrade("ca")
+    assert cni_env.exec("DEL", dict(config, prevResult=results["ca"]), a, container_id="ca")[0] == 0
+    assert "rcni-" not in run("nft", "list", "table", "netdev", table).stdout
+    assert cni_env.exec("DEL", dict(config, prevResult=results["cb"]), b, container_id="cb")[0] == 0
     flatnet.remove(flat)
