@@ -64,7 +64,15 @@ def host_state() -> dict:
         "links": sorted(line.split(": ")[1].split("@")[0] for line in links),
         "firewall rules": sorted(_firewall_lines()),
         "nft tables": sorted(line for line in nft.splitlines() if "rancher" in line),
+        "mounts": mount_points(),
     }
+
+
+def mount_points() -> list:
+    """Mount points of this mount namespace (a test's namespaces, engines and
+    containers mount; what they leave mounted holds their files and devices)."""
+    with open("/proc/self/mountinfo") as f:
+        return sorted({line.split()[4].replace("\\040", " ") for line in f})
 
 
 def _leaks(before: dict, processes_before: set = frozenset()) -> dict:
@@ -82,6 +90,8 @@ def remove_leaks(leaked: dict) -> None:
         for member in reversed(process_tree(pid)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member, signal.SIGKILL)
+    for point in sorted(leaked.get("mounts", []), key=len, reverse=True):  # the deepest first
+        run("umount", "-l", point, check=False)
     for name in leaked.get("namespaces", []):
         run("ip", "netns", "del", name, check=False)
     for name in leaked.get("links", []):
