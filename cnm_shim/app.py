@@ -66,8 +66,12 @@ def _error(exc: Exception):
             status, message = answer
             if not isinstance(exc, DriverError):
                 log.warning("%s: %s", request.path, message)
-    key = "Error" if request.path.startswith("/IpamDriver.") else "Err"
-    return jsonify({key: message}), status
+    if request.path.startswith("/IpamDriver."):
+        # IPAM's own key is Error; moby's plug-in client reads only Err from a
+        # non-200 answer and otherwise prints the whole body, JSON and all
+        # ('IpamDriver.RequestPool: {"Error":"..."}'): so both, the same text.
+        return jsonify({"Error": message, "Err": message}), status
+    return jsonify({"Err": message}), status
 
 
 def create_app(config: dict | None = None) -> Flask:

@@ -1,6 +1,6 @@
 """Where errors become Docker's answers (cnm_shim/errors.py, app.py's handler):
 every call that reaches the CNI side, the IPAM store or the state database is
-driven into a failure there, and the answer is checked: `Err` or `Error`, a
+driven into a failure there, and the answer is checked: `Err` (and IPAM's `Error`), a
 status that is not 500, a message naming what failed with the CNI error's msg
 and details, and no traceback (in the answer or in our log).
 
@@ -164,7 +164,7 @@ CNI_SIDE_FAILURES = [
 
 def _checked(status, answer, path, caplog) -> str:
     key = "Error" if path.startswith("/IpamDriver.") else "Err"
-    assert set(answer) == {key}, answer
+    assert set(answer) == {key, "Err"} and answer["Err"] == answer[key], answer
     message = answer[key]
     assert status != 500 and "Traceback" not in message and "internal error" not in message, (status, message)
     assert not any(record.exc_info for record in caplog.records), "a domain error logged a traceback"
