@@ -9,7 +9,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from . import api
-from .errors import DriverError
+from .errors import DriverError, docker_answer
 from .ipam_driver import IpamDriver
 from .state import State
 from .translate import Settings, Translator
@@ -53,16 +53,25 @@ class DriverFromSocket:
 
 
 def _error(exc: Exception):
-    """Every failure as Docker reads it: `Err` for the network driver, `Error` for IPAM."""
-    if isinstance(exc, DriverError):
-        status, message = exc.status, str(exc)
-    elif isinstance(exc, HTTPException):
+    """Every failure as Docker reads it: `Err` for the network driver, `Error`
+    for IPAM. The one place an error becomes an answer (errors.docker_answer)."""
+    if isinstance(exc, HTTPException):
         status, message = exc.code, f"{request.path}: {exc.description}"
     else:
-        log.exception("%s failed", request.path)
-        status, message = 500, f"internal error in {request.path}: {exc}"
-    key = "Error" if request.path.startswith("/IpamDriver.") else "Err"
-    return jsonify({key: message}), status
+        answer = docker_answer(exc, api.driver_name())
+        if answer is None:  # a bug: the traceback goes to our log, not to the user
+            log.exception("%s failed", request.path)
+            status, message = 500, f"internal error in {request.path}: {type(exc).__name__}: {exc}"
+        else:
+            status, message = answer
+            if not isinstance(exc, DriverError):
+                log.warning("%s: %s", request.path, message)
+    if request.path.startswith("/IpamDriver."):
+        # IPAM's own key is Error; moby's plug-in client reads only Err from a
+        # non-200 answer and otherwise prints the whole body, JSON and all
+        # ('IpamDriver.RequestPool: {"Error":"..."}'): so both, the same text.
+        return jsonify({"Error": message, "Err": message}), status
+    return jsonify({"Err": message}), status
 
 
 def create_app(config: dict | None = None) -> Flask:

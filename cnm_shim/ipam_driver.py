@@ -6,11 +6,10 @@ them alone and ReleaseAddress frees them."""
 import ipaddress
 import socket
 
-from cni_backend.errors import CNIError
 from cni_backend.ipam import allocator, config as ipam_config
 from cni_backend.ipam.store import DOCKER_OWNER, Allocation
 
-from .errors import DriverError
+from .errors import DriverError, step
 from .state import POOL, State
 
 LOCAL_SPACE, GLOBAL_SPACE = "RancherLocal", "RancherGlobal"
@@ -55,10 +54,8 @@ class IpamDriver:
             sub_pool = _network(body["SubPool"], "ip-range")
             if sub_pool.version != subnet.version or not sub_pool.subnet_of(subnet):
                 raise DriverError(f"ip-range {sub_pool} is not inside subnet {subnet}")
-        try:  # the CNI IPAM's own checks (e.g. a pool too small to hold a container)
+        with step(f"pool {subnet}"):  # the CNI IPAM's own checks (e.g. a pool too small to hold a container)
             ipam_config.parse_range({"subnet": str(subnet)})
-        except CNIError as exc:
-            raise DriverError(f"pool {subnet}: {exc}") from None
         pool_id = f"{space}/{subnet}" + (f"/{sub_pool}" if sub_pool else "")
         if self.state.get(POOL, pool_id) is not None:  # Docker retried: keep what the pool holds (its gateway)
             return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
@@ -88,10 +85,8 @@ class IpamDriver:
             rng.update(rangeStart=str(hosts.network_address), rangeEnd=str(hosts.broadcast_address))
         if pool.get("gateway"):
             rng["gateway"] = pool["gateway"]
-        try:
+        with step(f"pool {pool['id']}"):
             return ipam_config.load({"ranges": [[rng]]}, {})
-        except CNIError as exc:
-            raise DriverError(f"pool {pool['id']}: {exc}") from None
 
     def release_pool(self, body: dict) -> dict:
         pool = self.state.get(POOL, body.get("PoolID", ""))
@@ -124,10 +119,7 @@ class IpamDriver:
             self.state.put(POOL, pool["id"], dict(pool, gateway=held.ip))
         else:
             conf = self._config(pool)
-            try:
-                held = self.store.run(lambda txn: allocator.reserve(txn, conf, self._owner(pool), wanted))
-            except CNIError as exc:
-                raise DriverError(str(exc)) from None
+            held = self.store.run(lambda txn: allocator.reserve(txn, conf, self._owner(pool), wanted))
         return {"Address": f"{held.ip}/{subnet.prefixlen}", "Data": {}}
 
     def _reserve_gateway(self, pool: dict, ip) -> Allocation:

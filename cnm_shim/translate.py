@@ -28,7 +28,7 @@ from cni_backend.plugins import flat as flat_plugin, vxlan as vxlan_plugin
 from cni_backend.plugins.ipam import RESERVED_ARG
 
 from . import options, render
-from .errors import DriverError
+from .errors import DriverError, step
 from .ipam_driver import ADDRESS_SPACES, IpamDriver
 from .state import ENDPOINT, NETWORK, POOL, State
 
@@ -145,15 +145,13 @@ class Translator:
                "cni_name": cni_name, "bridge": bridge, "conflist": conf,
                "docker_ipam": any(d.get("AddressSpace") in ADDRESS_SPACES for d in ipv4 + ipv6)}
         with contextlib.ExitStack() as undo:
-            try:
+            with step(driver):  # the backend chosen, not the socket's driver
                 if backend == "flat":
                     self._prepare_flat(net, ipv4, undo)
                 elif backend == "vxlan":
                     self._prepare_vxlan(net, undo)
                 else:
                     self._prepare_bridge(net, undo)
-            except CNIError as exc:
-                raise DriverError(f"{driver}: {exc}") from None
             net["exported"] = self._export(cni_name, render.exported(conf)) if opts["cni.export"] else None
             self.state.put(NETWORK, network_id, net)
             undo.pop_all()
@@ -204,13 +202,11 @@ class Translator:
 
     @staticmethod
     def _validated(raw: bytes) -> dict:
-        try:
+        with step("invalid network configuration"):
             conf = conflists.parse(raw, "rendered conflist")
             for plugin in conf["plugins"]:  # the IPAM's own checks: a pool too small, a gateway outside it
                 ipam_config.load(plugin["ipam"], {})
             return conf
-        except CNIError as exc:
-            raise DriverError(f"invalid network configuration: {exc}") from None
 
     def _export(self, cni_name: str, conf: dict) -> str:
         """The conflist where CNI runtimes look, written atomically."""
@@ -305,11 +301,12 @@ class Translator:
         staging.create(staging_path)
         try:
             try:
-                result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path))
-                staging.move_to_host(staging_path, CONTAINER_IFNAME, src_name)
-            except CNIError as exc:
+                with step(f"{net['driver']}: CNI ADD on {net['cni_name']} failed"):
+                    result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path))
+                    staging.move_to_host(staging_path, CONTAINER_IFNAME, src_name)
+            except CNIError:
                 self._cni_del(net, ep, quiet=True)
-                raise DriverError(f"{net['driver']}: CNI ADD on {net['cni_name']} failed: {exc}") from None
+                raise
         finally:
             staging.remove(staging_path)
         ep.update(result=result, src_name=src_name, sandbox_key=body.get("SandboxKey", ""),
@@ -371,12 +368,12 @@ class Translator:
     def _cni_del(self, net: dict, ep: dict, quiet: bool = False) -> None:
         conf = net["conflist"]
         try:
-            self.cni.delete(conf, _raw(conf), self._attachment(net, ep, ""))
+            with step(f"{net['driver']}: CNI DEL on {net['cni_name']} failed"):
+                self.cni.delete(conf, _raw(conf), self._attachment(net, ep, ""))
         except CNIError as exc:
-            if quiet:
-                log.warning("undoing ADD of %s: %s", ep["endpoint_id"][:12], exc)
-                return
-            raise DriverError(f"{net['driver']}: CNI DEL on {net['cni_name']} failed: {exc}") from None
+            if not quiet:
+                raise
+            log.warning("undoing ADD of %s: %s", ep["endpoint_id"][:12], exc)
 
     # -- published ports -----------------------------------------------------
 
@@ -395,10 +392,14 @@ class Translator:
         att = api.Attachment(ep["endpoint_id"], ep.get("sandbox_key") or "/proc/self/ns/net", CONTAINER_IFNAME,
                              capability_args={"portMappings": mappings})
         try:
-            self.cni.add(conf, _raw(conf), att, prev_result=ep["result"])
-        except CNIError as exc:
-            self._revoke_ports(net, dict(ep, port_mappings=mappings))
-            raise DriverError(f"{net['driver']}: publishing ports failed: {exc}") from None
+            with step(f"{net['driver']}: publishing ports failed"):
+                self.cni.add(conf, _raw(conf), att, prev_result=ep["result"])
+        except CNIError:
+            try:  # undo what the ADD made; its own failure must not hide the ADD's
+                self._revoke_ports(net, dict(ep, port_mappings=mappings))
+            except CNIError as exc:
+                log.warning("undoing published ports of %s: %s", ep["endpoint_id"][:12], exc)
+            raise
         ep["port_mappings"], ep["ports_at_join"] = mappings, None
         self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
 
@@ -424,10 +425,8 @@ class Translator:
             return
         conf = render.ports_conflist(net["conflist"])
         att = api.Attachment(ep["endpoint_id"], "", CONTAINER_IFNAME, capability_args={"portMappings": ep["port_mappings"]})
-        try:
+        with step(f"{net['driver']}: removing published ports failed"):
             self.cni.delete(conf, _raw(conf), att)
-        except CNIError as exc:
-            raise DriverError(f"{net['driver']}: removing published ports failed: {exc}") from None
 
     def oper_info(self, body: dict) -> dict:
         net, ep = self._endpoint(body)

@@ -35,6 +35,16 @@ def test_bad_option_fails_network_create_with_our_message(docker):
     assert done.returncode != 0 and "mtu='huge' must be an integer" in done.stderr
 
 
+def test_an_ipam_error_reaches_the_user_as_text(docker):
+    """moby reads only `Err` from a failed call; with IPAM's `Error` alone the
+    user got 'IpamDriver.RequestPool: {"Error":"pool ...'."""
+    done = docker("network", "create", "-d", "rancher-bridge", "--ipam-driver", "rancher-bridge",
+                  "--subnet", "10.139.0.0/32", unique("n"), check=False)
+    assert done.returncode != 0
+    assert "IpamDriver.RequestPool: pool 10.139.0.0/32: " in done.stderr and "too small" in done.stderr, done.stderr
+    assert '"Error"' not in done.stderr, done.stderr
+
+
 def test_static_ip_connect_disconnect_and_two_networks(docker):
     first = network(docker, "--subnet", "10.133.0.0/24")
     second = network(docker, "--subnet", "10.134.0.0/24")
