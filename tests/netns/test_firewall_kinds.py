@@ -75,7 +75,7 @@ def spoof_chains() -> dict:
     """macspoofchk: chain name -> host veth jumping to it (nftables' own listing)."""
     listing = run("nft", "list", "table", "bridge", firewall.NFT_TABLE, check=False).stdout
     chains = set(re.findall(r"^\s*chain (rcni-\S+) {", listing, re.M))
-    ports = dict((chain, port) for port, chain in re.findall(r'"([^"]+)"\s*:\s*jump\s+(\S+)', listing))
+    ports = dict((chain, port) for port, chain in re.findall(r'"([^"]+)"\s*:\s*jump\s+([\w.-]+)', listing))
     return {chain: ports.get(chain) for chain in chains}
 
 
