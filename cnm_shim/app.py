@@ -8,7 +8,7 @@ import os
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import api
+from . import api, backends
 from .errors import DriverError, docker_answer
 from .ipam_driver import IpamDriver
 from .state import State
@@ -17,7 +17,7 @@ from .translate import Settings, Translator
 log = logging.getLogger("cnm-shim")
 
 # Driver (socket) name -> backend.
-DRIVERS = {"rancher-bridge": "bridge", "rancher-flat": "flat", "rancher-vxlan": "vxlan"}
+DRIVERS = backends.DRIVERS
 
 
 @dataclasses.dataclass

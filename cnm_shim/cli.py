@@ -84,6 +84,13 @@ def cmd_restart_stranded(opts) -> int:
     return 0
 
 
+def cmd_options(opts) -> int:
+    from . import backends, options
+    names = [opts.backend] if opts.backend else list(backends.REGISTRY)
+    print("\n".join(options.describe(name) for name in names), end="")
+    return 0
+
+
 def cmd_status(opts) -> int:
     from .datapath import describe, host, host_summary
     from .state import ENDPOINT, NETWORK, POOL, State
@@ -150,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnm-shim", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("CNM_SHIM_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
+    from . import backends
 
     cni = sub.add_parser("cni", help="run a CNI network's plug-ins like a runtime does (cnitool)")
     cni.add_argument("action", choices=["add", "check", "del", "gc", "status"])
@@ -172,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="answer Docker's NetworkDriver and IpamDriver calls (foreground)")
     serve.add_argument("--plugin-dir", default="/run/docker/plugins")
-    serve.add_argument("--backend", choices=("bridge", "flat", "vxlan"), default=os.environ.get("RANCHER_BACKEND") or None,
+    serve.add_argument("--backend", choices=tuple(backends.REGISTRY), default=os.environ.get("RANCHER_BACKEND") or None,
                        help="serve only this backend (default: all three, one socket each)")
     serve.add_argument("--socket", help="with --backend: the socket's file name (default rancher-BACKEND.sock)")
     serve.add_argument("--vxlan-agent-vnis", default=os.environ.get("RANCHER_VXLAN_AGENT_VNIS", ""),
@@ -198,9 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     stranded = sub.add_parser("restart-stranded", help="start restart-policy containers dockerd could not "
                               "start because the plug-in was not up (serve runs this by itself)")
     stranded.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
-    stranded.add_argument("--drivers", default="rancher-bridge,rancher-flat,rancher-vxlan")
+    stranded.add_argument("--drivers", default=",".join(backends.DRIVERS))
     stranded.add_argument("--delay", type=float, default=0.0)
     stranded.set_defaults(func=cmd_restart_stranded)
+
+    options = sub.add_parser("options", help="a backend's -o options for docker network create, with their help")
+    options.add_argument("backend", nargs="?", choices=tuple(backends.REGISTRY), metavar="BACKEND",
+                         help="one of: " + ", ".join(backends.REGISTRY) + " (default: all)")
+    options.set_defaults(func=cmd_options)
 
     status = sub.add_parser("status", help="networks and endpoints with their CNI results")
     status.add_argument("--state-dir", default="/var/lib/rancher-cnm")

@@ -4,20 +4,15 @@ status` and `cnm-shim doctor`."""
 
 from cni_backend import datapath
 from cni_backend.errors import CNIError
-from cni_backend.plugins import flat as flat_plugin, vxlan as vxlan_plugin
+
+from . import backends
 
 
 def describe(net: dict) -> dict:
     """What carries `net`'s traffic, proven by counters; never raises for a
     network whose host side is half gone (that is what the doctor reports)."""
-    plugin = net["conflist"]["plugins"][0]
     try:
-        if net["backend"] == "flat":
-            found = datapath.flat(net["cni_name"], flat_plugin.load_network(plugin))
-        elif net["backend"] == "vxlan":
-            found = datapath.vxlan(vxlan_plugin.load_network(plugin))
-        else:
-            found = datapath.bridge(net["bridge"])
+        found = backends.get(net["backend"]).host.datapath(net)
     except (CNIError, OSError) as exc:
         return {"path": "unknown", "summary": f"cannot tell: {exc}"}
     return dict(found, network=net["id"], cni_name=net["cni_name"], backend=net["backend"])

@@ -34,11 +34,12 @@ import requests.exceptions
 
 from cni_backend.invoke import cache
 
+from . import backends
 from .ipam_driver import IpamDriver
 from .state import ENDPOINT, POOL, State
 from .translate import Settings, Translator
 
-DEFAULT_DRIVERS = ("rancher-bridge", "rancher-flat", "rancher-vxlan")
+DEFAULT_DRIVERS = tuple(backends.DRIVERS)
 
 
 class EngineError(Exception):

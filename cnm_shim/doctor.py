@@ -41,15 +41,14 @@ import os
 import sqlite3
 import sys
 
-from cni_backend import flatnet, networks, repair as backend_repair, staging, vxlannet
+from cni_backend import networks, repair as backend_repair, staging
 from cni_backend.errors import CHECK_FAILED, CNIError, IO_FAILURE
 from cni_backend.invoke import api, cache, conflist as conflists
 from cni_backend.ipam.store import DOCKER_OWNER
 from cni_backend.net import firewall, iptables, netlink, netns
-from cni_backend.plugins import flat as flat_plugin, vxlan as vxlan_plugin
 from cni_backend.plugins.bridge import SANDBOX_IFNAME_ARG
 
-from . import datapath, docker_sync, render
+from . import backends, datapath, docker_sync, render
 from .errors import DriverError
 from .state import ENDPOINT, NETWORK
 from .translate import CONTAINER_IFNAME, Settings, _raw
@@ -173,33 +172,17 @@ class Doctor:
 
     def check_networks(self, repair: bool) -> None:
         for net in self._networks():
-            missing = networks.missing_parts(net["bridge"], self._ports(net))
+            host = backends.get(net["backend"]).host
+            missing = networks.missing_parts(net["bridge"], host.ports(net))
             if missing:
-                ours = net["backend"] != "bridge" or net.get("bridge_created")
+                ours = host.made_by_us(net)
                 self._found(Finding("network", f"{net['cni_name']} ({net['id'][:12]})", "; ".join(missing), bool(ours),
                                     note="" if ours else f"bridge {net['bridge']} was not made by the plug-in"),
                             repair, lambda net=net: self._ensure_network(net))
 
-    @staticmethod
-    def _main_plugin(net: dict) -> dict:
-        return net["conflist"]["plugins"][0]
-
-    def _ports(self, net: dict) -> list:
-        if net["backend"] == "vxlan":
-            return [vxlan_plugin.load_network(self._main_plugin(net)).vtep]
-        if net["backend"] == "flat":
-            flat = flat_plugin.load_network(self._main_plugin(net))
-            return [f"{flat.parent[:10]}.{flat.vlan}" if flat.vlan else flat.parent]
-        return []
-
     def _ensure_network(self, net: dict) -> str:
         """What CreateNetwork made, made again the same idempotent way."""
-        if net["backend"] == "flat":
-            flatnet.ensure(flat_plugin.load_network(self._main_plugin(net)))
-        elif net["backend"] == "vxlan":
-            vxlannet.ensure(vxlan_plugin.load_network(self._main_plugin(net)))
-        else:
-            networks.ensure_bridge(net["bridge"], net["options"]["mtu"])
+        backends.get(net["backend"]).host.ensure(net)
         return "re-created; the endpoints' host side follows below"
 
     # -- endpoints ---------------------------------------------------------------

@@ -15,7 +15,7 @@ _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}\Z")
 _CNI_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}\Z")
 
 
-def _bool(driver, key, value):
+def boolean(driver, key, value):
     text = str(value).strip().lower()
     if text in _TRUE:
         return True
@@ -24,7 +24,7 @@ def _bool(driver, key, value):
     raise DriverError(f"{driver}: option {key}={value!r} is not a boolean (use true or false)")
 
 
-def _int_between(low, high):
+def int_between(low, high):
     def parse(driver, key, value):
         try:
             number = int(str(value), 10)
@@ -52,20 +52,23 @@ class Option:
     help: str
 
 
-BRIDGE_OPTIONS = [
-    Option("bridge", _matching(_IFNAME, "a valid interface name (at most 15 characters)"), None,
-           "Linux bridge to use; created if missing (default rb-<network id>), an existing one such as docker0 is reused"),
-    Option("mtu", _int_between(68, 65535), None, "MTU of the bridge and of the containers' interfaces"),
-    Option("ip_masq", _bool, True, "masquerade traffic leaving the subnet"),
-    Option("hairpin", _bool, False, "hairpin mode on the container ports"),
-    Option("promisc", _bool, False, "promiscuous mode on the bridge"),
-    Option("macspoofchk", _bool, False, "drop frames whose source MAC is not the container's"),
-    Option("vlan", _int_between(0, 4094), 0, "VLAN id of the container ports (needs bridge vlan_filtering)"),
-    Option("cni.export", _bool, False, "write the network's conflist to the CNI config dir for CNI runtimes"),
-    Option("cni.name", _matching(_CNI_NAME, "a valid CNI network name"), None,
-           "the network's CNI name (default rancher-<network id>)"),
-]
-def _ipv4(driver, key, value):
+# Options several backends share; each backend's module lists its own.
+BRIDGE = Option("bridge", _matching(_IFNAME, "a valid interface name (at most 15 characters)"), None,
+                "Linux bridge to use; created if missing (default rb-<network id>), an existing one such as docker0 is reused")
+MTU = Option("mtu", int_between(68, 65535), None, "MTU of the bridge and of the containers' interfaces")
+IP_MASQ = Option("ip_masq", boolean, True, "masquerade traffic leaving the subnet")
+HAIRPIN = Option("hairpin", boolean, False, "hairpin mode on the container ports")
+CNI_EXPORT = Option("cni.export", boolean, False, "write the network's conflist to the CNI config dir for CNI runtimes")
+CNI_NAME = Option("cni.name", _matching(_CNI_NAME, "a valid CNI network name"), None,
+                  "the network's CNI name (default rancher-<network id>)")
+
+
+def ifname(what="a valid interface name"):
+    """A parser for an option naming a network interface."""
+    return _matching(_IFNAME, what)
+
+
+def ipv4(driver, key, value):
     try:
         address = ipaddress.ip_address(str(value))
     except ValueError:
@@ -75,44 +78,40 @@ def _ipv4(driver, key, value):
     return str(address)
 
 
-_COMMON = {o.name: o for o in BRIDGE_OPTIONS}
-FLAT_OPTIONS = [
-    Option("parent", _matching(_IFNAME, "a valid interface name"), None,
-           "the host interface facing the business network (required)"),
-    Option("vlan", _int_between(0, 4094), 0, "use the VLAN sub-interface PARENT.VLAN, made and removed by us"),
-    Option("bridge", _COMMON["bridge"].parse, None, "the flat bridge (default rf-<network id>)"),
-    _COMMON["mtu"],
-    _COMMON["hairpin"],
-    Option("metadata_ip", _ipv4, "169.254.169.250", "the metadata service's address"),
-    Option("metadata_link_ip", _ipv4, None,
-           "an address of the subnet bound on the metadata bridge; turns the metadata link on"),
-    Option("metadata_bridge", _COMMON["bridge"].parse, "docker0", "the bridge the metadata service is on"),
-    Option("fast_path", _bool, True,
-           "unicast between containers and the uplink skips the bridge and its br_netfilter hooks"),
-    _COMMON["cni.export"],
-    _COMMON["cni.name"],
-]
-def _peers(driver, key, value):
+def ipv4_list(driver, key, value):
+    """Comma-separated IPv4 addresses -> a list."""
     peers = [p.strip() for p in str(value).split(",") if p.strip()]
     for peer in peers:
-        _ipv4(driver, key, peer)
+        ipv4(driver, key, peer)
     return peers
 
 
-VXLAN_OPTIONS = [
-    Option("vni", _int_between(1, 16777215), 1042, "the VXLAN network identifier; the VTEP is vtep<VNI>"),
-    Option("vtep_dev", _matching(_IFNAME, "a valid interface name"), None,
-           "the underlay interface (default: the one with the default route)"),
-    Option("peers", _peers, [], "comma-separated underlay addresses of the other hosts"),
-    Option("bridge", _COMMON["bridge"].parse, None, "the network's bridge (default rv-<network id>)"),
-    _COMMON["mtu"],
-    _COMMON["ip_masq"],
-    _COMMON["cni.export"],
-    _COMMON["cni.name"],
-]
 ALIASES = {"com.docker.network.driver.mtu": "mtu", "com.docker.network.bridge.name": "bridge"}
-BACKEND_OPTIONS = {"bridge": BRIDGE_OPTIONS, "flat": FLAT_OPTIONS, "vxlan": VXLAN_OPTIONS}
-REQUIRED = {"flat": {"parent": "the host interface facing the business network, e.g. -o parent=eth1"}}
+
+
+def default_text(option: Option, required=()) -> str:
+    """An option's default as the user writes it."""
+    if option.name in required:
+        return "required"
+    if option.default in (None, [], ()):
+        return "none"
+    if isinstance(option.default, bool):
+        return "true" if option.default else "false"
+    return str(option.default)
+
+
+def describe(backend: str) -> str:
+    """A backend's options with their defaults and help, as `cnm-shim options` prints them."""
+    entry = backends.get(backend)
+    rows = [("OPTION", "DEFAULT", "MEANING")]
+    rows += [(o.name, default_text(o, entry.required), o.help) for o in entry.options]
+    name_width, default_width = (max(len(row[i]) for row in rows) for i in (0, 1))
+    lines = [f"{entry.driver} (or -o backend={entry.name}): docker network create -d {entry.driver} -o OPTION=VALUE ..."]
+    lines += [f"  {name:{name_width}}  {default:{default_width}}  {meaning}" for name, default, meaning in rows]
+    aliases = [f"{alias} = {name}" for alias, name in ALIASES.items() if name in {o.name for o in entry.options}]
+    if aliases:
+        lines.append("  aliases: " + ", ".join(aliases))
+    return "\n".join(lines) + "\n"
 
 
 def choose_backend(driver: str, backend: str, raw: dict) -> tuple:
@@ -122,14 +121,15 @@ def choose_backend(driver: str, backend: str, raw: dict) -> tuple:
         return backend, raw
     rest = {k: v for k, v in raw.items() if k != "backend"}
     chosen = str(raw["backend"]).strip().lower()
-    if chosen not in BACKEND_OPTIONS:
-        raise DriverError(f"{driver}: option backend={raw['backend']!r} is not one of: " + ", ".join(BACKEND_OPTIONS))
+    if chosen not in backends.REGISTRY:
+        raise DriverError(f"{driver}: option backend={raw['backend']!r} is not one of: " + ", ".join(backends.REGISTRY))
     return chosen, rest
 
 
 def parse(driver: str, backend: str, raw: dict) -> dict:
     """The user's option map -> {name: typed value} with defaults filled in."""
-    known = {o.name: o for o in BACKEND_OPTIONS[backend]}
+    entry = backends.get(backend)
+    known = {o.name: o for o in entry.options}
     if not isinstance(raw, dict):
         raise DriverError(f"{driver}: driver options must be a map of strings")
     values = {o.name: o.default for o in known.values()}
@@ -138,7 +138,10 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
         if name not in known:
             raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted([*known, "backend"])))
         values[name] = known[name].parse(driver, key, value)
-    for name, example in REQUIRED.get(backend, {}).items():
+    for name, example in entry.required.items():
         if values.get(name) is None:
             raise DriverError(f"{driver}: option {name} is required: {example}")
     return values
+
+
+from . import backends  # noqa: E402  (the entries are built from this module's parsers)

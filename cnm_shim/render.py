@@ -52,51 +52,6 @@ def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, et
     return section
 
 
-def bridge_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
-    plugin = {
-        "type": "rancher-bridge", "bridge": bridge,
-        "isGateway": True, "isDefaultGateway": True, "ipMasq": opts["ip_masq"],
-        "hairpinMode": opts["hairpin"], "promiscMode": opts["promisc"], "macspoofchk": opts["macspoofchk"],
-        "capabilities": {"ips": True, "mac": True}, "ipam": ipam,
-    }
-    if opts["mtu"]:
-        plugin["mtu"] = opts["mtu"]
-    if opts["vlan"]:
-        plugin["vlan"] = opts["vlan"]
-    return plugin
-
-
-def flat_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
-    plugin = {"type": "rancher-flat", "bridge": bridge, "parent": opts["parent"], "hairpinMode": opts["hairpin"],
-              "fastPath": opts["fast_path"], "stateDir": ipam["dataDir"], "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
-    for key in ("vlan", "mtu"):
-        if opts[key]:
-            plugin[key] = opts[key]
-    if opts["metadata_link_ip"]:
-        plugin["metadata"] = {"ip": opts["metadata_ip"], "linkIP": opts["metadata_link_ip"],
-                              "bridge": opts["metadata_bridge"]}
-    return plugin
-
-
-def vxlan_plugin(bridge: str, opts: dict, ipam: dict) -> dict:
-    plugin = {"type": "rancher-vxlan", "bridge": bridge, "vni": opts["vni"], "peers": opts["peers"],
-              "isGateway": True, "isDefaultGateway": True, "ipMasq": opts["ip_masq"], "stateDir": ipam["dataDir"],
-              "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
-    if ipam.get("etcdEndpoints") and not opts["peers"]:
-        # remote endpoints come from the registry (cnm-shim vxlan-agent); a network
-        # given its peers floods to them and learns nothing from etcd
-        plugin["etcdEndpoints"] = ipam["etcdEndpoints"]
-    if opts["vtep_dev"]:
-        plugin["vtepDev"] = opts["vtep_dev"]
-    if opts["mtu"]:
-        plugin["mtu"] = opts["mtu"]
-    return plugin
-
-
-BACKEND_PLUGINS = {"bridge": bridge_plugin, "flat": flat_plugin, "vxlan": vxlan_plugin}
-BRIDGE_PREFIX = {"bridge": "rb-", "flat": "rf-", "vxlan": "rv-"}
-
-
 def conflist(cni_name: str, plugin: dict) -> dict:
     return {"cniVersion": CNI_VERSION, "name": cni_name, "plugins": [plugin]}
 

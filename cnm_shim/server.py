@@ -21,7 +21,7 @@ from gunicorn.arbiter import Arbiter
 
 from cni_backend import staging, wire
 
-from . import listeners
+from . import backends, listeners
 from .app import DRIVERS, create_app
 from .children import Children
 from .worker import DrainingWorker
@@ -115,7 +115,7 @@ def sockets(backend: str | None, socket_name: str | None) -> dict:
     names after the plug-in (any alias), not after the backend."""
     if backend is None:
         return {f"{name}.sock": name for name in DRIVERS}
-    driver = f"rancher-{backend}"
+    driver = backends.get(backend).driver
     return {socket_name or f"{driver}.sock": driver}
 
 

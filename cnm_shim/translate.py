@@ -18,16 +18,15 @@ import os
 import secrets
 import tempfile
 
-from cni_backend import flatnet, networks, staging, vxlannet
+from cni_backend import networks, staging
 from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist as conflists
 from cni_backend.ipam import config as ipam_config
 from cni_backend.ipam.store import open_store
 from cni_backend.net import netlink
-from cni_backend.plugins import flat as flat_plugin, vxlan as vxlan_plugin
 from cni_backend.plugins.ipam import RESERVED_ARG
 
-from . import options, render
+from . import backends, options, render
 from .errors import DriverError, step
 from .ipam_driver import ADDRESS_SPACES, IpamDriver
 from .state import ENDPOINT, NETWORK, POOL, State
@@ -129,55 +128,31 @@ class Translator:
             return  # Docker retried: the network is made already
         raw_options = body.get("Options") or {}
         chosen, generic = options.choose_backend(driver, backend, raw_options.get("com.docker.network.generic") or {})
+        entry = backends.get(chosen)
         if chosen != backend:  # name the backend in messages, not the socket it came in on
-            backend, driver = chosen, f"rancher-{chosen}"
+            backend, driver = chosen, entry.driver
         opts = options.parse(driver, backend, generic)
         ipv4, ipv6 = body.get("IPv4Data") or [], body.get("IPv6Data") or []
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
-        bridge = opts["bridge"] or render.BRIDGE_PREFIX[backend] + network_id[:12]
-        self._refuse_duplicates(network_id, cni_name, bridge, opts.get("vni") if backend == "vxlan" else None)
+        bridge = opts["bridge"] or entry.bridge_prefix + network_id[:12]
+        self._refuse_duplicates(network_id, cni_name, bridge, entry, opts)
         sub_pools = {p["subnet"]: p["sub_pool"] for p in self.state.all(POOL) if p.get("sub_pool")}
         ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
                                    self.settings.etcd_tls)
-        conf = render.conflist(cni_name, render.BACKEND_PLUGINS[backend](bridge, opts, ipam))
+        conf = render.conflist(cni_name, entry.render(bridge, opts, ipam))
         self._validated(_raw(conf))
         net = {"id": network_id, "driver": driver, "backend": backend, "options": opts,
                "cni_name": cni_name, "bridge": bridge, "conflist": conf,
                "docker_ipam": any(d.get("AddressSpace") in ADDRESS_SPACES for d in ipv4 + ipv6)}
         with contextlib.ExitStack() as undo:
             with step(driver):  # the backend chosen, not the socket's driver
-                if backend == "flat":
-                    self._prepare_flat(net, ipv4, undo)
-                elif backend == "vxlan":
-                    self._prepare_vxlan(net, undo)
-                else:
-                    self._prepare_bridge(net, undo)
+                for address in entry.host.reserved_addresses(net):
+                    self._keep_link_address_out_of_docker_ipam(net, ipv4, address)
+                entry.host.create(net, undo)
             net["exported"] = self._export(cni_name, render.exported(conf)) if opts["cni.export"] else None
             self.state.put(NETWORK, network_id, net)
             undo.pop_all()
         log.info("network %s: %s (%s) on bridge %s", network_id[:12], cni_name, backend, bridge)
-
-    def _prepare_bridge(self, net: dict, undo) -> None:
-        net["bridge_created"] = not networks.bridge_exists(net["bridge"])
-        networks.ensure_bridge(net["bridge"], net["options"]["mtu"])
-        if net["bridge_created"]:
-            undo.callback(networks.remove_bridge, net["bridge"])
-
-    def _prepare_flat(self, net: dict, ipv4: list, undo) -> None:
-        """The uplink, the metadata link and their rules, made at `network create`
-        so a wrong parent fails there; the link address is kept from Docker's IPAM."""
-        net["bridge_created"] = True
-        flat = flat_plugin.load_network(net["conflist"]["plugins"][0])
-        if flat.metadata:
-            self._keep_link_address_out_of_docker_ipam(net, ipv4, flat.metadata.link_ip)
-        flatnet.ensure(flat)
-        undo.callback(flatnet.remove, flat)
-
-    def _prepare_vxlan(self, net: dict, undo) -> None:
-        net["bridge_created"] = True
-        vxlan = vxlan_plugin.load_network(net["conflist"]["plugins"][0])
-        vxlannet.ensure(vxlan)
-        undo.callback(vxlannet.remove, vxlan)
 
     def _keep_link_address_out_of_docker_ipam(self, net: dict, ipv4: list, link_ip: str) -> None:
         if net["docker_ipam"]:
@@ -190,10 +165,13 @@ class Translator:
             raise DriverError(f"{net['driver']}: Docker's IPAM could hand out the metadata link address {link_ip}; "
                               f"add --aux-address metadata-link={link_ip} (or use --ipam-driver {net['driver']})")
 
-    def _refuse_duplicates(self, network_id: str, cni_name: str, bridge: str, vni: int | None) -> None:
+    def _refuse_duplicates(self, network_id: str, cni_name: str, bridge: str, entry: backends.Backend,
+                           opts: dict) -> None:
         for other in self.state.all(NETWORK):
-            if vni is not None and other["backend"] == "vxlan" and other["options"]["vni"] == vni:
-                raise DriverError(f"VNI {vni} is already used by network {other['id'][:12]}; choose another with -o vni=N")
+            for key, label in entry.unique:  # e.g. a VNI: two networks would be one segment
+                if other["backend"] == entry.name and other["options"][key] == opts[key]:
+                    raise DriverError(f"{label} {opts[key]} is already used by network {other['id'][:12]}; "
+                                      f"choose another with -o {key}=N")
             if other["cni_name"] == cni_name:
                 raise DriverError(f"CNI network name {cni_name!r} is already used by network {other['id'][:12]}")
             if other["bridge"] == bridge:
@@ -229,12 +207,7 @@ class Translator:
             if ep["network_id"] == network_id:
                 self._cni_del(net, ep)
                 self.state.delete(ENDPOINT, State.endpoint_key(network_id, ep["endpoint_id"]))
-        if net["backend"] == "flat":
-            flatnet.remove(flat_plugin.load_network(net["conflist"]["plugins"][0]))
-        elif net["backend"] == "vxlan":
-            vxlannet.remove(vxlan_plugin.load_network(net["conflist"]["plugins"][0]))
-        elif net["bridge_created"]:
-            networks.remove_bridge(net["bridge"])
+        backends.get(net["backend"]).host.remove(net)
         for name in (net["cni_name"], render.ports_conflist(net["conflist"])["name"]):
             networks.forget(name, self.settings.store())
         if net.get("exported"):

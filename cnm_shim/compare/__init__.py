@@ -27,17 +27,19 @@ import time
 from cni_backend import trace, version
 from cni_backend.invoke import api, conflist as conflists
 
+from .. import backends
 from . import observe, report
 from .models import (MODELS, PREFIX, Containerd, CtrModel, DockerModel, NetnsModel, busybox_rootfs, eth0_ipv4,
                      run, token)
 
-DEFAULT_SUBNETS = {"bridge": "10.251.0.0/24", "flat": "10.252.0.0/24", "vxlan": "10.253.0.0/24"}
+# bridge 10.251.0.0/24, flat 10.252.0.0/24, vxlan 10.253.0.0/24, a next backend 10.254.0.0/24
+DEFAULT_SUBNETS = {name: f"10.{251 + i}.0.0/24" for i, name in enumerate(backends.REGISTRY)}
 
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("compare", help="attach/detach containers through Docker (CNM) and CNI runtimes, "
                                             "report latency, topology, data plane and calls side by side")
-    parser.add_argument("--backend", choices=("bridge", "flat", "vxlan"), default="bridge")
+    parser.add_argument("--backend", choices=tuple(backends.REGISTRY), default="bridge")
     parser.add_argument("-n", "--containers", type=int, default=10, help="containers per model (at least 2)")
     parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///run/docker.sock"))
     parser.add_argument("--containerd-socket", help="default: start a private containerd")
@@ -119,9 +121,10 @@ class Comparison(contextlib.ExitStack):
         options.update(self._backend_fixture(gateway))
         self.docker_name = f"{PREFIX}-{opts.backend}-{token()}"
         # our IpamDriver: with Docker's own IPAM, Docker would hand out addresses the CNI runtimes hold
-        ipam = docker.types.IPAMConfig(driver=f"rancher-{opts.backend}",
+        driver = backends.get(opts.backend).driver
+        ipam = docker.types.IPAMConfig(driver=driver,
                                        pool_configs=[docker.types.IPAMPool(subnet=self.subnet, gateway=gateway)])
-        network = self.client.networks.create(self.docker_name, driver=f"rancher-{opts.backend}", options=options,
+        network = self.client.networks.create(self.docker_name, driver=driver, options=options,
                                               ipam=ipam)
         self.callback(network.remove)
         self.cni_name = options["cni.name"]

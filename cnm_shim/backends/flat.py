@@ -1,0 +1,75 @@
+"""The flat backend: containers directly on the business network through an
+uplink enslaved to the network's bridge, with an optional metadata link
+(`rancher-flat`)."""
+
+from cni_backend import datapath, flatnet
+from cni_backend.plugins import flat as flat_plugin
+
+from .. import options
+from ..options import Option
+from .base import Backend, HostSide
+
+OPTIONS = (
+    Option("parent", options.ifname(), None, "the host interface facing the business network (required)"),
+    Option("vlan", options.int_between(0, 4094), 0, "use the VLAN sub-interface PARENT.VLAN, made and removed by us"),
+    Option("bridge", options.BRIDGE.parse, None, "the flat bridge (default rf-<network id>)"),
+    options.MTU,
+    options.HAIRPIN,
+    Option("metadata_ip", options.ipv4, "169.254.169.250", "the metadata service's address"),
+    Option("metadata_link_ip", options.ipv4, None,
+           "an address of the subnet bound on the metadata bridge; turns the metadata link on"),
+    Option("metadata_bridge", options.BRIDGE.parse, "docker0", "the bridge the metadata service is on"),
+    Option("fast_path", options.boolean, True,
+           "unicast between containers and the uplink skips the bridge and its br_netfilter hooks"),
+    options.CNI_EXPORT,
+    options.CNI_NAME,
+)
+
+
+def render(bridge: str, opts: dict, ipam: dict) -> dict:
+    plugin = {"type": "rancher-flat", "bridge": bridge, "parent": opts["parent"], "hairpinMode": opts["hairpin"],
+              "fastPath": opts["fast_path"], "stateDir": ipam["dataDir"], "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
+    for key in ("vlan", "mtu"):
+        if opts[key]:
+            plugin[key] = opts[key]
+    if opts["metadata_link_ip"]:
+        plugin["metadata"] = {"ip": opts["metadata_ip"], "linkIP": opts["metadata_link_ip"],
+                              "bridge": opts["metadata_bridge"]}
+    return plugin
+
+
+def _network(net: dict) -> flatnet.FlatNetwork:
+    return flat_plugin.load_network(net["conflist"]["plugins"][0])
+
+
+class FlatHost(HostSide):
+    """The uplink, the metadata link and their rules (cni_backend/flatnet.py),
+    made at `network create` so a wrong parent fails there."""
+
+    def create(self, net: dict, undo) -> None:
+        net["bridge_created"] = True
+        flat = _network(net)
+        flatnet.ensure(flat)
+        undo.callback(flatnet.remove, flat)
+
+    def remove(self, net: dict) -> None:
+        flatnet.remove(_network(net))
+
+    def ensure(self, net: dict) -> None:
+        flatnet.ensure(_network(net))
+
+    def ports(self, net: dict) -> list:
+        flat = _network(net)
+        return [f"{flat.parent[:10]}.{flat.vlan}" if flat.vlan else flat.parent]
+
+    def reserved_addresses(self, net: dict) -> list:
+        flat = _network(net)
+        return [flat.metadata.link_ip] if flat.metadata else []
+
+    def datapath(self, net: dict) -> dict:
+        return datapath.flat(net["cni_name"], _network(net))
+
+
+BACKEND = Backend(name="flat", driver="rancher-flat", options=OPTIONS, render=render,
+                  bridge_prefix="rf-", cni_type="rancher-flat", host=FlatHost(),
+                  required={"parent": "the host interface facing the business network, e.g. -o parent=eth1"})
