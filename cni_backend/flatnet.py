@@ -25,10 +25,9 @@ import ipaddress
 import json
 import os
 import re
-import subprocess
 
 from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
-from .net import features, flat_fastpath, netlink, sysctls
+from .net import features, flat_fastpath, netlink, sysctls, tools
 
 LOCK_DIR = "/run/rancher-cni"
 RULE_PRIORITY = 30000
@@ -197,10 +196,9 @@ def _ensure_metadata_link(host, flat: FlatNetwork, bridge: dict) -> None:
 # -- ebtables -----------------------------------------------------------------
 
 def _ebtables(*argv, check=True) -> bool:
-    done = subprocess.run(["ebtables", *argv], capture_output=True, text=True)
-    if done.returncode and check:
-        raise CNIError(FIREWALL_FAILURE, f"ebtables {' '.join(argv)} failed", done.stderr.strip())
-    return done.returncode == 0
+    """True when ebtables succeeded; a failure raises unless check=False.
+    A missing ebtables raises either way."""
+    return tools.run(["ebtables", *argv], check=check) is not None
 
 
 def _ebtables_rules(flat: FlatNetwork, uplink: str) -> list:
@@ -234,9 +232,8 @@ def _own_chains(rules: list) -> list:
 
 def _installed_ebtables() -> dict:
     """(table, chain) -> rules as token sets (ebtables prints options in its own order)."""
-    done = subprocess.run(["ebtables-save"], capture_output=True, text=True)
     installed, table = {}, None
-    for line in done.stdout.splitlines():
+    for line in tools.run(["ebtables-save"]).splitlines():  # a failure raises: never read as "nothing installed"
         if line.startswith("*"):
             table = line[1:]
         elif line.startswith("-A ") and table:
@@ -297,10 +294,10 @@ def metadata_link_frames(flat: FlatNetwork) -> int | None:
     into, out = f"RFLAT-{flat.suffix}-IN", f"RFLAT-{flat.suffix}-OUT"
     frames = 0
     for chain in (into, out):
-        done = subprocess.run(["ebtables", "-t", "filter", "-L", chain, "--Lc"], capture_output=True, text=True)
-        if done.returncode:
+        listing = tools.run(["ebtables", "-t", "filter", "-L", chain, "--Lc"], check=False)
+        if listing is None:
             return None
-        frames += sum(int(m) for m in re.findall(r"-j RETURN\s*, pcnt = (\d+)", done.stdout))
+        frames += sum(int(m) for m in re.findall(r"-j RETURN\s*, pcnt = (\d+)", listing))
     return frames
 
 
@@ -314,13 +311,11 @@ def _set_notrack(flat: FlatNetwork, present: bool) -> None:
     rule = ["PREROUTING", "-i", flat.bridge, "-m", "addrtype", "!", "--dst-type", "LOCAL",
             "-m", "comment", "--comment", f"rancher-flat {flat.bridge}", "-j", "NOTRACK"]
     for tool in ("iptables", "ip6tables"):
-        exists = subprocess.run([tool, "-w", "-t", "raw", "-C", *rule], capture_output=True).returncode == 0
+        exists = tools.run([tool, "-w", "-t", "raw", "-C", *rule], check=False) is not None
         if exists != present:
-            done = subprocess.run([tool, "-w", "-t", "raw", "-A" if present else "-D", *rule],
-                                  capture_output=True, text=True)
-            if done.returncode and present:
-                raise CNIError(FIREWALL_FAILURE, f"{tool} raw NOTRACK rule for {flat.bridge} failed",
-                               done.stderr.strip())
+            changed = tools.run([tool, "-w", "-t", "raw", "-A" if present else "-D", *rule], check=False)
+            if changed is None and present:
+                raise CNIError(FIREWALL_FAILURE, f"{tool} raw NOTRACK rule for {flat.bridge} failed")
 
 
 # -- remove -------------------------------------------------------------------

@@ -13,11 +13,8 @@ import contextlib
 import fcntl
 import os
 import re
-import subprocess
 
-from .. import trace
-from ..errors import CNIError, FIREWALL_FAILURE
-from . import tags
+from . import tags, tools
 
 FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
 ISOLATION_CHAIN = "RANCHER-CNI-ISOLATION"
@@ -49,24 +46,10 @@ def host_lock():
         yield
 
 
-def run(argv: list, stdin: str | None = None, check: bool = True):
-    """stdout of the command; with check=False, None when it failed."""
-    try:
-        with trace.span("firewall", tool=os.path.basename(argv[0])):
-            done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise CNIError(FIREWALL_FAILURE, f"{argv[0]} not found", "install the iptables and nftables packages") from None
-    if done.returncode != 0:
-        if not check:
-            return None
-        raise CNIError(FIREWALL_FAILURE, f"{argv[0]} failed", done.stderr.strip())
-    return done.stdout
-
-
 def saved_tables(family: int) -> dict:
     """table -> (set of chain names, list of rule lines), from iptables-save."""
     tables, current = {}, None
-    for line in run([_TOOLS[family][0]]).splitlines():
+    for line in tools.run([_TOOLS[family][0]]).splitlines():
         if line.startswith("*"):
             current = tables.setdefault(line[1:], (set(), []))
         elif line.startswith(":") and current is not None:
@@ -166,7 +149,7 @@ def apply(family: int, is_stale, new_rules: dict) -> None:
         if lines:
             script += [f"*{table}", *lines, "COMMIT"]
     if script:
-        run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n")
+        tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n")
 
 
 def _all_present(family: int, specs: list) -> bool:
@@ -174,13 +157,7 @@ def _all_present(family: int, specs: list) -> bool:
     A check of one rule lists only its chain, so it costs ~3 ms however many
     rules other chains hold."""
     tool = _TOOLS[family][0].replace("-save", "")
-    try:
-        with trace.span("firewall", tool=f"{tool} -C"):
-            checks = [subprocess.Popen([tool, "-w", "-t", table, "-C", *spec.split()], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL) for table, spec in specs]
-            return all([check.wait() == 0 for check in checks])
-    except FileNotFoundError:
-        raise CNIError(FIREWALL_FAILURE, f"{tool} not found", "install the iptables and nftables packages") from None
+    return tools.run_all([[tool, "-w", "-t", table, "-C", *spec.split()] for table, spec in specs], f"{tool} -C")
 
 
 def append_fast(family: int, new_rules: dict) -> bool:
@@ -207,7 +184,7 @@ def append_fast(family: int, new_rules: dict) -> bool:
         return True
     if not _all_present(family, checks):
         return False
-    return run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
+    return tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
 
 
 def add(per_family: dict, tag: str) -> None:
