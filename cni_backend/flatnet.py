@@ -19,13 +19,13 @@ record written before the first change.
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import ipaddress
 import json
 import os
 import re
 
+from . import locks
 from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
 from .net import features, flat_fastpath, netlink, sysctls, tools
 
@@ -69,10 +69,7 @@ class FlatNetwork:
 
 
 def _locked(flat: FlatNetwork):
-    os.makedirs(LOCK_DIR, mode=0o755, exist_ok=True)
-    lock = open(os.path.join(LOCK_DIR, f"flat-{flat.bridge}.lock"), "a")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    return lock
+    return locks.held(os.path.join(LOCK_DIR, f"flat-{flat.bridge}.lock"))
 
 
 def _write_record(flat: FlatNetwork, record: dict) -> None:

@@ -4,10 +4,10 @@ underlay's (the VXLAN header); learning off, broadcast and unknown unicast
 replicated to each peer by all-zero FDB entries (head-end replication)."""
 
 import dataclasses
-import fcntl
 import ipaddress
 import os
 
+from . import locks
 from .errors import CNIError, INVALID_CONFIG
 from .net import netlink
 
@@ -50,9 +50,7 @@ def _underlay(host, net: VxlanNetwork) -> tuple:
 
 def ensure(net: VxlanNetwork) -> int:
     """Bridge, VTEP and flood entries; returns the containers' MTU."""
-    os.makedirs(LOCK_DIR, mode=0o755, exist_ok=True)
-    with open(os.path.join(LOCK_DIR, f"vxlan-{net.vni}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locks.held(os.path.join(LOCK_DIR, f"vxlan-{net.vni}.lock")):
         with netlink.socket_in() as host:
             underlay, local_ip = _underlay(host, net)
             mtu = underlay["mtu"] - VXLAN_OVERHEAD

@@ -9,11 +9,9 @@ bridge. Each change is one `iptables-restore --noflush` per family, under a
 host-wide lock, so parallel ADD/DEL never see or leave half a rule set.
 """
 
-import contextlib
-import fcntl
-import os
 import re
 
+from .. import locks
 from . import tags, tools
 
 FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
@@ -38,12 +36,9 @@ CHAINS = {
 }
 
 
-@contextlib.contextmanager
 def host_lock():
-    os.makedirs(os.path.dirname(LOCK_PATH), mode=0o755, exist_ok=True)
-    with open(LOCK_PATH, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    """The firewall's host-wide lock: one change of our rules at a time."""
+    return locks.held(LOCK_PATH)
 
 
 def saved_tables(family: int) -> dict:
