@@ -186,7 +186,8 @@ def _ensure_metadata_link(host, flat: FlatNetwork, bridge: dict) -> None:
     netlink.add_address(host, md_bridge["index"], f"{md.link_ip}/32")
     for subnet in flat.subnets:  # replies from the metadata address go back over the link
         if ipaddress.ip_network(subnet).version == 4:
-            netlink.add_route_spec(host, {"dst": subnet, "scope": 253}, md_bridge["index"], table=flat.table)
+            netlink.add_route_spec(host, {"dst": subnet, "scope": netlink.SCOPE_LINK}, md_bridge["index"],
+                                   table=flat.table)
             netlink.set_rule(host, f"{md.ip}/32", subnet, flat.table, RULE_PRIORITY, present=True)
 
 
