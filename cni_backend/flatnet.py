@@ -25,11 +25,11 @@ import json
 import os
 import re
 
-from . import locks
+from . import locks, paths
 from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
 from .net import features, flat_fastpath, netlink, sysctls, tools
 
-LOCK_DIR = "/run/rancher-cni"
+LOCK_DIR = paths.RUN_DIR
 RULE_PRIORITY = 30000
 
 

@@ -7,12 +7,12 @@ import dataclasses
 import ipaddress
 import os
 
-from . import locks
+from . import locks, paths
 from .errors import CNIError, INVALID_CONFIG
 from .net import netlink
 
 VXLAN_OVERHEAD = 50
-LOCK_DIR = "/run/rancher-cni"
+LOCK_DIR = paths.RUN_DIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +22,7 @@ class VxlanNetwork:
     port: int
     vtep_dev: str | None    # the underlay interface; None: the default route's
     peers: tuple
-    state_dir: str = "/var/lib/rancher-cni"
+    state_dir: str = paths.STATE_DIR
     registry: bool = False  # an agent programs remote endpoints from etcd: answer ARP locally
 
     @property

@@ -23,12 +23,13 @@ import json
 import logging
 import os
 
+from .. import paths
 from ..errors import CNIError, KERNEL_FEATURE_MISSING
 from . import tools
 
 log = logging.getLogger("rancher-cni")
 
-CACHE_DIR = "/run/rancher-cni"
+CACHE_DIR = paths.RUN_DIR
 _PROBE_TABLE = "rancher_probe"
 _memo: dict = {}
 

@@ -11,7 +11,7 @@ host-wide lock, so parallel ADD/DEL never see or leave half a rule set.
 
 import re
 
-from .. import locks
+from .. import locks, paths
 from . import tags, tools
 
 FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
@@ -21,7 +21,7 @@ HOSTPORT_CHAIN = "RANCHER-CNI-HOSTPORT"
 BRIDGE_PREFIX = "rcnibr-"
 STATIC_TAG = "rcni-isolation"
 DOCKER_BRIDGES = ("docker0", "br-+")  # Docker's own bridge networks
-LOCK_PATH = "/run/rancher-cni/firewall.lock"
+LOCK_PATH = paths.FIREWALL_LOCK
 _TOOLS = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
 _NOTE = "-m comment --comment rancher-cni"
 

@@ -11,10 +11,9 @@ net/flat_fastpath.py) unless "fastPath" is false.
 import copy
 import ipaddress
 
-from .. import flatnet
+from .. import flatnet, paths
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG
 from ..ipam import config as ipam_config
-from ..ipam.config import DEFAULT_DATA_DIR
 from ..net import flat_fastpath, netlink, tags
 from ..skel import IFNAME_MAX
 from . import bridge as bridge_plugin
@@ -71,7 +70,7 @@ def load_network(config: dict) -> flatnet.FlatNetwork:
         mtu=_int(config, "mtu", 68, 65535),
         subnets=tuple(subnets),
         metadata=_metadata(config, subnets),
-        state_dir=str(config.get("stateDir") or DEFAULT_DATA_DIR),
+        state_dir=str(config.get("stateDir") or paths.STATE_DIR),
         fast_path=_flag(config, "fastPath") if "fastPath" in config else True,
     )
 

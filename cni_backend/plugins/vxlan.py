@@ -2,8 +2,7 @@
 bridge that also holds the VTEP, with the containers' MTU set to fit the
 VXLAN header."""
 
-from .. import vxlan_registry, vxlannet
-from ..ipam.config import DEFAULT_DATA_DIR
+from .. import paths, vxlan_registry, vxlannet
 from ..errors import CNIError, INVALID_CONFIG
 from . import bridge as bridge_plugin
 from .bridge import _int
@@ -18,7 +17,7 @@ def load_network(config: dict) -> vxlannet.VxlanNetwork:
         port=_int(config, "port", 1, 65535) or 4789,
         vtep_dev=_ifname(config, "vtepDev") if config.get("vtepDev") else None,
         peers=vxlannet.parse_peers(config.get("peers")),
-        state_dir=str(config.get("stateDir") or DEFAULT_DATA_DIR),
+        state_dir=str(config.get("stateDir") or paths.STATE_DIR),
         registry=bool(config.get("etcdEndpoints")),
     )
 
