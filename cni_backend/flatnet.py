@@ -60,6 +60,11 @@ class FlatNetwork:
         return f"veth-cni-{self.suffix}", f"veth-doc-{self.suffix}"
 
     @property
+    def uplink(self) -> str:
+        """The interface enslaved to the bridge: the parent, or its VLAN sub-interface."""
+        return netlink.vlan_name(self.parent, self.vlan) if self.vlan else self.parent
+
+    @property
     def table(self) -> int:
         return 10000 + int(self.suffix, 16) % 50000
 
@@ -322,7 +327,7 @@ def remove(flat: FlatNetwork) -> None:
     """Undo `ensure`: the uplink gets back its master, addresses and routes."""
     with _locked(flat), netlink.socket_in() as host:
         record = _read_record(flat)
-        uplink = record["uplink"] if record else (f"{flat.parent[:10]}.{flat.vlan}" if flat.vlan else flat.parent)
+        uplink = record["uplink"] if record else flat.uplink
         _remove_ebtables(flat, uplink)
         _set_notrack(flat, present=False)
         flat_fastpath.remove_network(flat.suffix)

@@ -283,8 +283,13 @@ def set_mac(ipr, index: int, mac: str) -> None:
         raise _fail(f"setting MAC {mac} on interface {index}", exc) from None
 
 
+def vlan_name(parent: str, vlan: int) -> str:
+    """PARENT.VLAN, the parent cut to 10 characters so that any VLAN id fits IFNAMSIZ."""
+    return f"{parent[:10]}.{vlan}"
+
+
 def create_vlan(ipr, parent: str, vlan: int) -> str:
-    name = f"{parent[:10]}.{vlan}"
+    name = vlan_name(parent, vlan)
     if link(ipr, name) is not None:
         return name
     try:

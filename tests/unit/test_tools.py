@@ -103,3 +103,4 @@ def test_flat_rebuilds_nothing_when_ebtables_save_lists_every_rule(bin_dir, tmp_
     fake_tool(bin_dir, "ebtables", f'echo "$*" >> {calls}')
     flatnet._ensure_ebtables(flat, "eth9")
     assert not os.path.exists(calls)
+
