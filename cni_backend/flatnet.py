@@ -19,18 +19,17 @@ record written before the first change.
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import ipaddress
 import json
 import os
 import re
-import subprocess
 
+from . import locks, paths
 from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
-from .net import features, flat_fastpath, netlink, sysctls
+from .net import features, flat_fastpath, netlink, sysctls, tools
 
-LOCK_DIR = "/run/rancher-cni"
+LOCK_DIR = paths.RUN_DIR
 RULE_PRIORITY = 30000
 
 
@@ -61,6 +60,11 @@ class FlatNetwork:
         return f"veth-cni-{self.suffix}", f"veth-doc-{self.suffix}"
 
     @property
+    def uplink(self) -> str:
+        """The interface enslaved to the bridge: the parent, or its VLAN sub-interface."""
+        return netlink.vlan_name(self.parent, self.vlan) if self.vlan else self.parent
+
+    @property
     def table(self) -> int:
         return 10000 + int(self.suffix, 16) % 50000
 
@@ -70,10 +74,7 @@ class FlatNetwork:
 
 
 def _locked(flat: FlatNetwork):
-    os.makedirs(LOCK_DIR, mode=0o755, exist_ok=True)
-    lock = open(os.path.join(LOCK_DIR, f"flat-{flat.bridge}.lock"), "a")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    return lock
+    return locks.held(os.path.join(LOCK_DIR, f"flat-{flat.bridge}.lock"))
 
 
 def _write_record(flat: FlatNetwork, record: dict) -> None:
@@ -190,17 +191,17 @@ def _ensure_metadata_link(host, flat: FlatNetwork, bridge: dict) -> None:
     netlink.add_address(host, md_bridge["index"], f"{md.link_ip}/32")
     for subnet in flat.subnets:  # replies from the metadata address go back over the link
         if ipaddress.ip_network(subnet).version == 4:
-            netlink.add_route_spec(host, {"dst": subnet, "scope": 253}, md_bridge["index"], table=flat.table)
+            netlink.add_route_spec(host, {"dst": subnet, "scope": netlink.SCOPE_LINK}, md_bridge["index"],
+                                   table=flat.table)
             netlink.set_rule(host, f"{md.ip}/32", subnet, flat.table, RULE_PRIORITY, present=True)
 
 
 # -- ebtables -----------------------------------------------------------------
 
 def _ebtables(*argv, check=True) -> bool:
-    done = subprocess.run(["ebtables", *argv], capture_output=True, text=True)
-    if done.returncode and check:
-        raise CNIError(FIREWALL_FAILURE, f"ebtables {' '.join(argv)} failed", done.stderr.strip())
-    return done.returncode == 0
+    """True when ebtables succeeded; a failure raises unless check=False.
+    A missing ebtables raises either way."""
+    return tools.run(["ebtables", *argv], check=check) is not None
 
 
 def _ebtables_rules(flat: FlatNetwork, uplink: str) -> list:
@@ -234,9 +235,8 @@ def _own_chains(rules: list) -> list:
 
 def _installed_ebtables() -> dict:
     """(table, chain) -> rules as token sets (ebtables prints options in its own order)."""
-    done = subprocess.run(["ebtables-save"], capture_output=True, text=True)
     installed, table = {}, None
-    for line in done.stdout.splitlines():
+    for line in tools.run(["ebtables-save"]).splitlines():  # a failure raises: never read as "nothing installed"
         if line.startswith("*"):
             table = line[1:]
         elif line.startswith("-A ") and table:
@@ -297,10 +297,10 @@ def metadata_link_frames(flat: FlatNetwork) -> int | None:
     into, out = f"RFLAT-{flat.suffix}-IN", f"RFLAT-{flat.suffix}-OUT"
     frames = 0
     for chain in (into, out):
-        done = subprocess.run(["ebtables", "-t", "filter", "-L", chain, "--Lc"], capture_output=True, text=True)
-        if done.returncode:
+        listing = tools.run(["ebtables", "-t", "filter", "-L", chain, "--Lc"], check=False)
+        if listing is None:
             return None
-        frames += sum(int(m) for m in re.findall(r"-j RETURN\s*, pcnt = (\d+)", done.stdout))
+        frames += sum(int(m) for m in re.findall(r"-j RETURN\s*, pcnt = (\d+)", listing))
     return frames
 
 
@@ -314,13 +314,11 @@ def _set_notrack(flat: FlatNetwork, present: bool) -> None:
     rule = ["PREROUTING", "-i", flat.bridge, "-m", "addrtype", "!", "--dst-type", "LOCAL",
             "-m", "comment", "--comment", f"rancher-flat {flat.bridge}", "-j", "NOTRACK"]
     for tool in ("iptables", "ip6tables"):
-        exists = subprocess.run([tool, "-w", "-t", "raw", "-C", *rule], capture_output=True).returncode == 0
+        exists = tools.run([tool, "-w", "-t", "raw", "-C", *rule], check=False) is not None
         if exists != present:
-            done = subprocess.run([tool, "-w", "-t", "raw", "-A" if present else "-D", *rule],
-                                  capture_output=True, text=True)
-            if done.returncode and present:
-                raise CNIError(FIREWALL_FAILURE, f"{tool} raw NOTRACK rule for {flat.bridge} failed",
-                               done.stderr.strip())
+            changed = tools.run([tool, "-w", "-t", "raw", "-A" if present else "-D", *rule], check=False)
+            if changed is None and present:
+                raise CNIError(FIREWALL_FAILURE, f"{tool} raw NOTRACK rule for {flat.bridge} failed")
 
 
 # -- remove -------------------------------------------------------------------
@@ -329,7 +327,7 @@ def remove(flat: FlatNetwork) -> None:
     """Undo `ensure`: the uplink gets back its master, addresses and routes."""
     with _locked(flat), netlink.socket_in() as host:
         record = _read_record(flat)
-        uplink = record["uplink"] if record else (f"{flat.parent[:10]}.{flat.vlan}" if flat.vlan else flat.parent)
+        uplink = record["uplink"] if record else flat.uplink
         _remove_ebtables(flat, uplink)
         _set_notrack(flat, present=False)
         flat_fastpath.remove_network(flat.suffix)

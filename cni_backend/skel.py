@@ -15,6 +15,7 @@ import traceback
 from . import trace, version
 from .errors import (CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,
                      INVALID_CONFIG, INVALID_ENV, UNKNOWN_CONTAINER)
+from .ifnames import RULE, is_ifname
 from .net.netns import NetnsGone
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
@@ -32,7 +33,6 @@ REQUIRED_ENV = {
 MINIMUM_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
-IFNAME_MAX = 15  # IFNAMSIZ - 1
 
 
 @dataclasses.dataclass
@@ -102,11 +102,8 @@ def validate_container_id(container_id: str) -> None:
 
 
 def validate_ifname(ifname: str) -> None:
-    bad = (len(ifname) > IFNAME_MAX or ifname in (".", "..")
-           or any(c in ifname for c in "/: \t\n"))
-    if bad:
-        raise CNIError(INVALID_ENV, f"CNI_IFNAME {ifname!r} is not a valid interface name",
-                       f"at most {IFNAME_MAX} characters, no '/', ':' or whitespace")
+    if not is_ifname(ifname):
+        raise CNIError(INVALID_ENV, f"CNI_IFNAME {ifname!r} is not a valid interface name", RULE)
 
 
 def decode_config(stdin: bytes) -> dict:

@@ -2,10 +2,9 @@
 that any number of processes may open a new file at the same moment."""
 
 import contextlib
-import fcntl
-import os
 import sqlite3
-import time
+
+from . import locks
 
 
 def connect(path: str, schema: str, timeout: float) -> sqlite3.Connection:
@@ -29,17 +28,8 @@ def connect(path: str, schema: str, timeout: float) -> sqlite3.Connection:
 @contextlib.contextmanager
 def _setup_lock(path: str, timeout: float):
     """An flock on PATH.lock, waited for up to `timeout` seconds."""
-    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise sqlite3.OperationalError(f"{path}.lock stayed locked for {timeout} s") from None
-                time.sleep(0.005)
-        yield
-    finally:
-        os.close(fd)  # closing the only descriptor releases the flock
+        with locks.held(path + ".lock", timeout, mode=0o600):
+            yield
+    except TimeoutError as exc:
+        raise sqlite3.OperationalError(str(exc)) from None

@@ -24,9 +24,11 @@ import json
 import os
 import time
 
+from . import paths
+
 ENV = "RANCHER_TRACE"
 CONTROL_ENV = "RANCHER_TRACE_CONTROL"
-DEFAULT_CONTROL = "/run/rancher-cni/trace"
+DEFAULT_CONTROL = paths.TRACE_CONTROL
 
 _bound = None  # the file a daemon worker traces to, from the call's environment
 

@@ -4,15 +4,15 @@ underlay's (the VXLAN header); learning off, broadcast and unknown unicast
 replicated to each peer by all-zero FDB entries (head-end replication)."""
 
 import dataclasses
-import fcntl
 import ipaddress
 import os
 
+from . import locks, paths
 from .errors import CNIError, INVALID_CONFIG
 from .net import netlink
 
 VXLAN_OVERHEAD = 50
-LOCK_DIR = "/run/rancher-cni"
+LOCK_DIR = paths.RUN_DIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +22,7 @@ class VxlanNetwork:
     port: int
     vtep_dev: str | None    # the underlay interface; None: the default route's
     peers: tuple
-    state_dir: str = "/var/lib/rancher-cni"
+    state_dir: str = paths.STATE_DIR
     registry: bool = False  # an agent programs remote endpoints from etcd: answer ARP locally
 
     @property
@@ -50,9 +50,7 @@ def _underlay(host, net: VxlanNetwork) -> tuple:
 
 def ensure(net: VxlanNetwork) -> int:
     """Bridge, VTEP and flood entries; returns the containers' MTU."""
-    os.makedirs(LOCK_DIR, mode=0o755, exist_ok=True)
-    with open(os.path.join(LOCK_DIR, f"vxlan-{net.vni}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locks.held(os.path.join(LOCK_DIR, f"vxlan-{net.vni}.lock")):
         with netlink.socket_in() as host:
             underlay, local_ip = _underlay(host, net)
             mtu = underlay["mtu"] - VXLAN_OVERHEAD

@@ -11,7 +11,9 @@ A reply is the exit code, stdout and stderr.
 import _socket
 import struct
 
-DEFAULT_SOCKET = "/run/rancher-cni/cni.sock"
+from . import paths
+
+DEFAULT_SOCKET = paths.DAEMON_SOCKET
 SOCKET_ENV = "RANCHER_CNI_SOCKET"
 MAX_MESSAGE = 64 << 20
 _REQUEST = struct.Struct("!III")   # lengths: plug-in name, environment block, stdin

@@ -7,7 +7,9 @@ import json
 import os
 import tempfile
 
-DEFAULT_CACHE_DIR = "/var/lib/cni"
+from .. import paths
+
+DEFAULT_CACHE_DIR = paths.CNI_CACHE_DIR
 
 
 def _path(cache_dir: str, network: str, container_id: str, ifname: str) -> str:

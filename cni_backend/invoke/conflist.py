@@ -3,11 +3,11 @@
 import json
 import os
 
-from .. import version
+from .. import paths, version
 from ..errors import CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG
 from ..skel import NAME_PATTERN
 
-DEFAULT_CONF_DIR = "/etc/cni/net.d"
+DEFAULT_CONF_DIR = paths.CNI_CONF_DIR
 
 
 def parse(raw: bytes, source: str = "<config>") -> dict:

@@ -8,9 +8,10 @@ at the top level. `runtimeConfig.ipRanges` replaces the ranges when present.
 import dataclasses
 import ipaddress
 
+from .. import paths
 from ..errors import CNIError, INVALID_CONFIG
 
-DEFAULT_DATA_DIR = "/var/lib/rancher-cni"
+DEFAULT_DATA_DIR = paths.STATE_DIR
 
 
 def _bad(msg: str, details: str = "") -> CNIError:

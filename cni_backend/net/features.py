@@ -22,13 +22,14 @@ policy on every kernel (docs/user-guide.md maps the rules).
 import json
 import logging
 import os
-import subprocess
 
+from .. import paths
 from ..errors import CNIError, KERNEL_FEATURE_MISSING
+from . import tools
 
 log = logging.getLogger("rancher-cni")
 
-CACHE_DIR = "/run/rancher-cni"
+CACHE_DIR = paths.RUN_DIR
 _PROBE_TABLE = "rancher_probe"
 _memo: dict = {}
 
@@ -40,18 +41,7 @@ def _nft_transaction(family: str, chain: str, rule: str) -> bool:
               f"add chain {family} {_PROBE_TABLE} {chain}\n"
               f"add rule {family} {_PROBE_TABLE} c {rule}\n"
               f"delete table {family} {_PROBE_TABLE}\n")
-    try:
-        done = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=10)
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-def _tool_succeeds(*argv) -> bool:
-    try:
-        return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
-    except (FileNotFoundError, subprocess.TimeoutExpired):
-        return False
+    return tools.succeeds(["nft", "-f", "-"], script)
 
 
 PROBES = {
@@ -59,7 +49,7 @@ PROBES = {
     "nft_netdev_fwd": lambda: _nft_transaction("netdev", "c", 'fwd to "lo"'),
     "nft_bridge": lambda: _nft_transaction(
         "bridge", "c { type filter hook forward priority 0; }", "ether saddr 02:00:00:00:00:01 drop"),
-    "ebtables_filter": lambda: _tool_succeeds("ebtables", "-t", "filter", "-L"),
+    "ebtables_filter": lambda: tools.succeeds(["ebtables", "-t", "filter", "-L"]),
 }
 
 # what to tell the operator when a feature is missing

@@ -29,7 +29,7 @@ import ipaddress
 import json
 import re
 
-from . import iptables, tags
+from . import iptables, tags, tools
 from .iptables import FORWARD_CHAIN, HOSTPORT_CHAIN, MASQ_CHAIN
 
 NFT_TABLE = "rancher_cni"
@@ -163,7 +163,7 @@ def collect_garbage_checked(network: str, valid_attachments, kinds=tags.KINDS) -
 # -- macspoofchk, with nftables' bridge family ----------------------------
 
 def _nft(script: str) -> str:
-    return iptables.run(["nft", "-f", "-"], script)
+    return tools.run(["nft", "-f", "-"], script)
 
 
 def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
@@ -186,7 +186,7 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
         allowed = "{ " + ", ".join(v6 + ["fe80::/10", "::"]) + " }"
         rules.append(f"ether type ip6 ip6 saddr != {allowed} drop {note}")
     with iptables.host_lock():
-        if iptables.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) is None:
+        if tools.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) is None:
             _nft(f"""table bridge {NFT_TABLE} {{
   map ports {{ type ifname : verdict; }}
   chain prerouting {{ type filter hook prerouting priority -300; iifname vmap @ports; }}
@@ -200,7 +200,7 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
 def bridge_path_frames(network: str) -> int | None:
     """Frames the bridge received from `network`'s containers (the counters
     at the head of their macspoofchk chains); None when none has a chain."""
-    listing = iptables.run(["nft", "-j", "list", "table", "bridge", NFT_TABLE], check=False)
+    listing = tools.run(["nft", "-j", "list", "table", "bridge", NFT_TABLE], check=False)
     if listing is None:
         return None
     prefix, chains, frames = tags.network_prefix(network), 0, 0
@@ -215,7 +215,7 @@ def bridge_path_frames(network: str) -> int | None:
 
 def _mac_filter_chains(network: str) -> list:
     prefix = tags.network_prefix(network)
-    listing = iptables.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) or ""
+    listing = tools.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) or ""
     return re.findall(rf"^\s*chain ({re.escape(prefix)}[\w.-]+) {{", listing, re.M)
 
 
@@ -226,14 +226,14 @@ def remove_mac_filter(tag: tags.Tag) -> None:
 
 def _remove_mac_filter_chains(names) -> None:
     with iptables.host_lock():
-        listing = iptables.run(["nft", "list", "map", "bridge", NFT_TABLE, "ports"], check=False)
+        listing = tools.run(["nft", "list", "map", "bridge", NFT_TABLE, "ports"], check=False)
         if listing is None:
             return  # no table: nothing of ours
         ports = re.findall(r'"([^"]+)"\s*:\s*jump\s+([\w.-]+)', listing)
         mine = [name for name, chain in ports if chain in names]
         script = "".join(f'delete element bridge {NFT_TABLE} ports {{ "{name}" }}\n' for name in mine)
         for chain in sorted(names):
-            if iptables.run(["nft", "list", "chain", "bridge", NFT_TABLE, chain], check=False) is not None:
+            if tools.run(["nft", "list", "chain", "bridge", NFT_TABLE, chain], check=False) is not None:
                 script += f"flush chain bridge {NFT_TABLE} {chain}\ndelete chain bridge {NFT_TABLE} {chain}\n"
         if len(mine) == len(ports):
             script = f"delete table bridge {NFT_TABLE}\n"  # the last one: nothing of ours stays

@@ -33,7 +33,7 @@ import ipaddress
 import json
 
 from ..errors import CNIError
-from . import iptables, tags
+from . import tags, tools
 
 _PREFIX = "rancher_flat_"
 
@@ -43,12 +43,12 @@ def table_name(suffix: str) -> str:
 
 
 def _nft(script: str) -> None:
-    iptables.run(["nft", "-f", "-"], script)
+    tools.run(["nft", "-f", "-"], script)
 
 
 def _listing(table: str) -> list | None:
     """The table's objects as nft's JSON gives them; None when it does not exist."""
-    out = iptables.run(["nft", "-j", "list", "table", "netdev", table], check=False)
+    out = tools.run(["nft", "-j", "list", "table", "netdev", table], check=False)
     return None if out is None else json.loads(out)["nftables"]
 
 

@@ -9,15 +9,10 @@ bridge. Each change is one `iptables-restore --noflush` per family, under a
 host-wide lock, so parallel ADD/DEL never see or leave half a rule set.
 """
 
-import contextlib
-import fcntl
-import os
 import re
-import subprocess
 
-from .. import trace
-from ..errors import CNIError, FIREWALL_FAILURE
-from . import tags
+from .. import locks, paths
+from . import tags, tools
 
 FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
 ISOLATION_CHAIN = "RANCHER-CNI-ISOLATION"
@@ -26,7 +21,7 @@ HOSTPORT_CHAIN = "RANCHER-CNI-HOSTPORT"
 BRIDGE_PREFIX = "rcnibr-"
 STATIC_TAG = "rcni-isolation"
 DOCKER_BRIDGES = ("docker0", "br-+")  # Docker's own bridge networks
-LOCK_PATH = "/run/rancher-cni/firewall.lock"
+LOCK_PATH = paths.FIREWALL_LOCK
 _TOOLS = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
 _NOTE = "-m comment --comment rancher-cni"
 
@@ -41,32 +36,15 @@ CHAINS = {
 }
 
 
-@contextlib.contextmanager
 def host_lock():
-    os.makedirs(os.path.dirname(LOCK_PATH), mode=0o755, exist_ok=True)
-    with open(LOCK_PATH, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def run(argv: list, stdin: str | None = None, check: bool = True):
-    """stdout of the command; with check=False, None when it failed."""
-    try:
-        with trace.span("firewall", tool=os.path.basename(argv[0])):
-            done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise CNIError(FIREWALL_FAILURE, f"{argv[0]} not found", "install the iptables and nftables packages") from None
-    if done.returncode != 0:
-        if not check:
-            return None
-        raise CNIError(FIREWALL_FAILURE, f"{argv[0]} failed", done.stderr.strip())
-    return done.stdout
+    """The firewall's host-wide lock: one change of our rules at a time."""
+    return locks.held(LOCK_PATH)
 
 
 def saved_tables(family: int) -> dict:
     """table -> (set of chain names, list of rule lines), from iptables-save."""
     tables, current = {}, None
-    for line in run([_TOOLS[family][0]]).splitlines():
+    for line in tools.run([_TOOLS[family][0]]).splitlines():
         if line.startswith("*"):
             current = tables.setdefault(line[1:], (set(), []))
         elif line.startswith(":") and current is not None:
@@ -166,7 +144,7 @@ def apply(family: int, is_stale, new_rules: dict) -> None:
         if lines:
             script += [f"*{table}", *lines, "COMMIT"]
     if script:
-        run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n")
+        tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n")
 
 
 def _all_present(family: int, specs: list) -> bool:
@@ -174,13 +152,7 @@ def _all_present(family: int, specs: list) -> bool:
     A check of one rule lists only its chain, so it costs ~3 ms however many
     rules other chains hold."""
     tool = _TOOLS[family][0].replace("-save", "")
-    try:
-        with trace.span("firewall", tool=f"{tool} -C"):
-            checks = [subprocess.Popen([tool, "-w", "-t", table, "-C", *spec.split()], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL) for table, spec in specs]
-            return all([check.wait() == 0 for check in checks])
-    except FileNotFoundError:
-        raise CNIError(FIREWALL_FAILURE, f"{tool} not found", "install the iptables and nftables packages") from None
+    return tools.run_all([[tool, "-w", "-t", table, "-C", *spec.split()] for table, spec in specs], f"{tool} -C")
 
 
 def append_fast(family: int, new_rules: dict) -> bool:
@@ -207,7 +179,7 @@ def append_fast(family: int, new_rules: dict) -> bool:
         return True
     if not _all_present(family, checks):
         return False
-    return run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
+    return tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
 
 
 def add(per_family: dict, tag: str) -> None:

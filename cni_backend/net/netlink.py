@@ -10,9 +10,11 @@ import errno
 import ipaddress
 import os
 import secrets
+import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import rt_proto, rt_scope, rt_type
 
 from .. import trace
 from ..errors import CNIError, INTERFACE_EXISTS, KERNEL_FEATURE_MISSING, NETLINK_FAILURE
@@ -26,6 +28,20 @@ NTF_MASTER = 0x04
 # Bridge VLAN info flags (linux/if_bridge.h).
 BRIDGE_VLAN_INFO_PVID = 0x2
 BRIDGE_VLAN_INFO_UNTAGGED = 0x4
+RT_TABLE_MAIN = 254   # linux/rtnetlink.h; pyroute2 has no name table for it
+SCOPE_LINK = rt_scope["link"]
+RTPROT_KERNEL = rt_proto["kernel"]   # a route the kernel made (a connected subnet)
+RTN_UNICAST = rt_type["unicast"]
+FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+def family_of(version: int) -> int:
+    """The address family of IP version 4 or 6."""
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
+
+
+def _any_address(family: int) -> str:
+    return "::" if family == socket.AF_INET6 else "0.0.0.0"
 
 
 def _fail(what: str, exc: NetlinkError) -> CNIError:
@@ -180,7 +196,7 @@ def addresses(ipr, index: int, version: int | None = None) -> list:
     with its IPv6 link-local address) an unfiltered dump costs ~400 ms. Asking
     for one family makes the kernel leave the others out (~2 ms for IPv4)."""
     found = []
-    for msg in ipr.get_addr(index=index, **({"family": 2 if version == 4 else 10} if version else {})):
+    for msg in ipr.get_addr(index=index, **({"family": family_of(version)} if version else {})):
         found.append(ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}"))
     return found
 
@@ -206,7 +222,7 @@ def delete_address(ipr, index: int, cidr: str) -> None:
 def add_route(ipr, dst: str, gateway: str | None, index: int) -> None:
     network = ipaddress.ip_network(dst)
     spec = {"dst": str(network.network_address), "dst_len": network.prefixlen,
-            "oif": index, "family": 10 if network.version == 6 else 2}
+            "oif": index, "family": family_of(network.version)}
     if gateway:
         spec["gateway"] = gateway
     try:
@@ -220,9 +236,9 @@ def add_route(ipr, dst: str, gateway: str | None, index: int) -> None:
 def routes(ipr, index: int) -> list:
     """(dst CIDR, gateway or None) for every route through the link."""
     found = []
-    for family in (2, 10):
-        for msg in ipr.get_routes(family=family, oif=index, table=254):
-            dst = msg.get("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
+    for family in FAMILIES:
+        for msg in ipr.get_routes(family=family, oif=index, table=RT_TABLE_MAIN):
+            dst = msg.get("RTA_DST") or _any_address(family)
             found.append((str(ipaddress.ip_network(f"{dst}/{msg['dst_len']}")), msg.get("RTA_GATEWAY")))
     return found
 
@@ -267,8 +283,13 @@ def set_mac(ipr, index: int, mac: str) -> None:
         raise _fail(f"setting MAC {mac} on interface {index}", exc) from None
 
 
+def vlan_name(parent: str, vlan: int) -> str:
+    """PARENT.VLAN, the parent cut to 10 characters so that any VLAN id fits IFNAMSIZ."""
+    return f"{parent[:10]}.{vlan}"
+
+
 def create_vlan(ipr, parent: str, vlan: int) -> str:
-    name = f"{parent[:10]}.{vlan}"
+    name = vlan_name(parent, vlan)
     if link(ipr, name) is not None:
         return name
     try:
@@ -300,11 +321,11 @@ def global_addresses(ipr, index: int) -> list:
 def routes_via(ipr, index: int) -> list:
     """Static routes of the main table through the link, as re-addable specs."""
     found = []
-    for family in (2, 10):
-        for msg in ipr.get_routes(family=family, oif=index, table=254):
-            if msg["proto"] == 2 or msg.get("RTA_DST", "").startswith("fe80") or msg["type"] != 1:
+    for family in FAMILIES:
+        for msg in ipr.get_routes(family=family, oif=index, table=RT_TABLE_MAIN):
+            if msg["proto"] == RTPROT_KERNEL or msg.get("RTA_DST", "").startswith("fe80") or msg["type"] != RTN_UNICAST:
                 continue  # kernel-made (connected) routes come back with the addresses
-            dst = msg.get("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
+            dst = msg.get("RTA_DST") or _any_address(family)
             spec = {"dst": f"{dst}/{msg['dst_len']}", "gateway": msg.get("RTA_GATEWAY"),
                     "priority": msg.get("RTA_PRIORITY"), "prefsrc": msg.get("RTA_PREFSRC"),
                     "proto": msg["proto"], "scope": msg["scope"]}
@@ -312,10 +333,10 @@ def routes_via(ipr, index: int) -> list:
     return found
 
 
-def add_route_spec(ipr, spec: dict, index: int, table: int = 254) -> None:
+def add_route_spec(ipr, spec: dict, index: int, table: int = RT_TABLE_MAIN) -> None:
     network = ipaddress.ip_network(spec["dst"])
     args = {"dst": str(network.network_address), "dst_len": network.prefixlen, "oif": index,
-            "family": 10 if network.version == 6 else 2, "table": table}
+            "family": family_of(network.version), "table": table}
     for key in ("gateway", "priority", "prefsrc", "proto", "scope"):
         if spec.get(key) is not None:
             args[key] = spec[key]
@@ -326,11 +347,11 @@ def add_route_spec(ipr, spec: dict, index: int, table: int = 254) -> None:
             raise _fail(f"adding route {spec['dst']}", exc) from None
 
 
-def delete_route_spec(ipr, spec: dict, index: int, table: int = 254) -> None:
+def delete_route_spec(ipr, spec: dict, index: int, table: int = RT_TABLE_MAIN) -> None:
     network = ipaddress.ip_network(spec["dst"])
     try:
         ipr.route("del", dst=str(network.network_address), dst_len=network.prefixlen, oif=index,
-                  family=10 if network.version == 6 else 2, table=table)
+                  family=family_of(network.version), table=table)
     except NetlinkError as exc:
         if exc.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
             raise _fail(f"removing route {spec['dst']}", exc) from None
@@ -351,7 +372,7 @@ def set_neighbour(ipr, index: int, ip: str, mac: str, present: bool) -> None:
 def set_rule(ipr, src: str, dst: str, table: int, priority: int, present: bool) -> None:
     """A policy-routing rule `from src to dst lookup table`."""
     s, d = ipaddress.ip_network(src), ipaddress.ip_network(dst)
-    spec = {"family": 2 if s.version == 4 else 10, "src": str(s.network_address), "src_len": s.prefixlen,
+    spec = {"family": family_of(s.version), "src": str(s.network_address), "src_len": s.prefixlen,
             "dst": str(d.network_address), "dst_len": d.prefixlen, "table": table, "priority": priority}
     try:
         ipr.rule("add" if present else "del", **spec)
@@ -362,7 +383,7 @@ def set_rule(ipr, src: str, dst: str, table: int, priority: int, present: bool) 
 
 
 def default_route_device(ipr) -> str | None:
-    for msg in ipr.get_routes(family=2, table=254):
+    for msg in ipr.get_routes(family=socket.AF_INET, table=RT_TABLE_MAIN):
         if msg["dst_len"] == 0 and msg.get("RTA_OIF"):
             found = link_by_index(ipr, msg.get("RTA_OIF"))
             return found.get("ifname") if found else None
@@ -444,4 +465,4 @@ def pin_bridge_fdb(ipr, port_index: int, mac: str) -> None:
 def neighbours(ipr, index: int) -> dict:
     """Permanent neighbour entries of a link: IP -> MAC."""
     return {msg.get("NDA_DST"): msg.get("NDA_LLADDR") for msg in ipr.get_neighbours(ifindex=index)
-            if msg["state"] & 0x80 and msg.get("NDA_LLADDR")}
+            if msg["state"] & NUD_PERMANENT and msg.get("NDA_LLADDR")}

@@ -9,6 +9,8 @@ we, for every backend that routes (see docs/host-requirements.md).
 
 import logging
 
+from ..ifnames import is_ifname
+
 log = logging.getLogger("rancher-cni")
 
 FORWARDING = {4: "net/ipv4/ip_forward", 6: "net/ipv6/conf/all/forwarding"}
@@ -41,7 +43,6 @@ def ensure_forwarding(version: int, reason: str) -> bool:
 def interface_path(family: str, ifname: str, key: str) -> str:
     """net/<family>/conf/<ifname>/<key>, for an interface name that cannot
     point anywhere else: not `all` or `default` (host-wide), no `/` or `..`."""
-    if (not isinstance(ifname, str) or not ifname or len(ifname) > 15 or ifname in (".", "..", "all", "default")
-            or any(c in ifname for c in "/: \t\n\0")):
+    if not is_ifname(ifname) or ifname in ("all", "default"):
         raise ValueError(f"{ifname!r} is not an interface name")
     return f"net/{family}/conf/{ifname}/{key}"

@@ -10,19 +10,17 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
-import re
 
 from .. import delegate
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG, UNKNOWN_CONTAINER
 from ..net import features, firewall, netlink, netns, sysctls, tags
-from ..skel import IFNAME_MAX
 from ..version import CURRENT
+from . import fields
 from . import ipam as ipam_plugin
 
 # CHECK only: the interface's name in the sandbox when the runtime renamed it
 # after ADD (Docker names it eth<N>); the attachment stays CNI_IFNAME's.
 SANDBOX_IFNAME_ARG = "RANCHER_SANDBOX_IFNAME"
-MAC_PATTERN = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 
 
 @dataclasses.dataclass
@@ -45,54 +43,26 @@ class BridgeConf:
     metadata: tuple | None = None     # flat's (metadata bridge, address): see firewall.bridge_rules
 
 
-def _flag(config: dict, key: str) -> bool:
-    value = config.get(key, False)
-    if not isinstance(value, bool):
-        raise CNIError(INVALID_CONFIG, f"'{key}' must be true or false, got {value!r}")
-    return value
-
-
-def _int(config: dict, key: str, low: int, high: int):
-    value = config.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise CNIError(INVALID_CONFIG, f"'{key}' must be an integer from {low} to {high}, got {value!r}")
-    return value
-
-
-def _requested_mac(req) -> str | None:
-    mac = req.runtime_config.get("mac") or req.args_cni.get("mac") or req.args.get("MAC")
-    if mac is None:
-        return None
-    if not isinstance(mac, str) or not MAC_PATTERN.match(mac) or int(mac[:2], 16) & 1:
-        raise CNIError(INVALID_CONFIG, f"requested MAC {mac!r} is not a unicast MAC address",
-                       "expected six hex pairs separated by ':', first octet even")
-    return mac.lower()
-
-
 def load_conf(req) -> BridgeConf:
     config = req.config
-    bridge = config.get("bridge", "cni0")
-    if not isinstance(bridge, str) or not bridge or len(bridge) > IFNAME_MAX or "/" in bridge or " " in bridge:
-        raise CNIError(INVALID_CONFIG, f"'bridge' {bridge!r} is not a valid interface name")
+    bridge = fields.ifname(config, "bridge", "cni0")
     ipam = config.get("ipam")
     if not isinstance(ipam, dict) or not isinstance(ipam.get("type"), str) or not ipam["type"]:
         raise CNIError(INVALID_CONFIG, "the 'ipam' section with a 'type' is required",
                        'e.g. "ipam": {"type": "rancher-ipam", "ranges": [[{"subnet": "10.22.0.0/16"}]]}')
-    is_default_gateway = _flag(config, "isDefaultGateway")
+    is_default_gateway = fields.flag(config, "isDefaultGateway")
     return BridgeConf(
         bridge=bridge,
-        is_gateway=_flag(config, "isGateway") or is_default_gateway,
+        is_gateway=fields.flag(config, "isGateway") or is_default_gateway,
         is_default_gateway=is_default_gateway,
-        force_address=_flag(config, "forceAddress"),
-        ip_masq=_flag(config, "ipMasq"),
-        mtu=_int(config, "mtu", 68, 65535),
-        hairpin=_flag(config, "hairpinMode"),
-        promisc=_flag(config, "promiscMode"),
-        vlan=_int(config, "vlan", 0, 4094) or 0,
-        macspoofchk=_flag(config, "macspoofchk"),
-        mac=_requested_mac(req),
+        force_address=fields.flag(config, "forceAddress"),
+        ip_masq=fields.flag(config, "ipMasq"),
+        mtu=fields.integer(config, "mtu", 68, 65535),
+        hairpin=fields.flag(config, "hairpinMode"),
+        promisc=fields.flag(config, "promiscMode"),
+        vlan=fields.integer(config, "vlan", 0, 4094) or 0,
+        macspoofchk=fields.flag(config, "macspoofchk"),
+        mac=fields.requested_mac(req),
     )
 
 

@@ -11,25 +11,17 @@ net/flat_fastpath.py) unless "fastPath" is false.
 import copy
 import ipaddress
 
-from .. import flatnet
+from .. import flatnet, paths
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG
 from ..ipam import config as ipam_config
-from ..ipam.config import DEFAULT_DATA_DIR
 from ..net import flat_fastpath, netlink, tags
-from ..skel import IFNAME_MAX
 from . import bridge as bridge_plugin
 from . import ipam as ipam_plugin
-from .bridge import BridgeConf, _flag, _int, _requested_mac
+from . import fields
+from .bridge import BridgeConf
 
 DEFAULT_METADATA_IP = "169.254.169.250"
 DEFAULT_METADATA_BRIDGE = "docker0"
-
-
-def _ifname(config: dict, key: str, default=None) -> str:
-    value = config.get(key, default)
-    if not isinstance(value, str) or not value or len(value) > IFNAME_MAX or "/" in value or " " in value:
-        raise CNIError(INVALID_CONFIG, f"'{key}' {value!r} is not a valid interface name")
-    return value
 
 
 def _subnets(config: dict) -> list:
@@ -55,7 +47,7 @@ def _metadata(config: dict, subnets: list):
     if not any(link_ip in ipaddress.ip_network(s) for s in subnets):
         raise CNIError(INVALID_CONFIG, f"metadata linkIP {link_ip} is outside the subnet {', '.join(subnets)}",
                        "the link address must be an address of the flat subnet, reserved for the link")
-    return flatnet.Metadata(str(md_ip), str(link_ip), _ifname(raw, "bridge", DEFAULT_METADATA_BRIDGE))
+    return flatnet.Metadata(str(md_ip), str(link_ip), fields.ifname(raw, "bridge", DEFAULT_METADATA_BRIDGE))
 
 
 def load_network(config: dict) -> flatnet.FlatNetwork:
@@ -65,22 +57,22 @@ def load_network(config: dict) -> flatnet.FlatNetwork:
     if "parent" not in config:
         raise CNIError(INVALID_CONFIG, "'parent' is required: the host interface facing the business network")
     return flatnet.FlatNetwork(
-        bridge=_ifname(config, "bridge", "rflat0"),
-        parent=_ifname(config, "parent"),
-        vlan=_int(config, "vlan", 0, 4094) or 0,
-        mtu=_int(config, "mtu", 68, 65535),
+        bridge=fields.ifname(config, "bridge", "rflat0"),
+        parent=fields.ifname(config, "parent"),
+        vlan=fields.integer(config, "vlan", 0, 4094) or 0,
+        mtu=fields.integer(config, "mtu", 68, 65535),
         subnets=tuple(subnets),
         metadata=_metadata(config, subnets),
-        state_dir=str(config.get("stateDir") or DEFAULT_DATA_DIR),
-        fast_path=_flag(config, "fastPath") if "fastPath" in config else True,
+        state_dir=str(config.get("stateDir") or paths.STATE_DIR),
+        fast_path=fields.flag(config, "fastPath") if "fastPath" in config else True,
     )
 
 
 def _bridge_conf(req, flat: flatnet.FlatNetwork) -> BridgeConf:
     extra = [{"dst": f"{flat.metadata.ip}/32", "gw": flat.metadata.link_ip}] if flat.metadata else []
     return BridgeConf(bridge=flat.bridge, is_gateway=False, is_default_gateway=True, force_address=False,
-                      ip_masq=False, mtu=flat.mtu, hairpin=_flag(req.config, "hairpinMode"), promisc=False,
-                      vlan=0, macspoofchk=True, mac=_requested_mac(req), ip_spoof_check=True, extra_routes=extra,
+                      ip_masq=False, mtu=flat.mtu, hairpin=fields.flag(req.config, "hairpinMode"), promisc=False,
+                      vlan=0, macspoofchk=True, mac=fields.requested_mac(req), ip_spoof_check=True, extra_routes=extra,
                       forbidden_out=(flat.metadata.bridge,) if flat.metadata else (), open_inbound=True,
                       metadata=(flat.metadata.bridge, flat.metadata.ip) if flat.metadata else None)
 

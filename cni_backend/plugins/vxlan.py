@@ -2,23 +2,21 @@
 bridge that also holds the VTEP, with the containers' MTU set to fit the
 VXLAN header."""
 
-from .. import vxlan_registry, vxlannet
-from ..ipam.config import DEFAULT_DATA_DIR
+from .. import paths, vxlan_registry, vxlannet
 from ..errors import CNIError, INVALID_CONFIG
 from . import bridge as bridge_plugin
-from .bridge import _int
-from .flat import _ifname
+from . import fields
 
 
 def load_network(config: dict) -> vxlannet.VxlanNetwork:
-    vni = _int(config, "vni", 1, 16777215) or 1042
+    vni = fields.integer(config, "vni", 1, 16777215) or 1042
     return vxlannet.VxlanNetwork(
-        bridge=_ifname(config, "bridge", f"vxbr{vni}"[:15]),
+        bridge=fields.ifname(config, "bridge", f"vxbr{vni}"[:15]),
         vni=vni,
-        port=_int(config, "port", 1, 65535) or 4789,
-        vtep_dev=_ifname(config, "vtepDev") if config.get("vtepDev") else None,
+        port=fields.integer(config, "port", 1, 65535) or 4789,
+        vtep_dev=fields.ifname(config, "vtepDev") if config.get("vtepDev") else None,
         peers=vxlannet.parse_peers(config.get("peers")),
-        state_dir=str(config.get("stateDir") or DEFAULT_DATA_DIR),
+        state_dir=str(config.get("stateDir") or paths.STATE_DIR),
         registry=bool(config.get("etcdEndpoints")),
     )
 

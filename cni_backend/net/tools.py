@@ -1,0 +1,56 @@
+"""The one way cni_backend runs a host tool (iptables, nft, ebtables): traced
+as a `firewall` span, and a missing or failing tool becomes a CNIError with
+the firewall code (105), never an uncaught exception (100) or a silently
+empty output. Probes use `succeeds`, which never raises."""
+
+import os
+import subprocess
+
+from .. import trace
+from ..errors import CNIError, FIREWALL_FAILURE
+
+PACKAGES = {"ebtables": "ebtables", "ebtables-save": "ebtables"}  # the rest come with iptables / nftables
+
+
+def _remedy(tool: str) -> str:
+    package = PACKAGES.get(os.path.basename(tool))
+    return f"install the {package} package" if package else "install the iptables and nftables packages"
+
+
+def run(argv: list, stdin: str | None = None, check: bool = True) -> str | None:
+    """stdout of the command; with check=False, None when it exited non-zero.
+    A tool that is not installed is an error either way."""
+    try:
+        with trace.span("firewall", tool=os.path.basename(argv[0])):
+            done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise CNIError(FIREWALL_FAILURE, f"{argv[0]} not found", _remedy(argv[0])) from None
+    if done.returncode != 0:
+        if not check:
+            return None
+        raise CNIError(FIREWALL_FAILURE, f"{argv[0]} failed", done.stderr.strip())
+    return done.stdout
+
+
+def run_all(argvs: list, label: str) -> bool:
+    """Run the commands side by side, output discarded: True when all exit 0
+    (or when there are none). `label` names them in the trace."""
+    if not argvs:
+        return True
+    tool = argvs[0][0]
+    try:
+        with trace.span("firewall", tool=label):
+            started = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       for argv in argvs]
+            return all([process.wait() == 0 for process in started])
+    except FileNotFoundError:
+        raise CNIError(FIREWALL_FAILURE, f"{tool} not found", _remedy(tool)) from None
+
+
+def succeeds(argv: list, stdin: str | None = None, timeout: float = 10) -> bool:
+    """For probes: True when the command exits 0; False when it fails, is
+    missing or hangs. Never raises."""
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False

@@ -1,0 +1,106 @@
+"""The one tool runner (cni_backend/net/tools.py) and the flat network's
+ebtables calls through it, against fake tools on a private PATH: a missing or
+failing tool is a firewall error (105), never code 100 or an empty listing."""
+
+import os
+
+import pytest
+
+from cni_backend import flatnet
+from cni_backend.errors import FIREWALL_FAILURE, CNIError
+from cni_backend.net import tools
+
+
+def fake_tool(bin_dir, name, script):
+    path = bin_dir / name
+    path.write_text("#!/bin/sh\n" + script + "\n")
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def bin_dir(tmp_path, monkeypatch):
+    """A PATH holding only the fake tools a test writes (and sh for them)."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    monkeypatch.setenv("PATH", str(directory))
+    return directory
+
+
+def flat_with_metadata():
+    metadata = flatnet.Metadata(ip="169.254.169.250", link_ip="192.168.50.2", bridge="docker0")
+    return flatnet.FlatNetwork(bridge="rcnitflat0", parent="eth9", vlan=0, mtu=None,
+                               subnets=("192.168.50.0/24",), metadata=metadata, state_dir="/nonexistent")
+
+
+def test_run_returns_stdout(bin_dir):
+    fake_tool(bin_dir, "ebtables", 'echo "listed $*"')
+    assert tools.run(["ebtables", "-L"]) == "listed -L\n"
+
+
+def test_a_missing_tool_is_a_firewall_error_naming_its_package(bin_dir):
+    for check in (True, False):
+        with pytest.raises(CNIError) as raised:
+            tools.run(["ebtables", "-L"], check=check)
+        assert raised.value.code == FIREWALL_FAILURE
+        assert "ebtables not found" in raised.value.msg
+        assert "ebtables package" in raised.value.details
+
+
+def test_a_failing_tool_raises_with_its_stderr_or_answers_none_unchecked(bin_dir):
+    fake_tool(bin_dir, "iptables", 'echo "no chain" >&2; exit 1')
+    with pytest.raises(CNIError) as raised:
+        tools.run(["iptables", "-S"])
+    assert (raised.value.code, raised.value.details) == (FIREWALL_FAILURE, "no chain")
+    assert tools.run(["iptables", "-S"], check=False) is None
+
+
+def test_run_all_is_true_only_when_every_command_succeeds(bin_dir):
+    fake_tool(bin_dir, "iptables", '[ "$1" = ok ]')
+    assert tools.run_all([["iptables", "ok"], ["iptables", "ok"]], "iptables -C")
+    assert not tools.run_all([["iptables", "ok"], ["iptables", "no"]], "iptables -C")
+    assert tools.run_all([], "iptables -C")
+    with pytest.raises(CNIError) as raised:
+        tools.run_all([["ip6tables", "ok"]], "ip6tables -C")
+    assert raised.value.code == FIREWALL_FAILURE
+
+
+def test_a_probe_never_raises(bin_dir):
+    fake_tool(bin_dir, "nft", "exit 1")
+    fake_tool(bin_dir, "slow", "exec /bin/sleep 5")
+    assert not tools.succeeds(["nft", "-f", "-"], "add table x\n")
+    assert not tools.succeeds(["ebtables", "-L"])  # missing
+    assert not tools.succeeds(["slow"], timeout=0.2)
+    fake_tool(bin_dir, "nft", "/bin/cat >/dev/null")
+    assert tools.succeeds(["nft", "-f", "-"], "add table x\n")
+
+
+def test_flat_without_ebtables_fails_with_the_firewall_code(bin_dir):
+    fake_tool(bin_dir, "ebtables-save", "exit 0")
+    with pytest.raises(CNIError) as raised:
+        flatnet._ensure_ebtables(flat_with_metadata(), "eth9")
+    assert raised.value.code == FIREWALL_FAILURE
+    assert "ebtables not found" in raised.value.msg
+
+
+def test_flat_reads_a_failing_ebtables_save_as_an_error_not_as_nothing_installed(bin_dir, tmp_path):
+    calls = tmp_path / "ebtables.calls"
+    fake_tool(bin_dir, "ebtables-save", 'echo "table busy" >&2; exit 1')
+    fake_tool(bin_dir, "ebtables", f'echo "$*" >> {calls}')
+    with pytest.raises(CNIError) as raised:
+        flatnet._ensure_ebtables(flat_with_metadata(), "eth9")
+    assert (raised.value.code, raised.value.details) == (FIREWALL_FAILURE, "table busy")
+    assert not os.path.exists(calls)  # no rule or jump re-added
+
+
+def test_flat_rebuilds_nothing_when_ebtables_save_lists_every_rule(bin_dir, tmp_path):
+    flat = flat_with_metadata()
+    listing = ["*filter"] + [f"-A {chain} {rule}" for table, chain, rule in flatnet._ebtables_rules(flat, "eth9")
+                             if table == "filter"]
+    listing += ["*nat"] + [f"-A {chain} {rule}" for table, chain, rule in flatnet._ebtables_rules(flat, "eth9")
+                           if table == "nat"]
+    calls = tmp_path / "ebtables.calls"
+    fake_tool(bin_dir, "ebtables-save", "/bin/cat <<'END'\n" + "\n".join(listing) + "\nEND")
+    fake_tool(bin_dir, "ebtables", f'echo "$*" >> {calls}')
+    flatnet._ensure_ebtables(flat, "eth9")
+    assert not os.path.exists(calls)
+
