@@ -59,8 +59,7 @@ class FlatHost(HostSide):
         flatnet.ensure(_network(net))
 
     def ports(self, net: dict) -> list:
-        flat = _network(net)
-        return [f"{flat.parent[:10]}.{flat.vlan}" if flat.vlan else flat.parent]
+        return [_network(net).uplink]
 
     def reserved_addresses(self, net: dict) -> list:
         flat = _network(net)
