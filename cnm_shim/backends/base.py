@@ -48,6 +48,31 @@ class HostSide:
         raise NotImplementedError
 
 
+class LoadedHost(HostSide):
+    """A host side that a cni_backend module makes and removes (`ensure`,
+    `remove`) for the network object its plug-in's loader reads from the
+    conflist's first plug-in; always ours, so always removed."""
+
+    def __init__(self, load: Callable, module):
+        self.load = load      # the plug-in's load_network(plugin config)
+        self.module = module  # flatnet, vxlannet: ensure(network), remove(network)
+
+    def network(self, net: dict):
+        return self.load(net["conflist"]["plugins"][0])
+
+    def create(self, net: dict, undo) -> None:
+        net["bridge_created"] = True
+        network = self.network(net)
+        self.module.ensure(network)
+        undo.callback(self.module.remove, network)
+
+    def remove(self, net: dict) -> None:
+        self.module.remove(self.network(net))
+
+    def ensure(self, net: dict) -> None:
+        self.module.ensure(self.network(net))
+
+
 @dataclasses.dataclass(frozen=True)
 class Backend:
     name: str                     # bridge | flat | vxlan: `-o backend=`, `serve --backend`, state records

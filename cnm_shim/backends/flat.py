@@ -7,7 +7,7 @@ from cni_backend.plugins import flat as flat_plugin
 
 from .. import options
 from ..options import Option
-from .base import Backend, HostSide
+from .base import Backend, LoadedHost
 
 OPTIONS = (
     Option("parent", options.ifname(), None, "the host interface facing the business network (required)"),
@@ -38,35 +38,22 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
     return plugin
 
 
-def _network(net: dict) -> flatnet.FlatNetwork:
-    return flat_plugin.load_network(net["conflist"]["plugins"][0])
-
-
-class FlatHost(HostSide):
+class FlatHost(LoadedHost):
     """The uplink, the metadata link and their rules (cni_backend/flatnet.py),
     made at `network create` so a wrong parent fails there."""
 
-    def create(self, net: dict, undo) -> None:
-        net["bridge_created"] = True
-        flat = _network(net)
-        flatnet.ensure(flat)
-        undo.callback(flatnet.remove, flat)
-
-    def remove(self, net: dict) -> None:
-        flatnet.remove(_network(net))
-
-    def ensure(self, net: dict) -> None:
-        flatnet.ensure(_network(net))
+    def __init__(self):
+        super().__init__(flat_plugin.load_network, flatnet)
 
     def ports(self, net: dict) -> list:
-        return [_network(net).uplink]
+        return [self.network(net).uplink]
 
     def reserved_addresses(self, net: dict) -> list:
-        flat = _network(net)
+        flat = self.network(net)
         return [flat.metadata.link_ip] if flat.metadata else []
 
     def datapath(self, net: dict) -> dict:
-        return datapath.flat(net["cni_name"], _network(net))
+        return datapath.flat(net["cni_name"], self.network(net))
 
 
 BACKEND = Backend(name="flat", driver="rancher-flat", options=OPTIONS, render=render,

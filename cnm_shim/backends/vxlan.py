@@ -6,7 +6,7 @@ from cni_backend.plugins import vxlan as vxlan_plugin
 
 from .. import options
 from ..options import Option
-from .base import Backend, HostSide
+from .base import Backend, LoadedHost
 
 OPTIONS = (
     Option("vni", options.int_between(1, 16777215), 1042, "the VXLAN network identifier; the VTEP is vtep<VNI>"),
@@ -35,30 +35,17 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
     return plugin
 
 
-def _network(net: dict) -> vxlannet.VxlanNetwork:
-    return vxlan_plugin.load_network(net["conflist"]["plugins"][0])
-
-
-class VxlanHost(HostSide):
+class VxlanHost(LoadedHost):
     """The bridge and its VTEP (cni_backend/vxlannet.py)."""
 
-    def create(self, net: dict, undo) -> None:
-        net["bridge_created"] = True
-        vxlan = _network(net)
-        vxlannet.ensure(vxlan)
-        undo.callback(vxlannet.remove, vxlan)
-
-    def remove(self, net: dict) -> None:
-        vxlannet.remove(_network(net))
-
-    def ensure(self, net: dict) -> None:
-        vxlannet.ensure(_network(net))
+    def __init__(self):
+        super().__init__(vxlan_plugin.load_network, vxlannet)
 
     def ports(self, net: dict) -> list:
-        return [_network(net).vtep]
+        return [self.network(net).vtep]
 
     def datapath(self, net: dict) -> dict:
-        return datapath.vxlan(_network(net))
+        return datapath.vxlan(self.network(net))
 
 
 BACKEND = Backend(name="vxlan", driver="rancher-vxlan", options=OPTIONS, render=render,
