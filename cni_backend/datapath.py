@@ -18,19 +18,15 @@ alone proves nothing (issue 13: a fast path that made no difference).
 """
 
 from . import flatnet, vxlannet
-from .net import firewall, flat_fastpath, netlink
+from .net import features, firewall, flat_fastpath, netlink, sysctls
 
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
-BR_NETFILTER = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+BR_NETFILTER = "net/bridge/bridge-nf-call-iptables"
 
 
 def br_netfilter_on() -> bool:
     """Bridged IPv4 walks iptables (Docker switches it on; absent = module not loaded)."""
-    try:
-        with open(BR_NETFILTER) as f:
-            return f.read().strip() == "1"
-    except FileNotFoundError:
-        return False
+    return sysctls.read(BR_NETFILTER) == "1"
 
 
 def _bridge_path(frames: int) -> dict:
@@ -130,13 +126,12 @@ def vxlan(net: vxlannet.VxlanNetwork) -> dict:
             "summary": summary}
 
 
-HOST_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/bridge/bridge-nf-call-iptables")
+HOST_SYSCTLS = (*sysctls.FORWARDING.values(), BR_NETFILTER)
 
 
 def host() -> dict:
     """The host settings and kernel features the backends rely on, as the
     kernel has them now (docs/host-requirements.md says who needs which)."""
-    from .net import features, sysctls
     return {"sysctls": {path.replace("/", "."): sysctls.read(path) for path in HOST_SYSCTLS},
             "features": features.report()}
 
