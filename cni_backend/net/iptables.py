@@ -43,8 +43,13 @@ def host_lock():
 
 def saved_tables(family: int) -> dict:
     """table -> (set of chain names, list of rule lines), from iptables-save."""
+    return parse_saved(tools.run([_TOOLS[family][0]]))
+
+
+def parse_saved(text: str) -> dict:
+    """iptables-save's output -> table -> (set of chain names, list of rule lines)."""
     tables, current = {}, None
-    for line in tools.run([_TOOLS[family][0]]).splitlines():
+    for line in text.splitlines():
         if line.startswith("*"):
             current = tables.setdefault(line[1:], (set(), []))
         elif line.startswith(":") and current is not None:
@@ -135,14 +140,21 @@ def _plan_isolation(chains: set, rules: list, remaining: list, declare: list) ->
     return lines
 
 
-def apply(family: int, is_stale, new_rules: dict) -> None:
-    """The slow, always-correct path: list, plan, restore."""
-    saved = saved_tables(family)
+def restore_script(saved: dict, is_stale, new_rules: dict) -> list:
+    """The iptables-restore lines (empty: nothing to change) that take the
+    tables `saved` (see parse_saved) to their attachment rules less those
+    whose tag `is_stale`, plus `new_rules` {table: [lines]}."""
     script = []
     for table in CHAINS:
         lines = _plan(table, saved.get(table, (set(), [])), is_stale, new_rules.get(table, []))
         if lines:
             script += [f"*{table}", *lines, "COMMIT"]
+    return script
+
+
+def apply(family: int, is_stale, new_rules: dict) -> None:
+    """The slow, always-correct path: list, plan, restore."""
+    script = restore_script(saved_tables(family), is_stale, new_rules)
     if script:
         tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n")
 
