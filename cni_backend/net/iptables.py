@@ -178,6 +178,17 @@ def append_fast(family: int, new_rules: dict) -> bool:
     A bridge's isolation jump lives in our large attachment chain, where a
     check would cost as much; it is made and removed in the same restore as
     the bridge's DROP in the small isolation chain, so that DROP stands for both."""
+    checks, script = fast_append_plan(new_rules)
+    if not script:
+        return True
+    if not _all_present(family, checks):
+        return False
+    return tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
+
+
+def fast_append_plan(new_rules: dict) -> tuple:
+    """append_fast's plan for {table: [rules]}: the (table, rule spec) that
+    must exist for the appends to be complete, and the restore lines."""
     checks, script = [], []
     for table, rules in new_rules.items():
         if not rules:
@@ -187,11 +198,7 @@ def append_fast(family: int, new_rules: dict) -> bool:
         for bridge in sorted({_bridge_of(r) for r in rules} - {None}):
             checks.append((table, _bridge_rules(bridge)[1]))
         script += [f"*{table}", *rules, "COMMIT"]
-    if not script:
-        return True
-    if not _all_present(family, checks):
-        return False
-    return tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
+    return checks, script
 
 
 def add(per_family: dict, tag: str) -> None:

@@ -283,3 +283,26 @@ def test_attachment_tags_outside_our_chains_are_not_planned():
     text = save(("DOCKER-USER",), docker_filter()[:1] + [stray])
     assert plan(text) == []
     assert plan(text, is_stale=C2.every.__contains__) == []
+
+
+# -- the fast path: append only, after checking what the appends rely on -----
+
+def test_the_fast_append_checks_the_jumps_and_the_bridges_drop_and_only_appends():
+    ports = firewall.port_rules(PORTS1, [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+                                ["10.1.0.5/24"], snat=True)[4]
+    rules = {"filter": c1_rules()["filter"] + ports["filter"], "nat": c1_rules()["nat"] + ports["nat"]}
+    checks, script = iptables.fast_append_plan(rules)
+    assert checks == [
+        ("filter", f"FORWARD {NOTE} -j RANCHER-CNI-FORWARD"),
+        ("filter", "RANCHER-CNI-ISOLATION -o rb-web -m comment --comment rcnibr-rb-web -j DROP"),
+        ("nat", f"PREROUTING -m addrtype --dst-type LOCAL {NOTE} -j RANCHER-CNI-HOSTPORT"),
+        ("nat", f"OUTPUT -m addrtype --dst-type LOCAL {NOTE} -j RANCHER-CNI-HOSTPORT"),
+        ("nat", f"POSTROUTING {NOTE} -j RANCHER-CNI-MASQ"),
+    ]
+    assert script == ["*filter", *rules["filter"], "COMMIT", "*nat", *rules["nat"], "COMMIT"]
+    assert all(line.startswith(("*", "-A ")) or line == "COMMIT" for line in script)  # no -D, -C, -I: see append_fast
+
+
+def test_the_fast_append_of_nothing_checks_nothing():
+    assert iptables.fast_append_plan({}) == ([], [])
+    assert iptables.fast_append_plan({"filter": [], "nat": []}) == ([], [])
