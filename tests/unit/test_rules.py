@@ -1,13 +1,14 @@
 """The firewall rules each plug-in kind wants for one attachment
-(cni_backend/net/firewall.py, flatnet's metadata link), exactly as they go
-into iptables-restore or nft: the bridge plug-in's, flat's (inbound open,
-metadata link), VXLAN's (inbound from its subnet), portmap's and macspoofchk's.
+(cni_backend/net/firewall.py, flatnet's metadata link, flat_fastpath), exactly
+as they go into iptables-restore, ebtables or nft: the bridge plug-in's,
+flat's (inbound open, metadata link, fast path), VXLAN's (inbound from its
+subnet), portmap's and macspoofchk's.
 Pure: no rule here reaches a kernel."""
 
 import pytest
 
 from cni_backend import flatnet
-from cni_backend.net import firewall, iptables, tags
+from cni_backend.net import firewall, flat_fastpath, iptables, tags
 
 BRIDGE = tags.of(tags.BRIDGE, "web", "c1", "eth0")
 PORTS = tags.of(tags.PORTMAP, "web", "c1", "eth0")
@@ -113,6 +114,19 @@ def test_flats_metadata_link_passes_only_metadata_traffic():
 
 def test_flat_without_a_metadata_link_has_no_ebtables_rules():
     assert flatnet._ebtables_rules(_flat(None), "eth1") == []
+
+
+def test_flats_fast_path_takes_only_anti_spoofed_unicast_ip_and_never_metadata_traffic():
+    out = "ether daddr != @local meta pkttype other counter goto out"
+    mac = "02:42:c0:a8:32:0a"
+    assert flat_fastpath.attachment_rules(mac, ["192.168.50.10/24", "192.168.50.11/24", "fd00:50::10/64"],
+                                          "169.254.169.250") == [
+        f"ether saddr {mac} ether type ip ip saddr {{ 192.168.50.10, 192.168.50.11 }} ip daddr != 169.254.169.250 {out}",
+        f"ether saddr {mac} ether type ip6 ip6 saddr {{ fd00:50::10 }} {out}",
+    ]
+    assert flat_fastpath.attachment_rules(mac, ["192.168.50.10/24"], None) == [
+        f"ether saddr {mac} ether type ip ip saddr {{ 192.168.50.10 }} {out}"]
+    assert flat_fastpath.attachment_rules(mac, [], None) == []
 
 
 # -- rancher-vxlan: the subnet's containers on other hosts may connect in --------
