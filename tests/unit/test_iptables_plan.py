@@ -79,12 +79,10 @@ def plan(text, is_stale=nothing_stale, new_rules=None):
 # -- reading iptables-save --------------------------------------------------
 
 def test_parse_saved_gives_each_tables_chains_and_rules_and_skips_comments_and_commits():
-    text = save(("RANCHER-CNI-FORWARD",), [f"-A FORWARD {NOTE} -j RANCHER-CNI-FORWARD",
-                                           f"-A RANCHER-CNI-FORWARD -s 10.1.0.5/32 -i rb-web -m comment --comment {C1} -j ACCEPT"])
-    assert iptables.parse_saved(text) == {
-        "filter": ({"INPUT", "FORWARD", "OUTPUT", "RANCHER-CNI-FORWARD"},
-                   [f"-A FORWARD {NOTE} -j RANCHER-CNI-FORWARD",
-                    f"-A RANCHER-CNI-FORWARD -s 10.1.0.5/32 -i rb-web -m comment --comment {C1} -j ACCEPT"]),
+    rules = [f"-A FORWARD {NOTE} -j RANCHER-CNI-FORWARD",
+             f"-A RANCHER-CNI-FORWARD -s 10.1.0.5/32 -i rb-web -m comment --comment {C1} -j ACCEPT"]
+    assert iptables.parse_saved(save(("RANCHER-CNI-FORWARD",), rules)) == {
+        "filter": ({"INPUT", "FORWARD", "OUTPUT", "RANCHER-CNI-FORWARD"}, rules),
         "nat": ({"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}, []),
     }
 
