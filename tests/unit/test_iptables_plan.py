@@ -352,6 +352,14 @@ def test_a_missing_bridge_isolation_pair_is_put_back():
                           drop, "COMMIT"]
 
 
+def test_half_a_pair_left_for_a_bridge_without_attachments_is_removed_alone():
+    """Only the rule that is there is deleted: a -D of a missing rule would fail the whole restore."""
+    jump, drop = bridge_isolation("rb-db")
+    text = attached(("rb-web", c1_rules()))
+    text = text.replace(bridge_isolation("rb-web")[1], bridge_isolation("rb-web")[1] + "\n" + drop)
+    assert plan(text) == ["*filter", "-D" + drop[2:], "COMMIT"]
+
+
 def test_chains_left_without_attachment_rules_are_removed_with_their_jumps():
     text = attached(("rb-web", {"filter": [], "nat": []}))  # chains and jumps, no attachment
     jump, drop = bridge_isolation("rb-web")
