@@ -30,6 +30,9 @@ pytestmark = pytest.mark.netns
 SUBNET, ROUTER, HOST_IP, LINK_IP = "192.168.77.0/24", "192.168.77.1", "192.168.77.10", "192.168.77.2"
 BEYOND = "198.51.100.1"               # on the router, reached through the host's default route
 DOCKER_SUBNET, DOCKER_GW, DOCKER_IP = "172.17.0.0/16", "172.17.0.1", "172.17.0.2"
+# The host NIC's MAC, above any random one: a bridge that only inherited it
+# from the uplink would take a lower port's (the metadata link's veth) instead.
+UPLINK_MAC = "fe:ff:ff:ff:ff:fe"
 
 
 def _host_like_docker(make_netns) -> str:
@@ -65,7 +68,8 @@ def _router(make_netns, host: str) -> str:
     """The LAN: a switch with the router's address; the host's uplink on it
     with the host's address and default route; BEYOND on the router."""
     router = make_netns()
-    ns_exec(host, "ip", "link", "add", "uplink", "type", "veth", "peer", "name", "wan0", "netns", router)
+    ns_exec(host, "ip", "link", "add", "uplink", "address", UPLINK_MAC, "type", "veth", "peer", "name", "wan0",
+            "netns", router)
     for argv in (("ip", "link", "add", "sw", "type", "bridge"), ("ip", "link", "set", "wan0", "master", "sw", "up"),
                  ("ip", "addr", "add", f"{ROUTER}/24", "dev", "sw"), ("ip", "link", "set", "sw", "up"),
                  ("ip", "addr", "add", f"{BEYOND}/32", "dev", "lo"), ("ip", "link", "set", "lo", "up")):
@@ -145,6 +149,18 @@ def test_a_bridge_container_reaches_a_flat_container_as_any_lan_host_as_the_host
         reached = ping(lan["web"], lan["flat_ip"])
     assert reached
     assert ipv4_from(frames, HOST_IP) and not ipv4_from(frames, lan["web_ip"])
+
+
+def test_the_host_keeps_its_uplinks_mac_and_its_flat_containers_reach_it(lan):
+    """The host's address moved onto the flat bridge keeps the MAC the LAN
+    knows, whatever ports join the bridge later (the metadata link's veth
+    first); the fast path sends the flat containers' frames for that MAC to
+    the host, not out of the uplink."""
+    host, router, flat = lan["host"], lan["router"], lan["flat"]
+    assert ns_exec(host, "cat", "/sys/class/net/rf-lan/address").stdout.strip() == UPLINK_MAC
+    assert ping(router, HOST_IP)
+    assert UPLINK_MAC in ns_exec(router, "ip", "neigh", "show", HOST_IP).stdout
+    assert ping(flat, HOST_IP), "a flat container could not reach the host"
 
 
 def test_isolation_holds_between_container_bridges_and_from_the_lan(lan):
