@@ -18,6 +18,7 @@ the LAN, flat containers included, is routed into a container bridge, ours or
 Docker's, and our container bridges stay isolated from each other and from
 Docker's."""
 
+import subprocess
 import sys
 
 import pytest
@@ -91,8 +92,7 @@ def lan(request, tmp_path, make_netns):
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text("lan-ok\n")
-    server = __import__("subprocess").Popen(["ip", "netns", "exec", router, "busybox", "httpd", "-f", "-p", "80",
-                                             "-h", str(www)])
+    server = subprocess.Popen(["ip", "netns", "exec", router, "busybox", "httpd", "-f", "-p", "80", "-h", str(www)])
     flat = {"cniVersion": "1.0.0", "name": "lan", "type": "rancher-flat", "bridge": "rf-lan", "parent": "uplink",
             "stateDir": str(env.state),
             "ipam": {"type": "rancher-ipam", "dataDir": str(env.state),
