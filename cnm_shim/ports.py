@@ -226,6 +226,23 @@ class PortAllocator:
         raise DriverError(f"Bind for {where}:{first}-{last} failed: all ports are allocated "
                           f"({request.protocol}; held by other containers or by processes on the host)")
 
+    def adopt(self, owner: str, mappings: list) -> None:
+        """Hold what an endpoint published before allocations were recorded
+        (a record written by an older version): its rules exist, so its ports
+        are taken. Idempotent; a port someone holds already stays theirs."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if not db.execute("SELECT 1 FROM host_ports WHERE owner = ?", (owner,)).fetchone():
+                    db.executemany("INSERT OR IGNORE INTO host_ports (protocol, host_ip, host_port, owner, "
+                                   "container_port) VALUES (?, ?, ?, ?, ?)",
+                                   [(m["protocol"], m.get("hostIP", ""), m["hostPort"], owner, m["containerPort"])
+                                    for m in mappings])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
     def release(self, owner: str) -> None:
         """What `owner` held is free again (nothing held: nothing to do)."""
         with self._db() as db:

@@ -109,6 +109,9 @@ class Translator:
         self.ipam = ipam
         self.cni = api.CNI(list(settings.cni_path), cache_dir=os.path.join(settings.state_dir, "cni"))
         self.ports = ports.PortAllocator(state.path)
+        for ep in state.all(ENDPOINT):  # published by a version that kept no allocations
+            if ep.get("port_mappings") and not ep.get("port_requests"):
+                self.ports.adopt(State.endpoint_key(ep["network_id"], ep["endpoint_id"]), ep["port_mappings"])
 
     # -- networks ----------------------------------------------------------
 

@@ -361,3 +361,19 @@ def test_the_ephemeral_range_is_the_kernels(tmp_path):
     assert ports.ephemeral_range(str(path)) == (40000, 40010)
     path.write_text("garbage")
     assert ports.ephemeral_range(str(path)) == ports.DEFAULT_EPHEMERAL
+
+
+@in_netns
+def test_ports_published_before_allocations_were_recorded_are_held_after_an_upgrade(root):
+    """An endpoint record of the previous version: its DNAT rules exist, no allocation row."""
+    from cnm_shim.state import ENDPOINT, State
+    shim = Shim(root)
+    key = State.endpoint_key(NET, EP1)
+    old = [{"hostPort": 8000 + i, "containerPort": 80 + i, "protocol": "tcp"} for i in range(2)]
+    shim.services.state.put(ENDPOINT, key, dict(shim.services.state.get(ENDPOINT, key), port_mappings=old))
+    with sqlite3.connect(shim.services.state.path) as db:
+        db.execute("DELETE FROM host_ports")
+    upgraded = Shim(root)
+    assert upgraded.publish(EP2, entry(8001))[1]["Err"] == "Bind for 0.0.0.0:8001 failed: port is already allocated"
+    assert upgraded.publish(EP2, entry(8000, 8002)) == (200, {})
+    assert upgraded.cni.added == [[{"hostPort": 8002, "containerPort": 80, "protocol": "tcp"}]]
