@@ -355,9 +355,18 @@ class Translator:
             return
         if not ep.get("result"):
             raise DriverError(f"endpoint {ep['endpoint_id'][:12]} has not joined a sandbox yet")
-        self._revoke_ports(net, ep)
         key = State.endpoint_key(net["id"], ep["endpoint_id"])
-        mappings = self.ports.allocate(key, [ports.Request(**r) for r in requested])  # or Docker's "Bind for ..."
+        # First, so a refusal (Docker's "Bind for ...") changes nothing; the endpoint's own ports count as free to it.
+        mappings = self.ports.allocate(key, [ports.Request(**r) for r in requested])
+        if ep.get("port_mappings"):
+            try:
+                self._remove_port_rules(net, ep)
+            except CNIError:  # still published, so still held
+                self.ports.release(key)
+                self.ports.adopt(key, ep["port_mappings"])
+                raise
+            ep["port_requests"] = ep["port_mappings"] = None  # gone from the kernel: gone from the record
+            self.state.put(ENDPOINT, key, ep)
         conf = render.ports_conflist(net["conflist"])
         att = api.Attachment(ep["endpoint_id"], ep.get("sandbox_key") or "/proc/self/ns/net", CONTAINER_IFNAME,
                              capability_args={"portMappings": mappings})
@@ -394,13 +403,16 @@ class Translator:
     def _revoke_ports(self, net: dict, ep: dict) -> None:
         """The endpoint's port rules removed, then its host ports released
         (also those of an allocation a kill kept from being recorded)."""
+        self._remove_port_rules(net, ep)
+        self.ports.release(State.endpoint_key(net["id"], ep["endpoint_id"]))
+
+    def _remove_port_rules(self, net: dict, ep: dict) -> None:
         if ep.get("port_mappings"):
             conf = render.ports_conflist(net["conflist"])
             att = api.Attachment(ep["endpoint_id"], "", CONTAINER_IFNAME,
                                  capability_args={"portMappings": ep["port_mappings"]})
             with step(f"{net['driver']}: removing published ports failed"):
                 self.cni.delete(conf, _raw(conf), att)
-        self.ports.release(State.endpoint_key(net["id"], ep["endpoint_id"]))
 
     def oper_info(self, body: dict) -> dict:
         net, ep = self._endpoint(body)

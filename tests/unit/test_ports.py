@@ -377,3 +377,16 @@ def test_ports_published_before_allocations_were_recorded_are_held_after_an_upgr
     assert upgraded.publish(EP2, entry(8001))[1]["Err"] == "Bind for 0.0.0.0:8001 failed: port is already allocated"
     assert upgraded.publish(EP2, entry(8000, 8002)) == (200, {})
     assert upgraded.cni.added == [[{"hostPort": 8002, "containerPort": 80, "protocol": "tcp"}]]
+
+
+@in_netns
+def test_a_refused_publish_keeps_the_ports_the_endpoint_had(root):
+    """Docker's second ProgramExternalConnectivity with other ports, refused:
+    the endpoint's published ports stay published and held."""
+    shim = Shim(root)
+    assert shim.publish(EP1, entry(8000)) == (200, {})
+    assert shim.publish(EP2, entry(8001)) == (200, {})
+    assert shim.publish(EP1, entry(8001))[1]["Err"] == "Bind for 0.0.0.0:8001 failed: port is already allocated"
+    assert shim.cni.deleted == [], "the old rules were not removed for a refused call"
+    assert [(row[2], row[4][-64:]) for row in shim.services.translator.ports.held()] == [(8000, EP1), (8001, EP2)]
+    assert shim.publish(EP1, entry(8000, 8001)) == (200, {}), "its own port is free to it"
