@@ -29,7 +29,7 @@ import ipaddress
 import json
 import re
 
-from . import iptables, tags, tools
+from . import container_guard, iptables, tags, tools
 from .iptables import FORWARD_CHAIN, HOSTPORT_CHAIN, MASQ_CHAIN
 
 NFT_TABLE = "rancher_cni"
@@ -168,23 +168,22 @@ def _nft(script: str) -> str:
 
 def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
     """Frames from the container's veth must carry its MAC, and, with `cidrs`,
-    its IP addresses (IPv4, ARP sender, IPv6 but link-local). One chain per
+    its IP addresses (IPv4, ARP sender, IPv6 but link-local) and pass
+    `container_guard` (untagged, no router's messages). One chain per
     attachment, reached through a verdict map keyed by the veth: each frame
     costs one lookup, however many containers the host has."""
     note = f'comment "{tag}"'
     # The counter first: every frame the bridge got from this container, the
     # proof of what took the bridge path (`bridge_path_frames`).
     rules = [f"counter {note}", f"ether saddr != {mac} drop {note}"]
+    if cidrs:  # the IP checks: no tagged frames, no router's messages (container_guard), own sources only
+        rules += container_guard.rules(mac, cidrs, note)
     v4 = [str(ipaddress.ip_interface(c).ip) for c in cidrs if ipaddress.ip_interface(c).version == 4]
-    v6 = [str(ipaddress.ip_interface(c).ip) for c in cidrs if ipaddress.ip_interface(c).version == 6]
     if v4:
         allowed = "{ " + ", ".join(v4) + " }"
         rules += [f"ether type ip ip saddr != {allowed} drop {note}",
                   f"ether type arp arp saddr ip != {allowed} drop {note}",
                   f"ether type arp arp saddr ether != {mac} drop {note}"]
-    if v6:
-        allowed = "{ " + ", ".join(v6 + ["fe80::/10", "::"]) + " }"
-        rules.append(f"ether type ip6 ip6 saddr != {allowed} drop {note}")
     with iptables.host_lock():
         if tools.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) is None:
             _nft(f"""table bridge {NFT_TABLE} {{

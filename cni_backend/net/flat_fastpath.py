@@ -16,7 +16,9 @@ table netdev rancher_flat_<S>     one per flat network (S: flatnet's suffix)
                 fast path carries traffic, which `cnm-shim doctor` reports)
   chain out     forward to the uplink (rewritten by every ensure, so a
                 re-created uplink is found by its new index)
-  chain <tag>   ingress of one container's host veth: unicast IP that passes
+  chain <tag>   ingress of one container's host veth: what `container_guard`
+                forbids is dropped (tagged frames, redirects, router and
+                foreign neighbour adverts); unicast IP that passes
                 anti-spoofing (the container's MAC and addresses), not to a
                 local MAC nor to the metadata address -> out
                 (<tag>: the attachment's tag of kind flat, see `tags`; its
@@ -33,7 +35,7 @@ import ipaddress
 import json
 
 from ..errors import CNIError
-from . import tags, tools
+from . import container_guard, tags, tools
 
 _PREFIX = "rancher_flat_"
 
@@ -79,7 +81,9 @@ def add_attachment(suffix: str, tag: tags.Tag, host_ifname: str, mac: str, cidrs
     v4 = ", ".join(str(a) for a in addresses if a.version == 4)
     v6 = ", ".join(str(a) for a in addresses if a.version == 6)
     unicast_out = "ether daddr != @local meta pkttype other counter goto out"
-    rules = []
+    # What no container may send is dropped here too: unicast IP from a
+    # legitimate source would otherwise skip the bridge's chain with it.
+    rules = container_guard.rules(mac, cidrs)
     if v4:
         not_metadata = f"ip daddr != {metadata_ip} " if metadata_ip else ""
         rules.append(f"ether saddr {mac} ether type ip ip saddr {{ {v4} }} {not_metadata}{unicast_out}")
