@@ -25,7 +25,7 @@ import json
 import os
 import re
 
-from . import locks, paths
+from . import files, locks, paths
 from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
 from .net import features, flat_fastpath, netlink, sysctls, tools
 
@@ -79,12 +79,7 @@ def _locked(flat: FlatNetwork):
 
 def _write_record(flat: FlatNetwork, record: dict) -> None:
     os.makedirs(os.path.dirname(flat.record_path), mode=0o700, exist_ok=True)
-    tmp = flat.record_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, flat.record_path)
+    files.write_atomic(flat.record_path, json.dumps(record, indent=2), 0o600)
 
 
 def _read_record(flat: FlatNetwork) -> dict | None:
