@@ -104,13 +104,29 @@ def icmp(kind: int, code: int, body: bytes) -> bytes:
     return message[:2] + _checksum(message).to_bytes(2, "big") + message[4:]
 
 
-def ipv6_icmp(src: str, dst: str, kind: int, code: int, body: bytes) -> bytes:
-    """An IPv6 packet (hop limit 255, as neighbour discovery wants) carrying one ICMPv6 message."""
+def icmpv6(src: str, dst: str, kind: int, code: int, body: bytes) -> bytes:
+    """An ICMPv6 message, its checksum over the pseudo-header of `src` and `dst`."""
     s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
     message = bytes([kind, code]) + b"\0\0" + body
     pseudo = s + d + len(message).to_bytes(4, "big") + b"\0\0\0\x3a"
-    message = message[:2] + _checksum(pseudo + message).to_bytes(2, "big") + message[4:]
-    return b"\x60\0\0\0" + len(message).to_bytes(2, "big") + b"\x3a\xff" + s + d + message
+    return message[:2] + _checksum(pseudo + message).to_bytes(2, "big") + message[4:]
+
+
+def ipv6(src: str, dst: str, next_header: int, payload: bytes) -> bytes:
+    """An IPv6 packet, hop limit 255 (as neighbour discovery wants)."""
+    return (b"\x60\0\0\0" + len(payload).to_bytes(2, "big") + bytes([next_header, 255])
+            + ipaddress.IPv6Address(src).packed + ipaddress.IPv6Address(dst).packed + payload)
+
+
+def ipv6_icmp(src: str, dst: str, kind: int, code: int, body: bytes) -> bytes:
+    """An IPv6 packet carrying one ICMPv6 message."""
+    return ipv6(src, dst, 58, icmpv6(src, dst, kind, code, body))
+
+
+def ipv6_fragment(next_header: int, offset_units: int, more: bool, ident: int, data: bytes) -> bytes:
+    """A fragment header (RFC 8200 4.5) and the fragment's data; the offset in 8-byte units."""
+    return (bytes([next_header, 0]) + ((offset_units << 3) | int(more)).to_bytes(2, "big")
+            + ident.to_bytes(4, "big") + data)
 
 
 def arp_reply(sender_mac: str, sender_ip: str, target_mac: str, target_ip: str) -> bytes:

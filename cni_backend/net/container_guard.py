@@ -17,6 +17,11 @@ the same in nft's bridge and netdev families.
   IPv6 sources      only the container's own IPv6 addresses, link-local ones
                     and :: (DAD); on an IPv4-only network that is link-local
                     and :: only.
+  IPv6 fragments    whose fragment header names anything but TCP, UDP, SCTP
+                    or ESP as what follows: ICMPv6 in fragments, or a header
+                    chain split over fragments, hides the ICMPv6 type from
+                    the rules above (the RA-guard evasion of RFC 7113; ND
+                    may not be fragmented, RFC 6980).
 
 nftables 1.0.6 has no name for the advert's target field: it is read as raw
 payload, 128 bits at bit 64 of the ICMPv6 header (type, code, checksum and
@@ -50,4 +55,5 @@ def rules(mac: str, cidrs, note: str = "") -> list:
         f"icmpv6 type {{ nd-router-advert, nd-redirect }} drop{suffix}",
         f"icmpv6 type nd-neighbor-advert @th,64,128 != {{ {targets} }} drop{suffix}",
         f"ether type ip6 ip6 saddr != {{ {sources} }} drop{suffix}",
+        f"ether type ip6 frag nexthdr != {{ tcp, udp, sctp, esp }} drop{suffix}",
     ]

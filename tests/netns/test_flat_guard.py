@@ -14,7 +14,8 @@ from cni_backend import flatnet
 from cni_backend.plugins.flat import load_network
 from tests.conftest import ns_exec, ping
 from tests.netns.test_flat import ROUTER, flat_config, rig  # noqa: F401 - rig is a fixture
-from tests.packets import arp_reply, capture, carrying, ethernet, icmp, ipv4, ipv6_icmp, send
+from tests.packets import (arp_reply, capture, carrying, ethernet, icmp, icmpv6, ipv4, ipv6, ipv6_fragment, ipv6_icmp,
+                           send)
 
 pytestmark = pytest.mark.netns
 
@@ -58,6 +59,19 @@ def redirect4(src: str, n: int) -> bytes:
     return ipv4(src, ROUTER, 1, icmp(5, 1, ipaddress.IPv4Address(src).packed + original))
 
 
+def split_router_advert(src: str, mac: str, n: int) -> list:
+    """A router advertisement behind a destination-options header that is
+    split over two fragments, so the first holds no ICMPv6 header and the
+    second no header chain (RFC 7113's RA-guard evasion); the marker is in
+    the second."""
+    options = bytes([58, 1, 1, 12]) + bytes(12)  # next: ICMPv6; PadN to 16 bytes
+    body = b"\x40\0\x07\x08" + bytes(8) + bytes([1, 1]) + bytes.fromhex(mac.replace(":", "")) + nd_marker(n)
+    advert_ = icmpv6(src, ALL_NODES, 134, 0, body)
+    first = ipv6(src, ALL_NODES, 44, ipv6_fragment(60, 0, True, 0x5EED, options[:8]))
+    second = ipv6(src, ALL_NODES, 44, ipv6_fragment(60, 1, False, 0x5EED, options[8:] + advert_))
+    return [ethernet(ALL_NODES_MAC, mac, IPV6, first), ethernet(ALL_NODES_MAC, mac, IPV6, second)]
+
+
 def dual_stack(env, rig, fast_path):  # noqa: F811 - rig is the fixture's value
     config = flat_config(env, rig, fastPath=fast_path)
     config["ipam"]["ranges"].append([{"subnet": SUBNET6, "rangeStart": "fd00:77::100",
@@ -65,10 +79,8 @@ def dual_stack(env, rig, fast_path):  # noqa: F811 - rig is the fixture's value
     return config
 
 
-@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "bridge-path"])
-def test_tagged_frames_redirects_router_adverts_and_foreign_neighbour_adverts_never_leave(
-        cni_daemon_env, make_netns, rig, fast_path):  # noqa: F811
-    env = cni_daemon_env
+def attached(env, make_netns, rig, fast_path) -> dict:  # noqa: F811 - rig is the fixture's value
+    """A dual-stack flat network with one container, and the addresses the frames need."""
     config = dual_stack(env, rig, fast_path)
     flat = load_network(config)
     a = make_netns()
@@ -82,6 +94,16 @@ def test_tagged_frames_redirects_router_adverts_and_foreign_neighbour_adverts_ne
     listing = json.loads(ns_exec(a, "ip", "-j", "-6", "addr", "show", "dev", "eth0", "scope", "link").stdout)
     link_local = next(address["local"] for address in listing[0]["addr_info"] if "local" in address)
     router_mac = json.loads(ns_exec(rig["router"], "ip", "-j", "link", "show", "sw").stdout)[0]["address"]
+    return {"env": env, "config": config, "flat": flat, "netns": a, "result": result, "mac": mac, "own4": own4,
+            "own6": own6, "link_local": link_local, "router_mac": router_mac}
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "bridge-path"])
+def test_tagged_frames_redirects_router_adverts_and_foreign_neighbour_adverts_never_leave(
+        cni_daemon_env, make_netns, rig, fast_path):  # noqa: F811
+    c = attached(cni_daemon_env, make_netns, rig, fast_path)
+    env, config, flat, a, result = c["env"], c["config"], c["flat"], c["netns"], c["result"]
+    mac, own4, own6, link_local, router_mac = c["mac"], c["own4"], c["own6"], c["link_local"], c["router_mac"]
     assert ping(a, ROUTER)  # the bridge and the router know each other
 
     forbidden = {
@@ -123,3 +145,32 @@ def test_tagged_frames_redirects_router_adverts_and_foreign_neighbour_adverts_ne
 
     assert env.exec("DEL", dict(config, prevResult=result), a, container_id="ca")[0] == 0
     flatnet.remove(flat)
+
+
+@pytest.fixture
+def no_ip6_defrag_in_the_bridge():
+    """bridge-nf-call-ip6tables off (a host where Docker never ran): the
+    bridge then forwards IPv6 fragments as they come, without reassembling
+    them first (reassembly drops a first fragment with a cut header chain)."""
+    path = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
+    with open(path) as f:
+        before = f.read().strip()
+    with open(path, "w") as f:
+        f.write("0")
+    yield
+    with open(path, "w") as f:
+        f.write(before)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "bridge-path"])
+def test_a_router_advert_split_over_fragments_never_leaves(cni_daemon_env, make_netns, rig, fast_path,  # noqa: F811
+                                                           no_ip6_defrag_in_the_bridge):
+    c = attached(cni_daemon_env, make_netns, rig, fast_path)
+    with capture(rig["router"], "wan0", seconds=3) as frames:
+        send(c["netns"], "eth0", split_router_advert(c["link_local"], c["mac"], 12))
+        send(c["netns"], "eth0", [ethernet(ALL_NODES_MAC, c["mac"], IPV6,
+                                           advert(c["link_local"], ALL_NODES, c["link_local"], c["mac"], 112))])
+    assert carrying(frames, marker(112)), "the legitimate advert did not arrive: the test saw nothing"
+    assert not carrying(frames, marker(12)), "the second fragment of a router advertisement left the host"
+    assert c["env"].exec("DEL", dict(c["config"], prevResult=c["result"]), c["netns"], container_id="ca")[0] == 0
+    flatnet.remove(c["flat"])
