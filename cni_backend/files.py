@@ -10,12 +10,18 @@ Every file the CNI side and the shim write goes through `write_atomic`:
 libcni cache entries, exported conflists, the CNI executables, the kernel
 feature cache, flat and VXLAN records. The temp file is named
 `.<name>.<random>.tmp`: hidden, and never with an extension a reader of the
-directory looks for (.conflist, .conf, .json).
+directory looks for (.conflist, .conf, .json). A writer killed between the
+temp file's creation and the rename leaves it; the next write of the same
+file removes such leftovers once they are older than any write could take
+(STALE_AFTER_S), so a write in progress elsewhere keeps its own.
 """
 
 import contextlib
 import os
 import tempfile
+import time
+
+STALE_AFTER_S = 600
 
 
 def write_atomic(path: str, data, mode: int = 0o600) -> None:
@@ -23,6 +29,7 @@ def write_atomic(path: str, data, mode: int = 0o600) -> None:
     if isinstance(data, str):
         data = data.encode()
     directory = os.path.dirname(os.path.abspath(path))
+    _remove_leftovers(directory, os.path.basename(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -36,6 +43,18 @@ def write_atomic(path: str, data, mode: int = 0o600) -> None:
             os.unlink(tmp)
         raise
     fsync_directory(directory)
+
+
+def _remove_leftovers(directory: str, name: str) -> None:
+    """Temp files of `name` left by killed writers."""
+    cutoff = time.time() - STALE_AFTER_S
+    prefix = f".{name}."
+    for entry in os.listdir(directory):
+        if entry.startswith(prefix) and entry.endswith(".tmp"):
+            leftover = os.path.join(directory, entry)
+            with contextlib.suppress(OSError):
+                if os.lstat(leftover).st_mtime < cutoff:
+                    os.unlink(leftover)
 
 
 def fsync_directory(directory: str) -> None:

@@ -181,3 +181,15 @@ def test_a_writer_killed_at_any_moment_leaves_the_old_content_or_the_new(tmp_pat
         # hidden, and named so that no reader of the directory takes it
         assert all(name == "state.json" or (name.startswith(".state.json.") and name.endswith(".tmp"))
                    for name in os.listdir(tmp_path))
+
+
+def test_temp_files_left_by_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "net-c1-eth0"
+    old, fresh = tmp_path / ".net-c1-eth0.k1ll3d.tmp", tmp_path / ".net-c1-eth0.wr1t1n.tmp"
+    for leftover in (old, fresh):
+        leftover.write_text("part")
+    past = time.time() - files.STALE_AFTER_S - 60
+    os.utime(old, (past, past))
+    files.write_atomic(str(target), "whole")
+    # the fresh one may be another process's write in progress: it stays
+    assert sorted(os.listdir(tmp_path)) == sorted([target.name, fresh.name])
