@@ -104,7 +104,8 @@ def ensure(flat: FlatNetwork) -> None:
                 record = _snapshot(host, flat, uplink, bool(flat.vlan))
                 _write_record(flat, record)
             _move_addresses(host, port["index"], bridge["index"], record)
-            netlink.set_master(host, uplink, bridge["index"])  # the last step: until it is done, a rerun redoes the move
+            # the last step: until it is done, a rerun redoes the move
+            netlink.set_master(host, uplink, bridge["index"])
         bridge_mac = _pin_bridge_mac(host, bridge["index"], port.get("address"))
         # Answer ARP only for the bridge's own addresses: the link address is the
         # metadata bridge's, and must be answered from there, over the link.

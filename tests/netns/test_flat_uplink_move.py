@@ -123,7 +123,8 @@ print("done", flush=True)
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3])
-def test_a_move_killed_at_any_point_keeps_the_address_and_a_rerun_completes_it(cni_daemon_env, rig, delay):  # noqa: F811
+def test_a_move_killed_at_any_point_keeps_the_address_and_a_rerun_completes_it(cni_daemon_env, rig,  # noqa: F811
+                                                                                delay):
     add_dependent_route(rig["uplink"])
     before = uplink_state(rig["uplink"])
     config = flat_config(cni_daemon_env, rig)
