@@ -202,6 +202,23 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
              + f'add element bridge {NFT_TABLE} ports {{ "{host_ifname}" : jump {tag} }}\n')
 
 
+def mac_filter_size(tag: tags.Tag, host_ifname: str) -> int | None:
+    """How many rules the attachment's macspoofchk chain holds, when the veth
+    `host_ifname` jumps to it; None when the chain or the jump is missing.
+    (A chain made by an older version holds fewer rules than today's.)"""
+    listing = tools.run(["nft", "-j", "list", "table", "bridge", NFT_TABLE], check=False)
+    if listing is None:
+        return None
+    objects = json.loads(listing)["nftables"]
+    jumps = any(elem[0] == host_ifname and elem[1].get("jump", {}).get("target") == str(tag)
+                for entry in objects if entry.get("map", {}).get("name") == "ports"
+                for elem in entry["map"].get("elem", []))
+    chain = any(entry.get("chain", {}).get("name") == str(tag) for entry in objects)
+    if not (jumps and chain):
+        return None
+    return sum(1 for entry in objects if entry.get("rule", {}).get("chain") == str(tag))
+
+
 def bridge_path_frames(network: str) -> int | None:
     """Frames the bridge received from `network`'s containers (the counters
     at the head of their macspoofchk chains); None when none has a chain."""

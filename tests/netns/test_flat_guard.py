@@ -12,7 +12,8 @@ import pytest
 
 from cni_backend import flatnet
 from cni_backend.plugins.flat import load_network
-from tests.conftest import ns_exec, ping
+from cni_backend.net import container_guard, firewall, tags
+from tests.conftest import ns_exec, ping, run
 from tests.netns.test_flat import ROUTER, flat_config, rig  # noqa: F401 - rig is a fixture
 from tests.packets import (arp_reply, capture, carrying, ethernet, icmp, icmpv6, ipv4, ipv6, ipv6_fragment, ipv6_icmp,
                            send)
@@ -174,3 +175,44 @@ def test_a_router_advert_split_over_fragments_never_leaves(cni_daemon_env, make_
     assert not carrying(frames, marker(12)), "the second fragment of a router advertisement left the host"
     assert c["env"].exec("DEL", dict(c["config"], prevResult=c["result"]), c["netns"], container_id="ca")[0] == 0
     flatnet.remove(c["flat"])
+
+
+@pytest.mark.parametrize("damage", ["made-by-the-previous-version", "deleted"])
+def test_an_anti_spoofing_chain_without_the_guard_fails_check_and_repair_restores_it(
+        cni_daemon_env, make_netns, rig, damage):  # noqa: F811
+    """An attachment made before the guard existed (its chain holds only the
+    MAC and IP checks), or whose chain was deleted, fails CHECK, which is how
+    `cnm-shim doctor` finds it; the repair puts today's chain back."""
+    from cni_backend import repair
+    env = cni_daemon_env
+    config = flat_config(env, rig, fastPath=False)
+    a = make_netns()
+    code, result = env.exec("ADD", config, a, container_id="ca")
+    assert code == 0, result
+    mac = next(i["mac"] for i in result["interfaces"] if i.get("sandbox"))
+    host = next(i["name"] for i in result["interfaces"] if i["name"].startswith("veth"))
+    own4 = result["ips"][0]["address"].split("/")[0]
+    tag = tags.of(tags.SPOOF, config["name"], "ca", "eth0")
+    if damage == "deleted":
+        run("nft", f'delete element bridge rancher_cni ports {{ "{host}" }}')
+        run("nft", f"delete chain bridge rancher_cni {tag}")
+    else:  # what the previous version wrote: the same chain without the guard's rules
+        note = f'comment "{tag}"'
+        guard = container_guard.rules(mac, [result["ips"][0]["address"]], note)
+        old = [r for r in firewall.mac_filter_rules(tag, mac, [result["ips"][0]["address"]]) if r not in guard]
+        run("nft", "-f", "-", input="".join([f"flush chain bridge rancher_cni {tag}\n",
+                                              *(f"add rule bridge rancher_cni {tag} {r}\n" for r in old)]))
+    code, out = env.exec("CHECK", dict(config, prevResult=result), a, container_id="ca")
+    assert code != 0 and "anti-spoofing chain" in out["msg"], out
+
+    plugin = {k: v for k, v in config.items() if k not in ("cniVersion", "name")}
+    conflist = {"cniVersion": config["cniVersion"], "name": config["name"], "plugins": [plugin]}
+    repair.restore_attachment(conflist, "ca", f"/var/run/netns/{a}", "eth0", [], {}, result)
+    assert env.exec("CHECK", dict(config, prevResult=result), a, container_id="ca")[0] == 0
+    router_mac = json.loads(ns_exec(rig["router"], "ip", "-j", "link", "show", "sw").stdout)[0]["address"]
+    with capture(rig["router"], "wan0", seconds=3) as frames:
+        send(a, "eth0", [ethernet(router_mac, mac, IPV4, echo(SPOOFED, 21), tags=[(DOT1Q, 5)]),
+                         ethernet(router_mac, mac, IPV4, echo(own4, 121))])
+    assert carrying(frames, marker(121)) and not carrying(frames, marker(21))
+    assert env.exec("DEL", dict(config, prevResult=result), a, container_id="ca")[0] == 0
+    flatnet.remove(load_network(config))
