@@ -26,7 +26,6 @@ import errno
 import ipaddress
 import secrets
 import socket
-import sqlite3
 
 from cni_backend import sqlite_file
 
@@ -161,9 +160,8 @@ class PortAllocator:
 
     @contextlib.contextmanager
     def _db(self):
-        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        db = sqlite_file.open_db(self.path, _BUSY_TIMEOUT_S)  # synchronous=FULL: Docker never asks again
         try:
-            db.execute("PRAGMA synchronous=FULL")  # Docker never asks again: a power loss must not forget
             yield db
         finally:
             db.close()
