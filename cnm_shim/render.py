@@ -30,7 +30,7 @@ def _exclusions(ipam_data: dict) -> list:
 
 
 def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, etcd_endpoints=(),
-                 etcd_tls=None) -> dict:
+                 etcd_tls=None, etcd_insecure=False) -> dict:
     """Docker's IPAM data -> rancher-ipam's config: the same subnets, gateways,
     --ip-range and --aux-address, so CNI runtimes allocate as Docker does."""
     ranges, exclude = [], []
@@ -49,6 +49,8 @@ def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, et
         section["etcdEndpoints"] = list(etcd_endpoints)
         for key, path in (etcd_tls or {}).items():
             section[f"etcd{key.capitalize()}File"] = path
+        if etcd_insecure:  # serve --insecure-etcd: the IPAM plug-in accepts http:// members too
+            section["insecureEtcd"] = True
     return section
 
 

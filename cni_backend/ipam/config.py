@@ -140,7 +140,9 @@ def load(ipam: dict, runtime_config: dict) -> IPAMConfig:
         raise _bad("'dns' must be an object")
     endpoints = ipam.get("etcdEndpoints") or []
     if not isinstance(endpoints, list) or not all(isinstance(e, str) and "://" in e for e in endpoints):
-        raise _bad("'etcdEndpoints' must be a list of URLs such as http://10.0.0.1:2379")
+        raise _bad("'etcdEndpoints' must be a list of URLs such as https://10.0.0.1:2379")
+    from .etcd_store import check_endpoints
+    check_endpoints(endpoints, ipam.get("insecureEtcd") is True, flag='"insecureEtcd": true in the ipam section')
     return IPAMConfig(
         range_sets=range_sets,
         routes=parse_routes(ipam.get("routes")),

@@ -20,7 +20,7 @@ import random
 import time
 import urllib.parse
 
-from ..errors import CNIError, TRY_AGAIN_LATER
+from ..errors import CNIError, INVALID_CONFIG, TRY_AGAIN_LATER
 from .store import Allocation, Store, Transaction
 
 ATTEMPTS = 60
@@ -127,6 +127,28 @@ class _EtcdTransaction(Transaction):
                                             "value": _encode(str(time.time()))}})
         reply = self.client.transaction({"compare": compare, "success": success, "failure": []})
         return bool(reply.get("succeeded"))
+
+
+def check_endpoints(endpoints, insecure: bool, flag: str = "--insecure-etcd") -> tuple:
+    """The endpoints, each an http(s) URL with a host; a plain `http://` one
+    only when `insecure` (the caller's `flag` said so): over http any host on
+    the path reads and rewrites the address pools and the VXLAN registry."""
+    checked = []
+    for endpoint in endpoints:
+        url = urllib.parse.urlsplit(endpoint) if isinstance(endpoint, str) else None
+        try:
+            valid = url is not None and url.scheme in ("http", "https") and bool(url.hostname) and \
+                (url.port is None or url.port > 0) and not url.path.strip("/") and not url.query
+        except ValueError:  # a port that is not a number
+            valid = False
+        if not valid:
+            raise CNIError(INVALID_CONFIG, f"etcd endpoint {endpoint!r} is not a URL such as https://10.0.0.1:2379")
+        if url.scheme == "http" and not insecure:
+            raise CNIError(INVALID_CONFIG, f"etcd endpoint {endpoint} is plain http: refused",
+                           "use https:// with the CA and this host's client certificate (--etcd-ca, --etcd-cert, "
+                           f"--etcd-key), or accept an unauthenticated, unencrypted etcd explicitly with {flag}")
+        checked.append(endpoint)
+    return tuple(checked)
 
 
 def client_for(endpoint: str, tls: dict | None = None):
