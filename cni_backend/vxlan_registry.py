@@ -194,10 +194,10 @@ def parse_entry(root: str, key: str, value, revision, vni: int, subnets):
         raise BadEntry("value is not a JSON object")
     if entry.get("vtep") != host:
         raise BadEntry(f"vtep {entry.get('vtep')!r} is not {host}, the host the key is registered under")
-    try:
+    if isinstance(revision, str) and revision.isdigit():
         revision = int(revision)
-    except (TypeError, ValueError):
-        raise BadEntry(f"create revision {revision!r} is not a number") from None
+    if type(revision) is not int or revision < 0:
+        raise BadEntry(f"create revision {revision!r} is not a number")
     if parts[2:] == ["vtep"]:
         return Vtep(host, revision)
     if len(parts) != 4 or parts[2] != "endpoints":

@@ -55,7 +55,7 @@ def test_containers_on_two_hosts_share_one_subnet(tmp_path, make_netns):
 
 def _agent(host: str, endpoints: list, state_dir, ttl: int):
     return subprocess.Popen(["ip", "netns", "exec", host, sys.executable, "-m", "cnm_shim.cli", "vxlan-agent",
-                             "--etcd-endpoints", ",".join(endpoints), "--vtep-dev", "underlay",
+                             "--etcd-endpoints", ",".join(endpoints), "--insecure-etcd", "--vtep-dev", "underlay",
                              "--state-dir", str(state_dir), "--ttl", str(ttl), "--interval", "0.5"],
                             stdout=subprocess.DEVNULL, stderr=open(state_dir / "agent.log", "a"))
 
