@@ -4,8 +4,9 @@ underlay's (the VXLAN header); learning off, broadcast and unknown unicast
 replicated to each peer by all-zero FDB entries (head-end replication).
 
 Its network record (subnets and gateways, `vxlan_registry.record_network`) is
-what the registry agent checks other hosts' entries against; the agent's
-firewall rules (`net/vxlan_guard`) go with the network."""
+what the registry agent checks other hosts' entries against. Only the peers
+may send to the VNI's UDP port (`net/vxlan_guard`): the static peers, set here,
+or with a registry the hosts the agent learns; the rules go with the network."""
 
 import dataclasses
 import ipaddress
@@ -70,6 +71,8 @@ def ensure(net: VxlanNetwork) -> int:
                 netlink.set_flood_peer(host, vtep["index"], peer, present=True)
             for peer in present - wanted:
                 netlink.set_flood_peer(host, vtep["index"], peer, present=False)
+            if not net.registry and wanted:  # a registry's agent keeps the guard in line with the peers it learns
+                vxlan_guard.ensure(net.vni, net.port, wanted)
         if net.subnets:
             vxlan_registry.record_network(net.state_dir, net.vni, net.subnets)
         return mtu
