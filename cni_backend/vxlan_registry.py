@@ -391,7 +391,15 @@ class Agent:
                 self.program()
             except Exception as exc:  # noqa: BLE001 - etcd away: keep the tables, try the next member
                 log.warning("vxlan agent: %s: %s", type(exc).__name__, exc)
-                self.client = self.connect()
-                if self.lease is not None:  # the same lease, through the new member
-                    self.lease = Lease(self.lease.id, self.client)
+                self._reconnect()
             time.sleep(interval)
+
+    def _reconnect(self) -> None:
+        """A new client (and token) from the next member, keeping the lease."""
+        try:
+            self.client = self.connect()
+        except Exception as exc:  # noqa: BLE001 - that member is away too: the next round tries another
+            log.warning("vxlan agent: connecting: %s: %s", type(exc).__name__, exc)
+            return
+        if self.lease is not None:
+            self.lease = Lease(self.lease.id, self.client)
