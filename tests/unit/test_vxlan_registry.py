@@ -247,3 +247,19 @@ def test_the_command_line_refuses_plain_http_etcd_with_a_clear_message(command):
     assert done.returncode != 0
     assert "etcd endpoint http://127.0.0.1:9 is plain http: refused" in done.stderr + done.stdout
     assert "--insecure-etcd" in done.stderr + done.stdout
+
+
+def test_serve_settings_reach_the_conflists_ipam_section_and_back():
+    """--insecure-etcd and the etcd user, rendered by the Docker side and read
+    by rancher-ipam: the same settings on both sides."""
+    from cnm_shim import render
+    tls = {"ca": "/etc/r/ca.pem", "cert": "/etc/r/h.pem", "key": "/etc/r/h.key", "user": "rancher-host-10.0.0.2",
+           "password_file": "/etc/r/etcd.password"}
+    data = [{"Pool": "10.62.0.0/24", "Gateway": "10.62.0.1/24", "AddressSpace": "", "AuxAddresses": {}}]
+    section = render.ipam_section(data, [], "/var/lib/rancher-cni", {}, ("http://10.0.0.1:2379",), tls, True)
+    assert section["insecureEtcd"] is True and section["etcdUser"] == "rancher-host-10.0.0.2"
+    assert section["etcdPasswordFile"] == "/etc/r/etcd.password" and section["etcdCaFile"] == "/etc/r/ca.pem"
+    assert ipam_config.load(section, {}).etcd_tls == tls
+    del section["insecureEtcd"]
+    with pytest.raises(CNIError, match="plain http"):
+        ipam_config.load(section, {})
