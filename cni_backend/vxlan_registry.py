@@ -40,6 +40,7 @@ import os
 import time
 import urllib.parse
 
+from . import files
 from .net import netlink, vxlan_guard
 
 try:
@@ -59,10 +60,7 @@ def local_dir(state_dir: str, vni: int) -> str:
 
 def _write(directory: str, name: str, content: dict) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(content, f)
-    os.replace(tmp, os.path.join(directory, name))
+    files.write_atomic(os.path.join(directory, name), json.dumps(content), 0o600)
 
 
 def record_endpoint(state_dir: str, vni: int, name: str, ips: list, mac: str) -> None:
