@@ -43,6 +43,7 @@ class Settings:
     cni_conf_dir: str = paths.CNI_CONF_DIR
     etcd_endpoints: tuple = ()   # addresses global across hosts when set
     etcd_tls: dict | None = None  # {"ca", "cert", "key"} for https members
+    etcd_insecure: bool = False   # plain http:// members accepted (--insecure-etcd)
 
     def store(self):
         return open_store(self.ipam_data_dir, self.etcd_endpoints, etcd_tls=self.etcd_tls)
@@ -130,7 +131,7 @@ class Translator:
         self._refuse_duplicates(network_id, cni_name, bridge, entry, opts)
         sub_pools = {p["subnet"]: p["sub_pool"] for p in self.state.all(POOL) if p.get("sub_pool")}
         ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
-                                   self.settings.etcd_tls)
+                                   self.settings.etcd_tls, self.settings.etcd_insecure)
         conf = render.conflist(cni_name, entry.render(bridge, opts, ipam))
         self._validated(_raw(conf))
         net = {"id": network_id, "driver": driver, "backend": backend, "options": opts,
