@@ -214,9 +214,6 @@ class Translator:
                 why = networks.name_clash(mine, theirs)
                 if why is None:
                     continue
-                if mine == theirs == cni_name:
-                    raise DriverError(f"CNI network name {cni_name!r} is already used by {owner}; "
-                                      "choose another with -o cni.name=NAME")
                 raise DriverError(f"CNI network name {cni_name!r} clashes with {owner} ({theirs!r}): {why}, and "
                                   f"a network's published ports go by {render.ports_name('NAME')!r}; "
                                   "choose another with -o cni.name=NAME")
