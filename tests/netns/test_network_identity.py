@@ -12,8 +12,8 @@ from tests.conftest import ipam_rows, run, unique
 
 pytestmark = pytest.mark.netns
 
-NET_A, NET_B = "a1" * 32, "b2" * 32
-EP = "e3" * 32
+NET_A, NET_B, NET_C = "a1" * 32, "b2" * 32, "c4" * 32
+EP, EP_C = "e3" * 32, "f5" * 32
 
 
 @pytest.fixture
@@ -33,7 +33,8 @@ def shim(tmp_path, leak_guard):
     post.made = made
     yield post
     for network_id in made:  # whatever a failed assertion left
-        post("NetworkDriver.DeleteEndpoint", {"NetworkID": network_id, "EndpointID": EP})
+        for endpoint in (EP, EP_C):
+            post("NetworkDriver.DeleteEndpoint", {"NetworkID": network_id, "EndpointID": endpoint})
         post("NetworkDriver.DeleteNetwork", {"NetworkID": network_id})
 
 
@@ -46,6 +47,13 @@ def create(shim, network_id, subnet, **options):
     return status, answer
 
 
+def attach(shim, network_id, endpoint, address):
+    assert shim("NetworkDriver.CreateEndpoint", {"NetworkID": network_id, "EndpointID": endpoint,
+                                                 "Interface": {"Address": address}})[0] == 200
+    status, answer = shim("NetworkDriver.Join", {"NetworkID": network_id, "EndpointID": endpoint, "SandboxKey": ""})
+    assert status == 200, answer
+
+
 def rules_of(cni_name):
     prefix = tags.network_prefix(cni_name)
     return sorted(line for tool in ("iptables-save", "ip6tables-save")
@@ -55,12 +63,12 @@ def rules_of(cni_name):
 def test_removing_foo_leaves_the_rules_and_addresses_of_foo_ports(shim):
     """Network foo keeps its published ports under foo-ports; a second network
     named foo-ports lost its rules and addresses when foo was removed."""
-    foo = unique("foo")
-    assert create(shim, NET_A, "10.195.0.0/24", **{"cni.name": f"{foo}-ports"}) == (200, {})
-    ok = (200, {})
-    assert shim("NetworkDriver.CreateEndpoint", {"NetworkID": NET_A, "EndpointID": EP,
-                                                 "Interface": {"Address": "10.195.0.5/24"}})[0] == 200
-    assert shim("NetworkDriver.Join", {"NetworkID": NET_A, "EndpointID": EP, "SandboxKey": ""})[0] == 200
+    foo, ok = unique("foo"), (200, {})
+    # a bystander: its container keeps our chains in use, as on any busy host
+    assert create(shim, NET_C, "10.193.0.0/24") == ok
+    attach(shim, NET_C, EP_C, "10.193.0.5/24")
+    assert create(shim, NET_A, "10.195.0.0/24", **{"cni.name": f"{foo}-ports"}) == ok
+    attach(shim, NET_A, EP, "10.195.0.5/24")
     ports = {"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": 18395}]}
     status, answer = shim("NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NET_A, "EndpointID": EP,
                                                                        "Options": ports})
@@ -70,15 +78,18 @@ def test_removing_foo_leaves_the_rules_and_addresses_of_foo_ports(shim):
     assert rules and addresses == [(f"{foo}-ports", "10.195.0.5")]
 
     status, answer = create(shim, NET_B, "10.194.0.0/24", **{"cni.name": foo})
-    assert shim("NetworkDriver.DeleteNetwork", {"NetworkID": NET_B}) == ok  # removed, had it been made
+    deleted = shim("NetworkDriver.DeleteNetwork", {"NetworkID": NET_B})  # removed, had it been made
     assert rules_of(f"{foo}-ports") == rules, "foo's removal took foo-ports' rules"
     assert [row for row in ipam_rows(shim.ipam_dir, "network, ip") if row[0] == f"{foo}-ports"] == addresses
     assert status == 400 and f"CNI network name '{foo}' clashes with network {NET_A[:12]}" in answer["Err"], answer
-    assert "-o cni.name=NAME" in answer["Err"]
+    assert "-o cni.name=NAME" in answer["Err"] and deleted == ok
     assert shim("NetworkDriver.RevokeExternalConnectivity", {"NetworkID": NET_A, "EndpointID": EP}) == ok
     assert shim("NetworkDriver.DeleteEndpoint", {"NetworkID": NET_A, "EndpointID": EP}) == ok
     assert shim("NetworkDriver.DeleteNetwork", {"NetworkID": NET_A}) == ok
-    assert rules_of(f"{foo}-ports") == [] and ipam_rows(shim.ipam_dir, "network") == []
+    assert rules_of(f"{foo}-ports") == []
+    assert shim("NetworkDriver.DeleteEndpoint", {"NetworkID": NET_C, "EndpointID": EP_C}) == ok
+    assert shim("NetworkDriver.DeleteNetwork", {"NetworkID": NET_C}) == ok
+    assert ipam_rows(shim.ipam_dir, "network") == []
 
 
 def test_foo_ports_is_refused_while_foo_exists(shim):
