@@ -6,7 +6,7 @@ them. The "outside" is a namespace this test makes, routed through the host."""
 import pytest
 
 from cni_backend.net import tags
-from tests.conftest import ns_exec, ping, run, unique, write_sysctls
+from tests.conftest import CNIEnv, ns_exec, ping, run, unique, write_sysctls
 
 pytestmark = pytest.mark.netns
 
@@ -87,3 +87,33 @@ def test_internal_with_a_way_out_is_refused(cni_daemon_env, make_netns, extra):
     code, error = env.exec("ADD", env.bridge_config(subnet=SUBNET, internal=True, **extra), netns)
     assert code != 0 and error["code"] == 7 and "'internal' network has no way out" in error["msg"], error
     assert env.allocations() == [] and "eth0" not in ns_exec(netns, "ip", "-o", "link").stdout
+
+
+def test_internal_vxlan_network_does_not_route_out_of_its_subnet(tmp_path, make_netns):
+    """rancher-vxlan takes the bridge plug-in's rules: a host (a namespace
+    running the plug-in) with an underlay to another host, which routes the
+    subnet back; the container's packet to that host is dropped."""
+    host, beyond = make_netns(), make_netns()
+    ns_exec(host, "ip", "link", "add", "underlay", "type", "veth", "peer", "name", "underlay", "netns", beyond)
+    for netns, address in ((host, "10.99.0.1/24"), (beyond, "10.99.0.2/24")):
+        ns_exec(netns, "ip", "addr", "add", address, "dev", "underlay")
+        ns_exec(netns, "ip", "link", "set", "underlay", "up")
+    ns_exec(beyond, "ip", "route", "add", "10.42.0.0/16", "via", "10.99.0.1")
+    env = CNIEnv(tmp_path, daemon=False)
+    config = {"cniVersion": "1.0.0", "name": "overlay", "type": "rancher-vxlan", "vni": 1042, "vtepDev": "underlay",
+              "isGateway": True, "internal": True, "stateDir": str(env.state),
+              "ipam": {"type": "rancher-ipam", "dataDir": str(env.state),
+                       "ranges": [[{"subnet": "10.42.0.0/16", "gateway": "10.42.0.1"}]]}}
+    container = make_netns()
+    code, result = env.exec("ADD", config, container, host_netns=host)
+    assert code == 0, result
+    try:
+        assert ns_exec(container, "ip", "route", "show", "default").stdout.strip() == ""
+        ns_exec(container, "ip", "route", "add", "10.99.0.0/24", "via", "10.42.0.1")
+        assert not ping(container, "10.99.0.2"), "a packet left the internal network's subnet"
+        saved = ns_exec(host, "iptables-save").stdout
+        assert "MASQUERADE" not in saved
+        assert "! -d 10.42.0.0/16 -i vxbr1042 ! -o vxbr1042" in saved, saved
+    finally:
+        code, _ = env.exec("DEL", dict(config, prevResult=result), container, host_netns=host)
+        assert code == 0 and env.allocations() == []
