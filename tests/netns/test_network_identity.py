@@ -29,6 +29,7 @@ def shim(tmp_path, leak_guard):
         return answer.status_code, answer.get_json()
 
     post.ipam_dir = tmp_path / "ipam"
+    post.state = app.extensions["rancher"].state
     made = []
     post.made = made
     yield post
@@ -137,3 +138,27 @@ def test_vxlan_never_takes_an_existing_bridge(shim, stand_in_bridge):
     if status == 200:
         shim("NetworkDriver.DeleteNetwork", {"NetworkID": NET_A})
     assert run("ip", "link", "show", stand_in_bridge, check=False).returncode == 0
+
+
+def test_a_clash_made_before_names_were_checked_is_left_alone_at_removal(shim):
+    """Two networks foo-ports and foo from an older version, both in the
+    state: removing foo takes nothing of foo-ports (its own leftovers under
+    the shared name stay, for cnm-shim doctor)."""
+    foo, ok = unique("foo"), (200, {})
+    assert create(shim, NET_C, "10.193.0.0/24") == ok  # the bystander, as above
+    attach(shim, NET_C, EP_C, "10.193.0.5/24")
+    assert create(shim, NET_A, "10.195.0.0/24", **{"cni.name": f"{foo}-ports"}) == ok
+    attach(shim, NET_A, EP, "10.195.0.5/24")
+    assert create(shim, NET_B, "10.194.0.0/24") == ok
+    older = dict(shim.state.get("network", NET_B))
+    older["cni_name"] = older["conflist"]["name"] = foo
+    shim.state.put("network", NET_B, older)
+    rules = rules_of(f"{foo}-ports")
+    assert rules
+    assert shim("NetworkDriver.DeleteNetwork", {"NetworkID": NET_B}) == ok
+    assert rules_of(f"{foo}-ports") == rules
+    assert [row[0] for row in ipam_rows(shim.ipam_dir, "network")].count(f"{foo}-ports") == 1
+    for network_id, endpoint in ((NET_A, EP), (NET_C, EP_C)):
+        assert shim("NetworkDriver.DeleteEndpoint", {"NetworkID": network_id, "EndpointID": endpoint}) == ok
+        assert shim("NetworkDriver.DeleteNetwork", {"NetworkID": network_id}) == ok
+    assert ipam_rows(shim.ipam_dir, "network") == []
