@@ -48,8 +48,8 @@ def _matching(pattern, what):
 
 
 # The kernel's per-interface sysctl directories hold these next to the
-# interfaces' own (/proc/sys/net/ipv4/conf/all): a setting meant for one
-# interface would reach every one.
+# interfaces' own (/proc/sys/net/ipv4/conf/all), and it refuses them as link
+# names: said here, before anything is made, rather than as EINVAL later.
 _NOT_AN_INTERFACE = ("all", "default")
 
 
@@ -80,7 +80,7 @@ BRIDGE_SHARED = Option("bridge.shared", boolean, False,
                        "use the existing bridge -o bridge= names (docker0, one made by hand) as it is; "
                        "it is left in place at network rm")
 MTU = Option("mtu", int_between(68, 65535), None, "MTU of the bridge and of the containers' interfaces")
-IP_MASQ = Option("ip_masq", boolean, True, "masquerade traffic leaving the subnet")
+IP_MASQ = Option("ip_masq", boolean, True, "masquerade traffic leaving the subnet (never on --internal networks)")
 HAIRPIN = Option("hairpin", boolean, False, "hairpin mode on the container ports")
 CNI_EXPORT = Option("cni.export", boolean, False, "write the network's conflist to the CNI config dir for CNI runtimes")
 CNI_NAME = Option("cni.name", _matching(_CNI_NAME, "a valid CNI network name"), None,

@@ -26,7 +26,7 @@ from cni_backend.ipam.store import open_store
 from cni_backend.net import netlink
 from cni_backend.plugins.ipam import RESERVED_ARG
 
-from . import backends, options, render
+from . import backends, options, ownership, render
 from .errors import DriverError, step
 from .ipam_driver import ADDRESS_SPACES, IpamDriver
 from .state import ENDPOINT, NETWORK, POOL, State
@@ -133,11 +133,11 @@ class Translator:
             backend, driver = chosen, entry.driver
         opts = options.parse(driver, backend, generic)
         ipv4, ipv6 = body.get("IPv4Data") or [], body.get("IPv6Data") or []
-        opts.update(self._internal(driver, entry, generic, options.docker_flags(driver, raw_options, ipv4, ipv6)))
+        opts.update(ownership.internal(driver, entry, generic, options.docker_flags(driver, raw_options, ipv4, ipv6)))
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
         bridge = opts["bridge"] or entry.bridge_prefix + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge, entry, opts)
-        self._refuse_foreign_bridge(driver, entry, bridge, opts, own=bridge == entry.bridge_prefix + network_id[:12])
+        ownership.refuse_foreign_bridge(driver, bridge, opts, own=bridge == entry.bridge_prefix + network_id[:12])
         sub_pools = {p["subnet"]: p["sub_pool"] for p in self.state.all(POOL) if p.get("sub_pool")}
         ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
                                    self.settings.etcd_tls)
@@ -167,74 +167,9 @@ class Translator:
             raise DriverError(f"{net['driver']}: Docker's IPAM could hand out the metadata link address {link_ip}; "
                               f"add --aux-address metadata-link={link_ip} (or use --ipam-driver {net['driver']})")
 
-    @staticmethod
-    def _internal(driver: str, entry: backends.Backend, generic: dict, flags: dict) -> dict:
-        """--internal, honoured (the backend renders it) or refused."""
-        if not flags["internal"]:
-            return {}
-        if entry.internal_refused:
-            raise DriverError(f"{driver}: --internal (com.docker.network.internal) is not supported: "
-                              f"{entry.internal_refused}")
-        if "ip_masq" in generic and options.boolean(driver, "ip_masq", generic["ip_masq"]):
-            raise DriverError(f"{driver}: ip_masq=true contradicts --internal: an internal network's "
-                              "traffic never leaves its subnet, so there is nothing to masquerade")
-        return {"internal": True}
-
-    @staticmethod
-    def _refuse_foreign_bridge(driver: str, entry: backends.Backend, bridge: str, opts: dict, own: bool) -> None:
-        """A bridge that is not ours to take: one that exists already (docker0,
-        one made by hand), or a link that is no bridge at all (eth0, lo). Only
-        a backend with bridge.shared uses an existing bridge, when told so, and
-        leaves it in place; the others delete their bridge with the network.
-        A bridge named after the network (`own`) is ours: left by an attempt
-        that was killed half-way."""
-        kind = networks.link_kind(bridge)
-        if kind is not None and kind != "bridge":
-            raise DriverError(f"{driver}: option bridge={bridge!r} names an existing {kind}, not a bridge; "
-                              "choose another name with -o bridge=NAME")
-        if own or (kind is None and bridge != "docker0"):
-            return
-        if "bridge.shared" not in opts:
-            raise DriverError(f"{driver}: bridge {bridge!r} exists already (or is Docker's); this network makes "
-                              "its own bridge and deletes it at network rm, so name one that does not exist")
-        if not opts["bridge.shared"]:
-            raise DriverError(f"{driver}: bridge {bridge!r} " + ("exists already" if kind else "is Docker's")
-                              + " and is not this network's own; add -o bridge.shared=true to use it as it is "
-                              "(it is left in place at network rm)")
-
-    def _refuse_name_clashes(self, cni_name: str) -> None:
-        """No name of the new network (render.names_of) may be, or share a
-        tag digest with, a name of another network: ours, or one in the CNI
-        config directory. Its removal would take the other's rules and
-        addresses."""
-        others = [(f"network {n['id'][:12]}", name) for n in self.state.all(NETWORK) for name in render.names_of(n["cni_name"])]
-        others += [(path, name) for path, name in networks.conflist_names(self.settings.cni_conf_dir)]
-        for mine in render.names_of(cni_name):
-            for owner, theirs in others:
-                why = networks.name_clash(mine, theirs)
-                if why is None:
-                    continue
-                raise DriverError(f"CNI network name {cni_name!r} clashes with {owner} ({theirs!r}): {why}, and "
-                                  f"a network's published ports go by {render.ports_name('NAME')!r}; "
-                                  "choose another with -o cni.name=NAME")
-
-    def _own_names(self, net: dict) -> tuple:
-        """The network's names that no other network of ours claims: (main
-        or None, ports list or None). Two networks made before names were
-        checked may share one; its rules then stay (cnm-shim doctor)."""
-        others = [name for n in self.state.all(NETWORK) if n["id"] != net["id"] for name in render.names_of(n["cni_name"])]
-        own = []
-        for name in render.names_of(net["cni_name"]):
-            shared = [theirs for theirs in others if networks.name_clash(name, theirs)]
-            if shared:
-                log.warning("network %s: %s is also a name of another network (%s): its rules and addresses are "
-                            "left in place", net["id"][:12], name, ", ".join(shared))
-            own.append(None if shared else name)
-        return tuple(own)
-
     def _refuse_duplicates(self, network_id: str, cni_name: str, bridge: str, entry: backends.Backend,
                            opts: dict) -> None:
-        self._refuse_name_clashes(cni_name)
+        ownership.refuse_name_clashes(cni_name, self.state.all(NETWORK), self.settings.cni_conf_dir)
         for other in self.state.all(NETWORK):
             for key, label in entry.unique:  # e.g. a VNI: two networks would be one segment
                 if other["backend"] == entry.name and other["options"][key] == opts[key]:
@@ -274,7 +209,7 @@ class Translator:
                 self._cni_del(net, ep)
                 self.state.delete(ENDPOINT, State.endpoint_key(network_id, ep["endpoint_id"]))
         backends.get(net["backend"]).host.remove(net)
-        main, ports = self._own_names(net)
+        main, ports = ownership.own_names(net, self.state.all(NETWORK))
         networks.forget(main, self.settings.store(), ports_list=ports)
         if net.get("exported"):
             with contextlib.suppress(FileNotFoundError):
