@@ -73,3 +73,4 @@ def test_internal_flat_and_a_foreign_bridge_are_refused_in_dockers_output(docker
         assert run("ip", "link", "show", bridge, check=False).returncode == 0
     finally:
         run("ip", "link", "del", bridge, check=False)
+
