@@ -30,6 +30,9 @@ def internal(driver: str, entry, generic: dict, flags: dict) -> dict:
     if entry.internal_refused:
         raise DriverError(f"{driver}: --internal (com.docker.network.internal) is not supported: "
                           f"{entry.internal_refused}")
+    if "bridge.shared" in generic and options.boolean(driver, "bridge.shared", generic["bridge.shared"]):
+        raise DriverError(f"{driver}: --internal on a shared bridge (bridge.shared=true) is not supported: the "
+                          "bridge carries other networks' traffic, which an internal network's rules would cut off")
     if "ip_masq" in generic and options.boolean(driver, "ip_masq", generic["ip_masq"]):
         raise DriverError(f"{driver}: ip_masq=true contradicts --internal: an internal network's "
                           "traffic never leaves its subnet, so there is nothing to masquerade")

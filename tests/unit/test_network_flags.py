@@ -39,6 +39,8 @@ INTERNAL = {"com.docker.network.internal": True}
     ("internal flat", {"backend": "flat", "parent": "eth9"}, INTERNAL, None,
      "--internal (com.docker.network.internal) is not supported: its containers are on the business network"),
     ("internal with ip_masq", {"ip_masq": "true"}, INTERNAL, None, "ip_masq=true contradicts --internal"),
+    ("internal on a shared bridge", {"bridge": "docker0", "bridge.shared": "yes"}, INTERNAL, None,
+     "--internal on a shared bridge (bridge.shared=true) is not supported"),
     ("IPv6 pool with IPv6 off", {}, {"com.docker.network.enable_ipv6": False}, POOL6,
      "an IPv6 subnet was given but IPv6 is off (com.docker.network.enable_ipv6=false)"),
     ("IPv6 on without a pool", {}, {"com.docker.network.enable_ipv6": True}, None,
