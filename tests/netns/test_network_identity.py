@@ -162,3 +162,21 @@ def test_a_clash_made_before_names_were_checked_is_left_alone_at_removal(shim):
         assert shim("NetworkDriver.DeleteEndpoint", {"NetworkID": network_id, "EndpointID": endpoint}) == ok
         assert shim("NetworkDriver.DeleteNetwork", {"NetworkID": network_id}) == ok
     assert ipam_rows(shim.ipam_dir, "network") == []
+
+
+def test_removing_a_network_whose_container_still_publishes_ports_leaves_nothing(shim):
+    """DeleteNetwork with an endpoint still joined and publishing (calls
+    Docker lost): the bridge's DEL ran while the port's rule still held our
+    chain, and the isolation chain could not go (EBUSY); nothing was removed."""
+    ok = (200, {})
+    name = unique("net")
+    assert create(shim, NET_A, "10.195.0.0/24", **{"cni.name": name}) == ok
+    attach(shim, NET_A, EP, "10.195.0.5/24")
+    ports = {"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": 18396}]}
+    assert shim("NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NET_A, "EndpointID": EP,
+                                                              "Options": ports}) == ok
+    assert shim("NetworkDriver.DeleteNetwork", {"NetworkID": NET_A}) == ok
+    shim.made.remove(NET_A)
+    saved = run("iptables-save").stdout
+    assert "rcni" not in saved and "RANCHER-CNI" not in saved, saved
+    assert ipam_rows(shim.ipam_dir, "network") == []
