@@ -165,9 +165,16 @@ def _plan(table: str, saved: tuple, is_stale, new_rules: list) -> list:
 
 def _plan_isolation(chains: set, rules: list, remaining: list, declare: list) -> list:
     needed = _isolated_bridges(remaining)
-    if not needed:
-        return [f"-F {ISOLATION_CHAIN}", f"-X {ISOLATION_CHAIN}"] if ISOLATION_CHAIN in chains else []
     present = [r[len("-A "):] for r in rules if comment_of(r).startswith(BRIDGE_PREFIX)]
+    if not needed:
+        if ISOLATION_CHAIN not in chains:
+            return []
+        # A rule without a bridge (a published port's) can keep the attachment
+        # chain, and with it the bridges' jumps into the isolation chain, which
+        # then cannot go (EBUSY) unless they go first.
+        kept = any(_chain_of(r) == FORWARD_CHAIN for r in remaining)
+        jumps = [f"-D {rule}" for rule in present if rule.startswith(f"{FORWARD_CHAIN} ")] if kept else []
+        return jumps + [f"-F {ISOLATION_CHAIN}", f"-X {ISOLATION_CHAIN}"]
     wanted = [rule for bridge, lan in needed.items() for rule in _bridge_rules(bridge, lan)]
     lines = []
     if ISOLATION_CHAIN not in chains:
