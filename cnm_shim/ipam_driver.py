@@ -113,12 +113,15 @@ class IpamDriver:
                 if now - pool.get("created", 0) >= grace and pool["subnet"] not in in_use
                 and self.store.run(lambda store_txn, pool=pool: self._only_own_reservations(store_txn, pool))]
 
-    def reclaim(self, txn, in_use: set, now: float | None = None, grace: float = POOL_GRACE_S) -> list:
+    def reclaim(self, txn, in_use: set, now: float | None = None, grace: float = POOL_GRACE_S,
+                pool_ids: set | None = None) -> list:
         """Release every reclaimable pool, whatever its count; their IDs. Run on
         RequestPool when no default pool is left, and by `cnm-shim doctor
         --repair` (which also asks Docker which subnets its networks use)."""
         released = []
         for pool in self.reclaimable(txn, in_use, now, grace):
+            if pool_ids is not None and pool["id"] not in pool_ids:
+                continue
             self._release_reservations(pool, keep_shared=not isinstance(self.store, SQLiteStore))
             txn.delete(POOL, pool["id"])
             released.append(pool["id"])
