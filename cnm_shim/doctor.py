@@ -34,9 +34,9 @@ stray rules and stale cache entries collected with the valid attachments read
 inside the IPAM transaction / under the firewall lock (CNI GC semantics, but a
 Join racing the doctor cannot lose what it just made); stale staging namespaces
 removed; unused pools released (only when Docker was asked: a network of
-another driver may use our IPAM). Never repaired: the inside of a container (restart it), anything of a
-network exported to CNI runtimes that a runtime's in-flight ADD could own,
-Docker's own IPAM reservations.
+another driver may use our IPAM). Never repaired: the inside of a container
+(restart it), anything of a network exported to CNI runtimes that a runtime's
+in-flight ADD could own, Docker's own IPAM reservations.
 """
 
 import dataclasses
