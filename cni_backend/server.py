@@ -16,10 +16,10 @@ the call's environment: it would append, as root, to any file a caller names
 """
 
 import errno
+import json
 import logging
 import os
 import selectors
-import json
 import signal
 import socket
 import struct
