@@ -16,6 +16,7 @@ import os
 import time
 import urllib.parse
 
+from . import files
 from .net import netlink
 
 try:
@@ -33,10 +34,7 @@ def local_dir(state_dir: str, vni: int) -> str:
 def record_endpoint(state_dir: str, vni: int, name: str, ips: list, mac: str) -> None:
     directory = local_dir(state_dir, vni)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"ips": ips, "mac": mac}, f)
-    os.replace(tmp, os.path.join(directory, f"{name}.json"))
+    files.write_atomic(os.path.join(directory, f"{name}.json"), json.dumps({"ips": ips, "mac": mac}), 0o600)
 
 
 def forget_endpoint(state_dir: str, vni: int, name: str) -> None:

@@ -16,9 +16,8 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 
-from cni_backend import networks, staging
+from cni_backend import files, networks, staging
 from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist as conflists
 from cni_backend.ipam import config as ipam_config
@@ -191,11 +190,7 @@ class Translator:
         raw = _raw(conf)
         os.makedirs(self.settings.cni_conf_dir, mode=0o755, exist_ok=True)
         path = os.path.join(self.settings.cni_conf_dir, f"50-{cni_name}.conflist")
-        fd, tmp = tempfile.mkstemp(dir=self.settings.cni_conf_dir, prefix=".rancher-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # a runtime never reads half a file
+        files.write_atomic(path, raw, 0o644)  # a runtime never reads half a file
         return path
 
     def delete_network(self, body: dict) -> None:
