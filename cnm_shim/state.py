@@ -6,6 +6,7 @@ never leave a half-written record."""
 import contextlib
 import json
 import os
+import sqlite3
 
 from cni_backend import sqlite_file
 
