@@ -25,7 +25,7 @@ from cni_backend.ipam.store import open_store
 from cni_backend.net import netlink
 from cni_backend.plugins.ipam import RESERVED_ARG
 
-from . import backends, options, paths, ports, render
+from . import backends, options, ownership, paths, ports, render
 from .errors import DriverError, step
 from .ipam_driver import ADDRESS_SPACES, IpamDriver
 from .state import ENDPOINT, NETWORK, POOL, State
@@ -126,9 +126,11 @@ class Translator:
             backend, driver = chosen, entry.driver
         opts = options.parse(driver, backend, generic)
         ipv4, ipv6 = body.get("IPv4Data") or [], body.get("IPv6Data") or []
+        opts.update(ownership.internal(driver, entry, generic, options.docker_flags(driver, raw_options, ipv4, ipv6)))
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
         bridge = opts["bridge"] or entry.bridge_prefix + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge, entry, opts)
+        ownership.refuse_foreign_bridge(driver, bridge, opts, own=bridge == entry.bridge_prefix + network_id[:12])
         sub_pools = {p["subnet"]: p["sub_pool"] for p in self.state.all(POOL) if p.get("sub_pool")}
         ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
                                    self.settings.etcd_tls, self.settings.etcd_insecure)
@@ -160,13 +162,12 @@ class Translator:
 
     def _refuse_duplicates(self, network_id: str, cni_name: str, bridge: str, entry: backends.Backend,
                            opts: dict) -> None:
+        ownership.refuse_name_clashes(cni_name, self.state.all(NETWORK), self.settings.cni_conf_dir)
         for other in self.state.all(NETWORK):
             for key, label in entry.unique:  # e.g. a VNI: two networks would be one segment
                 if other["backend"] == entry.name and other["options"][key] == opts[key]:
                     raise DriverError(f"{label} {opts[key]} is already used by network {other['id'][:12]}; "
                                       f"choose another with -o {key}=N")
-            if other["cni_name"] == cni_name:
-                raise DriverError(f"CNI network name {cni_name!r} is already used by network {other['id'][:12]}")
             if other["bridge"] == bridge:
                 raise DriverError(f"bridge {bridge!r} is already used by network {other['id'][:12]}; "
                                   "choose another with -o bridge=NAME")
@@ -198,8 +199,8 @@ class Translator:
                 self.ports.release(State.endpoint_key(network_id, ep["endpoint_id"]))
                 self.state.delete(ENDPOINT, State.endpoint_key(network_id, ep["endpoint_id"]))
         backends.get(net["backend"]).host.remove(net)
-        for name in (net["cni_name"], render.ports_conflist(net["conflist"])["name"]):
-            networks.forget(name, self.settings.store())
+        main, ports = ownership.own_names(net, self.state.all(NETWORK))
+        networks.forget(main, self.settings.store(), ports_list=ports)
         if net.get("exported"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(net["exported"])

@@ -2,7 +2,9 @@
 
 Every NetworkDriver.*, IpamDriver.* call and Plugin.Activate gets malformed
 JSON, wrong types, huge strings, unknown and known IDs, invalid CIDRs and MACs,
-option values with shell metacharacters, and each request possibly twice. The
+option values with shell metacharacters, Docker's network flags (internal,
+enable_ipv4/6) of any type, bridges that are not the network's own (all,
+default, docker0, lo) and clashing CNI names, and each request possibly twice. The
 real Flask app answers (test client), with its SQLite state, IPAM store, CNI
 cache and conf dir in temp dirs. Properties:
 
@@ -43,9 +45,11 @@ net_ids = st.one_of(st.just(KNOWN_NET), fresh_ids)
 ep_ids = st.one_of(st.just(KNOWN_EP), fresh_ids)
 OPTION_KEYS = ["bridge", "mtu", "ip_masq", "hairpin", "promisc", "macspoofchk", "vlan", "cni.export", "cni.name",
                "parent", "metadata_ip", "metadata_link_ip", "metadata_bridge", "vni", "vtep_dev", "peers",
-               "com.docker.network.driver.mtu", "com.docker.network.bridge.name"]
+               "com.docker.network.driver.mtu", "com.docker.network.bridge.name", "bridge.shared",
+               "com.docker.network.enable_ipv6"]
 good_option_values = st.sampled_from(["true", "false", "1", "0", "yes", "9000", "68", "1500", "4094", "7",
-                                      "rcnitfz0", "lo", "10.77.0.3", "10.0.0.2,10.0.0.3", "169.254.1.1", "rcnit-net"])
+                                      "rcnitfz0", "lo", "10.77.0.3", "10.0.0.2,10.0.0.3", "169.254.1.1", "rcnit-net",
+                                      "all", "default", "docker0", "rcnit-net-ports"])
 bad_option_values = st.one_of(st.sampled_from(["65536", "4095", "-1", "67", "maybe", "10.0.0.300", "a" * 16, ""]),
                               nasty_text, json_value)
 generic_options = st.dictionaries(st.one_of(st.sampled_from(OPTION_KEYS), st.sampled_from(OPTION_KEYS), nasty_text),
@@ -90,7 +94,9 @@ BODIES = {
     "/NetworkDriver.CreateNetwork": call({
         "NetworkID": (fresh_ids, bad_ids, True),
         "Options": (mutated({"com.docker.network.generic": (generic_options, json_value, True),
-                             "com.docker.network.enable_ipv6": (st.booleans(), json_value, False)}, 1), json_value, True),
+                             "com.docker.network.enable_ipv6": (st.booleans(), json_value, False),
+                             "com.docker.network.enable_ipv4": (st.booleans(), json_value, False),
+                             "com.docker.network.internal": (st.booleans(), json_value, False)}, 1), json_value, True),
         "IPv4Data": (st.lists(ipam_data(), min_size=1, max_size=2), json_value, True),
         "IPv6Data": (st.just([]), st.lists(ipam_data(), max_size=1), False)}),
     "/NetworkDriver.DeleteNetwork": call(NETWORK_IDS),
