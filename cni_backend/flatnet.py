@@ -118,7 +118,7 @@ def ensure(flat: FlatNetwork) -> None:
                                          f"to {flat.metadata.bridge} and back")
             _ensure_metadata_link(host, flat, bridge)
         _ensure_ebtables(flat, uplink)
-        _set_notrack(flat, present=True)
+        _ensure_notrack(flat, bridge_mac)
         if fast_path_usable(flat):
             flat_fastpath.ensure_network(flat.suffix, uplink, bridge_mac)
 
@@ -313,19 +313,81 @@ def metadata_link_frames(flat: FlatNetwork) -> int | None:
 
 # -- conntrack ------------------------------------------------------------------
 
-def _set_notrack(flat: FlatNetwork, present: bool) -> None:
-    """Traffic the flat bridge merely switches (not to or from the host itself)
-    skips connection tracking: with br_netfilter on, as Docker leaves it, the
-    kernel would otherwise track every bridged packet, which costs throughput
-    and buys a flat network nothing (no NAT, no stateful rules of ours)."""
-    rule = ["PREROUTING", "-i", flat.bridge, "-m", "addrtype", "!", "--dst-type", "LOCAL",
+NOTRACK_TABLE = "rancher_flatraw_"  # + suffix: table inet, one per flat network
+
+
+def _notrack_table(flat: FlatNetwork) -> str:
+    return NOTRACK_TABLE + flat.suffix
+
+
+def _legacy_notrack_rule(flat: FlatNetwork) -> list:
+    """The previous version's rule (iptables and ip6tables raw), removed on
+    sight: it untracked what the host routes in from the LAN as well."""
+    return ["PREROUTING", "-i", flat.bridge, "-m", "addrtype", "!", "--dst-type", "LOCAL",
             "-m", "comment", "--comment", f"rancher-flat {flat.bridge}", "-j", "NOTRACK"]
+
+
+def _ensure_notrack(flat: FlatNetwork, bridge_mac: str) -> None:
+    """Traffic the flat bridge merely switches (LAN <-> flat containers) skips
+    connection tracking: with br_netfilter on, as Docker leaves it, the kernel
+    would otherwise track every bridged packet, which costs throughput and
+    buys a flat network nothing (no NAT, no stateful rules of ours).
+
+    What the bridge switches, and only that, is a frame not addressed to the
+    bridge's own MAC (pinned to the uplink's, `_pin_bridge_mac`; broadcast and
+    multicast included, as before). A frame to that MAC goes to the host: to
+    the host itself, or to be routed on, e.g. a LAN router's reply to a
+    container of a bridge network without masquerading. That must be tracked,
+    or it is neither RELATED nor ESTABLISHED and FORWARD drops it. No address
+    test can tell the two apart (the router's replies and its bridged frames
+    to flat containers share sources; whether the host would route a
+    destination out of the bridge depends on the host's routes, not the
+    LAN's), and iptables cannot read a destination MAC, nor see through
+    br_netfilter's PACKET_HOST which frames were bridged: hence an nftables
+    inet chain at the raw table's priority, which reads the Ethernet header
+    br_netfilter keeps, for IPv4 and IPv6 alike."""
+    table = _notrack_table(flat)
+    rule = f'iifname "{flat.bridge}" ether daddr != {bridge_mac} counter notrack comment "rancher-flat {flat.bridge}"'
+    if _notrack_rules(flat) != [rule]:  # rewritten only when it differs: the counter keeps counting
+        tools.run(["nft", "-f", "-"], f"""table inet {table} {{
+  chain prerouting {{ type filter hook prerouting priority raw; }}
+}}
+flush chain inet {table} prerouting
+add rule inet {table} prerouting {rule}
+""")
+    _remove_legacy_notrack(flat)
+
+
+def _remove_legacy_notrack(flat: FlatNetwork) -> None:
+    rule = _legacy_notrack_rule(flat)
     for tool in ("iptables", "ip6tables"):
-        exists = tools.run([tool, "-w", "-t", "raw", "-C", *rule], check=False) is not None
-        if exists != present:
-            changed = tools.run([tool, "-w", "-t", "raw", "-A" if present else "-D", *rule], check=False)
-            if changed is None and present:
-                raise CNIError(FIREWALL_FAILURE, f"{tool} raw NOTRACK rule for {flat.bridge} failed")
+        while tools.run([tool, "-w", "-t", "raw", "-D", *rule], check=False) is not None:
+            pass
+
+
+def _remove_notrack(flat: FlatNetwork) -> None:
+    """Both shapes: today's table and the previous version's raw rules."""
+    table = _notrack_table(flat)
+    if tools.run(["nft", "list", "table", "inet", table], check=False) is not None:
+        tools.run(["nft", "delete", "table", "inet", table])
+    _remove_legacy_notrack(flat)
+
+
+def _notrack_rules(flat: FlatNetwork) -> list | None:
+    """The chain's rules as nft lists them, counters blanked; None when missing."""
+    out = tools.run(["nft", "list", "chain", "inet", _notrack_table(flat), "prerouting"], check=False)
+    if out is None:
+        return None
+    rules = [line.strip() for line in out.splitlines() if "notrack" in line or "iifname" in line]
+    return [re.sub(r"counter packets \d+ bytes \d+", "counter", rule) for rule in rules]
+
+
+def bridged_untracked(flat: FlatNetwork) -> int | None:
+    """Packets the flat bridge switched untracked (the NOTRACK rule's
+    counter); None when the rule is missing."""
+    out = tools.run(["nft", "list", "chain", "inet", _notrack_table(flat), "prerouting"], check=False)
+    match = re.search(r"counter packets (\d+) .*notrack", out or "")
+    return int(match.group(1)) if match else None
 
 
 # -- remove -------------------------------------------------------------------
@@ -336,7 +398,7 @@ def remove(flat: FlatNetwork) -> None:
         record = _read_record(flat)
         uplink = record["uplink"] if record else flat.uplink
         _remove_ebtables(flat, uplink)
-        _set_notrack(flat, present=False)
+        _remove_notrack(flat)
         flat_fastpath.remove_network(flat.suffix)
         if flat.metadata:
             _remove_metadata_link(host, flat)

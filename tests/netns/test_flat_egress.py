@@ -18,6 +18,7 @@ the LAN, flat containers included, is routed into a container bridge, ours or
 Docker's, and our container bridges stay isolated from each other and from
 Docker's."""
 
+import re
 import subprocess
 import sys
 
@@ -103,7 +104,8 @@ def lan(request, tmp_path, make_netns):
     nets = {"flat": flat,
             "web": env.bridge_config(name="web", subnet="10.123.0.0/24", ipMasq=True, isDefaultGateway=True),
             "db": env.bridge_config(name="db", subnet="10.124.0.0/24", ipMasq=True, isDefaultGateway=True)}
-    rig = {"host": host, "router": router, "docker": _docker_container(make_netns, host)}
+    rig = {"host": host, "router": router, "docker": _docker_container(make_netns, host), "env": env,
+           "flat_config": flat}
     attached = []
     try:
         for name, config in nets.items():
@@ -121,6 +123,25 @@ def lan(request, tmp_path, make_netns):
         server.wait()
         for config, netns, name, result in attached:
             env.exec("DEL", dict(config, prevResult=result), netns, container_id=name, host_netns=host)
+
+
+ROUTED_SUBNET = "10.125.0.0/24"
+
+
+@pytest.fixture
+def routed(lan, make_netns):
+    """`lan` and a rancher-bridge network without masquerading whose subnet
+    the LAN's router routes back via the host, with a container."""
+    env, host, router = lan["env"], lan["host"], lan["router"]
+    config = env.bridge_config(name="routed", subnet=ROUTED_SUBNET, ipMasq=False, isDefaultGateway=True)
+    netns = make_netns()
+    code, result = env.exec("ADD", config, netns, container_id="routed", host_netns=host)
+    assert code == 0, result
+    try:
+        ns_exec(router, "ip", "route", "add", ROUTED_SUBNET, "via", HOST_IP)
+        yield dict(lan, routed=netns, routed_ip=result["ips"][0]["address"].split("/")[0])
+    finally:
+        env.exec("DEL", dict(config, prevResult=result), netns, container_id="routed", host_netns=host)
 
 
 def fetch(netns: str, address: str) -> bool:
@@ -141,6 +162,56 @@ def test_dockers_default_bridge_still_reaches_the_lan(lan):
     docker = lan["docker"]
     assert ping(docker, ROUTER), "a docker0 container could not reach the LAN through the flat bridge"
     assert ping(docker, BEYOND) and fetch(docker, BEYOND), "a docker0 container lost the host's default route"
+
+
+def test_a_routed_bridge_network_reaches_the_lan_and_beyond_as_itself(routed):
+    """Without masquerading, the replies come back from the LAN to the
+    container's own address, routed by the host in from the flat bridge: they
+    must be tracked (the flat bridge's NOTRACK is for what it only switches),
+    or they are neither RELATED nor ESTABLISHED and FORWARD drops them."""
+    container, router, ip = routed["routed"], routed["router"], routed["routed_ip"]
+    with capture(router, "sw", seconds=3) as frames:
+        reached = ping(container, ROUTER)
+    assert reached, "a routed bridge container got no reply from the LAN's router"
+    assert ipv4_from(frames, ip) and not ipv4_from(frames, HOST_IP), "the routed network was masqueraded"
+    assert ping(container, BEYOND) and fetch(container, BEYOND), "a routed bridge container reached nothing beyond"
+    # and the LAN may still not open connections into it
+    assert not ping(router, ip), "the LAN opened a connection into a routed bridge network"
+
+
+LEGACY_NOTRACK = ["PREROUTING", "-i", "rf-lan", "-m", "addrtype", "!", "--dst-type", "LOCAL",
+                  "-m", "comment", "--comment", "rancher-flat rf-lan", "-j", "NOTRACK"]
+
+
+def _untracked_on_the_flat_bridge(host: str) -> int:
+    listing = ns_exec(host, "nft", "list", "ruleset").stdout
+    match = re.search(r'iifname "rf-lan" .*counter packets (\d+) .* notrack', listing)
+    assert match, listing
+    return int(match.group(1))
+
+
+def test_an_upgraded_host_loses_the_old_raw_rule_and_the_bridge_still_switches_untracked(routed, make_netns):
+    """A host of the previous version has the raw NOTRACK rule that caught
+    routed replies: the next ADD on the flat network replaces it (both
+    families); what the flat bridge switches, flat container to flat
+    container here (the fast path leaves that to the bridge), still skips
+    connection tracking."""
+    host, env, config = routed["host"], routed["env"], routed["flat_config"]
+    for tool in ("iptables", "ip6tables"):
+        ns_exec(host, tool, "-w", "-t", "raw", "-A", *LEGACY_NOTRACK)
+    assert not ping(routed["routed"], ROUTER), "with the old rule back, the routed replies should be dropped"
+    netns = make_netns()
+    code, result = env.exec("ADD", config, netns, container_id="flat2", host_netns=host)
+    assert code == 0, result
+    try:
+        for tool in ("iptables-save", "ip6tables-save"):
+            assert "NOTRACK" not in ns_exec(host, tool, "-t", "raw").stdout, f"{tool}: the old rule stayed"
+        assert ping(routed["routed"], ROUTER), "after the upgrade a routed bridge container still got no reply"
+        before = _untracked_on_the_flat_bridge(host)
+        assert ping(routed["flat"], result["ips"][0]["address"].split("/")[0], count=3)
+        assert _untracked_on_the_flat_bridge(host) >= before + 6, "bridged flat traffic was tracked"
+    finally:
+        env.exec("DEL", dict(config, prevResult=result), netns, container_id="flat2", host_netns=host)
 
 
 def test_a_bridge_container_reaches_a_flat_container_as_any_lan_host_as_the_host(lan):
