@@ -382,14 +382,6 @@ def _notrack_rules(flat: FlatNetwork) -> list | None:
     return [re.sub(r"counter packets \d+ bytes \d+", "counter", rule) for rule in rules]
 
 
-def bridged_untracked(flat: FlatNetwork) -> int | None:
-    """Packets the flat bridge switched untracked (the NOTRACK rule's
-    counter); None when the rule is missing."""
-    out = tools.run(["nft", "list", "chain", "inet", _notrack_table(flat), "prerouting"], check=False)
-    match = re.search(r"counter packets (\d+) .*notrack", out or "")
-    return int(match.group(1)) if match else None
-
-
 # -- remove -------------------------------------------------------------------
 
 def remove(flat: FlatNetwork) -> None:

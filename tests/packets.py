@@ -48,6 +48,11 @@ def ipv4_from(frames, source: str) -> list:
     return [f for f in frames if f[12:14] == b"\x08\x00" and f[26:30] == packed]
 
 
+def ipv6_from(frames, source: str) -> list:
+    packed = ipaddress.ip_address(source).packed
+    return [f for f in frames if f[12:14] == b"\x86\xdd" and f[22:38] == packed]
+
+
 def carrying(frames, marker: bytes) -> list:
     """Frames whose first 256 bytes hold `marker` (a tag the sender put in the payload)."""
     return [f for f in frames if marker in f]

@@ -8,12 +8,16 @@ uplink is a veth to a router namespace (the LAN's switch, an address beyond
 the router, a TCP service). The host gets a flat network on that uplink, with
 the metadata link to docker0, and a rancher-bridge network (ipMasq) with a
 container; a second rancher-bridge network holds a container that must stay
-isolated from the first.
+isolated from the first. Some tests add a rancher-bridge network without
+masquerading, whose subnet the router routes back via the host (IPv4, and
+IPv6 with an IPv6 uplink).
 
 Docker's semantics, which the flat network keeps: a container on a bridge
 network reaches whatever the host's uplink reaches, masqueraded as the host;
 flat containers are hosts of the LAN (like macvlan ones), so a bridge container
-reaches them as it reaches any LAN host, as the host's address. Nothing from
+reaches them as it reaches any LAN host, as the host's address (as itself
+when the network does not masquerade: the replies the host routes in from
+the flat bridge are tracked, only what the bridge switches is not). Nothing from
 the LAN, flat containers included, is routed into a container bridge, ours or
 Docker's, and our container bridges stay isolated from each other and from
 Docker's."""
@@ -21,11 +25,12 @@ Docker's."""
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests.conftest import CNIEnv, ns_exec, ping
-from tests.packets import capture, ipv4_from
+from tests.packets import capture, ipv4_from, ipv6_from
 
 pytestmark = pytest.mark.netns
 
@@ -177,6 +182,54 @@ def test_a_routed_bridge_network_reaches_the_lan_and_beyond_as_itself(routed):
     assert ping(container, BEYOND) and fetch(container, BEYOND), "a routed bridge container reached nothing beyond"
     # and the LAN may still not open connections into it
     assert not ping(router, ip), "the LAN opened a connection into a routed bridge network"
+
+
+def _wait_for_dad(netns: str, ifname: str) -> None:
+    """The bridge's IPv6 gateway address is usable once duplicate address
+    detection is done (the kernel's, about a second)."""
+    deadline = time.monotonic() + 10
+    while ns_exec(netns, "ip", "-6", "addr", "show", "dev", ifname, "tentative").stdout.strip():
+        assert time.monotonic() < deadline, f"{ifname}'s IPv6 address stayed tentative"
+        time.sleep(0.1)
+
+
+ROUTED6_SUBNET, HOST_IP6, ROUTER_IP6, BEYOND6 = "fd7d::/64", "fd77::10", "fd77::1", "2001:db8:100::1"
+
+
+def test_a_routed_ipv6_bridge_network_reaches_the_lan_and_beyond_as_itself(lan, make_netns):
+    """IPv6 as IPv4 (the old raw rule had its ip6tables twin): the host gets
+    an IPv6 address and default route on the flat bridge, Docker's IPv6
+    FORWARD policy DROP and br_netfilter for IPv6; the router routes the
+    network's IPv6 subnet back via the host."""
+    host, router, env = lan["host"], lan["router"], lan["env"]
+    ns_exec(host, "sysctl", "-w", "net.bridge.bridge-nf-call-ip6tables=1")
+    ns_exec(host, "ip6tables", "-w", "-P", "FORWARD", "DROP")
+    ns_exec(router, "ip", "-6", "addr", "add", f"{ROUTER_IP6}/64", "dev", "sw", "nodad")
+    ns_exec(router, "ip", "-6", "addr", "add", f"{BEYOND6}/128", "dev", "lo")
+    ns_exec(router, "ip", "-6", "route", "add", ROUTED6_SUBNET, "via", HOST_IP6)
+    ns_exec(host, "ip", "-6", "addr", "add", f"{HOST_IP6}/64", "dev", "rf-lan", "nodad")
+    ns_exec(host, "ip", "-6", "route", "add", "default", "via", ROUTER_IP6)
+    assert ping(host, ROUTER_IP6, count=2) and ping(router, HOST_IP6, count=2)  # neighbours known both ways
+    config = env.bridge_config(name="routed6", subnet=ROUTED_SUBNET, ipMasq=False, isDefaultGateway=True)
+    config["ipam"]["ranges"].append([{"subnet": ROUTED6_SUBNET}])
+    netns = make_netns()
+    code, result = env.exec("ADD", config, netns, container_id="routed6", host_netns=host)
+    assert code == 0, result
+    try:
+        ip6 = next(ip["address"].split("/")[0] for ip in result["ips"] if ":" in ip["address"])
+        if "default" not in ns_exec(netns, "ip", "-6", "route").stdout:
+            gateway = next(ip["gateway"] for ip in result["ips"] if ":" in ip["address"])
+            ns_exec(netns, "ip", "-6", "route", "add", "default", "via", gateway)
+        _wait_for_dad(host, config["bridge"])
+        with capture(router, "sw", seconds=3) as frames:
+            reached = ping(netns, ROUTER_IP6)
+        assert reached, "a routed IPv6 bridge container got no reply from the LAN's router"
+        assert ipv6_from(frames, ip6), "the routed IPv6 network was masqueraded"
+        assert ping(netns, BEYOND6) and fetch(netns, f"[{BEYOND6}]"), \
+            "a routed IPv6 bridge container reached nothing beyond"
+        assert not ping(router, ip6), "the LAN opened a connection into a routed IPv6 bridge network"
+    finally:
+        env.exec("DEL", dict(config, prevResult=result), netns, container_id="routed6", host_netns=host)
 
 
 LEGACY_NOTRACK = ["PREROUTING", "-i", "rf-lan", "-m", "addrtype", "!", "--dst-type", "LOCAL",
