@@ -32,7 +32,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from cni_backend.invoke import cache
+from cni_backend import runtime
 
 from . import backends
 from .ipam_driver import IpamDriver
@@ -154,7 +154,7 @@ def _runtime_users(net: dict, runtime_caches) -> list:
     if not net.get("exported"):
         return []
     return [f"{container}/{ifname}" for directory in runtime_caches
-            for container, ifname in cache.entries(directory, net["cni_name"])]
+            for container, ifname in runtime.cached_attachments(directory, net["cni_name"])]
 
 
 class Teardown:

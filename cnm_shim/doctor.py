@@ -41,12 +41,8 @@ import os
 import sqlite3
 import sys
 
-from cni_backend import networks, repair as backend_repair, staging
-from cni_backend.errors import CHECK_FAILED, CNIError, IO_FAILURE
-from cni_backend.invoke import api, cache, conflist as conflists
-from cni_backend.ipam.store import DOCKER_OWNER
-from cni_backend.net import firewall, iptables, netlink, netns
-from cni_backend.plugins.bridge import SANDBOX_IFNAME_ARG
+from cni_backend import hostnet, runtime
+from cni_backend.runtime import CNIError
 
 from . import backends, datapath, docker_sync, render
 from .errors import DriverError
@@ -108,7 +104,7 @@ class Doctor:
         self.state = ReadOnlyState(settings.state_dir)
         self.cache_dir = os.path.join(settings.state_dir, "cni")
         self.runtime_caches = [d for d in runtime_caches if os.path.realpath(d) != os.path.realpath(self.cache_dir)]
-        self.cni = api.CNI(list(settings.cni_path), cache_dir=self.cache_dir)
+        self.cni = runtime.CNI(list(settings.cni_path), cache_dir=self.cache_dir)
         self.findings: list = []
         self.errors: list = []
         self.data_paths: list = []
@@ -173,7 +169,7 @@ class Doctor:
     def check_networks(self, repair: bool) -> None:
         for net in self._networks():
             host = backends.get(net["backend"]).host
-            missing = networks.missing_parts(net["bridge"], host.ports(net))
+            missing = hostnet.missing_parts(net["bridge"], host.ports(net))
             if missing:
                 ours = host.made_by_us(net)
                 self._found(Finding("network", f"{net['cni_name']} ({net['id'][:12]})", "; ".join(missing), bool(ours),
@@ -213,7 +209,7 @@ class Doctor:
         mac = next((i["mac"] for i in ep["result"].get("interfaces", []) if i.get("sandbox")), ep["mac"])
         try:
             inside = self._sandbox_view(sandbox, mac)
-        except netns.NetnsGone:
+        except hostnet.NetnsGone:
             return f"sandbox {sandbox} is gone"
         if inside["ifname"] is None:
             return f"CHECK: no interface with MAC {mac} in the sandbox {sandbox}"
@@ -230,15 +226,7 @@ class Doctor:
         """The name Docker gave our interface in the sandbox, and whether the
         sandbox's default route leaves through it (Docker gives one endpoint
         the gateway)."""
-        with netlink.socket_in(sandbox) as inside:
-            ours = next((netlink.describe(link) for link in inside.get_links()
-                         if (link.get("address") or "").lower() == mac.lower()), None)
-            if ours is None:
-                return {"ifname": None, "default_here": False}
-            defaults = [msg for family in (2, 10) for msg in inside.get_routes(family=family, table=254)
-                        if msg["dst_len"] == 0]
-            here = not defaults or any(msg.get("RTA_OIF") == ours["index"] for msg in defaults)
-            return {"ifname": ours["name"], "default_here": here}
+        return hostnet.sandbox_interface(sandbox, mac)
 
     @staticmethod
     def _as_docker_set_it(result: dict, inside: dict) -> dict:
@@ -247,25 +235,25 @@ class Doctor:
         return dict(result, routes=[r for r in result.get("routes", []) if not r["dst"].endswith("/0")])
 
     def _cached_entry(self, net: dict, ep: dict) -> dict:
-        return cache.load(self.cache_dir, net["cni_name"], ep["endpoint_id"], CONTAINER_IFNAME) or {}
+        return runtime.cached(self.cache_dir, net["cni_name"], ep["endpoint_id"], CONTAINER_IFNAME) or {}
 
-    def _attachment(self, net: dict, ep: dict, sandbox: str, sandbox_ifname: str) -> api.Attachment:
+    def _attachment(self, net: dict, ep: dict, sandbox: str, sandbox_ifname: str) -> runtime.Attachment:
         entry = self._cached_entry(net, ep)
-        args = [tuple(pair) for pair in entry.get("cniArgs") or []] + [(SANDBOX_IFNAME_ARG, sandbox_ifname)]
-        return api.Attachment(ep["endpoint_id"], sandbox, CONTAINER_IFNAME, args=args,
+        args = [tuple(pair) for pair in entry.get("cniArgs") or []] + [(runtime.SANDBOX_IFNAME_ARG, sandbox_ifname)]
+        return runtime.Attachment(ep["endpoint_id"], sandbox, CONTAINER_IFNAME, args=args,
                               capability_args=entry.get("capabilityArgs") or {})
 
     def _restore_endpoint(self, net: dict, ep: dict) -> str:
         entry = self._cached_entry(net, ep)
         if not entry.get("result"):
-            raise CNIError(IO_FAILURE, "no cached CNI result to restore from")
-        conf = conflists.parse(entry["config"], "cached config")
-        backend_repair.restore_attachment(conf, ep["endpoint_id"], ep.get("sandbox_key") or "", CONTAINER_IFNAME,
+            raise CNIError(runtime.IO_FAILURE, "no cached CNI result to restore from")
+        conf = runtime.parse_conflist(entry["config"], "cached config")
+        hostnet.restore_attachment(conf, ep["endpoint_id"], ep.get("sandbox_key") or "", CONTAINER_IFNAME,
                                           [tuple(p) for p in entry.get("cniArgs") or []],
                                           entry.get("capabilityArgs") or {}, entry["result"])
         problem = self._check_endpoint(net, ep)
         if problem is not None:
-            raise CNIError(CHECK_FAILED, f"host side restored, still: {problem}; the container's inside is its own: "
+            raise CNIError(runtime.CHECK_FAILED, f"host side restored, still: {problem}; the container's inside is its own: "
                               "restart the container (docker restart) to re-create its interface")
         return "host side restored from the cached result; CHECK passes"
 
@@ -279,7 +267,7 @@ class Doctor:
     def check_cache(self, repair: bool) -> None:
         for net in self._networks():
             for name, conf in self._our_lists(net):
-                cached = cache.entries(self.cache_dir, name)  # listed before the endpoints: see _stale
+                cached = runtime.cached_attachments(self.cache_dir, name)  # listed before the endpoints: see _stale
                 endpoints = self._endpoint_ids()
                 for container_id, ifname in cached:
                     if container_id in endpoints:
@@ -292,7 +280,7 @@ class Doctor:
         # An endpoint is recorded before its ADD and forgotten after its DEL, so a
         # cache entry listed before the endpoints were read, without an endpoint,
         # belongs to no Join or DeleteEndpoint in flight.
-        self.cni.delete(conf, _raw(conf), api.Attachment(container_id, "", ifname))
+        self.cni.delete(conf, _raw(conf), runtime.Attachment(container_id, "", ifname))
         return "CNI DEL with the cached config and result"
 
     # -- IPAM ------------------------------------------------------------------------
@@ -302,9 +290,9 @@ class Doctor:
         (joined or about to), our cached attachments, the runtimes' cached ones."""
         valid = {(ep_id, CONTAINER_IFNAME) for ep_id in self._endpoint_ids()}
         for name, _ in self._our_lists(net):
-            valid |= set(cache.entries(self.cache_dir, name))
+            valid |= set(runtime.cached_attachments(self.cache_dir, name))
             for directory in self.runtime_caches:
-                valid |= set(cache.entries(directory, name))
+                valid |= set(runtime.cached_attachments(directory, name))
         return valid
 
     def check_allocations(self, repair: bool) -> None:
@@ -312,7 +300,7 @@ class Doctor:
         for net in self._networks():
             held = store.run(lambda txn, name=net["cni_name"]: txn.all(name))
             valid = self._valid_attachments(net)
-            orphans = [a for a in held if (a.container_id, a.ifname) not in valid and a.network != DOCKER_OWNER]
+            orphans = [a for a in held if (a.container_id, a.ifname) not in valid and a.network != hostnet.DOCKER_OWNER]
             exported = bool(net.get("exported"))
             for allocation in orphans:
                 self._found(Finding("ipam", f"{allocation.ip} in {allocation.pool}",
@@ -336,17 +324,17 @@ class Doctor:
     # -- firewall -----------------------------------------------------------------------
 
     def check_firewall(self, repair: bool) -> None:
-        drift = iptables.derived_drift()
+        drift = hostnet.firewall_drift()
         if drift:
             lines = "; ".join(f"IPv{family}: {line}" for family, line in drift)
             self._found(Finding("firewall", "chains and jumps", f"not in line with the attachment rules: {lines}",
-                                repairable=True), repair, lambda: iptables.repair_derived() or "re-derived")
+                                repairable=True), repair, lambda: hostnet.repair_firewall() or "re-derived")
         for net in self._networks():
             for name, _ in self._our_lists(net):
                 def valid(net=net):  # every kind of rule of a valid attachment is valid
                     return self._valid_attachments(net)
                 exported = bool(net.get("exported"))
-                for tag in firewall.stray_tags(name, valid()):
+                for tag in hostnet.stray_tags(name, valid()):
                     self._found(Finding("firewall", tag, f"rules of {name} that no endpoint or attachment owns",
                                         repairable=not exported,
                                         note="network exported to CNI runtimes" if exported else ""),
@@ -354,7 +342,7 @@ class Doctor:
 
     @staticmethod
     def _collect_rules(name: str, valid_attachments) -> str:
-        removed = firewall.collect_garbage_checked(name, valid_attachments)
+        removed = hostnet.collect_rules(name, valid_attachments)
         return f"removed {', '.join(removed)}" if removed else "already gone"
 
     # -- staging namespaces ----------------------------------------------------------------
@@ -372,7 +360,7 @@ class Doctor:
                 continue  # a Join in flight, or one Docker will discard with DeleteEndpoint
             path = os.path.join(directory, name)
             self._found(Finding("staging", path, "staging namespace no Join is using", repairable=True),
-                        repair, lambda path=path: staging.remove(path) or "removed")
+                        repair, lambda path=path: hostnet.remove_staging(path) or "removed")
 
     # -- output -------------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ them alone and ReleaseAddress frees them."""
 import ipaddress
 import socket
 
-from cni_backend.ipam import allocator, config as ipam_config
-from cni_backend.ipam.store import DOCKER_OWNER, Allocation
+from cni_backend import hostnet
+from cni_backend.hostnet import DOCKER_OWNER, Allocation
 
 from .errors import DriverError, step
 from .state import POOL, State
@@ -55,7 +55,7 @@ class IpamDriver:
             if sub_pool.version != subnet.version or not sub_pool.subnet_of(subnet):
                 raise DriverError(f"ip-range {sub_pool} is not inside subnet {subnet}")
         with step(f"pool {subnet}"):  # the CNI IPAM's own checks (e.g. a pool too small to hold a container)
-            ipam_config.parse_range({"subnet": str(subnet)})
+            hostnet.parse_range({"subnet": str(subnet)})
         pool_id = f"{space}/{subnet}" + (f"/{sub_pool}" if sub_pool else "")
         if self.state.get(POOL, pool_id) is not None:  # Docker retried: keep what the pool holds (its gateway)
             return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
@@ -86,7 +86,7 @@ class IpamDriver:
         if pool.get("gateway"):
             rng["gateway"] = pool["gateway"]
         with step(f"pool {pool['id']}"):
-            return ipam_config.load({"ranges": [[rng]]}, {})
+            return hostnet.validate_ipam({"ranges": [[rng]]})
 
     def release_pool(self, body: dict) -> dict:
         pool = self.state.get(POOL, body.get("PoolID", ""))
@@ -119,7 +119,7 @@ class IpamDriver:
             self.state.put(POOL, pool["id"], dict(pool, gateway=held.ip))
         else:
             conf = self._config(pool)
-            held = self.store.run(lambda txn: allocator.reserve(txn, conf, self._owner(pool), wanted))
+            held = self.store.run(lambda txn: hostnet.reserve(txn, conf, self._owner(pool), wanted))
         return {"Address": f"{held.ip}/{subnet.prefixlen}", "Data": {}}
 
     def _reserve_gateway(self, pool: dict, ip) -> Allocation:

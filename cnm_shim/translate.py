@@ -18,13 +18,7 @@ import os
 import secrets
 import tempfile
 
-from cni_backend import networks, staging
-from cni_backend.errors import CNIError
-from cni_backend.invoke import api, conflist as conflists
-from cni_backend.ipam import config as ipam_config
-from cni_backend.ipam.store import open_store
-from cni_backend.net import netlink
-from cni_backend.plugins.ipam import RESERVED_ARG
+from cni_backend import hostnet, runtime
 
 from . import backends, options, render
 from .errors import DriverError, step
@@ -47,7 +41,7 @@ class Settings:
     etcd_tls: dict | None = None  # {"ca", "cert", "key"} for https members
 
     def store(self):
-        return open_store(self.ipam_data_dir, self.etcd_endpoints, etcd_tls=self.etcd_tls)
+        return hostnet.open_store(self.ipam_data_dir, self.etcd_endpoints, etcd_tls=self.etcd_tls)
 
 
 def _ip(value: str, what: str):
@@ -118,7 +112,7 @@ class Translator:
         self.state = state
         self.settings = settings
         self.ipam = ipam
-        self.cni = api.CNI(list(settings.cni_path), cache_dir=os.path.join(settings.state_dir, "cni"))
+        self.cni = runtime.CNI(list(settings.cni_path), cache_dir=os.path.join(settings.state_dir, "cni"))
 
     # -- networks ----------------------------------------------------------
 
@@ -181,9 +175,9 @@ class Translator:
     @staticmethod
     def _validated(raw: bytes) -> dict:
         with step("invalid network configuration"):
-            conf = conflists.parse(raw, "rendered conflist")
+            conf = runtime.parse_conflist(raw, "rendered conflist")
             for plugin in conf["plugins"]:  # the IPAM's own checks: a pool too small, a gateway outside it
-                ipam_config.load(plugin["ipam"], {})
+                hostnet.validate_ipam(plugin["ipam"])
             return conf
 
     def _export(self, cni_name: str, conf: dict) -> str:
@@ -209,7 +203,7 @@ class Translator:
                 self.state.delete(ENDPOINT, State.endpoint_key(network_id, ep["endpoint_id"]))
         backends.get(net["backend"]).host.remove(net)
         for name in (net["cni_name"], render.ports_conflist(net["conflist"])["name"]):
-            networks.forget(name, self.settings.store())
+            hostnet.forget(name, self.settings.store())
         if net.get("exported"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(net["exported"])
@@ -257,10 +251,10 @@ class Translator:
             raise DriverError(f"endpoint {body['EndpointID'][:12]} is unknown to this driver")
         return net, ep
 
-    def _attachment(self, net: dict, ep: dict, netns: str) -> api.Attachment:
+    def _attachment(self, net: dict, ep: dict, netns: str) -> runtime.Attachment:
         caps = {"ips": [a for a in (ep["address"], ep["address6"]) if a], "mac": ep["mac"]}
-        args = [("IgnoreUnknown", "1")] + ([(RESERVED_ARG, "true")] if net["docker_ipam"] else [])
-        return api.Attachment(ep["endpoint_id"], netns, CONTAINER_IFNAME, args=args, capability_args=caps)
+        args = [("IgnoreUnknown", "1")] + ([(runtime.RESERVED_ARG, "true")] if net["docker_ipam"] else [])
+        return runtime.Attachment(ep["endpoint_id"], netns, CONTAINER_IFNAME, args=args, capability_args=caps)
 
     def join(self, body: dict) -> dict:
         net, ep = self._endpoint(body)
@@ -271,17 +265,17 @@ class Translator:
         src_name = host_name(ep)
         conf = net["conflist"]
         raw = _raw(conf)
-        staging.create(staging_path)
+        hostnet.create_staging(staging_path)
         try:
             try:
                 with step(f"{net['driver']}: CNI ADD on {net['cni_name']} failed"):
                     result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path))
-                    staging.move_to_host(staging_path, CONTAINER_IFNAME, src_name)
-            except CNIError:
+                    hostnet.move_to_host(staging_path, CONTAINER_IFNAME, src_name)
+            except runtime.CNIError:
                 self._cni_del(net, ep, quiet=True)
                 raise
         finally:
-            staging.remove(staging_path)
+            hostnet.remove_staging(staging_path)
         ep.update(result=result, src_name=src_name, sandbox_key=body.get("SandboxKey", ""),
                   ports_at_join=_port_mappings((body.get("Options") or {}).get("com.docker.network.portmap")))
         self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
@@ -297,11 +291,10 @@ class Translator:
         a normal Leave the interface is back under that name, and deleting it
         first is what the bridge DEL would do anyway (one veth end takes the
         other)."""
-        staging.remove(self._staging_path(ep))
-        with netlink.socket_in() as host:
-            if netlink.delete_link(host, host_name(ep)) and not ep.get("result"):
-                log.warning("endpoint %s: removed %s, left by an interrupted Join", ep["endpoint_id"][:12],
-                            host_name(ep))
+        hostnet.remove_staging(self._staging_path(ep))
+        if hostnet.delete_link(host_name(ep)) and not ep.get("result"):
+            log.warning("endpoint %s: removed %s, left by an interrupted Join", ep["endpoint_id"][:12],
+                        host_name(ep))
 
     def _reclaim_from_stale_endpoints(self, net: dict, ep: dict) -> None:
         """Docker's IPAM gave this endpoint an address one of our older endpoints
@@ -311,7 +304,7 @@ class Translator:
             if not address:
                 continue
             iface = ipaddress.ip_interface(address)
-            holder = networks.holder_of(self.settings.store(), str(iface.network), str(iface.ip))
+            holder = hostnet.holder_of(self.settings.store(), str(iface.network), str(iface.ip))
             if holder is None or holder.network != net["cni_name"] or holder.container_id == ep["endpoint_id"]:
                 continue
             stale = self.state.get(ENDPOINT, State.endpoint_key(net["id"], holder.container_id))
@@ -343,7 +336,7 @@ class Translator:
         try:
             with step(f"{net['driver']}: CNI DEL on {net['cni_name']} failed"):
                 self.cni.delete(conf, _raw(conf), self._attachment(net, ep, ""))
-        except CNIError as exc:
+        except runtime.CNIError as exc:
             if not quiet:
                 raise
             log.warning("undoing ADD of %s: %s", ep["endpoint_id"][:12], exc)
@@ -362,15 +355,15 @@ class Translator:
             raise DriverError(f"endpoint {ep['endpoint_id'][:12]} has not joined a sandbox yet")
         self._revoke_ports(net, ep)
         conf = render.ports_conflist(net["conflist"])
-        att = api.Attachment(ep["endpoint_id"], ep.get("sandbox_key") or "/proc/self/ns/net", CONTAINER_IFNAME,
+        att = runtime.Attachment(ep["endpoint_id"], ep.get("sandbox_key") or "/proc/self/ns/net", CONTAINER_IFNAME,
                              capability_args={"portMappings": mappings})
         try:
             with step(f"{net['driver']}: publishing ports failed"):
                 self.cni.add(conf, _raw(conf), att, prev_result=ep["result"])
-        except CNIError:
+        except runtime.CNIError:
             try:  # undo what the ADD made; its own failure must not hide the ADD's
                 self._revoke_ports(net, dict(ep, port_mappings=mappings))
-            except CNIError as exc:
+            except runtime.CNIError as exc:
                 log.warning("undoing published ports of %s: %s", ep["endpoint_id"][:12], exc)
             raise
         ep["port_mappings"], ep["ports_at_join"] = mappings, None
@@ -397,7 +390,7 @@ class Translator:
         if not ep.get("port_mappings"):
             return
         conf = render.ports_conflist(net["conflist"])
-        att = api.Attachment(ep["endpoint_id"], "", CONTAINER_IFNAME, capability_args={"portMappings": ep["port_mappings"]})
+        att = runtime.Attachment(ep["endpoint_id"], "", CONTAINER_IFNAME, capability_args={"portMappings": ep["port_mappings"]})
         with step(f"{net['driver']}: removing published ports failed"):
             self.cni.delete(conf, _raw(conf), att)
 

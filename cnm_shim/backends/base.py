@@ -11,6 +11,8 @@ removes and the doctor checks and re-makes).
 import dataclasses
 from typing import Callable
 
+from cni_backend import hostnet
+
 
 class HostSide:
     """The host side of one of the backend's networks, from its state record
@@ -49,28 +51,33 @@ class HostSide:
 
 
 class LoadedHost(HostSide):
-    """A host side that a cni_backend module makes and removes (`ensure`,
-    `remove`) for the network object its plug-in's loader reads from the
-    conflist's first plug-in; always ours, so always removed."""
-
-    def __init__(self, load: Callable, module):
-        self.load = load      # the plug-in's load_network(plugin config)
-        self.module = module  # flatnet, vxlannet: ensure(network), remove(network)
+    """A host side the CNI side makes and removes as its plug-in type says
+    (cni_backend.hostnet.network_of: the conflist's first plug-in's network,
+    flat's uplink or vxlan's VTEP); always ours, so always removed."""
 
     def network(self, net: dict):
-        return self.load(net["conflist"]["plugins"][0])
+        return hostnet.network_of(net["conflist"])
 
     def create(self, net: dict, undo) -> None:
         net["bridge_created"] = True
         network = self.network(net)
-        self.module.ensure(network)
-        undo.callback(self.module.remove, network)
+        network.ensure()
+        undo.callback(network.remove)
 
     def remove(self, net: dict) -> None:
-        self.module.remove(self.network(net))
+        self.network(net).remove()
 
     def ensure(self, net: dict) -> None:
-        self.module.ensure(self.network(net))
+        self.network(net).ensure()
+
+    def ports(self, net: dict) -> list:
+        return self.network(net).ports()
+
+    def reserved_addresses(self, net: dict) -> list:
+        return self.network(net).reserved_addresses()
+
+    def datapath(self, net: dict) -> dict:
+        return self.network(net).datapath(net["cni_name"])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The bridge backend: containers on a Linux bridge of the host, NATed out
 through the host (`rancher-bridge`)."""
 
-from cni_backend import datapath, networks
+from cni_backend import hostnet
 
 from .. import options
 from ..options import Option
@@ -37,24 +37,29 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
 class BridgeHost(HostSide):
     """A bridge of the host; one that existed before (docker0) is reused and left in place."""
 
+    @staticmethod
+    def _bridge(net: dict) -> hostnet.Bridge:
+        return hostnet.Bridge(net["bridge"], net["options"]["mtu"])
+
     def create(self, net: dict, undo) -> None:
-        net["bridge_created"] = not networks.bridge_exists(net["bridge"])
-        networks.ensure_bridge(net["bridge"], net["options"]["mtu"])
+        bridge = self._bridge(net)
+        net["bridge_created"] = not bridge.exists()
+        bridge.ensure()
         if net["bridge_created"]:
-            undo.callback(networks.remove_bridge, net["bridge"])
+            undo.callback(bridge.remove)
 
     def remove(self, net: dict) -> None:
         if net["bridge_created"]:
-            networks.remove_bridge(net["bridge"])
+            hostnet.Bridge(net["bridge"], None).remove()
 
     def ensure(self, net: dict) -> None:
-        networks.ensure_bridge(net["bridge"], net["options"]["mtu"])
+        self._bridge(net).ensure()
 
     def made_by_us(self, net: dict) -> bool:
         return bool(net.get("bridge_created"))
 
     def datapath(self, net: dict) -> dict:
-        return datapath.bridge(net["bridge"])
+        return hostnet.Bridge(net["bridge"], None).datapath(net["cni_name"])
 
 
 BACKEND = Backend(name="bridge", driver="rancher-bridge", options=OPTIONS, render=render,
