@@ -34,6 +34,7 @@ network exported to CNI runtimes that a runtime's in-flight ADD could own,
 Docker's own IPAM reservations.
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -46,7 +47,7 @@ from cni_backend.runtime import CNIError
 
 from . import backends, datapath, docker_sync, render
 from .errors import DriverError
-from .state import ENDPOINT, NETWORK
+from .state import Endpoint, Network, State
 from .translate import CONTAINER_IFNAME, Settings, _raw
 
 DEFAULT_RUNTIME_CACHES = ("/var/lib/cni",)
@@ -71,24 +72,21 @@ class Finding:
         return f"{self.kind:9} {self.subject}: {self.problem} [{status}]" + (f" ({self.note})" if self.note else "")
 
 
-class ReadOnlyState:
+class ReadOnlyState(State):
     """state.db read without writing (no schema, no WAL switch): safe beside the plug-in."""
 
     def __init__(self, state_dir: str):
-        self.path = os.path.join(state_dir, "state.db")
+        super().__init__(state_dir, read_only=True)
         if not os.path.exists(self.path):
             raise CannotCheck(f"no shim state at {self.path} (wrong --state-dir?)")
 
-    def all(self, kind: str) -> list:
+    @contextlib.contextmanager
+    def _db(self):
         try:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
-            try:
-                rows = db.execute("SELECT value FROM objects WHERE kind = ? ORDER BY key", (kind,)).fetchall()
-            finally:
-                db.close()
+            with super()._db() as db:
+                yield db
         except sqlite3.Error as exc:
             raise CannotCheck(f"cannot read {self.path}: {exc}") from None
-        return [json.loads(row[0]) for row in rows]
 
 
 class Doctor:
@@ -134,10 +132,10 @@ class Doctor:
                 finding.note = f"repair failed: {exc}"
 
     def _networks(self) -> list:
-        return self.state.all(NETWORK)
+        return self.state.networks()
 
     def _endpoint_ids(self) -> set:
-        return {ep["endpoint_id"] for ep in self.state.all(ENDPOINT)} | self.docker_held
+        return {ep.endpoint_id for ep in self.state.endpoints()} | self.docker_held
 
     # -- Docker ----------------------------------------------------------------
 
@@ -150,7 +148,7 @@ class Doctor:
             self.docker["reason"] = f"{exc}; the check against Docker was skipped"
             return
         try:
-            drifts = docker_sync.compare(engine, lambda: (self._networks(), self.state.all(ENDPOINT)),
+            drifts = docker_sync.compare(engine, lambda: (self._networks(), self.state.endpoints()),
                                          self.drivers, self.runtime_caches)
             self.docker.update(checked=True, reason="")
             teardown = docker_sync.Teardown(self.settings, engine) if repair else None
@@ -168,28 +166,28 @@ class Doctor:
 
     def check_networks(self, repair: bool) -> None:
         for net in self._networks():
-            host = backends.get(net["backend"]).host
-            missing = hostnet.missing_parts(net["bridge"], host.ports(net))
+            host = backends.get(net.backend).host
+            missing = hostnet.missing_parts(net.bridge, host.ports(net))
             if missing:
                 ours = host.made_by_us(net)
-                self._found(Finding("network", f"{net['cni_name']} ({net['id'][:12]})", "; ".join(missing), bool(ours),
-                                    note="" if ours else f"bridge {net['bridge']} was not made by the plug-in"),
+                self._found(Finding("network", f"{net.cni_name} ({net.id[:12]})", "; ".join(missing), bool(ours),
+                                    note="" if ours else f"bridge {net.bridge} was not made by the plug-in"),
                             repair, lambda net=net: self._ensure_network(net))
 
-    def _ensure_network(self, net: dict) -> str:
+    def _ensure_network(self, net: Network) -> str:
         """What CreateNetwork made, made again the same idempotent way."""
-        backends.get(net["backend"]).host.ensure(net)
+        backends.get(net.backend).host.ensure(net)
         return "re-created; the endpoints' host side follows below"
 
     # -- endpoints ---------------------------------------------------------------
 
     def check_endpoints(self, repair: bool) -> None:
-        nets = {n["id"]: n for n in self._networks()}
-        for ep in self.state.all(ENDPOINT):
-            net = nets.get(ep["network_id"])
-            if net is None or not ep.get("result") or ep["endpoint_id"] in self.forgotten:
+        nets = {n.id: n for n in self._networks()}
+        for ep in self.state.endpoints():
+            net = nets.get(ep.network_id)
+            if net is None or not ep.result or ep.endpoint_id in self.forgotten:
                 continue  # not joined (yet): nothing in the kernel to compare; or reported above
-            subject = f"{ep['endpoint_id'][:12]} on {net['cni_name']}"
+            subject = f"{ep.endpoint_id[:12]} on {net.cni_name}"
             problem = self._check_endpoint(net, ep)
             if problem is None or not self._still_joined(ep):
                 continue
@@ -197,16 +195,16 @@ class Doctor:
             self._found(Finding("endpoint", subject, problem, repairable=not gone),
                         repair, lambda net=net, ep=ep: self._restore_endpoint(net, ep))
 
-    def _still_joined(self, ep: dict) -> bool:
+    def _still_joined(self, ep: Endpoint) -> bool:
         """Docker may have deleted the endpoint while we looked: then nothing drifted."""
-        now = [e for e in self.state.all(ENDPOINT) if e["endpoint_id"] == ep["endpoint_id"]]
-        return bool(now) and now[0].get("result") == ep.get("result")
+        now = [e for e in self.state.endpoints() if e.endpoint_id == ep.endpoint_id]
+        return bool(now) and now[0].result == ep.result
 
-    def _check_endpoint(self, net: dict, ep: dict) -> str | None:
-        sandbox = ep.get("sandbox_key") or ""
+    def _check_endpoint(self, net: Network, ep: Endpoint) -> str | None:
+        sandbox = ep.sandbox_key or ""
         if not sandbox or not os.path.exists(sandbox):
             return f"sandbox {sandbox or '(none)'} is gone; Docker deletes the endpoint when it learns so"
-        mac = next((i["mac"] for i in ep["result"].get("interfaces", []) if i.get("sandbox")), ep["mac"])
+        mac = next((i["mac"] for i in ep.result.get("interfaces", []) if i.get("sandbox")), ep.mac)
         try:
             inside = self._sandbox_view(sandbox, mac)
         except hostnet.NetnsGone:
@@ -214,7 +212,7 @@ class Doctor:
         if inside["ifname"] is None:
             return f"CHECK: no interface with MAC {mac} in the sandbox {sandbox}"
         att = self._attachment(net, ep, sandbox, inside["ifname"])
-        conf = net["conflist"]
+        conf = net.conflist
         try:
             self.cni.check(conf, _raw(conf), att, view=lambda result: self._as_docker_set_it(result, inside))
         except CNIError as exc:
@@ -234,21 +232,21 @@ class Doctor:
             return result
         return dict(result, routes=[r for r in result.get("routes", []) if not r["dst"].endswith("/0")])
 
-    def _cached_entry(self, net: dict, ep: dict) -> dict:
-        return runtime.cached(self.cache_dir, net["cni_name"], ep["endpoint_id"], CONTAINER_IFNAME) or {}
+    def _cached_entry(self, net: Network, ep: Endpoint) -> dict:
+        return runtime.cached(self.cache_dir, net.cni_name, ep.endpoint_id, CONTAINER_IFNAME) or {}
 
-    def _attachment(self, net: dict, ep: dict, sandbox: str, sandbox_ifname: str) -> runtime.Attachment:
+    def _attachment(self, net: Network, ep: Endpoint, sandbox: str, sandbox_ifname: str) -> runtime.Attachment:
         entry = self._cached_entry(net, ep)
         args = [tuple(pair) for pair in entry.get("cniArgs") or []] + [(runtime.SANDBOX_IFNAME_ARG, sandbox_ifname)]
-        return runtime.Attachment(ep["endpoint_id"], sandbox, CONTAINER_IFNAME, args=args,
+        return runtime.Attachment(ep.endpoint_id, sandbox, CONTAINER_IFNAME, args=args,
                               capability_args=entry.get("capabilityArgs") or {})
 
-    def _restore_endpoint(self, net: dict, ep: dict) -> str:
+    def _restore_endpoint(self, net: Network, ep: Endpoint) -> str:
         entry = self._cached_entry(net, ep)
         if not entry.get("result"):
             raise CNIError(runtime.IO_FAILURE, "no cached CNI result to restore from")
         conf = runtime.parse_conflist(entry["config"], "cached config")
-        hostnet.restore_attachment(conf, ep["endpoint_id"], ep.get("sandbox_key") or "", CONTAINER_IFNAME,
+        hostnet.restore_attachment(conf, ep.endpoint_id, ep.sandbox_key or "", CONTAINER_IFNAME,
                                           [tuple(p) for p in entry.get("cniArgs") or []],
                                           entry.get("capabilityArgs") or {}, entry["result"])
         problem = self._check_endpoint(net, ep)
@@ -259,10 +257,10 @@ class Doctor:
 
     # -- cached attachments without an endpoint -------------------------------------
 
-    def _our_lists(self, net: dict) -> list:
+    def _our_lists(self, net: Network) -> list:
         """(name, conflist) of the network's lists: the main one and the ports one."""
-        ports = render.ports_conflist(net["conflist"])
-        return [(net["cni_name"], net["conflist"]), (ports["name"], ports)]
+        ports = render.ports_conflist(net.conflist)
+        return [(net.cni_name, net.conflist), (ports["name"], ports)]
 
     def check_cache(self, repair: bool) -> None:
         for net in self._networks():
@@ -285,7 +283,7 @@ class Doctor:
 
     # -- IPAM ------------------------------------------------------------------------
 
-    def _valid_attachments(self, net: dict) -> set:
+    def _valid_attachments(self, net: Network) -> set:
         """(container, ifname) a live attachment of `net` may hold: every endpoint
         (joined or about to), our cached attachments, the runtimes' cached ones."""
         valid = {(ep_id, CONTAINER_IFNAME) for ep_id in self._endpoint_ids()}
@@ -298,19 +296,19 @@ class Doctor:
     def check_allocations(self, repair: bool) -> None:
         store = self.settings.store()
         for net in self._networks():
-            held = store.run(lambda txn, name=net["cni_name"]: txn.all(name))
+            held = store.run(lambda txn, name=net.cni_name: txn.all(name))
             valid = self._valid_attachments(net)
             orphans = [a for a in held if (a.container_id, a.ifname) not in valid and a.network != hostnet.DOCKER_OWNER]
-            exported = bool(net.get("exported"))
+            exported = bool(net.exported)
             for allocation in orphans:
                 self._found(Finding("ipam", f"{allocation.ip} in {allocation.pool}",
-                                    f"held by {allocation.container_id}/{allocation.ifname} on {net['cni_name']}, "
+                                    f"held by {allocation.container_id}/{allocation.ifname} on {net.cni_name}, "
                                     "which no endpoint or CNI attachment owns", repairable=not exported,
                                     note="network exported to CNI runtimes: a runtime's ADD may be in flight; "
                                          "collect with `cnm-shim cni gc` from the runtime" if exported else ""),
                             repair, lambda net=net, a=allocation: self._release(store, net, a))
 
-    def _release(self, store, net: dict, allocation) -> str:
+    def _release(self, store, net: Network, allocation) -> str:
         def release(txn):
             # Inside the store's transaction no ADD allocates; an endpoint's record
             # exists before its ADD, so read here, the owner list is complete.
@@ -333,7 +331,7 @@ class Doctor:
             for name, _ in self._our_lists(net):
                 def valid(net=net):  # every kind of rule of a valid attachment is valid
                     return self._valid_attachments(net)
-                exported = bool(net.get("exported"))
+                exported = bool(net.exported)
                 for tag in hostnet.stray_tags(name, valid()):
                     self._found(Finding("firewall", tag, f"rules of {name} that no endpoint or attachment owns",
                                         repairable=not exported,
@@ -353,10 +351,10 @@ class Doctor:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
             return
-        endpoints = self.state.all(ENDPOINT)
+        endpoints = self.state.endpoints()
         for name in names:
-            owner = next((ep for ep in endpoints if ep["endpoint_id"][:24] == name), None)
-            if owner is not None and not owner.get("result"):
+            owner = next((ep for ep in endpoints if ep.endpoint_id[:24] == name), None)
+            if owner is not None and not owner.result:
                 continue  # a Join in flight, or one Docker will discard with DeleteEndpoint
             path = os.path.join(directory, name)
             self._found(Finding("staging", path, "staging namespace no Join is using", repairable=True),

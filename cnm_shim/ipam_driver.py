@@ -3,6 +3,7 @@ so a Docker container and a CNI-runtime container on one subnet never get the
 same address. Docker's reservations are owned by DOCKER_OWNER: CNI GC leaves
 them alone and ReleaseAddress frees them."""
 
+import dataclasses
 import ipaddress
 import socket
 
@@ -10,7 +11,7 @@ from cni_backend import hostnet
 from cni_backend.hostnet import DOCKER_OWNER, Allocation
 
 from .errors import DriverError, step
-from .state import POOL, State
+from .state import Pool, State
 
 LOCAL_SPACE, GLOBAL_SPACE = "RancherLocal", "RancherGlobal"
 ADDRESS_SPACES = (LOCAL_SPACE, GLOBAL_SPACE)
@@ -18,6 +19,26 @@ GATEWAY_REQUEST = "com.docker.network.gateway"
 # Pools handed out when `docker network create` gives no --subnet.
 DEFAULT_POOLS = {4: ipaddress.ip_network("10.208.0.0/12"), 6: ipaddress.ip_network("fd52:7a11:c0::/48")}
 DEFAULT_PREFIX = {4: 24, 6: 64}
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """Who holds a Docker reservation in the shared address store, as the
+    container_id of a DOCKER_OWNER allocation: the pool alone (its gateway and
+    metadata link address, shared by every host), or the pool on one host
+    (that host's container addresses). Stored as "POOL" or "POOL@HOST", the
+    form every version wrote: pool IDs and host names hold no "@"."""
+
+    pool: str
+    host: str | None = None
+
+    def __str__(self) -> str:
+        return self.pool if self.host is None else f"{self.pool}@{self.host}"
+
+    @classmethod
+    def parse(cls, container_id: str) -> "Holder":
+        pool, at, host = container_id.rpartition("@")
+        return cls(pool, host) if at else cls(container_id)
 
 
 def _network(value: str, what: str):
@@ -35,8 +56,8 @@ class IpamDriver:
         # addresses are this host's; the gateway and the link address are shared.
         self.host = host or socket.gethostname()
 
-    def _owner(self, pool: dict) -> tuple:
-        return (DOCKER_OWNER, f"{pool['id']}@{self.host}", "")
+    def _owner(self, pool: Pool) -> tuple:
+        return (DOCKER_OWNER, str(Holder(pool.id, self.host)), "")
 
     def request_pool(self, body: dict) -> dict:
         space = body.get("AddressSpace") or LOCAL_SPACE
@@ -57,57 +78,57 @@ class IpamDriver:
         with step(f"pool {subnet}"):  # the CNI IPAM's own checks (e.g. a pool too small to hold a container)
             hostnet.parse_range({"subnet": str(subnet)})
         pool_id = f"{space}/{subnet}" + (f"/{sub_pool}" if sub_pool else "")
-        if self.state.get(POOL, pool_id) is not None:  # Docker retried: keep what the pool holds (its gateway)
+        if self.state.pool(pool_id) is not None:  # Docker retried: keep what the pool holds (its gateway)
             return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
-        self.state.put(POOL, pool_id, {"id": pool_id, "subnet": str(subnet),
-                                       "sub_pool": str(sub_pool) if sub_pool else None})
+        self.state.save(Pool(id=pool_id, subnet=str(subnet), sub_pool=str(sub_pool) if sub_pool else None))
         return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
 
     def _free_default_pool(self, version: int):
         """A default-sized pool not handed out before. Docker asks again when the
         answer overlaps one of its networks, so each answer is a new pool."""
-        taken = [ipaddress.ip_network(p["subnet"]) for p in self.state.all(POOL)]
+        taken = [ipaddress.ip_network(p.subnet) for p in self.state.pools()]
         for candidate in DEFAULT_POOLS[version].subnets(new_prefix=DEFAULT_PREFIX[version]):
             if not any(candidate.overlaps(t) for t in taken if t.version == version):
                 return candidate
         raise DriverError(f"no free IPv{version} pool left in {DEFAULT_POOLS[version]}; give --subnet")
 
-    def _pool(self, pool_id: str) -> dict:
-        pool = self.state.get(POOL, pool_id)
+    def _pool(self, pool_id: str) -> Pool:
+        pool = self.state.pool(pool_id)
         if pool is None:
             raise DriverError(f"unknown pool {pool_id!r}")
         return pool
 
-    def _config(self, pool: dict):
-        rng = {"subnet": pool["subnet"]}
-        if pool.get("sub_pool"):
-            hosts = ipaddress.ip_network(pool["sub_pool"])
+    def _config(self, pool: Pool):
+        rng = {"subnet": pool.subnet}
+        if pool.sub_pool:
+            hosts = ipaddress.ip_network(pool.sub_pool)
             rng.update(rangeStart=str(hosts.network_address), rangeEnd=str(hosts.broadcast_address))
-        if pool.get("gateway"):
-            rng["gateway"] = pool["gateway"]
-        with step(f"pool {pool['id']}"):
+        if pool.gateway:
+            rng["gateway"] = pool.gateway
+        with step(f"pool {pool.id}"):
             return hostnet.validate_ipam({"ranges": [[rng]]})
 
     def release_pool(self, body: dict) -> dict:
-        pool = self.state.get(POOL, body.get("PoolID", ""))
+        pool = self.state.pool(body.get("PoolID", ""))
         if pool is None:
             return {}
-        mine, shared = f"{pool['id']}@{self.host}", pool["id"]
+        mine, shared = Holder(pool.id, self.host), Holder(pool.id)
 
         def release_all(txn):
-            held = [a for a in txn.allocated(pool["subnet"]).values() if a.network == DOCKER_OWNER]
-            others = [a for a in held if a.container_id.startswith(shared + "@") and a.container_id != mine]
-            for allocation in held:
-                if allocation.container_id == mine or (allocation.container_id == shared and not others):
+            held = [(a, Holder.parse(a.container_id)) for a in txn.allocated(pool.subnet).values()
+                    if a.network == DOCKER_OWNER]
+            others = [a for a, holder in held if holder.pool == pool.id and holder not in (mine, shared)]
+            for allocation, holder in held:
+                if holder == mine or (holder == shared and not others):
                     txn.remove(allocation)
 
         self.store.run(release_all)
-        self.state.delete(POOL, pool["id"])
+        self.state.forget(pool)
         return {}
 
     def request_address(self, body: dict) -> dict:
         pool = self._pool(body.get("PoolID", ""))
-        subnet = ipaddress.ip_network(pool["subnet"])
+        subnet = ipaddress.ip_network(pool.subnet)
         wanted = None
         if body.get("Address"):
             try:
@@ -116,20 +137,20 @@ class IpamDriver:
                 raise DriverError(f"requested address {body['Address']!r} is not an IP address") from None
         if (body.get("Options") or {}).get("RequestAddressType") == GATEWAY_REQUEST:
             held = self._reserve_gateway(pool, wanted or subnet.network_address + 1)
-            self.state.put(POOL, pool["id"], dict(pool, gateway=held.ip))
+            self.state.save(dataclasses.replace(pool, gateway=held.ip))
         else:
             conf = self._config(pool)
             held = self.store.run(lambda txn: hostnet.reserve(txn, conf, self._owner(pool), wanted))
         return {"Address": f"{held.ip}/{subnet.prefixlen}", "Data": {}}
 
-    def _reserve_gateway(self, pool: dict, ip) -> Allocation:
-        subnet = ipaddress.ip_network(pool["subnet"])
+    def _reserve_gateway(self, pool: Pool, ip) -> Allocation:
+        subnet = ipaddress.ip_network(pool.subnet)
         if ip not in subnet or ip == subnet.network_address or (subnet.version == 4 and ip == subnet.broadcast_address):
             raise DriverError(f"gateway {ip} is not a host address of {subnet}")
-        gateway = Allocation(pool["subnet"], str(ip), DOCKER_OWNER, pool["id"], "gateway")
+        gateway = Allocation(pool.subnet, str(ip), DOCKER_OWNER, str(Holder(pool.id)), "gateway")
 
         def reserve(txn):
-            holder = txn.allocated(pool["subnet"]).get(str(ip))
+            holder = txn.allocated(pool.subnet).get(str(ip))
             if holder is not None and holder != gateway:
                 raise DriverError(f"gateway {ip} is already in use (by {holder.container_id})")
             if holder is None:
@@ -140,27 +161,27 @@ class IpamDriver:
 
     def reserve_link_address(self, subnet: str, ip: str) -> None:
         """Keep a flat network's metadata link address out of Docker's hands."""
-        pool = next((p for p in self.state.all(POOL) if p["subnet"] == subnet), None)
+        pool = next((p for p in self.state.pools() if p.subnet == subnet), None)
         if pool is None:
             raise DriverError(f"no pool for subnet {subnet}")
         def reserve(txn):
             holder = txn.allocated(subnet).get(ip)
             if holder is None:
-                txn.add(Allocation(subnet, ip, DOCKER_OWNER, pool["id"], "metadata-link"))
-            elif holder.network != DOCKER_OWNER or not holder.container_id.startswith(pool["id"]):
+                txn.add(Allocation(subnet, ip, DOCKER_OWNER, str(Holder(pool.id)), "metadata-link"))
+            elif holder.network != DOCKER_OWNER or Holder.parse(holder.container_id).pool != pool.id:
                 raise DriverError(f"the metadata link address {ip} is already in use (by {holder.container_id})")
             # else Docker holds it already for this pool, as an --aux-address
 
         self.store.run(reserve)
 
     def release_address(self, body: dict) -> dict:
-        pool = self.state.get(POOL, body.get("PoolID", ""))
+        pool = self.state.pool(body.get("PoolID", ""))
         if pool is None or not body.get("Address"):
             return {}
         ip = body["Address"].split("/")[0]
 
         def release(txn):
-            held = txn.allocated(pool["subnet"]).get(ip)
+            held = txn.allocated(pool.subnet).get(ip)
             if held is not None and held.network == DOCKER_OWNER:
                 txn.remove(held)
 

@@ -23,7 +23,7 @@ from cni_backend import hostnet, runtime
 from . import backends, options, render
 from .errors import DriverError, step
 from .ipam_driver import ADDRESS_SPACES, IpamDriver
-from .state import ENDPOINT, NETWORK, POOL, State
+from .state import Endpoint, Network, State
 
 log = logging.getLogger("cnm-shim")
 PORT_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
@@ -51,10 +51,10 @@ def _ip(value: str, what: str):
         raise DriverError(f"{what} {value!r} is not an address in CIDR form") from None
 
 
-def host_name(ep: dict) -> str:
+def host_name(ep: Endpoint) -> str:
     """The name the endpoint's interface has in the host between Join and
     Docker moving it into the sandbox."""
-    return "rc" + ep["endpoint_id"][:12]
+    return "rc" + ep.endpoint_id[:12]
 
 
 def mac_for(address: str) -> str:
@@ -118,7 +118,7 @@ class Translator:
 
     def create_network(self, driver: str, backend: str, body: dict) -> None:
         network_id = body["NetworkID"]
-        if self.state.get(NETWORK, network_id):
+        if self.state.network(network_id):
             return  # Docker retried: the network is made already
         raw_options = body.get("Options") or {}
         chosen, generic = options.choose_backend(driver, backend, raw_options.get("com.docker.network.generic") or {})
@@ -130,46 +130,45 @@ class Translator:
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
         bridge = opts["bridge"] or entry.bridge_prefix + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge, entry, opts)
-        sub_pools = {p["subnet"]: p["sub_pool"] for p in self.state.all(POOL) if p.get("sub_pool")}
+        sub_pools = {p.subnet: p.sub_pool for p in self.state.pools() if p.sub_pool}
         ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
                                    self.settings.etcd_tls)
         conf = render.conflist(cni_name, entry.render(bridge, opts, ipam))
         self._validated(_raw(conf))
-        net = {"id": network_id, "driver": driver, "backend": backend, "options": opts,
-               "cni_name": cni_name, "bridge": bridge, "conflist": conf,
-               "docker_ipam": any(d.get("AddressSpace") in ADDRESS_SPACES for d in ipv4 + ipv6)}
+        net = Network(id=network_id, driver=driver, backend=backend, options=opts, cni_name=cni_name, bridge=bridge,
+                      conflist=conf, docker_ipam=any(d.get("AddressSpace") in ADDRESS_SPACES for d in ipv4 + ipv6))
         with contextlib.ExitStack() as undo:
             with step(driver):  # the backend chosen, not the socket's driver
                 for address in entry.host.reserved_addresses(net):
                     self._keep_link_address_out_of_docker_ipam(net, ipv4, address)
                 entry.host.create(net, undo)
-            net["exported"] = self._export(cni_name, render.exported(conf)) if opts["cni.export"] else None
-            self.state.put(NETWORK, network_id, net)
+            net.exported = self._export(cni_name, render.exported(conf)) if opts["cni.export"] else None
+            self.state.save(net)
             undo.pop_all()
         log.info("network %s: %s (%s) on bridge %s", network_id[:12], cni_name, backend, bridge)
 
-    def _keep_link_address_out_of_docker_ipam(self, net: dict, ipv4: list, link_ip: str) -> None:
-        if net["docker_ipam"]:
+    def _keep_link_address_out_of_docker_ipam(self, net: Network, ipv4: list, link_ip: str) -> None:
+        if net.docker_ipam:
             subnet = next(str(ipaddress.ip_network(d["Pool"])) for d in ipv4
                           if ipaddress.ip_address(link_ip) in ipaddress.ip_network(d["Pool"]))
             self.ipam.reserve_link_address(subnet, link_ip)
             return
         aux = {str(a).split("/")[0] for d in ipv4 for a in (d.get("AuxAddresses") or {}).values()}
         if link_ip not in aux:
-            raise DriverError(f"{net['driver']}: Docker's IPAM could hand out the metadata link address {link_ip}; "
-                              f"add --aux-address metadata-link={link_ip} (or use --ipam-driver {net['driver']})")
+            raise DriverError(f"{net.driver}: Docker's IPAM could hand out the metadata link address {link_ip}; "
+                              f"add --aux-address metadata-link={link_ip} (or use --ipam-driver {net.driver})")
 
     def _refuse_duplicates(self, network_id: str, cni_name: str, bridge: str, entry: backends.Backend,
                            opts: dict) -> None:
-        for other in self.state.all(NETWORK):
+        for other in self.state.networks():
             for key, label in entry.unique:  # e.g. a VNI: two networks would be one segment
-                if other["backend"] == entry.name and other["options"][key] == opts[key]:
-                    raise DriverError(f"{label} {opts[key]} is already used by network {other['id'][:12]}; "
+                if other.backend == entry.name and other.options[key] == opts[key]:
+                    raise DriverError(f"{label} {opts[key]} is already used by network {other.id[:12]}; "
                                       f"choose another with -o {key}=N")
-            if other["cni_name"] == cni_name:
-                raise DriverError(f"CNI network name {cni_name!r} is already used by network {other['id'][:12]}")
-            if other["bridge"] == bridge:
-                raise DriverError(f"bridge {bridge!r} is already used by network {other['id'][:12]}; "
+            if other.cni_name == cni_name:
+                raise DriverError(f"CNI network name {cni_name!r} is already used by network {other.id[:12]}")
+            if other.bridge == bridge:
+                raise DriverError(f"bridge {bridge!r} is already used by network {other.id[:12]}; "
                                   "choose another with -o bridge=NAME")
 
     @staticmethod
@@ -194,26 +193,25 @@ class Translator:
 
     def delete_network(self, body: dict) -> None:
         network_id = body["NetworkID"]
-        net = self.state.get(NETWORK, network_id)
+        net = self.state.network(network_id)
         if net is None:
             return
-        for ep in self.state.all(ENDPOINT):
-            if ep["network_id"] == network_id:
-                self._cni_del(net, ep)
-                self.state.delete(ENDPOINT, State.endpoint_key(network_id, ep["endpoint_id"]))
-        backends.get(net["backend"]).host.remove(net)
-        for name in (net["cni_name"], render.ports_conflist(net["conflist"])["name"]):
+        for ep in self.state.endpoints(network_id):
+            self._cni_del(net, ep)
+            self.state.forget(ep)
+        backends.get(net.backend).host.remove(net)
+        for name in (net.cni_name, render.ports_conflist(net.conflist)["name"]):
             hostnet.forget(name, self.settings.store())
-        if net.get("exported"):
+        if net.exported:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(net["exported"])
-        self.state.delete(NETWORK, network_id)
+                os.unlink(net.exported)
+        self.state.forget(net)
         log.info("network %s removed", network_id[:12])
 
     # -- endpoints ---------------------------------------------------------
 
-    def _network(self, network_id: str) -> dict:
-        net = self.state.get(NETWORK, network_id)
+    def _network(self, network_id: str) -> Network:
+        net = self.state.network(network_id)
         if net is None:
             raise DriverError(f"network {network_id[:12]} is unknown to this driver")
         return net
@@ -223,52 +221,49 @@ class Translator:
         iface = body.get("Interface") or {}
         address, address6 = iface.get("Address") or "", iface.get("AddressIPv6") or ""
         if not address and not address6:
-            raise DriverError(f"{net['driver']} needs an address from the IPAM driver (the null IPAM driver gives none)")
+            raise DriverError(f"{net.driver} needs an address from the IPAM driver (the null IPAM driver gives none)")
         for value, what in ((address, "Address"), (address6, "AddressIPv6")):
             if value:
                 _ip(value, what)
-        key = State.endpoint_key(net["id"], body["EndpointID"])
-        known = self.state.get(ENDPOINT, key)
+        known = self.state.endpoint(net.id, body["EndpointID"])
         if known is not None:  # Docker retried: the same endpoint answers the same, keeps its state
-            if (known["address"], known["address6"]) != (address, address6):
+            if (known.address, known.address6) != (address, address6):
                 raise DriverError(f"endpoint {body['EndpointID'][:12]} exists already with other addresses")
             chosen = not iface.get("MacAddress")
-            return {"Interface": {"MacAddress": known["mac"]}} if chosen else {}
+            return {"Interface": {"MacAddress": known.mac}} if chosen else {}
         answer = {}
         mac = iface.get("MacAddress") or ""
         if not mac:
             mac = answer["MacAddress"] = mac_for(address)
-        self.state.put(ENDPOINT, key, {
-            "network_id": net["id"], "endpoint_id": body["EndpointID"],
-            "address": address, "address6": address6, "mac": mac, "result": None,
-        })
+        self.state.save(Endpoint(network_id=net.id, endpoint_id=body["EndpointID"], address=address,
+                                 address6=address6, mac=mac))
         return {"Interface": answer} if answer else {}
 
     def _endpoint(self, body: dict) -> tuple:
         net = self._network(body["NetworkID"])
-        ep = self.state.get(ENDPOINT, State.endpoint_key(net["id"], body["EndpointID"]))
+        ep = self.state.endpoint(net.id, body["EndpointID"])
         if ep is None:
             raise DriverError(f"endpoint {body['EndpointID'][:12]} is unknown to this driver")
         return net, ep
 
-    def _attachment(self, net: dict, ep: dict, netns: str) -> runtime.Attachment:
-        caps = {"ips": [a for a in (ep["address"], ep["address6"]) if a], "mac": ep["mac"]}
-        args = [("IgnoreUnknown", "1")] + ([(runtime.RESERVED_ARG, "true")] if net["docker_ipam"] else [])
-        return runtime.Attachment(ep["endpoint_id"], netns, CONTAINER_IFNAME, args=args, capability_args=caps)
+    def _attachment(self, net: Network, ep: Endpoint, netns: str) -> runtime.Attachment:
+        caps = {"ips": [a for a in (ep.address, ep.address6) if a], "mac": ep.mac}
+        args = [("IgnoreUnknown", "1")] + ([(runtime.RESERVED_ARG, "true")] if net.docker_ipam else [])
+        return runtime.Attachment(ep.endpoint_id, netns, CONTAINER_IFNAME, args=args, capability_args=caps)
 
     def join(self, body: dict) -> dict:
         net, ep = self._endpoint(body)
-        if ep.get("result"):  # a repeated Join: the interface exists already
-            return join_answer(ep["result"], ep["src_name"])
+        if ep.result:  # a repeated Join: the interface exists already
+            return join_answer(ep.result, ep.src_name)
         self._reclaim_from_stale_endpoints(net, ep)
         staging_path = self._staging_path(ep)
         src_name = host_name(ep)
-        conf = net["conflist"]
+        conf = net.conflist
         raw = _raw(conf)
         hostnet.create_staging(staging_path)
         try:
             try:
-                with step(f"{net['driver']}: CNI ADD on {net['cni_name']} failed"):
+                with step(f"{net.driver}: CNI ADD on {net.cni_name} failed"):
                     result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path))
                     hostnet.move_to_host(staging_path, CONTAINER_IFNAME, src_name)
             except runtime.CNIError:
@@ -276,15 +271,15 @@ class Translator:
                 raise
         finally:
             hostnet.remove_staging(staging_path)
-        ep.update(result=result, src_name=src_name, sandbox_key=body.get("SandboxKey", ""),
-                  ports_at_join=_port_mappings((body.get("Options") or {}).get("com.docker.network.portmap")))
-        self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
+        ep.result, ep.src_name, ep.sandbox_key = result, src_name, body.get("SandboxKey", "")
+        ep.ports_at_join = _port_mappings((body.get("Options") or {}).get("com.docker.network.portmap"))
+        self.state.save(ep)
         return join_answer(result, src_name)
 
-    def _staging_path(self, ep: dict) -> str:
-        return os.path.join(self.settings.run_dir, "staging", ep["endpoint_id"][:24])
+    def _staging_path(self, ep: Endpoint) -> str:
+        return os.path.join(self.settings.run_dir, "staging", ep.endpoint_id[:24])
 
-    def _discard_half_joined(self, ep: dict) -> None:
+    def _discard_half_joined(self, ep: Endpoint) -> None:
         """What a Join killed half-way leaves: its staging namespace (with the
         container side of the veth) and the interface moved to the host under
         our name, if Docker never took it. Both named after the endpoint; after
@@ -292,115 +287,114 @@ class Translator:
         first is what the bridge DEL would do anyway (one veth end takes the
         other)."""
         hostnet.remove_staging(self._staging_path(ep))
-        if hostnet.delete_link(host_name(ep)) and not ep.get("result"):
-            log.warning("endpoint %s: removed %s, left by an interrupted Join", ep["endpoint_id"][:12],
+        if hostnet.delete_link(host_name(ep)) and not ep.result:
+            log.warning("endpoint %s: removed %s, left by an interrupted Join", ep.endpoint_id[:12],
                         host_name(ep))
 
-    def _reclaim_from_stale_endpoints(self, net: dict, ep: dict) -> None:
+    def _reclaim_from_stale_endpoints(self, net: Network, ep: Endpoint) -> None:
         """Docker's IPAM gave this endpoint an address one of our older endpoints
         of the same network still holds: Docker no longer has that endpoint (a
         dockerd killed before it could call DeleteEndpoint), so tear it down."""
-        for address in (ep["address"], ep["address6"]):
+        for address in (ep.address, ep.address6):
             if not address:
                 continue
             iface = ipaddress.ip_interface(address)
             holder = hostnet.holder_of(self.settings.store(), str(iface.network), str(iface.ip))
-            if holder is None or holder.network != net["cni_name"] or holder.container_id == ep["endpoint_id"]:
+            if holder is None or holder.network != net.cni_name or holder.container_id == ep.endpoint_id:
                 continue
-            stale = self.state.get(ENDPOINT, State.endpoint_key(net["id"], holder.container_id))
+            stale = self.state.endpoint(net.id, holder.container_id)
             if stale is None:
                 continue  # a CNI runtime's container: ADD will report the clash
-            log.warning("endpoint %s reclaims %s from stale endpoint %s", ep["endpoint_id"][:12],
+            log.warning("endpoint %s reclaims %s from stale endpoint %s", ep.endpoint_id[:12],
                         iface.ip, holder.container_id[:12])
             self._revoke_ports(net, stale)
             self._cni_del(net, stale)
-            self.state.delete(ENDPOINT, State.endpoint_key(net["id"], holder.container_id))
+            self.state.forget(stale)
 
     def leave(self, body: dict) -> None:
         """Nothing to undo yet: Docker moves the interface back to the host after
         Leave and only then calls DeleteEndpoint, where CNI DEL runs."""
 
     def delete_endpoint(self, body: dict) -> None:
-        net = self.state.get(NETWORK, body["NetworkID"])
-        key = State.endpoint_key(body["NetworkID"], body["EndpointID"])
-        ep = self.state.get(ENDPOINT, key)
+        net = self.state.network(body["NetworkID"])
+        ep = self.state.endpoint(body["NetworkID"], body["EndpointID"])
         if net is None or ep is None:
             return  # Docker cleans up endpoints we never saw or forgot: success
         self._revoke_ports(net, ep)
         self._discard_half_joined(ep)
         self._cni_del(net, ep)
-        self.state.delete(ENDPOINT, key)
+        self.state.forget(ep)
 
-    def _cni_del(self, net: dict, ep: dict, quiet: bool = False) -> None:
-        conf = net["conflist"]
+    def _cni_del(self, net: Network, ep: Endpoint, quiet: bool = False) -> None:
+        conf = net.conflist
         try:
-            with step(f"{net['driver']}: CNI DEL on {net['cni_name']} failed"):
+            with step(f"{net.driver}: CNI DEL on {net.cni_name} failed"):
                 self.cni.delete(conf, _raw(conf), self._attachment(net, ep, ""))
         except runtime.CNIError as exc:
             if not quiet:
                 raise
-            log.warning("undoing ADD of %s: %s", ep["endpoint_id"][:12], exc)
+            log.warning("undoing ADD of %s: %s", ep.endpoint_id[:12], exc)
 
     # -- published ports -----------------------------------------------------
 
     def program_external_connectivity(self, body: dict) -> None:
         net, ep = self._endpoint(body)
         mappings = _port_mappings((body.get("Options") or {}).get("com.docker.network.portmap"))
-        if not mappings or ep.get("port_mappings") == mappings:
-            if ep.get("ports_at_join"):
-                ep["ports_at_join"] = None  # the call it waited for came, asking nothing new
-                self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
+        if not mappings or ep.port_mappings == mappings:
+            if ep.ports_at_join:
+                ep.ports_at_join = None  # the call it waited for came, asking nothing new
+                self.state.save(ep)
             return
-        if not ep.get("result"):
-            raise DriverError(f"endpoint {ep['endpoint_id'][:12]} has not joined a sandbox yet")
+        if not ep.result:
+            raise DriverError(f"endpoint {ep.endpoint_id[:12]} has not joined a sandbox yet")
         self._revoke_ports(net, ep)
-        conf = render.ports_conflist(net["conflist"])
-        att = runtime.Attachment(ep["endpoint_id"], ep.get("sandbox_key") or "/proc/self/ns/net", CONTAINER_IFNAME,
-                             capability_args={"portMappings": mappings})
+        conf = render.ports_conflist(net.conflist)
+        att = runtime.Attachment(ep.endpoint_id, ep.sandbox_key or "/proc/self/ns/net", CONTAINER_IFNAME,
+                                 capability_args={"portMappings": mappings})
         try:
-            with step(f"{net['driver']}: publishing ports failed"):
-                self.cni.add(conf, _raw(conf), att, prev_result=ep["result"])
+            with step(f"{net.driver}: publishing ports failed"):
+                self.cni.add(conf, _raw(conf), att, prev_result=ep.result)
         except runtime.CNIError:
             try:  # undo what the ADD made; its own failure must not hide the ADD's
-                self._revoke_ports(net, dict(ep, port_mappings=mappings))
+                self._revoke_ports(net, dataclasses.replace(ep, port_mappings=mappings))
             except runtime.CNIError as exc:
-                log.warning("undoing published ports of %s: %s", ep["endpoint_id"][:12], exc)
+                log.warning("undoing published ports of %s: %s", ep.endpoint_id[:12], exc)
             raise
-        ep["port_mappings"], ep["ports_at_join"] = mappings, None
-        self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
+        ep.port_mappings, ep.ports_at_join = mappings, None
+        self.state.save(ep)
 
     def revoke_external_connectivity(self, body: dict) -> None:
-        net = self.state.get(NETWORK, body["NetworkID"])
-        ep = self.state.get(ENDPOINT, State.endpoint_key(body["NetworkID"], body["EndpointID"]))
-        if net is not None and ep is not None and (ep.get("port_mappings") or ep.get("ports_at_join")):
+        net = self.state.network(body["NetworkID"])
+        ep = self.state.endpoint(body["NetworkID"], body["EndpointID"])
+        if net is not None and ep is not None and (ep.port_mappings or ep.ports_at_join):
             self._revoke_ports(net, ep)
-            ep["port_mappings"] = ep["ports_at_join"] = None  # no longer the gateway endpoint: waits for nothing
-            self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
+            ep.port_mappings = ep.ports_at_join = None  # no longer the gateway endpoint: waits for nothing
+            self.state.save(ep)
 
     def endpoints_awaiting_ports(self, driver: str) -> list:
         """Short IDs of `driver`'s endpoints whose Join carried published ports
         and that no ProgramExternalConnectivity has reached since. (An
         endpoint that is not its container's gateway never gets that call and
         waits for good: rare, and it only makes an ambiguous retry fail.)"""
-        drivers = {net["id"]: net["driver"] for net in self.state.all(NETWORK)}
-        return [ep["endpoint_id"][:12] for ep in self.state.all(ENDPOINT)
-                if drivers.get(ep["network_id"]) == driver and ep.get("ports_at_join")]
+        drivers = {net.id: net.driver for net in self.state.networks()}
+        return [ep.endpoint_id[:12] for ep in self.state.endpoints()
+                if drivers.get(ep.network_id) == driver and ep.ports_at_join]
 
-    def _revoke_ports(self, net: dict, ep: dict) -> None:
-        if not ep.get("port_mappings"):
+    def _revoke_ports(self, net: Network, ep: Endpoint) -> None:
+        if not ep.port_mappings:
             return
-        conf = render.ports_conflist(net["conflist"])
-        att = runtime.Attachment(ep["endpoint_id"], "", CONTAINER_IFNAME, capability_args={"portMappings": ep["port_mappings"]})
-        with step(f"{net['driver']}: removing published ports failed"):
+        conf = render.ports_conflist(net.conflist)
+        att = runtime.Attachment(ep.endpoint_id, "", CONTAINER_IFNAME, capability_args={"portMappings": ep.port_mappings})
+        with step(f"{net.driver}: removing published ports failed"):
             self.cni.delete(conf, _raw(conf), att)
 
     def oper_info(self, body: dict) -> dict:
         net, ep = self._endpoint(body)
-        result = ep.get("result") or {}
+        result = ep.result or {}
         host_side = [i["name"] for i in result.get("interfaces", []) if i.get("name", "").startswith("veth")]
-        return {"Value": {"cni_network": net["cni_name"], "bridge": net["bridge"],
+        return {"Value": {"cni_network": net.cni_name, "bridge": net.bridge,
                           "host_interface": host_side[0] if host_side else "",
                           "addresses": [ip["address"] for ip in result.get("ips", [])]}}
 
     def endpoints(self) -> list:
-        return self.state.all(ENDPOINT)
+        return self.state.endpoints()

@@ -13,39 +13,41 @@ from typing import Callable
 
 from cni_backend import hostnet
 
+from ..state import Network
+
 
 class HostSide:
     """The host side of one of the backend's networks, from its state record
-    (`net`: id, options, bridge, conflist …). The bridge backend's is the
+    (`net`: a state.Network: id, options, bridge, conflist …). The bridge backend's is the
     default: a bridge, made if missing and removed only when it was ours."""
 
-    def create(self, net: dict, undo) -> None:
+    def create(self, net: Network, undo) -> None:
         """Made at CreateNetwork; what was made registers its removal on `undo`
         (an ExitStack) so a later failing step leaves nothing."""
         raise NotImplementedError
 
-    def remove(self, net: dict) -> None:
+    def remove(self, net: Network) -> None:
         """Removed at DeleteNetwork, idempotently."""
         raise NotImplementedError
 
-    def ensure(self, net: dict) -> None:
+    def ensure(self, net: Network) -> None:
         """Made again, the same idempotent way (the doctor's repair)."""
         raise NotImplementedError
 
-    def made_by_us(self, net: dict) -> bool:
+    def made_by_us(self, net: Network) -> bool:
         """Whether the network's bridge is ours to re-make (the doctor)."""
         return True
 
-    def ports(self, net: dict) -> list:
+    def ports(self, net: Network) -> list:
         """Interfaces the doctor expects enslaved to the network's bridge."""
         return []
 
-    def reserved_addresses(self, net: dict) -> list:
+    def reserved_addresses(self, net: Network) -> list:
         """Addresses of the subnet the host side itself holds: CreateNetwork
         keeps them out of Docker's IPAM."""
         return []
 
-    def datapath(self, net: dict) -> dict:
+    def datapath(self, net: Network) -> dict:
         """What carries the network's traffic (cnm-shim status / doctor)."""
         raise NotImplementedError
 
@@ -55,29 +57,29 @@ class LoadedHost(HostSide):
     (cni_backend.hostnet.network_of: the conflist's first plug-in's network,
     flat's uplink or vxlan's VTEP); always ours, so always removed."""
 
-    def network(self, net: dict):
-        return hostnet.network_of(net["conflist"])
+    def network(self, net: Network):
+        return hostnet.network_of(net.conflist)
 
-    def create(self, net: dict, undo) -> None:
-        net["bridge_created"] = True
+    def create(self, net: Network, undo) -> None:
+        net.bridge_created = True
         network = self.network(net)
         network.ensure()
         undo.callback(network.remove)
 
-    def remove(self, net: dict) -> None:
+    def remove(self, net: Network) -> None:
         self.network(net).remove()
 
-    def ensure(self, net: dict) -> None:
+    def ensure(self, net: Network) -> None:
         self.network(net).ensure()
 
-    def ports(self, net: dict) -> list:
+    def ports(self, net: Network) -> list:
         return self.network(net).ports()
 
-    def reserved_addresses(self, net: dict) -> list:
+    def reserved_addresses(self, net: Network) -> list:
         return self.network(net).reserved_addresses()
 
-    def datapath(self, net: dict) -> dict:
-        return self.network(net).datapath(net["cni_name"])
+    def datapath(self, net: Network) -> dict:
+        return self.network(net).datapath(net.cni_name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,7 @@ through the host (`rancher-bridge`)."""
 from cni_backend import hostnet
 
 from .. import options
+from ..state import Network
 from ..options import Option
 from .base import Backend, HostSide
 
@@ -38,28 +39,28 @@ class BridgeHost(HostSide):
     """A bridge of the host; one that existed before (docker0) is reused and left in place."""
 
     @staticmethod
-    def _bridge(net: dict) -> hostnet.Bridge:
-        return hostnet.Bridge(net["bridge"], net["options"]["mtu"])
+    def _bridge(net: Network) -> hostnet.Bridge:
+        return hostnet.Bridge(net.bridge, net.options["mtu"])
 
-    def create(self, net: dict, undo) -> None:
+    def create(self, net: Network, undo) -> None:
         bridge = self._bridge(net)
-        net["bridge_created"] = not bridge.exists()
+        net.bridge_created = not bridge.exists()
         bridge.ensure()
-        if net["bridge_created"]:
+        if net.bridge_created:
             undo.callback(bridge.remove)
 
-    def remove(self, net: dict) -> None:
-        if net["bridge_created"]:
-            hostnet.Bridge(net["bridge"], None).remove()
+    def remove(self, net: Network) -> None:
+        if net.bridge_created:
+            hostnet.Bridge(net.bridge, None).remove()
 
-    def ensure(self, net: dict) -> None:
+    def ensure(self, net: Network) -> None:
         self._bridge(net).ensure()
 
-    def made_by_us(self, net: dict) -> bool:
-        return bool(net.get("bridge_created"))
+    def made_by_us(self, net: Network) -> bool:
+        return bool(net.bridge_created)
 
-    def datapath(self, net: dict) -> dict:
-        return hostnet.Bridge(net["bridge"], None).datapath(net["cni_name"])
+    def datapath(self, net: Network) -> dict:
+        return hostnet.Bridge(net.bridge, None).datapath(net.cni_name)
 
 
 BACKEND = Backend(name="bridge", driver="rancher-bridge", options=OPTIONS, render=render,
