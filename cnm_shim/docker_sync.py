@@ -34,7 +34,7 @@ import requests.exceptions
 
 from cni_backend import runtime
 
-from . import backends
+from . import backends, cnm
 from .ipam_driver import IpamDriver
 from .state import Endpoint, Network, Pool, State
 from .translate import Settings, Translator
@@ -185,18 +185,18 @@ class Teardown:
             raise EngineError("Docker lists it on a second look: left alone")
         for ep in self.state.endpoints(net.id):
             self._endpoint(net, ep)
-        self.translator.delete_network({"NetworkID": net.id})
+        self.translator.delete_network(cnm.NetworkRequest(net.id))
         pools = self._release_pools(net)
         return "removed: endpoints, host network, rules and allocations, state rows" + \
             (f"; pools {', '.join(pools)} released" if pools else "")
 
     def _endpoint(self, net: Network, ep: Endpoint) -> None:
-        self.translator.delete_endpoint({"NetworkID": net.id, "EndpointID": ep.endpoint_id})
+        self.translator.delete_endpoint(cnm.EndpointRequest(net.id, ep.endpoint_id))
         if net.docker_ipam:  # Docker's ReleaseAddress was lost with the DeleteEndpoint
             for address in (ep.address, ep.address6):
                 pool = self._pool_of(address)
                 if pool is not None:
-                    self.ipam.release_address({"PoolID": pool.id, "Address": address})
+                    self.ipam.release_address(cnm.AddressRequest(pool.id, address))
 
     def _pool_of(self, address: str) -> Pool | None:
         if not address:
@@ -217,6 +217,6 @@ class Teardown:
         for pool in self.state.pools():
             subnet = ipaddress.ip_network(pool.subnet)
             if subnet in subnets and subnet not in in_use:
-                self.ipam.release_pool({"PoolID": pool.id})
+                self.ipam.release_pool(cnm.PoolRequest(pool.id))
                 released.append(pool.id)
         return released

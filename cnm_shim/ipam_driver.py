@@ -10,6 +10,7 @@ import socket
 from cni_backend import hostnet
 from cni_backend.hostnet import DOCKER_OWNER, Allocation
 
+from . import cnm
 from .errors import DriverError, step
 from .state import Pool, State
 
@@ -59,29 +60,29 @@ class IpamDriver:
     def _owner(self, pool: Pool) -> tuple:
         return (DOCKER_OWNER, str(Holder(pool.id, self.host)), "")
 
-    def request_pool(self, body: dict) -> dict:
-        space = body.get("AddressSpace") or LOCAL_SPACE
+    def request_pool(self, request: cnm.RequestPoolRequest) -> cnm.RequestPoolResponse:
+        request = cnm.coerce(cnm.RequestPoolRequest, request)
+        space = request.address_space or LOCAL_SPACE
         if space not in ADDRESS_SPACES:
             raise DriverError(f"unknown address space {space!r}; valid: {', '.join(ADDRESS_SPACES)}")
-        v6 = bool(body.get("V6"))
-        if body.get("Pool"):
-            subnet = _network(body["Pool"], "pool")
+        v6 = request.v6
+        if request.pool:
+            subnet = _network(request.pool, "pool")
         else:
             subnet = self._free_default_pool(6 if v6 else 4)
         if subnet.version != (6 if v6 else 4):
             raise DriverError(f"pool {subnet} is not an IPv{6 if v6 else 4} pool")
         sub_pool = None
-        if body.get("SubPool"):
-            sub_pool = _network(body["SubPool"], "ip-range")
+        if request.sub_pool:
+            sub_pool = _network(request.sub_pool, "ip-range")
             if sub_pool.version != subnet.version or not sub_pool.subnet_of(subnet):
                 raise DriverError(f"ip-range {sub_pool} is not inside subnet {subnet}")
         with step(f"pool {subnet}"):  # the CNI IPAM's own checks (e.g. a pool too small to hold a container)
             hostnet.parse_range({"subnet": str(subnet)})
         pool_id = f"{space}/{subnet}" + (f"/{sub_pool}" if sub_pool else "")
-        if self.state.pool(pool_id) is not None:  # Docker retried: keep what the pool holds (its gateway)
-            return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
-        self.state.save(Pool(id=pool_id, subnet=str(subnet), sub_pool=str(sub_pool) if sub_pool else None))
-        return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
+        if self.state.pool(pool_id) is None:  # else Docker retried: keep what the pool holds (its gateway)
+            self.state.save(Pool(id=pool_id, subnet=str(subnet), sub_pool=str(sub_pool) if sub_pool else None))
+        return cnm.RequestPoolResponse(pool_id, str(subnet))
 
     def _free_default_pool(self, version: int):
         """A default-sized pool not handed out before. Docker asks again when the
@@ -108,10 +109,10 @@ class IpamDriver:
         with step(f"pool {pool.id}"):
             return hostnet.validate_ipam({"ranges": [[rng]]})
 
-    def release_pool(self, body: dict) -> dict:
-        pool = self.state.pool(body.get("PoolID", ""))
+    def release_pool(self, request: cnm.PoolRequest) -> None:
+        pool = self.state.pool(cnm.coerce(cnm.PoolRequest, request).pool_id)
         if pool is None:
-            return {}
+            return
         mine, shared = Holder(pool.id, self.host), Holder(pool.id)
 
         def release_all(txn):
@@ -124,24 +125,24 @@ class IpamDriver:
 
         self.store.run(release_all)
         self.state.forget(pool)
-        return {}
 
-    def request_address(self, body: dict) -> dict:
-        pool = self._pool(body.get("PoolID", ""))
+    def request_address(self, request: cnm.AddressRequest) -> cnm.RequestAddressResponse:
+        request = cnm.coerce(cnm.AddressRequest, request)
+        pool = self._pool(request.pool_id)
         subnet = ipaddress.ip_network(pool.subnet)
         wanted = None
-        if body.get("Address"):
+        if request.address:
             try:
-                wanted = ipaddress.ip_address(body["Address"].split("/")[0])
+                wanted = ipaddress.ip_address(request.address.split("/")[0])
             except ValueError:
-                raise DriverError(f"requested address {body['Address']!r} is not an IP address") from None
-        if (body.get("Options") or {}).get("RequestAddressType") == GATEWAY_REQUEST:
+                raise DriverError(f"requested address {request.address!r} is not an IP address") from None
+        if request.options.get("RequestAddressType") == GATEWAY_REQUEST:
             held = self._reserve_gateway(pool, wanted or subnet.network_address + 1)
             self.state.save(dataclasses.replace(pool, gateway=held.ip))
         else:
             conf = self._config(pool)
             held = self.store.run(lambda txn: hostnet.reserve(txn, conf, self._owner(pool), wanted))
-        return {"Address": f"{held.ip}/{subnet.prefixlen}", "Data": {}}
+        return cnm.RequestAddressResponse(f"{held.ip}/{subnet.prefixlen}")
 
     def _reserve_gateway(self, pool: Pool, ip) -> Allocation:
         subnet = ipaddress.ip_network(pool.subnet)
@@ -174,11 +175,12 @@ class IpamDriver:
 
         self.store.run(reserve)
 
-    def release_address(self, body: dict) -> dict:
-        pool = self.state.pool(body.get("PoolID", ""))
-        if pool is None or not body.get("Address"):
-            return {}
-        ip = body["Address"].split("/")[0]
+    def release_address(self, request: cnm.AddressRequest) -> None:
+        request = cnm.coerce(cnm.AddressRequest, request)
+        pool = self.state.pool(request.pool_id)
+        if pool is None or not request.address:
+            return
+        ip = request.address.split("/")[0]
 
         def release(txn):
             held = txn.allocated(pool.subnet).get(ip)
@@ -186,4 +188,3 @@ class IpamDriver:
                 txn.remove(held)
 
         self.store.run(release)
-        return {}

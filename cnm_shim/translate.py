@@ -20,7 +20,7 @@ import tempfile
 
 from cni_backend import hostnet, runtime
 
-from . import backends, options, render
+from . import backends, cnm, options, render
 from .errors import DriverError, step
 from .ipam_driver import ADDRESS_SPACES, IpamDriver
 from .state import Endpoint, Network, State
@@ -66,18 +66,18 @@ def mac_for(address: str) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in octets)
 
 
-def _port_mappings(raw) -> list:
-    """Docker's com.docker.network.portmap -> CNI's portMappings capability."""
+def _port_mappings(bindings) -> list:
+    """Docker's com.docker.network.portmap (cnm.PortBinding) -> CNI's portMappings capability."""
     mappings = []
-    for entry in raw or []:
-        proto = PORT_PROTOCOLS.get(entry.get("Proto"))
-        if proto is None or not entry.get("HostPort"):
+    for binding in bindings:
+        proto = PORT_PROTOCOLS.get(binding.proto)
+        if proto is None or not binding.host_port:
             continue
-        first, last = entry["HostPort"], entry.get("HostPortEnd") or entry["HostPort"]
+        first, last = binding.host_port, binding.host_port_end or binding.host_port
         for offset in range(last - first + 1):
-            mapping = {"hostPort": first + offset, "containerPort": entry["Port"] + offset, "protocol": proto}
-            if entry.get("HostIP") not in (None, "", "0.0.0.0", "::"):
-                mapping["hostIP"] = entry["HostIP"]
+            mapping = {"hostPort": first + offset, "containerPort": binding.port + offset, "protocol": proto}
+            if binding.host_ip not in ("", "0.0.0.0", "::"):
+                mapping["hostIP"] = binding.host_ip
             mappings.append(mapping)
     return mappings
 
@@ -87,24 +87,23 @@ def _raw(conf: dict) -> bytes:
     return json.dumps(conf, indent=2).encode()
 
 
-def join_answer(result: dict, src_name: str) -> dict:
+def join_answer(result: dict, src_name: str) -> cnm.JoinResponse:
     """The CNI result -> Join's InterfaceName, Gateway(s) and StaticRoutes."""
-    answer = {"InterfaceName": {"SrcName": src_name, "DstPrefix": "eth"}, "StaticRoutes": []}
-    defaults = {4: False, 6: False}
+    routes, defaults, gateways = [], {4: False, 6: False}, {4: "", 6: ""}
     for route in result.get("routes", []):
         dst = ipaddress.ip_network(route["dst"])
         if dst.prefixlen == 0:
             defaults[dst.version] = True
             continue
-        static = {"Destination": str(dst), "RouteType": 1}
         if route.get("gw"):
-            static.update(RouteType=0, NextHop=route["gw"])
-        answer["StaticRoutes"].append(static)
+            routes.append(cnm.StaticRoute(str(dst), 0, route["gw"]))
+        else:
+            routes.append(cnm.StaticRoute(str(dst), 1))
     for ip in result.get("ips", []):
         version = ipaddress.ip_interface(ip["address"]).version
         if ip.get("gateway") and defaults[version]:
-            answer["Gateway" if version == 4 else "GatewayIPv6"] = ip["gateway"]
-    return answer
+            gateways[version] = ip["gateway"]
+    return cnm.JoinResponse(src_name, gateway=gateways[4], gateway_ipv6=gateways[6], static_routes=tuple(routes))
 
 
 class Translator:
@@ -116,17 +115,16 @@ class Translator:
 
     # -- networks ----------------------------------------------------------
 
-    def create_network(self, driver: str, backend: str, body: dict) -> None:
-        network_id = body["NetworkID"]
+    def create_network(self, driver: str, backend: str, request: cnm.CreateNetworkRequest) -> None:
+        network_id = request.network_id
         if self.state.network(network_id):
             return  # Docker retried: the network is made already
-        raw_options = body.get("Options") or {}
-        chosen, generic = options.choose_backend(driver, backend, raw_options.get("com.docker.network.generic") or {})
+        chosen, generic = options.choose_backend(driver, backend, request.generic)
         entry = backends.get(chosen)
         if chosen != backend:  # name the backend in messages, not the socket it came in on
             backend, driver = chosen, entry.driver
         opts = options.parse(driver, backend, generic)
-        ipv4, ipv6 = body.get("IPv4Data") or [], body.get("IPv6Data") or []
+        ipv4, ipv6 = request.ipv4_data, request.ipv6_data
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
         bridge = opts["bridge"] or entry.bridge_prefix + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge, entry, opts)
@@ -136,7 +134,7 @@ class Translator:
         conf = render.conflist(cni_name, entry.render(bridge, opts, ipam))
         self._validated(_raw(conf))
         net = Network(id=network_id, driver=driver, backend=backend, options=opts, cni_name=cni_name, bridge=bridge,
-                      conflist=conf, docker_ipam=any(d.get("AddressSpace") in ADDRESS_SPACES for d in ipv4 + ipv6))
+                      conflist=conf, docker_ipam=any(d.address_space in ADDRESS_SPACES for d in ipv4 + ipv6))
         with contextlib.ExitStack() as undo:
             with step(driver):  # the backend chosen, not the socket's driver
                 for address in entry.host.reserved_addresses(net):
@@ -149,11 +147,11 @@ class Translator:
 
     def _keep_link_address_out_of_docker_ipam(self, net: Network, ipv4: list, link_ip: str) -> None:
         if net.docker_ipam:
-            subnet = next(str(ipaddress.ip_network(d["Pool"])) for d in ipv4
-                          if ipaddress.ip_address(link_ip) in ipaddress.ip_network(d["Pool"]))
+            subnet = next(str(ipaddress.ip_network(d.pool)) for d in ipv4
+                          if ipaddress.ip_address(link_ip) in ipaddress.ip_network(d.pool))
             self.ipam.reserve_link_address(subnet, link_ip)
             return
-        aux = {str(a).split("/")[0] for d in ipv4 for a in (d.get("AuxAddresses") or {}).values()}
+        aux = {str(a).split("/")[0] for d in ipv4 for a in d.aux_addresses.values()}
         if link_ip not in aux:
             raise DriverError(f"{net.driver}: Docker's IPAM could hand out the metadata link address {link_ip}; "
                               f"add --aux-address metadata-link={link_ip} (or use --ipam-driver {net.driver})")
@@ -191,8 +189,8 @@ class Translator:
         os.replace(tmp, path)  # a runtime never reads half a file
         return path
 
-    def delete_network(self, body: dict) -> None:
-        network_id = body["NetworkID"]
+    def delete_network(self, request: cnm.NetworkRequest) -> None:
+        network_id = request.network_id
         net = self.state.network(network_id)
         if net is None:
             return
@@ -216,34 +214,31 @@ class Translator:
             raise DriverError(f"network {network_id[:12]} is unknown to this driver")
         return net
 
-    def create_endpoint(self, body: dict) -> dict:
-        net = self._network(body["NetworkID"])
-        iface = body.get("Interface") or {}
-        address, address6 = iface.get("Address") or "", iface.get("AddressIPv6") or ""
+    def create_endpoint(self, request: cnm.CreateEndpointRequest) -> cnm.CreateEndpointResponse:
+        net = self._network(request.network_id)
+        iface = request.interface
+        address, address6 = iface.address, iface.address_ipv6
         if not address and not address6:
             raise DriverError(f"{net.driver} needs an address from the IPAM driver (the null IPAM driver gives none)")
         for value, what in ((address, "Address"), (address6, "AddressIPv6")):
             if value:
                 _ip(value, what)
-        known = self.state.endpoint(net.id, body["EndpointID"])
+        known = self.state.endpoint(net.id, request.endpoint_id)
         if known is not None:  # Docker retried: the same endpoint answers the same, keeps its state
             if (known.address, known.address6) != (address, address6):
-                raise DriverError(f"endpoint {body['EndpointID'][:12]} exists already with other addresses")
-            chosen = not iface.get("MacAddress")
-            return {"Interface": {"MacAddress": known.mac}} if chosen else {}
-        answer = {}
-        mac = iface.get("MacAddress") or ""
-        if not mac:
-            mac = answer["MacAddress"] = mac_for(address)
-        self.state.save(Endpoint(network_id=net.id, endpoint_id=body["EndpointID"], address=address,
+                raise DriverError(f"endpoint {request.endpoint_id[:12]} exists already with other addresses")
+            chosen = not iface.mac_address
+            return cnm.CreateEndpointResponse(known.mac if chosen else "")
+        mac = iface.mac_address or mac_for(address)
+        self.state.save(Endpoint(network_id=net.id, endpoint_id=request.endpoint_id, address=address,
                                  address6=address6, mac=mac))
-        return {"Interface": answer} if answer else {}
+        return cnm.CreateEndpointResponse("" if iface.mac_address else mac)
 
-    def _endpoint(self, body: dict) -> tuple:
-        net = self._network(body["NetworkID"])
-        ep = self.state.endpoint(net.id, body["EndpointID"])
+    def _endpoint(self, request) -> tuple:
+        net = self._network(request.network_id)
+        ep = self.state.endpoint(net.id, request.endpoint_id)
         if ep is None:
-            raise DriverError(f"endpoint {body['EndpointID'][:12]} is unknown to this driver")
+            raise DriverError(f"endpoint {request.endpoint_id[:12]} is unknown to this driver")
         return net, ep
 
     def _attachment(self, net: Network, ep: Endpoint, netns: str) -> runtime.Attachment:
@@ -251,8 +246,8 @@ class Translator:
         args = [("IgnoreUnknown", "1")] + ([(runtime.RESERVED_ARG, "true")] if net.docker_ipam else [])
         return runtime.Attachment(ep.endpoint_id, netns, CONTAINER_IFNAME, args=args, capability_args=caps)
 
-    def join(self, body: dict) -> dict:
-        net, ep = self._endpoint(body)
+    def join(self, request: cnm.JoinRequest) -> cnm.JoinResponse:
+        net, ep = self._endpoint(request)
         if ep.result:  # a repeated Join: the interface exists already
             return join_answer(ep.result, ep.src_name)
         self._reclaim_from_stale_endpoints(net, ep)
@@ -271,8 +266,8 @@ class Translator:
                 raise
         finally:
             hostnet.remove_staging(staging_path)
-        ep.result, ep.src_name, ep.sandbox_key = result, src_name, body.get("SandboxKey", "")
-        ep.ports_at_join = _port_mappings((body.get("Options") or {}).get("com.docker.network.portmap"))
+        ep.result, ep.src_name, ep.sandbox_key = result, src_name, request.sandbox_key
+        ep.ports_at_join = _port_mappings(request.port_map)
         self.state.save(ep)
         return join_answer(result, src_name)
 
@@ -311,13 +306,13 @@ class Translator:
             self._cni_del(net, stale)
             self.state.forget(stale)
 
-    def leave(self, body: dict) -> None:
+    def leave(self, request: cnm.EndpointRequest) -> None:
         """Nothing to undo yet: Docker moves the interface back to the host after
         Leave and only then calls DeleteEndpoint, where CNI DEL runs."""
 
-    def delete_endpoint(self, body: dict) -> None:
-        net = self.state.network(body["NetworkID"])
-        ep = self.state.endpoint(body["NetworkID"], body["EndpointID"])
+    def delete_endpoint(self, request: cnm.EndpointRequest) -> None:
+        net = self.state.network(request.network_id)
+        ep = self.state.endpoint(request.network_id, request.endpoint_id)
         if net is None or ep is None:
             return  # Docker cleans up endpoints we never saw or forgot: success
         self._revoke_ports(net, ep)
@@ -337,9 +332,9 @@ class Translator:
 
     # -- published ports -----------------------------------------------------
 
-    def program_external_connectivity(self, body: dict) -> None:
-        net, ep = self._endpoint(body)
-        mappings = _port_mappings((body.get("Options") or {}).get("com.docker.network.portmap"))
+    def program_external_connectivity(self, request: cnm.ExternalConnectivityRequest) -> None:
+        net, ep = self._endpoint(request)
+        mappings = _port_mappings(request.port_map)
         if not mappings or ep.port_mappings == mappings:
             if ep.ports_at_join:
                 ep.ports_at_join = None  # the call it waited for came, asking nothing new
@@ -363,9 +358,9 @@ class Translator:
         ep.port_mappings, ep.ports_at_join = mappings, None
         self.state.save(ep)
 
-    def revoke_external_connectivity(self, body: dict) -> None:
-        net = self.state.network(body["NetworkID"])
-        ep = self.state.endpoint(body["NetworkID"], body["EndpointID"])
+    def revoke_external_connectivity(self, request: cnm.EndpointRequest) -> None:
+        net = self.state.network(request.network_id)
+        ep = self.state.endpoint(request.network_id, request.endpoint_id)
         if net is not None and ep is not None and (ep.port_mappings or ep.ports_at_join):
             self._revoke_ports(net, ep)
             ep.port_mappings = ep.ports_at_join = None  # no longer the gateway endpoint: waits for nothing
@@ -388,13 +383,13 @@ class Translator:
         with step(f"{net.driver}: removing published ports failed"):
             self.cni.delete(conf, _raw(conf), att)
 
-    def oper_info(self, body: dict) -> dict:
-        net, ep = self._endpoint(body)
+    def oper_info(self, request: cnm.EndpointRequest) -> cnm.OperInfoResponse:
+        net, ep = self._endpoint(request)
         result = ep.result or {}
         host_side = [i["name"] for i in result.get("interfaces", []) if i.get("name", "").startswith("veth")]
-        return {"Value": {"cni_network": net.cni_name, "bridge": net.bridge,
-                          "host_interface": host_side[0] if host_side else "",
-                          "addresses": [ip["address"] for ip in result.get("ips", [])]}}
+        return cnm.OperInfoResponse({"cni_network": net.cni_name, "bridge": net.bridge,
+                                     "host_interface": host_side[0] if host_side else "",
+                                     "addresses": [ip["address"] for ip in result.get("ips", [])]})
 
     def endpoints(self) -> list:
         return self.state.endpoints()
