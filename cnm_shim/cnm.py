@@ -110,6 +110,14 @@ class IPAMData:
         return cls(pool=entry["Pool"], address_space=entry.get("AddressSpace") or "",
                    gateway=entry.get("Gateway") or "", aux_addresses=dict(aux or {}))
 
+    def to_wire(self) -> dict:
+        wire = {"AddressSpace": self.address_space, "Pool": self.pool}
+        if self.gateway:
+            wire["Gateway"] = self.gateway
+        if self.aux_addresses:
+            wire["AuxAddresses"] = dict(self.aux_addresses)
+        return wire
+
 
 @dataclasses.dataclass(frozen=True)
 class CreateNetworkRequest:
@@ -279,7 +287,8 @@ class ExternalConnectivityRequest:
 
 
 class Response:
-    """A response dataclass; `to_wire()` is its JSON object, which it also reads like."""
+    """A response dataclass; `to_wire()` is its JSON object, which it also
+    reads like and compares equal to."""
 
     def to_wire(self) -> dict:
         raise NotImplementedError
@@ -287,8 +296,17 @@ class Response:
     def __getitem__(self, key: str):
         return self.to_wire()[key]
 
+    def __eq__(self, other):
+        if isinstance(other, Response):
+            return type(self) is type(other) and self.to_wire() == other.to_wire()
+        if isinstance(other, dict):
+            return self.to_wire() == other
+        return NotImplemented
 
-@dataclasses.dataclass(frozen=True)
+    __hash__ = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class CreateEndpointResponse(Response):
     """{"Interface": {"MacAddress"}} when the driver chose the MAC, else {}."""
 
@@ -298,7 +316,7 @@ class CreateEndpointResponse(Response):
         return {"Interface": {"MacAddress": self.mac_address}} if self.mac_address else {}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class StaticRoute(Response):
     """{Destination, RouteType, NextHop}: RouteType 0 = via NextHop, 1 = connected."""
 
@@ -313,7 +331,7 @@ class StaticRoute(Response):
         return route
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class JoinResponse(Response):
     """{InterfaceName: {SrcName, DstPrefix}, Gateway, GatewayIPv6, StaticRoutes};
     a gateway only when the CNI result routes the default through it."""
@@ -334,7 +352,7 @@ class JoinResponse(Response):
         return answer
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class OperInfoResponse(Response):
     """EndpointOperInfo: {"Value": {cni_network, bridge, host_interface, addresses}} (shown by docker inspect)."""
 
@@ -369,7 +387,7 @@ class RequestPoolRequest:
                    dict(data.get("Options") or {}), bool(data.get("V6")))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class RequestPoolResponse(Response):
     """{PoolID, Pool, Data}."""
 
@@ -408,7 +426,7 @@ class AddressRequest:
         return cls(data.get("PoolID") or "", data.get("Address") or "", dict(data.get("Options") or {}))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class RequestAddressResponse(Response):
     """{Address 'ip/len', Data}."""
 

@@ -7,32 +7,32 @@ address pool (the IPAM store keys addresses by subnet).
 
 import ipaddress
 
-from .cnm import IPAMData
 from .errors import DriverError
 
 # 1.0.0: what containerd 1.6 (libcni 1.1) understands
 CNI_VERSION = "1.0.0"
 
 
-def _range(ipam_data: IPAMData) -> dict:
+def _range(ipam_data: dict) -> dict:
     """Docker's IPAMData {Pool, Gateway 'ip/len', AuxAddresses} -> a CNI range."""
     try:
-        subnet = ipaddress.ip_network(ipam_data.pool)
-    except ValueError:
-        raise DriverError(f"invalid IPAM pool {ipam_data.pool!r}") from None
+        subnet = ipaddress.ip_network(ipam_data["Pool"])
+    except (KeyError, ValueError):
+        raise DriverError(f"invalid IPAM pool {ipam_data.get('Pool')!r}") from None
     rng = {"subnet": str(subnet)}
-    if ipam_data.gateway:
-        rng["gateway"] = str(ipaddress.ip_interface(ipam_data.gateway).ip)
+    if ipam_data.get("Gateway"):
+        rng["gateway"] = str(ipaddress.ip_interface(ipam_data["Gateway"]).ip)
     return rng
 
 
-def _exclusions(ipam_data: IPAMData) -> list:
-    return [str(ipaddress.ip_address(a.split("/")[0])) for a in ipam_data.aux_addresses.values()]
+def _exclusions(ipam_data: dict) -> list:
+    return [str(ipaddress.ip_address(a.split("/")[0])) for a in (ipam_data.get("AuxAddresses") or {}).values()]
 
 
 def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, etcd_endpoints=(),
                  etcd_tls=None) -> dict:
-    """Docker's IPAM data (cnm.IPAMData) -> rancher-ipam's config: the same subnets, gateways,
+    """Docker's IPAM data (IPv4Data / IPv6Data entries as Docker sends them;
+    cnm.IPAMData.to_wire) -> rancher-ipam's config: the same subnets, gateways,
     --ip-range and --aux-address, so CNI runtimes allocate as Docker does."""
     ranges, exclude = [], []
     for data in list(ipv4) + list(ipv6):

@@ -20,7 +20,7 @@ import tempfile
 
 from cni_backend import hostnet, runtime
 
-from . import backends, cnm, options, render
+from . import backends, cnm, options, paths, render
 from .errors import DriverError, step
 from .ipam_driver import ADDRESS_SPACES, IpamDriver
 from .state import Endpoint, Network, State
@@ -32,11 +32,11 @@ CONTAINER_IFNAME = "eth0"  # inside the staging namespace; Docker renames it in 
 
 @dataclasses.dataclass
 class Settings:
-    state_dir: str = "/var/lib/rancher-cnm"
-    run_dir: str = "/run/rancher-cnm"
-    ipam_data_dir: str = "/var/lib/rancher-cni"
-    cni_path: tuple = ("/opt/cni/bin", "/usr/lib/cni")
-    cni_conf_dir: str = "/etc/cni/net.d"
+    state_dir: str = paths.STATE_DIR
+    run_dir: str = paths.RUN_DIR
+    ipam_data_dir: str = paths.IPAM_DATA_DIR
+    cni_path: tuple = paths.CNI_PATH
+    cni_conf_dir: str = paths.CNI_CONF_DIR
     etcd_endpoints: tuple = ()   # addresses global across hosts when set
     etcd_tls: dict | None = None  # {"ca", "cert", "key"} for https members
 
@@ -129,7 +129,8 @@ class Translator:
         bridge = opts["bridge"] or entry.bridge_prefix + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge, entry, opts)
         sub_pools = {p.subnet: p.sub_pool for p in self.state.pools() if p.sub_pool}
-        ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
+        ipam = render.ipam_section([d.to_wire() for d in ipv4], [d.to_wire() for d in ipv6],
+                                   self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
                                    self.settings.etcd_tls)
         conf = render.conflist(cni_name, entry.render(bridge, opts, ipam))
         self._validated(_raw(conf))

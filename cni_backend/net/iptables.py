@@ -43,8 +43,13 @@ def host_lock():
 
 def saved_tables(family: int) -> dict:
     """table -> (set of chain names, list of rule lines), from iptables-save."""
+    return parse_saved(tools.run([_TOOLS[family][0]]))
+
+
+def parse_saved(text: str) -> dict:
+    """iptables-save's output -> table -> (set of chain names, list of rule lines)."""
     tables, current = {}, None
-    for line in tools.run([_TOOLS[family][0]]).splitlines():
+    for line in text.splitlines():
         if line.startswith("*"):
             current = tables.setdefault(line[1:], (set(), []))
         elif line.startswith(":") and current is not None:
@@ -135,14 +140,21 @@ def _plan_isolation(chains: set, rules: list, remaining: list, declare: list) ->
     return lines
 
 
-def apply(family: int, is_stale, new_rules: dict) -> None:
-    """The slow, always-correct path: list, plan, restore."""
-    saved = saved_tables(family)
+def restore_script(saved: dict, is_stale, new_rules: dict) -> list:
+    """The iptables-restore lines (empty: nothing to change) that take the
+    tables `saved` (see parse_saved) to their attachment rules less those
+    whose tag `is_stale`, plus `new_rules` {table: [lines]}."""
     script = []
     for table in CHAINS:
         lines = _plan(table, saved.get(table, (set(), [])), is_stale, new_rules.get(table, []))
         if lines:
             script += [f"*{table}", *lines, "COMMIT"]
+    return script
+
+
+def apply(family: int, is_stale, new_rules: dict) -> None:
+    """The slow, always-correct path: list, plan, restore."""
+    script = restore_script(saved_tables(family), is_stale, new_rules)
     if script:
         tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n")
 
@@ -166,6 +178,17 @@ def append_fast(family: int, new_rules: dict) -> bool:
     A bridge's isolation jump lives in our large attachment chain, where a
     check would cost as much; it is made and removed in the same restore as
     the bridge's DROP in the small isolation chain, so that DROP stands for both."""
+    checks, script = fast_append_plan(new_rules)
+    if not script:
+        return True
+    if not _all_present(family, checks):
+        return False
+    return tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
+
+
+def fast_append_plan(new_rules: dict) -> tuple:
+    """append_fast's plan for {table: [rules]}: the (table, rule spec) that
+    must exist for the appends to be complete, and the restore lines."""
     checks, script = [], []
     for table, rules in new_rules.items():
         if not rules:
@@ -175,11 +198,7 @@ def append_fast(family: int, new_rules: dict) -> bool:
         for bridge in sorted({_bridge_of(r) for r in rules} - {None}):
             checks.append((table, _bridge_rules(bridge)[1]))
         script += [f"*{table}", *rules, "COMMIT"]
-    if not script:
-        return True
-    if not _all_present(family, checks):
-        return False
-    return tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
+    return checks, script
 
 
 def add(per_family: dict, tag: str) -> None:
