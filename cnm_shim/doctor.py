@@ -239,7 +239,7 @@ class Doctor:
         entry = self._cached_entry(net, ep)
         args = [tuple(pair) for pair in entry.get("cniArgs") or []] + [(runtime.SANDBOX_IFNAME_ARG, sandbox_ifname)]
         return runtime.Attachment(ep.endpoint_id, sandbox, CONTAINER_IFNAME, args=args,
-                              capability_args=entry.get("capabilityArgs") or {})
+                                  capability_args=entry.get("capabilityArgs") or {})
 
     def _restore_endpoint(self, net: Network, ep: Endpoint) -> str:
         entry = self._cached_entry(net, ep)
@@ -247,8 +247,8 @@ class Doctor:
             raise CNIError(runtime.IO_FAILURE, "no cached CNI result to restore from")
         conf = runtime.parse_conflist(entry["config"], "cached config")
         hostnet.restore_attachment(conf, ep.endpoint_id, ep.sandbox_key or "", CONTAINER_IFNAME,
-                                          [tuple(p) for p in entry.get("cniArgs") or []],
-                                          entry.get("capabilityArgs") or {}, entry["result"])
+                                   [tuple(p) for p in entry.get("cniArgs") or []],
+                                   entry.get("capabilityArgs") or {}, entry["result"])
         problem = self._check_endpoint(net, ep)
         if problem is not None:
             raise CNIError(runtime.CHECK_FAILED, f"host side restored, still: {problem}; the container's inside is its own: "
