@@ -48,3 +48,25 @@ def test_the_docker_side_reaches_the_cni_side_only_through_the_two_doors(name):
 def test_translate_and_doctor_use_both_doors():
     for name in ("cnm_shim/translate.py", "cnm_shim/doctor.py"):
         assert cni_imports(ROOT / name) == DOORS, name
+
+
+# -- the host-network façade picks a network's host side by its plug-in type ----------
+
+@pytest.mark.parametrize("name,kind,ports", [("bridge", "Bridge", []), ("flat", "Flat", ["eth9"]),
+                                             ("vxlan", "Vxlan", ["vtep1042"])])
+def test_the_host_side_is_the_one_of_the_conflists_plug_in_type(name, kind, ports):
+    from cni_backend import hostnet
+    from cnm_shim import backends, render
+    from tests.unit.test_backends import IPAM, parsed_defaults
+    entry = backends.get(name)
+    conf = render.conflist("rancher-test", entry.render("rx-test", parsed_defaults(entry), IPAM))
+    host = hostnet.network_of(conf)
+    assert (type(host).__name__, host.bridge, host.ports()) == (kind, "rx-test", ports)
+
+
+def test_a_plug_in_type_without_a_host_side_is_refused_naming_the_known_ones():
+    from cni_backend import errors, hostnet
+    with pytest.raises(errors.CNIError, match="plug-in 'rancher-portmap' has no host-side network; known: "
+                                              "rancher-bridge, rancher-flat, rancher-vxlan") as raised:
+        hostnet.network_of({"plugins": [{"type": "rancher-portmap"}]})
+    assert raised.value.code == errors.INVALID_CONFIG
