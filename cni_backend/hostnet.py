@@ -8,7 +8,7 @@ import nothing else of the CNI side (tests/unit/test_doors.py).
                          type of the conflist's first plug-in (bridge, flat,
                          vxlan), with ensure / remove / ports / reserved
                          addresses / data path; `missing_parts`, `forget`
-  addresses              `open_store`, `holder_of`, `DOCKER_OWNER`,
+  addresses              `open_store`, `check_etcd_endpoints`, `holder_of`, `DOCKER_OWNER`,
                          `Allocation`, `reserve`, `validate_ipam`, `parse_range`
   staging namespaces     `create_staging`, `move_to_host`, `remove_staging`
   links                  `delete_link`, `sandbox_interface`, `NetnsGone`
@@ -22,12 +22,13 @@ import socket
 from . import datapath, flatnet, networks, repair, staging, vxlannet
 from .errors import CNIError, INVALID_CONFIG
 from .ipam import allocator, config as ipam_config
+from .ipam.etcd_store import check_endpoints as check_etcd_endpoints
 from .ipam.store import DOCKER_OWNER, Allocation, open_store
 from .net import firewall, iptables, netlink
 from .net.netns import NetnsGone
 from .plugins import flat as flat_plugin, vxlan as vxlan_plugin
 
-__all__ = ["DOCKER_OWNER", "Allocation", "NetnsGone", "open_store", "network_of", "Bridge", "missing_parts",
+__all__ = ["DOCKER_OWNER", "Allocation", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
            "forget", "holder_of", "reserve", "validate_ipam", "parse_range", "create_staging", "move_to_host",
            "remove_staging", "delete_link", "sandbox_interface", "restore_attachment", "firewall_drift",
            "repair_firewall", "stray_tags", "collect_rules"]

@@ -10,6 +10,7 @@ side's own API, unchanged: one place to see what the Docker side depends on.
 
 from . import errors
 from .errors import CHECK_FAILED, IO_FAILURE, CNIError
+from .files import write_atomic
 from .invoke import cache
 from .invoke.api import CNI, Attachment
 from .invoke.conflist import parse as parse_conflist
@@ -17,7 +18,9 @@ from .plugins.bridge import SANDBOX_IFNAME_ARG
 from .plugins.ipam import RESERVED_ARG
 
 __all__ = ["CNI", "Attachment", "CNIError", "CHECK_FAILED", "IO_FAILURE", "errors", "parse_conflist",
-           "cached", "cached_attachments", "RESERVED_ARG", "SANDBOX_IFNAME_ARG"]
+           "cached", "cached_attachments", "RESERVED_ARG", "SANDBOX_IFNAME_ARG", "write_atomic"]
+# write_atomic(path, data, mode): how a conflist is exported where CNI runtimes
+# read it (temp file, fsync, rename): a runtime never reads half a file
 
 # CNI_ARGS our plug-ins read besides the standard ones:
 #   RESERVED_ARG        rancher-ipam: the addresses in runtimeConfig.ips are

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 
 from cni_backend import hostnet, runtime
 
@@ -39,6 +38,7 @@ class Settings:
     cni_conf_dir: str = paths.CNI_CONF_DIR
     etcd_endpoints: tuple = ()   # addresses global across hosts when set
     etcd_tls: dict | None = None  # {"ca", "cert", "key"} for https members
+    etcd_insecure: bool = False   # plain http:// members accepted (--insecure-etcd)
 
     def store(self):
         return hostnet.open_store(self.ipam_data_dir, self.etcd_endpoints, etcd_tls=self.etcd_tls)
@@ -131,7 +131,7 @@ class Translator:
         sub_pools = {p.subnet: p.sub_pool for p in self.state.pools() if p.sub_pool}
         ipam = render.ipam_section([d.to_wire() for d in ipv4], [d.to_wire() for d in ipv6],
                                    self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
-                                   self.settings.etcd_tls)
+                                   self.settings.etcd_tls, self.settings.etcd_insecure)
         conf = render.conflist(cni_name, entry.render(bridge, opts, ipam))
         self._validated(_raw(conf))
         net = Network(id=network_id, driver=driver, backend=backend, options=opts, cni_name=cni_name, bridge=bridge,
@@ -183,11 +183,7 @@ class Translator:
         raw = _raw(conf)
         os.makedirs(self.settings.cni_conf_dir, mode=0o755, exist_ok=True)
         path = os.path.join(self.settings.cni_conf_dir, f"50-{cni_name}.conflist")
-        fd, tmp = tempfile.mkstemp(dir=self.settings.cni_conf_dir, prefix=".rancher-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # a runtime never reads half a file
+        runtime.write_atomic(path, raw, 0o644)  # a runtime never reads half a file
         return path
 
     def delete_network(self, request: cnm.NetworkRequest) -> None:
