@@ -9,7 +9,7 @@ import nothing else of the CNI side (tests/unit/test_doors.py).
                          vxlan), with ensure / remove / ports / reserved
                          addresses / data path; `missing_parts`, `forget`
   addresses              `open_store`, `check_etcd_endpoints`, `holder_of`, `DOCKER_OWNER`,
-                         `Allocation`, `reserve`, `validate_ipam`, `parse_range`
+                         `Allocation`, `SQLiteStore`, `reserve`, `validate_ipam`, `parse_range`
   staging namespaces     `create_staging`, `move_to_host`, `remove_staging`
   links                  `delete_link`, `sandbox_interface`, `NetnsGone`
   attachments            `restore_attachment` (doctor --repair)
@@ -23,12 +23,12 @@ from . import datapath, flatnet, networks, repair, staging, vxlannet
 from .errors import CNIError, INVALID_CONFIG
 from .ipam import allocator, config as ipam_config
 from .ipam.etcd_store import check_endpoints as check_etcd_endpoints
-from .ipam.store import DOCKER_OWNER, Allocation, open_store
+from .ipam.store import DOCKER_OWNER, Allocation, SQLiteStore, open_store
 from .net import firewall, iptables, netlink
 from .net.netns import NetnsGone
 from .plugins import flat as flat_plugin, vxlan as vxlan_plugin
 
-__all__ = ["DOCKER_OWNER", "Allocation", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
+__all__ = ["DOCKER_OWNER", "Allocation", "SQLiteStore", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
            "forget", "holder_of", "reserve", "validate_ipam", "parse_range", "create_staging", "move_to_host",
            "remove_staging", "delete_link", "sandbox_interface", "restore_attachment", "firewall_drift",
            "repair_firewall", "stray_tags", "collect_rules"]
@@ -144,9 +144,10 @@ def missing_parts(bridge: str, ports=()) -> list:
     return networks.missing_parts(bridge, ports)
 
 
-def forget(cni_network: str, store) -> None:
-    """Drop every firewall rule and IPAM entry still carrying the network's name."""
-    networks.forget(cni_network, store)
+def forget(cni_network: str | None, store, ports_list: str | None = None) -> None:
+    """Drop every firewall rule and IPAM entry still carrying the network's
+    name, and the port rules of its ports list (networks.forget)."""
+    networks.forget(cni_network, store, ports_list=ports_list)
 
 
 # -- addresses ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import re
 
+from . import ports
 from .errors import DriverError
 
 DOCKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\Z")
@@ -260,6 +261,7 @@ class JoinRequest:
     endpoint_id: str
     sandbox_key: str
     port_map: tuple                # PortBinding
+    port_requests: tuple = ()      # ports.Request: the host ports asked for (ports.py allocates them)
 
     @classmethod
     def from_wire(cls, data: dict) -> "JoinRequest":
@@ -267,8 +269,9 @@ class JoinRequest:
         _objects(data, "Options", "Interface")
         if not isinstance(data.get("SandboxKey", ""), str):
             raise DriverError("SandboxKey must be a string")
-        return cls(network_id, endpoint_id, data.get("SandboxKey", ""),
-                   PortBinding.list_from_wire(data.get("Options") or {}))
+        options = data.get("Options") or {}
+        return cls(network_id, endpoint_id, data.get("SandboxKey", ""), PortBinding.list_from_wire(options),
+                   tuple(ports.requests(options.get(PORT_MAP))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,12 +281,15 @@ class ExternalConnectivityRequest:
     network_id: str
     endpoint_id: str
     port_map: tuple                # PortBinding
+    port_requests: tuple = ()      # ports.Request
 
     @classmethod
     def from_wire(cls, data: dict) -> "ExternalConnectivityRequest":
         network_id, endpoint_id = _ids(data, "NetworkID", "EndpointID")
         _objects(data, "Options", "Interface")
-        return cls(network_id, endpoint_id, PortBinding.list_from_wire(data.get("Options") or {}))
+        options = data.get("Options") or {}
+        return cls(network_id, endpoint_id, PortBinding.list_from_wire(options),
+                   tuple(ports.requests(options.get(PORT_MAP))))
 
 
 class Response:

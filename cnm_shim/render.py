@@ -69,7 +69,18 @@ def exported(conf: dict) -> dict:
     return dict(conf, plugins=conf["plugins"] + [PORTMAP])
 
 
+def ports_name(cni_name: str) -> str:
+    return cni_name + "-ports"
+
+
+def names_of(cni_name: str) -> tuple:
+    """Every CNI network name a network uses: its own, and its ports list's.
+    Rules and addresses are found by these names, so no other network, ours
+    or a CNI runtime's, may use one of them."""
+    return cni_name, ports_name(cni_name)
+
+
 def ports_conflist(conf: dict) -> dict:
     """Docker publishes ports only on the endpoint that gives the container its
     gateway, after Join: a separate list, run with the endpoint's result."""
-    return {"cniVersion": conf["cniVersion"], "name": conf["name"] + "-ports", "plugins": [PORTMAP]}
+    return {"cniVersion": conf["cniVersion"], "name": ports_name(conf["name"]), "plugins": [PORTMAP]}

@@ -83,7 +83,8 @@ class Endpoint(Record):
     src_name: str | None = None   # the interface's name in the host until Docker moves it
     sandbox_key: str | None = None
     ports_at_join: list | None = None   # published ports Join named, still waiting for ProgramExternalConnectivity
-    port_mappings: list | None = None   # CNI portMappings in place
+    port_requests: list | None = None   # the host ports asked for (ports.Request.as_dict), once published
+    port_mappings: list | None = None   # CNI portMappings in place (the host ports ports.py chose)
     extra: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -100,6 +101,8 @@ class Pool(Record):
     subnet: str
     sub_pool: str | None = None
     gateway: str | None = None    # the gateway address reserved in it, once Docker asked
+    refs: int = 1                 # networks holding it (RequestPool +1, ReleasePool -1); older records: 1
+    created: float = 0.0          # when RequestPool made it (time.time()); older records: 0, unknown
     extra: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -107,54 +110,8 @@ class Pool(Record):
         return self.id
 
 
-class State:
-    """state.db; `read_only` opens an existing file without writing (no
-    schema, no WAL switch), safe beside the running plug-in."""
-
-    def __init__(self, state_dir: str, read_only: bool = False):
-        self.path = os.path.join(state_dir, "state.db")
-        self.read_only = read_only
-        if not read_only:
-            os.makedirs(state_dir, mode=0o700, exist_ok=True)
-            sqlite_file.connect(self.path, _SCHEMA, _BUSY_TIMEOUT_S).close()
-
-    @contextlib.contextmanager
-    def _db(self):
-        if self.read_only:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
-        else:
-            db = sqlite_file.open_db(self.path, _BUSY_TIMEOUT_S)  # synchronous=FULL: commits survive a power loss
-        try:
-            yield db
-        finally:
-            db.close()
-
-    # -- documents, as the JSON objects stored -----------------------------------
-
-    def put(self, kind: str, key: str, value: dict) -> None:
-        with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO objects (kind, key, value) VALUES (?, ?, ?)",
-                       (kind, key, json.dumps(value, sort_keys=True)))
-
-    def get(self, kind: str, key: str) -> dict | None:
-        with self._db() as db:
-            row = db.execute("SELECT value FROM objects WHERE kind = ? AND key = ?", (kind, key)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def delete(self, kind: str, key: str) -> None:
-        with self._db() as db:
-            db.execute("DELETE FROM objects WHERE kind = ? AND key = ?", (kind, key))
-
-    def all(self, kind: str) -> list:
-        with self._db() as db:
-            rows = db.execute("SELECT value FROM objects WHERE kind = ? ORDER BY key", (kind,)).fetchall()
-        return [json.loads(row[0]) for row in rows]
-
-    @staticmethod
-    def endpoint_key(network_id: str, endpoint_id: str) -> str:
-        return f"{network_id}/{endpoint_id}"
-
-    # -- typed records ---------------------------------------------------------------
+class Records:
+    """Typed access to the documents, over `get` / `put` / `all` / `delete`."""
 
     def save(self, record: Record) -> None:
         self.put(record.KIND, record.key, record.to_dict())
@@ -184,3 +141,84 @@ class State:
 
     def pools(self) -> list:
         return [Pool.from_dict(raw) for raw in self.all(POOL)]
+
+
+class State(Records):
+    """state.db; `read_only` opens an existing file without writing (no
+    schema, no WAL switch), safe beside the running plug-in."""
+
+    def __init__(self, state_dir: str, read_only: bool = False):
+        self.path = os.path.join(state_dir, "state.db")
+        self.read_only = read_only
+        if not read_only:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+            sqlite_file.connect(self.path, _SCHEMA, _BUSY_TIMEOUT_S).close()
+
+    @contextlib.contextmanager
+    def _db(self):
+        if self.read_only:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
+        else:
+            db = sqlite_file.open_db(self.path, _BUSY_TIMEOUT_S)  # synchronous=FULL: commits survive a power loss
+        try:
+            yield db
+        finally:
+            db.close()
+
+    # -- documents, as the JSON objects stored -----------------------------------
+
+    def put(self, kind: str, key: str, value: dict) -> None:
+        with self._db() as db:
+            Transaction(db).put(kind, key, value)
+
+    def get(self, kind: str, key: str) -> dict | None:
+        with self._db() as db:
+            return Transaction(db).get(kind, key)
+
+    def delete(self, kind: str, key: str) -> None:
+        with self._db() as db:
+            Transaction(db).delete(kind, key)
+
+    def all(self, kind: str) -> list:
+        with self._db() as db:
+            return Transaction(db).all(kind)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Reads and writes that commit together, under the write lock taken
+        first (BEGIN IMMEDIATE): a check-then-write in here cannot interleave
+        with another worker's (RequestPool's choice of a free pool)."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @staticmethod
+    def endpoint_key(network_id: str, endpoint_id: str) -> str:
+        return f"{network_id}/{endpoint_id}"
+
+
+class Transaction(Records):
+    """State's reads and writes on one connection (State.transaction's, or one per call)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def put(self, kind: str, key: str, value: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO objects (kind, key, value) VALUES (?, ?, ?)",
+                        (kind, key, json.dumps(value, sort_keys=True)))
+
+    def get(self, kind: str, key: str) -> dict | None:
+        row = self.db.execute("SELECT value FROM objects WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def delete(self, kind: str, key: str) -> None:
+        self.db.execute("DELETE FROM objects WHERE kind = ? AND key = ?", (kind, key))
+
+    def all(self, kind: str) -> list:
+        rows = self.db.execute("SELECT value FROM objects WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+        return [json.loads(row[0]) for row in rows]

@@ -19,13 +19,12 @@ import secrets
 
 from cni_backend import hostnet, runtime
 
-from . import backends, cnm, options, paths, render
+from . import backends, cnm, options, ownership, paths, ports, render
 from .errors import DriverError, step
 from .ipam_driver import ADDRESS_SPACES, IpamDriver
-from .state import Endpoint, Network, State
+from .state import NETWORK, Endpoint, Network, State
 
 log = logging.getLogger("cnm-shim")
-PORT_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 CONTAINER_IFNAME = "eth0"  # inside the staging namespace; Docker renames it in the sandbox
 
 
@@ -66,20 +65,10 @@ def mac_for(address: str) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in octets)
 
 
-def _port_mappings(bindings) -> list:
-    """Docker's com.docker.network.portmap (cnm.PortBinding) -> CNI's portMappings capability."""
-    mappings = []
-    for binding in bindings:
-        proto = PORT_PROTOCOLS.get(binding.proto)
-        if proto is None or not binding.host_port:
-            continue
-        first, last = binding.host_port, binding.host_port_end or binding.host_port
-        for offset in range(last - first + 1):
-            mapping = {"hostPort": first + offset, "containerPort": binding.port + offset, "protocol": proto}
-            if binding.host_ip not in ("", "0.0.0.0", "::"):
-                mapping["hostIP"] = binding.host_ip
-            mappings.append(mapping)
-    return mappings
+def _port_requests(request) -> list:
+    """Docker's com.docker.network.portmap, as the host ports asked for
+    (ranges and HostPort 0 unresolved: cnm_shim/ports.py allocates them)."""
+    return [r.as_dict() for r in request.port_requests]
 
 
 def _raw(conf: dict) -> bytes:
@@ -112,6 +101,10 @@ class Translator:
         self.settings = settings
         self.ipam = ipam
         self.cni = runtime.CNI(list(settings.cni_path), cache_dir=os.path.join(settings.state_dir, "cni"))
+        self.ports = ports.PortAllocator(state.path)
+        for ep in state.endpoints():  # published by a version that kept no allocations
+            if ep.port_mappings and not ep.port_requests:
+                self.ports.adopt(ep.key, ep.port_mappings)
 
     # -- networks ----------------------------------------------------------
 
@@ -125,9 +118,12 @@ class Translator:
             backend, driver = chosen, entry.driver
         opts = options.parse(driver, backend, generic)
         ipv4, ipv6 = request.ipv4_data, request.ipv6_data
+        opts.update(ownership.internal(driver, entry, generic, options.docker_flags(
+            driver, request.options, [d.to_wire() for d in ipv4], [d.to_wire() for d in ipv6])))
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
         bridge = opts["bridge"] or entry.bridge_prefix + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge, entry, opts)
+        ownership.refuse_foreign_bridge(driver, bridge, opts, own=bridge == entry.bridge_prefix + network_id[:12])
         sub_pools = {p.subnet: p.sub_pool for p in self.state.pools() if p.sub_pool}
         ipam = render.ipam_section([d.to_wire() for d in ipv4], [d.to_wire() for d in ipv6],
                                    self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
@@ -159,13 +155,12 @@ class Translator:
 
     def _refuse_duplicates(self, network_id: str, cni_name: str, bridge: str, entry: backends.Backend,
                            opts: dict) -> None:
+        ownership.refuse_name_clashes(cni_name, self.state.all(NETWORK), self.settings.cni_conf_dir)
         for other in self.state.networks():
             for key, label in entry.unique:  # e.g. a VNI: two networks would be one segment
                 if other.backend == entry.name and other.options[key] == opts[key]:
                     raise DriverError(f"{label} {opts[key]} is already used by network {other.id[:12]}; "
                                       f"choose another with -o {key}=N")
-            if other.cni_name == cni_name:
-                raise DriverError(f"CNI network name {cni_name!r} is already used by network {other.id[:12]}")
             if other.bridge == bridge:
                 raise DriverError(f"bridge {bridge!r} is already used by network {other.id[:12]}; "
                                   "choose another with -o bridge=NAME")
@@ -193,10 +188,11 @@ class Translator:
             return
         for ep in self.state.endpoints(network_id):
             self._cni_del(net, ep)
+            self.ports.release(ep.key)
             self.state.forget(ep)
         backends.get(net.backend).host.remove(net)
-        for name in (net.cni_name, render.ports_conflist(net.conflist)["name"]):
-            hostnet.forget(name, self.settings.store())
+        main, ports_list = ownership.own_names(net.to_dict(), self.state.all(NETWORK))
+        hostnet.forget(main, self.settings.store(), ports_list=ports_list)
         if net.exported:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(net.exported)
@@ -247,6 +243,7 @@ class Translator:
         net, ep = self._endpoint(request)
         if ep.result:  # a repeated Join: the interface exists already
             return join_answer(ep.result, ep.src_name)
+        requested = _port_requests(request)  # checked before anything is made
         self._reclaim_from_stale_endpoints(net, ep)
         staging_path = self._staging_path(ep)
         src_name = host_name(ep)
@@ -264,7 +261,7 @@ class Translator:
         finally:
             hostnet.remove_staging(staging_path)
         ep.result, ep.src_name, ep.sandbox_key = result, src_name, request.sandbox_key
-        ep.ports_at_join = _port_mappings(request.port_map)
+        ep.ports_at_join = requested
         self.state.save(ep)
         return join_answer(result, src_name)
 
@@ -331,15 +328,26 @@ class Translator:
 
     def program_external_connectivity(self, request: cnm.ExternalConnectivityRequest) -> None:
         net, ep = self._endpoint(request)
-        mappings = _port_mappings(request.port_map)
-        if not mappings or ep.port_mappings == mappings:
+        requested = _port_requests(request)
+        if not requested or ep.port_requests == requested:
             if ep.ports_at_join:
                 ep.ports_at_join = None  # the call it waited for came, asking nothing new
                 self.state.save(ep)
             return
         if not ep.result:
             raise DriverError(f"endpoint {ep.endpoint_id[:12]} has not joined a sandbox yet")
-        self._revoke_ports(net, ep)
+        key = ep.key
+        # First, so a refusal (Docker's "Bind for ...") changes nothing; the endpoint's own ports count as free to it.
+        mappings = self.ports.allocate(key, [ports.Request(**r) for r in requested])
+        if ep.port_mappings:
+            try:
+                self._remove_port_rules(net, ep)
+            except runtime.CNIError:  # still published, so still held
+                self.ports.release(key)
+                self.ports.adopt(key, ep.port_mappings)
+                raise
+            ep.port_requests = ep.port_mappings = None  # gone from the kernel: gone from the record
+            self.state.save(ep)
         conf = render.ports_conflist(net.conflist)
         att = runtime.Attachment(ep.endpoint_id, ep.sandbox_key or "/proc/self/ns/net", CONTAINER_IFNAME,
                                  capability_args={"portMappings": mappings})
@@ -351,8 +359,9 @@ class Translator:
                 self._revoke_ports(net, dataclasses.replace(ep, port_mappings=mappings))
             except runtime.CNIError as exc:
                 log.warning("undoing published ports of %s: %s", ep.endpoint_id[:12], exc)
+                self.ports.release(key)
             raise
-        ep.port_mappings, ep.ports_at_join = mappings, None
+        ep.port_requests, ep.port_mappings, ep.ports_at_join = requested, mappings, None
         self.state.save(ep)
 
     def revoke_external_connectivity(self, request: cnm.EndpointRequest) -> None:
@@ -360,7 +369,7 @@ class Translator:
         ep = self.state.endpoint(request.network_id, request.endpoint_id)
         if net is not None and ep is not None and (ep.port_mappings or ep.ports_at_join):
             self._revoke_ports(net, ep)
-            ep.port_mappings = ep.ports_at_join = None  # no longer the gateway endpoint: waits for nothing
+            ep.port_requests = ep.port_mappings = ep.ports_at_join = None  # no longer the gateway endpoint: waits for nothing
             self.state.save(ep)
 
     def endpoints_awaiting_ports(self, driver: str) -> list:
@@ -373,20 +382,29 @@ class Translator:
                 if drivers.get(ep.network_id) == driver and ep.ports_at_join]
 
     def _revoke_ports(self, net: Network, ep: Endpoint) -> None:
-        if not ep.port_mappings:
-            return
-        conf = render.ports_conflist(net.conflist)
-        att = runtime.Attachment(ep.endpoint_id, "", CONTAINER_IFNAME, capability_args={"portMappings": ep.port_mappings})
-        with step(f"{net.driver}: removing published ports failed"):
-            self.cni.delete(conf, _raw(conf), att)
+        """The endpoint's port rules removed, then its host ports released
+        (also those of an allocation a kill kept from being recorded)."""
+        self._remove_port_rules(net, ep)
+        self.ports.release(ep.key)
+
+    def _remove_port_rules(self, net: Network, ep: Endpoint) -> None:
+        if ep.port_mappings:
+            conf = render.ports_conflist(net.conflist)
+            att = runtime.Attachment(ep.endpoint_id, "", CONTAINER_IFNAME,
+                                     capability_args={"portMappings": ep.port_mappings})
+            with step(f"{net.driver}: removing published ports failed"):
+                self.cni.delete(conf, _raw(conf), att)
 
     def oper_info(self, request: cnm.EndpointRequest) -> cnm.OperInfoResponse:
         net, ep = self._endpoint(request)
         result = ep.result or {}
         host_side = [i["name"] for i in result.get("interfaces", []) if i.get("name", "").startswith("veth")]
-        return cnm.OperInfoResponse({"cni_network": net.cni_name, "bridge": net.bridge,
-                                     "host_interface": host_side[0] if host_side else "",
-                                     "addresses": [ip["address"] for ip in result.get("ips", [])]})
+        value = {"cni_network": net.cni_name, "bridge": net.bridge,
+                 "host_interface": host_side[0] if host_side else "",
+                 "addresses": [ip["address"] for ip in result.get("ips", [])]}
+        if ep.port_mappings:  # as Docker's bridge driver answers, with the host ports chosen
+            value["com.docker.network.portmap"] = ports.docker_portmap(ep.port_mappings)
+        return cnm.OperInfoResponse(value)
 
     def endpoints(self) -> list:
         return self.state.endpoints()

@@ -30,10 +30,13 @@ json_scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min
 json_value = st.recursive(json_scalar, lambda inner: st.lists(inner, max_size=4)
                           | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
 
-VALID_CIDRS = ["10.77.0.0/24", "10.91.0.0/16", "192.168.200.0/24", "fd00:77::/64", "10.77.0.0/30", "0.0.0.0/0"]
+VALID_CIDRS = ["10.77.0.0/24", "10.91.0.0/16", "192.168.200.0/24", "fd00:77::/64", "10.77.0.0/30"]
+# the second line: pools no network may have (ipam/config.py check_pool)
 BAD_CIDRS = ["10.0.0.0/33", "10.0.0.1/24", "300.1.1.1/8", "fd00::/129", "10.0.0.0", "10.0.0.0/", "/24",
              "10.0.0.0/-1", "10.0.0.0/24/1", "fd00::1/64", "10.0.0.0/32", "10.0.0.0/31", "::/0", "1.2.3.4/0x10",
-             "10.0.0.0 /24", " 10.0.0.0/24"]
+             "10.0.0.0 /24", " 10.0.0.0/24",
+             "0.0.0.0/0", "127.0.0.0/8", "224.0.0.0/4", "169.254.0.0/16", "240.0.0.0/4", "0.0.0.0/8", "8.0.0.0/7",
+             "fe80::/64", "ff02::/16", "::1/128", "2000::/3", "::ffff:10.0.0.0/120"]
 VALID_IPS_WITH_LEN = ["10.77.0.9/24", "10.77.0.1/24", "10.77.0.200/24", "fd00:77::9/64", "10.91.3.4/16"]
 BAD_IPS = ["10.77.0.256/24", "10.77.0.9/33", "10.77.0.9", "fe80::1%eth0/64", "1.2.3", "::g", "10.77.0.9/24/1",
            "10.77.0.0/24", "0.0.0.0/0", "255.255.255.255/32", "10.99.0.5/24"]
@@ -99,3 +102,40 @@ def mutated(draw, fields: dict, max_mutations: int = 2):
         else:
             out[name] = draw(fields[name][1] if action == "bad" else json_value)
     return out
+
+
+# -- published ports: host-port ranges and HostPort 0 (issue 15, item 3) -------------
+
+PORT_HOST_IPS = ["", "", "0.0.0.0", "::", "127.0.0.1", "127.0.0.2", "::1"]
+BAD_PORT_HOST_IPS = ["::1%lo", "::1%lo\nCOMMIT", "127.0.0.1 ", "192.0.2.7", "fe80::1%eth0", "0.0.0.0/0", "localhost"]
+
+
+@st.composite
+def host_port_ranges(draw):
+    """(HostPort, HostPortEnd) as Docker sends them: a port, a range (small,
+    around a few ports the other draws share, or the whole 1-65535), or 0 for
+    an ephemeral port; sometimes inverted or half-given."""
+    kind = draw(st.sampled_from(["port", "range", "range", "zero", "all", "inverted", "end only"]))
+    first = draw(st.integers(20000, 20005))
+    if kind == "port":
+        return first, draw(st.sampled_from([0, first]))
+    if kind == "range":
+        return first, first + draw(st.integers(0, 3))
+    if kind == "zero":
+        return 0, 0
+    if kind == "all":
+        return 1, 65535
+    if kind == "inverted":
+        return first, first - draw(st.integers(1, 5))
+    return 0, first
+
+
+@st.composite
+def published_port_entries(draw):
+    """One com.docker.network.portmap entry with a host-port range or HostPort
+    0, a protocol and a host address, mostly valid, sometimes not."""
+    first, last = draw(host_port_ranges())
+    return {"Proto": draw(st.sampled_from([6, 6, 17, 132])), "IP": "", "Port": draw(st.integers(1, 3)) * 80,
+            "HostIP": draw(st.one_of(st.sampled_from(PORT_HOST_IPS), st.sampled_from(PORT_HOST_IPS),
+                                     st.sampled_from(BAD_PORT_HOST_IPS))),
+            "HostPort": first, "HostPortEnd": last}

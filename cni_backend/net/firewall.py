@@ -42,18 +42,28 @@ def _host(iface) -> str:
 
 
 def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False,
-                 metadata=None) -> dict:
+                 metadata=None, internal=False) -> dict:
     """family -> table -> rules for a container on `bridge` with addresses `cidrs`;
     nothing it sends is routed out of the `forbidden` interfaces. Who may open
     connections to it: replies only (False), its own subnet ("subnet": VXLAN,
     where that subnet's other hosts come in through the VTEP), anyone (True: flat).
     `metadata` (bridge, address): flat's metadata service, which the container
     reaches over the link; the host routes both directions in and out of that
-    bridge, where Docker's FORWARD DROP policy would drop them."""
+    bridge, where Docker's FORWARD DROP policy would drop them.
+    `internal`: whatever the bridge sends out of the subnet and whatever
+    comes into it from outside is dropped, whoever claims to send it (Docker's
+    internal networks); every attachment carries the pair, ahead of its
+    ACCEPTs, so they stand while any container of the network does."""
     per_family = {}
     note = f"-m comment --comment {tag}"
     for iface in map(ipaddress.ip_interface, cidrs):
         rules = per_family.setdefault(iface.version, {"filter": [], "nat": []})
+        if internal:
+            rules["filter"] += [
+                # in iptables-save's order of matches, which CHECK compares with
+                f"-A {FORWARD_CHAIN} ! -d {iface.network} -i {bridge} ! -o {bridge} {note} -j DROP",
+                f"-A {FORWARD_CHAIN} ! -s {iface.network} ! -i {bridge} -o {bridge} {note} -j DROP",
+            ]
         rules["filter"] += [f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} -o {out} {note} -j DROP"
                             for out in forbidden]
         rules["filter"] += [

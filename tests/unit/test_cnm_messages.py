@@ -4,9 +4,9 @@ dicts are the ones the untyped handlers answered."""
 
 import pytest
 
-from cnm_shim import cnm
+from cnm_shim import cnm, ports
 from cnm_shim.errors import DriverError
-from cnm_shim.translate import _port_mappings, join_answer
+from cnm_shim.translate import join_answer
 
 NET, EP = "a" * 64, "b" * 64
 RESULT = {
@@ -32,20 +32,17 @@ def test_join_answers_the_interface_the_ipv4_gateway_and_the_static_routes():
                                                   "StaticRoutes": []}
 
 
-def test_published_ports_become_cni_port_mappings():
-    request = cnm.JoinRequest.from_wire({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x", "Options": {
-        cnm.PORT_MAP: [{"Proto": 6, "Port": 80, "HostPort": 8080, "HostPortEnd": 8081},
-                       {"Proto": 17, "Port": 53, "HostPort": 5353, "HostIP": "127.0.0.1"},
-                       {"Proto": 132, "Port": 9, "HostPort": 9009, "HostIP": "::"},
-                       {"Proto": 6, "Port": 22},            # not published on the host
-                       {"Proto": 1, "Port": 1, "HostPort": 1}]}})  # ICMP: no port mapping
+def test_published_ports_are_typed_once_as_the_host_ports_asked_for():
+    portmap = [{"Proto": 6, "Port": 80, "HostPort": 8080, "HostPortEnd": 8081},
+               {"Proto": 17, "Port": 53, "HostPort": 5353, "HostIP": "127.0.0.1"},
+               {"Proto": 132, "Port": 9, "HostPort": 0}]
+    request = cnm.JoinRequest.from_wire({"NetworkID": NET, "EndpointID": EP, "SandboxKey": "/x",
+                                         "Options": {cnm.PORT_MAP: portmap}})
     assert (request.sandbox_key, request.port_map[0]) == ("/x", cnm.PortBinding(6, "", 80, "", 8080, 8081))
-    assert _port_mappings(request.port_map) == [
-        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
-        {"hostPort": 8081, "containerPort": 81, "protocol": "tcp"},
-        {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"},
-        {"hostPort": 9009, "containerPort": 9, "protocol": "sctp"},
-    ]
+    assert [r.as_dict() for r in request.port_requests] == [r.as_dict() for r in ports.requests(portmap)]
+    again = cnm.ExternalConnectivityRequest.from_wire({"NetworkID": NET, "EndpointID": EP,
+                                                       "Options": {cnm.PORT_MAP: portmap}})
+    assert again.port_requests == request.port_requests
 
 
 def test_create_endpoint_answers_the_mac_only_when_the_driver_chose_it():

@@ -94,7 +94,7 @@ class Shim:
         elif where == "state":
             def locked(*_args, **_kwargs):
                 raise error
-            for method in ("get", "put", "delete", "all"):
+            for method in ("get", "put", "delete", "all", "transaction"):
                 self.monkeypatch.setattr(self.services.state, method, locked)
         else:
             raise AssertionError(where)
@@ -114,6 +114,7 @@ def shim(tmp_path, monkeypatch):
             raise shim.host_error
 
     monkeypatch.setattr(hostnet.networks, "bridge_exists", lambda name: False)
+    monkeypatch.setattr(hostnet.networks, "link_kind", lambda name: None)
     monkeypatch.setattr(hostnet.networks, "ensure_bridge", host)
     monkeypatch.setattr(hostnet.networks, "remove_bridge", host)
     monkeypatch.setattr(hostnet.networks.firewall, "collect_garbage", host)

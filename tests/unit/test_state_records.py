@@ -13,7 +13,8 @@ from cnm_shim.ipam_driver import Holder
 from cnm_shim.state import Endpoint, Network, Pool, State
 
 NET, EP = "a" * 64, "b" * 64
-# Documents as the untyped code (before issue 14) stored them, key for key.
+# Documents as the untyped code (before issue 14, with ports.py's allocations
+# and pool reference counts) stored them, key for key.
 OLD_NETWORK = {
     "id": NET, "driver": "rancher-bridge", "backend": "bridge",
     "options": {"bridge": None, "mtu": None, "ip_masq": True, "hairpin": False, "promisc": False,
@@ -26,9 +27,11 @@ OLD_ENDPOINT = {  # joined, with a published port
     "network_id": NET, "endpoint_id": EP, "address": "10.80.0.5/24", "address6": "", "mac": "02:42:0a:50:00:05",
     "result": {"cniVersion": "1.0.0", "ips": [{"address": "10.80.0.5/24"}]}, "src_name": "rcbbbbbbbbbbbb",
     "sandbox_key": "/var/run/docker/netns/x", "ports_at_join": None,
+    "port_requests": [{"protocol": "tcp", "container_port": 80, "host_ip": "", "first": 8080, "last": 8080}],
     "port_mappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
 }
-OLD_POOL = {"id": "RancherLocal/10.80.0.0/24", "subnet": "10.80.0.0/24", "sub_pool": None, "gateway": "10.80.0.1"}
+OLD_POOL = {"id": "RancherLocal/10.80.0.0/24", "subnet": "10.80.0.0/24", "sub_pool": None, "gateway": "10.80.0.1",
+            "refs": 2, "created": 1764490000.5}
 
 
 def old_state_db(state_dir, documents) -> str:
@@ -85,11 +88,15 @@ def test_keys_a_record_does_not_know_survive_a_write_and_missing_ones_take_defau
     del newer["exported"]
     bare = {"network_id": NET, "endpoint_id": EP, "address": "10.80.0.6/24", "address6": "", "mac": "02:42:0a:50:00:06",
             "result": None}
-    path = old_state_db(str(tmp_path / "state"), [("network", NET, newer), ("endpoint", f"{NET}/{EP}", bare)])
+    older_pool = {"id": "RancherLocal/10.81.0.0/24", "subnet": "10.81.0.0/24", "sub_pool": None}
+    path = old_state_db(str(tmp_path / "state"), [("network", NET, newer), ("endpoint", f"{NET}/{EP}", bare),
+                                                  ("pool", older_pool["id"], older_pool)])
     state = State(str(tmp_path / "state"))
     net, ep = state.network(NET), state.endpoint(NET, EP)
+    assert (state.pool(older_pool["id"]).refs, state.pool(older_pool["id"]).created) == (1, 0.0), \
+        "a pool from before reference counts: one holder, time unknown"
     assert net.exported is None and net.extra == {"future_field": {"x": 1}}
-    assert (ep.result, ep.src_name, ep.sandbox_key, ep.port_mappings, ep.ports_at_join) == (None,) * 5
+    assert (ep.result, ep.src_name, ep.sandbox_key, ep.port_mappings, ep.port_requests, ep.ports_at_join) == (None,) * 6
     state.save(net)
     assert json.loads(rows(path)[("network", NET)]) == dict(newer, exported=None)
 
