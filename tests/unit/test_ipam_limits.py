@@ -239,7 +239,7 @@ def test_a_pool_a_network_uses_or_that_holds_addresses_is_never_reclaimed(tmp_pa
     driver.request_address({"PoolID": busy})  # a container's address: someone uses the pool
     later = time.time() + ipam_driver.POOL_GRACE_S + 1
     with state.transaction() as txn:
-        assert [p["id"] for p in driver.reclaimable(txn, {"10.94.0.0/24"}, now=later)] == [idle]
+        assert [p.id for p in driver.reclaimable(txn, {"10.94.0.0/24"}, now=later)] == [idle]
         assert driver.reclaimable(txn, {"10.94.0.0/24"}) == [], "all within the grace period"
         assert driver.reclaim(txn, {"10.94.0.0/24"}, now=later) == [idle]
     assert sorted(p["id"] for p in state.all(POOL)) == sorted([used, busy])
