@@ -214,6 +214,7 @@ def strongswan_conf(state_dir: str, datapath: str) -> str:
         "    charon {\n"
         "      path = /run/charon.log\n"
         "      default = 1\n"
+        "      flush_line = yes\n"
         "      time_format = %F %T\n"
         "    }\n"
         "  }\n"

@@ -59,15 +59,12 @@ def charons(make_netns):
     shutil.rmtree(state, ignore_errors=True)
 
 
-def test_containers_on_two_hosts_talk_through_an_esp_in_udp_tunnel(charons, make_netns):
-    started, state = charons
+def two_hosts(make_netns, started, state, psk_b=None):
+    """Host A and B joined by an underlay, a container on each, a charon on
+    each with the tunnel loaded (B's key from `psk_b` if given)."""
     host_a, host_b = make_netns(), make_netns()
     ns_exec(host_a, "ip", "link", "add", "underlay", "type", "veth", "peer", "name", "underlay", "netns", host_b)
     containers = []
-    psk = os.path.join(state, "psk")
-    fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, os.urandom(24).hex().encode())
-    os.close(fd)
     for host, (underlay, bridge_ip, container_ip, _, _) in zip((host_a, host_b), HOSTS):
         ns_exec(host, "ip", "addr", "add", f"{underlay}/24", "dev", "underlay")
         ns_exec(host, "ip", "link", "set", "underlay", "up")
@@ -80,7 +77,7 @@ def test_containers_on_two_hosts_talk_through_an_esp_in_udp_tunnel(charons, make
                      ["FORWARD", "-o", "underlay", "-m", "comment", "--comment", "clear-out"],
                      ["FORWARD", "-i", "underlay", "-m", "comment", "--comment", "clear-in"]):
             ns_exec(host, "iptables", "-w", "-A", *rule)
-    container_a, container_b = containers
+    psk = write_psk(os.path.join(state, "psk"))
     for n, host in enumerate((host_a, host_b)):
         charon = ipsec_tunnels.Charon(os.path.join(state, f"host{n}"), datapath="libipsec", netns=host)
         started.append(charon)
@@ -89,9 +86,22 @@ def test_containers_on_two_hosts_talk_through_an_esp_in_udp_tunnel(charons, make
         local, remote = HOSTS[n], HOSTS[1 - n]
         tunnel = ipsec_tunnels.Tunnel.from_config(
             name="net1", local_address=local[0], remote_address=remote[0],
-            local_subnets=[local[3]], remote_subnets=[local[4]], psk_file=psk)
+            local_subnets=[local[3]], remote_subnets=[local[4]], psk_file=psk_b if n == 1 and psk_b else psk)
         assert tunnel.initiator == (n == 0)
         started[n].load(tunnel)
+    return (host_a, host_b), containers
+
+
+def write_psk(path: str) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, os.urandom(24).hex().encode())
+    os.close(fd)
+    return path
+
+
+def test_containers_on_two_hosts_talk_through_an_esp_in_udp_tunnel(charons, make_netns):
+    started, state = charons
+    (host_a, host_b), (container_a, container_b) = two_hosts(make_netns, started, state)
     for charon in started:
         sas = charon.wait_installed("net1")
         assert sas["udp_encap"] == {"net1": True}, "ESP is encapsulated in UDP (encap=yes) though there is no NAT"
@@ -119,3 +129,18 @@ def test_containers_on_two_hosts_talk_through_an_esp_in_udp_tunnel(charons, make
         charon.stop()
     for host in (host_a, host_b):
         assert ns_exec(host, "ip", "link", "show", "ipsec0", check=False).returncode != 0, "charon removed ipsec0"
+
+
+def test_a_host_with_the_wrong_key_gets_no_tunnel_and_no_traffic(charons, make_netns):
+    started, state = charons
+    wrong = write_psk(os.path.join(state, "wrong-psk"))
+    (host_a, _), (container_a, _) = two_hosts(make_netns, started, state, psk_b=wrong)
+    with pytest.raises(ipsec_tunnels.CNIError) as e:
+        started[0].wait_installed("net1", timeout=8)
+    assert "AUTHENTICATION_FAILED" in e.value.details, e.value.details
+    assert not ping(container_a, HOSTS[1][2]), "no tunnel, and nothing in clear either"
+    assert counter(host_a, "FORWARD", "clear-out") == 0
+    for name in ("psk", "wrong-psk"):
+        key = open(os.path.join(state, name)).read()
+        for charon in started:
+            assert key not in open(charon.log_file).read(), "the key is not in charon's log"
