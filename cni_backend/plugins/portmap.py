@@ -8,6 +8,7 @@ rules carry the attachment's tag and disappear with DEL, chains included.
 
 import ipaddress
 
+from .. import addresses
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG
 from ..net import firewall, sysctls, tags
 from . import ipam as ipam_plugin
@@ -36,9 +37,9 @@ def load_mappings(req) -> list:
                    "containerPort": _port(entry.get("containerPort"), "containerPort"), "protocol": protocol}
         if entry.get("hostIP") not in (None, "", "0.0.0.0", "::"):
             try:
-                mapping["hostIP"] = str(ipaddress.ip_address(entry["hostIP"]))
-            except ValueError:
-                raise CNIError(INVALID_CONFIG, f"portMappings: hostIP {entry['hostIP']!r} is not an address") from None
+                mapping["hostIP"] = str(addresses.address(entry["hostIP"], "portMappings: hostIP"))
+            except ValueError as exc:
+                raise CNIError(INVALID_CONFIG, str(exc)) from None
         mappings.append(mapping)
     return mappings
 
