@@ -19,7 +19,6 @@ carry a body says what an empty one means, next to its handler:
   published ports, and fails otherwise (we cannot tell whose ports were meant).
 """
 
-import ipaddress
 import json
 import logging
 import re
@@ -27,7 +26,7 @@ import time
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from cni_backend import trace
+from cni_backend import addresses, trace
 
 from .errors import DriverError
 
@@ -111,13 +110,9 @@ def with_ids(*names) -> dict:
 def _cidr_address(value, what: str, version: int | None = None, pool=None):
     """An 'ip/len' string (Docker's form for gateways and endpoint addresses)."""
     try:
-        address = ipaddress.ip_interface(value) if isinstance(value, str) and "%" not in value else None
-    except ValueError:
-        address = None
-    if address is None or (version and address.version != version):
-        family = f"an IPv{version}" if version else "an"
-        raise DriverError(f"{what} {value!r} is not {family} address in CIDR form such as "
-                          + ("10.22.0.5/24" if version != 6 else "fd00:22::5/64"))
+        address = addresses.interface(value, what, version)
+    except ValueError as exc:
+        raise DriverError(str(exc)) from None
     if pool is not None and address.ip not in pool:
         raise DriverError(f"{what} {value!r} is not inside pool {pool}")
     return address
@@ -133,14 +128,10 @@ def check_ipam_data(data: dict) -> None:
             raise DriverError(f"{key} must be a list of objects")
         for n, entry in enumerate(entries):
             where = f"{key}[{n}]"
-            pool = entry.get("Pool")
             try:
-                pool = ipaddress.ip_network(pool) if isinstance(pool, str) else None
-            except ValueError:
-                pool = None
-            if pool is None or pool.version != version:
-                raise DriverError(f"{where}.Pool {entry.get('Pool')!r} is not an IPv{version} subnet in CIDR form "
-                                  "such as " + ("10.22.0.0/16" if version == 4 else "fd00:22::/64"))
+                pool = addresses.network(entry.get("Pool"), f"{where}.Pool", version)
+            except ValueError as exc:
+                raise DriverError(str(exc)) from None
             for name in ("AddressSpace", "Gateway"):
                 if entry.get(name) is not None and not isinstance(entry[name], str):
                     raise DriverError(f"{where}.{name} must be a string")
@@ -192,9 +183,9 @@ def check_port_map(data: dict) -> None:
             if value in (None, ""):
                 continue
             try:
-                ipaddress.ip_address(value if isinstance(value, str) else "-")
-            except ValueError:
-                raise DriverError(f"com.docker.network.portmap[{n}].{key} {value!r} is not an IP address") from None
+                addresses.address(value, f"com.docker.network.portmap[{n}].{key}")
+            except ValueError as exc:
+                raise DriverError(str(exc)) from None
 
 
 def driver_name() -> str:

@@ -6,6 +6,7 @@ them alone and ReleaseAddress frees them."""
 import ipaddress
 import socket
 
+from cni_backend import addresses
 from cni_backend.ipam import allocator, config as ipam_config
 from cni_backend.ipam.store import DOCKER_OWNER, Allocation
 
@@ -22,9 +23,9 @@ DEFAULT_PREFIX = {4: 24, 6: 64}
 
 def _network(value: str, what: str):
     try:
-        return ipaddress.ip_network(value)
-    except ValueError:
-        raise DriverError(f"{what} {value!r} is not a CIDR such as 10.22.0.0/16") from None
+        return addresses.network(value, what)
+    except ValueError as exc:
+        raise DriverError(str(exc)) from None
 
 
 class IpamDriver:
@@ -111,9 +112,9 @@ class IpamDriver:
         wanted = None
         if body.get("Address"):
             try:
-                wanted = ipaddress.ip_address(body["Address"].split("/")[0])
-            except ValueError:
-                raise DriverError(f"requested address {body['Address']!r} is not an IP address") from None
+                wanted = addresses.address(body["Address"].split("/")[0], "requested address")
+            except ValueError as exc:
+                raise DriverError(str(exc)) from None
         if (body.get("Options") or {}).get("RequestAddressType") == GATEWAY_REQUEST:
             held = self._reserve_gateway(pool, wanted or subnet.network_address + 1)
             self.state.put(POOL, pool["id"], dict(pool, gateway=held.ip))

@@ -18,7 +18,7 @@ import os
 import secrets
 import tempfile
 
-from cni_backend import networks, staging
+from cni_backend import addresses, networks, staging
 from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist as conflists
 from cni_backend.ipam import config as ipam_config
@@ -52,9 +52,9 @@ class Settings:
 
 def _ip(value: str, what: str):
     try:
-        return ipaddress.ip_interface(value)
-    except ValueError:
-        raise DriverError(f"{what} {value!r} is not an address in CIDR form") from None
+        return addresses.interface(value, what)
+    except ValueError as exc:
+        raise DriverError(str(exc)) from None
 
 
 def host_name(ep: dict) -> str:

@@ -12,6 +12,7 @@ host-wide lock, so parallel ADD/DEL never see or leave half a rule set.
 import re
 
 from .. import locks, paths
+from ..errors import CNIError, INTERNAL
 from . import tags, tools
 
 FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
@@ -34,6 +35,26 @@ CHAINS = {
                          f"OUTPUT -m addrtype --dst-type LOCAL {_NOTE} -j {HOSTPORT_CHAIN}"),
     },
 }
+
+
+# Whitespace other than the space between tokens, or a control character: in
+# a restore script a newline ends the rule and may open another table.
+_UNSAFE = re.compile(r"[^\S ]|[\x00-\x1f\x7f-\x9f]")
+
+
+def restore_script(sections: list) -> str:
+    """[(table, lines)] -> the iptables-restore input. Every value in a rule
+    was validated where it entered (addresses, interface names, tags); this
+    is the second wall: a token holding whitespace or a control character is
+    an internal error, never written."""
+    script = []
+    for table, lines in sections:
+        for line in lines:
+            if not isinstance(line, str) or _UNSAFE.search(line):
+                raise CNIError(INTERNAL, f"refusing to write an iptables-restore line with whitespace or a control "
+                                         f"character inside a token: {line!r}")
+        script += [f"*{table}", *lines, "COMMIT"]
+    return "\n".join(script) + "\n"
 
 
 def host_lock():
@@ -138,13 +159,13 @@ def _plan_isolation(chains: set, rules: list, remaining: list, declare: list) ->
 def apply(family: int, is_stale, new_rules: dict) -> None:
     """The slow, always-correct path: list, plan, restore."""
     saved = saved_tables(family)
-    script = []
+    sections = []
     for table in CHAINS:
         lines = _plan(table, saved.get(table, (set(), [])), is_stale, new_rules.get(table, []))
         if lines:
-            script += [f"*{table}", *lines, "COMMIT"]
-    if script:
-        tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n")
+            sections.append((table, lines))
+    if sections:
+        tools.run([_TOOLS[family][1], "-w", "--noflush"], restore_script(sections))
 
 
 def _all_present(family: int, specs: list) -> bool:
@@ -166,7 +187,7 @@ def append_fast(family: int, new_rules: dict) -> bool:
     A bridge's isolation jump lives in our large attachment chain, where a
     check would cost as much; it is made and removed in the same restore as
     the bridge's DROP in the small isolation chain, so that DROP stands for both."""
-    checks, script = [], []
+    checks, sections = [], []
     for table, rules in new_rules.items():
         if not rules:
             continue
@@ -174,12 +195,13 @@ def append_fast(family: int, new_rules: dict) -> bool:
             checks += [(table, jump) for jump in CHAINS[table][chain]]
         for bridge in sorted({_bridge_of(r) for r in rules} - {None}):
             checks.append((table, _bridge_rules(bridge)[1]))
-        script += [f"*{table}", *rules, "COMMIT"]
-    if not script:
+        sections.append((table, rules))
+    if not sections:
         return True
+    script = restore_script(sections)  # before any command runs: a refused line changes nothing
     if not _all_present(family, checks):
         return False
-    return tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
+    return tools.run([_TOOLS[family][1], "-w", "--noflush"], script, check=False) is not None
 
 
 def add(per_family: dict, tag: str) -> None:
