@@ -3,7 +3,7 @@ runtime created for a network, and what is left of the network when it goes.
 Used by the Docker side at CreateNetwork / DeleteNetwork."""
 
 from .ipam import allocator
-from .net import firewall, netlink, tags
+from .net import firewall, localnet, netlink, tags
 
 
 def bridge_exists(name: str) -> bool:
@@ -42,6 +42,7 @@ def missing_parts(bridge: str, ports=()) -> list:
 
 def forget(cni_network: str, store) -> None:
     """Drop every firewall rule (of every kind) and IPAM entry still carrying the network's name."""
+    localnet.release(tags.stale_test(cni_network, {tags.PORTMAP}, ()))  # before the guards go
     firewall.collect_garbage(cni_network, valid_attachments=(), kinds=tags.KINDS)
     store.run(lambda txn: allocator.collect_garbage(txn, cni_network, valid=set()))
 

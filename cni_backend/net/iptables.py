@@ -19,6 +19,7 @@ FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
 ISOLATION_CHAIN = "RANCHER-CNI-ISOLATION"
 MASQ_CHAIN = "RANCHER-CNI-MASQ"
 HOSTPORT_CHAIN = "RANCHER-CNI-HOSTPORT"
+LOCALNET_CHAIN = "RANCHER-CNI-LOCALNET"
 BRIDGE_PREFIX = "rcnibr-"
 STATIC_TAG = "rcni-isolation"
 DOCKER_BRIDGES = ("docker0", "br-+")  # Docker's own bridge networks
@@ -34,6 +35,7 @@ CHAINS = {
         HOSTPORT_CHAIN: (f"PREROUTING -m addrtype --dst-type LOCAL {_NOTE} -j {HOSTPORT_CHAIN}",
                          f"OUTPUT -m addrtype --dst-type LOCAL {_NOTE} -j {HOSTPORT_CHAIN}"),
     },
+    "raw": {LOCALNET_CHAIN: (f"PREROUTING {_NOTE} -j {LOCALNET_CHAIN}",)},  # firewall.localnet_guard
 }
 
 
