@@ -10,3 +10,4 @@ DAEMON_SOCKET = f"{RUN_DIR}/cni.sock"       # cnm-shim cni-server
 TRACE_CONTROL = f"{RUN_DIR}/trace"
 CNI_CACHE_DIR = "/var/lib/cni"              # libcni's results cache, shared with other runtimes
 CNI_CONF_DIR = "/etc/cni/net.d"
+CNI_BIN_DIR = "/opt/cni/bin"                # where CNI runtimes look for plug-ins; install-cni writes ours there

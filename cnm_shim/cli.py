@@ -11,8 +11,9 @@ from cni_backend import version
 from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist
 
+from . import paths
 
-DEFAULT_CNI_PATH = "/opt/cni/bin"
+DEFAULT_CNI_PATH = paths.CNI_BIN_DIR
 
 
 def _netns_path(netns: str) -> str:
@@ -96,16 +97,16 @@ def cmd_status(opts) -> int:
     from .state import ENDPOINT, NETWORK, POOL, State
     state = State(opts.state_dir)
     networks, endpoints = state.all(NETWORK), state.all(ENDPOINT)
-    paths = {net["id"]: describe(net) for net in networks}  # what carries the traffic, from counters
+    data_paths = {net["id"]: describe(net) for net in networks}  # what carries the traffic, from counters
     if opts.json:
         print(json.dumps({"networks": networks, "endpoints": endpoints, "pools": state.all(POOL),
-                          "data_paths": list(paths.values()), "host": host()}, indent=2))
+                          "data_paths": list(data_paths.values()), "host": host()}, indent=2))
         return 0
     print(f"host: {host_summary(host())}")
     for net in networks:
         print(f"network {net['id'][:12]}  driver {net['driver']}  cni {net['cni_name']}  bridge {net['bridge']}"
               + (f"  exported {net['exported']}" if net.get("exported") else ""))
-        print(f"  data path: {paths[net['id']]['summary']}")
+        print(f"  data path: {data_paths[net['id']]['summary']}")
         for ep in (e for e in endpoints if e["network_id"] == net["id"]):
             result = ep.get("result") or {}
             host_side = [i["name"] for i in result.get("interfaces", []) if i.get("name", "").startswith("veth")]
@@ -175,11 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     cni.set_defaults(func=cmd_cni)
 
     daemon = sub.add_parser("cni-server", help="run the daemon the CNI executables hand their work to")
-    daemon.add_argument("--socket", default=os.environ.get("RANCHER_CNI_SOCKET", "/run/rancher-cni/cni.sock"))
+    daemon.add_argument("--socket", default=os.environ.get("RANCHER_CNI_SOCKET", paths.CNI_SOCKET))
     daemon.set_defaults(func=cmd_cni_server)
 
     serve = sub.add_parser("serve", help="answer Docker's NetworkDriver and IpamDriver calls (foreground)")
-    serve.add_argument("--plugin-dir", default="/run/docker/plugins")
+    serve.add_argument("--plugin-dir", default=paths.PLUGIN_DIR)
     serve.add_argument("--backend", choices=tuple(backends.REGISTRY), default=os.environ.get("RANCHER_BACKEND") or None,
                        help="serve only this backend (default: all three, one socket each)")
     serve.add_argument("--socket", help="with --backend: the socket's file name (default rancher-BACKEND.sock)")
@@ -188,12 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--vtep-dev", default=os.environ.get("RANCHER_VTEP_DEV") or None,
                        help="the vxlan agents' underlay interface (default: the default route's)")
     serve.add_argument("--workers", type=int, default=int(os.environ.get("CNM_SHIM_WORKERS", "4")))
-    serve.add_argument("--state-dir", default="/var/lib/rancher-cnm")
-    serve.add_argument("--run-dir", default="/run/rancher-cnm")
-    serve.add_argument("--ipam-data-dir", default="/var/lib/rancher-cni")
-    serve.add_argument("--cni-path", default=os.environ.get("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"))
-    serve.add_argument("--cni-conf-dir", default="/etc/cni/net.d", help="where -o cni.export=true writes")
-    serve.add_argument("--cni-socket", default=os.environ.get("RANCHER_CNI_SOCKET", "/run/rancher-cni/cni.sock"))
+    serve.add_argument("--state-dir", default=paths.STATE_DIR)
+    serve.add_argument("--run-dir", default=paths.RUN_DIR)
+    serve.add_argument("--ipam-data-dir", default=paths.IPAM_DATA_DIR)
+    serve.add_argument("--cni-path", default=os.environ.get("CNI_PATH", os.pathsep.join(paths.CNI_PATH)))
+    serve.add_argument("--cni-conf-dir", default=paths.CNI_CONF_DIR, help="where -o cni.export=true writes")
+    serve.add_argument("--cni-socket", default=os.environ.get("RANCHER_CNI_SOCKET", paths.CNI_SOCKET))
     serve.add_argument("--no-cni-daemon", action="store_true", help="do not start the CNI daemon")
     serve.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""),
                        help="comma-separated etcd URLs: addresses global across hosts, VXLAN registry")
@@ -216,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.set_defaults(func=cmd_options)
 
     status = sub.add_parser("status", help="networks and endpoints with their CNI results")
-    status.add_argument("--state-dir", default="/var/lib/rancher-cnm")
+    status.add_argument("--state-dir", default=paths.STATE_DIR)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
@@ -227,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--vtep-dev", default=os.environ.get("RANCHER_VTEP_DEV") or None,
                        help="underlay interface (default: the default route's)")
     agent.add_argument("--peers", default="", help="static peers, comma-separated")
-    agent.add_argument("--state-dir", default="/var/lib/rancher-cni")
+    agent.add_argument("--state-dir", default=paths.IPAM_DATA_DIR)
     agent.add_argument("--ttl", type=int, default=10, help="lease TTL: how fast a dead host disappears")
     agent.add_argument("--interval", type=float, default=1.0)
     add_etcd_tls_options(agent)

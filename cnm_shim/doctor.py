@@ -48,7 +48,7 @@ from cni_backend.ipam.store import DOCKER_OWNER
 from cni_backend.net import firewall, iptables, netlink, netns
 from cni_backend.plugins.bridge import SANDBOX_IFNAME_ARG
 
-from . import backends, datapath, docker_sync, render
+from . import backends, datapath, docker_sync, paths, render
 from .errors import DriverError
 from .state import ENDPOINT, NETWORK
 from .translate import CONTAINER_IFNAME, Settings, _raw
@@ -417,10 +417,10 @@ def cmd_doctor(opts) -> int:
 def add_parser(sub) -> None:
     doctor = sub.add_parser("doctor", help="CNI CHECK every endpoint, compare the kernel and stores with the state; "
                                            "--repair fixes what is provably ours")
-    doctor.add_argument("--state-dir", default="/var/lib/rancher-cnm")
-    doctor.add_argument("--run-dir", default="/run/rancher-cnm")
-    doctor.add_argument("--ipam-data-dir", default="/var/lib/rancher-cni")
-    doctor.add_argument("--cni-path", default=os.environ.get("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"))
+    doctor.add_argument("--state-dir", default=paths.STATE_DIR)
+    doctor.add_argument("--run-dir", default=paths.RUN_DIR)
+    doctor.add_argument("--ipam-data-dir", default=paths.IPAM_DATA_DIR)
+    doctor.add_argument("--cni-path", default=os.environ.get("CNI_PATH", os.pathsep.join(paths.CNI_PATH)))
     doctor.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""))
     doctor.add_argument("--runtime-cache-dir", action="append", default=[],
                         help=f"a CNI runtime's cache whose attachments count as owners (default {DEFAULT_RUNTIME_CACHES[0]})")

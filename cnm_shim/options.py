@@ -5,9 +5,8 @@ message that names it and lists what is valid.
 """
 
 import dataclasses
+import ipaddress
 import re
-
-from cni_backend import addresses
 
 from .errors import DriverError
 
@@ -71,9 +70,12 @@ def ifname(what="a valid interface name"):
 
 def ipv4(driver, key, value):
     try:
-        return str(addresses.address(str(value), f"{driver}: option {key}", 4))
-    except ValueError as exc:
-        raise DriverError(str(exc)) from None
+        address = ipaddress.ip_address(str(value))
+    except ValueError:
+        address = None
+    if address is None or address.version != 4:
+        raise DriverError(f"{driver}: option {key}={value!r} is not an IPv4 address")
+    return str(address)
 
 
 def ipv4_list(driver, key, value):

@@ -26,7 +26,7 @@ from cni_backend.ipam.store import open_store
 from cni_backend.net import netlink
 from cni_backend.plugins.ipam import RESERVED_ARG
 
-from . import backends, options, render
+from . import backends, options, paths, render
 from .errors import DriverError, step
 from .ipam_driver import ADDRESS_SPACES, IpamDriver
 from .state import ENDPOINT, NETWORK, POOL, State
@@ -38,11 +38,11 @@ CONTAINER_IFNAME = "eth0"  # inside the staging namespace; Docker renames it in 
 
 @dataclasses.dataclass
 class Settings:
-    state_dir: str = "/var/lib/rancher-cnm"
-    run_dir: str = "/run/rancher-cnm"
-    ipam_data_dir: str = "/var/lib/rancher-cni"
-    cni_path: tuple = ("/opt/cni/bin", "/usr/lib/cni")
-    cni_conf_dir: str = "/etc/cni/net.d"
+    state_dir: str = paths.STATE_DIR
+    run_dir: str = paths.RUN_DIR
+    ipam_data_dir: str = paths.IPAM_DATA_DIR
+    cni_path: tuple = paths.CNI_PATH
+    cni_conf_dir: str = paths.CNI_CONF_DIR
     etcd_endpoints: tuple = ()   # addresses global across hosts when set
     etcd_tls: dict | None = None  # {"ca", "cert", "key"} for https members
 

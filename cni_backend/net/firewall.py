@@ -200,11 +200,8 @@ def _nft(script: str) -> str:
     return tools.run(["nft", "-f", "-"], script)
 
 
-def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
-    """Frames from the container's veth must carry its MAC, and, with `cidrs`,
-    its IP addresses (IPv4, ARP sender, IPv6 but link-local). One chain per
-    attachment, reached through a verdict map keyed by the veth: each frame
-    costs one lookup, however many containers the host has."""
+def mac_filter_rules(tag: tags.Tag, mac: str, cidrs=()) -> list:
+    """The rules of an attachment's macspoofchk chain (see add_mac_filter)."""
     note = f'comment "{tag}"'
     # The counter first: every frame the bridge got from this container, the
     # proof of what took the bridge path (`bridge_path_frames`).
@@ -219,6 +216,15 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
     if v6:
         allowed = "{ " + ", ".join(v6 + ["fe80::/10", "::"]) + " }"
         rules.append(f"ether type ip6 ip6 saddr != {allowed} drop {note}")
+    return rules
+
+
+def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
+    """Frames from the container's veth must carry its MAC, and, with `cidrs`,
+    its IP addresses (IPv4, ARP sender, IPv6 but link-local). One chain per
+    attachment, reached through a verdict map keyed by the veth: each frame
+    costs one lookup, however many containers the host has."""
+    rules = mac_filter_rules(tag, mac, cidrs)
     with iptables.host_lock():
         if tools.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) is None:
             _nft(f"""table bridge {NFT_TABLE} {{

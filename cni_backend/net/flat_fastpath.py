@@ -73,8 +73,8 @@ def remove_network(suffix: str) -> None:
         _nft(f"delete table netdev {table_name(suffix)}\n")
 
 
-def add_attachment(suffix: str, tag: tags.Tag, host_ifname: str, mac: str, cidrs: list, metadata_ip: str | None) -> None:
-    table = table_name(suffix)
+def attachment_rules(mac: str, cidrs: list, metadata_ip: str | None) -> list:
+    """The rules of an attachment's chain: what it sends that may skip the bridge."""
     addresses = [ipaddress.ip_interface(c).ip for c in cidrs]
     v4 = ", ".join(str(a) for a in addresses if a.version == 4)
     v6 = ", ".join(str(a) for a in addresses if a.version == 6)
@@ -85,6 +85,12 @@ def add_attachment(suffix: str, tag: tags.Tag, host_ifname: str, mac: str, cidrs
         rules.append(f"ether saddr {mac} ether type ip ip saddr {{ {v4} }} {not_metadata}{unicast_out}")
     if v6:
         rules.append(f"ether saddr {mac} ether type ip6 ip6 saddr {{ {v6} }} {unicast_out}")
+    return rules
+
+
+def add_attachment(suffix: str, tag: tags.Tag, host_ifname: str, mac: str, cidrs: list, metadata_ip: str | None) -> None:
+    table = table_name(suffix)
+    rules = attachment_rules(mac, cidrs, metadata_ip)
     # One transaction, idempotent without reading the table first: the chain
     # is flushed before its rules go in, and each element is added, deleted
     # and added again with our comment, so an entry for this MAC left by a

@@ -44,19 +44,16 @@ CHAINS = {
 _UNSAFE = re.compile(r"[^\S ]|[\x00-\x1f\x7f-\x9f]")
 
 
-def restore_script(sections: list) -> str:
-    """[(table, lines)] -> the iptables-restore input. Every value in a rule
-    was validated where it entered (addresses, interface names, tags); this
-    is the second wall: a token holding whitespace or a control character is
-    an internal error, never written."""
-    script = []
-    for table, lines in sections:
-        for line in lines:
-            if not isinstance(line, str) or _UNSAFE.search(line):
-                raise CNIError(INTERNAL, f"refusing to write an iptables-restore line with whitespace or a control "
-                                         f"character inside a token: {line!r}")
-        script += [f"*{table}", *lines, "COMMIT"]
-    return "\n".join(script) + "\n"
+def script_text(lines: list) -> str:
+    """Restore lines -> the iptables-restore input. Every value in a rule was
+    validated where it entered (addresses, interface names, tags); this is
+    the second wall: a token holding whitespace or a control character is an
+    internal error, never written."""
+    for line in lines:
+        if not isinstance(line, str) or _UNSAFE.search(line):
+            raise CNIError(INTERNAL, "refusing to write an iptables-restore line with whitespace or a control "
+                                     f"character inside a token: {line!r}")
+    return "\n".join(lines) + "\n"
 
 
 def host_lock():
@@ -66,8 +63,13 @@ def host_lock():
 
 def saved_tables(family: int) -> dict:
     """table -> (set of chain names, list of rule lines), from iptables-save."""
+    return parse_saved(tools.run([_TOOLS[family][0]]))
+
+
+def parse_saved(text: str) -> dict:
+    """iptables-save's output -> table -> (set of chain names, list of rule lines)."""
     tables, current = {}, None
-    for line in tools.run([_TOOLS[family][0]]).splitlines():
+    for line in text.splitlines():
         if line.startswith("*"):
             current = tables.setdefault(line[1:], (set(), []))
         elif line.startswith(":") and current is not None:
@@ -158,16 +160,23 @@ def _plan_isolation(chains: set, rules: list, remaining: list, declare: list) ->
     return lines
 
 
-def apply(family: int, is_stale, new_rules: dict) -> None:
-    """The slow, always-correct path: list, plan, restore."""
-    saved = saved_tables(family)
-    sections = []
+def restore_script(saved: dict, is_stale, new_rules: dict) -> list:
+    """The iptables-restore lines (empty: nothing to change) that take the
+    tables `saved` (see parse_saved) to their attachment rules less those
+    whose tag `is_stale`, plus `new_rules` {table: [lines]}."""
+    script = []
     for table in CHAINS:
         lines = _plan(table, saved.get(table, (set(), [])), is_stale, new_rules.get(table, []))
         if lines:
-            sections.append((table, lines))
-    if sections:
-        tools.run([_TOOLS[family][1], "-w", "--noflush"], restore_script(sections))
+            script += [f"*{table}", *lines, "COMMIT"]
+    return script
+
+
+def apply(family: int, is_stale, new_rules: dict) -> None:
+    """The slow, always-correct path: list, plan, restore."""
+    script = restore_script(saved_tables(family), is_stale, new_rules)
+    if script:
+        tools.run([_TOOLS[family][1], "-w", "--noflush"], script_text(script))
 
 
 def _all_present(family: int, specs: list) -> bool:
@@ -189,7 +198,19 @@ def append_fast(family: int, new_rules: dict) -> bool:
     A bridge's isolation jump lives in our large attachment chain, where a
     check would cost as much; it is made and removed in the same restore as
     the bridge's DROP in the small isolation chain, so that DROP stands for both."""
-    checks, sections = [], []
+    checks, script = fast_append_plan(new_rules)
+    if not script:
+        return True
+    text = script_text(script)  # before any command runs: a refused line changes nothing
+    if not _all_present(family, checks):
+        return False
+    return tools.run([_TOOLS[family][1], "-w", "--noflush"], text, check=False) is not None
+
+
+def fast_append_plan(new_rules: dict) -> tuple:
+    """append_fast's plan for {table: [rules]}: the (table, rule spec) that
+    must exist for the appends to be complete, and the restore lines."""
+    checks, script = [], []
     for table, rules in new_rules.items():
         if not rules:
             continue
@@ -197,13 +218,8 @@ def append_fast(family: int, new_rules: dict) -> bool:
             checks += [(table, jump) for jump in CHAINS[table][chain]]
         for bridge in sorted({_bridge_of(r) for r in rules} - {None}):
             checks.append((table, _bridge_rules(bridge)[1]))
-        sections.append((table, rules))
-    if not sections:
-        return True
-    script = restore_script(sections)  # before any command runs: a refused line changes nothing
-    if not _all_present(family, checks):
-        return False
-    return tools.run([_TOOLS[family][1], "-w", "--noflush"], script, check=False) is not None
+        script += [f"*{table}", *rules, "COMMIT"]
+    return checks, script
 
 
 def add(per_family: dict, tag: str) -> None:

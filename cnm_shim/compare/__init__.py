@@ -27,7 +27,7 @@ import time
 from cni_backend import trace, version
 from cni_backend.invoke import api, conflist as conflists
 
-from .. import backends
+from .. import backends, paths
 from . import observe, report
 from .models import (MODELS, PREFIX, Containerd, CtrModel, DockerModel, NetnsModel, busybox_rootfs, eth0_ipv4,
                      run, token)
@@ -43,10 +43,10 @@ def add_parser(sub) -> None:
     parser.add_argument("-n", "--containers", type=int, default=10, help="containers per model (at least 2)")
     parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///run/docker.sock"))
     parser.add_argument("--containerd-socket", help="default: start a private containerd")
-    parser.add_argument("--cni-path", default=os.environ.get("CNI_PATH", "/opt/cni/bin").split(os.pathsep)[0],
+    parser.add_argument("--cni-path", default=os.environ.get("CNI_PATH", paths.CNI_BIN_DIR).split(os.pathsep)[0],
                         help="our CNI executables (for the invoke model)")
-    parser.add_argument("--cni-conf-dir", default="/etc/cni/net.d", help="where the shim exports conflists")
-    parser.add_argument("--cni-socket", default=os.environ.get("RANCHER_CNI_SOCKET", "/run/rancher-cni/cni.sock"),
+    parser.add_argument("--cni-conf-dir", default=paths.CNI_CONF_DIR, help="where the shim exports conflists")
+    parser.add_argument("--cni-socket", default=os.environ.get("RANCHER_CNI_SOCKET", paths.CNI_SOCKET),
                         help="the shim's CNI daemon")
     parser.add_argument("--subnet", help="default per backend: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_SUBNETS.items()))
     parser.add_argument("--vtep-dev", help="vxlan: the underlay interface (default: a veth pair compare makes)")
@@ -66,9 +66,9 @@ def main(opts) -> int:
     os.makedirs(folder, exist_ok=True)
     with Comparison(opts, folder) as comparison:
         figures = comparison.measure()
-    paths = report.write(figures, folder)
+    written = report.write(figures, folder)
     print(report.console(figures))
-    print("\nreport: " + ", ".join(paths.values()))
+    print("\nreport: " + ", ".join(written.values()))
     return 0
 
 

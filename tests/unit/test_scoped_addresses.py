@@ -58,7 +58,7 @@ def test_the_parser_refuses_what_is_not_a_plain_address_string(value):
 ])
 def test_the_restore_writer_refuses_a_line_with_whitespace_or_control_characters(line):
     with pytest.raises(CNIError) as err:
-        iptables.restore_script([("nat", ["-A RANCHER-CNI-HOSTPORT -p tcp -j RETURN", line])])
+        iptables.script_text(["*nat", "-A RANCHER-CNI-HOSTPORT -p tcp -j RETURN", line, "COMMIT"])
     assert err.value.code == INTERNAL and "refusing" in err.value.msg
 
 
@@ -71,7 +71,7 @@ def test_the_restore_writer_refuses_before_running_anything():
 
 
 def test_the_restore_writer_writes_ordinary_rules():
-    script = iptables.restore_script([("nat", ["-A RANCHER-CNI-HOSTPORT -d ::1/128 -p tcp -j RETURN"])])
+    script = iptables.script_text(["*nat", "-A RANCHER-CNI-HOSTPORT -d ::1/128 -p tcp -j RETURN", "COMMIT"])
     assert script == "*nat\n-A RANCHER-CNI-HOSTPORT -d ::1/128 -p tcp -j RETURN\nCOMMIT\n"
 
 

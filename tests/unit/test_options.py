@@ -1,0 +1,157 @@
+"""`docker network create -o key=value` (cnm_shim/options.py): typed values
+with defaults, Docker's aliases, and for every bad key or value the message
+`docker` shows, naming the option and what is valid."""
+
+import pytest
+
+from cnm_shim import options
+from cnm_shim.errors import DriverError
+
+
+def refused(driver, backend, raw) -> str:
+    with pytest.raises(DriverError) as error:
+        options.parse(driver, backend, raw)
+    return str(error.value)
+
+
+# -- defaults and typed values ----------------------------------------------------
+
+def test_bridge_defaults():
+    assert options.parse("rancher-bridge", "bridge", {}) == {
+        "bridge": None, "mtu": None, "ip_masq": True, "hairpin": False, "promisc": False, "macspoofchk": False,
+        "vlan": 0, "cni.export": False, "cni.name": None}
+
+
+def test_flat_defaults_with_its_required_parent():
+    assert options.parse("rancher-flat", "flat", {"parent": "eth1"}) == {
+        "parent": "eth1", "vlan": 0, "bridge": None, "mtu": None, "hairpin": False,
+        "metadata_ip": "169.254.169.250", "metadata_link_ip": None, "metadata_bridge": "docker0", "fast_path": True,
+        "cni.export": False, "cni.name": None}
+
+
+def test_vxlan_defaults():
+    assert options.parse("rancher-vxlan", "vxlan", {}) == {
+        "vni": 1042, "vtep_dev": None, "peers": [], "bridge": None, "mtu": None, "ip_masq": True,
+        "cni.export": False, "cni.name": None}
+
+
+def test_values_are_typed():
+    parsed = options.parse("rancher-vxlan", "vxlan", {"vni": "16777215", "mtu": "9000", "ip_masq": "Off",
+                                                      "peers": " 192.0.2.2,,192.0.2.3 ", "vtep_dev": "bond0.12",
+                                                      "cni.export": "YES", "cni.name": "lab-net_1.v2"})
+    assert parsed == {"vni": 16777215, "vtep_dev": "bond0.12", "peers": ["192.0.2.2", "192.0.2.3"], "bridge": None,
+                      "mtu": 9000, "ip_masq": False, "cni.export": True, "cni.name": "lab-net_1.v2"}
+
+
+@pytest.mark.parametrize("text, value", [("1", True), ("true", True), (" Yes ", True), ("ON", True),
+                                         ("0", False), ("False", False), ("no", False), ("off", False)])
+def test_boolean_spellings(text, value):
+    assert options.parse("rancher-bridge", "bridge", {"hairpin": text})["hairpin"] is value
+
+
+def test_dockers_aliases_set_the_option_they_stand_for():
+    parsed = options.parse("rancher-bridge", "bridge", {"com.docker.network.driver.mtu": "1450",
+                                                        "com.docker.network.bridge.name": "br-lab"})
+    assert (parsed["mtu"], parsed["bridge"]) == (1450, "br-lab")
+
+
+# -- what the user sees for bad input -------------------------------------------
+
+def test_an_unknown_option_lists_the_valid_ones():
+    assert refused("rancher-bridge", "bridge", {"colour": "blue"}) == (
+        "rancher-bridge: unknown option 'colour'; valid options: "
+        "backend, bridge, cni.export, cni.name, hairpin, ip_masq, macspoofchk, mtu, promisc, vlan")
+
+
+def test_an_option_of_another_backend_is_unknown_here():
+    assert refused("rancher-flat", "flat", {"parent": "eth1", "peers": "192.0.2.2"}) == (
+        "rancher-flat: unknown option 'peers'; valid options: backend, bridge, cni.export, cni.name, fast_path, "
+        "hairpin, metadata_bridge, metadata_ip, metadata_link_ip, mtu, parent, vlan")
+    assert refused("rancher-vxlan", "vxlan", {"parent": "eth1"}).startswith(
+        "rancher-vxlan: unknown option 'parent'; valid options: backend, bridge, cni.export, cni.name, ip_masq, mtu, "
+        "peers, vni, vtep_dev")
+
+
+@pytest.mark.parametrize("driver, backend, raw, message", [
+    ("rancher-bridge", "bridge", {"ip_masq": "maybe"},
+     "rancher-bridge: option ip_masq='maybe' is not a boolean (use true or false)"),
+    ("rancher-bridge", "bridge", {"mtu": "67"}, "rancher-bridge: option mtu='67' must be an integer from 68 to 65535"),
+    ("rancher-bridge", "bridge", {"mtu": "65536"},
+     "rancher-bridge: option mtu='65536' must be an integer from 68 to 65535"),
+    ("rancher-bridge", "bridge", {"mtu": "1.5e3"},
+     "rancher-bridge: option mtu='1.5e3' must be an integer from 68 to 65535"),
+    ("rancher-bridge", "bridge", {"mtu": "0x5dc"},
+     "rancher-bridge: option mtu='0x5dc' must be an integer from 68 to 65535"),
+    ("rancher-bridge", "bridge", {"mtu": ""}, "rancher-bridge: option mtu='' must be an integer from 68 to 65535"),
+    ("rancher-bridge", "bridge", {"vlan": "4095"}, "rancher-bridge: option vlan='4095' must be an integer from 0 to 4094"),
+    ("rancher-bridge", "bridge", {"vlan": "-1"}, "rancher-bridge: option vlan='-1' must be an integer from 0 to 4094"),
+    ("rancher-vxlan", "vxlan", {"vni": "0"}, "rancher-vxlan: option vni='0' must be an integer from 1 to 16777215"),
+    ("rancher-vxlan", "vxlan", {"vni": "16777216"},
+     "rancher-vxlan: option vni='16777216' must be an integer from 1 to 16777215"),
+    ("rancher-bridge", "bridge", {"bridge": "b" * 16},
+     f"rancher-bridge: option bridge='{'b' * 16}' is not a valid interface name (at most 15 characters)"),
+    ("rancher-bridge", "bridge", {"bridge": "br 0"},
+     "rancher-bridge: option bridge='br 0' is not a valid interface name (at most 15 characters)"),
+    ("rancher-bridge", "bridge", {"bridge": "../x"},
+     "rancher-bridge: option bridge='../x' is not a valid interface name (at most 15 characters)"),
+    ("rancher-bridge", "bridge", {"bridge": "-br"},
+     "rancher-bridge: option bridge='-br' is not a valid interface name (at most 15 characters)"),
+    ("rancher-bridge", "bridge", {"bridge": "br0\n"},
+     "rancher-bridge: option bridge='br0\\n' is not a valid interface name (at most 15 characters)"),
+    ("rancher-bridge", "bridge", {"cni.name": "my net"},
+     "rancher-bridge: option cni.name='my net' is not a valid CNI network name"),
+    ("rancher-bridge", "bridge", {"cni.name": "n" * 64},
+     f"rancher-bridge: option cni.name='{'n' * 64}' is not a valid CNI network name"),
+    ("rancher-flat", "flat", {"parent": "eth1", "metadata_ip": "fd00::1"},
+     "rancher-flat: option metadata_ip='fd00::1' is not an IPv4 address"),
+    ("rancher-flat", "flat", {"parent": "eth1", "metadata_link_ip": "10.1.0.2/24"},
+     "rancher-flat: option metadata_link_ip='10.1.0.2/24' is not an IPv4 address"),
+    ("rancher-flat", "flat", {"parent": "eth 1"}, "rancher-flat: option parent='eth 1' is not a valid interface name"),
+    ("rancher-vxlan", "vxlan", {"peers": "192.0.2.2,not-a-host"},
+     "rancher-vxlan: option peers='not-a-host' is not an IPv4 address"),
+    ("rancher-vxlan", "vxlan", {"peers": "192.0.2.2,2001:db8::2"},
+     "rancher-vxlan: option peers='2001:db8::2' is not an IPv4 address"),
+])
+def test_a_bad_value_names_the_option_the_value_and_what_is_valid(driver, backend, raw, message):
+    assert refused(driver, backend, raw) == message
+
+
+def test_a_bad_value_given_through_an_alias_is_shown_as_the_user_wrote_it():
+    assert refused("rancher-bridge", "bridge", {"com.docker.network.driver.mtu": "9"}) == \
+        "rancher-bridge: option com.docker.network.driver.mtu='9' must be an integer from 68 to 65535"
+
+
+def test_a_missing_required_option_says_what_to_give():
+    assert refused("rancher-flat", "flat", {}) == (
+        "rancher-flat: option parent is required: the host interface facing the business network, e.g. -o parent=eth1")
+
+
+def test_options_that_are_not_a_map_are_refused():
+    assert refused("rancher-bridge", "bridge", ["mtu=1450"]) == "rancher-bridge: driver options must be a map of strings"
+
+
+# -- -o backend= -------------------------------------------------------------------
+
+def test_backend_option_picks_the_backend_and_is_removed_from_the_rest():
+    assert options.choose_backend("rancher-bridge", "bridge", {"backend": " VXLAN ", "vni": "7"}) == \
+        ("vxlan", {"vni": "7"})
+    assert options.choose_backend("rancher-bridge", "bridge", {"mtu": "1450"}) == ("bridge", {"mtu": "1450"})
+
+
+# -- how defaults are shown ---------------------------------------------------------
+
+def test_default_text_is_what_a_user_would_write():
+    assert options.default_text(options.IP_MASQ) == "true"
+    assert options.default_text(options.HAIRPIN) == "false"
+    assert options.default_text(options.MTU) == "none"
+    assert options.default_text(options.Option("peers", options.ipv4_list, [], "")) == "none"
+    assert options.default_text(options.Option("vni", None, 1042, "")) == "1042"
+    assert options.default_text(options.Option("parent", None, None, ""), required={"parent": "e.g."}) == "required"
+
+
+def test_describe_names_the_driver_and_the_aliases():
+    text = options.describe("bridge")
+    assert text.splitlines()[0] == \
+        "rancher-bridge (or -o backend=bridge): docker network create -d rancher-bridge -o OPTION=VALUE ..."
+    assert text.splitlines()[-1] == \
+        "  aliases: com.docker.network.driver.mtu = mtu, com.docker.network.bridge.name = bridge"

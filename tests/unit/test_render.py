@@ -1,0 +1,148 @@
+"""The conflist a Docker network stands for (cnm_shim/render.py and each
+backend's renderer): from Docker's IPAM data and the `-o` options, the exact
+JSON the shim runs and CNI runtimes get exported."""
+
+import json
+
+import pytest
+
+from cnm_shim import backends, options, render
+from cnm_shim.errors import DriverError
+
+DATA_DIR = "/var/lib/rancher-cni"
+V4 = {"Pool": "10.1.0.0/24", "Gateway": "10.1.0.1/24", "AuxAddresses": {"printer": "10.1.0.250/24"}}
+V6 = {"Pool": "fd00:1::/64", "Gateway": "fd00:1::1/64"}
+
+
+def ipam(ipv4=(V4,), ipv6=(), sub_pools=None, **kw):
+    return render.ipam_section(list(ipv4), list(ipv6), DATA_DIR, sub_pools or {}, **kw)
+
+
+def conflist_for(backend, raw_options, section=None):
+    """What CreateNetwork renders for `docker network create -d <driver> -o ...`."""
+    entry = backends.get(backend)
+    opts = options.parse(entry.driver, backend, raw_options)
+    return render.conflist("rancher-0123456789ab", entry.render(opts["bridge"] or entry.bridge_prefix + "0123456789ab",
+                                                                opts, section or ipam()))
+
+
+# -- the ipam section ----------------------------------------------------------
+
+def test_ipam_keeps_dockers_subnet_gateway_and_aux_addresses():
+    assert ipam() == {"type": "rancher-ipam", "ranges": [[{"subnet": "10.1.0.0/24", "gateway": "10.1.0.1"}]],
+                      "exclude": ["10.1.0.250"], "dataDir": DATA_DIR}
+
+
+def test_dual_stack_is_one_range_set_per_family_ipv4_first():
+    section = ipam(ipv4=[V4], ipv6=[V6])
+    assert section["ranges"] == [[{"subnet": "10.1.0.0/24", "gateway": "10.1.0.1"}],
+                                 [{"subnet": "fd00:1::/64", "gateway": "fd00:1::1"}]]
+
+
+def test_ipv6_only_without_a_gateway():
+    assert ipam(ipv4=[], ipv6=[{"Pool": "fd00:2::/64"}])["ranges"] == [[{"subnet": "fd00:2::/64"}]]
+
+
+def test_an_ip_range_limits_where_cni_runtimes_allocate():
+    section = ipam(sub_pools={"10.1.0.0/24": "10.1.0.128/25"})
+    assert section["ranges"] == [[{"subnet": "10.1.0.0/24", "gateway": "10.1.0.1",
+                                   "rangeStart": "10.1.0.128", "rangeEnd": "10.1.0.255"}]]
+
+
+def test_etcd_endpoints_and_tls_files_are_passed_on():
+    section = ipam(etcd_endpoints=("https://10.9.0.1:2379", "https://10.9.0.2:2379"),
+                   etcd_tls={"ca": "/etc/rancher/ca.pem", "cert": "/etc/rancher/host.pem", "key": "/etc/rancher/host.key"})
+    assert section["etcdEndpoints"] == ["https://10.9.0.1:2379", "https://10.9.0.2:2379"]
+    assert (section["etcdCaFile"], section["etcdCertFile"], section["etcdKeyFile"]) == \
+        ("/etc/rancher/ca.pem", "/etc/rancher/host.pem", "/etc/rancher/host.key")
+    assert "etcdEndpoints" not in ipam()
+
+
+def test_a_network_without_a_pool_is_refused_saying_what_to_give():
+    with pytest.raises(DriverError) as error:
+        ipam(ipv4=[], ipv6=[])
+    assert str(error.value) == "the network has no IPAM pool; give --subnet or use an IPAM driver that assigns one"
+
+
+@pytest.mark.parametrize("data, shown", [({"Pool": "10.1.0.300/24"}, "'10.1.0.300/24'"),
+                                         ({"Pool": "10.1.0.5/24"}, "'10.1.0.5/24'"),  # host bits set
+                                         ({}, "None")])
+def test_a_malformed_pool_is_refused_naming_it(data, shown):
+    with pytest.raises(DriverError) as error:
+        ipam(ipv4=[data])
+    assert str(error.value) == f"invalid IPAM pool {shown}"
+
+
+# -- the conflist per backend ----------------------------------------------------
+
+def test_bridge_defaults():
+    assert conflist_for("bridge", {}) == {
+        "cniVersion": "1.0.0", "name": "rancher-0123456789ab",
+        "plugins": [{
+            "type": "rancher-bridge", "bridge": "rb-0123456789ab",
+            "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+            "hairpinMode": False, "promiscMode": False, "macspoofchk": False,
+            "capabilities": {"ips": True, "mac": True}, "ipam": ipam(),
+        }],
+    }
+
+
+def test_bridge_options_reach_the_plugin():
+    plugin = conflist_for("bridge", {"com.docker.network.bridge.name": "br-lab", "mtu": "1450", "ip_masq": "false",
+                                     "hairpin": "on", "promisc": "yes", "macspoofchk": "1", "vlan": "42"})["plugins"][0]
+    assert plugin == {
+        "type": "rancher-bridge", "bridge": "br-lab",
+        "isGateway": True, "isDefaultGateway": True, "ipMasq": False,
+        "hairpinMode": True, "promiscMode": True, "macspoofchk": True,
+        "capabilities": {"ips": True, "mac": True}, "ipam": ipam(), "mtu": 1450, "vlan": 42,
+    }
+
+
+def test_flat_without_and_with_the_metadata_link():
+    assert conflist_for("flat", {"parent": "eth1"})["plugins"] == [{
+        "type": "rancher-flat", "bridge": "rf-0123456789ab", "parent": "eth1", "hairpinMode": False,
+        "fastPath": True, "stateDir": DATA_DIR, "capabilities": {"ips": True, "mac": True}, "ipam": ipam(),
+    }]
+    plugin = conflist_for("flat", {"parent": "eth1", "vlan": "100", "mtu": "1500", "fast_path": "false",
+                                   "metadata_link_ip": "10.1.0.2"})["plugins"][0]
+    assert (plugin["vlan"], plugin["mtu"], plugin["fastPath"]) == (100, 1500, False)
+    assert plugin["metadata"] == {"ip": "169.254.169.250", "linkIP": "10.1.0.2", "bridge": "docker0"}
+
+
+def test_vxlan_with_peers_floods_to_them():
+    assert conflist_for("vxlan", {"vni": "7", "peers": "192.0.2.2, 192.0.2.3", "vtep_dev": "eth1"})["plugins"] == [{
+        "type": "rancher-vxlan", "bridge": "rv-0123456789ab", "vni": 7, "peers": ["192.0.2.2", "192.0.2.3"],
+        "isGateway": True, "isDefaultGateway": True, "ipMasq": True, "stateDir": DATA_DIR,
+        "capabilities": {"ips": True, "mac": True}, "ipam": ipam(), "vtepDev": "eth1",
+    }]
+
+
+def test_vxlan_learns_its_peers_from_etcd_only_when_given_none():
+    section = ipam(etcd_endpoints=("https://10.9.0.1:2379",))
+    learning = conflist_for("vxlan", {}, section)["plugins"][0]
+    assert (learning["vni"], learning["peers"], learning["etcdEndpoints"]) == (1042, [], ["https://10.9.0.1:2379"])
+    assert "etcdEndpoints" not in conflist_for("vxlan", {"peers": "192.0.2.2"}, section)["plugins"][0]
+
+
+@pytest.mark.parametrize("backend", sorted(backends.REGISTRY))
+def test_every_backends_conflist_is_plain_json(backend):
+    raw = {"parent": "eth1"} if backend == "flat" else {}
+    conf = conflist_for(backend, raw)
+    assert json.loads(json.dumps(conf)) == conf
+
+
+# -- what CNI runtimes get, and the ports list -----------------------------------
+
+def test_the_exported_conflist_chains_portmap_after_the_network_and_leaves_it_as_it_was():
+    conf = conflist_for("bridge", {})
+    exported = render.exported(conf)
+    assert exported["plugins"] == conf["plugins"] + [
+        {"type": "rancher-portmap", "capabilities": {"portMappings": True}, "snat": True}]
+    assert (exported["cniVersion"], exported["name"]) == (conf["cniVersion"], conf["name"])
+    assert len(conf["plugins"]) == 1
+
+
+def test_the_ports_conflist_runs_portmap_alone_under_its_own_name():
+    assert render.ports_conflist(conflist_for("bridge", {})) == {
+        "cniVersion": "1.0.0", "name": "rancher-0123456789ab-ports",
+        "plugins": [{"type": "rancher-portmap", "capabilities": {"portMappings": True}, "snat": True}]}
