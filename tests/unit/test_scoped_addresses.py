@@ -152,3 +152,15 @@ def test_scoped_addresses_elsewhere_in_the_ipam_section_are_refused(ipam, field)
     with pytest.raises(CNIError) as err:
         config.load(ipam, {"ipRanges": None})
     assert err.value.code == INVALID_CONFIG and field in err.value.msg and "scope ID" in err.value.msg
+
+
+@pytest.mark.parametrize("name,valid", [
+    ("eth0", True), ("a" * 15, True), ("é" * 7, True),
+    ("\x80\x80\U00010000\U00010000\U00010000", False),  # 5 characters, 16 bytes: netlink answered ERANGE (code 104)
+    ("à", False),        # UTF-8 c3 a0: the kernel's isspace() takes 0xa0
+    ("\ud800", False),   # a lone surrogate (JSON can hold one): no name at all
+])
+def test_an_interface_name_is_measured_and_checked_in_bytes_as_the_kernel_does(name, valid):
+    """Found by the fuzz of hostile prevResult interface names."""
+    from cni_backend.ifnames import is_ifname
+    assert is_ifname(name) is valid
