@@ -135,9 +135,12 @@ def fast_path_usable(flat: FlatNetwork) -> bool:
 def _pin_bridge_mac(host, bridge_index: int, uplink_mac: str) -> str:
     """The bridge keeps the uplink's MAC: the host's address, moved onto the
     bridge, stays at the MAC the business network knows, and the MAC no longer
-    follows the lowest port's (the fast path must know which MAC is local)."""
-    if netlink.link_by_index(host, bridge_index).get("address") != uplink_mac:
-        netlink.set_mac(host, bridge_index, uplink_mac)
+    follows the lowest port's (the fast path must know which MAC is local).
+    Set even when the bridge shows it already: taken from its first port, it
+    is not pinned, and the metadata link's veth, joining later with a lower
+    MAC, took it over (the fast path then sent the host's replies out of the
+    uplink). Only a MAC set explicitly stays."""
+    netlink.set_mac(host, bridge_index, uplink_mac)
     return uplink_mac
 
 

@@ -186,3 +186,28 @@ def test_hostile_interface_names_in_prev_result_are_refused_and_write_nothing(cn
     assert after == before
     assert "RANCHER-CNI" not in rules
     assert not os.path.exists("/tmp/rcnitx") and not os.path.exists("/proc/tmp/rcnitx")
+
+
+def test_the_flat_bridge_keeps_the_uplinks_mac_when_a_lower_mac_joins(cni_daemon_env, make_netns, rig):  # noqa: F811
+    """The fast path knows the bridge's MAC as the host's. A bridge that took
+    the uplink's MAC from its first port follows the lowest port MAC: the
+    metadata link's random one, half the time, after which the host's
+    replies to its containers (published ports on 127.0.0.1 among them) left
+    through the uplink. The MAC is set explicitly (addr_assign_type 3) and stays."""
+    env = cni_daemon_env
+    config = flat_config(env, rig)
+    container = make_netns()
+    code, result = env.exec("ADD", config, container)
+    assert code == 0, result
+    low = unique("lo")
+    try:
+        uplink_mac = open(f"/sys/class/net/{rig['uplink']}/address").read().strip()
+        bridge = config["bridge"]
+        assert open(f"/sys/class/net/{bridge}/addr_assign_type").read().strip() == "3"
+        run("ip", "link", "add", low, "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", low + "p")
+        run("ip", "link", "set", low, "master", bridge)
+        assert open(f"/sys/class/net/{bridge}/address").read().strip() == uplink_mac
+    finally:
+        run("ip", "link", "del", low, check=False)
+        assert env.exec("DEL", dict(config, prevResult=result), container)[0] == 0
+        flatnet.remove(load_network(config))
