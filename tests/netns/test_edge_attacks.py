@@ -211,3 +211,39 @@ def test_the_flat_bridge_keeps_the_uplinks_mac_when_a_lower_mac_joins(cni_daemon
         run("ip", "link", "del", low, check=False)
         assert env.exec("DEL", dict(config, prevResult=result), container)[0] == 0
         flatnet.remove(load_network(config))
+
+
+def test_route_localnet_lasts_as_long_as_a_guard_and_is_left_as_found(cni_daemon_env, make_netns):
+    """route_localnet stays on while any published port's guard stays on the
+    bridge, goes back to 0 when DEL or GC takes the last one, and is left at 1
+    where something else (dockerd, on docker0) had set it."""
+    env = cni_daemon_env
+    config = env.bridge_config(subnet="10.129.0.0/24")
+    path = f"net/ipv4/conf/{config['bridge']}/route_localnet"
+
+    def guards() -> int:
+        return run("iptables-save", "-t", "raw").stdout.count(f"-i {config['bridge']} ")
+
+    def portmap(result, port):
+        return {"cniVersion": "1.1.0", "name": config["name"], "type": "rancher-portmap", "prevResult": result,
+                "runtimeConfig": {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]}}
+
+    a, b = make_netns(), make_netns()
+    ra = env.exec("ADD", config, a, container_id="ca")[1]
+    rb = env.exec("ADD", config, b, container_id="cb")[1]
+    assert env.exec("ADD", portmap(ra, 18301), a, container_id="ca")[0] == 0
+    assert env.exec("ADD", portmap(rb, 18302), b, container_id="cb")[0] == 0
+    assert (sysctls.read(path), guards()) == ("1", 2)
+    assert env.exec("DEL", portmap(ra, 18301), a, container_id="ca")[0] == 0
+    assert (sysctls.read(path), guards()) == ("1", 1), "b's published port still needs it"
+    gc = dict(portmap(rb, 18302), **{"cni.dev/valid-attachments": []})
+    gc.pop("prevResult")
+    assert env.exec("GC", gc, env={"CNI_CONTAINERID": None, "CNI_IFNAME": None}) == (0, None)
+    assert (sysctls.read(path), guards()) == ("0", 0), "GC took the last guard and left route_localnet on"
+
+    sysctls.ensure(path, "1", "as dockerd does on docker0 with its userland proxy off")
+    assert env.exec("ADD", portmap(ra, 18301), a, container_id="ca")[0] == 0
+    assert env.exec("DEL", portmap(ra, 18301), a, container_id="ca")[0] == 0
+    assert (sysctls.read(path), guards()) == ("1", 0), "a setting we did not make was undone"
+    for netns, cid, result in ((a, "ca", ra), (b, "cb", rb)):
+        assert env.exec("DEL", dict(config, prevResult=result), netns, container_id=cid)[0] == 0
