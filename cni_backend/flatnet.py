@@ -25,7 +25,7 @@ import json
 import os
 import re
 
-from . import locks, paths
+from . import files, locks, paths
 from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
 from .net import features, flat_fastpath, netlink, sysctls, tools
 
@@ -79,12 +79,7 @@ def _locked(flat: FlatNetwork):
 
 def _write_record(flat: FlatNetwork, record: dict) -> None:
     os.makedirs(os.path.dirname(flat.record_path), mode=0o700, exist_ok=True)
-    tmp = flat.record_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, flat.record_path)
+    files.write_atomic(flat.record_path, json.dumps(record, indent=2), 0o600)
 
 
 def _read_record(flat: FlatNetwork) -> dict | None:
@@ -109,6 +104,7 @@ def ensure(flat: FlatNetwork) -> None:
                 record = _snapshot(host, flat, uplink, bool(flat.vlan))
                 _write_record(flat, record)
             _move_addresses(host, port["index"], bridge["index"], record)
+            # the last step: until it is done, a rerun redoes the move
             netlink.set_master(host, uplink, bridge["index"])
         bridge_mac = _pin_bridge_mac(host, bridge["index"], port.get("address"))
         # Answer ARP only for the bridge's own addresses: the link address is the
@@ -173,12 +169,17 @@ def _snapshot(host, flat: FlatNetwork, uplink: str, vlan_created: bool) -> dict:
 
 
 def _move_addresses(host, from_index: int, to_index: int, record: dict) -> None:
-    for cidr in record["addresses"]:
-        netlink.delete_address(host, from_index, cidr)   # its routes go with it
+    """The recorded addresses and the routes that depend on them, from one
+    link to the other: added to the new link first, the routes moved over
+    (replaced, one step each), and only then removed from the old link (its
+    connected routes go with them). A kill at any point leaves each address
+    on one link or both, never on none; running it again completes it."""
     for cidr in record["addresses"]:
         netlink.add_address(host, to_index, cidr)
     for route in record["routes"]:
-        netlink.add_route_spec(host, route, to_index)
+        netlink.add_route_spec(host, route, to_index, replace=True)
+    for cidr in record["addresses"]:
+        netlink.delete_address(host, from_index, cidr)
 
 
 def _ensure_metadata_link(host, flat: FlatNetwork, bridge: dict) -> None:
@@ -338,30 +339,44 @@ def remove(flat: FlatNetwork) -> None:
             _remove_metadata_link(host, flat)
         bridge = netlink.link(host, flat.bridge)
         port = netlink.link(host, uplink)
-        if bridge is not None and record is not None:
-            for cidr in record["addresses"]:
-                netlink.delete_address(host, bridge["index"], cidr)
+        if record is not None:  # back on the uplink before they leave the bridge: the host never lacks them
+            _restore_uplink(host, record, bridge)
         if port is not None and bridge is not None and port.get("master") == bridge["index"]:
             netlink.set_master(host, uplink, None)
         if record is not None:
-            _restore_uplink(host, record)
+            _restore_uplink_state(host, record)
         if bridge is not None:
             netlink.delete_link(host, flat.bridge)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(flat.record_path)
 
 
-def _restore_uplink(host, record: dict) -> None:
+def _restore_uplink(host, record: dict, bridge: dict | None) -> None:
+    """The addresses and routes go back to the uplink (a VLAN link we made
+    had none: it is deleted later, theirs leave with the bridge)."""
+    port = netlink.link(host, record["uplink"])
+    if record["vlan_created"] or port is None:
+        if bridge is not None:
+            for cidr in record["addresses"]:
+                netlink.delete_address(host, bridge["index"], cidr)
+        return
+    if bridge is None:  # nothing to move from
+        for cidr in record["addresses"]:
+            netlink.add_address(host, port["index"], cidr)
+        for route in record["routes"]:
+            netlink.add_route_spec(host, route, port["index"])
+        return
+    _move_addresses(host, bridge["index"], port["index"], record)
+
+
+def _restore_uplink_state(host, record: dict) -> None:
+    """Once free of the bridge: a VLAN link we made goes, the uplink's link state comes back."""
     port = netlink.link(host, record["uplink"])
     if port is None:
         return
     if record["vlan_created"]:
         netlink.delete_link(host, record["uplink"])
         return
-    for cidr in record["addresses"]:
-        netlink.add_address(host, port["index"], cidr)
-    for route in record["routes"]:
-        netlink.add_route_spec(host, route, port["index"])
     if not record["up"]:
         try:
             host.link("set", index=port["index"], state="down")

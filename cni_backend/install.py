@@ -10,6 +10,7 @@ import sys
 import sysconfig
 
 import cni_backend
+from . import files
 from .plugins import PLUGINS
 
 TEMPLATE = """#!{python} -IS
@@ -25,10 +26,8 @@ def write_executables(directory: str, python: str = sys.executable) -> list:
     written = []
     for plugin in PLUGINS:
         path = os.path.join(directory, plugin)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(TEMPLATE.format(python=python, paths=paths, plugin=plugin))
-        os.chmod(tmp, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
-        os.replace(tmp, path)  # never a half-written executable for a runtime to run
+        # never a half-written executable for a runtime to run
+        files.write_atomic(path, TEMPLATE.format(python=python, paths=paths, plugin=plugin),
+                           stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
         written.append(path)
     return written

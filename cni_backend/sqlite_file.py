@@ -1,5 +1,13 @@
 """Opening the project's SQLite files (the IPAM store, the shim's state) so
-that any number of processes may open a new file at the same moment."""
+that any number of processes may open a new file at the same moment, and so
+that a commit survives a power loss.
+
+Every connection runs `PRAGMA synchronous=FULL` (the setting is per
+connection, so every connection must): in WAL mode, NORMAL syncs the log only
+at checkpoints, and a power loss can roll back the last commits. Docker never
+replays an allocation (RequiresRequestReplay is false) and never re-sends a
+network, so a rolled-back commit would be an address or a network that Docker
+holds and we have forgotten. FULL syncs the log at every commit."""
 
 import contextlib
 import sqlite3
@@ -7,9 +15,22 @@ import sqlite3
 from . import locks
 
 
-def connect(path: str, schema: str, timeout: float) -> sqlite3.Connection:
-    """A connection in autocommit mode to `path`, in WAL mode with `schema` applied."""
+def open_db(path: str, timeout: float) -> sqlite3.Connection:
+    """A connection in autocommit mode to `path` (set up by `connect` before),
+    every commit synced to disk."""
     db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    try:
+        db.execute("PRAGMA synchronous=FULL")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def connect(path: str, schema: str, timeout: float) -> sqlite3.Connection:
+    """A connection in autocommit mode to `path`, in WAL mode with `schema`
+    applied, every commit synced to disk."""
+    db = open_db(path, timeout)
     try:
         with _setup_lock(path, timeout):
             # Switching a new file to WAL takes an exclusive lock SQLite does

@@ -8,15 +8,40 @@ remote host: broadcast and ARP), FDB entries (remote MAC -> remote VTEP) and
 neighbour entries (ARP answered locally), so unicast is never flooded. A host
 that dies stops renewing its lease: its keys expire and every other host drops
 its entries. A host that restarts registers again from its local files.
+
+Layout: each host writes only under its own prefix, named by its VTEP address,
+so etcd's RBAC can give a host's certificate write access to its keys alone
+(docs/multi-host.md):
+
+  <prefix>/vxlan/hosts/<vtep>/<vni>/vtep               {"vtep": "<vtep>"}
+  <prefix>/vxlan/hosts/<vtep>/<vni>/endpoints/<ip>     {"ip", "mac", "vtep"}
+
+Nothing read is trusted (`parse_entry`, `select`): an entry whose VTEP is not
+the host its key lives under, an address outside the network's subnets or
+equal to its network, broadcast or gateway address, a MAC that is not unicast,
+or a claim on an address or MAC that another host (or this one) already holds
+is skipped with one warning per key. The earliest registration of an address
+or MAC wins (etcd's create revision), so a later entry never takes over an
+honest host's container. The subnets come from the local side: the addresses
+of the bridge the VTEP is enslaved to and the network record that
+`vxlannet.ensure` writes (`record_network`).
+
+The previous layout (`<prefix>/vxlan/<vni>/vteps|endpoints/...`, no host
+prefix) is not read: every key in it was bound to its agent's lease, so it
+vanishes within the TTL once that agent stops; an upgraded host and one not yet
+upgraded do not see each other's containers until both run this version.
 """
 
+import dataclasses
+import ipaddress
 import json
 import logging
 import os
 import time
 import urllib.parse
 
-from .net import netlink
+from . import addresses, files
+from .net import netlink, vxlan_guard
 
 try:
     from etcd3gw.lease import Lease
@@ -25,18 +50,21 @@ except ImportError:  # only the agent needs it
 
 log = logging.getLogger("rancher-cni")
 
+MAX_VALUE_BYTES = 1024  # an honest entry is under 150 bytes
+NETWORK_RECORD = "network.json"
+
 
 def local_dir(state_dir: str, vni: int) -> str:
     return os.path.join(state_dir, "vxlan", str(vni))
 
 
-def record_endpoint(state_dir: str, vni: int, name: str, ips: list, mac: str) -> None:
-    directory = local_dir(state_dir, vni)
+def _write(directory: str, name: str, content: dict) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"ips": ips, "mac": mac}, f)
-    os.replace(tmp, os.path.join(directory, f"{name}.json"))
+    files.write_atomic(os.path.join(directory, name), json.dumps(content), 0o600)
+
+
+def record_endpoint(state_dir: str, vni: int, name: str, ips: list, mac: str) -> None:
+    _write(local_dir(state_dir, vni), f"{name}.json", {"ips": ips, "mac": mac})
 
 
 def forget_endpoint(state_dir: str, vni: int, name: str) -> None:
@@ -46,35 +74,234 @@ def forget_endpoint(state_dir: str, vni: int, name: str) -> None:
         pass
 
 
+def record_network(state_dir: str, vni: int, subnets) -> None:
+    """The network's subnets and gateways ([(subnet, gateway or None)]), for the
+    agent to check remote entries against before any container is here."""
+    wanted = {"subnets": [{"subnet": str(net), "gateway": str(gw) if gw else None} for net, gw in subnets]}
+    path = os.path.join(local_dir(state_dir, vni), NETWORK_RECORD)
+    try:
+        with open(path) as f:
+            if json.load(f) == wanted:
+                return
+    except (OSError, ValueError):
+        pass
+    _write(local_dir(state_dir, vni), NETWORK_RECORD, wanted)
+
+
 def local_endpoints(state_dir: str, vni: int) -> dict:
-    """ip -> mac of this host's containers on the network."""
+    """ip -> mac of this host's containers on the network (a file that is not
+    a record of ours is passed over)."""
     found = {}
     directory = local_dir(state_dir, vni)
     for name in os.listdir(directory) if os.path.isdir(directory) else []:
-        if name.endswith(".json"):
+        if name.endswith(".json") and name != NETWORK_RECORD:
             try:
                 with open(os.path.join(directory, name)) as f:
                     entry = json.load(f)
-            except (OSError, ValueError):
+                found.update({str(ipaddress.ip_interface(ip).ip): parse_mac(entry["mac"]) for ip in entry["ips"]})
+            except (OSError, ValueError, TypeError, KeyError, AttributeError):
                 continue
-            for ip in entry["ips"]:
-                found[ip.split("/")[0]] = entry["mac"]
     return found
+
+
+# -- what an entry must be ------------------------------------------------
+
+class BadEntry(ValueError):
+    """A registry entry that is not programmed; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Subnet:
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+
+    def refuses(self, ip) -> str | None:
+        """Why `ip` (in this subnet) cannot be a container's address, or None."""
+        if ip == self.network.network_address:
+            return f"{ip} is the network address of {self.network}"
+        if self.network.version == 4 and ip == self.network.broadcast_address:
+            return f"{ip} is the broadcast address of {self.network}"
+        if ip == self.gateway:
+            return f"{ip} is the gateway of {self.network}"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Vtep:
+    host: str          # the VTEP address: the host the key lives under
+    revision: int      # etcd's create revision: the earlier registration wins
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    ip: str
+    mac: str
+    vtep: str
+    revision: int
+
+
+def parse_mac(text) -> str:
+    """A unicast, non-zero MAC in the kernel's notation (lower case), or ValueError."""
+    parts = text.split(":") if isinstance(text, str) else []
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
+        raise ValueError(f"MAC {text!r} is not six hex pairs such as 02:42:0a:2a:00:05")
+    octets = bytes(int(p, 16) for p in parts)
+    if octets[0] & 1:
+        raise ValueError(f"MAC {text} is a multicast or broadcast address, not a container's")
+    if not any(octets):
+        raise ValueError(f"MAC {text} is all zeros")
+    return ":".join(parts).lower()
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def _vtep_address(text: str) -> str:
+    try:
+        ip = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise BadEntry(f"host {text!r} is not an IPv4 VTEP address") from None
+    if str(ip) != text or ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip == _BROADCAST:
+        raise BadEntry(f"host {text!r} is not a unicast VTEP address")
+    return text
+
+
+def parse_entry(root: str, key: str, value, revision, vni: int, subnets):
+    """The entry at `key` (under `root`, the hosts' prefix) as a Vtep or an
+    Endpoint of network `vni`; None when it belongs to another VNI; BadEntry
+    saying why when it must not be programmed."""
+    if not isinstance(key, str) or not key.startswith(root):
+        raise BadEntry("not under the hosts' prefix")
+    parts = key[len(root):].split("/")
+    if len(parts) < 3:
+        raise BadEntry("not <vtep>/<vni>/vtep or <vtep>/<vni>/endpoints/<ip>")
+    host = _vtep_address(urllib.parse.unquote(parts[0]))
+    if not parts[1].isdigit() or str(int(parts[1])) != parts[1]:
+        raise BadEntry(f"VNI {parts[1]!r} is not a number")
+    if int(parts[1]) != vni:
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) > MAX_VALUE_BYTES:
+            raise BadEntry(f"value of {len(value)} bytes (at most {MAX_VALUE_BYTES})")
+        value = value.decode("utf-8", "replace")
+    try:
+        entry = json.loads(value)
+    except (TypeError, ValueError, RecursionError):
+        raise BadEntry("value is not JSON") from None
+    if not isinstance(entry, dict):
+        raise BadEntry("value is not a JSON object")
+    if entry.get("vtep") != host:
+        raise BadEntry(f"vtep {entry.get('vtep')!r} is not {host}, the host the key is registered under")
+    if isinstance(revision, str) and revision.isdigit():
+        revision = int(revision)
+    if type(revision) is not int or revision < 0:
+        raise BadEntry(f"create revision {revision!r} is not a number")
+    if parts[2:] == ["vtep"]:
+        return Vtep(host, revision)
+    if len(parts) != 4 or parts[2] != "endpoints":
+        raise BadEntry("not <vtep>/<vni>/vtep or <vtep>/<vni>/endpoints/<ip>")
+    return Endpoint(_endpoint_ip(urllib.parse.unquote(parts[3]), entry.get("ip"), subnets),
+                    _endpoint_mac(entry.get("mac")), host, revision)
+
+
+def _endpoint_ip(in_key: str, in_value, subnets) -> str:
+    if in_value != in_key:
+        raise BadEntry(f"ip {in_value!r} is not {in_key!r}, the address in the key")
+    try:
+        ip = addresses.address(in_key, "ip")  # no scope ID: str() keeps it, so it passed as canonical
+    except ValueError as exc:
+        raise BadEntry(str(exc)) from None
+    if str(ip) != in_key:
+        raise BadEntry(f"ip {in_key!r} is not written the canonical way ({ip})")
+    home = [s for s in subnets if s.network.version == ip.version and ip in s.network]
+    if not home:
+        known = ", ".join(str(s.network) for s in subnets) or "none known on this host yet"
+        raise BadEntry(f"ip {ip} is outside the network's subnets ({known})")
+    reason = next(filter(None, (s.refuses(ip) for s in home)), None)
+    if reason:
+        raise BadEntry(f"ip {reason}")
+    return in_key
+
+
+def _endpoint_mac(text) -> str:
+    try:
+        return parse_mac(text)
+    except ValueError as exc:
+        raise BadEntry(str(exc)) from None
+
+
+@dataclasses.dataclass
+class View:
+    """What the registry says, once checked: what to program."""
+    vteps: set          # remote VTEP addresses
+    endpoints: dict     # ip -> Endpoint, remote only
+    bad: dict           # key -> why it is skipped
+
+
+def select(root: str, rows, vni: int, subnets, own_vtep: str, local: dict) -> View:
+    """The programmable view of `rows` ((key, value, create revision) read
+    under `root`) for this host (`own_vtep`, `local`: ip -> mac of its own
+    containers). Per address and per MAC the earliest registration wins; a
+    claim on this host's own containers never does."""
+    vteps, bad, parsed = set(), {}, []
+    for key, value, revision in rows:
+        try:
+            entry = parse_entry(root, key, value, revision, vni, subnets)
+        except BadEntry as exc:
+            bad[key] = str(exc)
+            continue
+        if isinstance(entry, Vtep):
+            if entry.host != own_vtep:
+                vteps.add(entry.host)
+        elif isinstance(entry, Endpoint) and entry.vtep != own_vtep:
+            parsed.append((entry.revision, key, entry))
+    endpoints, macs = {}, {mac: own_vtep for mac in local.values()}
+    for _, key, entry in sorted(parsed, key=lambda item: (item[0], item[1])):
+        if entry.ip in local:
+            bad[key] = f"ip {entry.ip} belongs to a container on this host"
+        elif entry.ip in endpoints:
+            bad[key] = f"ip {entry.ip} is already registered by host {endpoints[entry.ip].vtep}"
+        elif macs.setdefault(entry.mac, entry.vtep) != entry.vtep:
+            holder = macs[entry.mac]
+            bad[key] = f"MAC {entry.mac} is already registered by " + (
+                "a container on this host" if holder == own_vtep else f"host {holder}")
+        else:
+            endpoints[entry.ip] = entry
+    return View(vteps, endpoints, bad)
+
+
+def local_subnets(state_dir: str, vni: int, bridge_addresses=()) -> list:
+    """The network's subnets on this host: the addresses of the VTEP's bridge
+    (each its subnet's gateway) and the network record (`record_network`)."""
+    found = {}
+    for iface in bridge_addresses:
+        found.setdefault(iface.network, set()).add(iface.ip)
+    try:
+        with open(os.path.join(local_dir(state_dir, vni), NETWORK_RECORD)) as f:
+            for item in json.load(f)["subnets"]:
+                gateways = found.setdefault(ipaddress.ip_network(item["subnet"]), set())
+                if item.get("gateway"):
+                    gateways.add(ipaddress.ip_address(item["gateway"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return [Subnet(net, gw) for net, gateways in found.items() for gw in (sorted(gateways) or [None])]
 
 
 class Agent:
     def __init__(self, connect, prefix: str, vni: int, vtep_ip: str, state_dir: str, ttl: int = 10,
-                 static_peers=()):
+                 static_peers=(), port: int = 4789):
         """`connect()` returns a client for the next etcd member (called again
         whenever the current one fails)."""
         self.connect = connect
         self.client = connect()
-        self.base = f"{prefix.rstrip('/')}/vxlan/{vni}"
-        self.vni, self.vtep_ip, self.state_dir, self.ttl = vni, vtep_ip, state_dir, ttl
+        self.root = f"{prefix.rstrip('/')}/vxlan/hosts/"
+        self.base = f"{self.root}{vtep_ip}/{vni}"   # this host's keys
+        self.vni, self.vtep_ip, self.state_dir, self.ttl, self.port = vni, vtep_ip, state_dir, ttl, port
         self.static_peers = set(static_peers)
         self.lease = None
         self.registered = {}     # key -> value as last written under the current lease
         self.renewed = 0.0
+        self.warned = {}         # key -> the reason last logged for it: once per key, not every round
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.base}/{kind}/{urllib.parse.quote(name, safe='')}"
@@ -93,7 +320,7 @@ class Agent:
     def register(self) -> None:
         """Our VTEP and our containers, under our lease; stale ones deleted."""
         self._ensure_lease()
-        wanted = {self._key("vteps", self.vtep_ip): json.dumps({"vtep": self.vtep_ip})}
+        wanted = {f"{self.base}/vtep": json.dumps({"vtep": self.vtep_ip})}
         for ip, mac in local_endpoints(self.state_dir, self.vni).items():
             wanted[self._key("endpoints", ip)] = json.dumps({"ip": ip, "mac": mac, "vtep": self.vtep_ip})
         for key, value in wanted.items():
@@ -103,32 +330,43 @@ class Agent:
             self.client.delete(key)
         self.registered = wanted
 
-    def _everyone(self) -> tuple:
-        vteps, endpoints = set(), {}
-        for value, _ in self.client.get_prefix(self.base + "/"):
-            entry = json.loads(value)
-            if "ip" in entry:
-                endpoints[entry["ip"]] = entry
-            else:
-                vteps.add(entry["vtep"])
-        return vteps, endpoints
+    def _rows(self) -> list:
+        rows = []
+        for value, meta in self.client.get_prefix(self.root):
+            key = meta.get("key", b"")
+            rows.append((key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
+                         value, meta.get("create_revision")))
+        return rows
+
+    def view(self, subnets) -> View:
+        """The registry, checked; each skipped key warned about once."""
+        view = select(self.root, self._rows(), self.vni, subnets, self.vtep_ip,
+                      local_endpoints(self.state_dir, self.vni))
+        for key, reason in view.bad.items():
+            if self.warned.get(key) != reason:
+                log.warning("vxlan agent: skipping registry key %s: %s", key, reason)
+        self.warned = dict(view.bad)
+        return view
 
     def program(self) -> None:
         """The kernel's VTEP tables made equal to what the registry says."""
-        vteps, endpoints = self._everyone()
-        remote = {ip: e for ip, e in endpoints.items() if e["vtep"] != self.vtep_ip}
         with netlink.socket_in() as host:
             vtep = netlink.link(host, f"vtep{self.vni}")
             if vtep is None:
                 return  # no container here yet: the network is not set up on this host
             index = vtep["index"]
-            flood = (vteps - {self.vtep_ip}) | self.static_peers
+            bridge = vtep.get("master")
+            view = self.view(local_subnets(self.state_dir, self.vni,
+                                           netlink.addresses(host, bridge) if bridge else ()))
+            remote = view.endpoints
+            flood = (view.vteps | self.static_peers) - {self.vtep_ip}
+            vxlan_guard.ensure(self.vni, self.port, flood)  # before the entries: only these may send to us
             current = netlink.flood_peers(host, index)
             for peer in flood - current:
                 netlink.set_flood_peer(host, index, peer, present=True)
             for peer in current - flood:
                 netlink.set_flood_peer(host, index, peer, present=False)
-            wanted_fdb = {e["mac"]: e["vtep"] for e in remote.values()}
+            wanted_fdb = {e.mac: e.vtep for e in remote.values()}
             current_fdb = netlink.fdb_entries(host, index)
             for mac in current_fdb:
                 if mac not in wanted_fdb:
@@ -138,11 +376,11 @@ class Agent:
                     netlink.set_fdb(host, index, mac, dst)
             present = netlink.neighbours(host, index)
             for ip, mac in present.items():
-                if remote.get(ip, {}).get("mac") != mac:
+                if ip not in remote or remote[ip].mac != mac:
                     netlink.set_neighbour(host, index, ip, mac, present=False)
             for ip, entry in remote.items():
-                if present.get(ip) != entry["mac"]:
-                    netlink.set_neighbour(host, index, ip, entry["mac"], present=True)
+                if present.get(ip) != entry.mac:
+                    netlink.set_neighbour(host, index, ip, entry.mac, present=True)
 
     def run(self, interval: float = 1.0, stop=lambda: False) -> None:
         while not stop():
@@ -151,7 +389,15 @@ class Agent:
                 self.program()
             except Exception as exc:  # noqa: BLE001 - etcd away: keep the tables, try the next member
                 log.warning("vxlan agent: %s: %s", type(exc).__name__, exc)
-                self.client = self.connect()
-                if self.lease is not None:  # the same lease, through the new member
-                    self.lease = Lease(self.lease.id, self.client)
+                self._reconnect()
             time.sleep(interval)
+
+    def _reconnect(self) -> None:
+        """A new client (and token) from the next member, keeping the lease."""
+        try:
+            self.client = self.connect()
+        except Exception as exc:  # noqa: BLE001 - that member is away too: the next round tries another
+            log.warning("vxlan agent: connecting: %s: %s", type(exc).__name__, exc)
+            return
+        if self.lease is not None:
+            self.lease = Lease(self.lease.id, self.client)

@@ -1,15 +1,20 @@
 """The VXLAN network's host side: the bridge plus a VTEP `vtep<VNI>` on UDP
 4789 enslaved to it, so one subnet spans every host; MTU 50 below the
 underlay's (the VXLAN header); learning off, broadcast and unknown unicast
-replicated to each peer by all-zero FDB entries (head-end replication)."""
+replicated to each peer by all-zero FDB entries (head-end replication).
+
+Its network record (subnets and gateways, `vxlan_registry.record_network`) is
+what the registry agent checks other hosts' entries against. Only the peers
+may send to the VNI's UDP port (`net/vxlan_guard`): the static peers, set here,
+or with a registry the hosts the agent learns; the rules go with the network."""
 
 import dataclasses
 import ipaddress
 import os
 
-from . import locks, paths
+from . import locks, paths, vxlan_registry
 from .errors import CNIError, INVALID_CONFIG
-from .net import netlink
+from .net import netlink, vxlan_guard
 
 VXLAN_OVERHEAD = 50
 LOCK_DIR = paths.RUN_DIR
@@ -24,6 +29,7 @@ class VxlanNetwork:
     peers: tuple
     state_dir: str = paths.STATE_DIR
     registry: bool = False  # an agent programs remote endpoints from etcd: answer ARP locally
+    subnets: tuple = ()     # (subnet, gateway) from the ipam section, when it gives them
 
     @property
     def vtep(self) -> str:
@@ -65,10 +71,15 @@ def ensure(net: VxlanNetwork) -> int:
                 netlink.set_flood_peer(host, vtep["index"], peer, present=True)
             for peer in present - wanted:
                 netlink.set_flood_peer(host, vtep["index"], peer, present=False)
-            return mtu
+            if not net.registry and wanted:  # a registry's agent keeps the guard in line with the peers it learns
+                vxlan_guard.ensure(net.vni, net.port, wanted)
+        if net.subnets:
+            vxlan_registry.record_network(net.state_dir, net.vni, net.subnets)
+        return mtu
 
 
 def remove(net: VxlanNetwork) -> None:
+    vxlan_guard.remove(net.vni)
     with netlink.socket_in() as host:
         netlink.delete_link(host, net.vtep)
         netlink.delete_link(host, net.bridge)

@@ -122,18 +122,22 @@ def cmd_vxlan_agent(opts) -> int:
     import itertools
     import signal
     from cni_backend import vxlan_registry, vxlannet
-    from cni_backend.ipam.etcd_store import client_for
+    from cni_backend.ipam.etcd_store import check_endpoints, client_for
+    endpoints = check_endpoints([e for e in opts.etcd_endpoints.split(",") if e], opts.insecure_etcd)
+    if not endpoints:
+        raise SystemExit("cnm-shim vxlan-agent: --etcd-endpoints (RANCHER_ETCD_ENDPOINTS) is required")
     net = vxlannet.VxlanNetwork(bridge="", vni=opts.vni, port=4789, vtep_dev=opts.vtep_dev,
-                                peers=tuple(p for p in opts.peers.split(",") if p), state_dir=opts.state_dir)
-    members = itertools.cycle(e for e in opts.etcd_endpoints.split(",") if e)
+                                peers=vxlannet.parse_peers([p for p in opts.peers.split(",") if p]),
+                                state_dir=opts.state_dir)
+    members = itertools.cycle(endpoints)
 
-    tls = {k: v for k, v in (("ca", opts.etcd_ca), ("cert", opts.etcd_cert), ("key", opts.etcd_key)) if v}
+    tls = etcd_client_settings(opts)
 
     def connect():
         return client_for(next(members), tls)
 
     agent = vxlan_registry.Agent(connect, opts.etcd_prefix, opts.vni, vxlannet.local_address(net), opts.state_dir,
-                                 ttl=opts.ttl, static_peers=net.peers)
+                                 ttl=opts.ttl, static_peers=net.peers, port=net.port)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     agent.run(interval=opts.interval, stop=lambda: bool(stopping))
@@ -148,10 +152,25 @@ def cmd_install_cni(opts) -> int:
 
 
 def add_etcd_tls_options(parser) -> None:
-    """For https:// etcd members: the CA to trust and this host's client certificate."""
+    """For https:// etcd members: the CA to trust and this host's client
+    certificate; with etcd's auth on, this host's etcd user."""
     parser.add_argument("--etcd-ca", default=os.environ.get("RANCHER_ETCD_CA"))
     parser.add_argument("--etcd-cert", default=os.environ.get("RANCHER_ETCD_CERT"))
     parser.add_argument("--etcd-key", default=os.environ.get("RANCHER_ETCD_KEY"))
+    parser.add_argument("--etcd-user", default=os.environ.get("RANCHER_ETCD_USER") or None,
+                        help="this host's etcd user, when etcd's auth (RBAC) is on")
+    parser.add_argument("--etcd-password-file", default=os.environ.get("RANCHER_ETCD_PASSWORD_FILE") or None,
+                        help="the file holding that user's password")
+    parser.add_argument("--insecure-etcd", action="store_true",
+                        default=os.environ.get("RANCHER_INSECURE_ETCD", "").lower() in ("1", "true", "yes"),
+                        help="accept plain http:// etcd endpoints (anyone on the path can read and rewrite the "
+                             "address pools and the VXLAN registry); refused otherwise")
+
+
+def etcd_client_settings(opts) -> dict:
+    """What add_etcd_tls_options gave, as etcd_store.client_for takes it."""
+    return {k: v for k, v in (("ca", opts.etcd_ca), ("cert", opts.etcd_cert), ("key", opts.etcd_key),
+                              ("user", opts.etcd_user), ("password_file", opts.etcd_password_file)) if v}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,7 @@ import sys
 from cni_backend import networks, repair as backend_repair, staging
 from cni_backend.errors import CHECK_FAILED, CNIError, IO_FAILURE
 from cni_backend.invoke import api, cache, conflist as conflists
+from cni_backend.ipam.etcd_store import check_endpoints
 from cni_backend.ipam.store import DOCKER_OWNER
 from cni_backend.net import firewall, iptables, netlink, netns
 from cni_backend.plugins.bridge import SANDBOX_IFNAME_ARG
@@ -387,6 +388,7 @@ def cmd_doctor(opts) -> int:
                         cni_path=tuple(p for p in opts.cni_path.split(os.pathsep) if p),
                         etcd_endpoints=tuple(e for e in opts.etcd_endpoints.split(",") if e))
     try:
+        check_endpoints(settings.etcd_endpoints, opts.insecure_etcd)
         doctor = Doctor(settings, opts.runtime_cache_dir or DEFAULT_RUNTIME_CACHES, opts.docker_host,
                         [d for d in opts.drivers.split(",") if d])
         code = doctor.run(opts.repair)
@@ -422,6 +424,9 @@ def add_parser(sub) -> None:
     doctor.add_argument("--ipam-data-dir", default=paths.IPAM_DATA_DIR)
     doctor.add_argument("--cni-path", default=os.environ.get("CNI_PATH", os.pathsep.join(paths.CNI_PATH)))
     doctor.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""))
+    doctor.add_argument("--insecure-etcd", action="store_true",
+                        default=os.environ.get("RANCHER_INSECURE_ETCD", "").lower() in ("1", "true", "yes"),
+                        help="accept plain http:// etcd endpoints")
     doctor.add_argument("--runtime-cache-dir", action="append", default=[],
                         help=f"a CNI runtime's cache whose attachments count as owners (default {DEFAULT_RUNTIME_CACHES[0]})")
     doctor.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///run/docker.sock"),

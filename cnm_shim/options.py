@@ -6,9 +6,12 @@ message that names it and lists what is valid.
 
 import dataclasses
 import ipaddress
+import logging
 import re
 
 from .errors import DriverError
+
+log = logging.getLogger("cnm-shim")
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}\Z")
@@ -44,6 +47,23 @@ def _matching(pattern, what):
     return parse
 
 
+# The kernel's per-interface sysctl directories hold these next to the
+# interfaces' own (/proc/sys/net/ipv4/conf/all), and it refuses them as link
+# names: said here, before anything is made, rather than as EINVAL later.
+_NOT_AN_INTERFACE = ("all", "default")
+
+
+def _interface(what):
+    name = _matching(_IFNAME, what)
+
+    def parse(driver, key, value):
+        if str(value) in _NOT_AN_INTERFACE:
+            raise DriverError(f"{driver}: option {key}={value!r} is not usable: 'all' and 'default' name every "
+                              "interface in the kernel's settings; choose another name")
+        return name(driver, key, value)
+    return parse
+
+
 @dataclasses.dataclass
 class Option:
     name: str
@@ -53,10 +73,14 @@ class Option:
 
 
 # Options several backends share; each backend's module lists its own.
-BRIDGE = Option("bridge", _matching(_IFNAME, "a valid interface name (at most 15 characters)"), None,
-                "Linux bridge to use; created if missing (default rb-<network id>), an existing one such as docker0 is reused")
+BRIDGE = Option("bridge", _interface("a valid interface name (at most 15 characters)"), None,
+                "Linux bridge to use; created if missing (default rb-<network id>); one that exists already "
+                "(docker0) needs bridge.shared=true")
+BRIDGE_SHARED = Option("bridge.shared", boolean, False,
+                       "use the existing bridge -o bridge= names (docker0, one made by hand) as it is; "
+                       "it is left in place at network rm")
 MTU = Option("mtu", int_between(68, 65535), None, "MTU of the bridge and of the containers' interfaces")
-IP_MASQ = Option("ip_masq", boolean, True, "masquerade traffic leaving the subnet")
+IP_MASQ = Option("ip_masq", boolean, True, "masquerade traffic leaving the subnet (never on --internal networks)")
 HAIRPIN = Option("hairpin", boolean, False, "hairpin mode on the container ports")
 CNI_EXPORT = Option("cni.export", boolean, False, "write the network's conflist to the CNI config dir for CNI runtimes")
 CNI_NAME = Option("cni.name", _matching(_CNI_NAME, "a valid CNI network name"), None,
@@ -65,7 +89,7 @@ CNI_NAME = Option("cni.name", _matching(_CNI_NAME, "a valid CNI network name"), 
 
 def ifname(what="a valid interface name"):
     """A parser for an option naming a network interface."""
-    return _matching(_IFNAME, what)
+    return _interface(what)
 
 
 def ipv4(driver, key, value):
@@ -87,6 +111,64 @@ def ipv4_list(driver, key, value):
 
 
 ALIASES = {"com.docker.network.driver.mtu": "mtu", "com.docker.network.bridge.name": "bridge"}
+
+# CreateNetwork's Options, besides the -o map (com.docker.network.generic):
+# what the flags of `docker network create` became (moby: network.go, the
+# NetworkOption setters; every one that reaches a driver is here). --ingress,
+# --attachable, --scope, --label and --config-only never reach a driver.
+GENERIC = "com.docker.network.generic"
+ENABLE_IPV4, ENABLE_IPV6 = "com.docker.network.enable_ipv4", "com.docker.network.enable_ipv6"
+INTERNAL = "com.docker.network.internal"
+DOCKER_FLAGS = {ENABLE_IPV4: "--ipv4", ENABLE_IPV6: "--ipv6", INTERNAL: "--internal"}
+# -o keys the daemon itself reads (as --ipv4 / --ipv6) and still passes on in the -o map
+_READ_BY_DOCKER = (ENABLE_IPV4, ENABLE_IPV6)
+
+
+def _docker_flag(driver: str, key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    try:
+        return boolean(driver, key, value)
+    except DriverError:
+        raise DriverError(f"{driver}: Docker sent {key}={value!r}, which is not a boolean") from None
+
+
+def way_out(opts: dict) -> dict:
+    """The conflist keys for the way out of a bridge-like network: a default
+    route via the gateway and masquerade, or, internal (--internal), neither,
+    and the plug-in drops whatever would leave the subnet."""
+    if opts.get("internal"):
+        return {"isDefaultGateway": False, "ipMasq": False, "internal": True}
+    return {"isDefaultGateway": True, "ipMasq": opts["ip_masq"]}
+
+
+def docker_flags(driver: str, raw: dict, ipv4: list, ipv6: list) -> dict:
+    """CreateNetwork's Options other than the -o map -> {"internal": bool}.
+    Each flag Docker sends is honoured or refused: an address family enabled
+    without a pool, or a pool of a family Docker did not enable, is refused
+    (Docker itself never sends either); a flag this driver does not know is
+    refused when it asks for something (true, a value), and logged when it
+    is off."""
+    flags = {}
+    for key, value in raw.items():
+        if key == GENERIC:
+            continue
+        if key in DOCKER_FLAGS:
+            flags[key] = _docker_flag(driver, key, value)
+        elif value in (None, False, "", "false", 0, [], {}):
+            log.warning("%s: CreateNetwork option %s=%r is unknown to this driver; it is off, so it changes nothing",
+                        driver, key, value)
+        else:
+            raise DriverError(f"{driver}: Docker asked for {key}={value!r}, which this driver does not support")
+    for family, pools in ((4, ipv4), (6, ipv6)):
+        key = ENABLE_IPV4 if family == 4 else ENABLE_IPV6
+        if flags.get(key) is False and pools:
+            raise DriverError(f"{driver}: an IPv{family} subnet was given but IPv{family} is off ({key}=false); "
+                              f"add {DOCKER_FLAGS[key]} or leave out the IPv{family} subnet")
+        if flags.get(key) and not pools:
+            raise DriverError(f"{driver}: IPv{family} is on ({key}=true) but Docker sent no IPv{family} pool; "
+                              f"give an IPv{family} --subnet")
+    return {"internal": flags.get(INTERNAL, False)}
 
 
 def default_text(option: Option, required=()) -> str:
@@ -134,6 +216,8 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
         raise DriverError(f"{driver}: driver options must be a map of strings")
     values = {o.name: o.default for o in known.values()}
     for key, value in raw.items():
+        if key in _READ_BY_DOCKER:
+            continue  # Docker turned it into its own flag, which docker_flags honours
         name = ALIASES.get(key, key)
         if name not in known:
             raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted([*known, "backend"])))

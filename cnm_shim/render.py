@@ -7,6 +7,8 @@ address pool (the IPAM store keys addresses by subnet).
 
 import ipaddress
 
+from cni_backend.ipam.etcd_store import CONFIG_KEYS
+
 from .errors import DriverError
 
 # 1.0.0: what containerd 1.6 (libcni 1.1) understands
@@ -30,7 +32,7 @@ def _exclusions(ipam_data: dict) -> list:
 
 
 def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, etcd_endpoints=(),
-                 etcd_tls=None) -> dict:
+                 etcd_tls=None, etcd_insecure=False) -> dict:
     """Docker's IPAM data -> rancher-ipam's config: the same subnets, gateways,
     --ip-range and --aux-address, so CNI runtimes allocate as Docker does."""
     ranges, exclude = [], []
@@ -47,8 +49,10 @@ def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, et
     section = {"type": "rancher-ipam", "ranges": ranges, "exclude": exclude, "dataDir": ipam_data_dir}
     if etcd_endpoints:
         section["etcdEndpoints"] = list(etcd_endpoints)
-        for key, path in (etcd_tls or {}).items():
-            section[f"etcd{key.capitalize()}File"] = path
+        for key, value in (etcd_tls or {}).items():
+            section[CONFIG_KEYS[key]] = value
+        if etcd_insecure:  # serve --insecure-etcd: the IPAM plug-in accepts http:// members too
+            section["insecureEtcd"] = True
     return section
 
 
@@ -64,7 +68,18 @@ def exported(conf: dict) -> dict:
     return dict(conf, plugins=conf["plugins"] + [PORTMAP])
 
 
+def ports_name(cni_name: str) -> str:
+    return cni_name + "-ports"
+
+
+def names_of(cni_name: str) -> tuple:
+    """Every CNI network name a network uses: its own, and its ports list's.
+    Rules and addresses are found by these names, so no other network, ours
+    or a CNI runtime's, may use one of them."""
+    return cni_name, ports_name(cni_name)
+
+
 def ports_conflist(conf: dict) -> dict:
     """Docker publishes ports only on the endpoint that gives the container its
     gateway, after Join: a separate list, run with the endpoint's result."""
-    return {"cniVersion": conf["cniVersion"], "name": conf["name"] + "-ports", "plugins": [PORTMAP]}
+    return {"cniVersion": conf["cniVersion"], "name": ports_name(conf["name"]), "plugins": [PORTMAP]}

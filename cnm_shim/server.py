@@ -20,9 +20,11 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from cni_backend import staging, wire
+from cni_backend.ipam.etcd_store import check_endpoints
 
 from . import backends, listeners
 from .app import DRIVERS, create_app
+from .cli import etcd_client_settings
 from .children import Children
 from .worker import DrainingWorker
 
@@ -123,10 +125,11 @@ def start_vxlan_agent(children: Children, vni: str, opts) -> None:
     if not opts.etcd_endpoints:
         raise SystemExit("a vxlan agent needs --etcd-endpoints (RANCHER_ETCD_ENDPOINTS)")
     argv = [sys.executable, "-m", "cnm_shim.cli", "vxlan-agent", "--vni", vni, "--etcd-endpoints", opts.etcd_endpoints,
-            "--state-dir", opts.ipam_data_dir]
+            "--state-dir", opts.ipam_data_dir] + (["--insecure-etcd"] if opts.insecure_etcd else [])
     if opts.vtep_dev:
         argv += ["--vtep-dev", opts.vtep_dev]
-    for flag, value in (("--etcd-ca", opts.etcd_ca), ("--etcd-cert", opts.etcd_cert), ("--etcd-key", opts.etcd_key)):
+    for flag, value in (("--etcd-ca", opts.etcd_ca), ("--etcd-cert", opts.etcd_cert), ("--etcd-key", opts.etcd_key),
+                        ("--etcd-user", opts.etcd_user), ("--etcd-password-file", opts.etcd_password_file)):
         if value:
             argv += [flag, value]
     children.start(argv)
@@ -136,9 +139,9 @@ def serve(opts) -> int:
     os.environ[wire.SOCKET_ENV] = opts.cni_socket  # inherited by the executables we run
     app_config = {"state_dir": opts.state_dir, "run_dir": opts.run_dir, "ipam_data_dir": opts.ipam_data_dir,
                   "cni_path": tuple(opts.cni_path.split(os.pathsep)), "cni_conf_dir": opts.cni_conf_dir,
-                  "etcd_endpoints": tuple(e for e in opts.etcd_endpoints.split(",") if e),
-                  "etcd_tls": {k: v for k, v in (("ca", opts.etcd_ca), ("cert", opts.etcd_cert),
-                                                 ("key", opts.etcd_key)) if v} or None}
+                  "etcd_endpoints": check_endpoints([e for e in opts.etcd_endpoints.split(",") if e], opts.insecure_etcd),
+                  "etcd_insecure": opts.insecure_etcd,
+                  "etcd_tls": etcd_client_settings(opts) or None}
     app_config["sockets"] = sockets(opts.backend, opts.socket)
     # First, before anything is started: refuse if another server answers on
     # our sockets. Listening from here on, Docker's calls queue until a worker

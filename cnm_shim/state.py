@@ -6,7 +6,6 @@ never leave a half-written record."""
 import contextlib
 import json
 import os
-import sqlite3
 
 from cni_backend import sqlite_file
 
@@ -27,7 +26,7 @@ class State:
 
     @contextlib.contextmanager
     def _db(self):
-        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        db = sqlite_file.open_db(self.path, _BUSY_TIMEOUT_S)  # synchronous=FULL: commits survive a power loss
         try:
             yield db
         finally:

@@ -16,9 +16,8 @@ import json
 import logging
 import os
 import secrets
-import tempfile
 
-from cni_backend import addresses, networks, staging
+from cni_backend import addresses, files, networks, staging
 from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist as conflists
 from cni_backend.ipam import config as ipam_config
@@ -26,13 +25,12 @@ from cni_backend.ipam.store import open_store
 from cni_backend.net import netlink
 from cni_backend.plugins.ipam import RESERVED_ARG
 
-from . import backends, options, paths, render
+from . import backends, options, ownership, paths, ports, render
 from .errors import DriverError, step
 from .ipam_driver import ADDRESS_SPACES, IpamDriver
 from .state import ENDPOINT, NETWORK, POOL, State
 
 log = logging.getLogger("cnm-shim")
-PORT_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 CONTAINER_IFNAME = "eth0"  # inside the staging namespace; Docker renames it in the sandbox
 
 
@@ -45,6 +43,7 @@ class Settings:
     cni_conf_dir: str = paths.CNI_CONF_DIR
     etcd_endpoints: tuple = ()   # addresses global across hosts when set
     etcd_tls: dict | None = None  # {"ca", "cert", "key"} for https members
+    etcd_insecure: bool = False   # plain http:// members accepted (--insecure-etcd)
 
     def store(self):
         return open_store(self.ipam_data_dir, self.etcd_endpoints, etcd_tls=self.etcd_tls)
@@ -72,20 +71,10 @@ def mac_for(address: str) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in octets)
 
 
-def _port_mappings(raw) -> list:
-    """Docker's com.docker.network.portmap -> CNI's portMappings capability."""
-    mappings = []
-    for entry in raw or []:
-        proto = PORT_PROTOCOLS.get(entry.get("Proto"))
-        if proto is None or not entry.get("HostPort"):
-            continue
-        first, last = entry["HostPort"], entry.get("HostPortEnd") or entry["HostPort"]
-        for offset in range(last - first + 1):
-            mapping = {"hostPort": first + offset, "containerPort": entry["Port"] + offset, "protocol": proto}
-            if entry.get("HostIP") not in (None, "", "0.0.0.0", "::"):
-                mapping["hostIP"] = entry["HostIP"]
-            mappings.append(mapping)
-    return mappings
+def _port_requests(body: dict) -> list:
+    """Docker's com.docker.network.portmap, as the host ports asked for
+    (ranges and HostPort 0 unresolved: cnm_shim/ports.py allocates them)."""
+    return [r.as_dict() for r in ports.requests((body.get("Options") or {}).get("com.docker.network.portmap"))]
 
 
 def _raw(conf: dict) -> bytes:
@@ -119,6 +108,10 @@ class Translator:
         self.settings = settings
         self.ipam = ipam
         self.cni = api.CNI(list(settings.cni_path), cache_dir=os.path.join(settings.state_dir, "cni"))
+        self.ports = ports.PortAllocator(state.path)
+        for ep in state.all(ENDPOINT):  # published by a version that kept no allocations
+            if ep.get("port_mappings") and not ep.get("port_requests"):
+                self.ports.adopt(State.endpoint_key(ep["network_id"], ep["endpoint_id"]), ep["port_mappings"])
 
     # -- networks ----------------------------------------------------------
 
@@ -133,12 +126,14 @@ class Translator:
             backend, driver = chosen, entry.driver
         opts = options.parse(driver, backend, generic)
         ipv4, ipv6 = body.get("IPv4Data") or [], body.get("IPv6Data") or []
+        opts.update(ownership.internal(driver, entry, generic, options.docker_flags(driver, raw_options, ipv4, ipv6)))
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
         bridge = opts["bridge"] or entry.bridge_prefix + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge, entry, opts)
+        ownership.refuse_foreign_bridge(driver, bridge, opts, own=bridge == entry.bridge_prefix + network_id[:12])
         sub_pools = {p["subnet"]: p["sub_pool"] for p in self.state.all(POOL) if p.get("sub_pool")}
         ipam = render.ipam_section(ipv4, ipv6, self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
-                                   self.settings.etcd_tls)
+                                   self.settings.etcd_tls, self.settings.etcd_insecure)
         conf = render.conflist(cni_name, entry.render(bridge, opts, ipam))
         self._validated(_raw(conf))
         net = {"id": network_id, "driver": driver, "backend": backend, "options": opts,
@@ -167,13 +162,12 @@ class Translator:
 
     def _refuse_duplicates(self, network_id: str, cni_name: str, bridge: str, entry: backends.Backend,
                            opts: dict) -> None:
+        ownership.refuse_name_clashes(cni_name, self.state.all(NETWORK), self.settings.cni_conf_dir)
         for other in self.state.all(NETWORK):
             for key, label in entry.unique:  # e.g. a VNI: two networks would be one segment
                 if other["backend"] == entry.name and other["options"][key] == opts[key]:
                     raise DriverError(f"{label} {opts[key]} is already used by network {other['id'][:12]}; "
                                       f"choose another with -o {key}=N")
-            if other["cni_name"] == cni_name:
-                raise DriverError(f"CNI network name {cni_name!r} is already used by network {other['id'][:12]}")
             if other["bridge"] == bridge:
                 raise DriverError(f"bridge {bridge!r} is already used by network {other['id'][:12]}; "
                                   "choose another with -o bridge=NAME")
@@ -191,11 +185,7 @@ class Translator:
         raw = _raw(conf)
         os.makedirs(self.settings.cni_conf_dir, mode=0o755, exist_ok=True)
         path = os.path.join(self.settings.cni_conf_dir, f"50-{cni_name}.conflist")
-        fd, tmp = tempfile.mkstemp(dir=self.settings.cni_conf_dir, prefix=".rancher-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # a runtime never reads half a file
+        files.write_atomic(path, raw, 0o644)  # a runtime never reads half a file
         return path
 
     def delete_network(self, body: dict) -> None:
@@ -206,10 +196,11 @@ class Translator:
         for ep in self.state.all(ENDPOINT):
             if ep["network_id"] == network_id:
                 self._cni_del(net, ep)
+                self.ports.release(State.endpoint_key(network_id, ep["endpoint_id"]))
                 self.state.delete(ENDPOINT, State.endpoint_key(network_id, ep["endpoint_id"]))
         backends.get(net["backend"]).host.remove(net)
-        for name in (net["cni_name"], render.ports_conflist(net["conflist"])["name"]):
-            networks.forget(name, self.settings.store())
+        main, ports = ownership.own_names(net, self.state.all(NETWORK))
+        networks.forget(main, self.settings.store(), ports_list=ports)
         if net.get("exported"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(net["exported"])
@@ -266,6 +257,7 @@ class Translator:
         net, ep = self._endpoint(body)
         if ep.get("result"):  # a repeated Join: the interface exists already
             return join_answer(ep["result"], ep["src_name"])
+        requested = _port_requests(body)  # checked before anything is made
         self._reclaim_from_stale_endpoints(net, ep)
         staging_path = self._staging_path(ep)
         src_name = host_name(ep)
@@ -283,7 +275,7 @@ class Translator:
         finally:
             staging.remove(staging_path)
         ep.update(result=result, src_name=src_name, sandbox_key=body.get("SandboxKey", ""),
-                  ports_at_join=_port_mappings((body.get("Options") or {}).get("com.docker.network.portmap")))
+                  ports_at_join=requested)
         self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
         return join_answer(result, src_name)
 
@@ -352,15 +344,26 @@ class Translator:
 
     def program_external_connectivity(self, body: dict) -> None:
         net, ep = self._endpoint(body)
-        mappings = _port_mappings((body.get("Options") or {}).get("com.docker.network.portmap"))
-        if not mappings or ep.get("port_mappings") == mappings:
+        requested = _port_requests(body)
+        if not requested or ep.get("port_requests") == requested:
             if ep.get("ports_at_join"):
                 ep["ports_at_join"] = None  # the call it waited for came, asking nothing new
                 self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
             return
         if not ep.get("result"):
             raise DriverError(f"endpoint {ep['endpoint_id'][:12]} has not joined a sandbox yet")
-        self._revoke_ports(net, ep)
+        key = State.endpoint_key(net["id"], ep["endpoint_id"])
+        # First, so a refusal (Docker's "Bind for ...") changes nothing; the endpoint's own ports count as free to it.
+        mappings = self.ports.allocate(key, [ports.Request(**r) for r in requested])
+        if ep.get("port_mappings"):
+            try:
+                self._remove_port_rules(net, ep)
+            except CNIError:  # still published, so still held
+                self.ports.release(key)
+                self.ports.adopt(key, ep["port_mappings"])
+                raise
+            ep["port_requests"] = ep["port_mappings"] = None  # gone from the kernel: gone from the record
+            self.state.put(ENDPOINT, key, ep)
         conf = render.ports_conflist(net["conflist"])
         att = api.Attachment(ep["endpoint_id"], ep.get("sandbox_key") or "/proc/self/ns/net", CONTAINER_IFNAME,
                              capability_args={"portMappings": mappings})
@@ -372,8 +375,9 @@ class Translator:
                 self._revoke_ports(net, dict(ep, port_mappings=mappings))
             except CNIError as exc:
                 log.warning("undoing published ports of %s: %s", ep["endpoint_id"][:12], exc)
+                self.ports.release(key)
             raise
-        ep["port_mappings"], ep["ports_at_join"] = mappings, None
+        ep["port_requests"], ep["port_mappings"], ep["ports_at_join"] = requested, mappings, None
         self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
 
     def revoke_external_connectivity(self, body: dict) -> None:
@@ -381,7 +385,7 @@ class Translator:
         ep = self.state.get(ENDPOINT, State.endpoint_key(body["NetworkID"], body["EndpointID"]))
         if net is not None and ep is not None and (ep.get("port_mappings") or ep.get("ports_at_join")):
             self._revoke_ports(net, ep)
-            ep["port_mappings"] = ep["ports_at_join"] = None  # no longer the gateway endpoint: waits for nothing
+            ep["port_requests"] = ep["port_mappings"] = ep["ports_at_join"] = None  # no longer the gateway endpoint: waits for nothing
             self.state.put(ENDPOINT, State.endpoint_key(net["id"], ep["endpoint_id"]), ep)
 
     def endpoints_awaiting_ports(self, driver: str) -> list:
@@ -394,20 +398,29 @@ class Translator:
                 if drivers.get(ep["network_id"]) == driver and ep.get("ports_at_join")]
 
     def _revoke_ports(self, net: dict, ep: dict) -> None:
-        if not ep.get("port_mappings"):
-            return
-        conf = render.ports_conflist(net["conflist"])
-        att = api.Attachment(ep["endpoint_id"], "", CONTAINER_IFNAME, capability_args={"portMappings": ep["port_mappings"]})
-        with step(f"{net['driver']}: removing published ports failed"):
-            self.cni.delete(conf, _raw(conf), att)
+        """The endpoint's port rules removed, then its host ports released
+        (also those of an allocation a kill kept from being recorded)."""
+        self._remove_port_rules(net, ep)
+        self.ports.release(State.endpoint_key(net["id"], ep["endpoint_id"]))
+
+    def _remove_port_rules(self, net: dict, ep: dict) -> None:
+        if ep.get("port_mappings"):
+            conf = render.ports_conflist(net["conflist"])
+            att = api.Attachment(ep["endpoint_id"], "", CONTAINER_IFNAME,
+                                 capability_args={"portMappings": ep["port_mappings"]})
+            with step(f"{net['driver']}: removing published ports failed"):
+                self.cni.delete(conf, _raw(conf), att)
 
     def oper_info(self, body: dict) -> dict:
         net, ep = self._endpoint(body)
         result = ep.get("result") or {}
         host_side = [i["name"] for i in result.get("interfaces", []) if i.get("name", "").startswith("veth")]
-        return {"Value": {"cni_network": net["cni_name"], "bridge": net["bridge"],
-                          "host_interface": host_side[0] if host_side else "",
-                          "addresses": [ip["address"] for ip in result.get("ips", [])]}}
+        value = {"cni_network": net["cni_name"], "bridge": net["bridge"],
+                 "host_interface": host_side[0] if host_side else "",
+                 "addresses": [ip["address"] for ip in result.get("ips", [])]}
+        if ep.get("port_mappings"):  # as Docker's bridge driver answers, with the host ports chosen
+            value["com.docker.network.portmap"] = ports.docker_portmap(ep["port_mappings"])
+        return {"Value": value}
 
     def endpoints(self) -> list:
         return self.state.all(ENDPOINT)

@@ -124,3 +124,40 @@ HOSTILE_IFNAMES = ["../../../../tmp/rcnitx", "all", "default", "lo", ".", "..", 
 def hostile_ifnames():
     """Interface names that must never reach a /proc/sys path, a rule or netlink."""
     return st.one_of(st.sampled_from(HOSTILE_IFNAMES), nasty_text)
+
+
+# -- published ports: host-port ranges and HostPort 0 (issue 15, item 3) -------------
+
+PORT_HOST_IPS = ["", "", "0.0.0.0", "::", "127.0.0.1", "127.0.0.2", "::1"]
+BAD_PORT_HOST_IPS = ["::1%lo", "::1%lo\nCOMMIT", "127.0.0.1 ", "192.0.2.7", "fe80::1%eth0", "0.0.0.0/0", "localhost"]
+
+
+@st.composite
+def host_port_ranges(draw):
+    """(HostPort, HostPortEnd) as Docker sends them: a port, a range (small,
+    around a few ports the other draws share, or the whole 1-65535), or 0 for
+    an ephemeral port; sometimes inverted or half-given."""
+    kind = draw(st.sampled_from(["port", "range", "range", "zero", "all", "inverted", "end only"]))
+    first = draw(st.integers(20000, 20005))
+    if kind == "port":
+        return first, draw(st.sampled_from([0, first]))
+    if kind == "range":
+        return first, first + draw(st.integers(0, 3))
+    if kind == "zero":
+        return 0, 0
+    if kind == "all":
+        return 1, 65535
+    if kind == "inverted":
+        return first, first - draw(st.integers(1, 5))
+    return 0, first
+
+
+@st.composite
+def published_port_entries(draw):
+    """One com.docker.network.portmap entry with a host-port range or HostPort
+    0, a protocol and a host address, mostly valid, sometimes not."""
+    first, last = draw(host_port_ranges())
+    return {"Proto": draw(st.sampled_from([6, 6, 17, 132])), "IP": "", "Port": draw(st.integers(1, 3)) * 80,
+            "HostIP": draw(st.one_of(st.sampled_from(PORT_HOST_IPS), st.sampled_from(PORT_HOST_IPS),
+                                     st.sampled_from(BAD_PORT_HOST_IPS))),
+            "HostPort": first, "HostPortEnd": last}

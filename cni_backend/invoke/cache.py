@@ -5,9 +5,8 @@ and arguments used, replayed on CHECK and DEL."""
 import base64
 import json
 import os
-import tempfile
 
-from .. import paths
+from .. import files, paths
 
 DEFAULT_CACHE_DIR = paths.CNI_CACHE_DIR
 
@@ -30,10 +29,7 @@ def save(cache_dir: str, att, raw_config: bytes, result: dict) -> None:
     }
     path = _path(cache_dir, att.network, att.container_id, att.ifname)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:  # write-then-rename: a crash leaves the old entry or the new
-        json.dump(entry, f)
-    os.replace(tmp, path)
+    files.write_atomic(path, json.dumps(entry), 0o600)  # a crash leaves the old entry or the new
 
 
 def load(cache_dir: str, network: str, container_id: str, ifname: str):

@@ -115,7 +115,7 @@ class IPAMConfig:
     data_dir: str
     etcd_endpoints: tuple = ()
     etcd_prefix: str = "/rancher-cni"
-    etcd_tls: dict | None = None   # {"ca", "cert", "key"}: paths for an https etcd
+    etcd_tls: dict | None = None   # {"ca", "cert", "key"} paths for an https etcd; "user", "password_file"
 
     def is_excluded(self, ip) -> bool:
         return any(ip.version == net.version and ip in net for net in self.exclude)
@@ -141,7 +141,9 @@ def load(ipam: dict, runtime_config: dict) -> IPAMConfig:
         raise _bad("'dns' must be an object")
     endpoints = ipam.get("etcdEndpoints") or []
     if not isinstance(endpoints, list) or not all(isinstance(e, str) and "://" in e for e in endpoints):
-        raise _bad("'etcdEndpoints' must be a list of URLs such as http://10.0.0.1:2379")
+        raise _bad("'etcdEndpoints' must be a list of URLs such as https://10.0.0.1:2379")
+    from .etcd_store import CONFIG_KEYS, check_endpoints
+    check_endpoints(endpoints, ipam.get("insecureEtcd") is True, flag='"insecureEtcd": true in the ipam section')
     return IPAMConfig(
         range_sets=range_sets,
         routes=parse_routes(ipam.get("routes")),
@@ -150,6 +152,5 @@ def load(ipam: dict, runtime_config: dict) -> IPAMConfig:
         data_dir=str(ipam.get("dataDir") or DEFAULT_DATA_DIR),
         etcd_endpoints=tuple(endpoints),
         etcd_prefix=str(ipam.get("etcdPrefix") or "/rancher-cni"),
-        etcd_tls={k: ipam[f"etcd{k.capitalize()}File"] for k in ("ca", "cert", "key")
-                  if ipam.get(f"etcd{k.capitalize()}File")} or None,
+        etcd_tls={k: str(ipam[name]) for k, name in CONFIG_KEYS.items() if ipam.get(name)} or None,
     )

@@ -20,7 +20,7 @@ import random
 import time
 import urllib.parse
 
-from ..errors import CNIError, TRY_AGAIN_LATER
+from ..errors import CNIError, INVALID_CONFIG, TRY_AGAIN_LATER
 from .store import Allocation, Store, Transaction
 
 ATTEMPTS = 60
@@ -129,8 +129,64 @@ class _EtcdTransaction(Transaction):
         return bool(reply.get("succeeded"))
 
 
+def check_endpoints(endpoints, insecure: bool, flag: str = "--insecure-etcd") -> tuple:
+    """The endpoints, each an http(s) URL with a host; a plain `http://` one
+    only when `insecure` (the caller's `flag` said so): over http any host on
+    the path reads and rewrites the address pools and the VXLAN registry."""
+    checked = []
+    for endpoint in endpoints:
+        url = urllib.parse.urlsplit(endpoint) if isinstance(endpoint, str) else None
+        try:
+            valid = url is not None and url.scheme in ("http", "https") and bool(url.hostname) and \
+                (url.port is None or url.port > 0) and not url.path.strip("/") and not url.query
+        except ValueError:  # a port that is not a number
+            valid = False
+        if not valid:
+            raise CNIError(INVALID_CONFIG, f"etcd endpoint {endpoint!r} is not a URL such as https://10.0.0.1:2379")
+        if url.scheme == "http" and not insecure:
+            raise CNIError(INVALID_CONFIG, f"etcd endpoint {endpoint} is plain http: refused",
+                           "use https:// with the CA and this host's client certificate (--etcd-ca, --etcd-cert, "
+                           f"--etcd-key), or accept an unauthenticated, unencrypted etcd explicitly with {flag}")
+        checked.append(endpoint)
+    return tuple(checked)
+
+
+# How the client settings (the `tls` dict: file paths and the etcd user) are
+# named in an ipam section; cnm_shim's renderer writes them with these names.
+CONFIG_KEYS = {"ca": "etcdCaFile", "cert": "etcdCertFile", "key": "etcdKeyFile",
+               "user": "etcdUser", "password_file": "etcdPasswordFile"}
+
+
+def _password(path: str | None) -> str:
+    try:
+        with open(path or "") as f:
+            return f.read().rstrip("\n")
+    except OSError as exc:
+        raise CNIError(INVALID_CONFIG, f"etcd password file {path!r} cannot be read: {exc.strerror}",
+                       "an etcd user needs its password in a file (--etcd-password-file, etcdPasswordFile)") from None
+
+
+def _authenticate(session, base: str, user: str, password_file: str | None) -> None:
+    """An etcd user's token on every request of `session`. The JSON gateway
+    does not take the user from a client certificate's CN (etcd refuses such
+    a certificate there once auth is on), so a host names its user and
+    password; its certificate still proves the connection."""
+    reply = session.post(f"{base}/v3/auth/authenticate", json={"name": user, "password": _password(password_file)},
+                         timeout=TIMEOUT_S)
+    if reply.status_code != 200:
+        try:
+            why = reply.json().get("message") or reply.text
+        except ValueError:
+            why = reply.text
+        raise CNIError(INVALID_CONFIG, f"etcd refused user {user!r}: {why.strip()[:300]}",
+                       "check --etcd-user / --etcd-password-file (etcdUser / etcdPasswordFile), and that the "
+                       "client certificate has an empty CommonName (docs/multi-host.md)")
+    session.headers["Authorization"] = reply.json()["token"]
+
+
 def client_for(endpoint: str, tls: dict | None = None):
-    """An etcd v3 client for one member; `tls` may hold ca, cert, key (paths)."""
+    """An etcd v3 client for one member; `tls` may hold ca, cert, key (paths),
+    and user, password_file (an etcd user, when etcd's auth is on)."""
     import requests  # slow to import: only when etcd is used
     from etcd3gw.client import Etcd3Client
     tls = tls or {}
@@ -142,6 +198,8 @@ def client_for(endpoint: str, tls: dict | None = None):
     if tls.get("cert") and tls.get("key"):
         session.cert = (tls["cert"], tls["key"])
     url = urllib.parse.urlsplit(endpoint)
+    if tls.get("user"):
+        _authenticate(session, f"{url.scheme}://{url.netloc}", tls["user"], tls.get("password_file"))
     return Etcd3Client(host=url.hostname, port=url.port or 2379, protocol=url.scheme, timeout=TIMEOUT_S,
                        api_path="/v3/", session=session)
 
@@ -152,18 +210,14 @@ class EtcdStore(Store):
         self.prefix = prefix
         self.tls = tls
 
-    def _clients(self):
-        for endpoint in random.sample(self.endpoints, len(self.endpoints)):
-            yield endpoint, client_for(endpoint, self.tls)
-
     def run(self, fn):
         import requests
         from etcd3gw.exceptions import Etcd3Exception
         errors = []
-        for endpoint, client in self._clients():  # any member will do; try the next when one is down
+        for endpoint in random.sample(self.endpoints, len(self.endpoints)):  # any member will do
             try:
-                return self._run_on(client, fn)
-            except (requests.RequestException, Etcd3Exception, OSError) as exc:
+                return self._run_on(client_for(endpoint, self.tls), fn)
+            except (requests.RequestException, Etcd3Exception, OSError) as exc:  # down: try the next one
                 errors.append(f"{endpoint}: {type(exc).__name__}: {exc}")
         raise CNIError(TRY_AGAIN_LATER, "etcd is unreachable, addresses cannot be allocated now",
                        "; ".join(errors)[:2000])

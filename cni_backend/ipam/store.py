@@ -129,9 +129,8 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         try:
             os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-            # WAL: readers never block the writer; NORMAL sync keeps commits atomic.
+            # WAL: readers never block the writer; synchronous=FULL: a commit survives a power loss
             db = sqlite_file.connect(self.path, _SCHEMA, BUSY_TIMEOUT_S)
-            db.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as exc:
             raise CNIError(IO_FAILURE, f"cannot open the IPAM store {self.path}", str(exc)) from None
         return db

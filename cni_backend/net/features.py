@@ -23,7 +23,7 @@ import json
 import logging
 import os
 
-from .. import paths
+from .. import files, paths
 from ..errors import CNIError, KERNEL_FEATURE_MISSING
 from . import tools
 
@@ -87,10 +87,7 @@ def _read_cache() -> dict:
 def _write_cache(found: dict) -> None:
     try:
         os.makedirs(CACHE_DIR, mode=0o755, exist_ok=True)
-        tmp = f"{_cache_path()}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump({"boot_id": _boot_id(), "features": found}, f)
-        os.replace(tmp, _cache_path())
+        files.write_atomic(_cache_path(), json.dumps({"boot_id": _boot_id(), "features": found}), 0o644)
     except OSError:
         pass  # a cache only: the next process probes again
 

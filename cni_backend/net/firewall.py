@@ -31,7 +31,7 @@ import ipaddress
 import json
 import re
 
-from . import iptables, tags, tools
+from . import container_guard, iptables, tags, tools
 from .iptables import FORWARD_CHAIN, HOSTPORT_CHAIN, LOCALNET_CHAIN, MASQ_CHAIN
 
 NFT_TABLE = "rancher_cni"
@@ -44,18 +44,28 @@ def _host(iface) -> str:
 
 
 def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False,
-                 metadata=None) -> dict:
+                 metadata=None, internal=False) -> dict:
     """family -> table -> rules for a container on `bridge` with addresses `cidrs`;
     nothing it sends is routed out of the `forbidden` interfaces. Who may open
     connections to it: replies only (False), its own subnet ("subnet": VXLAN,
     where that subnet's other hosts come in through the VTEP), anyone (True: flat).
     `metadata` (bridge, address): flat's metadata service, which the container
     reaches over the link; the host routes both directions in and out of that
-    bridge, where Docker's FORWARD DROP policy would drop them."""
+    bridge, where Docker's FORWARD DROP policy would drop them.
+    `internal`: whatever the bridge sends out of the subnet and whatever
+    comes into it from outside is dropped, whoever claims to send it (Docker's
+    internal networks); every attachment carries the pair, ahead of its
+    ACCEPTs, so they stand while any container of the network does."""
     per_family = {}
     note = f"-m comment --comment {tag}"
     for iface in map(ipaddress.ip_interface, cidrs):
         rules = per_family.setdefault(iface.version, {"filter": [], "nat": []})
+        if internal:
+            rules["filter"] += [
+                # in iptables-save's order of matches, which CHECK compares with
+                f"-A {FORWARD_CHAIN} ! -d {iface.network} -i {bridge} ! -o {bridge} {note} -j DROP",
+                f"-A {FORWARD_CHAIN} ! -s {iface.network} ! -i {bridge} -o {bridge} {note} -j DROP",
+            ]
         rules["filter"] += [f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} -o {out} {note} -j DROP"
                             for out in forbidden]
         rules["filter"] += [
@@ -206,22 +216,21 @@ def mac_filter_rules(tag: tags.Tag, mac: str, cidrs=()) -> list:
     # The counter first: every frame the bridge got from this container, the
     # proof of what took the bridge path (`bridge_path_frames`).
     rules = [f"counter {note}", f"ether saddr != {mac} drop {note}"]
+    if cidrs:  # the IP checks: no tagged frames, no router's messages (container_guard), own sources only
+        rules += container_guard.rules(mac, cidrs, note)
     v4 = [str(ipaddress.ip_interface(c).ip) for c in cidrs if ipaddress.ip_interface(c).version == 4]
-    v6 = [str(ipaddress.ip_interface(c).ip) for c in cidrs if ipaddress.ip_interface(c).version == 6]
     if v4:
         allowed = "{ " + ", ".join(v4) + " }"
         rules += [f"ether type ip ip saddr != {allowed} drop {note}",
                   f"ether type arp arp saddr ip != {allowed} drop {note}",
                   f"ether type arp arp saddr ether != {mac} drop {note}"]
-    if v6:
-        allowed = "{ " + ", ".join(v6 + ["fe80::/10", "::"]) + " }"
-        rules.append(f"ether type ip6 ip6 saddr != {allowed} drop {note}")
     return rules
 
 
 def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
     """Frames from the container's veth must carry its MAC, and, with `cidrs`,
-    its IP addresses (IPv4, ARP sender, IPv6 but link-local). One chain per
+    its IP addresses (IPv4, ARP sender, IPv6 but link-local) and pass
+    `container_guard` (untagged, no router's messages). One chain per
     attachment, reached through a verdict map keyed by the veth: each frame
     costs one lookup, however many containers the host has."""
     rules = mac_filter_rules(tag, mac, cidrs)
@@ -235,6 +244,23 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
         _nft(f"add chain bridge {NFT_TABLE} {tag}\nflush chain bridge {NFT_TABLE} {tag}\n"
              + "".join(f"add rule bridge {NFT_TABLE} {tag} {rule}\n" for rule in rules)
              + f'add element bridge {NFT_TABLE} ports {{ "{host_ifname}" : jump {tag} }}\n')
+
+
+def mac_filter_size(tag: tags.Tag, host_ifname: str) -> int | None:
+    """How many rules the attachment's macspoofchk chain holds, when the veth
+    `host_ifname` jumps to it; None when the chain or the jump is missing.
+    (A chain made by an older version holds fewer rules than today's.)"""
+    listing = tools.run(["nft", "-j", "list", "table", "bridge", NFT_TABLE], check=False)
+    if listing is None:
+        return None
+    objects = json.loads(listing)["nftables"]
+    jumps = any(elem[0] == host_ifname and elem[1].get("jump", {}).get("target") == str(tag)
+                for entry in objects if entry.get("map", {}).get("name") == "ports"
+                for elem in entry["map"].get("elem", []))
+    chain = any(entry.get("chain", {}).get("name") == str(tag) for entry in objects)
+    if not (jumps and chain):
+        return None
+    return sum(1 for entry in objects if entry.get("rule", {}).get("chain") == str(tag))
 
 
 def bridge_path_frames(network: str) -> int | None:

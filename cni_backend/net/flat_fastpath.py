@@ -16,7 +16,9 @@ table netdev rancher_flat_<S>     one per flat network (S: flatnet's suffix)
                 fast path carries traffic, which `cnm-shim doctor` reports)
   chain out     forward to the uplink (rewritten by every ensure, so a
                 re-created uplink is found by its new index)
-  chain <tag>   ingress of one container's host veth: unicast IP that passes
+  chain <tag>   ingress of one container's host veth: what `container_guard`
+                forbids is dropped (tagged frames, redirects, router and
+                foreign neighbour adverts); unicast IP that passes
                 anti-spoofing (the container's MAC and addresses), not to a
                 local MAC nor to the metadata address -> out
                 (<tag>: the attachment's tag of kind flat, see `tags`; its
@@ -33,7 +35,7 @@ import ipaddress
 import json
 
 from ..errors import CNIError
-from . import tags, tools
+from . import container_guard, tags, tools
 
 _PREFIX = "rancher_flat_"
 
@@ -74,12 +76,15 @@ def remove_network(suffix: str) -> None:
 
 
 def attachment_rules(mac: str, cidrs: list, metadata_ip: str | None) -> list:
-    """The rules of an attachment's chain: what it sends that may skip the bridge."""
+    """The rules of an attachment's chain: what no container may send is
+    dropped (container_guard), then what it sends that may skip the bridge."""
     addresses = [ipaddress.ip_interface(c).ip for c in cidrs]
     v4 = ", ".join(str(a) for a in addresses if a.version == 4)
     v6 = ", ".join(str(a) for a in addresses if a.version == 6)
     unicast_out = "ether daddr != @local meta pkttype other counter goto out"
-    rules = []
+    # What no container may send is dropped here too: unicast IP from a
+    # legitimate source would otherwise skip the bridge's chain with it.
+    rules = container_guard.rules(mac, cidrs) if cidrs else []
     if v4:
         not_metadata = f"ip daddr != {metadata_ip} " if metadata_ip else ""
         rules.append(f"ether saddr {mac} ether type ip ip saddr {{ {v4} }} {not_metadata}{unicast_out}")

@@ -148,7 +148,14 @@ def _plan_isolation(chains: set, rules: list, remaining: list, declare: list) ->
     present = {comment_of(r)[len(BRIDGE_PREFIX):] for r in rules if comment_of(r).startswith(BRIDGE_PREFIX)}
     lines = []
     if not needed:
-        return [f"-F {ISOLATION_CHAIN}", f"-X {ISOLATION_CHAIN}"] if ISOLATION_CHAIN in chains else []
+        if ISOLATION_CHAIN not in chains:
+            return []
+        # A rule without a bridge (a published port's) can keep the attachment
+        # chain, and with it the bridges' jumps into the isolation chain, which
+        # then cannot go (EBUSY) unless they go first.
+        kept = any(_chain_of(r) == FORWARD_CHAIN for r in remaining)
+        jumps = [f"-D {_bridge_rules(bridge)[0]}" for bridge in sorted(present)] if kept else []
+        return jumps + [f"-F {ISOLATION_CHAIN}", f"-X {ISOLATION_CHAIN}"]
     if ISOLATION_CHAIN not in chains:
         declare.append(f":{ISOLATION_CHAIN} - [0:0]")
         lines += _static_isolation()

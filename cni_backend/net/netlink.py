@@ -333,7 +333,9 @@ def routes_via(ipr, index: int) -> list:
     return found
 
 
-def add_route_spec(ipr, spec: dict, index: int, table: int = RT_TABLE_MAIN) -> None:
+def add_route_spec(ipr, spec: dict, index: int, table: int = RT_TABLE_MAIN, replace: bool = False) -> None:
+    """Add the route through `index`; with `replace`, a route to the same
+    destination (same metric) through another link moves here in one step."""
     network = ipaddress.ip_network(spec["dst"])
     args = {"dst": str(network.network_address), "dst_len": network.prefixlen, "oif": index,
             "family": family_of(network.version), "table": table}
@@ -341,7 +343,7 @@ def add_route_spec(ipr, spec: dict, index: int, table: int = RT_TABLE_MAIN) -> N
         if spec.get(key) is not None:
             args[key] = spec[key]
     try:
-        ipr.route("add", **args)
+        ipr.route("replace" if replace else "add", **args)
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise _fail(f"adding route {spec['dst']}", exc) from None

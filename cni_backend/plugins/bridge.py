@@ -41,6 +41,7 @@ class BridgeConf:
     forbidden_out: tuple = ()     # interfaces the host must never route its traffic to
     open_inbound: bool | str = False  # who may connect to it: see firewall.bridge_rules
     metadata: tuple | None = None     # flat's (metadata bridge, address): see firewall.bridge_rules
+    internal: bool = False        # nothing leaves the subnet, nothing enters it from outside (--internal)
 
 
 def load_conf(req) -> BridgeConf:
@@ -51,7 +52,12 @@ def load_conf(req) -> BridgeConf:
         raise CNIError(INVALID_CONFIG, "the 'ipam' section with a 'type' is required",
                        'e.g. "ipam": {"type": "rancher-ipam", "ranges": [[{"subnet": "10.22.0.0/16"}]]}')
     is_default_gateway = fields.flag(config, "isDefaultGateway")
+    internal = fields.flag(config, "internal")
+    if internal and (is_default_gateway or fields.flag(config, "ipMasq")):
+        raise CNIError(INVALID_CONFIG, "an 'internal' network has no way out: 'isDefaultGateway' and 'ipMasq' "
+                       "must be false")
     return BridgeConf(
+        internal=internal,
         bridge=bridge,
         is_gateway=fields.flag(config, "isGateway") or is_default_gateway,
         is_default_gateway=is_default_gateway,
@@ -129,7 +135,7 @@ def attach(req, conf: BridgeConf) -> dict:
 
 def _rules(req, conf: BridgeConf, ips: list) -> dict:
     return firewall.bridge_rules(_tag(req), conf.bridge, [ip["address"] for ip in ips], conf.ip_masq,
-                                 conf.forbidden_out, conf.open_inbound, conf.metadata)
+                                 conf.forbidden_out, conf.open_inbound, conf.metadata, conf.internal)
 
 
 def _container_routes(conf: BridgeConf, ipam: dict) -> list:

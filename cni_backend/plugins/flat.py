@@ -14,7 +14,7 @@ import ipaddress
 from .. import addresses, flatnet, paths
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG
 from ..ipam import config as ipam_config
-from ..net import flat_fastpath, netlink, tags
+from ..net import firewall, flat_fastpath, netlink, tags
 from . import bridge as bridge_plugin
 from . import ipam as ipam_plugin
 from . import fields
@@ -149,9 +149,24 @@ def delete(req) -> None:
     bridge_plugin.detach(req, _bridge_conf(req, flat))
 
 
+def _spoof_filter(req, flat: flatnet.FlatNetwork, result: dict) -> tuple:
+    """(tag, host veth, the rules its anti-spoofing chain must hold, container MAC, cidrs)."""
+    host_veth = next((i["name"] for i in result.get("interfaces", [])
+                      if not i.get("sandbox") and i["name"] != flat.bridge), None)
+    container = next((i for i in result.get("interfaces", []) if i.get("sandbox")), None)
+    cidrs = [ip["address"] for ip in result.get("ips", [])]
+    tag = tags.of(tags.SPOOF, req.network, req.container_id, req.ifname)
+    mac = container["mac"] if container else None
+    return tag, host_veth, firewall.mac_filter_rules(tag, mac, cidrs) if mac else [], mac, cidrs
+
+
 def check(req) -> None:
     flat = load_network(req.config)
     bridge_plugin.verify(_with_link_excluded(req, flat), _bridge_conf(req, flat))
+    tag, host_veth, wanted, _, _ = _spoof_filter(req, flat, req.prev_result)
+    if host_veth and firewall.mac_filter_size(tag, host_veth) != len(wanted):
+        raise CNIError(CHECK_FAILED, f"the anti-spoofing chain of {req.container_id}/{req.ifname} is missing "
+                                     "or out of date", "cnm-shim doctor --repair puts it back")
     if flatnet.fast_path_usable(flat) and not flat_fastpath.attachment_present(flat.suffix, _tag(req)):
         raise CNIError(CHECK_FAILED, f"the fast path of {req.container_id}/{req.ifname} is missing",
                        "cnm-shim doctor --repair puts it back")
@@ -160,6 +175,9 @@ def check(req) -> None:
 def repair(req) -> None:
     flat = load_network(req.config)
     bridge_plugin.restore(_with_link_excluded(req, flat), _bridge_conf(req, flat))
+    tag, host_veth, _, mac, cidrs = _spoof_filter(req, flat, req.prev_result)
+    if host_veth and mac:  # today's chain (flushed and filled again), and the veth's jump to it
+        firewall.add_mac_filter(tag, host_veth, mac, cidrs)
     if flatnet.fast_path_usable(flat):
         flatnet.ensure(flat)
         flat_fastpath.remove_legacy(flat.suffix, _tag(req))  # made by the previous version: replaced

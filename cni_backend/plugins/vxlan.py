@@ -4,6 +4,7 @@ VXLAN header."""
 
 from .. import paths, vxlan_registry, vxlannet
 from ..errors import CNIError, INVALID_CONFIG
+from ..ipam import config as ipam_config
 from . import bridge as bridge_plugin
 from . import fields
 
@@ -18,7 +19,21 @@ def load_network(config: dict) -> vxlannet.VxlanNetwork:
         peers=vxlannet.parse_peers(config.get("peers")),
         state_dir=str(config.get("stateDir") or paths.STATE_DIR),
         registry=bool(config.get("etcdEndpoints")),
+        subnets=_subnets(config.get("ipam")),
     )
+
+
+def _subnets(ipam) -> tuple:
+    """(subnet, gateway) of each range the ipam section gives; none when it
+    gives no ranges of that shape (the IPAM plug-in itself judges its section)."""
+    if not isinstance(ipam, dict):
+        return ()
+    raw = ipam.get("ranges") or ([[{k: ipam[k] for k in ("subnet", "gateway") if ipam.get(k)}]]
+                                 if ipam.get("subnet") else None)
+    try:
+        return tuple((r.subnet, r.gateway) for s in ipam_config.parse_range_sets(raw) for r in s)
+    except CNIError:
+        return ()
 
 
 def _bridge_conf(req, net, mtu: int | None = None):

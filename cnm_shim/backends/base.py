@@ -84,3 +84,5 @@ class Backend:
     host: HostSide
     required: dict = dataclasses.field(default_factory=dict)  # option -> example, for the error message
     unique: tuple = ()            # (option, label): no two networks of this backend share its value
+    # --internal: "" when honoured (render reads opts["internal"]), else why it is refused
+    internal_refused: str = ""

@@ -9,6 +9,7 @@ from .base import Backend, HostSide
 
 OPTIONS = (
     options.BRIDGE,
+    options.BRIDGE_SHARED,
     options.MTU,
     options.IP_MASQ,
     options.HAIRPIN,
@@ -23,10 +24,10 @@ OPTIONS = (
 def render(bridge: str, opts: dict, ipam: dict) -> dict:
     plugin = {
         "type": "rancher-bridge", "bridge": bridge,
-        "isGateway": True, "isDefaultGateway": True, "ipMasq": opts["ip_masq"],
-        "hairpinMode": opts["hairpin"], "promiscMode": opts["promisc"], "macspoofchk": opts["macspoofchk"],
-        "capabilities": {"ips": True, "mac": True}, "ipam": ipam,
+        "isGateway": True, "hairpinMode": opts["hairpin"], "promiscMode": opts["promisc"],
+        "macspoofchk": opts["macspoofchk"], "capabilities": {"ips": True, "mac": True}, "ipam": ipam,
     }
+    plugin.update(options.way_out(opts))
     if opts["mtu"]:
         plugin["mtu"] = opts["mtu"]
     if opts["vlan"]:

@@ -58,4 +58,7 @@ class FlatHost(LoadedHost):
 
 BACKEND = Backend(name="flat", driver="rancher-flat", options=OPTIONS, render=render,
                   bridge_prefix="rf-", cni_type="rancher-flat", host=FlatHost(),
-                  required={"parent": "the host interface facing the business network, e.g. -o parent=eth1"})
+                  required={"parent": "the host interface facing the business network, e.g. -o parent=eth1"},
+                  internal_refused="its containers are on the business network itself, through the uplink, "
+                                   "so there is no outside to cut them off from; use rancher-bridge or "
+                                   "rancher-vxlan for an internal network")

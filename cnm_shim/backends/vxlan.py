@@ -22,8 +22,8 @@ OPTIONS = (
 
 def render(bridge: str, opts: dict, ipam: dict) -> dict:
     plugin = {"type": "rancher-vxlan", "bridge": bridge, "vni": opts["vni"], "peers": opts["peers"],
-              "isGateway": True, "isDefaultGateway": True, "ipMasq": opts["ip_masq"], "stateDir": ipam["dataDir"],
-              "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
+              "isGateway": True, "stateDir": ipam["dataDir"], "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
+    plugin.update(options.way_out(opts))
     if ipam.get("etcdEndpoints") and not opts["peers"]:
         # remote endpoints come from the registry (cnm-shim vxlan-agent); a network
         # given its peers floods to them and learns nothing from etcd

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from cni_backend import trace, version
+from cni_backend import files, trace, version
 from cni_backend.invoke import api, conflist as conflists
 
 from .. import backends, paths
@@ -150,15 +150,13 @@ class Comparison(contextlib.ExitStack):
         made_dir = not os.path.isdir(os.path.dirname(control))
         os.makedirs(os.path.dirname(control), exist_ok=True)
         previous = open(control).read() if os.path.exists(control) else None
-        with open(control, "w") as f:
-            f.write(self.trace_path)
+        files.write_atomic(control, self.trace_path, 0o644)
 
         def off():
             if previous is None:
                 os.unlink(control)
             else:
-                with open(control, "w") as f:
-                    f.write(previous)
+                files.write_atomic(control, previous, 0o644)
             if made_dir:
                 with contextlib.suppress(OSError):
                     os.rmdir(os.path.dirname(control))

@@ -4,6 +4,8 @@ import json
 import math
 import os
 
+from cni_backend import files
+
 from .models import MODELS
 
 PHASES = {  # phase -> what it measures
@@ -148,9 +150,7 @@ def chart(figures: dict, path: str) -> None:
 def write(figures: dict, folder: str) -> dict:
     os.makedirs(folder, exist_ok=True)
     paths = {name: os.path.join(folder, name) for name in ("report.md", "report.json", "chart.png")}
-    with open(paths["report.json"], "w") as f:
-        json.dump(figures, f, indent=2, default=str)
+    files.write_atomic(paths["report.json"], json.dumps(figures, indent=2, default=str), 0o644)
     chart(figures, paths["chart.png"])
-    with open(paths["report.md"], "w") as f:
-        f.write(markdown(figures))
+    files.write_atomic(paths["report.md"], markdown(figures), 0o644)
     return paths

@@ -100,7 +100,8 @@ def test_the_ipam_executable_uses_etcd_from_its_config(etcd, tmp_path):
     install.write_executables(str(tmp_path / "bin"))
     network = {"cniVersion": "1.0.0", "name": "global", "type": "rancher-ipam",
                "ipam": {"type": "rancher-ipam", "ranges": [[{"subnet": "10.62.0.0/24"}]],
-                        "etcdEndpoints": etcd.endpoints, "etcdPrefix": "/test/exec"}}
+                        "etcdEndpoints": etcd.endpoints, "etcdPrefix": "/test/exec",
+                        "insecureEtcd": True}}
     env = dict(os.environ, CNI_COMMAND="ADD", CNI_CONTAINERID="c1", CNI_NETNS="/proc/self/ns/net",
                CNI_IFNAME="eth0", CNI_PATH=str(tmp_path / "bin"), RANCHER_CNI_SOCKET=str(tmp_path / "none"))
     done = subprocess.run([str(tmp_path / "bin" / "rancher-ipam")], input=json.dumps(network).encode(),

@@ -155,7 +155,8 @@ class DindCluster:
         image = subprocess.run([*node._outer_cli(), "save", self.outer.image], capture_output=True, check=True).stdout
         node("load", stdin=image)
         node("plugin", "install", "--grant-all-permissions", "--alias", "rancher-cni", self.reference,
-             f"RANCHER_ETCD_ENDPOINTS={ETCD}", f"RANCHER_VXLAN_AGENT_VNIS={AGENT_VNI}", "RANCHER_VTEP_DEV=eth0")
+             f"RANCHER_ETCD_ENDPOINTS={ETCD}", f"RANCHER_VXLAN_AGENT_VNIS={AGENT_VNI}", "RANCHER_VTEP_DEV=eth0",
+             "RANCHER_INSECURE_ETCD=1")  # the test etcd is plain http
 
     def _start_etcd(self) -> None:
         """One etcd member on the underlay, Debian's binary in a node-image

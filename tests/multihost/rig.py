@@ -66,11 +66,11 @@ class Host:
         self.shim = subprocess.Popen(
             [*self.enter, sys.executable, "-m", "cnm_shim.cli", "serve", "--state-dir", f"{r}/state",
              "--run-dir", f"{r}/run", "--ipam-data-dir", f"{r}/ipam", "--cni-conf-dir", f"{r}/net.d",
-             "--cni-path", f"{r}/bin:/usr/lib/cni", "--etcd-endpoints", etcd, "--workers", "2",
+             "--cni-path", f"{r}/bin:/usr/lib/cni", "--etcd-endpoints", etcd, "--insecure-etcd", "--workers", "2",
              "--docker-host", f"unix://{r}/docker/docker.sock"],  # the host's dockerd (Dockerd(root=r/docker))
             stdout=log, stderr=log, start_new_session=True)
         self.agent = subprocess.Popen(
-            [*self.enter, sys.executable, "-m", "cnm_shim.cli", "vxlan-agent", "--etcd-endpoints", etcd,
+            [*self.enter, sys.executable, "-m", "cnm_shim.cli", "vxlan-agent", "--etcd-endpoints", etcd, "--insecure-etcd",
              "--vni", "1042", "--vtep-dev", "ul", "--state-dir", f"{r}/ipam", "--ttl", "3", "--interval", "0.5"],
             stdout=log, stderr=log, start_new_session=True)
         long_lived(self.shim.pid), long_lived(self.agent.pid)  # restarted by tests, stopped by the rig

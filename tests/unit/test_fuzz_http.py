@@ -2,7 +2,9 @@
 
 Every NetworkDriver.*, IpamDriver.* call and Plugin.Activate gets malformed
 JSON, wrong types, huge strings, unknown and known IDs, invalid CIDRs and MACs,
-option values with shell metacharacters, and each request possibly twice. The
+option values with shell metacharacters, Docker's network flags (internal,
+enable_ipv4/6) of any type, bridges that are not the network's own (all,
+default, docker0, lo) and clashing CNI names, and each request possibly twice. The
 real Flask app answers (test client), with its SQLite state, IPAM store, CNI
 cache and conf dir in temp dirs. Properties:
 
@@ -30,7 +32,7 @@ from hypothesis import given, strategies as st
 
 from tests import private_netns
 from tests.fuzz_strategies import (cidrs, fuzz_settings, garbage_bytes, ips_with_len, json_value, macs, mutated,
-                                   nasty_text, plain_ips)
+                                   nasty_text, plain_ips, published_port_entries)
 
 KNOWN_NET = "f" * 64
 KNOWN_EP = "e" * 64
@@ -43,9 +45,11 @@ net_ids = st.one_of(st.just(KNOWN_NET), fresh_ids)
 ep_ids = st.one_of(st.just(KNOWN_EP), fresh_ids)
 OPTION_KEYS = ["bridge", "mtu", "ip_masq", "hairpin", "promisc", "macspoofchk", "vlan", "cni.export", "cni.name",
                "parent", "metadata_ip", "metadata_link_ip", "metadata_bridge", "vni", "vtep_dev", "peers",
-               "com.docker.network.driver.mtu", "com.docker.network.bridge.name"]
+               "com.docker.network.driver.mtu", "com.docker.network.bridge.name", "bridge.shared",
+               "com.docker.network.enable_ipv6"]
 good_option_values = st.sampled_from(["true", "false", "1", "0", "yes", "9000", "68", "1500", "4094", "7",
-                                      "rcnitfz0", "lo", "10.77.0.3", "10.0.0.2,10.0.0.3", "169.254.1.1", "rcnit-net"])
+                                      "rcnitfz0", "lo", "10.77.0.3", "10.0.0.2,10.0.0.3", "169.254.1.1", "rcnit-net",
+                                      "all", "default", "docker0", "rcnit-net-ports"])
 bad_option_values = st.one_of(st.sampled_from(["65536", "4095", "-1", "67", "maybe", "10.0.0.300", "a" * 16, ""]),
                               nasty_text, json_value)
 generic_options = st.dictionaries(st.one_of(st.sampled_from(OPTION_KEYS), st.sampled_from(OPTION_KEYS), nasty_text),
@@ -90,7 +94,9 @@ BODIES = {
     "/NetworkDriver.CreateNetwork": call({
         "NetworkID": (fresh_ids, bad_ids, True),
         "Options": (mutated({"com.docker.network.generic": (generic_options, json_value, True),
-                             "com.docker.network.enable_ipv6": (st.booleans(), json_value, False)}, 1), json_value, True),
+                             "com.docker.network.enable_ipv6": (st.booleans(), json_value, False),
+                             "com.docker.network.enable_ipv4": (st.booleans(), json_value, False),
+                             "com.docker.network.internal": (st.booleans(), json_value, False)}, 1), json_value, True),
         "IPv4Data": (st.lists(ipam_data(), min_size=1, max_size=2), json_value, True),
         "IPv6Data": (st.just([]), st.lists(ipam_data(), max_size=1), False)}),
     "/NetworkDriver.DeleteNetwork": call(NETWORK_IDS),
@@ -338,3 +344,118 @@ def fuzz_scoped(root: str, examples: int) -> int:
 def test_fuzz_scoped_and_whitespace_addresses_are_refused_in_every_field(tmp_path, private_namespaces):
     refused = private_netns.run(fuzz_scoped, str(tmp_path), EXAMPLES)
     assert refused >= EXAMPLES
+
+
+# -- published ports: host-port ranges and HostPort 0 (issue 15, item 3) -------------
+#
+# Sequences of ProgramExternalConnectivity / RevokeExternalConnectivity /
+# DeleteEndpoint on three joined endpoints, with ranges (1-65535 included),
+# HostPort 0, wildcard, specific, scoped and foreign host addresses. The real
+# app and allocator on a state file of their own; only the CNI runtime caller
+# records instead of running plug-ins. Properties, after every call: the answer
+# is well formed; a rejection changes nothing; an accepted publish asked CNI
+# for exactly one mapping per entry, inside the entry's range (the ephemeral
+# range for HostPort 0); no two held ports clash (protocol, port, overlapping
+# address); what is held is exactly what the endpoints' records published.
+
+PORT_EPS = ["1" * 64, "2" * 64, "3" * 64]
+PORT_EXAMPLES = int(os.environ.get("RANCHER_FUZZ_PORT_EXAMPLES", "100"))
+port_steps = st.lists(st.tuples(st.sampled_from(["publish"] * 4 + ["revoke", "delete"]), st.integers(0, 2),
+                                st.lists(published_port_entries(), max_size=3)), min_size=1, max_size=6)
+
+
+class RecordingCNI:
+    def __init__(self):
+        self.added = []
+
+    def add(self, conf, raw, att, prev_result=None):
+        self.added.append(att.capability_args.get("portMappings"))
+        return {}
+
+    def delete(self, conf, raw, att):
+        pass
+
+
+def _port_shim(root: str):
+    from cnm_shim.app import create_app
+    from cnm_shim.state import ENDPOINT, State
+    app = create_app({"state_dir": os.path.join(root, "state"), "run_dir": os.path.join(root, "run"),
+                      "ipam_data_dir": os.path.join(root, "ipam"), "cni_conf_dir": os.path.join(root, "net.d")})
+    services = app.extensions["rancher"]
+    services.translator.cni = RecordingCNI()
+    client = app.test_client()
+
+    def post(path, body):
+        reply = client.post(path, data=json.dumps(body))
+        return reply.status_code, reply.mimetype, reply.get_data()
+
+    assert post("/NetworkDriver.CreateNetwork", {"NetworkID": KNOWN_NET, "Options": {"com.docker.network.generic": {
+        "bridge": "rcnitfzpt"}}, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.79.0.0/24",
+                                               "Gateway": "10.79.0.1/24"}]})[0] == 200
+    for n, ep in enumerate(PORT_EPS):
+        assert post("/NetworkDriver.CreateEndpoint", {"NetworkID": KNOWN_NET, "EndpointID": ep,
+                                                      "Interface": {"Address": f"10.79.0.{5 + n}/24"}})[0] == 200
+        key = State.endpoint_key(KNOWN_NET, ep)
+        services.state.put(ENDPOINT, key, dict(services.state.get(ENDPOINT, key), result={"ips": []}))
+    return services, post
+
+
+def _clash(a, b) -> bool:
+    return a[0] == b[0] and a[2] == b[2] and (a[1] == "" or b[1] == "" or a[1] == b[1])
+
+
+def _check_held(services) -> None:
+    held = services.translator.ports.held()  # (protocol, host_ip, host_port, container_port, owner)
+    for i, a in enumerate(held):
+        assert not any(_clash(a, b) for b in held[i + 1:]), f"two endpoints hold one port: {held}"
+    published = sorted((m["protocol"], m.get("hostIP", ""), m["hostPort"], m["containerPort"],
+                        f"{ep['network_id']}/{ep['endpoint_id']}")
+                       for ep in services.state.all("endpoint") for m in ep.get("port_mappings") or [])
+    assert sorted(held) == published, "held ports differ from what the endpoints published"
+
+
+def _check_published(entries, mappings) -> None:
+    from cnm_shim import ports
+    low, high = ports.ephemeral_range()
+    assert len(mappings) == len(entries), (entries, mappings)
+    for entry, mapping in zip(entries, mappings):
+        first, last = (entry["HostPort"], entry["HostPortEnd"] or entry["HostPort"]) if entry["HostPort"] \
+            else (low, high)
+        assert first <= mapping["hostPort"] <= last, (entry, mapping)
+        assert mapping["containerPort"] == entry["Port"] and mapping["protocol"] == ports.PROTOCOLS[entry["Proto"]]
+
+
+def fuzz_ports(root: str, examples: int) -> dict:
+    import tempfile
+    counts = {"accepted": 0, "rejected": 0}
+
+    @fuzz_settings(examples)
+    @given(steps=port_steps)
+    def sequence(steps):
+        services, post = _port_shim(tempfile.mkdtemp(dir=root))
+        try:
+            for action, n, entries in steps:
+                ids = {"NetworkID": KNOWN_NET, "EndpointID": PORT_EPS[n]}
+                path, body = {"publish": ("/NetworkDriver.ProgramExternalConnectivity",
+                                          dict(ids, Options={"com.docker.network.portmap": entries})),
+                              "revoke": ("/NetworkDriver.RevokeExternalConnectivity", ids),
+                              "delete": ("/NetworkDriver.DeleteEndpoint", ids)}[action]
+                before, calls = _dump(services.state.path), len(services.translator.cni.added)
+                accepted, answer = check_answer(path, *post(path, body))
+                counts["accepted" if accepted else "rejected"] += 1
+                if not accepted:
+                    assert _dump(services.state.path) == before, f"{path} rejected ({answer}) but changed state"
+                elif action == "publish" and len(services.translator.cni.added) > calls:
+                    _check_published(entries, services.translator.cni.added[-1])
+                _check_held(services)
+        finally:
+            post("/NetworkDriver.DeleteNetwork", {"NetworkID": KNOWN_NET})  # its bridge, in the private namespace
+
+    sequence()
+    return counts
+
+
+def test_fuzz_published_port_ranges_and_host_port_zero(tmp_path, private_namespaces):
+    counts = private_netns.run(fuzz_ports, str(tmp_path), PORT_EXAMPLES)
+    print(f"published ports: {counts}")
+    assert counts["accepted"] > 0 and counts["rejected"] > 0, counts

@@ -47,7 +47,7 @@ def test_unknown_option_names_it_and_lists_the_valid_ones(client):
     status, body = post(client, "/NetworkDriver.CreateNetwork", {
         "NetworkID": NET, "Options": {"com.docker.network.generic": {"bridgename": "x"}},
         "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.9.0.0/24", "Gateway": "10.9.0.1/24"}]})
-    assert status == 400 and "unknown option 'bridgename'" in body["Err"] and "bridge, cni.export" in body["Err"]
+    assert status == 400 and "unknown option 'bridgename'" in body["Err"] and "bridge, bridge.shared, cni.export" in body["Err"]
 
 
 @pytest.mark.parametrize("options,fragment", [

@@ -114,6 +114,7 @@ def shim(tmp_path, monkeypatch):
             raise shim.host_error
 
     monkeypatch.setattr(translate.networks, "bridge_exists", lambda name: False)
+    monkeypatch.setattr(translate.networks, "link_kind", lambda name: None)
     monkeypatch.setattr(translate.networks, "ensure_bridge", host)
     monkeypatch.setattr(translate.networks, "remove_bridge", host)
     monkeypatch.setattr(translate.networks.firewall, "collect_garbage", host)

@@ -18,8 +18,8 @@ def refused(driver, backend, raw) -> str:
 
 def test_bridge_defaults():
     assert options.parse("rancher-bridge", "bridge", {}) == {
-        "bridge": None, "mtu": None, "ip_masq": True, "hairpin": False, "promisc": False, "macspoofchk": False,
-        "vlan": 0, "cni.export": False, "cni.name": None}
+        "bridge": None, "bridge.shared": False, "mtu": None, "ip_masq": True, "hairpin": False, "promisc": False,
+        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None}
 
 
 def test_flat_defaults_with_its_required_parent():
@@ -60,7 +60,7 @@ def test_dockers_aliases_set_the_option_they_stand_for():
 def test_an_unknown_option_lists_the_valid_ones():
     assert refused("rancher-bridge", "bridge", {"colour": "blue"}) == (
         "rancher-bridge: unknown option 'colour'; valid options: "
-        "backend, bridge, cni.export, cni.name, hairpin, ip_masq, macspoofchk, mtu, promisc, vlan")
+        "backend, bridge, bridge.shared, cni.export, cni.name, hairpin, ip_masq, macspoofchk, mtu, promisc, vlan")
 
 
 def test_an_option_of_another_backend_is_unknown_here():

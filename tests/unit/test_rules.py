@@ -5,10 +5,12 @@ flat's (inbound open, metadata link, fast path), VXLAN's (inbound from its
 subnet), portmap's and macspoofchk's.
 Pure: no rule here reaches a kernel."""
 
+import ipaddress
+
 import pytest
 
 from cni_backend import flatnet
-from cni_backend.net import firewall, flat_fastpath, iptables, tags
+from cni_backend.net import container_guard, firewall, flat_fastpath, iptables, tags
 
 BRIDGE = tags.of(tags.BRIDGE, "web", "c1", "eth0")
 PORTS = tags.of(tags.PORTMAP, "web", "c1", "eth0")
@@ -119,13 +121,13 @@ def test_flat_without_a_metadata_link_has_no_ebtables_rules():
 def test_flats_fast_path_takes_only_anti_spoofed_unicast_ip_and_never_metadata_traffic():
     out = "ether daddr != @local meta pkttype other counter goto out"
     mac = "02:42:c0:a8:32:0a"
-    assert flat_fastpath.attachment_rules(mac, ["192.168.50.10/24", "192.168.50.11/24", "fd00:50::10/64"],
-                                          "169.254.169.250") == [
+    cidrs = ["192.168.50.10/24", "192.168.50.11/24", "fd00:50::10/64"]
+    assert flat_fastpath.attachment_rules(mac, cidrs, "169.254.169.250") == container_guard.rules(mac, cidrs) + [
         f"ether saddr {mac} ether type ip ip saddr {{ 192.168.50.10, 192.168.50.11 }} ip daddr != 169.254.169.250 {out}",
         f"ether saddr {mac} ether type ip6 ip6 saddr {{ fd00:50::10 }} {out}",
     ]
-    assert flat_fastpath.attachment_rules(mac, ["192.168.50.10/24"], None) == [
-        f"ether saddr {mac} ether type ip ip saddr {{ 192.168.50.10 }} {out}"]
+    assert flat_fastpath.attachment_rules(mac, ["192.168.50.10/24"], None) == container_guard.rules(
+        mac, ["192.168.50.10/24"]) + [f"ether saddr {mac} ether type ip ip saddr {{ 192.168.50.10 }} {out}"]
     assert flat_fastpath.attachment_rules(mac, [], None) == []
 
 
@@ -214,8 +216,26 @@ def test_macspoofchk_with_addresses_checks_ip_arp_and_ipv6_but_link_local_and_un
     assert firewall.mac_filter_rules(SPOOF, mac, ["10.1.0.5/24", "fd00:1::5/64"]) == [
         f"counter {note}",
         f"ether saddr != {mac} drop {note}",
+        *container_guard.rules(mac, ["10.1.0.5/24", "fd00:1::5/64"], note),  # with the IPv6 source check
         f"ether type ip ip saddr != {{ 10.1.0.5 }} drop {note}",
         f"ether type arp arp saddr ip != {{ 10.1.0.5 }} drop {note}",
         f"ether type arp arp saddr ether != {mac} drop {note}",
-        f"ether type ip6 ip6 saddr != {{ fd00:1::5, fe80::/10, :: }} drop {note}",
     ]
+
+
+def test_a_flat_container_may_not_tag_redirect_advertise_a_router_or_another_address():
+    mac = "02:42:0a:01:00:05"  # its link-local: fe80::42:aff:fe01:5 (modified EUI-64)
+    assert container_guard.link_local(mac) == ipaddress.IPv6Address("fe80::42:aff:fe01:5")
+    assert container_guard.rules(mac, ["10.1.0.5/24", "fd00:1::5/64"], "NOTE") == [
+        "ether type { 0x8100, 0x88a8, 0x9100 } drop NOTE",
+        "icmp type redirect drop NOTE",
+        "icmpv6 type { nd-router-advert, nd-redirect } drop NOTE",
+        "icmpv6 type nd-neighbor-advert @th,64,128 != { 0xfd000001000000000000000000000005, "
+        "0xfe8000000000000000420afffe010005 } drop NOTE",
+        "ether type ip6 ip6 saddr != { fd00:1::5, fe80::/10, :: } drop NOTE",
+        "ether type ip6 frag nexthdr != { tcp, udp, sctp, esp } drop NOTE",
+    ]
+    # IPv4 only: the advert's target can only be its link-local address, IPv6 sources only link-local ones
+    assert container_guard.rules(mac, ["10.1.0.5/24"])[3:5] == [
+        "icmpv6 type nd-neighbor-advert @th,64,128 != { 0xfe8000000000000000420afffe010005 } drop",
+        "ether type ip6 ip6 saddr != { fe80::/10, :: } drop"]

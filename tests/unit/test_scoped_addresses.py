@@ -164,3 +164,19 @@ def test_an_interface_name_is_measured_and_checked_in_bytes_as_the_kernel_does(n
     """Found by the fuzz of hostile prevResult interface names."""
     from cni_backend.ifnames import is_ifname
     assert is_ifname(name) is valid
+
+
+def test_a_registry_entry_with_a_scoped_address_is_skipped():
+    """The VXLAN registry is an edge too: 'fd00:42::5%x' is written the
+    canonical way by ipaddress (the scope stays in str()) and lies in the
+    subnet, so it passed every check."""
+    from cni_backend import vxlan_registry as registry
+    subnets = [registry.Subnet(ipaddress.ip_network("fd00:42::/64"), ipaddress.ip_address("fd00:42::1"))]
+    root, host = "/rancher-cni/vxlan/hosts/", "10.99.0.3"
+    rows = [(f"{root}{host}/1042/vtep", json.dumps({"vtep": host}).encode(), "1")]
+    for n, ip in enumerate(["fd00:42::5%x", "fd00:42::6%a\nb"]):
+        rows.append((f"{root}{host}/1042/endpoints/{ip}",
+                     json.dumps({"ip": ip, "mac": "02:00:00:00:00:66", "vtep": host}).encode(), str(n + 2)))
+    result = registry.select(root, rows, 1042, subnets, "10.99.0.1", {})
+    assert result.endpoints == {} and len(result.bad) == 2
+    assert all("scope ID" in str(reason) for reason in result.bad.values()), result.bad

@@ -1,0 +1,66 @@
+"""Writing a file so that a crash or a power loss leaves the old content or
+the new, never a part, an empty file, or a rename the disk forgot.
+
+    temp file in the same directory  (a rename never crosses filesystems)
+    write, fchmod, fsync             (the data is on disk before it has the name)
+    rename over the target           (atomic for every reader)
+    fsync the directory              (the rename itself is on disk)
+
+Every file the CNI side and the shim write goes through `write_atomic`:
+libcni cache entries, exported conflists, the CNI executables, the kernel
+feature cache, flat and VXLAN records. The temp file is named
+`.<name>.<random>.tmp`: hidden, and never with an extension a reader of the
+directory looks for (.conflist, .conf, .json). A writer killed between the
+temp file's creation and the rename leaves it; the next write of the same
+file removes such leftovers once they are older than any write could take
+(STALE_AFTER_S), so a write in progress elsewhere keeps its own.
+"""
+
+import contextlib
+import os
+import tempfile
+import time
+
+STALE_AFTER_S = 600
+
+
+def write_atomic(path: str, data, mode: int = 0o600) -> None:
+    """Replace `path` with `data` (bytes, or str written as UTF-8), permissions `mode`."""
+    if isinstance(data, str):
+        data = data.encode()
+    directory = os.path.dirname(os.path.abspath(path))
+    _remove_leftovers(directory, os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(directory)
+
+
+def _remove_leftovers(directory: str, name: str) -> None:
+    """Temp files of `name` left by killed writers."""
+    cutoff = time.time() - STALE_AFTER_S
+    prefix = f".{name}."
+    for entry in os.listdir(directory):
+        if entry.startswith(prefix) and entry.endswith(".tmp"):
+            leftover = os.path.join(directory, entry)
+            with contextlib.suppress(OSError):
+                if os.lstat(leftover).st_mtime < cutoff:
+                    os.unlink(leftover)
+
+
+def fsync_directory(directory: str) -> None:
+    """Make the directory's entries (a rename, a new or removed name) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

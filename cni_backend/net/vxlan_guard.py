@@ -1,0 +1,82 @@
+"""Who may send VXLAN to this host: per VNI, UDP to the VTEP's port is
+accepted from the peers' VTEP addresses and dropped from anyone else.
+
+filter INPUT (at its head, so no broader ACCEPT of the host comes first)
+    -s PEER/32 -p udp --dport PORT -m u32 VNI -j ACCEPT    one per peer
+    -p udp --dport PORT -m u32 VNI -j DROP                 everyone else
+
+The u32 match reads the VNI out of the VXLAN header (bytes 4-6 after the UDP
+header), so each VNI has its own peers and a network this module does not
+guard (another VNI on the same port) is not touched. Every rule carries the
+VNI's tag (`tags.for_vtep`), so the leak guard and `iptables-save` show whose
+it is; the set is replaced in one `iptables-restore --noflush` under the
+firewall's host lock. VTEPs are IPv4 here (vxlannet), so only iptables (v4).
+"""
+
+import ipaddress
+import re
+
+from . import iptables, tags, tools
+
+_SOURCE = re.compile(r" -s (\S+?)(?:/32)? ")
+
+
+def _vni_match(vni: int) -> str:
+    # IHL*4 bytes to the UDP header, 8 more to VXLAN, whose word 2 holds VNI << 8
+    return f"-m u32 --u32 0>>22&0x3C@12>>8={vni}"
+
+
+def rules(vni: int, port: int, peers) -> list:
+    """iptables-restore lines (filter table), in the order they must stand."""
+    vni, port = int(vni), int(port)
+    if not 1 <= vni <= 16777215 or not 1 <= port <= 65535:
+        raise ValueError(f"VNI {vni} / port {port} out of range")
+    peers = sorted({str(ipaddress.IPv4Address(p)) for p in peers}, key=ipaddress.IPv4Address)
+    note = f"-m comment --comment {tags.for_vtep(vni)}"
+    match = f"-p udp -m udp --dport {port} {_vni_match(vni)} {note}"
+    return [f"-A INPUT -s {peer}/32 {match} -j ACCEPT" for peer in peers] + [f"-A INPUT {match} -j DROP"]
+
+
+def present(vni: int) -> list:
+    """The VNI's rules as the kernel shows them, in order. Only INPUT is
+    listed: the agent asks every round, and the attachment chains can be long."""
+    tag = str(tags.for_vtep(vni))
+    return [line for line in tools.run(["iptables", "-w", "-S", "INPUT"]).splitlines()
+            if line.startswith("-A INPUT ") and iptables.comment_of(line) == tag]
+
+
+def _shape(lines: list) -> list:
+    """(source or None, target) per rule: what two rule sets are compared by
+    (iptables-save rewrites the u32 expression in its own notation)."""
+    shape = []
+    for line in lines:
+        source = _SOURCE.search(line + " ")
+        shape.append((source.group(1) if source else None, line.rsplit(" -j ", 1)[-1]))
+    return shape
+
+
+def allowed_peers(vni: int) -> set:
+    """The addresses the kernel accepts the VNI's VXLAN from (empty: no guard)."""
+    return {source for source, target in _shape(present(vni)) if source and target == "ACCEPT"}
+
+
+def ensure(vni: int, port: int, peers) -> bool:
+    """The VNI's rules made to accept exactly `peers`; True when they changed."""
+    wanted = rules(vni, port, peers)
+    with iptables.host_lock():
+        current = present(vni)
+        if _shape(current) == _shape(wanted) and all(f"--dport {port} " in line for line in current):
+            return False
+        script = ["*filter", *("-D" + line[2:] for line in current),
+                  *(f"-I INPUT {n} {line[len('-A INPUT '):]}" for n, line in enumerate(wanted, 1)), "COMMIT"]
+        tools.run(["iptables-restore", "-w", "--noflush"], "\n".join(script) + "\n")
+    return True
+
+
+def remove(vni: int) -> None:
+    """The VNI's rules gone (idempotent)."""
+    with iptables.host_lock():
+        current = present(vni)
+        if current:
+            script = ["*filter", *("-D" + line[2:] for line in current), "COMMIT"]
+            tools.run(["iptables-restore", "-w", "--noflush"], "\n".join(script) + "\n")

@@ -1,0 +1,195 @@
+"""Crash consistency: what a kill or a power loss may leave of our files and
+databases. SQLite and the filesystem are real; only os.fsync is watched (it
+is the OS's call, not the thing under test) to see what was synced when."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+
+from cni_backend import files, flatnet, install, vxlan_registry
+from cni_backend.invoke import cache
+from cni_backend.invoke.api import Attachment
+from cni_backend.net import features
+from cnm_shim import translate
+from cni_backend.ipam.store import Allocation, SQLiteStore
+from cnm_shim.state import NETWORK, State
+
+FULL = 2  # PRAGMA synchronous
+
+
+@pytest.fixture
+def connections(monkeypatch):
+    """(synchronous, journal_mode) of every SQLite connection opened, read
+    from the connection itself just before it is closed."""
+    seen = []
+
+    class Watched(sqlite3.Connection):
+        def close(self):
+            seen.append((self.execute("PRAGMA synchronous").fetchone()[0],
+                         self.execute("PRAGMA journal_mode").fetchone()[0]))
+            super().close()
+
+    real = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: real(*a, factory=Watched, **kw))
+    return seen
+
+
+def test_a_power_loss_cannot_roll_back_an_ipam_allocation(tmp_path, connections):
+    """Docker never replays an allocation: every connection of the IPAM
+    store syncs the WAL at each commit (synchronous=FULL)."""
+    store = SQLiteStore(str(tmp_path))
+    allocation = Allocation("10.22.0.0/16", "10.22.0.5", "net", "c1", "eth0")
+    store.run(lambda txn: txn.add(allocation))
+    assert store.run(lambda txn: txn.all()) == [allocation]
+    store.run(lambda txn: txn.remove(allocation))
+    assert len(connections) >= 3 and set(connections) == {(FULL, "wal")}, connections
+
+
+def test_a_power_loss_cannot_roll_back_the_drivers_state(tmp_path, connections):
+    state = State(str(tmp_path))
+    state.put(NETWORK, "n1", {"id": "n1"})
+    assert state.get(NETWORK, "n1") == {"id": "n1"} and state.all(NETWORK) == [{"id": "n1"}]
+    state.delete(NETWORK, "n1")
+    assert len(connections) >= 5 and set(connections) == {(FULL, "wal")}, connections
+
+
+# -- write_atomic ---------------------------------------------------------------
+
+def test_write_atomic_creates_and_replaces_with_the_mode_given(tmp_path):
+    target = tmp_path / "50-net.conflist"
+    files.write_atomic(str(target), "first", 0o644)
+    assert target.read_text() == "first" and target.stat().st_mode & 0o777 == 0o644
+    files.write_atomic(str(target), b"second", 0o600)
+    assert target.read_bytes() == b"second" and target.stat().st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == ["50-net.conflist"]
+
+
+@pytest.fixture
+def disk_events(monkeypatch):
+    """("fsync", path synced) and ("rename", src, dst), in order."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, **kw):
+        events.append(("rename", os.fspath(src), os.fspath(dst)))
+        return real_replace(src, dst, **kw)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def _cache_entry(d, monkeypatch):
+    cache.save(str(d), Attachment("c1", "/var/run/netns/x", "eth0", "net"), b"{}", {"cniVersion": "1.0.0"})
+    return [d / "results" / "net-c1-eth0"]
+
+
+def _flat_record(d, monkeypatch):
+    flat = flatnet.FlatNetwork("br0", "eth1", 0, None, ("10.0.0.0/24",), None, str(d))
+    flatnet._write_record(flat, {"uplink": "eth1", "addresses": []})
+    return [flat.record_path]
+
+
+def _feature_cache(d, monkeypatch):
+    monkeypatch.setattr(features, "CACHE_DIR", str(d))
+    features._write_cache({"vxlan": True})
+    return [d / "features.json"]
+
+
+def _vxlan_record(d, monkeypatch):
+    vxlan_registry.record_endpoint(str(d), 42, "c1", ["10.0.0.5/24"], "02:00:00:00:00:05")
+    return [d / "vxlan" / "42" / "c1.json"]
+
+
+def _executables(d, monkeypatch):
+    return install.write_executables(str(d))
+
+
+def _exported_conflist(d, monkeypatch):
+    translator = types.SimpleNamespace(settings=types.SimpleNamespace(cni_conf_dir=str(d)))
+    return [translate.Translator._export(translator, "net", {"cniVersion": "1.0.0", "name": "net", "plugins": []})]
+
+
+@pytest.mark.parametrize("writer", [_cache_entry, _flat_record, _feature_cache, _vxlan_record, _executables,
+                                    _exported_conflist], ids=lambda w: w.__name__.strip("_"))
+def test_every_file_is_synced_before_its_rename_and_its_directory_after(tmp_path, monkeypatch, disk_events, writer):
+    """A power loss after the write returned keeps the new file: its data was
+    on disk before it took the name, and the rename was made durable."""
+    written = [os.fspath(p) for p in writer(tmp_path, monkeypatch)]
+    assert written
+    for path in written:
+        renames = [i for i, e in enumerate(disk_events) if e[0] == "rename" and e[2] == path]
+        assert renames, f"{path} was not written through a rename: {disk_events}"
+        i = renames[-1]
+        temp = disk_events[i][1]
+        assert ("fsync", temp) in disk_events[:i], f"{path}: data not synced before the rename: {disk_events}"
+        assert ("fsync", os.path.dirname(path)) in disk_events[i + 1:], \
+            f"{path}: directory not synced after the rename: {disk_events}"
+        assert os.path.dirname(temp) == os.path.dirname(path)
+    assert not [n for p in written for n in os.listdir(os.path.dirname(p)) if n.endswith(".tmp")]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "record.json"
+    target.write_text('{"old": true}')
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        files.write_atomic(str(target), '{"new": true}')
+    assert target.read_text() == '{"old": true}' and os.listdir(tmp_path) == ["record.json"]
+
+
+_WRITER = r"""
+import sys
+from cni_backend import files
+path, size = sys.argv[1], int(sys.argv[2])
+print("ready", flush=True)
+n = 0
+while True:
+    files.write_atomic(path, (b"ab"[n % 2:n % 2 + 1]) * size)
+    n += 1
+"""
+
+
+def test_a_writer_killed_at_any_moment_leaves_the_old_content_or_the_new(tmp_path):
+    """kill -9 of a process rewriting a 4 MiB file, at many points: the file
+    is always one whole version, never a part, never empty."""
+    target, size = tmp_path / "state.json", 4 << 20
+    target.write_bytes(b"a" * size)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for delay in (0.0, 0.005, 0.01, 0.02, 0.05, 0.08, 0.13, 0.2):
+        writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(target), str(size)],
+                                  stdout=subprocess.PIPE, text=True, cwd=root)
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+        content = target.read_bytes()
+        assert content in (b"a" * size, b"b" * size), f"after {delay} s: {len(content)} bytes, mixed or cut"
+        # a kill between the temp file's creation and the rename can leave it:
+        # hidden, and named so that no reader of the directory takes it
+        assert all(name == "state.json" or (name.startswith(".state.json.") and name.endswith(".tmp"))
+                   for name in os.listdir(tmp_path))
+
+
+def test_temp_files_left_by_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "net-c1-eth0"
+    old, fresh = tmp_path / ".net-c1-eth0.k1ll3d.tmp", tmp_path / ".net-c1-eth0.wr1t1n.tmp"
+    for leftover in (old, fresh):
+        leftover.write_text("part")
+    past = time.time() - files.STALE_AFTER_S - 60
+    os.utime(old, (past, past))
+    files.write_atomic(str(target), "whole")
+    # the fresh one may be another process's write in progress: it stays
+    assert sorted(os.listdir(tmp_path)) == sorted([target.name, fresh.name])
