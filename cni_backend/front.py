@@ -15,9 +15,25 @@ _DAEMON_GONE = ('{"cniVersion": "1.1.0", "code": 11, "msg": "the rancher-cni dae
                 'before answering; try again", "details": ""}')
 
 
+def _refused(path: str, exc: OSError) -> tuple:
+    """The spec's error JSON for a caller the daemon's socket does not admit
+    (it is root's: the plug-ins change the host's network)."""
+    import json  # only on this path: the executables start without it
+    msg = (f"permission denied on the rancher-cni daemon's socket {path}: CNI plug-ins must be run "
+           "as root, as container runtimes do")
+    error = {"cniVersion": "1.1.0", "code": 5, "msg": msg, "details": str(exc)}
+    return json.dumps(error), 1, ""
+
+
 def _ask_daemon(plugin: str, env: dict, stdin: bytes):
     """(stdout, code, stderr) from the daemon, or None when none is listening."""
-    sock = wire.connect(env.get(wire.SOCKET_ENV) or wire.DEFAULT_SOCKET)
+    path = env.get(wire.SOCKET_ENV) or wire.DEFAULT_SOCKET
+    try:
+        sock = wire.connect(path)
+    except PermissionError as exc:
+        if env.get("CNI_COMMAND") == "VERSION":
+            return None  # answered in-process: it touches nothing
+        return _refused(path, exc)
     if sock is None:
         return None
     netns_fd = None
@@ -27,7 +43,10 @@ def _ask_daemon(plugin: str, env: dict, stdin: bytes):
                 netns_fd = os.open(env["CNI_NETNS"], os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 pass  # the daemon reports a missing netns as the plug-in would
-        wire.send_request(sock, plugin, env, stdin, netns_fd)
+        try:
+            wire.send_request(sock, plugin, env, stdin, netns_fd)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon answered (a refusal) without reading: its reply is still there to read
         reply = wire.receive_reply(sock)
     finally:
         if netns_fd is not None:

@@ -3,19 +3,41 @@
 Importing pyroute2 costs ~150 ms; paying it once here makes each CNI call cost
 a fork. A worker is a single-threaded process like the executable would be, so
 it may setns(2) freely, and a worker that dies takes only its own call with it.
+
+Bounds: at most `max_workers` workers run at once (further connections wait
+in the listen backlog until one ends), and a worker gives its caller
+`timeout` seconds to send the request and to take the reply, so callers that
+connect and say nothing cannot keep root workers (each some tens of MB) alive.
+Only root (or the daemon's own uid) may call: the socket is mode 0600, and the
+parent checks the peer's uid (SO_PEERCRED) as well and answers anyone else with
+the CNI error JSON, without forking. A worker never takes `RANCHER_TRACE` from
+the call's environment: it would append, as root, to any file a caller names
+(tracing the daemon is the control file's job, see trace.py).
 """
 
 import errno
+import json
 import logging
 import os
 import selectors
 import signal
 import socket
+import struct
 
-from . import skel, wire
+from . import skel, trace, wire
+from .errors import CNIError, IO_FAILURE
 from .plugins import PLUGINS, load
 
 log = logging.getLogger("rancher-cni")
+
+# 16 workers: far more CNI calls than a host makes at once (a runtime starting
+# pods in parallel), and a bounded cost (each worker is a fork of a ~35 MB
+# parent). A call beyond it waits for a worker to end; it is not refused.
+MAX_WORKERS = 16
+# A caller sends its whole request right after connecting (front.py); 10 s is
+# far more than that takes, even for the largest stdin.
+RECEIVE_TIMEOUT_S = 10.0
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def _preload() -> None:
@@ -24,33 +46,66 @@ def _preload() -> None:
     from .net import netlink  # noqa: F401  (pyroute2 itself)
 
 
-def _serve_one(conn: socket.socket) -> None:
+def _serve_one(conn: socket.socket, timeout: float = RECEIVE_TIMEOUT_S) -> None:
     """Runs in the forked worker."""
-    request = wire.receive_request(conn)
+    conn.settimeout(timeout)
+    try:
+        request = wire.receive_request(conn)
+    except TimeoutError:
+        log.warning("a caller sent no whole request within %g s: connection closed", timeout)
+        return
     if request is None:
         return
     plugin, env, stdin, netns_fd = request
+    env.pop(trace.ENV, None)  # the caller's choice of file would be appended to as root
     if plugin not in PLUGINS:
         wire.send_reply(conn, 1, "", f"unknown plug-in {plugin!r}\n")
         return
     stdout, code, stderr = skel.dispatch(load(plugin), env, stdin, netns_fd)
     log.info("%s %s %s/%s -> %s", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "")[:12],
              env.get("CNI_IFNAME", ""), code)
-    wire.send_reply(conn, code, stdout, stderr)
+    try:
+        wire.send_reply(conn, code, stdout, stderr)
+    except TimeoutError:
+        log.warning("a caller took no reply within %g s: connection closed", timeout)
 
 
-def _fork_worker(conn: socket.socket, listener: socket.socket) -> None:
+def _peer_uid(conn: socket.socket) -> int | None:
+    try:
+        return _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))[1]
+    except OSError:
+        return None
+
+
+def _permitted(conn: socket.socket) -> bool:
+    """Root, or the uid the daemon runs as; anyone else gets the CNI error JSON
+    (sent without blocking: the parent must never wait on a caller)."""
+    uid = _peer_uid(conn)
+    if uid in (0, os.geteuid()):
+        return True
+    error = CNIError(IO_FAILURE, f"permission denied: the rancher-cni daemon serves only root (caller uid {uid})",
+                     "CNI plug-ins are run by the container runtime as root")
+    out = json.dumps(error.to_json("1.1.0")).encode()
+    try:
+        conn.send(wire.reply_bytes(1, out, b""), socket.MSG_DONTWAIT)
+    except OSError:
+        pass
+    log.warning("refused a call from uid %s", uid)
+    return False
+
+
+def _fork_worker(conn: socket.socket, listener: socket.socket, timeout: float = RECEIVE_TIMEOUT_S) -> int:
     pid = os.fork()
     if pid:
         conn.close()
-        return
+        return pid
     code = 0
     try:
         listener.close()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)  # the parent's
-        _serve_one(conn)
+        _serve_one(conn, timeout)
     except BaseException:  # noqa: BLE001 - a worker must never return into the accept loop
         log.exception("worker failed")
         code = 1
@@ -58,14 +113,16 @@ def _fork_worker(conn: socket.socket, listener: socket.socket) -> None:
         os._exit(code)
 
 
-def _reap() -> None:
+def _reap(workers: set) -> None:
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
+            workers.clear()
             return
         if pid == 0:
             return
+        workers.discard(pid)
 
 
 def bind(path: str) -> socket.socket:
@@ -84,13 +141,18 @@ def bind(path: str) -> socket.socket:
     return listener
 
 
-def serve(path: str = wire.DEFAULT_SOCKET, ready=None) -> None:
+def serve(path: str = wire.DEFAULT_SOCKET, ready=None, max_workers: int = MAX_WORKERS,
+          timeout: float = RECEIVE_TIMEOUT_S) -> None:
     """Serve until SIGTERM/SIGINT; removes the socket on the way out."""
+    if max_workers < 1 or not timeout > 0:
+        raise ValueError(f"max_workers must be at least 1 and timeout above 0, got {max_workers} and {timeout}")
     _preload()
     listener = bind(path)
     stopping = []
+    workers: set = set()
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a worker's end wakes the select (a free slot)
     # a signal wakes the select below at once (it would otherwise sleep on):
     # a stopping daemon must not look alive to a `cnm-shim serve` starting anew
     wakeup_read, wakeup_write = os.pipe()
@@ -102,8 +164,16 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None) -> None:
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(wakeup_read, selectors.EVENT_READ)
+    accepting = True
     try:
         while not stopping:
+            _reap(workers)
+            if accepting != (len(workers) < max_workers):  # at the cap, callers wait in the backlog
+                accepting = not accepting
+                if accepting:
+                    selector.register(listener, selectors.EVENT_READ)
+                else:
+                    selector.unregister(listener)
             for key, _ in selector.select(timeout=1.0):
                 if key.fileobj == wakeup_read:
                     os.read(wakeup_read, 512)
@@ -114,8 +184,10 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None) -> None:
                     if exc.errno in (errno.EINTR, errno.EAGAIN):
                         continue
                     raise
-                _fork_worker(conn, listener)
-            _reap()
+                if not _permitted(conn):
+                    conn.close()
+                    continue
+                workers.add(_fork_worker(conn, listener, timeout))
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wakeup_read)
@@ -126,4 +198,4 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        _reap()
+        _reap(workers)

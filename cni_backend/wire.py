@@ -87,9 +87,12 @@ def receive_request(sock):
     return plugin, env, body[name_len + env_len:], fd
 
 
+def reply_bytes(code: int, out: bytes, err: bytes) -> bytes:
+    return _REPLY.pack(code, len(out), len(err)) + out + err
+
+
 def send_reply(sock, code: int, stdout: str, stderr: str) -> None:
-    out, err = stdout.encode("utf-8", "surrogateescape"), stderr.encode("utf-8", "surrogateescape")
-    sock.sendall(_REPLY.pack(code, len(out), len(err)) + out + err)
+    sock.sendall(reply_bytes(code, stdout.encode("utf-8", "surrogateescape"), stderr.encode("utf-8", "surrogateescape")))
 
 
 def receive_reply(sock):

@@ -6,7 +6,7 @@ import logging
 import os
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import api, backends
 from .errors import DriverError, docker_answer
@@ -18,6 +18,12 @@ log = logging.getLogger("cnm-shim")
 
 # Driver (socket) name -> backend.
 DRIVERS = backends.DRIVERS
+# The largest request body read. Docker's calls are small JSON documents: the
+# biggest, CreateNetwork and CreateEndpoint, carry options and labels, a few KB
+# even with many. 1 MiB is far above any of them and keeps one request from
+# making a worker hold (and parse) tens of MB; a larger one is answered 413,
+# with `Err`, before it is read.
+MAX_BODY_BYTES = 1 << 20
 
 
 @dataclasses.dataclass
@@ -55,7 +61,11 @@ class DriverFromSocket:
 def _error(exc: Exception):
     """Every failure as Docker reads it: `Err` for the network driver, `Error`
     for IPAM. The one place an error becomes an answer (errors.docker_answer)."""
-    if isinstance(exc, HTTPException):
+    if isinstance(exc, RequestEntityTooLarge):
+        size = f"{request.content_length} bytes" if request.content_length else "more than that"
+        status, message = exc.code, (f"{request.path}: the request body ({size}) is larger than "
+                                     f"the plug-in accepts ({MAX_BODY_BYTES} bytes)")
+    elif isinstance(exc, HTTPException):
         status, message = exc.code, f"{request.path}: {exc.description}"
     else:
         answer = docker_answer(exc, api.driver_name())
@@ -76,6 +86,7 @@ def _error(exc: Exception):
 
 def create_app(config: dict | None = None) -> Flask:
     app = Flask("cnm_shim")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     config = dict(config or {})
     sockets = config.pop("sockets", None) or {f"{name}.sock": name for name in DRIVERS}
     settings = Settings(**config)

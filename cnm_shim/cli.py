@@ -69,7 +69,8 @@ def cmd_cni(opts) -> int:
 
 def cmd_cni_server(opts) -> int:
     from cni_backend import server
-    server.serve(opts.socket)
+    limits = {"max_workers": opts.max_workers, "timeout": opts.receive_timeout}
+    server.serve(opts.socket, **{k: v for k, v in limits.items() if v is not None})
     return 0
 
 
@@ -196,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     daemon = sub.add_parser("cni-server", help="run the daemon the CNI executables hand their work to")
     daemon.add_argument("--socket", default=os.environ.get("RANCHER_CNI_SOCKET", paths.CNI_SOCKET))
+    daemon.add_argument("--max-workers", type=int,
+                        help="calls served at once; more wait for a worker to end (default 16)")
+    daemon.add_argument("--receive-timeout", type=float,
+                        help="seconds a caller has to send its request and take the reply (default 10)")
     daemon.set_defaults(func=cmd_cni_server)
 
     serve = sub.add_parser("serve", help="answer Docker's NetworkDriver and IpamDriver calls (foreground)")

@@ -15,6 +15,10 @@ Checked, for the shim's networks and endpoints (state.db, read only):
              attachment (ours or a runtime's) owns
   cache      cached CNI attachments of our networks whose endpoint is gone
   staging    staging namespaces no Join is using
+  pool       our IPAM driver's pools no network uses (neither ours nor, asked
+             with --docker-host, any of Docker's), requested longer ago than
+             the grace period and holding nothing but their gateway: the
+             ReleasePool Docker owed them never came
 
 Shown besides, not judged: each network's data path, proven by counters
 (datapath.py): flat's fast path or bridge path and its metadata link, the
@@ -29,15 +33,18 @@ result, then CHECK again; chains and jumps re-derived; orphan allocations,
 stray rules and stale cache entries collected with the valid attachments read
 inside the IPAM transaction / under the firewall lock (CNI GC semantics, but a
 Join racing the doctor cannot lose what it just made); stale staging namespaces
-removed. Never repaired: the inside of a container (restart it), anything of a
-network exported to CNI runtimes that a runtime's in-flight ADD could own,
-Docker's own IPAM reservations.
+removed; unused pools released (only when Docker was asked: a network of
+another driver may use our IPAM). Never repaired: the inside of a container
+(restart it), anything of a network exported to CNI runtimes that a runtime's
+in-flight ADD could own, Docker's own IPAM reservations.
 """
 
 import dataclasses
 import functools
+import ipaddress
 import json
 import os
+import time
 import sqlite3
 import sys
 
@@ -51,7 +58,8 @@ from cni_backend.plugins.bridge import SANDBOX_IFNAME_ARG
 
 from . import backends, datapath, docker_sync, paths, render
 from .errors import DriverError
-from .state import ENDPOINT, NETWORK
+from .ipam_driver import IpamDriver, used_subnets
+from .state import ENDPOINT, NETWORK, State
 from .translate import CONTAINER_IFNAME, Settings, _raw
 
 DEFAULT_RUNTIME_CACHES = ("/var/lib/cni",)
@@ -62,9 +70,14 @@ class CannotCheck(Exception):
     pass
 
 
+def _requested_ago(pool: dict) -> str:
+    minutes = int((time.time() - pool.get("created", 0)) // 60)
+    return f"{minutes} min ago" if pool.get("created") else "before this version kept the time"
+
+
 @dataclasses.dataclass
 class Finding:
-    kind: str          # network | endpoint | firewall | ipam | cache | staging
+    kind: str          # network | endpoint | firewall | ipam | pool | cache | staging
     subject: str       # what it is about: a network, endpoint, tag, address, path
     problem: str
     repairable: bool
@@ -103,6 +116,7 @@ class Doctor:
         self.docker_host, self.drivers = docker_host, tuple(drivers)
         self.docker = {"host": docker_host, "checked": False, "reason": "no --docker-host"}
         self.forgotten: set = set()  # endpoint IDs Docker no longer has: not judged again below
+        self.docker_subnets: set | None = None  # the subnets of Docker's networks, once Docker was asked
         # Docker's endpoints of our networks that we have no record of: their
         # cached attachment, rules and addresses are nobody's orphans
         self.docker_held: set = set()
@@ -118,7 +132,7 @@ class Doctor:
 
     def run(self, repair: bool) -> int:
         for step in (self.check_docker, self.check_networks, self.check_endpoints, self.check_cache,
-                     self.check_allocations, self.check_firewall, self.check_staging):
+                     self.check_allocations, self.check_pools, self.check_firewall, self.check_staging):
             try:
                 step(repair)
             except (CNIError, CannotCheck, OSError, docker_sync.EngineError) as exc:
@@ -158,6 +172,9 @@ class Doctor:
             drifts = docker_sync.compare(engine, lambda: (self._networks(), self.state.all(ENDPOINT)),
                                          self.drivers, self.runtime_caches)
             self.docker.update(checked=True, reason="")
+            self.docker_subnets = {str(ipaddress.ip_network(cfg["Subnet"], strict=False))
+                                   for net in engine.networks()
+                                   for cfg in ((net.get("IPAM") or {}).get("Config") or []) if cfg.get("Subnet")}
             teardown = docker_sync.Teardown(self.settings, engine) if repair else None
             for drift in drifts:
                 if drift.kind == "docker-endpoint":
@@ -333,6 +350,26 @@ class Doctor:
             txn.remove(current)
             return True
         return "released" if store.run(release) else "gone or owned meanwhile: left alone"
+
+    # -- pools ----------------------------------------------------------------------------
+
+    def check_pools(self, repair: bool) -> None:
+        ipam = IpamDriver(self.state, self.settings.store())
+        in_use = used_subnets(self.state) | (self.docker_subnets or set())
+        for pool in ipam.reclaimable(self.state, in_use):
+            asked = self.docker_subnets is not None
+            self._found(Finding("pool", pool["id"], f"requested by Docker {_requested_ago(pool)}, and no network uses "
+                                "it: its ReleasePool never came", repairable=asked,
+                                note="" if asked else "Docker was not asked whether a network of another driver "
+                                                      "uses it (--docker-host)"),
+                        repair, lambda pool=pool: self._reclaim(pool["id"]))
+
+    def _reclaim(self, pool_id: str) -> str:
+        state = State(self.settings.state_dir)
+        ipam = IpamDriver(state, self.settings.store())
+        with state.transaction() as txn:  # judged again under the lock RequestPool takes
+            released = ipam.reclaim(txn, used_subnets(txn) | (self.docker_subnets or set()), pool_ids={pool_id})
+        return "released" if released else "in use or gone meanwhile: left alone"
 
     # -- firewall -----------------------------------------------------------------------
 

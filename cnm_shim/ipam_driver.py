@@ -1,17 +1,25 @@
 """Docker's IpamDriver over the same store the rancher-ipam CNI plug-in uses,
 so a Docker container and a CNI-runtime container on one subnet never get the
 same address. Docker's reservations are owned by DOCKER_OWNER: CNI GC leaves
-them alone and ReleaseAddress frees them."""
+them alone and ReleaseAddress frees them.
+
+A pool record counts its holders (`refs`): RequestPool of a pool already held
+(another network on the same --subnet) adds one, ReleasePool takes one, and
+the pool goes at zero. Choosing a free default pool and recording it is one
+transaction of the state database, so concurrent RequestPools never get the
+same pool. A pool whose ReleasePool never came (CreateNetwork failed and the
+plug-in was away for the release) is reclaimed: see `reclaim`."""
 
 import ipaddress
 import socket
+import time
 
 from cni_backend import addresses
 from cni_backend.ipam import allocator, config as ipam_config
-from cni_backend.ipam.store import DOCKER_OWNER, Allocation
+from cni_backend.ipam.store import DOCKER_OWNER, Allocation, SQLiteStore
 
 from .errors import DriverError, step
-from .state import POOL, State
+from .state import NETWORK, POOL, State
 
 LOCAL_SPACE, GLOBAL_SPACE = "RancherLocal", "RancherGlobal"
 ADDRESS_SPACES = (LOCAL_SPACE, GLOBAL_SPACE)
@@ -19,6 +27,10 @@ GATEWAY_REQUEST = "com.docker.network.gateway"
 # Pools handed out when `docker network create` gives no --subnet.
 DEFAULT_POOLS = {4: ipaddress.ip_network("10.208.0.0/12"), 6: ipaddress.ip_network("fd52:7a11:c0::/48")}
 DEFAULT_PREFIX = {4: 24, 6: 64}
+# Docker sends CreateNetwork milliseconds after RequestPool; a pool that no
+# network uses this long after it was requested is a leak, never a network
+# being made.
+POOL_GRACE_S = 300
 
 
 def _network(value: str, what: str):
@@ -26,6 +38,20 @@ def _network(value: str, what: str):
         return addresses.network(value, what)
     except ValueError as exc:
         raise DriverError(str(exc)) from None
+
+
+def refs(pool: dict) -> int:
+    return pool.get("refs", 1)  # records written before reference counts had one holder
+
+
+def used_subnets(txn) -> set:
+    """Subnets the shim's networks use (their conflists' IPAM ranges)."""
+    used = set()
+    for net in txn.all(NETWORK):
+        plugins = (net.get("conflist") or {}).get("plugins") or [{}]
+        for ranges in (plugins[0].get("ipam") or {}).get("ranges") or []:
+            used |= {r.get("subnet") for r in ranges if isinstance(r, dict)}
+    return used
 
 
 class IpamDriver:
@@ -43,35 +69,69 @@ class IpamDriver:
         space = body.get("AddressSpace") or LOCAL_SPACE
         if space not in ADDRESS_SPACES:
             raise DriverError(f"unknown address space {space!r}; valid: {', '.join(ADDRESS_SPACES)}")
-        v6 = bool(body.get("V6"))
-        if body.get("Pool"):
-            subnet = _network(body["Pool"], "pool")
-        else:
-            subnet = self._free_default_pool(6 if v6 else 4)
-        if subnet.version != (6 if v6 else 4):
-            raise DriverError(f"pool {subnet} is not an IPv{6 if v6 else 4} pool")
-        sub_pool = None
-        if body.get("SubPool"):
-            sub_pool = _network(body["SubPool"], "ip-range")
-            if sub_pool.version != subnet.version or not sub_pool.subnet_of(subnet):
+        version = 6 if body.get("V6") else 4
+        subnet = _network(body["Pool"], "pool") if body.get("Pool") else None
+        if subnet is not None:
+            if subnet.version != version:
+                raise DriverError(f"pool {subnet} is not an IPv{version} pool")
+            with step(f"pool {subnet}"):  # the CNI IPAM's own checks (a pool too small, 0.0.0.0/0, loopback, ...)
+                ipam_config.parse_range({"subnet": str(subnet)})
+        sub_pool = _network(body["SubPool"], "ip-range") if body.get("SubPool") else None
+        with self.state.transaction() as txn:  # the choice and the record together: no two get one pool
+            if subnet is None:
+                subnet = self._free_default_pool(txn, version)
+            if sub_pool is not None and (sub_pool.version != subnet.version or not sub_pool.subnet_of(subnet)):
                 raise DriverError(f"ip-range {sub_pool} is not inside subnet {subnet}")
-        with step(f"pool {subnet}"):  # the CNI IPAM's own checks (e.g. a pool too small to hold a container)
-            ipam_config.parse_range({"subnet": str(subnet)})
-        pool_id = f"{space}/{subnet}" + (f"/{sub_pool}" if sub_pool else "")
-        if self.state.get(POOL, pool_id) is not None:  # Docker retried: keep what the pool holds (its gateway)
-            return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
-        self.state.put(POOL, pool_id, {"id": pool_id, "subnet": str(subnet),
-                                       "sub_pool": str(sub_pool) if sub_pool else None})
+            pool_id = f"{space}/{subnet}" + (f"/{sub_pool}" if sub_pool else "")
+            held = txn.get(POOL, pool_id)
+            if held is not None:  # another network on this subnet: one more holder, the same gateway
+                txn.put(POOL, pool_id, dict(held, refs=refs(held) + 1))
+            else:
+                txn.put(POOL, pool_id, {"id": pool_id, "subnet": str(subnet), "refs": 1, "created": time.time(),
+                                        "sub_pool": str(sub_pool) if sub_pool else None})
         return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
 
-    def _free_default_pool(self, version: int):
+    def _free_default_pool(self, txn, version: int):
         """A default-sized pool not handed out before. Docker asks again when the
-        answer overlaps one of its networks, so each answer is a new pool."""
-        taken = [ipaddress.ip_network(p["subnet"]) for p in self.state.all(POOL)]
-        for candidate in DEFAULT_POOLS[version].subnets(new_prefix=DEFAULT_PREFIX[version]):
-            if not any(candidate.overlaps(t) for t in taken if t.version == version):
-                return candidate
-        raise DriverError(f"no free IPv{version} pool left in {DEFAULT_POOLS[version]}; give --subnet")
+        answer overlaps one of its networks, so each answer is a new pool. When
+        none is left, pools that leaked are reclaimed first."""
+        for attempt in (1, 2):
+            taken = [ipaddress.ip_network(p["subnet"]) for p in txn.all(POOL)]
+            for candidate in DEFAULT_POOLS[version].subnets(new_prefix=DEFAULT_PREFIX[version]):
+                if not any(candidate.overlaps(t) for t in taken if t.version == version):
+                    return candidate
+            if attempt == 1 and not self.reclaim(txn, used_subnets(txn)):
+                break
+        raise DriverError(f"no free IPv{version} pool left in {DEFAULT_POOLS[version]}; give --subnet, "
+                          "or remove networks (`cnm-shim doctor` lists pools no network uses)")
+
+    def reclaimable(self, txn, in_use: set, now: float | None = None, grace: float = POOL_GRACE_S) -> list:
+        """Pools requested more than `grace` seconds ago whose subnet no network
+        in `in_use` has and which hold no address but their own gateway and
+        link address: Docker's ReleasePool for them will not come."""
+        now = time.time() if now is None else now
+        return [pool for pool in txn.all(POOL)
+                if now - pool.get("created", 0) >= grace and pool["subnet"] not in in_use
+                and self.store.run(lambda store_txn, pool=pool: self._only_own_reservations(store_txn, pool))]
+
+    def reclaim(self, txn, in_use: set, now: float | None = None, grace: float = POOL_GRACE_S,
+                pool_ids: set | None = None) -> list:
+        """Release every reclaimable pool, whatever its count; their IDs. Run on
+        RequestPool when no default pool is left, and by `cnm-shim doctor
+        --repair` (which also asks Docker which subnets its networks use)."""
+        released = []
+        for pool in self.reclaimable(txn, in_use, now, grace):
+            if pool_ids is not None and pool["id"] not in pool_ids:
+                continue
+            self._release_reservations(pool, keep_shared=not isinstance(self.store, SQLiteStore))
+            txn.delete(POOL, pool["id"])
+            released.append(pool["id"])
+        return released
+
+    @staticmethod
+    def _only_own_reservations(store_txn, pool: dict) -> bool:
+        return all(a.network == DOCKER_OWNER and a.container_id == pool["id"]
+                   for a in store_txn.allocated(pool["subnet"]).values())
 
     def _pool(self, pool_id: str) -> dict:
         pool = self.state.get(POOL, pool_id)
@@ -90,21 +150,32 @@ class IpamDriver:
             return ipam_config.load({"ranges": [[rng]]}, {})
 
     def release_pool(self, body: dict) -> dict:
-        pool = self.state.get(POOL, body.get("PoolID", ""))
-        if pool is None:
-            return {}
+        with self.state.transaction() as txn:
+            pool = txn.get(POOL, body.get("PoolID", ""))
+            if pool is None:
+                return {}
+            if refs(pool) > 1:  # another network still holds it
+                txn.put(POOL, pool["id"], dict(pool, refs=refs(pool) - 1))
+                return {}
+            self._release_reservations(pool)
+            txn.delete(POOL, pool["id"])
+        return {}
+
+    def _release_reservations(self, pool: dict, keep_shared: bool = False) -> None:
+        """This host's addresses of the pool, and the shared ones (gateway, link
+        address) unless another host still has containers in it or `keep_shared`
+        (a reclaim on a shared store: another host may use the pool unseen)."""
         mine, shared = f"{pool['id']}@{self.host}", pool["id"]
 
         def release_all(txn):
             held = [a for a in txn.allocated(pool["subnet"]).values() if a.network == DOCKER_OWNER]
             others = [a for a in held if a.container_id.startswith(shared + "@") and a.container_id != mine]
             for allocation in held:
-                if allocation.container_id == mine or (allocation.container_id == shared and not others):
+                if allocation.container_id == mine or (allocation.container_id == shared and not others
+                                                       and not keep_shared):
                     txn.remove(allocation)
 
         self.store.run(release_all)
-        self.state.delete(POOL, pool["id"])
-        return {}
 
     def request_address(self, body: dict) -> dict:
         pool = self._pool(body.get("PoolID", ""))

@@ -6,6 +6,7 @@ never leave a half-written record."""
 import contextlib
 import json
 import os
+import sqlite3
 
 from cni_backend import sqlite_file
 
@@ -34,23 +35,56 @@ class State:
 
     def put(self, kind: str, key: str, value: dict) -> None:
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO objects (kind, key, value) VALUES (?, ?, ?)",
-                       (kind, key, json.dumps(value, sort_keys=True)))
+            Transaction(db).put(kind, key, value)
 
     def get(self, kind: str, key: str) -> dict | None:
         with self._db() as db:
-            row = db.execute("SELECT value FROM objects WHERE kind = ? AND key = ?", (kind, key)).fetchone()
-        return json.loads(row[0]) if row else None
+            return Transaction(db).get(kind, key)
 
     def delete(self, kind: str, key: str) -> None:
         with self._db() as db:
-            db.execute("DELETE FROM objects WHERE kind = ? AND key = ?", (kind, key))
+            Transaction(db).delete(kind, key)
 
     def all(self, kind: str) -> list:
         with self._db() as db:
-            rows = db.execute("SELECT value FROM objects WHERE kind = ? ORDER BY key", (kind,)).fetchall()
-        return [json.loads(row[0]) for row in rows]
+            return Transaction(db).all(kind)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Reads and writes that commit together, under the write lock taken
+        first (BEGIN IMMEDIATE): a check-then-write in here cannot interleave
+        with another worker's (RequestPool's choice of a free pool)."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     @staticmethod
     def endpoint_key(network_id: str, endpoint_id: str) -> str:
         return f"{network_id}/{endpoint_id}"
+
+
+class Transaction:
+    """State's reads and writes on one connection (State.transaction's, or one per call)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def put(self, kind: str, key: str, value: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO objects (kind, key, value) VALUES (?, ?, ?)",
+                        (kind, key, json.dumps(value, sort_keys=True)))
+
+    def get(self, kind: str, key: str) -> dict | None:
+        row = self.db.execute("SELECT value FROM objects WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def delete(self, kind: str, key: str) -> None:
+        self.db.execute("DELETE FROM objects WHERE kind = ? AND key = ?", (kind, key))
+
+    def all(self, kind: str) -> list:
+        rows = self.db.execute("SELECT value FROM objects WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+        return [json.loads(row[0]) for row in rows]

@@ -48,21 +48,60 @@ def _reserve_requested(txn, conf, range_set, ip, owner):
     return Allocation(rng.pool, str(ip), *owner)
 
 
+def _blocked(conf, rng, taken) -> list:
+    """Sorted, merged [first, last] integer intervals of `rng` that are never
+    handed out: 'exclude' entries (each one interval, whatever its size), the
+    subnet's own addresses (network, broadcast, gateway) and those `taken`."""
+    start, end = int(rng.start), int(rng.end)
+    spans = [(int(net.network_address), int(net.broadcast_address)) for net in conf.exclude
+             if net.version == rng.start.version]
+    singles = [rng.subnet.network_address, rng.gateway]
+    if rng.subnet.version == 4:
+        singles.append(rng.subnet.broadcast_address)
+    for ip in singles:
+        if ip is not None:
+            spans.append((int(ip), int(ip)))
+    for text in taken:
+        ip = ipaddress.ip_address(text)
+        if ip.version == rng.start.version:
+            spans.append((int(ip), int(ip)))
+    merged = []
+    for first, last in sorted((max(a, start), min(b, end)) for a, b in spans if b >= start and a <= end):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    return merged
+
+
+def _first_free(low: int, high: int, blocked: list) -> int | None:
+    """The lowest integer in [low, high] outside every `blocked` interval."""
+    candidate = low
+    for first, last in blocked:
+        if last < candidate:
+            continue
+        if first > candidate:
+            break
+        candidate = last + 1
+    return candidate if candidate <= high else None
+
+
 def _next_free(txn, conf, rng, taken):
-    """Scan the range round-robin from after the last address handed out."""
-    size = int(rng.end) - int(rng.start) + 1
+    """Round-robin from after the last address handed out, jumping over
+    blocked intervals: the work grows with the allocations and 'exclude'
+    entries, never with the size of the range (a /8 excluded is one step)."""
+    start, end = int(rng.start), int(rng.end)
+    resume = start
     cursor = txn.cursor(rng.pool)
-    offset = 0
     if cursor is not None:
         last = ipaddress.ip_address(cursor)
-        if last.version == rng.start.version and rng.start <= last <= rng.end:
-            offset = int(last) - int(rng.start) + 1
-    for step in range(size):
-        ip = rng.start + (offset + step) % size
-        if str(ip) in taken or rng.is_reserved_by_subnet(ip) or conf.is_excluded(ip):
-            continue
-        return ip
-    return None
+        if last.version == rng.start.version and rng.start <= last < rng.end:
+            resume = int(last) + 1
+    blocked = _blocked(conf, rng, taken)
+    found = _first_free(resume, end, blocked)
+    if found is None and resume > start:
+        found = _first_free(start, resume - 1, blocked)
+    return None if found is None else type(rng.start)(found)
 
 
 def _reserve_dynamic(txn, conf, range_set, owner):

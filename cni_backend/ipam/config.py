@@ -58,10 +58,45 @@ class Range:
         return self.subnet.version == 4 and ip == self.subnet.broadcast_address
 
 
+# The shortest prefix a pool may have. An IPv4 /8 already holds 16.7 million
+# addresses, far beyond any one L2 segment or overlay; an IPv6 /32 is what a
+# registry hands a whole ISP (a site gets a /48, a network a /64). A shorter
+# pool is a typo or an attempt to claim everything (0.0.0.0/0, ::/0).
+SHORTEST_PREFIX = {4: 8, 6: 32}
+# Addresses no container network may use: the host's own or the wire's.
+SPECIAL_RANGES = tuple((ipaddress.ip_network(net), what) for net, what in (
+    ("0.0.0.0/8", "'this network' (0.0.0.0/8, the unspecified address)"),
+    ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+    ("169.254.0.0/16", "link-local (169.254.0.0/16)"),
+    ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+    ("240.0.0.0/4", "reserved (240.0.0.0/4, with the broadcast address)"),
+    ("::/128", "the unspecified address (::)"),
+    ("::1/128", "loopback (::1)"),
+    ("::ffff:0:0/96", "IPv4-mapped (::ffff:0:0/96)"),
+    ("fe80::/10", "link-local (fe80::/10)"),
+    ("ff00::/8", "multicast (ff00::/8)"),
+))
+
+
+def check_pool(subnet) -> None:
+    """Refuse a pool no network may have: the default route, a prefix shorter
+    than SHORTEST_PREFIX, or one touching SPECIAL_RANGES."""
+    valid = "use a private range such as 10.22.0.0/16 or fd00:22::/64"
+    if subnet.prefixlen == 0:
+        raise _bad(f"subnet {subnet} is refused: it is the default route (every address)", valid)
+    for special, what in SPECIAL_RANGES:
+        if special.version == subnet.version and subnet.overlaps(special):
+            raise _bad(f"subnet {subnet} is refused: it overlaps {what}", valid)
+    if subnet.prefixlen < SHORTEST_PREFIX[subnet.version]:
+        raise _bad(f"subnet {subnet} is refused: a prefix shorter than /{SHORTEST_PREFIX[subnet.version]} "
+                   f"is not a network", valid)
+
+
 def parse_range(raw) -> Range:
     if not isinstance(raw, dict) or "subnet" not in raw:
         raise _bad(f"a range must be an object with a 'subnet', got {raw!r}")
     subnet = parse_network(raw["subnet"], "subnet")
+    check_pool(subnet)
     smallest = 30 if subnet.version == 4 else 127
     if subnet.prefixlen > smallest:
         raise _bad(f"subnet {subnet} is too small", f"use a prefix of /{smallest} or shorter")

@@ -45,6 +45,18 @@ def test_an_ipam_error_reaches_the_user_as_text(docker):
     assert '"Error"' not in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("subnet,fragment", [("0.0.0.0/0", "it is the default route"),
+                                              ("127.0.0.0/8", "it overlaps loopback"),
+                                              ("224.0.0.0/4", "it overlaps multicast")])
+@pytest.mark.parametrize("ipam", [["--ipam-driver", "rancher-bridge"], []])
+def test_a_pool_no_network_may_have_is_refused_with_a_message_the_user_sees(docker, subnet, fragment, ipam):
+    done = docker("network", "create", "-d", "rancher-bridge", *ipam, "--subnet", subnet, unique("n"), check=False)
+    assert done.returncode != 0
+    assert f"subnet {subnet} is refused: {fragment}" in done.stderr, done.stderr
+    assert "10.22.0.0/16" in done.stderr, "what is valid is named"
+    assert docker.shim.allocations() == []
+
+
 def test_static_ip_connect_disconnect_and_two_networks(docker):
     first = network(docker, "--subnet", "10.133.0.0/24")
     second = network(docker, "--subnet", "10.134.0.0/24")

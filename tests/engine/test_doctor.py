@@ -17,7 +17,9 @@ import pytest
 from cni_backend.ipam.store import Allocation, open_store
 from tests.conftest import run
 from tests.engine.dockerd import CLI
-from tests.engine.helpers import address, can_ping, container, network
+from cnm_shim import ipam_driver
+from cnm_shim.state import POOL, State
+from tests.engine.helpers import address, can_ping, container, network, post_unix
 
 pytestmark = pytest.mark.engine
 
@@ -134,6 +136,34 @@ def test_an_orphan_ipam_allocation_is_reported_and_released_by_repair(docker):
     assert code == 0 and report["findings"][0]["repaired"], report
     assert store.run(lambda txn: txn.all()) == [held], "only the orphan is released"
     assert address(docker, a, net) == held.ip
+    assert doctor(docker)[0] == 0
+
+
+def test_a_pool_whose_release_pool_never_came_is_reported_and_released_by_repair(docker):
+    """A pool no network uses (Docker's RequestPool came, CreateNetwork did not, nor
+    ReleasePool) is released; a pool a network of another driver uses, which the
+    plug-in has no record of but Docker lists, is left alone."""
+    foreign = network(docker, "--ipam-driver", "rancher-bridge", "--subnet", "10.166.0.0/24", driver="bridge")
+    call = {"AddressSpace": "RancherLocal", "Pool": "10.167.0.0/24"}
+    status, leaked = post_unix(docker.shim.socket, "IpamDriver.RequestPool", json.dumps(call).encode())
+    assert status == 200, leaked
+    assert post_unix(docker.shim.socket, "IpamDriver.RequestAddress", json.dumps({
+        "PoolID": leaked["PoolID"], "Options": {"RequestAddressType": "com.docker.network.gateway"}}).encode())[0] == 200
+    state = State(str(docker.shim.state_dir))
+    assert doctor(docker)[1]["findings"] == [], "within the grace period nothing is judged"
+    for pool in state.all(POOL):  # requested longer ago than the grace period
+        state.put(POOL, pool["id"], dict(pool, created=pool["created"] - ipam_driver.POOL_GRACE_S - 1))
+    code, report = doctor(docker)
+    assert code == 1, report
+    [finding] = report["findings"]
+    assert (finding["kind"], finding["subject"], finding["repairable"]) == ("pool", leaked["PoolID"], True), finding
+    assert "its ReleasePool never came" in finding["problem"]
+    code, report = doctor(docker, "--repair")
+    assert code == 0 and report["findings"][0]["repaired"], report
+    assert [p["subnet"] for p in state.all(POOL)] == ["10.166.0.0/24"], "the foreign network's pool stays"
+    assert open_store(str(docker.shim.ipam_dir)).run(lambda txn: txn.allocated("10.167.0.0/24")) == {}
+    c = container(docker, foreign)
+    assert address(docker, c, foreign).startswith("10.166.0.")
     assert doctor(docker)[0] == 0
 
 

@@ -7,6 +7,8 @@ fixture's serve keeps /run/docker/plugins); no dockerd is needed to watch a
 process stop, so none is started here.
 """
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -183,3 +185,26 @@ def test_a_stop_answers_every_call_already_made_including_queued_ones(serves):
         for conn in held:
             conn.close()
     assert shim.process.wait(timeout=120) == 0, shim.log()
+
+
+def test_a_20_mb_body_is_refused_on_the_real_socket_with_err_and_the_server_goes_on(serves):
+    """The body cap (app.py MAX_BODY_BYTES) through gunicorn: 413 with `Err`,
+    answered before the body is read (the sender may see its pipe closed)."""
+    shim = serves()
+    body = b'{"NetworkID": "' + b"a" * (20 << 20) + b'"}'
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(60)
+        conn.connect(shim.socket)
+        try:
+            conn.sendall(f"POST /NetworkDriver.CreateNetwork HTTP/1.1\r\nHost: plugin\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed without reading the rest: what the cap is for
+        reply = b""
+        with contextlib.suppress(ConnectionResetError):  # the reply is read first, then the reset
+            while chunk := conn.recv(65536):
+                reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert head and int(head.split()[1]) == 413, reply[:500]
+    assert "larger than the plug-in accepts" in json.loads(payload)["Err"]
+    assert post_unix(shim.socket, "Plugin.Activate") == ACTIVATED

@@ -130,10 +130,16 @@ def ipam_strategy(world: World):
                    st.one_of(st.sampled_from([[], [[]], [{"subnet": SUBNET}], [[{"subnet": "10.120.0.0/33"}]],
                                               [[{"subnet": "10.120.0.0/31"}]], [[{"subnet": SUBNET, "gateway": "10.9.0.1"}]],
                                               [[{"subnet": SUBNET, "rangeStart": "10.120.0.50", "rangeEnd": "10.120.0.40"}]],
-                                              [[{"subnet": SUBNET}, {"subnet": SUBNET}]]]), json_value), True),
+                                              [[{"subnet": SUBNET}, {"subnet": SUBNET}]],
+                                              # pools no network may have (ipam/config.py check_pool)
+                                              [[{"subnet": "0.0.0.0/0"}]], [[{"subnet": "::/0"}]],
+                                              [[{"subnet": "127.0.0.0/8"}]], [[{"subnet": "224.0.0.0/4"}]],
+                                              [[{"subnet": "169.254.0.0/16"}]], [[{"subnet": "fe80::/64"}]],
+                                              [[{"subnet": "8.0.0.0/7"}]]]), json_value), True),
         "routes": (st.just([{"dst": "0.0.0.0/0"}]), st.one_of(st.just([{"dst": "garbage"}]), st.just([{"gw": "1.2.3.4"}]),
                                                                json_value), False),
-        "exclude": (st.just(["10.120.0.9"]), st.one_of(st.just(["x"]), json_value), False),
+        "exclude": (st.just(["10.120.0.9"]), st.one_of(st.just(["x"]), st.just(["10.0.0.0/8"]),
+                                                       st.just(["10.120.0.0/25", "10.120.0.128/26"]), json_value), False),
         "dns": (st.just({"nameservers": ["10.120.0.53"]}), json_value, False),
     }, 2)
 

@@ -136,9 +136,10 @@ BODIES = {
                                         "Address": (st.sampled_from(["10.78.0.9", "10.78.0.9/24"]), plain_ips, True)}),
 }
 # Calls whose repetition, once accepted, must answer the same and change nothing more.
+# (Not RequestPool/ReleasePool: a pool counts its holders, each call adds or takes one.)
 IDEMPOTENT = {"/NetworkDriver.CreateNetwork", "/NetworkDriver.DeleteNetwork", "/NetworkDriver.CreateEndpoint",
               "/NetworkDriver.DeleteEndpoint", "/NetworkDriver.Leave", "/NetworkDriver.EndpointOperInfo",
-              "/NetworkDriver.RevokeExternalConnectivity", "/IpamDriver.ReleasePool", "/IpamDriver.ReleaseAddress",
+              "/NetworkDriver.RevokeExternalConnectivity", "/IpamDriver.ReleaseAddress",
               "/Plugin.Activate", "/NetworkDriver.GetCapabilities", "/IpamDriver.GetCapabilities",
               "/IpamDriver.GetDefaultAddressSpaces", "/NetworkDriver.Join"}
 DRIVERS = ["rancher-bridge", "rancher-flat", "rancher-vxlan"]

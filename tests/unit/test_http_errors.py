@@ -94,7 +94,7 @@ class Shim:
         elif where == "state":
             def locked(*_args, **_kwargs):
                 raise error
-            for method in ("get", "put", "delete", "all"):
+            for method in ("get", "put", "delete", "all", "transaction"):
                 self.monkeypatch.setattr(self.services.state, method, locked)
         else:
             raise AssertionError(where)

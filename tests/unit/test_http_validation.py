@@ -114,11 +114,30 @@ def test_a_pool_too_small_is_refused_at_request_pool(shim):
     assert shim.stored() == []
 
 
-def test_a_repeated_request_pool_keeps_the_pool_gateway(shim):
+def test_a_repeated_request_pool_keeps_the_pool_gateway_and_counts_a_holder(shim):
     body = {"AddressSpace": "RancherLocal", "Pool": "10.91.0.0/24"}
     _, pool = shim("/IpamDriver.RequestPool", body)
     assert shim("/IpamDriver.RequestAddress", {"PoolID": pool["PoolID"], "Options": {
         "RequestAddressType": "com.docker.network.gateway"}}) == (200, {"Address": "10.91.0.1/24", "Data": {}})
-    before = shim.stored()
-    assert shim("/IpamDriver.RequestPool", body) == (200, pool)
-    assert shim.stored() == before
+    before = [(kind, key, {k: v for k, v in json.loads(value).items() if k != "refs"})
+              for kind, key, value in shim.stored()]
+    assert shim("/IpamDriver.RequestPool", body) == (200, pool)  # a second network on the same --subnet
+    after = [(kind, key, json.loads(value)) for kind, key, value in shim.stored()]
+    assert [(kind, key, {k: v for k, v in value.items() if k != "refs"}) for kind, key, value in after] == before
+    assert after[0][2]["refs"] == 2
+
+
+@pytest.mark.parametrize("path,key", [("/NetworkDriver.CreateNetwork", "Err"), ("/IpamDriver.RequestPool", "Error")])
+def test_a_body_of_20_mb_is_refused_before_it_is_read(shim, path, key):
+    body = json.dumps({"NetworkID": NET, "Options": {"com.docker.network.generic": {"x": "a" * (20 << 20)}}})
+    status, answer = shim(path, body.encode())
+    assert status == 413, answer
+    assert "larger than the plug-in accepts (1048576 bytes)" in answer["Err"] and answer[key] == answer["Err"]
+    assert shim.stored() == []
+
+
+def test_a_body_below_the_cap_is_still_read(shim):
+    # a padded RequestPool of half the cap: the limit is far above Docker's own requests
+    body = b" " * (512 << 10) + json.dumps({"AddressSpace": "RancherLocal", "Pool": "10.92.0.0/24"}).encode()
+    status, answer = shim("/IpamDriver.RequestPool", body)
+    assert status == 200 and answer["Pool"] == "10.92.0.0/24", answer
