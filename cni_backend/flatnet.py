@@ -106,6 +106,7 @@ def ensure(flat: FlatNetwork) -> None:
             _move_addresses(host, port["index"], bridge["index"], record)
             # the last step: until it is done, a rerun redoes the move
             netlink.set_master(host, uplink, bridge["index"])
+            netlink.set_mac(host, bridge["index"], port.get("address"))  # pinned: see _pin_bridge_mac
         bridge_mac = _pin_bridge_mac(host, bridge["index"], port.get("address"))
         # Answer ARP only for the bridge's own addresses: the link address is the
         # metadata bridge's, and must be answered from there, over the link.
@@ -132,11 +133,13 @@ def _pin_bridge_mac(host, bridge_index: int, uplink_mac: str) -> str:
     """The bridge keeps the uplink's MAC: the host's address, moved onto the
     bridge, stays at the MAC the business network knows, and the MAC no longer
     follows the lowest port's (the fast path must know which MAC is local).
-    Set even when the bridge shows it already: taken from its first port, it
-    is not pinned, and the metadata link's veth, joining later with a lower
-    MAC, took it over (the fast path then sent the host's replies out of the
-    uplink). Only a MAC set explicitly stays."""
-    netlink.set_mac(host, bridge_index, uplink_mac)
+    Only a MAC set explicitly is kept: the one a bridge took from its only
+    port, the uplink, would change to the metadata link veth's, or to any
+    lower port's, as it joins; so `ensure` sets it once when it enslaves the
+    uplink, and here only when it differs (setting it flushes the bridge's
+    neighbours)."""
+    if netlink.link_by_index(host, bridge_index).get("address") != uplink_mac:
+        netlink.set_mac(host, bridge_index, uplink_mac)
     return uplink_mac
 
 

@@ -8,6 +8,9 @@ filter RANCHER-CNI-FORWARD (jumped to from FORWARD)
                                                   to it: Docker's FORWARD DROP
                                                   policy would drop them
 filter RANCHER-CNI-ISOLATION
+    -i LAN ctstate RELATED,ESTABLISHED -j RETURN  per flat bridge, first: it is the
+                                                  host's uplink (no DROP for it), so
+                                                  the replies from it come back
     ctstate DNAT -j RETURN                        published ports stay reachable
     -o docker0 / -o br-+ -j DROP                  not into Docker's own networks
     -o BR -j DROP                                 per bridge: not into our others
@@ -48,7 +51,9 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
     """family -> table -> rules for a container on `bridge` with addresses `cidrs`;
     nothing it sends is routed out of the `forbidden` interfaces. Who may open
     connections to it: replies only (False), its own subnet ("subnet": VXLAN,
-    where that subnet's other hosts come in through the VTEP), anyone (True: flat).
+    where that subnet's other hosts come in through the VTEP), anyone (True:
+    flat; the planner then takes `bridge` for a LAN, the host's uplink, see
+    iptables._bridge_rules).
     `metadata` (bridge, address): flat's metadata service, which the container
     reaches over the link; the host routes both directions in and out of that
     bridge, where Docker's FORWARD DROP policy would drop them.

@@ -5,8 +5,10 @@ A rule belongs to an attachment through its comment tag (`tags`). Callers
 add or remove an attachment's rules; this module works out the rest from what
 the kernel holds: our chains and their jumps exist while some rule is in them,
 and a bridge's isolation rules while some attachment's traffic enters from that
-bridge. Each change is one `iptables-restore --noflush` per family, under a
-host-wide lock, so parallel ADD/DEL never see or leave half a rule set.
+bridge (see `_bridge_rules`: a LAN bridge, flat's, is the host's uplink, not
+an isolated container bridge). Each change is one `iptables-restore --noflush`
+per family, under a host-wide lock, so parallel ADD/DEL never see or leave
+half a rule set.
 """
 
 import re
@@ -103,11 +105,30 @@ def _first(rule: str) -> str:
     return f"{chain} 1 {spec}"
 
 
-def _bridge_rules(bridge: str) -> tuple:
-    """The two rules that keep traffic entering from `bridge` out of our other bridges."""
+def _bridge_rules(bridge: str, lan: bool = False) -> tuple:
+    """The two rules of a bridge our attachments' traffic enters from: that
+    traffic, leaving by another interface, goes through the isolation chain
+    (which keeps it out of Docker's bridges and our others); and, there,
+    traffic routed into `bridge` from our other bridges is dropped.
+
+    A LAN bridge (`lan`: flat's, whose containers anyone may connect to) is
+    the host's uplink: it carries the addresses and routes the parent had,
+    often the default route, so every network's traffic to the LAN and
+    beyond leaves through it, as through a NIC. Nothing routed into it is
+    dropped; what enters from it still may not open connections into a
+    container bridge, but the replies to the connections those containers
+    opened through it come back (the RETURN, first in the isolation chain)."""
     note = f"-m comment --comment {BRIDGE_PREFIX}{bridge}"
-    return (f"{FORWARD_CHAIN} -i {bridge} ! -o {bridge} {note} -j {ISOLATION_CHAIN}",
-            f"{ISOLATION_CHAIN} -o {bridge} {note} -j DROP")
+    jump = f"{FORWARD_CHAIN} -i {bridge} ! -o {bridge} {note} -j {ISOLATION_CHAIN}"
+    if lan:
+        return jump, f"{ISOLATION_CHAIN} -i {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {note} -j RETURN"
+    return jump, f"{ISOLATION_CHAIN} -o {bridge} {note} -j DROP"
+
+
+def _added(rule: str) -> str:
+    """The restore line adding one of `_bridge_rules`: a DROP goes last in the
+    isolation chain, a jump or a RETURN first in its chain."""
+    return f"-A {rule}" if rule.endswith(" -j DROP") else f"-I {_first(rule)}"
 
 
 def _static_isolation() -> list:
@@ -117,8 +138,27 @@ def _static_isolation() -> list:
 
 
 def _bridge_of(rule: str) -> str | None:
+    """The bridge an attachment rule's traffic enters from, leaving elsewhere.
+    A rule for traffic that enters and leaves by the same bridge (flat's
+    metadata requests and replies, routed in and out of the metadata bridge,
+    docker0) names a bridge that is not ours: it needs no isolation rules."""
+    if _chain_of(rule) != FORWARD_CHAIN:
+        return None
     match = re.search(r" -i (\S+)", rule)
-    return match.group(1) if match and _chain_of(rule) == FORWARD_CHAIN else None
+    if not match or re.search(rf"(?<!!) -o {re.escape(match.group(1))}(?=\s|$)", rule):
+        return None
+    return match.group(1)
+
+
+# An attachment open to anyone (bridge_rules' open_inbound=True: flat's): its bridge is a LAN.
+_OPEN_TO_ANYONE = re.compile(rf"^-A {FORWARD_CHAIN} -d \S+ -o (\S+) -m comment --comment \S+ -j ACCEPT$")
+
+
+def _isolated_bridges(rules) -> dict:
+    """bridge -> whether it is a LAN (see _bridge_rules), for the bridges
+    that attachment `rules` enter from."""
+    lans = {m.group(1) for m in map(_OPEN_TO_ANYONE.match, rules) if m}
+    return {bridge: bridge in lans for bridge in sorted({_bridge_of(r) for r in rules} - {None})}
 
 
 def _plan(table: str, saved: tuple, is_stale, new_rules: list) -> list:
@@ -144,9 +184,8 @@ def _plan(table: str, saved: tuple, is_stale, new_rules: list) -> list:
 
 
 def _plan_isolation(chains: set, rules: list, remaining: list, declare: list) -> list:
-    needed = {_bridge_of(r) for r in remaining} - {None}
-    present = {comment_of(r)[len(BRIDGE_PREFIX):] for r in rules if comment_of(r).startswith(BRIDGE_PREFIX)}
-    lines = []
+    needed = _isolated_bridges(remaining)
+    present = [r[len("-A "):] for r in rules if comment_of(r).startswith(BRIDGE_PREFIX)]
     if not needed:
         if ISOLATION_CHAIN not in chains:
             return []
@@ -154,16 +193,15 @@ def _plan_isolation(chains: set, rules: list, remaining: list, declare: list) ->
         # chain, and with it the bridges' jumps into the isolation chain, which
         # then cannot go (EBUSY) unless they go first.
         kept = any(_chain_of(r) == FORWARD_CHAIN for r in remaining)
-        jumps = [f"-D {_bridge_rules(bridge)[0]}" for bridge in sorted(present)] if kept else []
+        jumps = [f"-D {rule}" for rule in present if rule.startswith(f"{FORWARD_CHAIN} ")] if kept else []
         return jumps + [f"-F {ISOLATION_CHAIN}", f"-X {ISOLATION_CHAIN}"]
+    wanted = [rule for bridge, lan in needed.items() for rule in _bridge_rules(bridge, lan)]
+    lines = []
     if ISOLATION_CHAIN not in chains:
         declare.append(f":{ISOLATION_CHAIN} - [0:0]")
         lines += _static_isolation()
-    for bridge in present - needed:
-        lines += [f"-D {rule}" for rule in _bridge_rules(bridge)]
-    for bridge in needed - present:
-        jump, drop = _bridge_rules(bridge)
-        lines += [f"-I {_first(jump)}", f"-A {drop}"]
+    lines += [f"-D {rule}" for rule in present if rule not in wanted]  # a flat bridge's DROP of old too
+    lines += [_added(rule) for rule in wanted if rule not in present]
     return lines
 
 
@@ -223,8 +261,8 @@ def fast_append_plan(new_rules: dict) -> tuple:
             continue
         for chain in sorted({_chain_of(r) for r in rules}):
             checks += [(table, jump) for jump in CHAINS[table][chain]]
-        for bridge in sorted({_bridge_of(r) for r in rules} - {None}):
-            checks.append((table, _bridge_rules(bridge)[1]))
+        for bridge, lan in _isolated_bridges(rules).items():
+            checks.append((table, _bridge_rules(bridge, lan)[1]))
         script += [f"*{table}", *rules, "COMMIT"]
     return checks, script
 

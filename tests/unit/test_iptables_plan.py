@@ -3,9 +3,10 @@ prints and the attachment rules wanted, the exact iptables-restore script.
 
 The script is the contract: our chains and their jumps exist while some
 attachment rule is in them, a bridge's two isolation rules while some
-attachment's traffic enters from that bridge, a table that needs no change
-gets no lines, and a consistent kernel, in whatever order it lists its rules,
-needs none. Pure: the kernel's side is the text a test hands in."""
+attachment's traffic enters from that bridge (a flat bridge's are a LAN's: it
+is the host's uplink; the metadata bridge flat's rules name is not ours and
+gets none), a table that needs no change gets no lines, and a consistent
+kernel, in whatever order it lists its rules, needs none. Pure: the kernel's side is the text a test hands in."""
 
 import random
 
@@ -16,6 +17,8 @@ C1 = tags.of(tags.BRIDGE, "web", "c1", "eth0")
 C2 = tags.of(tags.BRIDGE, "web", "c2", "eth0")
 DB1 = tags.of(tags.BRIDGE, "db", "d1", "eth0")
 PORTS1 = tags.of(tags.PORTMAP, "web", "c1", "eth0")
+F1 = tags.of(tags.BRIDGE, "lan", "f1", "eth0")  # flat runs the bridge plug-in's code and tags
+METADATA = ("docker0", "169.254.169.250")
 
 
 def nothing_stale(tag):
@@ -26,6 +29,12 @@ def c1_rules(family=4):
     """What the bridge plug-in wants for c1 (10.1.0.5 / fd00:1::5 on rb-web, masqueraded)."""
     cidr = "10.1.0.5/24" if family == 4 else "fd00:1::5/64"
     return firewall.bridge_rules(C1, "rb-web", [cidr], masquerade=True)[family]
+
+
+def f1_rules(family=4, metadata=METADATA):
+    """What the flat plug-in wants for f1 (192.168.50.10 / fd00:50::10 on rf-lan, metadata link to docker0)."""
+    cidr = "192.168.50.10/24" if family == 4 else "fd00:50::10/64"
+    return firewall.bridge_rules(F1, "rf-lan", [cidr], False, ("docker0",), True, metadata)[family]
 
 
 def save(filter_chains=(), filter_rules=(), nat_chains=(), nat_rules=(), tool="iptables-nft-save v1.8.9"):
@@ -51,20 +60,31 @@ def bridge_isolation(bridge):
             f"-A RANCHER-CNI-ISOLATION -o {bridge} -m comment --comment rcnibr-{bridge} -j DROP")
 
 
+def lan_isolation(bridge):
+    """A LAN bridge's pair (flat's): replies from it skip the isolation, nothing routed into it is dropped."""
+    return (bridge_isolation(bridge)[0],
+            f"-A RANCHER-CNI-ISOLATION -i {bridge} -m conntrack --ctstate RELATED,ESTABLISHED "
+            f"-m comment --comment rcnibr-{bridge} -j RETURN")
+
+
 def docker_filter():
     """Docker's own rules, which the planner must never touch."""
     return ["-A FORWARD -j DOCKER-USER", "-A FORWARD -j DOCKER-FORWARD",
             "-A DOCKER-USER -j RETURN", "-A DOCKER-FORWARD -i docker0 -j ACCEPT"]
 
 
-def attached(*attachments, docker=True):
-    """The tables as the kernel holds them with `attachments` [(bridge, {table: rules})] in place."""
+def attached(*attachments, docker=True, lans=()):
+    """The tables as the kernel holds them with `attachments` [(bridge, {table: rules})] in place,
+    the bridges in `lans` with a LAN's isolation pair (its RETURN first in the chain, as inserted)."""
     filter_rules = (docker_filter() if docker else []) + [f"-A FORWARD {NOTE} -j RANCHER-CNI-FORWARD"]
     isolation = static_isolation()
     for bridge in dict.fromkeys(bridge for bridge, _ in attachments):
-        jump, drop = bridge_isolation(bridge)
+        jump, second = lan_isolation(bridge) if bridge in lans else bridge_isolation(bridge)
         filter_rules.append(jump)
-        isolation.append(drop)
+        if bridge in lans:
+            isolation.insert(0, second)
+        else:
+            isolation.append(second)
     filter_rules += [r for _, rules in attachments for r in rules["filter"]] + isolation
     nat_rules = [f"-A POSTROUTING {NOTE} -j RANCHER-CNI-MASQ"] + [r for _, rules in attachments for r in rules["nat"]]
     docker_chains = ("DOCKER-USER", "DOCKER-FORWARD") if docker else ()
@@ -200,6 +220,76 @@ def test_ipv6_plans_the_same_chains_with_ipv6_rules():
     assert f"-A RANCHER-CNI-FORWARD -s fd00:1::5/128 -i rb-web -m comment --comment {C1} -j ACCEPT" in script
 
 
+# -- flat: its bridge is the host's uplink, the metadata bridge is not ours ----
+
+def test_a_flat_attachment_makes_its_bridge_a_lan_and_the_metadata_bridge_gets_no_pair():
+    """Flat's bridge carries the host's uplink (the parent's addresses and
+    routes, often the default route): no DROP for what is routed into it, or
+    every other network's traffic to the LAN and beyond would be dropped, and
+    a RETURN first in the isolation chain for the replies coming back from it.
+    Its jump stays: the LAN, flat containers included, opens no connection
+    into a container bridge. The metadata rules' `-i docker0 -o docker0` is
+    traffic crossing docker0, not entering from a bridge of ours: no pair
+    for docker0 (its `-i docker0 ! -o docker0` jump sent Docker's containers'
+    traffic to the LAN into the isolation chain)."""
+    rules = f1_rules()
+    assert plan(save(), new_rules=rules) == [
+        "*filter",
+        ":RANCHER-CNI-FORWARD - [0:0]",
+        ":RANCHER-CNI-ISOLATION - [0:0]",
+        f"-I FORWARD 1 {NOTE} -j RANCHER-CNI-FORWARD",
+        *static_isolation(),
+        "-I RANCHER-CNI-FORWARD 1 -i rf-lan ! -o rf-lan -m comment --comment rcnibr-rf-lan -j RANCHER-CNI-ISOLATION",
+        "-I RANCHER-CNI-ISOLATION 1 -i rf-lan -m conntrack --ctstate RELATED,ESTABLISHED "
+        "-m comment --comment rcnibr-rf-lan -j RETURN",
+        *rules["filter"],
+        "COMMIT",
+    ]
+    assert any("-i docker0 -o docker0" in rule for rule in rules["filter"])  # the metadata rules are there
+
+
+def test_a_flat_ipv6_attachment_makes_its_bridge_a_lan_too():
+    script = plan(save(tool="ip6tables-nft-save v1.8.9"), new_rules=f1_rules(6))
+    assert "-I RANCHER-CNI-ISOLATION 1 -i rf-lan -m conntrack --ctstate RELATED,ESTABLISHED " \
+           "-m comment --comment rcnibr-rf-lan -j RETURN" in script
+    assert not any("DROP" in line and "rcnibr-rf-lan" in line for line in script)
+
+
+def test_flat_and_bridge_attachments_side_by_side_need_no_change():
+    assert plan(attached(("rb-web", c1_rules()), ("rf-lan", f1_rules()), lans={"rf-lan"})) == []
+
+
+def test_the_previous_versions_flat_plan_is_corrected():
+    """A host upgraded with a flat network in place: rf-lan's DROP and
+    docker0's pair go, rf-lan's RETURN comes; the bridges' pairs stay."""
+    text = attached(("rb-web", c1_rules()), ("rf-lan", f1_rules()), ("docker0", {"filter": [], "nat": []}))
+    docker_jump, docker_drop = bridge_isolation("docker0")
+    assert plan(text) == [
+        "*filter",
+        "-D" + docker_jump[2:],
+        "-D" + bridge_isolation("rf-lan")[1][2:],
+        "-D" + docker_drop[2:],
+        "-I RANCHER-CNI-ISOLATION 1" + lan_isolation("rf-lan")[1][len("-A RANCHER-CNI-ISOLATION"):],
+        "COMMIT",
+    ]
+
+
+def test_removing_the_last_flat_attachment_removes_the_lans_pair():
+    rules = f1_rules()
+    script = plan(attached(("rb-web", c1_rules()), ("rf-lan", rules), lans={"rf-lan"}), is_stale=F1.every.__contains__)
+    jump, ret = lan_isolation("rf-lan")
+    assert script == ["*filter", *("-D" + r[2:] for r in rules["filter"]), "-D" + jump[2:], "-D" + ret[2:], "COMMIT"]
+
+
+def test_the_fast_append_of_a_flat_attachment_checks_the_lans_return_and_nothing_of_docker0():
+    checks, _ = iptables.fast_append_plan(f1_rules())
+    assert checks == [
+        ("filter", f"FORWARD {NOTE} -j RANCHER-CNI-FORWARD"),
+        ("filter", "RANCHER-CNI-ISOLATION -i rf-lan -m conntrack --ctstate RELATED,ESTABLISHED "
+                   "-m comment --comment rcnibr-rf-lan -j RETURN"),
+    ]
+
+
 # -- removing ----------------------------------------------------------------
 
 def test_removing_the_last_attachment_removes_every_chain_and_jump_and_leaves_docker_alone():
@@ -260,6 +350,14 @@ def test_a_missing_bridge_isolation_pair_is_put_back():
     text = attached(("rb-web", c1_rules())).replace(jump + "\n", "").replace(drop + "\n", "")
     assert plan(text) == ["*filter", "-I RANCHER-CNI-FORWARD 1" + jump[len("-A RANCHER-CNI-FORWARD"):],
                           drop, "COMMIT"]
+
+
+def test_half_a_pair_left_for_a_bridge_without_attachments_is_removed_alone():
+    """Only the rule that is there is deleted: a -D of a missing rule would fail the whole restore."""
+    jump, drop = bridge_isolation("rb-db")
+    text = attached(("rb-web", c1_rules()))
+    text = text.replace(bridge_isolation("rb-web")[1], bridge_isolation("rb-web")[1] + "\n" + drop)
+    assert plan(text) == ["*filter", "-D" + drop[2:], "COMMIT"]
 
 
 def test_chains_left_without_attachment_rules_are_removed_with_their_jumps():

@@ -90,6 +90,23 @@ def test_flats_metadata_rules_are_ipv4_only():
     ]
 
 
+def test_the_planner_reads_flats_bridge_as_a_lan_and_the_metadata_bridge_as_not_ours():
+    """The isolation rules follow from these rules' shapes (iptables._isolated_bridges):
+    flat's open inbound ACCEPT makes its bridge a LAN (the host's uplink), the
+    metadata rules' -i docker0 -o docker0 make docker0 nothing; the bridge
+    plug-in's (internal too) and VXLAN's bridges are isolated container bridges."""
+    cidrs = ["192.168.50.10/24", "fd00:50::10/64"]
+    flat = firewall.bridge_rules(FLAT, "rf-lan", cidrs, False, ("docker0",), True, ("docker0", "169.254.169.250"))
+    bridge = firewall.bridge_rules(BRIDGE, "rb-web", cidrs, masquerade=True)
+    vxlan = firewall.bridge_rules(BRIDGE, "rv-web", cidrs, masquerade=True, open_inbound="subnet")
+    internal = firewall.bridge_rules(BRIDGE, "rb-int", cidrs, masquerade=False, internal=True)
+    for family in (4, 6):
+        assert iptables._isolated_bridges(internal[family]["filter"]) == {"rb-int": False}
+        assert iptables._isolated_bridges(flat[family]["filter"]) == {"rf-lan": True}
+        assert iptables._isolated_bridges(bridge[family]["filter"]) == {"rb-web": False}
+        assert iptables._isolated_bridges(vxlan[family]["filter"]) == {"rv-web": False}
+
+
 def _flat(metadata):
     return flatnet.FlatNetwork(bridge="rf-lan", parent="eth1", vlan=0, mtu=None, subnets=("192.168.50.0/24",),
                                metadata=metadata, state_dir="/tmp/unused")
