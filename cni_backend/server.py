@@ -16,9 +16,11 @@ the call's environment: it would append, as root, to any file a caller names
 """
 
 import errno
+import fcntl
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -57,6 +59,7 @@ def _serve_one(conn: socket.socket, timeout: float = RECEIVE_TIMEOUT_S) -> None:
     if request is None:
         return
     plugin, env, stdin, netns_fd = request
+    _die_with_caller(conn)
     env.pop(trace.ENV, None)  # the caller's choice of file would be appended to as root
     if plugin not in PLUGINS:
         wire.send_reply(conn, 1, "", f"unknown plug-in {plugin!r}\n")
@@ -68,6 +71,28 @@ def _serve_one(conn: socket.socket, timeout: float = RECEIVE_TIMEOUT_S) -> None:
         wire.send_reply(conn, code, stdout, stderr)
     except TimeoutError:
         log.warning("a caller took no reply within %g s: connection closed", timeout)
+
+
+def _die_with_caller(conn: socket.socket) -> None:
+    """End this worker as soon as its caller's end of the connection closes.
+
+    A runtime that gives up on a call kills the plug-in, then calls DEL. The
+    executable dies with it; the worker serving it must too, or it would go on
+    with an ADD after the DEL and leave what it made behind. The kernel sends
+    SIGIO on the socket's state changes (O_ASYNC); the handler ends the worker
+    only on a hang-up, which is how a killed caller looks (our callers never
+    shut down their half while waiting for the reply)."""
+    def exit_on_hangup(_signum=None, _frame=None):
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLHUP)
+        if any(events & select.POLLHUP for _, events in poller.poll(0)):
+            log.warning("the caller went away mid-call: worker ended, as a killed plug-in would be")
+            os._exit(1)
+
+    signal.signal(signal.SIGIO, exit_on_hangup)
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, fcntl.fcntl(conn.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
+    exit_on_hangup()  # a caller gone before O_ASYNC was set sent no signal
 
 
 def _peer_uid(conn: socket.socket) -> int | None:
