@@ -95,26 +95,28 @@ def cmd_options(opts) -> int:
 
 def cmd_status(opts) -> int:
     from .datapath import describe, host, host_summary
-    from .state import ENDPOINT, NETWORK, POOL, State
+    from .state import State
     state = State(opts.state_dir)
-    networks, endpoints = state.all(NETWORK), state.all(ENDPOINT)
-    data_paths = {net["id"]: describe(net) for net in networks}  # what carries the traffic, from counters
+    networks, endpoints = state.networks(), state.endpoints()
+    data_paths = {net.id: describe(net) for net in networks}  # what carries the traffic, from counters
     if opts.json:
-        print(json.dumps({"networks": networks, "endpoints": endpoints, "pools": state.all(POOL),
+        print(json.dumps({"networks": [net.to_dict() for net in networks],
+                          "endpoints": [ep.to_dict() for ep in endpoints],
+                          "pools": [pool.to_dict() for pool in state.pools()],
                           "data_paths": list(data_paths.values()), "host": host()}, indent=2))
         return 0
     print(f"host: {host_summary(host())}")
     for net in networks:
-        print(f"network {net['id'][:12]}  driver {net['driver']}  cni {net['cni_name']}  bridge {net['bridge']}"
-              + (f"  exported {net['exported']}" if net.get("exported") else ""))
-        print(f"  data path: {data_paths[net['id']]['summary']}")
-        for ep in (e for e in endpoints if e["network_id"] == net["id"]):
-            result = ep.get("result") or {}
+        print(f"network {net.id[:12]}  driver {net.driver}  cni {net.cni_name}  bridge {net.bridge}"
+              + (f"  exported {net.exported}" if net.exported else ""))
+        print(f"  data path: {data_paths[net.id]['summary']}")
+        for ep in (e for e in endpoints if e.network_id == net.id):
+            result = ep.result or {}
             host_side = [i["name"] for i in result.get("interfaces", []) if i.get("name", "").startswith("veth")]
-            addresses = ", ".join(ip["address"] for ip in result.get("ips", [])) or ep["address"]
-            ports = ", ".join(f"{m['hostPort']}->{m['containerPort']}/{m['protocol']}" for m in ep.get("port_mappings") or [])
-            print(f"  endpoint {ep['endpoint_id'][:12]}  {addresses}  mac {ep['mac']}  "
-                  f"host {host_side[0] if host_side else '-'}  sandbox {ep.get('sandbox_key') or '-'}"
+            addresses = ", ".join(ip["address"] for ip in result.get("ips", [])) or ep.address
+            ports = ", ".join(f"{m['hostPort']}->{m['containerPort']}/{m['protocol']}" for m in ep.port_mappings or [])
+            print(f"  endpoint {ep.endpoint_id[:12]}  {addresses}  mac {ep.mac}  "
+                  f"host {host_side[0] if host_side else '-'}  sandbox {ep.sandbox_key or '-'}"
                   + (f"  ports {ports}" if ports else ""))
     return 0
 

@@ -6,16 +6,17 @@ from cni_backend import datapath
 from cni_backend.errors import CNIError
 
 from . import backends
+from .state import Network
 
 
-def describe(net: dict) -> dict:
+def describe(net: Network) -> dict:
     """What carries `net`'s traffic, proven by counters; never raises for a
     network whose host side is half gone (that is what the doctor reports)."""
     try:
-        found = backends.get(net["backend"]).host.datapath(net)
+        found = backends.get(net.backend).host.datapath(net)
     except (CNIError, OSError) as exc:
         return {"path": "unknown", "summary": f"cannot tell: {exc}"}
-    return dict(found, network=net["id"], cni_name=net["cni_name"], backend=net["backend"])
+    return dict(found, network=net.id, cni_name=net.cni_name, backend=net.backend)
 
 
 def host() -> dict:

@@ -32,11 +32,11 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from cni_backend.invoke import cache
+from cni_backend import runtime
 
-from . import backends
+from . import backends, cnm
 from .ipam_driver import IpamDriver
-from .state import ENDPOINT, POOL, State
+from .state import Endpoint, Network, Pool, State
 from .translate import Settings, Translator
 
 DEFAULT_DRIVERS = tuple(backends.DRIVERS)
@@ -57,8 +57,8 @@ class Drift:
     problem: str
     repairable: bool
     note: str = ""
-    network: dict | None = None   # our record, for what we hold
-    endpoint: dict | None = None
+    network: Network | None = None   # our record, for what we hold
+    endpoint: Endpoint | None = None
     endpoint_ids: tuple = ()      # our endpoints this covers (a forgotten network's are forgotten too)
 
 
@@ -111,35 +111,35 @@ def compare(engine: Engine, records, drivers, runtime_caches=()) -> list:
     networks, endpoints = records()
     found = []
     for net in networks:
-        ours = [ep for ep in endpoints if ep["network_id"] == net["id"]]
-        name = f"{net['cni_name']} ({net['id'][:12]})"
-        docker_net = engine.network(net["id"])
+        ours = [ep for ep in endpoints if ep.network_id == net.id]
+        name = f"{net.cni_name} ({net.id[:12]})"
+        docker_net = engine.network(net.id)
         if docker_net is None:
             users = _runtime_users(net, runtime_caches)
             found.append(Drift("network", name, f"Docker no longer has this network; the plug-in still holds it "
                                                 f"and {len(ours)} endpoint(s) (its DeleteNetwork never arrived)",
                                repairable=not users, network=net,
-                               endpoint_ids=tuple(ep["endpoint_id"] for ep in ours),
+                               endpoint_ids=tuple(ep.endpoint_id for ep in ours),
                                note=f"exported: CNI runtime attachments {', '.join(users)} still use it"
                                     if users else ""))
             continue
         containers = docker_net.get("Containers") or {}
         docker_eps = {c.get("EndpointID") for c in containers.values()}
         for ep in ours:
-            if ep["endpoint_id"] not in docker_eps:
-                found.append(Drift("endpoint", f"{ep['endpoint_id'][:12]} on {net['cni_name']}",
+            if ep.endpoint_id not in docker_eps:
+                found.append(Drift("endpoint", f"{ep.endpoint_id[:12]} on {net.cni_name}",
                                    "Docker no longer has this endpoint (its DeleteEndpoint never arrived)",
-                                   repairable=True, network=net, endpoint=ep, endpoint_ids=(ep["endpoint_id"],)))
-        known = {ep["endpoint_id"] for ep in records()[1]} if containers else set()
+                                   repairable=True, network=net, endpoint=ep, endpoint_ids=(ep.endpoint_id,)))
+        known = {ep.endpoint_id for ep in records()[1]} if containers else set()
         for key, container in containers.items():
             if container.get("EndpointID") not in known:
-                found.append(Drift("docker-endpoint", f"{container.get('EndpointID', '')[:12]} on {net['cni_name']}",
+                found.append(Drift("docker-endpoint", f"{container.get('EndpointID', '')[:12]} on {net.cni_name}",
                                    f"Docker has this endpoint (container {container.get('Name') or key}) but the "
                                    "plug-in has no record of it", repairable=False,
                                    note="restart the container, or disconnect and connect it again",
                                    endpoint_ids=(container.get("EndpointID"),)))
     listed = engine.networks()
-    held = {net["id"] for net in records()[0]}
+    held = {net.id for net in records()[0]}
     for docker_net in listed:
         if _ours(docker_net.get("Driver") or "", drivers) and docker_net["Id"] not in held:
             found.append(Drift("docker-network", f"{docker_net['Name']} ({docker_net['Id'][:12]})",
@@ -149,12 +149,12 @@ def compare(engine: Engine, records, drivers, runtime_caches=()) -> list:
     return found
 
 
-def _runtime_users(net: dict, runtime_caches) -> list:
+def _runtime_users(net: Network, runtime_caches) -> list:
     """Attachments a CNI runtime holds on an exported network: those are not Docker's."""
-    if not net.get("exported"):
+    if not net.exported:
         return []
     return [f"{container}/{ifname}" for directory in runtime_caches
-            for container, ifname in cache.entries(directory, net["cni_name"])]
+            for container, ifname in runtime.cached_attachments(directory, net.cni_name)]
 
 
 class Teardown:
@@ -173,51 +173,50 @@ class Teardown:
             return self.endpoint(drift.network, drift.endpoint)
         return self.network(drift.network)
 
-    def endpoint(self, net: dict, ep: dict) -> str:
-        docker_eps = self.engine.endpoint_ids(net["id"])
-        if docker_eps is not None and ep["endpoint_id"] in docker_eps:
+    def endpoint(self, net: Network, ep: Endpoint) -> str:
+        docker_eps = self.engine.endpoint_ids(net.id)
+        if docker_eps is not None and ep.endpoint_id in docker_eps:
             raise EngineError("Docker lists it on a second look: left alone")
         self._endpoint(net, ep)
         return "removed: ports revoked, CNI DEL with the cached config, state row"
 
-    def network(self, net: dict) -> str:
-        if self.engine.network(net["id"]) is not None:
+    def network(self, net: Network) -> str:
+        if self.engine.network(net.id) is not None:
             raise EngineError("Docker lists it on a second look: left alone")
-        for ep in self.state.all(ENDPOINT):
-            if ep["network_id"] == net["id"]:
-                self._endpoint(net, ep)
-        self.translator.delete_network({"NetworkID": net["id"]})
+        for ep in self.state.endpoints(net.id):
+            self._endpoint(net, ep)
+        self.translator.delete_network(cnm.NetworkRequest(net.id))
         pools = self._release_pools(net)
         return "removed: endpoints, host network, rules and allocations, state rows" + \
             (f"; pools {', '.join(pools)} released" if pools else "")
 
-    def _endpoint(self, net: dict, ep: dict) -> None:
-        self.translator.delete_endpoint({"NetworkID": net["id"], "EndpointID": ep["endpoint_id"]})
-        if net.get("docker_ipam"):  # Docker's ReleaseAddress was lost with the DeleteEndpoint
-            for address in (ep["address"], ep["address6"]):
+    def _endpoint(self, net: Network, ep: Endpoint) -> None:
+        self.translator.delete_endpoint(cnm.EndpointRequest(net.id, ep.endpoint_id))
+        if net.docker_ipam:  # Docker's ReleaseAddress was lost with the DeleteEndpoint
+            for address in (ep.address, ep.address6):
                 pool = self._pool_of(address)
                 if pool is not None:
-                    self.ipam.release_address({"PoolID": pool["id"], "Address": address})
+                    self.ipam.release_address(cnm.AddressRequest(pool.id, address))
 
-    def _pool_of(self, address: str) -> dict | None:
+    def _pool_of(self, address: str) -> Pool | None:
         if not address:
             return None
         ip = ipaddress.ip_interface(address).ip
-        return next((p for p in self.state.all(POOL) if ip in ipaddress.ip_network(p["subnet"])), None)
+        return next((p for p in self.state.pools() if ip in ipaddress.ip_network(p.subnet)), None)
 
-    def _release_pools(self, net: dict) -> list:
+    def _release_pools(self, net: Network) -> list:
         """Our IPAM driver's pools of the network, unless another of Docker's
         networks with our IPAM driver uses the same subnet."""
-        if not net.get("docker_ipam"):
+        if not net.docker_ipam:
             return []
         subnets = {ipaddress.ip_network(r["subnet"])
-                   for ranges in net["conflist"]["plugins"][0]["ipam"]["ranges"] for r in ranges}
-        in_use = {ipaddress.ip_network(cfg["Subnet"]) for other in self.engine.networks() if other["Id"] != net["id"]
+                   for ranges in net.conflist["plugins"][0]["ipam"]["ranges"] for r in ranges}
+        in_use = {ipaddress.ip_network(cfg["Subnet"]) for other in self.engine.networks() if other["Id"] != net.id
                   for cfg in ((other.get("IPAM") or {}).get("Config") or []) if cfg.get("Subnet")}
         released = []
-        for pool in self.state.all(POOL):
-            subnet = ipaddress.ip_network(pool["subnet"])
+        for pool in self.state.pools():
+            subnet = ipaddress.ip_network(pool.subnet)
             if subnet in subnets and subnet not in in_use:
-                self.ipam.release_pool({"PoolID": pool["id"]})
-                released.append(pool["id"])
+                self.ipam.release_pool(cnm.PoolRequest(pool.id))
+                released.append(pool.id)
         return released

@@ -39,6 +39,7 @@ another driver may use our IPAM). Never repaired: the inside of a container
 in-flight ADD could own, Docker's own IPAM reservations.
 """
 
+import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -48,18 +49,13 @@ import time
 import sqlite3
 import sys
 
-from cni_backend import networks, repair as backend_repair, staging
-from cni_backend.errors import CHECK_FAILED, CNIError, IO_FAILURE
-from cni_backend.invoke import api, cache, conflist as conflists
-from cni_backend.ipam.etcd_store import check_endpoints
-from cni_backend.ipam.store import DOCKER_OWNER
-from cni_backend.net import firewall, iptables, netlink, netns
-from cni_backend.plugins.bridge import SANDBOX_IFNAME_ARG
+from cni_backend import hostnet, runtime
+from cni_backend.runtime import CNIError
 
 from . import backends, datapath, docker_sync, paths, render
 from .errors import DriverError
 from .ipam_driver import IpamDriver, used_subnets
-from .state import ENDPOINT, NETWORK, State
+from .state import Endpoint, Network, State
 from .translate import CONTAINER_IFNAME, Settings, _raw
 
 DEFAULT_RUNTIME_CACHES = ("/var/lib/cni",)
@@ -89,24 +85,21 @@ class Finding:
         return f"{self.kind:9} {self.subject}: {self.problem} [{status}]" + (f" ({self.note})" if self.note else "")
 
 
-class ReadOnlyState:
+class ReadOnlyState(State):
     """state.db read without writing (no schema, no WAL switch): safe beside the plug-in."""
 
     def __init__(self, state_dir: str):
-        self.path = os.path.join(state_dir, "state.db")
+        super().__init__(state_dir, read_only=True)
         if not os.path.exists(self.path):
             raise CannotCheck(f"no shim state at {self.path} (wrong --state-dir?)")
 
-    def all(self, kind: str) -> list:
+    @contextlib.contextmanager
+    def _db(self):
         try:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
-            try:
-                rows = db.execute("SELECT value FROM objects WHERE kind = ? ORDER BY key", (kind,)).fetchall()
-            finally:
-                db.close()
+            with super()._db() as db:
+                yield db
         except sqlite3.Error as exc:
             raise CannotCheck(f"cannot read {self.path}: {exc}") from None
-        return [json.loads(row[0]) for row in rows]
 
 
 class Doctor:
@@ -123,7 +116,7 @@ class Doctor:
         self.state = ReadOnlyState(settings.state_dir)
         self.cache_dir = os.path.join(settings.state_dir, "cni")
         self.runtime_caches = [d for d in runtime_caches if os.path.realpath(d) != os.path.realpath(self.cache_dir)]
-        self.cni = api.CNI(list(settings.cni_path), cache_dir=self.cache_dir)
+        self.cni = runtime.CNI(list(settings.cni_path), cache_dir=self.cache_dir)
         self.findings: list = []
         self.errors: list = []
         self.data_paths: list = []
@@ -153,10 +146,10 @@ class Doctor:
                 finding.note = f"repair failed: {exc}"
 
     def _networks(self) -> list:
-        return self.state.all(NETWORK)
+        return self.state.networks()
 
     def _endpoint_ids(self) -> set:
-        return {ep["endpoint_id"] for ep in self.state.all(ENDPOINT)} | self.docker_held
+        return {ep.endpoint_id for ep in self.state.endpoints()} | self.docker_held
 
     # -- Docker ----------------------------------------------------------------
 
@@ -169,7 +162,7 @@ class Doctor:
             self.docker["reason"] = f"{exc}; the check against Docker was skipped"
             return
         try:
-            drifts = docker_sync.compare(engine, lambda: (self._networks(), self.state.all(ENDPOINT)),
+            drifts = docker_sync.compare(engine, lambda: (self._networks(), self.state.endpoints()),
                                          self.drivers, self.runtime_caches)
             self.docker.update(checked=True, reason="")
             self.docker_subnets = {str(ipaddress.ip_network(cfg["Subnet"], strict=False))
@@ -190,28 +183,28 @@ class Doctor:
 
     def check_networks(self, repair: bool) -> None:
         for net in self._networks():
-            host = backends.get(net["backend"]).host
-            missing = networks.missing_parts(net["bridge"], host.ports(net))
+            host = backends.get(net.backend).host
+            missing = hostnet.missing_parts(net.bridge, host.ports(net))
             if missing:
                 ours = host.made_by_us(net)
-                self._found(Finding("network", f"{net['cni_name']} ({net['id'][:12]})", "; ".join(missing), bool(ours),
-                                    note="" if ours else f"bridge {net['bridge']} was not made by the plug-in"),
+                self._found(Finding("network", f"{net.cni_name} ({net.id[:12]})", "; ".join(missing), bool(ours),
+                                    note="" if ours else f"bridge {net.bridge} was not made by the plug-in"),
                             repair, lambda net=net: self._ensure_network(net))
 
-    def _ensure_network(self, net: dict) -> str:
+    def _ensure_network(self, net: Network) -> str:
         """What CreateNetwork made, made again the same idempotent way."""
-        backends.get(net["backend"]).host.ensure(net)
+        backends.get(net.backend).host.ensure(net)
         return "re-created; the endpoints' host side follows below"
 
     # -- endpoints ---------------------------------------------------------------
 
     def check_endpoints(self, repair: bool) -> None:
-        nets = {n["id"]: n for n in self._networks()}
-        for ep in self.state.all(ENDPOINT):
-            net = nets.get(ep["network_id"])
-            if net is None or not ep.get("result") or ep["endpoint_id"] in self.forgotten:
+        nets = {n.id: n for n in self._networks()}
+        for ep in self.state.endpoints():
+            net = nets.get(ep.network_id)
+            if net is None or not ep.result or ep.endpoint_id in self.forgotten:
                 continue  # not joined (yet): nothing in the kernel to compare; or reported above
-            subject = f"{ep['endpoint_id'][:12]} on {net['cni_name']}"
+            subject = f"{ep.endpoint_id[:12]} on {net.cni_name}"
             problem = self._check_endpoint(net, ep)
             if problem is None or not self._still_joined(ep):
                 continue
@@ -219,24 +212,24 @@ class Doctor:
             self._found(Finding("endpoint", subject, problem, repairable=not gone),
                         repair, lambda net=net, ep=ep: self._restore_endpoint(net, ep))
 
-    def _still_joined(self, ep: dict) -> bool:
+    def _still_joined(self, ep: Endpoint) -> bool:
         """Docker may have deleted the endpoint while we looked: then nothing drifted."""
-        now = [e for e in self.state.all(ENDPOINT) if e["endpoint_id"] == ep["endpoint_id"]]
-        return bool(now) and now[0].get("result") == ep.get("result")
+        now = [e for e in self.state.endpoints() if e.endpoint_id == ep.endpoint_id]
+        return bool(now) and now[0].result == ep.result
 
-    def _check_endpoint(self, net: dict, ep: dict) -> str | None:
-        sandbox = ep.get("sandbox_key") or ""
+    def _check_endpoint(self, net: Network, ep: Endpoint) -> str | None:
+        sandbox = ep.sandbox_key or ""
         if not sandbox or not os.path.exists(sandbox):
             return f"sandbox {sandbox or '(none)'} is gone; Docker deletes the endpoint when it learns so"
-        mac = next((i["mac"] for i in ep["result"].get("interfaces", []) if i.get("sandbox")), ep["mac"])
+        mac = next((i["mac"] for i in ep.result.get("interfaces", []) if i.get("sandbox")), ep.mac)
         try:
             inside = self._sandbox_view(sandbox, mac)
-        except netns.NetnsGone:
+        except hostnet.NetnsGone:
             return f"sandbox {sandbox} is gone"
         if inside["ifname"] is None:
             return f"CHECK: no interface with MAC {mac} in the sandbox {sandbox}"
         att = self._attachment(net, ep, sandbox, inside["ifname"])
-        conf = net["conflist"]
+        conf = net.conflist
         try:
             self.cni.check(conf, _raw(conf), att, view=lambda result: self._as_docker_set_it(result, inside))
         except CNIError as exc:
@@ -248,15 +241,7 @@ class Doctor:
         """The name Docker gave our interface in the sandbox, and whether the
         sandbox's default route leaves through it (Docker gives one endpoint
         the gateway)."""
-        with netlink.socket_in(sandbox) as inside:
-            ours = next((netlink.describe(link) for link in inside.get_links()
-                         if (link.get("address") or "").lower() == mac.lower()), None)
-            if ours is None:
-                return {"ifname": None, "default_here": False}
-            defaults = [msg for family in (2, 10) for msg in inside.get_routes(family=family, table=254)
-                        if msg["dst_len"] == 0]
-            here = not defaults or any(msg.get("RTA_OIF") == ours["index"] for msg in defaults)
-            return {"ifname": ours["name"], "default_here": here}
+        return hostnet.sandbox_interface(sandbox, mac)
 
     @staticmethod
     def _as_docker_set_it(result: dict, inside: dict) -> dict:
@@ -264,40 +249,40 @@ class Doctor:
             return result
         return dict(result, routes=[r for r in result.get("routes", []) if not r["dst"].endswith("/0")])
 
-    def _cached_entry(self, net: dict, ep: dict) -> dict:
-        return cache.load(self.cache_dir, net["cni_name"], ep["endpoint_id"], CONTAINER_IFNAME) or {}
+    def _cached_entry(self, net: Network, ep: Endpoint) -> dict:
+        return runtime.cached(self.cache_dir, net.cni_name, ep.endpoint_id, CONTAINER_IFNAME) or {}
 
-    def _attachment(self, net: dict, ep: dict, sandbox: str, sandbox_ifname: str) -> api.Attachment:
+    def _attachment(self, net: Network, ep: Endpoint, sandbox: str, sandbox_ifname: str) -> runtime.Attachment:
         entry = self._cached_entry(net, ep)
-        args = [tuple(pair) for pair in entry.get("cniArgs") or []] + [(SANDBOX_IFNAME_ARG, sandbox_ifname)]
-        return api.Attachment(ep["endpoint_id"], sandbox, CONTAINER_IFNAME, args=args,
-                              capability_args=entry.get("capabilityArgs") or {})
+        args = [tuple(pair) for pair in entry.get("cniArgs") or []] + [(runtime.SANDBOX_IFNAME_ARG, sandbox_ifname)]
+        return runtime.Attachment(ep.endpoint_id, sandbox, CONTAINER_IFNAME, args=args,
+                                  capability_args=entry.get("capabilityArgs") or {})
 
-    def _restore_endpoint(self, net: dict, ep: dict) -> str:
+    def _restore_endpoint(self, net: Network, ep: Endpoint) -> str:
         entry = self._cached_entry(net, ep)
         if not entry.get("result"):
-            raise CNIError(IO_FAILURE, "no cached CNI result to restore from")
-        conf = conflists.parse(entry["config"], "cached config")
-        backend_repair.restore_attachment(conf, ep["endpoint_id"], ep.get("sandbox_key") or "", CONTAINER_IFNAME,
-                                          [tuple(p) for p in entry.get("cniArgs") or []],
-                                          entry.get("capabilityArgs") or {}, entry["result"])
+            raise CNIError(runtime.IO_FAILURE, "no cached CNI result to restore from")
+        conf = runtime.parse_conflist(entry["config"], "cached config")
+        hostnet.restore_attachment(conf, ep.endpoint_id, ep.sandbox_key or "", CONTAINER_IFNAME,
+                                   [tuple(p) for p in entry.get("cniArgs") or []],
+                                   entry.get("capabilityArgs") or {}, entry["result"])
         problem = self._check_endpoint(net, ep)
         if problem is not None:
-            raise CNIError(CHECK_FAILED, f"host side restored, still: {problem}; the container's inside is its own: "
+            raise CNIError(runtime.CHECK_FAILED, f"host side restored, still: {problem}; the container's inside is its own: "
                               "restart the container (docker restart) to re-create its interface")
         return "host side restored from the cached result; CHECK passes"
 
     # -- cached attachments without an endpoint -------------------------------------
 
-    def _our_lists(self, net: dict) -> list:
+    def _our_lists(self, net: Network) -> list:
         """(name, conflist) of the network's lists: the main one and the ports one."""
-        ports = render.ports_conflist(net["conflist"])
-        return [(net["cni_name"], net["conflist"]), (ports["name"], ports)]
+        ports = render.ports_conflist(net.conflist)
+        return [(net.cni_name, net.conflist), (ports["name"], ports)]
 
     def check_cache(self, repair: bool) -> None:
         for net in self._networks():
             for name, conf in self._our_lists(net):
-                cached = cache.entries(self.cache_dir, name)  # listed before the endpoints: see _stale
+                cached = runtime.cached_attachments(self.cache_dir, name)  # listed before the endpoints: see _stale
                 endpoints = self._endpoint_ids()
                 for container_id, ifname in cached:
                     if container_id in endpoints:
@@ -310,37 +295,37 @@ class Doctor:
         # An endpoint is recorded before its ADD and forgotten after its DEL, so a
         # cache entry listed before the endpoints were read, without an endpoint,
         # belongs to no Join or DeleteEndpoint in flight.
-        self.cni.delete(conf, _raw(conf), api.Attachment(container_id, "", ifname))
+        self.cni.delete(conf, _raw(conf), runtime.Attachment(container_id, "", ifname))
         return "CNI DEL with the cached config and result"
 
     # -- IPAM ------------------------------------------------------------------------
 
-    def _valid_attachments(self, net: dict) -> set:
+    def _valid_attachments(self, net: Network) -> set:
         """(container, ifname) a live attachment of `net` may hold: every endpoint
         (joined or about to), our cached attachments, the runtimes' cached ones."""
         valid = {(ep_id, CONTAINER_IFNAME) for ep_id in self._endpoint_ids()}
         for name, _ in self._our_lists(net):
-            valid |= set(cache.entries(self.cache_dir, name))
+            valid |= set(runtime.cached_attachments(self.cache_dir, name))
             for directory in self.runtime_caches:
-                valid |= set(cache.entries(directory, name))
+                valid |= set(runtime.cached_attachments(directory, name))
         return valid
 
     def check_allocations(self, repair: bool) -> None:
         store = self.settings.store()
         for net in self._networks():
-            held = store.run(lambda txn, name=net["cni_name"]: txn.all(name))
+            held = store.run(lambda txn, name=net.cni_name: txn.all(name))
             valid = self._valid_attachments(net)
-            orphans = [a for a in held if (a.container_id, a.ifname) not in valid and a.network != DOCKER_OWNER]
-            exported = bool(net.get("exported"))
+            orphans = [a for a in held if (a.container_id, a.ifname) not in valid and a.network != hostnet.DOCKER_OWNER]
+            exported = bool(net.exported)
             for allocation in orphans:
                 self._found(Finding("ipam", f"{allocation.ip} in {allocation.pool}",
-                                    f"held by {allocation.container_id}/{allocation.ifname} on {net['cni_name']}, "
+                                    f"held by {allocation.container_id}/{allocation.ifname} on {net.cni_name}, "
                                     "which no endpoint or CNI attachment owns", repairable=not exported,
                                     note="network exported to CNI runtimes: a runtime's ADD may be in flight; "
                                          "collect with `cnm-shim cni gc` from the runtime" if exported else ""),
                             repair, lambda net=net, a=allocation: self._release(store, net, a))
 
-    def _release(self, store, net: dict, allocation) -> str:
+    def _release(self, store, net: Network, allocation) -> str:
         def release(txn):
             # Inside the store's transaction no ADD allocates; an endpoint's record
             # exists before its ADD, so read here, the owner list is complete.
@@ -374,17 +359,17 @@ class Doctor:
     # -- firewall -----------------------------------------------------------------------
 
     def check_firewall(self, repair: bool) -> None:
-        drift = iptables.derived_drift()
+        drift = hostnet.firewall_drift()
         if drift:
             lines = "; ".join(f"IPv{family}: {line}" for family, line in drift)
             self._found(Finding("firewall", "chains and jumps", f"not in line with the attachment rules: {lines}",
-                                repairable=True), repair, lambda: iptables.repair_derived() or "re-derived")
+                                repairable=True), repair, lambda: hostnet.repair_firewall() or "re-derived")
         for net in self._networks():
             for name, _ in self._our_lists(net):
                 def valid(net=net):  # every kind of rule of a valid attachment is valid
                     return self._valid_attachments(net)
-                exported = bool(net.get("exported"))
-                for tag in firewall.stray_tags(name, valid()):
+                exported = bool(net.exported)
+                for tag in hostnet.stray_tags(name, valid()):
                     self._found(Finding("firewall", tag, f"rules of {name} that no endpoint or attachment owns",
                                         repairable=not exported,
                                         note="network exported to CNI runtimes" if exported else ""),
@@ -392,7 +377,7 @@ class Doctor:
 
     @staticmethod
     def _collect_rules(name: str, valid_attachments) -> str:
-        removed = firewall.collect_garbage_checked(name, valid_attachments)
+        removed = hostnet.collect_rules(name, valid_attachments)
         return f"removed {', '.join(removed)}" if removed else "already gone"
 
     # -- staging namespaces ----------------------------------------------------------------
@@ -403,14 +388,14 @@ class Doctor:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:
             return
-        endpoints = self.state.all(ENDPOINT)
+        endpoints = self.state.endpoints()
         for name in names:
-            owner = next((ep for ep in endpoints if ep["endpoint_id"][:24] == name), None)
-            if owner is not None and not owner.get("result"):
+            owner = next((ep for ep in endpoints if ep.endpoint_id[:24] == name), None)
+            if owner is not None and not owner.result:
                 continue  # a Join in flight, or one Docker will discard with DeleteEndpoint
             path = os.path.join(directory, name)
             self._found(Finding("staging", path, "staging namespace no Join is using", repairable=True),
-                        repair, lambda path=path: staging.remove(path) or "removed")
+                        repair, lambda path=path: hostnet.remove_staging(path) or "removed")
 
     # -- output -------------------------------------------------------------------------------
 
@@ -425,7 +410,7 @@ def cmd_doctor(opts) -> int:
                         cni_path=tuple(p for p in opts.cni_path.split(os.pathsep) if p),
                         etcd_endpoints=tuple(e for e in opts.etcd_endpoints.split(",") if e))
     try:
-        check_endpoints(settings.etcd_endpoints, opts.insecure_etcd)
+        hostnet.check_etcd_endpoints(settings.etcd_endpoints, opts.insecure_etcd)
         doctor = Doctor(settings, opts.runtime_cache_dir or DEFAULT_RUNTIME_CACHES, opts.docker_host,
                         [d for d in opts.drivers.split(",") if d])
         code = doctor.run(opts.repair)

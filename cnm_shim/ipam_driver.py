@@ -10,14 +10,15 @@ transaction of the state database, so concurrent RequestPools never get the
 same pool. A pool whose ReleasePool never came (CreateNetwork failed and the
 plug-in was away for the release) is reclaimed: see `reclaim`."""
 
+import dataclasses
 import ipaddress
 import socket
 import time
 
-from cni_backend import addresses
-from cni_backend.ipam import allocator, config as ipam_config
-from cni_backend.ipam.store import DOCKER_OWNER, Allocation, SQLiteStore
+from cni_backend import hostnet
+from cni_backend.hostnet import DOCKER_OWNER, Allocation, SQLiteStore
 
+from . import cnm
 from .errors import DriverError, step
 from .state import NETWORK, POOL, State
 
@@ -33,9 +34,29 @@ DEFAULT_PREFIX = {4: 24, 6: 64}
 POOL_GRACE_S = 300
 
 
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """Who holds a Docker reservation in the shared address store, as the
+    container_id of a DOCKER_OWNER allocation: the pool alone (its gateway and
+    metadata link address, shared by every host), or the pool on one host
+    (that host's container addresses). Stored as "POOL" or "POOL@HOST", the
+    form every version wrote: pool IDs and host names hold no "@"."""
+
+    pool: str
+    host: str | None = None
+
+    def __str__(self) -> str:
+        return self.pool if self.host is None else f"{self.pool}@{self.host}"
+
+    @classmethod
+    def parse(cls, container_id: str) -> "Holder":
+        pool, at, host = container_id.rpartition("@")
+        return cls(pool, host) if at else cls(container_id)
+
+
 def _network(value: str, what: str):
     try:
-        return addresses.network(value, what)
+        return hostnet.addresses.network(value, what)
     except ValueError as exc:
         raise DriverError(str(exc)) from None
 
@@ -63,20 +84,21 @@ class IpamDriver:
         self.host = host or socket.gethostname()
 
     def _owner(self, pool: dict) -> tuple:
-        return (DOCKER_OWNER, f"{pool['id']}@{self.host}", "")
+        return (DOCKER_OWNER, str(Holder(pool["id"], self.host)), "")
 
-    def request_pool(self, body: dict) -> dict:
-        space = body.get("AddressSpace") or LOCAL_SPACE
+    def request_pool(self, request: cnm.RequestPoolRequest) -> cnm.RequestPoolResponse:
+        request = cnm.coerce(cnm.RequestPoolRequest, request)
+        space = request.address_space or LOCAL_SPACE
         if space not in ADDRESS_SPACES:
             raise DriverError(f"unknown address space {space!r}; valid: {', '.join(ADDRESS_SPACES)}")
-        version = 6 if body.get("V6") else 4
-        subnet = _network(body["Pool"], "pool") if body.get("Pool") else None
+        version = 6 if request.v6 else 4
+        subnet = _network(request.pool, "pool") if request.pool else None
         if subnet is not None:
             if subnet.version != version:
                 raise DriverError(f"pool {subnet} is not an IPv{version} pool")
             with step(f"pool {subnet}"):  # the CNI IPAM's own checks (a pool too small, 0.0.0.0/0, loopback, ...)
-                ipam_config.parse_range({"subnet": str(subnet)})
-        sub_pool = _network(body["SubPool"], "ip-range") if body.get("SubPool") else None
+                hostnet.parse_range({"subnet": str(subnet)})
+        sub_pool = _network(request.sub_pool, "ip-range") if request.sub_pool else None
         with self.state.transaction() as txn:  # the choice and the record together: no two get one pool
             if subnet is None:
                 subnet = self._free_default_pool(txn, version)
@@ -89,7 +111,7 @@ class IpamDriver:
             else:
                 txn.put(POOL, pool_id, {"id": pool_id, "subnet": str(subnet), "refs": 1, "created": time.time(),
                                         "sub_pool": str(sub_pool) if sub_pool else None})
-        return {"PoolID": pool_id, "Pool": str(subnet), "Data": {}}
+        return cnm.RequestPoolResponse(pool_id, str(subnet))
 
     def _free_default_pool(self, txn, version: int):
         """A default-sized pool not handed out before. Docker asks again when the
@@ -147,58 +169,59 @@ class IpamDriver:
         if pool.get("gateway"):
             rng["gateway"] = pool["gateway"]
         with step(f"pool {pool['id']}"):
-            return ipam_config.load({"ranges": [[rng]]}, {})
+            return hostnet.validate_ipam({"ranges": [[rng]]})
 
-    def release_pool(self, body: dict) -> dict:
+    def release_pool(self, request: cnm.PoolRequest) -> None:
+        request = cnm.coerce(cnm.PoolRequest, request)
         with self.state.transaction() as txn:
-            pool = txn.get(POOL, body.get("PoolID", ""))
+            pool = txn.get(POOL, request.pool_id)
             if pool is None:
-                return {}
+                return
             if refs(pool) > 1:  # another network still holds it
                 txn.put(POOL, pool["id"], dict(pool, refs=refs(pool) - 1))
-                return {}
+                return
             self._release_reservations(pool)
             txn.delete(POOL, pool["id"])
-        return {}
 
     def _release_reservations(self, pool: dict, keep_shared: bool = False) -> None:
         """This host's addresses of the pool, and the shared ones (gateway, link
         address) unless another host still has containers in it or `keep_shared`
         (a reclaim on a shared store: another host may use the pool unseen)."""
-        mine, shared = f"{pool['id']}@{self.host}", pool["id"]
+        mine, shared = Holder(pool["id"], self.host), Holder(pool["id"])
 
         def release_all(txn):
-            held = [a for a in txn.allocated(pool["subnet"]).values() if a.network == DOCKER_OWNER]
-            others = [a for a in held if a.container_id.startswith(shared + "@") and a.container_id != mine]
-            for allocation in held:
-                if allocation.container_id == mine or (allocation.container_id == shared and not others
-                                                       and not keep_shared):
+            held = [(a, Holder.parse(a.container_id)) for a in txn.allocated(pool["subnet"]).values()
+                    if a.network == DOCKER_OWNER]
+            others = [a for a, holder in held if holder.pool == pool["id"] and holder not in (mine, shared)]
+            for allocation, holder in held:
+                if holder == mine or (holder == shared and not others and not keep_shared):
                     txn.remove(allocation)
 
         self.store.run(release_all)
 
-    def request_address(self, body: dict) -> dict:
-        pool = self._pool(body.get("PoolID", ""))
+    def request_address(self, request: cnm.AddressRequest) -> cnm.RequestAddressResponse:
+        request = cnm.coerce(cnm.AddressRequest, request)
+        pool = self._pool(request.pool_id)
         subnet = ipaddress.ip_network(pool["subnet"])
         wanted = None
-        if body.get("Address"):
+        if request.address:
             try:
-                wanted = addresses.address(body["Address"].split("/")[0], "requested address")
+                wanted = hostnet.addresses.address(request.address.split("/")[0], "requested address")
             except ValueError as exc:
                 raise DriverError(str(exc)) from None
-        if (body.get("Options") or {}).get("RequestAddressType") == GATEWAY_REQUEST:
+        if request.options.get("RequestAddressType") == GATEWAY_REQUEST:
             held = self._reserve_gateway(pool, wanted or subnet.network_address + 1)
             self.state.put(POOL, pool["id"], dict(pool, gateway=held.ip))
         else:
             conf = self._config(pool)
-            held = self.store.run(lambda txn: allocator.reserve(txn, conf, self._owner(pool), wanted))
-        return {"Address": f"{held.ip}/{subnet.prefixlen}", "Data": {}}
+            held = self.store.run(lambda txn: hostnet.reserve(txn, conf, self._owner(pool), wanted))
+        return cnm.RequestAddressResponse(f"{held.ip}/{subnet.prefixlen}")
 
     def _reserve_gateway(self, pool: dict, ip) -> Allocation:
         subnet = ipaddress.ip_network(pool["subnet"])
         if ip not in subnet or ip == subnet.network_address or (subnet.version == 4 and ip == subnet.broadcast_address):
             raise DriverError(f"gateway {ip} is not a host address of {subnet}")
-        gateway = Allocation(pool["subnet"], str(ip), DOCKER_OWNER, pool["id"], "gateway")
+        gateway = Allocation(pool["subnet"], str(ip), DOCKER_OWNER, str(Holder(pool["id"])), "gateway")
 
         def reserve(txn):
             holder = txn.allocated(pool["subnet"]).get(str(ip))
@@ -218,18 +241,19 @@ class IpamDriver:
         def reserve(txn):
             holder = txn.allocated(subnet).get(ip)
             if holder is None:
-                txn.add(Allocation(subnet, ip, DOCKER_OWNER, pool["id"], "metadata-link"))
-            elif holder.network != DOCKER_OWNER or not holder.container_id.startswith(pool["id"]):
+                txn.add(Allocation(subnet, ip, DOCKER_OWNER, str(Holder(pool["id"])), "metadata-link"))
+            elif holder.network != DOCKER_OWNER or Holder.parse(holder.container_id).pool != pool["id"]:
                 raise DriverError(f"the metadata link address {ip} is already in use (by {holder.container_id})")
             # else Docker holds it already for this pool, as an --aux-address
 
         self.store.run(reserve)
 
-    def release_address(self, body: dict) -> dict:
-        pool = self.state.get(POOL, body.get("PoolID", ""))
-        if pool is None or not body.get("Address"):
-            return {}
-        ip = body["Address"].split("/")[0]
+    def release_address(self, request: cnm.AddressRequest) -> None:
+        request = cnm.coerce(cnm.AddressRequest, request)
+        pool = self.state.get(POOL, request.pool_id)
+        if pool is None or not request.address:
+            return
+        ip = request.address.split("/")[0]
 
         def release(txn):
             held = txn.allocated(pool["subnet"]).get(ip)
@@ -237,4 +261,3 @@ class IpamDriver:
                 txn.remove(held)
 
         self.store.run(release)
-        return {}

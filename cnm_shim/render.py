@@ -33,7 +33,8 @@ def _exclusions(ipam_data: dict) -> list:
 
 def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, etcd_endpoints=(),
                  etcd_tls=None, etcd_insecure=False) -> dict:
-    """Docker's IPAM data -> rancher-ipam's config: the same subnets, gateways,
+    """Docker's IPAM data (IPv4Data / IPv6Data entries as Docker sends them;
+    cnm.IPAMData.to_wire) -> rancher-ipam's config: the same subnets, gateways,
     --ip-range and --aux-address, so CNI runtimes allocate as Docker does."""
     ranges, exclude = [], []
     for data in list(ipv4) + list(ipv6):

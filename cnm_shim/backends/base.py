@@ -11,66 +11,75 @@ removes and the doctor checks and re-makes).
 import dataclasses
 from typing import Callable
 
+from cni_backend import hostnet
+
+from ..state import Network
+
 
 class HostSide:
     """The host side of one of the backend's networks, from its state record
-    (`net`: id, options, bridge, conflist …). The bridge backend's is the
+    (`net`: a state.Network: id, options, bridge, conflist …). The bridge backend's is the
     default: a bridge, made if missing and removed only when it was ours."""
 
-    def create(self, net: dict, undo) -> None:
+    def create(self, net: Network, undo) -> None:
         """Made at CreateNetwork; what was made registers its removal on `undo`
         (an ExitStack) so a later failing step leaves nothing."""
         raise NotImplementedError
 
-    def remove(self, net: dict) -> None:
+    def remove(self, net: Network) -> None:
         """Removed at DeleteNetwork, idempotently."""
         raise NotImplementedError
 
-    def ensure(self, net: dict) -> None:
+    def ensure(self, net: Network) -> None:
         """Made again, the same idempotent way (the doctor's repair)."""
         raise NotImplementedError
 
-    def made_by_us(self, net: dict) -> bool:
+    def made_by_us(self, net: Network) -> bool:
         """Whether the network's bridge is ours to re-make (the doctor)."""
         return True
 
-    def ports(self, net: dict) -> list:
+    def ports(self, net: Network) -> list:
         """Interfaces the doctor expects enslaved to the network's bridge."""
         return []
 
-    def reserved_addresses(self, net: dict) -> list:
+    def reserved_addresses(self, net: Network) -> list:
         """Addresses of the subnet the host side itself holds: CreateNetwork
         keeps them out of Docker's IPAM."""
         return []
 
-    def datapath(self, net: dict) -> dict:
+    def datapath(self, net: Network) -> dict:
         """What carries the network's traffic (cnm-shim status / doctor)."""
         raise NotImplementedError
 
 
 class LoadedHost(HostSide):
-    """A host side that a cni_backend module makes and removes (`ensure`,
-    `remove`) for the network object its plug-in's loader reads from the
-    conflist's first plug-in; always ours, so always removed."""
+    """A host side the CNI side makes and removes as its plug-in type says
+    (cni_backend.hostnet.network_of: the conflist's first plug-in's network,
+    flat's uplink or vxlan's VTEP); always ours, so always removed."""
 
-    def __init__(self, load: Callable, module):
-        self.load = load      # the plug-in's load_network(plugin config)
-        self.module = module  # flatnet, vxlannet: ensure(network), remove(network)
+    def network(self, net: Network):
+        return hostnet.network_of(net.conflist)
 
-    def network(self, net: dict):
-        return self.load(net["conflist"]["plugins"][0])
-
-    def create(self, net: dict, undo) -> None:
-        net["bridge_created"] = True
+    def create(self, net: Network, undo) -> None:
+        net.bridge_created = True
         network = self.network(net)
-        self.module.ensure(network)
-        undo.callback(self.module.remove, network)
+        network.ensure()
+        undo.callback(network.remove)
 
-    def remove(self, net: dict) -> None:
-        self.module.remove(self.network(net))
+    def remove(self, net: Network) -> None:
+        self.network(net).remove()
 
-    def ensure(self, net: dict) -> None:
-        self.module.ensure(self.network(net))
+    def ensure(self, net: Network) -> None:
+        self.network(net).ensure()
+
+    def ports(self, net: Network) -> list:
+        return self.network(net).ports()
+
+    def reserved_addresses(self, net: Network) -> list:
+        return self.network(net).reserved_addresses()
+
+    def datapath(self, net: Network) -> dict:
+        return self.network(net).datapath(net.cni_name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The bridge backend: containers on a Linux bridge of the host, NATed out
 through the host (`rancher-bridge`)."""
 
-from cni_backend import datapath, networks
+from cni_backend import hostnet
 
 from .. import options
+from ..state import Network
 from ..options import Option
 from .base import Backend, HostSide
 
@@ -38,24 +39,29 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
 class BridgeHost(HostSide):
     """A bridge of the host; one that existed before (docker0) is reused and left in place."""
 
-    def create(self, net: dict, undo) -> None:
-        net["bridge_created"] = not networks.bridge_exists(net["bridge"])
-        networks.ensure_bridge(net["bridge"], net["options"]["mtu"])
-        if net["bridge_created"]:
-            undo.callback(networks.remove_bridge, net["bridge"])
+    @staticmethod
+    def _bridge(net: Network) -> hostnet.Bridge:
+        return hostnet.Bridge(net.bridge, net.options["mtu"])
 
-    def remove(self, net: dict) -> None:
-        if net["bridge_created"]:
-            networks.remove_bridge(net["bridge"])
+    def create(self, net: Network, undo) -> None:
+        bridge = self._bridge(net)
+        net.bridge_created = not bridge.exists()
+        bridge.ensure()
+        if net.bridge_created:
+            undo.callback(bridge.remove)
 
-    def ensure(self, net: dict) -> None:
-        networks.ensure_bridge(net["bridge"], net["options"]["mtu"])
+    def remove(self, net: Network) -> None:
+        if net.bridge_created:
+            hostnet.Bridge(net.bridge, None).remove()
 
-    def made_by_us(self, net: dict) -> bool:
-        return bool(net.get("bridge_created"))
+    def ensure(self, net: Network) -> None:
+        self._bridge(net).ensure()
 
-    def datapath(self, net: dict) -> dict:
-        return datapath.bridge(net["bridge"])
+    def made_by_us(self, net: Network) -> bool:
+        return bool(net.bridge_created)
+
+    def datapath(self, net: Network) -> dict:
+        return hostnet.Bridge(net.bridge, None).datapath(net.cni_name)
 
 
 BACKEND = Backend(name="bridge", driver="rancher-bridge", options=OPTIONS, render=render,

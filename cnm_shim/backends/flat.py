@@ -2,9 +2,6 @@
 uplink enslaved to the network's bridge, with an optional metadata link
 (`rancher-flat`)."""
 
-from cni_backend import datapath, flatnet
-from cni_backend.plugins import flat as flat_plugin
-
 from .. import options
 from ..options import Option
 from .base import Backend, LoadedHost
@@ -41,19 +38,6 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
 class FlatHost(LoadedHost):
     """The uplink, the metadata link and their rules (cni_backend/flatnet.py),
     made at `network create` so a wrong parent fails there."""
-
-    def __init__(self):
-        super().__init__(flat_plugin.load_network, flatnet)
-
-    def ports(self, net: dict) -> list:
-        return [self.network(net).uplink]
-
-    def reserved_addresses(self, net: dict) -> list:
-        flat = self.network(net)
-        return [flat.metadata.link_ip] if flat.metadata else []
-
-    def datapath(self, net: dict) -> dict:
-        return datapath.flat(net["cni_name"], self.network(net))
 
 
 BACKEND = Backend(name="flat", driver="rancher-flat", options=OPTIONS, render=render,

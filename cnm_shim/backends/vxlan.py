@@ -1,9 +1,6 @@
 """The VXLAN backend: one subnet across hosts, the network's bridge plus a
 VTEP (`rancher-vxlan`)."""
 
-from cni_backend import datapath, vxlannet
-from cni_backend.plugins import vxlan as vxlan_plugin
-
 from .. import options
 from ..options import Option
 from .base import Backend, LoadedHost
@@ -37,15 +34,6 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
 
 class VxlanHost(LoadedHost):
     """The bridge and its VTEP (cni_backend/vxlannet.py)."""
-
-    def __init__(self):
-        super().__init__(vxlan_plugin.load_network, vxlannet)
-
-    def ports(self, net: dict) -> list:
-        return [self.network(net).vtep]
-
-    def datapath(self, net: dict) -> dict:
-        return datapath.vxlan(self.network(net))
 
 
 BACKEND = Backend(name="vxlan", driver="rancher-vxlan", options=OPTIONS, render=render,

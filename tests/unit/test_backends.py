@@ -124,11 +124,11 @@ class RecordingHost(backends.HostSide):
         self.calls = []
 
     def create(self, net, undo):
-        self.calls.append(("create", net["bridge"]))
-        net["bridge_created"] = True
+        self.calls.append(("create", net.bridge))
+        net.bridge_created = True
 
     def remove(self, net):
-        self.calls.append(("remove", net["bridge"]))
+        self.calls.append(("remove", net.bridge))
 
 
 def test_a_backend_added_to_the_registry_alone_is_created_and_removed_through_its_entry(tmp_path, monkeypatch):

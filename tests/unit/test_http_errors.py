@@ -15,7 +15,7 @@ import sqlite3
 import pytest
 
 from cni_backend import errors as cni
-from cnm_shim import translate
+from cni_backend import hostnet
 from cnm_shim.app import create_app
 
 NET, NEW_NET = "a" * 64, "c" * 64
@@ -113,15 +113,15 @@ def shim(tmp_path, monkeypatch):
         if shim.host_error is not None:
             raise shim.host_error
 
-    monkeypatch.setattr(translate.networks, "bridge_exists", lambda name: False)
-    monkeypatch.setattr(translate.networks, "link_kind", lambda name: None)
-    monkeypatch.setattr(translate.networks, "ensure_bridge", host)
-    monkeypatch.setattr(translate.networks, "remove_bridge", host)
-    monkeypatch.setattr(translate.networks.firewall, "collect_garbage", host)
+    monkeypatch.setattr(hostnet.networks, "bridge_exists", lambda name: False)
+    monkeypatch.setattr(hostnet.networks, "link_kind", lambda name: None)
+    monkeypatch.setattr(hostnet.networks, "ensure_bridge", host)
+    monkeypatch.setattr(hostnet.networks, "remove_bridge", host)
+    monkeypatch.setattr(hostnet.networks.firewall, "collect_garbage", host)
     for name in ("create", "remove", "move_to_host"):
-        monkeypatch.setattr(translate.staging, name, host)
-    monkeypatch.setattr(translate.netlink, "socket_in", contextlib.nullcontext)
-    monkeypatch.setattr(translate.netlink, "delete_link", lambda *_: False)
+        monkeypatch.setattr(hostnet.staging, name, host)
+    monkeypatch.setattr(hostnet.netlink, "socket_in", contextlib.nullcontext)
+    monkeypatch.setattr(hostnet.netlink, "delete_link", lambda *_: False)
 
     shim.ok("/NetworkDriver.CreateNetwork", {"NetworkID": NET, "IPv4Data": [
         {"AddressSpace": "LocalDefault", "Pool": "10.60.0.0/24", "Gateway": "10.60.0.1/24"}]})

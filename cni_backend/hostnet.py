@@ -1,0 +1,238 @@
+"""The host-network façade: what the Docker side (cnm_shim) may do to the
+host's network, the address store and the firewall, outside a CNI call.
+
+The other door is `runtime` (running CNI). `cnm_shim`'s Translator and Doctor
+import nothing else of the CNI side (tests/unit/test_doors.py).
+
+  a network's host side  `network_of(conflist)`: the object for the plug-in
+                         type of the conflist's first plug-in (bridge, flat,
+                         vxlan), with ensure / remove / ports / reserved
+                         addresses / data path; `missing_parts`, `forget`
+  addresses              `open_store`, `check_etcd_endpoints`, `holder_of`, `DOCKER_OWNER`,
+                         `Allocation`, `SQLiteStore`, `reserve`, `validate_ipam`, `parse_range`
+  staging namespaces     `create_staging`, `move_to_host`, `remove_staging`
+  links                  `delete_link`, `sandbox_interface`, `NetnsGone`
+  attachments            `restore_attachment` (doctor --repair)
+  firewall               `firewall_drift`, `repair_firewall`, `stray_tags`,
+                         `collect_rules`
+  address text           `addresses` (the one parser of both sides: no IPv6 scope IDs)
+"""
+
+import socket
+
+from . import addresses, datapath, flatnet, networks, repair, staging, vxlannet
+from .errors import CNIError, INVALID_CONFIG
+from .ipam import allocator, config as ipam_config
+from .ipam.etcd_store import check_endpoints as check_etcd_endpoints
+from .ipam.store import DOCKER_OWNER, Allocation, SQLiteStore, open_store
+from .net import firewall, iptables, netlink
+from .net.netns import NetnsGone
+from .plugins import flat as flat_plugin, vxlan as vxlan_plugin
+
+__all__ = ["addresses", "DOCKER_OWNER", "Allocation", "SQLiteStore", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
+           "forget", "holder_of", "reserve", "validate_ipam", "parse_range", "create_staging", "move_to_host",
+           "remove_staging", "delete_link", "sandbox_interface", "restore_attachment", "firewall_drift",
+           "repair_firewall", "stray_tags", "collect_rules"]
+
+
+# -- a network's host side, by plug-in type ---------------------------------------
+
+class HostNetwork:
+    """The host side of one network, from the config of its conflist's first plug-in."""
+
+    bridge: str
+
+    def ensure(self) -> None:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        raise NotImplementedError
+
+    def ports(self) -> list:
+        """Links that must be enslaved to the network's bridge."""
+        return []
+
+    def reserved_addresses(self) -> list:
+        """Addresses of the subnet the host side itself holds."""
+        return []
+
+    def datapath(self, cni_name: str) -> dict:
+        raise NotImplementedError
+
+
+class Bridge(HostNetwork):
+    """rancher-bridge: a Linux bridge of the host."""
+
+    def __init__(self, name: str, mtu: int | None):
+        self.bridge, self.mtu = name, mtu
+
+    def exists(self) -> bool:
+        return networks.bridge_exists(self.bridge)
+
+    def ensure(self) -> None:
+        networks.ensure_bridge(self.bridge, self.mtu)
+
+    def remove(self) -> None:
+        networks.remove_bridge(self.bridge)
+
+    def datapath(self, cni_name: str) -> dict:
+        return datapath.bridge(self.bridge)
+
+
+class Flat(HostNetwork):
+    """rancher-flat: the uplink, the metadata link and their rules (flatnet)."""
+
+    def __init__(self, plugin: dict):
+        self.network = flat_plugin.load_network(plugin)
+        self.bridge = self.network.bridge
+
+    def ensure(self) -> None:
+        flatnet.ensure(self.network)
+
+    def remove(self) -> None:
+        flatnet.remove(self.network)
+
+    def ports(self) -> list:
+        return [self.network.uplink]
+
+    def reserved_addresses(self) -> list:
+        return [self.network.metadata.link_ip] if self.network.metadata else []
+
+    def datapath(self, cni_name: str) -> dict:
+        return datapath.flat(cni_name, self.network)
+
+
+class Vxlan(HostNetwork):
+    """rancher-vxlan: the bridge and its VTEP (vxlannet)."""
+
+    def __init__(self, plugin: dict):
+        self.network = vxlan_plugin.load_network(plugin)
+        self.bridge = self.network.bridge
+
+    def ensure(self) -> None:
+        vxlannet.ensure(self.network)
+
+    def remove(self) -> None:
+        vxlannet.remove(self.network)
+
+    def ports(self) -> list:
+        return [self.network.vtep]
+
+    def datapath(self, cni_name: str) -> dict:
+        return datapath.vxlan(self.network)
+
+
+# plug-in type (the conflist's first plug-in) -> its host side
+HOST_NETWORKS = {
+    "rancher-bridge": lambda plugin: Bridge(plugin["bridge"], plugin.get("mtu")),
+    "rancher-flat": Flat,
+    "rancher-vxlan": Vxlan,
+}
+
+
+def network_of(conflist: dict) -> HostNetwork:
+    """The host side of the network `conflist` configures, chosen by its first plug-in's type."""
+    plugin = conflist["plugins"][0]
+    make = HOST_NETWORKS.get(plugin.get("type"))
+    if make is None:
+        raise CNIError(INVALID_CONFIG, f"plug-in {plugin.get('type')!r} has no host-side network; "
+                                       f"known: {', '.join(HOST_NETWORKS)}")
+    return make(plugin)
+
+
+def missing_parts(bridge: str, ports=()) -> list:
+    """What of a network's host side is gone: its bridge, or one of its ports."""
+    return networks.missing_parts(bridge, ports)
+
+
+def forget(cni_network: str | None, store, ports_list: str | None = None) -> None:
+    """Drop every firewall rule and IPAM entry still carrying the network's
+    name, and the port rules of its ports list (networks.forget)."""
+    networks.forget(cni_network, store, ports_list=ports_list)
+
+
+# -- addresses ----------------------------------------------------------------------
+
+def holder_of(store, subnet: str, ip: str):
+    """The allocation holding `ip` in the pool of `subnet`, or None."""
+    return networks.holder_of(store, subnet, ip)
+
+
+def reserve(txn, conf, owner: tuple, wanted=None):
+    """An address of `conf`'s ranges (or `wanted`) for `owner`, inside the store's transaction."""
+    return allocator.reserve(txn, conf, owner, wanted)
+
+
+def validate_ipam(ipam: dict, runtime_config: dict | None = None):
+    """The IPAM section as the rancher-ipam plug-in reads it; its errors as CNIError."""
+    return ipam_config.load(ipam, runtime_config or {})
+
+
+def parse_range(raw: dict):
+    """One range ({"subnet", "rangeStart", …}) checked as the IPAM plug-in does."""
+    return ipam_config.parse_range(raw)
+
+
+# -- staging namespaces and links -----------------------------------------------------
+
+def create_staging(path: str) -> None:
+    staging.create(path)
+
+
+def move_to_host(path: str, ifname: str, host_name: str) -> dict:
+    return staging.move_to_host(path, ifname, host_name)
+
+
+def remove_staging(path: str) -> None:
+    staging.remove(path)
+
+
+def delete_link(name: str) -> bool:
+    """Delete the host's link `name`; whether it was there."""
+    with netlink.socket_in() as host:
+        return netlink.delete_link(host, name)
+
+
+def sandbox_interface(sandbox: str, mac: str) -> dict:
+    """The name of the sandbox's interface with `mac` ("ifname", None if none
+    has it), and whether the sandbox's default route leaves through it
+    ("default_here"; also true when there is no default route). Raises
+    NetnsGone when the sandbox is."""
+    with netlink.socket_in(sandbox) as inside:
+        ours = next((netlink.describe(link) for link in inside.get_links()
+                     if (link.get("address") or "").lower() == mac.lower()), None)
+        if ours is None:
+            return {"ifname": None, "default_here": False}
+        defaults = [msg for family in (socket.AF_INET, socket.AF_INET6)
+                    for msg in inside.get_routes(family=family, table=netlink.RT_TABLE_MAIN)
+                    if msg["dst_len"] == 0]
+        here = not defaults or any(msg.get("RTA_OIF") == ours["index"] for msg in defaults)
+        return {"ifname": ours["name"], "default_here": here}
+
+
+# -- attachments and the firewall ------------------------------------------------------
+
+def restore_attachment(conf: dict, container_id: str, netns: str, ifname: str, args: list,
+                       capability_args: dict, result: dict) -> None:
+    """Put back the host side of an attachment from its cached result."""
+    repair.restore_attachment(conf, container_id, netns, ifname, args, capability_args, result)
+
+
+def firewall_drift() -> list:
+    """(family, line) of each of our chains, jumps or isolation rules out of line."""
+    return iptables.derived_drift()
+
+
+def repair_firewall() -> None:
+    iptables.repair_derived()
+
+
+def stray_tags(network: str, valid_attachments) -> list:
+    """Tags of `network`'s rules that belong to no attachment in `valid_attachments`."""
+    return firewall.stray_tags(network, valid_attachments)
+
+
+def collect_rules(network: str, valid_attachments) -> list:
+    """Remove `network`'s rules whose attachment is not in `valid_attachments()`
+    (read under the firewall lock); the removed tags."""
+    return firewall.collect_garbage_checked(network, valid_attachments)

@@ -1,0 +1,39 @@
+"""The runtime-side door: what the Docker side (cnm_shim) may use of the CNI
+side to run CNI as a runtime does (ADD / CHECK / DEL / GC of a conflist, and
+the cache libcni keeps of each attachment).
+
+`cnm_shim`'s Translator and Doctor reach the CNI side through this module and
+`hostnet` (the host-network façade) only; a unit test
+(tests/unit/test_doors.py) keeps it so. What is re-exported here is the CNI
+side's own API, unchanged: one place to see what the Docker side depends on.
+"""
+
+from . import errors
+from .errors import CHECK_FAILED, IO_FAILURE, CNIError
+from .files import write_atomic
+from .invoke import cache
+from .invoke.api import CNI, Attachment
+from .invoke.conflist import parse as parse_conflist
+from .plugins.bridge import SANDBOX_IFNAME_ARG
+from .plugins.ipam import RESERVED_ARG
+
+__all__ = ["CNI", "Attachment", "CNIError", "CHECK_FAILED", "IO_FAILURE", "errors", "parse_conflist",
+           "cached", "cached_attachments", "RESERVED_ARG", "SANDBOX_IFNAME_ARG", "write_atomic"]
+# write_atomic(path, data, mode): how a conflist is exported where CNI runtimes
+# read it (temp file, fsync, rename): a runtime never reads half a file
+
+# CNI_ARGS our plug-ins read besides the standard ones:
+#   RESERVED_ARG        rancher-ipam: the addresses in runtimeConfig.ips are
+#                       Docker's reservations (its IPAM driver holds them)
+#   SANDBOX_IFNAME_ARG  rancher-bridge CHECK: the name the container's
+#                       interface has in the sandbox (Docker renamed it)
+
+
+def cached(cache_dir: str, network: str, container_id: str, ifname: str) -> dict | None:
+    """The cache entry of one attachment (config, cniArgs, capabilityArgs, result), or None."""
+    return cache.load(cache_dir, network, container_id, ifname)
+
+
+def cached_attachments(cache_dir: str, network: str) -> list:
+    """(container_id, ifname) of every attachment of `network` cached in `cache_dir`."""
+    return cache.entries(cache_dir, network)
