@@ -66,9 +66,9 @@ class CannotCheck(Exception):
     pass
 
 
-def _requested_ago(pool: dict) -> str:
-    minutes = int((time.time() - pool.get("created", 0)) // 60)
-    return f"{minutes} min ago" if pool.get("created") else "before this version kept the time"
+def _requested_ago(pool) -> str:
+    minutes = int((time.time() - pool.created) // 60)
+    return f"{minutes} min ago" if pool.created else "before this version kept the time"
 
 
 @dataclasses.dataclass
@@ -343,11 +343,11 @@ class Doctor:
         in_use = used_subnets(self.state) | (self.docker_subnets or set())
         for pool in ipam.reclaimable(self.state, in_use):
             asked = self.docker_subnets is not None
-            self._found(Finding("pool", pool["id"], f"requested by Docker {_requested_ago(pool)}, and no network uses "
+            self._found(Finding("pool", pool.id, f"requested by Docker {_requested_ago(pool)}, and no network uses "
                                 "it: its ReleasePool never came", repairable=asked,
                                 note="" if asked else "Docker was not asked whether a network of another driver "
                                                       "uses it (--docker-host)"),
-                        repair, lambda pool=pool: self._reclaim(pool["id"]))
+                        repair, lambda pool=pool: self._reclaim(pool.id))
 
     def _reclaim(self, pool_id: str) -> str:
         state = State(self.settings.state_dir)

@@ -20,7 +20,7 @@ from cni_backend.hostnet import DOCKER_OWNER, Allocation, SQLiteStore
 
 from . import cnm
 from .errors import DriverError, step
-from .state import NETWORK, POOL, State
+from .state import Pool, State
 
 LOCAL_SPACE, GLOBAL_SPACE = "RancherLocal", "RancherGlobal"
 ADDRESS_SPACES = (LOCAL_SPACE, GLOBAL_SPACE)
@@ -61,15 +61,11 @@ def _network(value: str, what: str):
         raise DriverError(str(exc)) from None
 
 
-def refs(pool: dict) -> int:
-    return pool.get("refs", 1)  # records written before reference counts had one holder
-
-
 def used_subnets(txn) -> set:
     """Subnets the shim's networks use (their conflists' IPAM ranges)."""
     used = set()
-    for net in txn.all(NETWORK):
-        plugins = (net.get("conflist") or {}).get("plugins") or [{}]
+    for net in txn.networks():
+        plugins = net.conflist.get("plugins") or [{}]
         for ranges in (plugins[0].get("ipam") or {}).get("ranges") or []:
             used |= {r.get("subnet") for r in ranges if isinstance(r, dict)}
     return used
@@ -83,8 +79,8 @@ class IpamDriver:
         # addresses are this host's; the gateway and the link address are shared.
         self.host = host or socket.gethostname()
 
-    def _owner(self, pool: dict) -> tuple:
-        return (DOCKER_OWNER, str(Holder(pool["id"], self.host)), "")
+    def _owner(self, pool: Pool) -> tuple:
+        return (DOCKER_OWNER, str(Holder(pool.id, self.host)), "")
 
     def request_pool(self, request: cnm.RequestPoolRequest) -> cnm.RequestPoolResponse:
         request = cnm.coerce(cnm.RequestPoolRequest, request)
@@ -105,12 +101,12 @@ class IpamDriver:
             if sub_pool is not None and (sub_pool.version != subnet.version or not sub_pool.subnet_of(subnet)):
                 raise DriverError(f"ip-range {sub_pool} is not inside subnet {subnet}")
             pool_id = f"{space}/{subnet}" + (f"/{sub_pool}" if sub_pool else "")
-            held = txn.get(POOL, pool_id)
+            held = txn.pool(pool_id)
             if held is not None:  # another network on this subnet: one more holder, the same gateway
-                txn.put(POOL, pool_id, dict(held, refs=refs(held) + 1))
+                txn.save(dataclasses.replace(held, refs=held.refs + 1))
             else:
-                txn.put(POOL, pool_id, {"id": pool_id, "subnet": str(subnet), "refs": 1, "created": time.time(),
-                                        "sub_pool": str(sub_pool) if sub_pool else None})
+                txn.save(Pool(pool_id, str(subnet), sub_pool=str(sub_pool) if sub_pool else None, refs=1,
+                              created=time.time()))
         return cnm.RequestPoolResponse(pool_id, str(subnet))
 
     def _free_default_pool(self, txn, version: int):
@@ -118,7 +114,7 @@ class IpamDriver:
         answer overlaps one of its networks, so each answer is a new pool. When
         none is left, pools that leaked are reclaimed first."""
         for attempt in (1, 2):
-            taken = [ipaddress.ip_network(p["subnet"]) for p in txn.all(POOL)]
+            taken = [ipaddress.ip_network(p.subnet) for p in txn.pools()]
             for candidate in DEFAULT_POOLS[version].subnets(new_prefix=DEFAULT_PREFIX[version]):
                 if not any(candidate.overlaps(t) for t in taken if t.version == version):
                     return candidate
@@ -132,8 +128,8 @@ class IpamDriver:
         in `in_use` has and which hold no address but their own gateway and
         link address: Docker's ReleasePool for them will not come."""
         now = time.time() if now is None else now
-        return [pool for pool in txn.all(POOL)
-                if now - pool.get("created", 0) >= grace and pool["subnet"] not in in_use
+        return [pool for pool in txn.pools()
+                if now - pool.created >= grace and pool.subnet not in in_use
                 and self.store.run(lambda store_txn, pool=pool: self._only_own_reservations(store_txn, pool))]
 
     def reclaim(self, txn, in_use: set, now: float | None = None, grace: float = POOL_GRACE_S,
@@ -143,56 +139,56 @@ class IpamDriver:
         --repair` (which also asks Docker which subnets its networks use)."""
         released = []
         for pool in self.reclaimable(txn, in_use, now, grace):
-            if pool_ids is not None and pool["id"] not in pool_ids:
+            if pool_ids is not None and pool.id not in pool_ids:
                 continue
             self._release_reservations(pool, keep_shared=not isinstance(self.store, SQLiteStore))
-            txn.delete(POOL, pool["id"])
-            released.append(pool["id"])
+            txn.forget(pool)
+            released.append(pool.id)
         return released
 
     @staticmethod
-    def _only_own_reservations(store_txn, pool: dict) -> bool:
-        return all(a.network == DOCKER_OWNER and a.container_id == pool["id"]
-                   for a in store_txn.allocated(pool["subnet"]).values())
+    def _only_own_reservations(store_txn, pool: Pool) -> bool:
+        return all(a.network == DOCKER_OWNER and a.container_id == pool.id
+                   for a in store_txn.allocated(pool.subnet).values())
 
-    def _pool(self, pool_id: str) -> dict:
-        pool = self.state.get(POOL, pool_id)
+    def _pool(self, pool_id: str) -> Pool:
+        pool = self.state.pool(pool_id)
         if pool is None:
             raise DriverError(f"unknown pool {pool_id!r}")
         return pool
 
-    def _config(self, pool: dict):
-        rng = {"subnet": pool["subnet"]}
-        if pool.get("sub_pool"):
-            hosts = ipaddress.ip_network(pool["sub_pool"])
+    def _config(self, pool: Pool):
+        rng = {"subnet": pool.subnet}
+        if pool.sub_pool:
+            hosts = ipaddress.ip_network(pool.sub_pool)
             rng.update(rangeStart=str(hosts.network_address), rangeEnd=str(hosts.broadcast_address))
-        if pool.get("gateway"):
-            rng["gateway"] = pool["gateway"]
-        with step(f"pool {pool['id']}"):
+        if pool.gateway:
+            rng["gateway"] = pool.gateway
+        with step(f"pool {pool.id}"):
             return hostnet.validate_ipam({"ranges": [[rng]]})
 
     def release_pool(self, request: cnm.PoolRequest) -> None:
         request = cnm.coerce(cnm.PoolRequest, request)
         with self.state.transaction() as txn:
-            pool = txn.get(POOL, request.pool_id)
+            pool = txn.pool(request.pool_id)
             if pool is None:
                 return
-            if refs(pool) > 1:  # another network still holds it
-                txn.put(POOL, pool["id"], dict(pool, refs=refs(pool) - 1))
+            if pool.refs > 1:  # another network still holds it
+                txn.save(dataclasses.replace(pool, refs=pool.refs - 1))
                 return
             self._release_reservations(pool)
-            txn.delete(POOL, pool["id"])
+            txn.forget(pool)
 
-    def _release_reservations(self, pool: dict, keep_shared: bool = False) -> None:
+    def _release_reservations(self, pool: Pool, keep_shared: bool = False) -> None:
         """This host's addresses of the pool, and the shared ones (gateway, link
         address) unless another host still has containers in it or `keep_shared`
         (a reclaim on a shared store: another host may use the pool unseen)."""
-        mine, shared = Holder(pool["id"], self.host), Holder(pool["id"])
+        mine, shared = Holder(pool.id, self.host), Holder(pool.id)
 
         def release_all(txn):
-            held = [(a, Holder.parse(a.container_id)) for a in txn.allocated(pool["subnet"]).values()
+            held = [(a, Holder.parse(a.container_id)) for a in txn.allocated(pool.subnet).values()
                     if a.network == DOCKER_OWNER]
-            others = [a for a, holder in held if holder.pool == pool["id"] and holder not in (mine, shared)]
+            others = [a for a, holder in held if holder.pool == pool.id and holder not in (mine, shared)]
             for allocation, holder in held:
                 if holder == mine or (holder == shared and not others and not keep_shared):
                     txn.remove(allocation)
@@ -202,7 +198,7 @@ class IpamDriver:
     def request_address(self, request: cnm.AddressRequest) -> cnm.RequestAddressResponse:
         request = cnm.coerce(cnm.AddressRequest, request)
         pool = self._pool(request.pool_id)
-        subnet = ipaddress.ip_network(pool["subnet"])
+        subnet = ipaddress.ip_network(pool.subnet)
         wanted = None
         if request.address:
             try:
@@ -211,20 +207,20 @@ class IpamDriver:
                 raise DriverError(str(exc)) from None
         if request.options.get("RequestAddressType") == GATEWAY_REQUEST:
             held = self._reserve_gateway(pool, wanted or subnet.network_address + 1)
-            self.state.put(POOL, pool["id"], dict(pool, gateway=held.ip))
+            self.state.save(dataclasses.replace(pool, gateway=held.ip))
         else:
             conf = self._config(pool)
             held = self.store.run(lambda txn: hostnet.reserve(txn, conf, self._owner(pool), wanted))
         return cnm.RequestAddressResponse(f"{held.ip}/{subnet.prefixlen}")
 
-    def _reserve_gateway(self, pool: dict, ip) -> Allocation:
-        subnet = ipaddress.ip_network(pool["subnet"])
+    def _reserve_gateway(self, pool: Pool, ip) -> Allocation:
+        subnet = ipaddress.ip_network(pool.subnet)
         if ip not in subnet or ip == subnet.network_address or (subnet.version == 4 and ip == subnet.broadcast_address):
             raise DriverError(f"gateway {ip} is not a host address of {subnet}")
-        gateway = Allocation(pool["subnet"], str(ip), DOCKER_OWNER, str(Holder(pool["id"])), "gateway")
+        gateway = Allocation(pool.subnet, str(ip), DOCKER_OWNER, str(Holder(pool.id)), "gateway")
 
         def reserve(txn):
-            holder = txn.allocated(pool["subnet"]).get(str(ip))
+            holder = txn.allocated(pool.subnet).get(str(ip))
             if holder is not None and holder != gateway:
                 raise DriverError(f"gateway {ip} is already in use (by {holder.container_id})")
             if holder is None:
@@ -235,14 +231,14 @@ class IpamDriver:
 
     def reserve_link_address(self, subnet: str, ip: str) -> None:
         """Keep a flat network's metadata link address out of Docker's hands."""
-        pool = next((p for p in self.state.all(POOL) if p["subnet"] == subnet), None)
+        pool = next((p for p in self.state.pools() if p.subnet == subnet), None)
         if pool is None:
             raise DriverError(f"no pool for subnet {subnet}")
         def reserve(txn):
             holder = txn.allocated(subnet).get(ip)
             if holder is None:
-                txn.add(Allocation(subnet, ip, DOCKER_OWNER, str(Holder(pool["id"])), "metadata-link"))
-            elif holder.network != DOCKER_OWNER or Holder.parse(holder.container_id).pool != pool["id"]:
+                txn.add(Allocation(subnet, ip, DOCKER_OWNER, str(Holder(pool.id)), "metadata-link"))
+            elif holder.network != DOCKER_OWNER or Holder.parse(holder.container_id).pool != pool.id:
                 raise DriverError(f"the metadata link address {ip} is already in use (by {holder.container_id})")
             # else Docker holds it already for this pool, as an --aux-address
 
@@ -250,13 +246,13 @@ class IpamDriver:
 
     def release_address(self, request: cnm.AddressRequest) -> None:
         request = cnm.coerce(cnm.AddressRequest, request)
-        pool = self.state.get(POOL, request.pool_id)
+        pool = self.state.pool(request.pool_id)
         if pool is None or not request.address:
             return
         ip = request.address.split("/")[0]
 
         def release(txn):
-            held = txn.allocated(pool["subnet"]).get(ip)
+            held = txn.allocated(pool.subnet).get(ip)
             if held is not None and held.network == DOCKER_OWNER:
                 txn.remove(held)
 

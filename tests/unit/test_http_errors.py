@@ -8,7 +8,6 @@ What is under test is the HTTP error mapping, so what lies beyond it is
 stubbed: the host (no root here), the CNI runtime caller and the IPAM store."""
 
 import contextlib
-import json
 import logging
 import sqlite3
 
@@ -16,7 +15,7 @@ import pytest
 
 from cni_backend import errors as cni
 from cni_backend import hostnet
-from cnm_shim.app import create_app
+from tests.unit.shim_client import Client, app_in
 
 NET, NEW_NET = "a" * 64, "c" * 64
 EP1, EP2, EP3 = "1" * 64, "2" * 64, "3" * 64  # EP1 joined with a published port; EP2 created only
@@ -62,22 +61,13 @@ class FailingStore:
         raise self.error
 
 
-class Shim:
+class Shim(Client):
     def __init__(self, app, monkeypatch):
-        self.client = app.test_client()
+        super().__init__(app)
         self.services = app.extensions["rancher"]
         self.monkeypatch = monkeypatch
         self.cni = self.services.translator.cni = FakeCNI()
         self.host_error = None
-
-    def post(self, path, body):
-        reply = self.client.post(path, data=json.dumps(body))
-        return reply.status_code, reply.get_json()
-
-    def ok(self, path, body):
-        status, answer = self.post(path, body)
-        assert status == 200, answer
-        return answer
 
     def fail(self, where: str, error) -> None:
         """Make the CNI side, the IPAM store, the host or the state database fail with `error`."""
@@ -105,9 +95,7 @@ def shim(tmp_path, monkeypatch):
     """A bridge network with EP1 joined (a port published) and EP2 created, a
     pool with an address, all made through the real calls; the host side is a
     stub that fails when told to."""
-    app = create_app({"state_dir": str(tmp_path / "state"), "run_dir": str(tmp_path / "run"),
-                      "ipam_data_dir": str(tmp_path / "ipam"), "cni_conf_dir": str(tmp_path / "net.d")})
-    shim = Shim(app, monkeypatch)
+    shim = Shim(app_in(tmp_path), monkeypatch)
 
     def host(*_args, **_kwargs):
         if shim.host_error is not None:

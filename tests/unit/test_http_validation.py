@@ -8,21 +8,14 @@ import sqlite3
 
 import pytest
 
-from cnm_shim.app import create_app
+from tests.unit.shim_client import Client, app_in
 
 NET, EP = "a" * 64, "b" * 64
 
 
 @pytest.fixture
 def shim(tmp_path):
-    app = create_app({"state_dir": str(tmp_path / "state"), "run_dir": str(tmp_path / "run"),
-                      "ipam_data_dir": str(tmp_path / "ipam"), "cni_conf_dir": str(tmp_path / "net.d"),
-                      "cni_path": (str(tmp_path / "none"),)})
-    client = app.test_client()
-
-    def post(path, body):
-        reply = client.post(path, data=json.dumps(body) if not isinstance(body, bytes) else body)
-        return reply.status_code, reply.get_json()
+    post = Client(app_in(tmp_path))
 
     def stored():
         with sqlite3.connect(tmp_path / "state" / "state.db") as db:

@@ -17,10 +17,10 @@ import pytest
 from cni_backend.errors import CNIError, INVALID_CONFIG, POOL_EXHAUSTED
 from cni_backend.ipam import allocator, config
 from cni_backend.ipam.store import DOCKER_OWNER, SQLiteStore
-from cnm_shim.app import create_app
 from cnm_shim import ipam_driver
 from cnm_shim.ipam_driver import IpamDriver
 from cnm_shim.state import POOL, State
+from tests.unit.shim_client import Client, app_in
 
 REFUSED_POOLS = [
     ("0.0.0.0/0", False, "it is the default route"),
@@ -40,14 +40,7 @@ REFUSED_POOLS = [
 
 @pytest.fixture
 def shim(tmp_path):
-    app = create_app({"state_dir": str(tmp_path / "state"), "run_dir": str(tmp_path / "run"),
-                      "ipam_data_dir": str(tmp_path / "ipam"), "cni_conf_dir": str(tmp_path / "net.d"),
-                      "cni_path": (str(tmp_path / "none"),)})
-    client = app.test_client()
-
-    def post(path, body):
-        reply = client.post(path, data=json.dumps(body))
-        return reply.status_code, reply.get_json()
+    post = Client(app_in(tmp_path))
 
     def stored(kind="pool"):
         with sqlite3.connect(tmp_path / "state" / "state.db") as db:
@@ -239,7 +232,7 @@ def test_a_pool_a_network_uses_or_that_holds_addresses_is_never_reclaimed(tmp_pa
     driver.request_address({"PoolID": busy})  # a container's address: someone uses the pool
     later = time.time() + ipam_driver.POOL_GRACE_S + 1
     with state.transaction() as txn:
-        assert [p["id"] for p in driver.reclaimable(txn, {"10.94.0.0/24"}, now=later)] == [idle]
+        assert [p.id for p in driver.reclaimable(txn, {"10.94.0.0/24"}, now=later)] == [idle]
         assert driver.reclaimable(txn, {"10.94.0.0/24"}) == [], "all within the grace period"
         assert driver.reclaim(txn, {"10.94.0.0/24"}, now=later) == [idle]
     assert sorted(p["id"] for p in state.all(POOL)) == sorted([used, busy])

@@ -19,6 +19,7 @@ import pytest
 from cnm_shim import ports
 from cnm_shim.errors import DriverError
 from tests import private_netns
+from tests.unit.shim_client import Client, app_in
 
 NET = "a" * 64
 EP1, EP2, EP3 = "1" * 64, "2" * 64, "3" * 64
@@ -54,17 +55,14 @@ class Recorder:
         self.deleted.append((att.capability_args or {}).get("portMappings"))
 
 
-class Shim:
+class Shim(Client):
     """The real app on `root`, a bridge network made by CreateNetwork (in the
     private namespace) and endpoints joined (their CNI result recorded)."""
 
     def __init__(self, root: str, endpoints=(EP1, EP2, EP3)):
-        from cnm_shim.app import create_app
         from cnm_shim.state import ENDPOINT, State
-        self.app = create_app({"state_dir": os.path.join(root, "state"), "run_dir": os.path.join(root, "run"),
-                               "ipam_data_dir": os.path.join(root, "ipam"),
-                               "cni_conf_dir": os.path.join(root, "net.d")})
-        self.client = self.app.test_client()
+        self.app = app_in(root)
+        super().__init__(self.app)
         self.services = self.app.extensions["rancher"]
         self.cni = self.services.translator.cni = Recorder()
         if self.services.state.get("network", NET) is None:
@@ -78,15 +76,6 @@ class Shim:
                                                           "Interface": {"Address": f"10.60.0.{5 + n}/24"}})
                 record = self.services.state.get(ENDPOINT, key)  # as a Join leaves it
                 self.services.state.put(ENDPOINT, key, dict(record, result=RESULT, src_name="rc" + ep[:12]))
-
-    def post(self, path, body):
-        reply = self.client.post(path, data=json.dumps(body))
-        return reply.status_code, reply.get_json()
-
-    def ok(self, path, body):
-        status, answer = self.post(path, body)
-        assert status == 200, answer
-        return answer
 
     def publish(self, ep, *entries):
         return self.post("/NetworkDriver.ProgramExternalConnectivity",
