@@ -9,7 +9,8 @@ TEST_VENV    ?= $(CURDIR)/.venv
 SOURCES      := setup.cfg pyproject.toml $(shell find cnm_shim cni_backend -name '*.py')
 DEB_PACKAGES := python3-venv iproute2 iptables nftables iputils-ping busybox-static \
                 docker.io containerd containernetworking-plugins ebtables iperf3 etcd-server \
-                debootstrap docker-registry wget systemd
+                debootstrap docker-registry wget systemd \
+                strongswan-charon strongswan-swanctl libcharon-extra-plugins
 PLUGIN       ?= rancher-cni
 PLUGIN_BUILD ?= $(CURDIR)/build/plugin
 REGISTRY     ?= localhost:5000

@@ -1,0 +1,393 @@
+"""The IPsec tunnel layer of rancher-ipsec: one strongSwan charon per host,
+and one IKEv2 connection per peer host, loaded through charon's VICI socket.
+
+One charon per host, not per network: charon binds IKE's UDP 500 and 4500 on
+the host, and its user-space data path (kernel-libipsec) makes one TUN device
+(ipsec0) and one routing table (220) for the whole host. A second charon in the
+same network namespace could have neither; every network of the host is one
+more connection in the same charon.
+
+charon writes its pid file at the compiled-in /var/run/charon.pid and refuses
+to start when another charon's pid file is there. So it runs in a private mount
+namespace in which the host's state directory is bind-mounted over /run: its
+pid file, VICI socket, strongswan.conf and log are all in that directory, seen
+from outside at their real path, from inside under /run.
+
+Nothing reaches strongswan.conf without validation (paths are checked against a
+narrow character set); connections and keys never reach a file at all: they go
+to charon as VICI messages. The pre-shared key is read from a file that only
+its owner can read.
+"""
+
+import contextlib
+import dataclasses
+import ipaddress
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import time
+
+from .errors import CNIError, INVALID_CONFIG, KERNEL_FEATURE_MISSING, PLUGIN_FAILED
+
+CHARON = "/usr/lib/ipsec/charon"
+# what charon loads, and nothing more (the list measured to work, issue 16)
+DATAPATH_PLUGINS = {
+    "libipsec": "kernel-libipsec kernel-netlink socket-default vici",
+    "xfrm": "kernel-netlink socket-default vici",
+}
+CRYPTO_PLUGINS = "random nonce aes sha1 sha2 hmac pem pkcs1 x509 pubkey kdf gmp"
+DEFAULT_IKE_PROPOSAL = "aes128-sha256-modp2048"
+DEFAULT_ESP_PROPOSAL = "aes128-sha256"
+# kernel-libipsec has no AEAD without the gcm plug-in, which is not loaded
+LIBIPSEC_UNSUPPORTED = ("gcm", "ccm", "chacha20poly1305")
+MIN_PSK_BYTES = 16
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_PATH = re.compile(r"/[A-Za-z0-9._/-]{1,200}")
+_PROPOSAL_WORD = re.compile(r"[a-z0-9]{1,32}")
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+def _invalid(msg: str) -> CNIError:
+    return CNIError(INVALID_CONFIG, msg)
+
+
+# -- validation ---------------------------------------------------------------
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise _invalid(f"ipsec: connection name {name!r} is not valid: 1-32 characters, "
+                       "lower-case letters, digits and '-', starting with a letter or digit")
+    return name
+
+
+def check_path(path: str, what: str) -> str:
+    if not isinstance(path, str) or not _PATH.fullmatch(path) or "/../" in f"{path}/" or "//" in path:
+        raise _invalid(f"ipsec: {what} {path!r} is not valid: an absolute path of letters, "
+                       "digits and '._/-' (no '..', spaces, quotes, braces or newlines)")
+    return path
+
+
+def check_unicast(address: str, what: str) -> str:
+    """A host address a tunnel may end on: unicast, not loopback or unspecified."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except (TypeError, ValueError):
+        raise _invalid(f"ipsec: {what} {address!r} is not an IP address") from None
+    if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_reserved or \
+            (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255")):
+        raise _invalid(f"ipsec: {what} {address} is not a unicast host address")
+    return str(ip)
+
+
+def check_subnets(subnets, what: str) -> list:
+    if isinstance(subnets, str) or not subnets:
+        raise _invalid(f"ipsec: {what} must be a non-empty list of subnets (CIDR)")
+    out = []
+    for subnet in subnets:
+        try:
+            out.append(str(ipaddress.ip_network(subnet, strict=True)))
+        except (TypeError, ValueError) as e:
+            raise _invalid(f"ipsec: {what} entry {subnet!r} is not a subnet in CIDR form ({e})") from None
+    return out
+
+
+def check_proposal(proposal: str, what: str, datapath: str) -> str:
+    words = proposal.split("-") if isinstance(proposal, str) else []
+    if not words or not all(_PROPOSAL_WORD.fullmatch(w) for w in words):
+        raise _invalid(f"ipsec: {what} proposal {proposal!r} is not valid: algorithm names "
+                       "(lower-case letters and digits) joined by '-', e.g. "
+                       f"{DEFAULT_IKE_PROPOSAL if what == 'IKE' else DEFAULT_ESP_PROPOSAL}")
+    if datapath == "libipsec" and what == "ESP" and any(aead in w for w in words for aead in LIBIPSEC_UNSUPPORTED):
+        raise _invalid(f"ipsec: ESP proposal {proposal!r} is not supported by the user-space data "
+                       "path (kernel-libipsec): no AEAD ciphers (AES-GCM/CCM, ChaCha20-Poly1305); "
+                       f"use e.g. {DEFAULT_ESP_PROPOSAL} or aes256-sha256")
+    return proposal
+
+
+def read_psk(path: str) -> bytes:
+    """The pre-shared key in `path`: a regular file, not a link, owned by us,
+    readable by its owner alone. The key never appears in an error."""
+    check_path(path, "PSK file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise _invalid(f"ipsec: cannot open the PSK file {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _invalid(f"ipsec: the PSK file {path} is not a regular file")
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise _invalid(f"ipsec: the PSK file {path} must belong to uid {os.geteuid()} and "
+                           f"have mode 0600 or stricter (it has {stat.S_IMODE(st.st_mode):04o})")
+        key = f.read(4097).strip()
+    if len(key) < MIN_PSK_BYTES or len(key) > 4096:
+        raise _invalid(f"ipsec: the PSK in {path} must be {MIN_PSK_BYTES} to 4096 bytes long")
+    return key
+
+
+# -- one host's charon --------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Tunnel:
+    """An IKEv2 connection from this host to one peer host, carrying traffic
+    between the local and remote container subnets (ESP in UDP 4500)."""
+    name: str
+    local_address: str
+    remote_address: str
+    local_subnets: tuple
+    remote_subnets: tuple
+    psk_file: str
+    ike_proposal: str = DEFAULT_IKE_PROPOSAL
+    esp_proposal: str = DEFAULT_ESP_PROPOSAL
+
+    @classmethod
+    def from_config(cls, datapath: str = "libipsec", **conf) -> "Tunnel":
+        unknown = set(conf) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise _invalid(f"ipsec: unknown tunnel settings {sorted(unknown)}")
+        try:
+            t = cls(**conf)
+        except TypeError as e:
+            raise _invalid(f"ipsec: incomplete tunnel settings ({e})") from None
+        local = check_unicast(t.local_address, "local address")
+        remote = check_unicast(t.remote_address, "peer address")
+        if local == remote:
+            raise _invalid(f"ipsec: the peer address {remote} is this host's own address")
+        return cls(name=check_name(t.name), local_address=local, remote_address=remote,
+                   local_subnets=tuple(check_subnets(t.local_subnets, "local subnets")),
+                   remote_subnets=tuple(check_subnets(t.remote_subnets, "remote subnets")),
+                   psk_file=check_path(t.psk_file, "PSK file"),
+                   ike_proposal=check_proposal(t.ike_proposal, "IKE", datapath),
+                   esp_proposal=check_proposal(t.esp_proposal, "ESP", datapath))
+
+    @property
+    def initiator(self) -> bool:
+        """One side initiates (the lower underlay address), so that two hosts
+        starting together make one IKE_SA, not one each; the other answers,
+        and drops its SAs when the initiator stops answering (DPD)."""
+        return ipaddress.ip_address(self.local_address) < ipaddress.ip_address(self.remote_address)
+
+    def vici_connection(self) -> dict:
+        return {self.name: {
+            "version": "2",
+            "local_addrs": [self.local_address],
+            "remote_addrs": [self.remote_address],
+            "encap": "yes",  # ESP in UDP 4500 even without NAT (as Rancher did)
+            "proposals": [self.ike_proposal],
+            "dpd_delay": "10s",
+            "local": {"auth": "psk", "id": self.local_address},
+            "remote": {"auth": "psk", "id": self.remote_address},
+            "children": {self.name: {
+                "mode": "tunnel",
+                "local_ts": list(self.local_subnets),
+                "remote_ts": list(self.remote_subnets),
+                "esp_proposals": [self.esp_proposal],
+                "start_action": "start" if self.initiator else "none",
+                "dpd_action": "restart" if self.initiator else "clear",
+                "close_action": "start" if self.initiator else "none",
+            }},
+        }}
+
+
+def strongswan_conf(state_dir: str, datapath: str) -> str:
+    """strongswan.conf as charon sees it: inside its mount namespace the state
+    directory is /run, so every path in here starts with /run."""
+    check_path(state_dir, "state directory")
+    if datapath not in DATAPATH_PLUGINS:
+        raise _invalid(f"ipsec: data path {datapath!r} is not one of {sorted(DATAPATH_PLUGINS)}")
+    return (
+        "charon {\n"
+        f"  load = {DATAPATH_PLUGINS[datapath]} {CRYPTO_PLUGINS}\n"
+        "  port = 500\n"
+        "  port_nat_t = 4500\n"
+        "  install_routes = yes\n"
+        "  plugins {\n"
+        "    vici {\n"
+        "      socket = unix:///run/charon.vici\n"
+        "    }\n"
+        "  }\n"
+        "  filelog {\n"
+        "    charon {\n"
+        "      path = /run/charon.log\n"
+        "      default = 1\n"
+        "      flush_line = yes\n"
+        "      time_format = %F %T\n"
+        "    }\n"
+        "  }\n"
+        "  syslog {\n"
+        "    daemon {\n"
+        "      default = -1\n"
+        "    }\n"
+        "  }\n"
+        "}\n")
+
+
+class Charon:
+    """The charon of one host, its state in `state_dir` (created, mode 0700)."""
+
+    def __init__(self, state_dir: str, datapath: str = "libipsec", netns: str | None = None):
+        self.state_dir = check_path(state_dir, "state directory")
+        if datapath not in DATAPATH_PLUGINS:
+            raise _invalid(f"ipsec: data path {datapath!r} is not one of {sorted(DATAPATH_PLUGINS)}")
+        if netns is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", netns):
+            raise _invalid(f"ipsec: network namespace name {netns!r} is not valid")
+        self.datapath = datapath
+        self.netns = netns
+        self.process = None
+
+    @property
+    def vici_socket(self) -> str:
+        return os.path.join(self.state_dir, "charon.vici")
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.state_dir, "charon.log")
+
+    def start(self) -> None:
+        """Start charon and wait until its VICI socket answers."""
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        for leftover in ("charon.pid", "charon.vici"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.state_dir, leftover))
+        conf = os.path.join(self.state_dir, "strongswan.conf")
+        with open(conf + ".tmp", "w") as f:
+            f.write(strongswan_conf(self.state_dir, self.datapath))
+        os.replace(conf + ".tmp", conf)
+        argv = ["unshare", "--mount", "--propagation", "private", "--",
+                "/bin/sh", "-c", 'mount --bind "$1" /run && exec "$2"', "charon-wrapper",
+                self.state_dir, CHARON]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns] + argv
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "STRONGSWAN_CONF": "/run/strongswan.conf"}
+        with open(os.path.join(self.state_dir, "charon.stderr"), "ab") as err:
+            self.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=err,
+                                            stderr=err, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise CNIError(PLUGIN_FAILED, f"ipsec: charon exited with status {self.process.returncode} "
+                               "while starting", self._log_tail())
+            with contextlib.suppress(OSError):
+                with self._connect():
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise CNIError(PLUGIN_FAILED, f"ipsec: charon did not open {self.vici_socket} "
+                       f"within {START_TIMEOUT:.0f}s", self._log_tail())
+
+    def stop(self) -> None:
+        """SIGTERM (charon removes its SAs, routes, rule and TUN device), then
+        SIGKILL if it has not gone after STOP_TIMEOUT."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def _log_tail(self, lines: int = 20) -> str:
+        out = []
+        for name in ("charon.stderr", "charon.log"):
+            with contextlib.suppress(OSError):
+                with open(os.path.join(self.state_dir, name), errors="replace") as f:
+                    out += f.read().splitlines()[-lines:]
+        return "\n".join(out)
+
+    @contextlib.contextmanager
+    def _connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(30)
+            sock.connect(self.vici_socket)
+            yield sock
+        finally:
+            sock.close()
+
+    @contextlib.contextmanager
+    def session(self):
+        import vici  # only the ipsec backend needs it
+        with self._connect() as sock:
+            yield vici.Session(sock)
+
+    # -- connections -----------------------------------------------------
+
+    def load(self, tunnel: Tunnel) -> None:
+        """Load the tunnel's key and connection (idempotent: a reload replaces
+        both). The initiating side starts the tunnel at once."""
+        import vici.exception
+        key = read_psk(tunnel.psk_file)
+        try:
+            with self.session() as s:
+                s.load_shared({"id": f"psk-{tunnel.name}", "type": "IKE", "data": key,
+                               "owners": [tunnel.local_address, tunnel.remote_address]})
+                s.load_conn(tunnel.vici_connection())
+        except vici.exception.CommandException as e:
+            # charon's answer names the setting, never the key
+            raise _invalid(f"ipsec: charon refused the connection {tunnel.name}: {e}") from None
+
+    def unload(self, name: str) -> None:
+        """Remove the connection and its key; its SAs and routes go with it."""
+        import vici.exception
+        check_name(name)
+        with self.session() as s:
+            for command, message in ((s.unload_conn, {"name": name}), (s.unload_shared, {"id": f"psk-{name}"})):
+                with contextlib.suppress(vici.exception.CommandException):
+                    command(message)
+            with contextlib.suppress(vici.exception.CommandException):
+                for _ in s.terminate({"ike": name, "force": "yes", "timeout": "-1"}):
+                    pass
+
+    def sas(self) -> dict:
+        """{connection: {"ike": IKE_SA state, "children": {name: CHILD_SA state},
+        "udp_encap": {name: whether its ESP is in UDP}}}"""
+        out = {}
+        with self.session() as s:
+            for entry in s.list_sas():
+                for name, ike in entry.items():
+                    child_sas = (ike.get("child-sas") or {}).values()
+                    out[_text(name)] = {
+                        "ike": _text(ike.get("state")),
+                        "children": {_text(c.get("name")): _text(c.get("state")) for c in child_sas},
+                        "udp_encap": {_text(c.get("name")): _text(c.get("encap")) == "yes" for c in child_sas}}
+        return out
+
+    def wait_installed(self, name: str, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            sas = self.sas().get(name)
+            if sas and sas["ike"] == "ESTABLISHED" and "INSTALLED" in sas["children"].values():
+                return sas
+            if time.monotonic() > deadline:
+                raise CNIError(PLUGIN_FAILED, f"ipsec: tunnel {name} not up after {timeout:.0f}s "
+                               f"(state: {sas or 'no IKE_SA'})", self._log_tail())
+            time.sleep(0.2)
+
+
+def _text(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def probe_datapath() -> str:
+    """"xfrm" when the kernel takes an ESP state, "libipsec" otherwise (needs
+    /dev/net/tun). Probed in the caller's network namespace, never assumed."""
+    probe = ["ip", "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
+             "spi", "0x0badcafe", "mode", "tunnel", "enc", "cbc(aes)", "0x" + "00" * 16,
+             "auth", "hmac(sha256)", "0x" + "00" * 32]
+    if subprocess.run(probe, capture_output=True).returncode == 0:
+        subprocess.run(["ip", "xfrm", "state", "delete", "src", "192.0.2.1", "dst", "192.0.2.2",
+                        "proto", "esp", "spi", "0x0badcafe"], capture_output=True)
+        return "xfrm"
+    if os.path.exists("/dev/net/tun"):
+        return "libipsec"
+    raise CNIError(KERNEL_FEATURE_MISSING, "ipsec: the kernel has no ESP (XFRM) and there is no "
+                   "/dev/net/tun for the user-space data path")
