@@ -180,3 +180,17 @@ def test_a_registry_entry_with_a_scoped_address_is_skipped():
     result = registry.select(root, rows, 1042, subnets, "10.99.0.1", {})
     assert result.endpoints == {} and len(result.bad) == 2
     assert all("scope ID" in str(reason) for reason in result.bad.values()), result.bad
+
+
+@pytest.mark.parametrize("check,value", [
+    ("check_unicast", "fd00:42::5%x\ninclude /etc/shadow"),
+    ("check_unicast", "fe80::1%eth0"),
+    ("check_subnets", ["fd00:42::%x y/64"]),
+])
+def test_an_ipsec_address_with_a_scope_id_is_refused(check, value):
+    """The IPsec tunnel's addresses reach strongSwan's config files: a scope
+    ID, newlines and all, passed `ipaddress` and was written out as text."""
+    from cni_backend import ipsec_tunnels
+    with pytest.raises(CNIError) as err:
+        getattr(ipsec_tunnels, check)(value, "remote address")
+    assert err.value.code == INVALID_CONFIG and "scope ID" in err.value.msg
