@@ -79,18 +79,27 @@ class Bridge(HostNetwork):
         return datapath.bridge(self.bridge)
 
 
-class Flat(HostNetwork):
-    """rancher-flat: the uplink, the metadata link and their rules (flatnet)."""
+class _Loaded(HostNetwork):
+    """A host side kept by a module of its own (`host.ensure` / `host.remove`)
+    for the network its plug-in's config loads (`load`)."""
+
+    load = host = None
 
     def __init__(self, plugin: dict):
-        self.network = flat_plugin.load_network(plugin)
+        self.network = self.load(plugin)
         self.bridge = self.network.bridge
 
     def ensure(self) -> None:
-        flatnet.ensure(self.network)
+        self.host.ensure(self.network)
 
     def remove(self) -> None:
-        flatnet.remove(self.network)
+        self.host.remove(self.network)
+
+
+class Flat(_Loaded):
+    """rancher-flat: the uplink, the metadata link and their rules (flatnet)."""
+
+    load, host = staticmethod(flat_plugin.load_network), flatnet
 
     def ports(self) -> list:
         return [self.network.uplink]
@@ -102,18 +111,10 @@ class Flat(HostNetwork):
         return datapath.flat(cni_name, self.network)
 
 
-class Vxlan(HostNetwork):
+class Vxlan(_Loaded):
     """rancher-vxlan: the bridge and its VTEP (vxlannet)."""
 
-    def __init__(self, plugin: dict):
-        self.network = vxlan_plugin.load_network(plugin)
-        self.bridge = self.network.bridge
-
-    def ensure(self) -> None:
-        vxlannet.ensure(self.network)
-
-    def remove(self) -> None:
-        vxlannet.remove(self.network)
+    load, host = staticmethod(vxlan_plugin.load_network), vxlannet
 
     def ports(self) -> list:
         return [self.network.vtep]

@@ -194,9 +194,8 @@ class CreateEndpointRequest:
 
     @classmethod
     def from_wire(cls, data: dict) -> "CreateEndpointRequest":
-        network_id, endpoint_id = _ids(data, "NetworkID", "EndpointID")
-        _objects(data, "Options", "Interface")
-        return cls(network_id, endpoint_id, EndpointInterface.from_wire(data.get("Interface") or {}),
+        ids = EndpointRequest.from_wire(data)
+        return cls(ids.network_id, ids.endpoint_id, EndpointInterface.from_wire(data.get("Interface") or {}),
                    dict(data.get("Options") or {}))
 
 
