@@ -15,11 +15,12 @@ import nothing else of the CNI side (tests/unit/test_doors.py).
   attachments            `restore_attachment` (doctor --repair)
   firewall               `firewall_drift`, `repair_firewall`, `stray_tags`,
                          `collect_rules`
+  address text           `addresses` (the one parser of both sides: no IPv6 scope IDs)
 """
 
 import socket
 
-from . import datapath, flatnet, networks, repair, staging, vxlannet
+from . import addresses, datapath, flatnet, networks, repair, staging, vxlannet
 from .errors import CNIError, INVALID_CONFIG
 from .ipam import allocator, config as ipam_config
 from .ipam.etcd_store import check_endpoints as check_etcd_endpoints
@@ -28,7 +29,7 @@ from .net import firewall, iptables, netlink
 from .net.netns import NetnsGone
 from .plugins import flat as flat_plugin, vxlan as vxlan_plugin
 
-__all__ = ["DOCKER_OWNER", "Allocation", "SQLiteStore", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
+__all__ = ["addresses", "DOCKER_OWNER", "Allocation", "SQLiteStore", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
            "forget", "holder_of", "reserve", "validate_ipam", "parse_range", "create_staging", "move_to_host",
            "remove_staging", "delete_link", "sandbox_interface", "restore_attachment", "firewall_drift",
            "repair_firewall", "stray_tags", "collect_rules"]
@@ -78,18 +79,27 @@ class Bridge(HostNetwork):
         return datapath.bridge(self.bridge)
 
 
-class Flat(HostNetwork):
-    """rancher-flat: the uplink, the metadata link and their rules (flatnet)."""
+class _Loaded(HostNetwork):
+    """A host side kept by a module of its own (`host.ensure` / `host.remove`)
+    for the network its plug-in's config loads (`load`)."""
+
+    load = host = None
 
     def __init__(self, plugin: dict):
-        self.network = flat_plugin.load_network(plugin)
+        self.network = self.load(plugin)
         self.bridge = self.network.bridge
 
     def ensure(self) -> None:
-        flatnet.ensure(self.network)
+        self.host.ensure(self.network)
 
     def remove(self) -> None:
-        flatnet.remove(self.network)
+        self.host.remove(self.network)
+
+
+class Flat(_Loaded):
+    """rancher-flat: the uplink, the metadata link and their rules (flatnet)."""
+
+    load, host = staticmethod(flat_plugin.load_network), flatnet
 
     def ports(self) -> list:
         return [self.network.uplink]
@@ -101,18 +111,10 @@ class Flat(HostNetwork):
         return datapath.flat(cni_name, self.network)
 
 
-class Vxlan(HostNetwork):
+class Vxlan(_Loaded):
     """rancher-vxlan: the bridge and its VTEP (vxlannet)."""
 
-    def __init__(self, plugin: dict):
-        self.network = vxlan_plugin.load_network(plugin)
-        self.bridge = self.network.bridge
-
-    def ensure(self) -> None:
-        vxlannet.ensure(self.network)
-
-    def remove(self) -> None:
-        vxlannet.remove(self.network)
+    load, host = staticmethod(vxlan_plugin.load_network), vxlannet
 
     def ports(self) -> list:
         return [self.network.vtep]

@@ -30,6 +30,7 @@ import stat
 import subprocess
 import time
 
+from . import addresses
 from .errors import CNIError, INVALID_CONFIG, KERNEL_FEATURE_MISSING, PLUGIN_FAILED
 
 CHARON = "/usr/lib/ipsec/charon"
@@ -74,9 +75,9 @@ def check_path(path: str, what: str) -> str:
 def check_unicast(address: str, what: str) -> str:
     """A host address a tunnel may end on: unicast, not loopback or unspecified."""
     try:
-        ip = ipaddress.ip_address(address)
-    except (TypeError, ValueError):
-        raise _invalid(f"ipsec: {what} {address!r} is not an IP address") from None
+        ip = addresses.address(address, f"ipsec: {what}")  # no scope ID: its text would reach the config files
+    except ValueError as exc:
+        raise _invalid(str(exc)) from None
     if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_reserved or \
             (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255")):
         raise _invalid(f"ipsec: {what} {address} is not a unicast host address")
@@ -89,9 +90,9 @@ def check_subnets(subnets, what: str) -> list:
     out = []
     for subnet in subnets:
         try:
-            out.append(str(ipaddress.ip_network(subnet, strict=True)))
-        except (TypeError, ValueError) as e:
-            raise _invalid(f"ipsec: {what} entry {subnet!r} is not a subnet in CIDR form ({e})") from None
+            out.append(str(addresses.network(subnet, f"ipsec: {what} entry")))
+        except ValueError as e:
+            raise _invalid(str(e)) from None
     return out
 
 

@@ -6,7 +6,7 @@ import json
 import os
 
 from .ipam import allocator
-from .net import firewall, netlink, tags
+from .net import firewall, localnet, netlink, tags
 
 
 def bridge_exists(name: str) -> bool:
@@ -58,9 +58,11 @@ def forget(cni_network: str | None, store, ports_list: str | None = None) -> Non
     A network is found by its exact name, through the tag digest its rules
     carry; `name_clash` keeps two networks from sharing either."""
     if cni_network:
+        localnet.release(tags.stale_test(cni_network, {tags.PORTMAP}, ()))  # before the guards go
         firewall.collect_garbage(cni_network, valid_attachments=(), kinds=tags.KINDS)
         store.run(lambda txn: allocator.collect_garbage(txn, cni_network, valid=set()))
     if ports_list:
+        localnet.release(tags.stale_test(ports_list, {tags.PORTMAP}, ()))
         firewall.collect_garbage(ports_list, valid_attachments=(), kinds={tags.PORTMAP})
 
 

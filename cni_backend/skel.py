@@ -74,7 +74,7 @@ class Request:
     @property
     def prev_result(self) -> dict | None:
         raw = self.config.get("prevResult")
-        return version.normalize_result(raw) if raw else None
+        return version.normalize_result(raw, "prevResult") if raw else None
 
     def netns_path_for_use(self) -> str:
         """A path that opens the sandbox, even from another mount namespace."""

@@ -40,7 +40,7 @@ import os
 import time
 import urllib.parse
 
-from . import files
+from . import addresses, files
 from .net import netlink, vxlan_guard
 
 try:
@@ -208,9 +208,9 @@ def _endpoint_ip(in_key: str, in_value, subnets) -> str:
     if in_value != in_key:
         raise BadEntry(f"ip {in_value!r} is not {in_key!r}, the address in the key")
     try:
-        ip = ipaddress.ip_address(in_key)
-    except ValueError:
-        raise BadEntry(f"ip {in_key!r} is not an IP address") from None
+        ip = addresses.address(in_key, "ip")  # no scope ID: str() keeps it, so it passed as canonical
+    except ValueError as exc:
+        raise BadEntry(str(exc)) from None
     if str(ip) != in_key:
         raise BadEntry(f"ip {in_key!r} is not written the canonical way ({ip})")
     home = [s for s in subnets if s.network.version == ip.version and ip in s.network]

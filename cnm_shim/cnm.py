@@ -10,8 +10,9 @@ that JSON: `response["PoolID"]`).
 """
 
 import dataclasses
-import ipaddress
 import re
+
+from cni_backend import addresses
 
 from . import ports
 from .errors import DriverError
@@ -49,13 +50,9 @@ def _strings(data: dict, *names) -> None:
 def cidr_address(value, what: str, version: int | None = None, pool=None):
     """An 'ip/len' string (Docker's form for gateways and endpoint addresses)."""
     try:
-        address = ipaddress.ip_interface(value) if isinstance(value, str) and "%" not in value else None
-    except ValueError:
-        address = None
-    if address is None or (version and address.version != version):
-        family = f"an IPv{version}" if version else "an"
-        raise DriverError(f"{what} {value!r} is not {family} address in CIDR form such as "
-                          + ("10.22.0.5/24" if version != 6 else "fd00:22::5/64"))
+        address = addresses.interface(value, what, version)
+    except ValueError as exc:
+        raise DriverError(str(exc)) from None
     if pool is not None and address.ip not in pool:
         raise DriverError(f"{what} {value!r} is not inside pool {pool}")
     return address
@@ -88,14 +85,10 @@ class IPAMData:
 
     @classmethod
     def _one(cls, entry: dict, where: str, version: int) -> "IPAMData":
-        pool = entry.get("Pool")
         try:
-            pool = ipaddress.ip_network(pool) if isinstance(pool, str) else None
-        except ValueError:
-            pool = None
-        if pool is None or pool.version != version:
-            raise DriverError(f"{where}.Pool {entry.get('Pool')!r} is not an IPv{version} subnet in CIDR form "
-                              "such as " + ("10.22.0.0/16" if version == 4 else "fd00:22::/64"))
+            pool = addresses.network(entry.get("Pool"), f"{where}.Pool", version)
+        except ValueError as exc:
+            raise DriverError(str(exc)) from None
         for name in ("AddressSpace", "Gateway"):
             if entry.get(name) is not None and not isinstance(entry[name], str):
                 raise DriverError(f"{where}.{name} must be a string")
@@ -201,9 +194,8 @@ class CreateEndpointRequest:
 
     @classmethod
     def from_wire(cls, data: dict) -> "CreateEndpointRequest":
-        network_id, endpoint_id = _ids(data, "NetworkID", "EndpointID")
-        _objects(data, "Options", "Interface")
-        return cls(network_id, endpoint_id, EndpointInterface.from_wire(data.get("Interface") or {}),
+        ids = EndpointRequest.from_wire(data)
+        return cls(ids.network_id, ids.endpoint_id, EndpointInterface.from_wire(data.get("Interface") or {}),
                    dict(data.get("Options") or {}))
 
 
@@ -244,9 +236,9 @@ class PortBinding:
             if value in (None, ""):
                 continue
             try:
-                ipaddress.ip_address(value if isinstance(value, str) else "-")
-            except ValueError:
-                raise DriverError(f"{PORT_MAP}[{n}].{key} {value!r} is not an IP address") from None
+                addresses.address(value, f"{PORT_MAP}[{n}].{key}")
+            except ValueError as exc:
+                raise DriverError(str(exc)) from None
         return cls(entry.get("Proto") or 0, entry.get("IP") or "", entry.get("Port") or 0, entry.get("HostIP") or "",
                    entry.get("HostPort") or 0, entry.get("HostPortEnd") or 0)
 

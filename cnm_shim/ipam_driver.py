@@ -56,9 +56,9 @@ class Holder:
 
 def _network(value: str, what: str):
     try:
-        return ipaddress.ip_network(value)
-    except ValueError:
-        raise DriverError(f"{what} {value!r} is not a CIDR such as 10.22.0.0/16") from None
+        return hostnet.addresses.network(value, what)
+    except ValueError as exc:
+        raise DriverError(str(exc)) from None
 
 
 def used_subnets(txn) -> set:
@@ -202,9 +202,9 @@ class IpamDriver:
         wanted = None
         if request.address:
             try:
-                wanted = ipaddress.ip_address(request.address.split("/")[0])
-            except ValueError:
-                raise DriverError(f"requested address {request.address!r} is not an IP address") from None
+                wanted = hostnet.addresses.address(request.address.split("/")[0], "requested address")
+            except ValueError as exc:
+                raise DriverError(str(exc)) from None
         if request.options.get("RequestAddressType") == GATEWAY_REQUEST:
             held = self._reserve_gateway(pool, wanted or subnet.network_address + 1)
             self.state.save(dataclasses.replace(pool, gateway=held.ip))

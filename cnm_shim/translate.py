@@ -45,9 +45,9 @@ class Settings:
 
 def _ip(value: str, what: str):
     try:
-        return ipaddress.ip_interface(value)
-    except ValueError:
-        raise DriverError(f"{what} {value!r} is not an address in CIDR form") from None
+        return hostnet.addresses.interface(value, what)
+    except ValueError as exc:
+        raise DriverError(str(exc)) from None
 
 
 def host_name(ep: Endpoint) -> str:

@@ -104,6 +104,31 @@ def mutated(draw, fields: dict, max_mutations: int = 2):
     return out
 
 
+# -- issue 15: scoped and whitespace-bearing addresses, hostile interface names --
+
+# `ipaddress` takes any text after '%' in an IPv6 address as its scope ID.
+SCOPE_IDS = ["eth0", "lo", "1", "evil x", "x\nCOMMIT\n*filter\n-P INPUT ACCEPT", "\t", "a\r\nb", "\u2028", "#", "]"]
+WHITESPACE_ADDRESSES = ["10.77.0.9 ", " 10.77.0.9", "10.77.0.9\n", "fd00:77::9\n", "10.77.0.9\t", "fd00:77:: 9"]
+
+
+def scoped_addresses(suffix: str = ""):
+    """IPv6 addresses with a scope ID (plain, or with `suffix`, e.g. '/64'),
+    and addresses with whitespace: none may be accepted anywhere."""
+    scopes = st.one_of(st.sampled_from(SCOPE_IDS), st.text(min_size=1, max_size=20).filter(lambda s: "%" not in s))
+    bases = st.sampled_from(["fd00:77::9", "::1", "fe80::1", "fd00:77::"])
+    return st.one_of(st.builds(lambda base, scope: f"{base}%{scope}{suffix}", bases, scopes),
+                     st.sampled_from(WHITESPACE_ADDRESSES).map(lambda a: a + suffix))
+
+
+HOSTILE_IFNAMES = ["../../../../tmp/rcnitx", "all", "default", "lo", ".", "..", "a/b", "br0\n-j ACCEPT", "a b",
+                   "a" * 16, "", "rcnitnosuch0", "x:y", "eth0\x00", "-j", "$(reboot)"]
+
+
+def hostile_ifnames():
+    """Interface names that must never reach a /proc/sys path, a rule or netlink."""
+    return st.one_of(st.sampled_from(HOSTILE_IFNAMES), nasty_text)
+
+
 # -- published ports: host-port ranges and HostPort 0 (issue 15, item 3) -------------
 
 PORT_HOST_IPS = ["", "", "0.0.0.0", "::", "127.0.0.1", "127.0.0.2", "::1"]

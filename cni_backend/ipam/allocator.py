@@ -6,6 +6,7 @@ whole ADD's allocations commit together or not at all.
 
 import ipaddress
 
+from .. import addresses
 from ..errors import ADDRESS_IN_USE, CNIError, INVALID_CONFIG, POOL_EXHAUSTED
 from .store import Allocation
 
@@ -23,9 +24,9 @@ def requested_ips(cni_args: dict, args_cni: dict, runtime_config: dict) -> list:
     wanted = []
     for text in raw:
         try:
-            ip = ipaddress.ip_address(text.strip().split("/")[0])
-        except ValueError:
-            raise CNIError(INVALID_CONFIG, f"requested address {text!r} is not an IP address") from None
+            ip = addresses.address(text.strip().split("/")[0], "requested address")
+        except ValueError as exc:
+            raise CNIError(INVALID_CONFIG, str(exc)) from None
         if ip not in wanted:
             wanted.append(ip)
     return wanted

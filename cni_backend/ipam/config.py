@@ -8,7 +8,7 @@ at the top level. `runtimeConfig.ipRanges` replaces the ranges when present.
 import dataclasses
 import ipaddress
 
-from .. import paths
+from .. import addresses, paths
 from ..errors import CNIError, INVALID_CONFIG
 
 DEFAULT_DATA_DIR = paths.STATE_DIR
@@ -19,17 +19,18 @@ def _bad(msg: str, details: str = "") -> CNIError:
 
 
 def parse_ip(value, what: str):
+    """An address; 'ip/len' is read as its ip (host-local's habit)."""
     try:
-        return ipaddress.ip_address(str(value).split("/")[0])
-    except ValueError:
-        raise _bad(f"{what} {value!r} is not an IP address") from None
+        return addresses.address(value.split("/")[0] if isinstance(value, str) else value, what)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
 
 
 def parse_network(value, what: str):
     try:
-        return ipaddress.ip_network(str(value), strict=False)
-    except ValueError:
-        raise _bad(f"{what} {value!r} is not a CIDR such as 10.22.0.0/16") from None
+        return addresses.network(value, what, strict=False)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
 
 
 @dataclasses.dataclass(frozen=True)

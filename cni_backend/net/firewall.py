@@ -17,6 +17,8 @@ filter RANCHER-CNI-ISOLATION
 nat RANCHER-CNI-MASQ (from POSTROUTING)           ipMasq, and published ports
                                                   reached from the host or subnet
 nat RANCHER-CNI-HOSTPORT (PREROUTING, OUTPUT)     published ports: DNAT
+raw RANCHER-CNI-LOCALNET (PREROUTING)             -d 127.0.0.0/8 -i BR -j DROP: the
+                                                  guard of route_localnet (localnet)
 bridge rancher_cni (nft)                          macspoofchk: a chain per attachment
 
 Each rule and chain is tagged with its attachment and kind (`tags`:
@@ -33,7 +35,7 @@ import json
 import re
 
 from . import container_guard, iptables, tags, tools
-from .iptables import FORWARD_CHAIN, HOSTPORT_CHAIN, MASQ_CHAIN
+from .iptables import FORWARD_CHAIN, HOSTPORT_CHAIN, LOCALNET_CHAIN, MASQ_CHAIN
 
 NFT_TABLE = "rancher_cni"
 _MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
@@ -92,16 +94,19 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
     return per_family
 
 
-def port_rules(tag: tags.Tag, mappings: list, cidrs: list, snat: bool) -> dict:
-    """family -> table -> DNAT rules for `mappings` to the container at `cidrs`."""
-    per_family = {}
+def port_rules(tag: tags.Tag, mappings: list, cidrs: list, snat: bool, localnet_bridge: str | None = None) -> dict:
+    """family -> table -> DNAT rules for `mappings` to the container at `cidrs`,
+    with the guard of route_localnet on `localnet_bridge` (see localnet_guard)."""
+    per_family = {4: localnet_guard(tag, localnet_bridge)} if localnet_bridge else {}
     note = f"-m comment --comment {tag}"
     for iface in map(ipaddress.ip_interface, cidrs):
         for m in mappings:
             host_ip = ipaddress.ip_address(m["hostIP"]) if m.get("hostIP") else None
             if host_ip is not None and host_ip.version != iface.version:
                 continue
-            rules = per_family.setdefault(iface.version, {"filter": [], "nat": []})
+            rules = per_family.setdefault(iface.version, {})
+            rules.setdefault("filter", [])
+            rules.setdefault("nat", [])
             match = f"-p {m['protocol']} -m {m['protocol']}"
             target = f"{iface.ip}:{m['containerPort']}" if iface.version == 4 else f"[{iface.ip}]:{m['containerPort']}"
             only = f"-d {host_ip}/{host_ip.max_prefixlen} " if host_ip else ""
@@ -113,6 +118,35 @@ def port_rules(tag: tags.Tag, mappings: list, cidrs: list, snat: bool) -> dict:
                 rules["nat"] += [f"-A {MASQ_CHAIN} -s {source} -d {_host(iface)} {match} --dport {m['containerPort']} "
                                  f"-m conntrack --ctstate DNAT {note} -j MASQUERADE" for source in sources]
     return per_family
+
+
+def localnet_guard(tag: tags.Tag, bridge: str) -> dict:
+    """table -> rules: what comes in on `bridge` addressed to 127.0.0.0/8 is dropped.
+
+    route_localnet=1 on a bridge (published ports answer on the host's
+    127.0.0.1: the DNAT'ed packet leaves through the bridge with source
+    127.0.0.1) also makes the host accept packets sent to 127.0.0.0/8 from
+    the bridge: its containers, and on a flat network every LAN neighbour,
+    would reach services bound to the host's loopback (CVE-2020-8558).
+    kube-proxy drops those in filter INPUT (! -s 127.0.0.0/8 -d 127.0.0.0/8,
+    conntrack not RELATED, ESTABLISHED or DNAT). We drop them in raw
+    PREROUTING, for the bridge only: before conntrack (a probe leaves no
+    entry) and before any ACCEPT the host's own INPUT rules may hold. Nothing
+    legitimate matches there: a reply to a published-port connection from
+    127.0.0.1 still carries the bridge's address (conntrack turns it back
+    into 127.0.0.1 after raw), and the host's own loopback traffic comes in
+    on lo. Tagged as the attachment's port rules, so it goes with them."""
+    return {"raw": [f"-A {LOCALNET_CHAIN} -d 127.0.0.0/8 -i {bridge} -m comment --comment {tag} -j DROP"]}
+
+
+def localnet_guards() -> dict:
+    """bridge -> tags of the guards on it (localnet_guard), as the kernel holds them."""
+    guards = {}
+    for rule in iptables.saved_tables(4).get("raw", (set(), []))[1]:
+        match = re.match(rf"-A {LOCALNET_CHAIN} .*?-i (\S+) ", rule)
+        if match and tags.is_attachment_tag(iptables.comment_of(rule)):
+            guards.setdefault(match.group(1), set()).add(iptables.comment_of(rule))
+    return guards
 
 
 def add_rules(tag: tags.Tag, per_family: dict) -> None:

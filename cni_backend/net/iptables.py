@@ -14,12 +14,14 @@ half a rule set.
 import re
 
 from .. import locks, paths
+from ..errors import CNIError, INTERNAL
 from . import tags, tools
 
 FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
 ISOLATION_CHAIN = "RANCHER-CNI-ISOLATION"
 MASQ_CHAIN = "RANCHER-CNI-MASQ"
 HOSTPORT_CHAIN = "RANCHER-CNI-HOSTPORT"
+LOCALNET_CHAIN = "RANCHER-CNI-LOCALNET"
 BRIDGE_PREFIX = "rcnibr-"
 STATIC_TAG = "rcni-isolation"
 DOCKER_BRIDGES = ("docker0", "br-+")  # Docker's own bridge networks
@@ -35,7 +37,25 @@ CHAINS = {
         HOSTPORT_CHAIN: (f"PREROUTING -m addrtype --dst-type LOCAL {_NOTE} -j {HOSTPORT_CHAIN}",
                          f"OUTPUT -m addrtype --dst-type LOCAL {_NOTE} -j {HOSTPORT_CHAIN}"),
     },
+    "raw": {LOCALNET_CHAIN: (f"PREROUTING {_NOTE} -j {LOCALNET_CHAIN}",)},  # firewall.localnet_guard
 }
+
+
+# Whitespace other than the space between tokens, or a control character: in
+# a restore script a newline ends the rule and may open another table.
+_UNSAFE = re.compile(r"[^\S ]|[\x00-\x1f\x7f-\x9f]")
+
+
+def script_text(lines: list) -> str:
+    """Restore lines -> the iptables-restore input. Every value in a rule was
+    validated where it entered (addresses, interface names, tags); this is
+    the second wall: a token holding whitespace or a control character is an
+    internal error, never written."""
+    for line in lines:
+        if not isinstance(line, str) or _UNSAFE.search(line):
+            raise CNIError(INTERNAL, "refusing to write an iptables-restore line with whitespace or a control "
+                                     f"character inside a token: {line!r}")
+    return "\n".join(lines) + "\n"
 
 
 def host_lock():
@@ -201,7 +221,7 @@ def apply(family: int, is_stale, new_rules: dict) -> None:
     """The slow, always-correct path: list, plan, restore."""
     script = restore_script(saved_tables(family), is_stale, new_rules)
     if script:
-        tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n")
+        tools.run([_TOOLS[family][1], "-w", "--noflush"], script_text(script))
 
 
 def _all_present(family: int, specs: list) -> bool:
@@ -226,9 +246,10 @@ def append_fast(family: int, new_rules: dict) -> bool:
     checks, script = fast_append_plan(new_rules)
     if not script:
         return True
+    text = script_text(script)  # before any command runs: a refused line changes nothing
     if not _all_present(family, checks):
         return False
-    return tools.run([_TOOLS[family][1], "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None
+    return tools.run([_TOOLS[family][1], "-w", "--noflush"], text, check=False) is not None
 
 
 def fast_append_plan(new_rules: dict) -> tuple:

@@ -11,7 +11,7 @@ net/flat_fastpath.py) unless "fastPath" is false.
 import copy
 import ipaddress
 
-from .. import flatnet, paths
+from .. import addresses, flatnet, paths
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG
 from ..ipam import config as ipam_config
 from ..net import firewall, flat_fastpath, netlink, tags
@@ -38,8 +38,8 @@ def _metadata(config: dict, subnets: list):
     if not isinstance(raw, dict) or not raw.get("linkIP"):
         raise CNIError(INVALID_CONFIG, "'metadata' needs at least 'linkIP' (an address inside the subnet)")
     try:
-        md_ip = ipaddress.ip_address(raw.get("ip") or DEFAULT_METADATA_IP)
-        link_ip = ipaddress.ip_address(raw["linkIP"])
+        md_ip = addresses.address(raw.get("ip") or DEFAULT_METADATA_IP, "metadata ip")
+        link_ip = addresses.address(raw["linkIP"], "metadata linkIP")
     except ValueError as exc:
         raise CNIError(INVALID_CONFIG, f"metadata: {exc}") from None
     if md_ip.version != 4 or link_ip.version != 4:

@@ -367,3 +367,96 @@ def test_fuzz_executables(mode, tmp_path, private_namespaces, leak_guard):
     counts = private_netns.run(fuzz_executables, str(tmp_path), EXEC_EXAMPLES, mode == "daemon")
     print(mode, counts)
     assert counts["error"] > 0 and counts["ok"] > 0
+
+
+# -- issue 15: hostile prevResults and port maps for rancher-portmap -------------
+
+LOCALNET_WATCHED = ("all", "default", "lo", BRIDGE)
+HOSTILE_PLACES = ["interface", "interface", "mac", "address", "gateway", "route", "hostIP", "hostIP"]
+
+
+def _route_localnet() -> dict:
+    from cni_backend.net import sysctls
+    return {name: sysctls.read(f"net/ipv4/conf/{name}/route_localnet") for name in LOCALNET_WATCHED}
+
+
+def hostile_value(where: str):
+    """What goes in `where`: a hostile interface name, a bad MAC, or a scoped
+    or whitespace-bearing address."""
+    from tests.fuzz_strategies import hostile_ifnames, scoped_addresses
+    if where == "interface":
+        return hostile_ifnames().filter(lambda name: name != BRIDGE)
+    if where == "mac":
+        return st.one_of(st.sampled_from(["02:42:0a:78:00:07 } accept", "zz", "02:42:0a:78:00:07\n"]),
+                         nasty_text.filter(lambda text: text != ""))
+    return scoped_addresses("" if where in ("gateway", "hostIP", "route") else "/64")
+
+
+def portmap_config(world: World, where: str, value, version: str) -> dict:
+    """A rancher-portmap ADD, good but for `value` in `where` ("none": all good)."""
+    prev = {"cniVersion": version, "interfaces": [{"name": BRIDGE}, {"name": "eth0", "sandbox": world.netns}],
+            "ips": [{"address": "fd00:120::7/64", "interface": 1}, {"address": "10.120.0.7/24", "interface": 1,
+                                                                    "gateway": "10.120.0.1"}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.120.0.1"}]}
+    mapping = {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}
+    if where == "hostIP":
+        mapping["hostIP"] = value
+    elif where == "interface":
+        prev["interfaces"][0]["name"] = value
+    elif where == "mac":
+        prev["interfaces"][0]["mac"] = value
+    elif where == "route":
+        prev["routes"][0]["gw"] = value
+    elif where in ("address", "gateway"):
+        prev["ips"][0][where] = value
+    return {"cniVersion": version, "name": "fuzznet", "type": "rancher-portmap", "prevResult": prev,
+            "runtimeConfig": {"portMappings": [mapping]}}
+
+
+def fuzz_hostile_prev_results(root: str, examples: int) -> dict:
+    """Inside the private namespace, which holds the bridge prevResult names:
+    every hostile ADD is refused with code 7 (never an internal error), adds
+    no rule and changes no route_localnet; a good one afterwards still works
+    and its DEL puts route_localnet back."""
+    from cni_backend import skel
+    from cni_backend.plugins import load
+    world = World(root)
+    module = load("rancher-portmap")
+    subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "ctr1", "CNI_NETNS": world.netns, "CNI_IFNAME": "eth0",
+           "CNI_PATH": world.bin}
+    counts = {"refused": 0}
+    try:
+        before = _route_localnet()
+
+        @fuzz_settings(examples)
+        @given(where=st.sampled_from(HOSTILE_PLACES), version=st.sampled_from(["1.0.0", "1.1.0"]), data=st.data())
+        def one_call(where, version, data):
+            value = data.draw(hostile_value(where))
+            stdin = json.dumps(portmap_config(world, where, value, version)).encode()
+            out, code, err = skel.dispatch(module, env, stdin)
+            error = json.loads(out)
+            assert code != 0 and error["code"] == 7, (where, value, error, err[-2000:])
+            counts["refused"] += 1
+            assert firewall_rules() == [], (where, value, firewall_rules())
+            assert _route_localnet() == before, (where, value)
+            assert not os.path.exists("/tmp/rcnitx")
+
+        one_call()
+        good = json.dumps(portmap_config(world, "none", None, "1.1.0")).encode()
+        out, code, err = skel.dispatch(module, env, good)
+        assert code == 0, (out, err)
+        assert _route_localnet()[BRIDGE] == "1" and any("RANCHER-CNI-LOCALNET" in r for r in firewall_rules())
+        out, code, err = skel.dispatch(module, dict(env, CNI_COMMAND="DEL"), good)
+        assert code == 0, (out, err)
+        assert _route_localnet() == before and firewall_rules() == []
+    finally:
+        subprocess.run(["ip", "link", "del", BRIDGE], check=False)
+        world.close()
+    return counts
+
+
+def test_fuzz_hostile_prev_results_and_scoped_host_ips(tmp_path, private_namespaces, leak_guard):
+    counts = private_netns.run(fuzz_hostile_prev_results, str(tmp_path), EXEC_EXAMPLES * 4)
+    print(counts)
+    assert counts["refused"] >= EXEC_EXAMPLES * 4

@@ -279,6 +279,74 @@ def test_fuzz_docker_call(path, tmp_path, private_namespaces):
         assert counts["rejected"] > 0, "the fuzz never produced a rejected call"
 
 
+# -- issue 15: scoped and whitespace-bearing addresses in every address field ----
+
+def _with_address(path: str, field: str, value: str) -> dict:
+    """A body for `path` that is valid but for `field`, which holds `value`."""
+    ipv4 = [{"AddressSpace": "LocalDefault", "Pool": "10.101.0.0/24", "Gateway": "10.101.0.1/24"}]
+    ports = lambda key: {"com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": 8080, key: value}]}  # noqa: E731
+    return {
+        "IPv6Data[0].Pool": {"NetworkID": "1" * 64, "IPv4Data": ipv4, "IPv6Data": [{"Pool": value}]},
+        "IPv6Data[0].Gateway": {"NetworkID": "1" * 64, "IPv4Data": ipv4,
+                                "IPv6Data": [{"Pool": "fd00:77::/64", "Gateway": value}]},
+        "IPv4Data[0].AuxAddresses": {"NetworkID": "1" * 64, "IPv4Data": [dict(ipv4[0], AuxAddresses={"x": value})]},
+        "Interface.AddressIPv6": {"NetworkID": KNOWN_NET, "EndpointID": "2" * 64,
+                                  "Interface": {"Address": "10.77.0.9/24", "AddressIPv6": value}},
+        "portmap[0].HostIP": {"NetworkID": KNOWN_NET, "EndpointID": KNOWN_EP, "SandboxKey": "", "Options": ports("HostIP")},
+        "portmap[0].IP": {"NetworkID": KNOWN_NET, "EndpointID": KNOWN_EP, "SandboxKey": "", "Options": ports("IP")},
+        "pool": {"AddressSpace": "RancherLocal", "Pool": value, "V6": True},
+        "ip-range": {"AddressSpace": "RancherLocal", "Pool": "fd00:77::/64", "SubPool": value, "V6": True},
+        "requested address": {"PoolID": KNOWN_POOL_ID, "Address": value},
+    }[field]
+
+
+ADDRESS_FIELDS = [  # (path, field named in the message, the value's suffix)
+    ("/NetworkDriver.CreateNetwork", "IPv6Data[0].Pool", "/64"),
+    ("/NetworkDriver.CreateNetwork", "IPv6Data[0].Gateway", "/64"),
+    ("/NetworkDriver.CreateNetwork", "IPv4Data[0].AuxAddresses", "/24"),
+    ("/NetworkDriver.CreateEndpoint", "Interface.AddressIPv6", "/64"),
+    ("/NetworkDriver.Join", "portmap[0].HostIP", ""),
+    ("/NetworkDriver.ProgramExternalConnectivity", "portmap[0].HostIP", ""),
+    ("/NetworkDriver.ProgramExternalConnectivity", "portmap[0].IP", ""),
+    ("/IpamDriver.RequestPool", "pool", "/64"),
+    ("/IpamDriver.RequestPool", "ip-range", "/80"),
+    ("/IpamDriver.RequestAddress", "requested address", ""),
+]
+
+
+def fuzz_scoped(root: str, examples: int) -> int:
+    """Each address field gets scoped and whitespace-bearing addresses: each
+    call is refused, naming the field (and the scope ID, where there is one),
+    and changes nothing. Runs inside the private namespace."""
+    from tests.fuzz_strategies import scoped_addresses
+    shim = Shim(root)
+    seen = []
+
+    @fuzz_settings(examples)
+    @given(data=st.data(), where=st.sampled_from(ADDRESS_FIELDS), driver=st.sampled_from(DRIVERS))
+    def one_call(data, where, driver):
+        path, field, suffix = where
+        value = data.draw(scoped_addresses(suffix))
+        shim.seed()
+        before = shim.snapshot()
+        accepted, message = check_answer(path, *shim.post(path, json.dumps(_with_address(path, field, value)).encode(),
+                                                         driver))
+        assert not accepted, f"{path} accepted {field}={value!r}: {message}"
+        assert field in message, message
+        if "%" in value:
+            assert "scope ID" in message, message
+        assert shim.snapshot() == before, f"{path} refused {field}={value!r} but changed state"
+        seen.append(field)
+
+    one_call()
+    return len(seen)
+
+
+def test_fuzz_scoped_and_whitespace_addresses_are_refused_in_every_field(tmp_path, private_namespaces):
+    refused = private_netns.run(fuzz_scoped, str(tmp_path), EXAMPLES)
+    assert refused >= EXAMPLES
+
+
 # -- published ports: host-port ranges and HostPort 0 (issue 15, item 3) -------------
 #
 # Sequences of ProgramExternalConnectivity / RevokeExternalConnectivity /

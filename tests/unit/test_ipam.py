@@ -93,7 +93,7 @@ def test_a_failed_transaction_leaves_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("ipam,fragment", [
-    ({"ranges": [[{"subnet": "10.0.0.0/33"}]]}, "not a CIDR"),
+    ({"ranges": [[{"subnet": "10.0.0.0/33"}]]}, "is not an IP subnet in CIDR form"),
     ({"ranges": [[{"subnet": "10.0.0.0/24", "gateway": "10.0.1.1"}]]}, "not inside subnet"),
     ({"ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.50", "rangeEnd": "10.0.0.10"}]]}, "after rangeEnd"),
     ({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.0/25"}]]}, "overlap"),
