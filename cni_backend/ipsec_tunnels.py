@@ -194,12 +194,16 @@ class Tunnel:
         }}
 
 
-def strongswan_conf(state_dir: str, datapath: str) -> str:
+def strongswan_conf(state_dir: str, datapath: str, mtu: int | None = None) -> str:
     """strongswan.conf as charon sees it: inside its mount namespace the state
-    directory is /run, so every path in here starts with /run."""
+    directory is /run, so every path in here starts with /run. `mtu`: that of
+    kernel-libipsec's ipsec0 (its own default is 1400)."""
     check_path(state_dir, "state directory")
     if datapath not in DATAPATH_PLUGINS:
         raise _invalid(f"ipsec: data path {datapath!r} is not one of {sorted(DATAPATH_PLUGINS)}")
+    if mtu is not None and (not isinstance(mtu, int) or isinstance(mtu, bool) or not 576 <= mtu <= 65535):
+        raise _invalid(f"ipsec: MTU {mtu!r} is not an integer from 576 to 65535")
+    libipsec = f"    kernel-libipsec {{\n      mtu = {mtu}\n    }}\n" if mtu and datapath == "libipsec" else ""
     return (
         "charon {\n"
         f"  load = {DATAPATH_PLUGINS[datapath]} {CRYPTO_PLUGINS}\n"
@@ -210,6 +214,7 @@ def strongswan_conf(state_dir: str, datapath: str) -> str:
         "    vici {\n"
         "      socket = unix:///run/charon.vici\n"
         "    }\n"
+        f"{libipsec}"
         "  }\n"
         "  filelog {\n"
         "    charon {\n"
@@ -230,7 +235,8 @@ def strongswan_conf(state_dir: str, datapath: str) -> str:
 class Charon:
     """The charon of one host, its state in `state_dir` (created, mode 0700)."""
 
-    def __init__(self, state_dir: str, datapath: str = "libipsec", netns: str | None = None):
+    def __init__(self, state_dir: str, datapath: str = "libipsec", netns: str | None = None,
+                 mtu: int | None = None):
         self.state_dir = check_path(state_dir, "state directory")
         if datapath not in DATAPATH_PLUGINS:
             raise _invalid(f"ipsec: data path {datapath!r} is not one of {sorted(DATAPATH_PLUGINS)}")
@@ -238,6 +244,7 @@ class Charon:
             raise _invalid(f"ipsec: network namespace name {netns!r} is not valid")
         self.datapath = datapath
         self.netns = netns
+        self.mtu = mtu
         self.process = None
 
     @property
@@ -257,7 +264,7 @@ class Charon:
                 os.unlink(os.path.join(self.state_dir, leftover))
         conf = os.path.join(self.state_dir, "strongswan.conf")
         with open(conf + ".tmp", "w") as f:
-            f.write(strongswan_conf(self.state_dir, self.datapath))
+            f.write(strongswan_conf(self.state_dir, self.datapath, self.mtu))
         os.replace(conf + ".tmp", conf)
         argv = ["unshare", "--mount", "--propagation", "private", "--",
                 "/bin/sh", "-c", 'mount --bind "$1" /run && exec "$2"', "charon-wrapper",
