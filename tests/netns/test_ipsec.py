@@ -107,6 +107,18 @@ def test_containers_on_two_hosts_talk_through_ipsec(hosts, make_netns):
     assert "10.43.2.0/24" in routes and "ipsec0" in routes, f"the peer's block, narrowed by IKE: {routes}"
     assert "10.43.1.0/24" not in routes, routes
 
+    # a second ADD on host A ensures again: the same charon, still one IKE_SA, the tunnel kept
+    pid_a = charon_pid(envs[0])
+    second = make_netns()
+    code, result = envs[0].exec("ADD", attached[0][1], second, container_id="c2", host_netns=host_a)
+    assert code == 0, result
+    attached.append((envs[0], attached[0][1], second, host_a, "c2", result))
+    assert charon_pid(envs[0]) == pid_a and alive(pid_a)
+    assert len(charon_a.sas()) == 1 and ping(second, ip_b), charon_a.sas()
+    listed = subprocess.run(["swanctl", "--list-sas", "--uri", f"unix://{charon_a.vici_socket}"],
+                            capture_output=True, text=True, check=True).stdout
+    assert listed.count("ESTABLISHED") == 1 and listed.count("INSTALLED") == 1, listed
+
     # the MTU: a full-size packet with DF set crosses, one byte more is refused at the container
     for container in (a, b):
         assert json.loads(ns_exec(container, "ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == MTU
@@ -137,7 +149,9 @@ def test_containers_on_two_hosts_talk_through_ipsec(hosts, make_netns):
     for env, config, container, host, container_id, result in attached:
         code, _ = env.exec("DEL", dict(config, prevResult=result), container, container_id=container_id,
                            host_netns=host)
-        assert code == 0 and env.allocations() == []
+        assert code == 0
+    for env, config, host in ((envs[0], attached[0][1], host_a), (envs[1], attached[1][1], host_b)):
+        assert env.allocations() == []
         remove_network(host, config)
         remove_network(host, config)  # idempotent
     for pid, host in zip(pids, (host_a, host_b)):
