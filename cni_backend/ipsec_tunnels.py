@@ -194,16 +194,12 @@ class Tunnel:
         }}
 
 
-def strongswan_conf(state_dir: str, datapath: str, mtu: int | None = None) -> str:
+def strongswan_conf(state_dir: str, datapath: str) -> str:
     """strongswan.conf as charon sees it: inside its mount namespace the state
-    directory is /run, so every path in here starts with /run. `mtu`: that of
-    kernel-libipsec's ipsec0 (its own default is 1400)."""
+    directory is /run, so every path in here starts with /run."""
     check_path(state_dir, "state directory")
     if datapath not in DATAPATH_PLUGINS:
         raise _invalid(f"ipsec: data path {datapath!r} is not one of {sorted(DATAPATH_PLUGINS)}")
-    if mtu is not None and (not isinstance(mtu, int) or isinstance(mtu, bool) or not 576 <= mtu <= 65535):
-        raise _invalid(f"ipsec: MTU {mtu!r} is not an integer from 576 to 65535")
-    libipsec = f"    kernel-libipsec {{\n      mtu = {mtu}\n    }}\n" if mtu and datapath == "libipsec" else ""
     return (
         "charon {\n"
         f"  load = {DATAPATH_PLUGINS[datapath]} {CRYPTO_PLUGINS}\n"
@@ -214,7 +210,6 @@ def strongswan_conf(state_dir: str, datapath: str, mtu: int | None = None) -> st
         "    vici {\n"
         "      socket = unix:///run/charon.vici\n"
         "    }\n"
-        f"{libipsec}"
         "  }\n"
         "  filelog {\n"
         "    charon {\n"
@@ -235,8 +230,7 @@ def strongswan_conf(state_dir: str, datapath: str, mtu: int | None = None) -> st
 class Charon:
     """The charon of one host, its state in `state_dir` (created, mode 0700)."""
 
-    def __init__(self, state_dir: str, datapath: str = "libipsec", netns: str | None = None,
-                 mtu: int | None = None):
+    def __init__(self, state_dir: str, datapath: str = "libipsec", netns: str | None = None):
         self.state_dir = check_path(state_dir, "state directory")
         if datapath not in DATAPATH_PLUGINS:
             raise _invalid(f"ipsec: data path {datapath!r} is not one of {sorted(DATAPATH_PLUGINS)}")
@@ -244,7 +238,6 @@ class Charon:
             raise _invalid(f"ipsec: network namespace name {netns!r} is not valid")
         self.datapath = datapath
         self.netns = netns
-        self.mtu = mtu
         self.process = None
 
     @property
@@ -264,7 +257,7 @@ class Charon:
                 os.unlink(os.path.join(self.state_dir, leftover))
         conf = os.path.join(self.state_dir, "strongswan.conf")
         with open(conf + ".tmp", "w") as f:
-            f.write(strongswan_conf(self.state_dir, self.datapath, self.mtu))
+            f.write(strongswan_conf(self.state_dir, self.datapath))
         os.replace(conf + ".tmp", conf)
         argv = ["unshare", "--mount", "--propagation", "private", "--",
                 "/bin/sh", "-c", 'mount --bind "$1" /run && exec "$2"', "charon-wrapper",
@@ -329,16 +322,23 @@ class Charon:
 
     # -- connections -----------------------------------------------------
 
-    def load(self, tunnel: Tunnel) -> None:
+    def load(self, tunnel: Tunnel, children: tuple = ()) -> None:
         """Load the tunnel's key and connection (idempotent: a reload replaces
-        both). The initiating side starts the tunnel at once."""
+        both). The initiating side starts the tunnel at once. `children`: other
+        tunnels to the same peer whose CHILD_SAs this connection carries instead
+        of its own (one IKE_SA per peer; a reload that changes only the
+        children keeps the IKE_SA and the other children's SAs)."""
         import vici.exception
         key = read_psk(tunnel.psk_file)
+        connection = tunnel.vici_connection()
+        if children:
+            connection[tunnel.name]["children"] = {
+                c.name: c.vici_connection()[c.name]["children"][c.name] for c in children}
         try:
             with self.session() as s:
                 s.load_shared({"id": f"psk-{tunnel.name}", "type": "IKE", "data": key,
                                "owners": [tunnel.local_address, tunnel.remote_address]})
-                s.load_conn(tunnel.vici_connection())
+                s.load_conn(connection)
         except vici.exception.CommandException as e:
             # charon's answer names the setting, never the key
             raise _invalid(f"ipsec: charon refused the connection {tunnel.name}: {e}") from None
@@ -353,6 +353,15 @@ class Charon:
                     command(message)
             with contextlib.suppress(vici.exception.CommandException):
                 for _ in s.terminate({"ike": name, "force": "yes", "timeout": "-1"}):
+                    pass
+
+    def terminate_child(self, name: str) -> None:
+        """Close the CHILD_SAs of child config `name` (the IKE_SA stays)."""
+        import vici.exception
+        check_name(name)
+        with self.session() as s:
+            with contextlib.suppress(vici.exception.CommandException):
+                for _ in s.terminate({"child": name, "force": "yes", "timeout": "-1"}):
                     pass
 
     def sas(self) -> dict:

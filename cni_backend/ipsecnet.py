@@ -2,6 +2,14 @@
 gateway, proxy ARP on it, and this host's charon (`ipsec_tunnels.Charon`) with
 one connection per peer host, ESP in UDP 4500 between the underlay addresses.
 
+One connection (one IKE_SA) per peer host, and in it one child (CHILD_SA) per
+network that has the peer: were each network its own connection to the same
+peer, charon would put a second network's CHILD_SA into the first one's IKE_SA,
+and the responder would match it against the first network's child config.
+Networks sharing a peer therefore share its key and IKE proposal (checked).
+Adding or removing a network reloads the peer's connection with the children
+changed; charon keeps the IKE_SA and the other children's SAs.
+
 One subnet spans the hosts; each host hands out its own block of it (the ipam
 range, rangeStart..rangeEnd). A connection to a peer proposes this host's
 block as its local traffic selector and the whole subnet as the remote one;
@@ -79,7 +87,8 @@ class IpsecNetwork:
         return hashlib.sha256(self.name.encode()).hexdigest()[:8]
 
     def connection(self, peer: str) -> str:
-        """The connection's name in charon: network and peer digests (check_name's shape)."""
+        """The network's child (CHILD_SA config) in the peer's connection:
+        network and peer digests (check_name's shape)."""
         return f"n{self.digest}-{hashlib.sha256(peer.encode()).hexdigest()[:8]}"
 
     @property
@@ -149,7 +158,9 @@ def _records(net: IpsecNetwork) -> dict:
 def _write_record(net: IpsecNetwork, local: str) -> None:
     os.makedirs(os.path.dirname(net.record), mode=0o700, exist_ok=True)
     with open(net.record + ".tmp", "w") as f:
-        json.dump({"name": net.name, "local": local, "peers": list(net.peers)}, f)
+        json.dump({"name": net.name, "child": f"n{net.digest}", "local": local, "peers": list(net.peers),
+                   "block": net.local_block, "subnet": net.subnet, "psk_file": net.psk_file,
+                   "ike_proposal": net.ike_proposal, "esp_proposal": net.esp_proposal}, f)
     os.replace(net.record + ".tmp", net.record)
 
 
@@ -184,8 +195,8 @@ def _running_pid(net: IpsecNetwork) -> int | None:
         return None
 
 
-def _charon(net: IpsecNetwork, mtu: int) -> ipsec_tunnels.Charon:
-    charon = ipsec_tunnels.Charon(net.charon_dir, datapath=ipsec_tunnels.probe_datapath(), mtu=mtu)
+def _charon(net: IpsecNetwork, datapath: str) -> ipsec_tunnels.Charon:
+    charon = ipsec_tunnels.Charon(net.charon_dir, datapath=datapath)
     if _running_pid(net) is None:
         charon.start()
         with open(_pid_file(net), "w") as f:
@@ -213,11 +224,38 @@ def _stop_charon(net: IpsecNetwork) -> None:
         os.unlink(_pid_file(net))
 
 
-def _tunnel(net: IpsecNetwork, local: str, peer: str, datapath: str) -> ipsec_tunnels.Tunnel:
+def peer_connection(peer: str) -> str:
+    """charon's connection to a peer host: one per peer, one IKE_SA, shared by
+    the host's networks, each of which is a child (`IpsecNetwork.connection`)."""
+    return f"peer-{hashlib.sha256(peer.encode()).hexdigest()[:12]}"
+
+
+def _tunnel(record: dict, name: str, peer: str, datapath: str) -> ipsec_tunnels.Tunnel:
     return ipsec_tunnels.Tunnel.from_config(
-        datapath=datapath, name=net.connection(peer), local_address=local, remote_address=peer,
-        local_subnets=[net.local_block], remote_subnets=[net.subnet], psk_file=net.psk_file,
-        ike_proposal=net.ike_proposal, esp_proposal=net.esp_proposal)
+        datapath=datapath, name=name, local_address=record["local"], remote_address=peer,
+        local_subnets=[record["block"]], remote_subnets=[record["subnet"]], psk_file=record["psk_file"],
+        ike_proposal=record["ike_proposal"], esp_proposal=record["esp_proposal"])
+
+
+def _load_peer(charon: ipsec_tunnels.Charon, records: dict, peer: str) -> None:
+    """The peer's connection loaded with a child per network that has the
+    peer; unloaded (its IKE_SA ends) when none has."""
+    users = [(digest, r) for digest, r in sorted(records.items()) if peer in r.get("peers", [])]
+    if not users:
+        charon.unload(peer_connection(peer))
+        return
+    first = users[0][1]
+    for digest, r in users[1:]:
+        if (r["psk_file"], r["ike_proposal"], r["local"]) != (first["psk_file"], first["ike_proposal"], first["local"]):
+            raise CNIError(INVALID_CONFIG, f"ipsec: networks {first['name']!r} and {r['name']!r} both reach the peer "
+                           f"{peer}, over one IKE_SA: they must have the same pskFile, ikeProposal and underlay")
+    charon.load(_tunnel(first, peer_connection(peer), peer, charon.datapath),
+                children=tuple(_tunnel(r, r["child"] + "-" + _short(peer), peer, charon.datapath)
+                               for _, r in users))
+
+
+def _short(peer: str) -> str:
+    return hashlib.sha256(peer.encode()).hexdigest()[:8]
 
 
 # -- ensure / remove ----------------------------------------------------------
@@ -231,7 +269,8 @@ def ensure(net: IpsecNetwork) -> int:
         if local in net.peers:
             raise CNIError(INVALID_CONFIG, f"ipsec: the peers list this host's own underlay address {local}")
         mtu = container_mtu(underlay_mtu, net.esp_proposal)
-        if ipsec_tunnels.probe_datapath() == "libipsec":
+        datapath = ipsec_tunnels.probe_datapath()
+        if datapath == "libipsec":
             mtu = min(mtu, LIBIPSEC_TUN_MTU)
         if net.mtu and net.mtu > mtu:
             raise CNIError(INVALID_CONFIG, f"ipsec: mtu {net.mtu} does not fit: the underlay ({underlay_mtu}) "
@@ -244,14 +283,24 @@ def ensure(net: IpsecNetwork) -> int:
             netlink.add_address(host, bridge["index"], net.gateway)
         with open(f"/proc/sys/net/ipv4/conf/{netlink_name(net.bridge)}/proxy_arp", "w") as f:
             f.write("1")
-        previous = _records(net).get(net.digest, {}).get("peers", [])
+        previous = _records(net).get(net.digest)
         _write_record(net, local)
-        _guard(net)
-        charon = _charon(net, mtu)
-        for peer in set(previous) - set(net.peers):
-            charon.unload(net.connection(peer))
-        for peer in net.peers:
-            charon.load(_tunnel(net, local, peer, charon.datapath))
+        try:
+            records = _records(net)
+            for peer in net.peers:  # refused before charon hears of it
+                _tunnel(records[net.digest], net.connection(peer), peer, datapath)
+            _guard(net)
+            charon = _charon(net, datapath)
+            for peer in sorted(set((previous or {}).get("peers", [])) | set(net.peers)):
+                _load_peer(charon, records, peer)
+                if peer not in net.peers:
+                    charon.terminate_child(net.connection(peer))
+        except CNIError:
+            if previous is None:  # nothing half-made: the record goes again
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(net.record)
+                _guard(net)
+            raise
         return mtu
 
 
@@ -266,9 +315,10 @@ def remove(net: IpsecNetwork) -> None:
         others = _records(net)
         if _running_pid(net) is not None:
             if others:
-                charon = ipsec_tunnels.Charon(net.charon_dir)
+                charon = ipsec_tunnels.Charon(net.charon_dir, datapath=ipsec_tunnels.probe_datapath())
                 for peer in (record or {}).get("peers", list(net.peers)):
-                    charon.unload(net.connection(peer))
+                    _load_peer(charon, others, peer)  # without this network's child
+                    charon.terminate_child(net.connection(peer))
             else:
                 _stop_charon(net)
         _guard(net)

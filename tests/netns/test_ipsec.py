@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -45,6 +46,19 @@ def remove_network(host: str, config: dict) -> None:
     code = ("import json, sys; from cni_backend import ipsecnet; from cni_backend.plugins import ipsec; "
             "ipsecnet.remove(ipsec.load_network(json.loads(sys.argv[1])))")
     ns_exec(host, sys.executable, "-c", code, json.dumps(config))
+
+
+def wait_child(charon, child: str, timeout: float = 30) -> None:
+    """Until the network's CHILD_SA `child` is INSTALLED in an ESTABLISHED IKE_SA."""
+    deadline = time.monotonic() + timeout
+    while not any(sa["ike"] == "ESTABLISHED" and sa["children"].get(child) == "INSTALLED"
+                  for sa in charon.sas().values()):
+        assert time.monotonic() < deadline, f"{child} not installed: {charon.sas()}"
+        time.sleep(0.2)
+
+
+def children(charon) -> dict:
+    return {child: state for sa in charon.sas().values() for child, state in sa["children"].items()}
 
 
 def charon_pid(env) -> int:
@@ -93,7 +107,7 @@ def test_containers_on_two_hosts_talk_through_ipsec(hosts, make_netns):
         assert code == 0, result
         attached.insert(0, (envs[n], config, container, host, f"c{n}", result))
     charon_a = ipsec_tunnels.Charon(str(envs[0].state / "ipsec" / "charon"))
-    charon_a.wait_installed(ipsec.load_network(attached[0][1]).connection(UNDERLAY[1]))
+    wait_child(charon_a, ipsec.load_network(attached[0][1]).connection(UNDERLAY[1]))
     (_, _, a, _, _, ra), (_, _, b, _, _, rb) = attached
     ip_a, ip_b = (r["ips"][0]["address"].split("/")[0] for r in (ra, rb))
     assert ip_a.startswith("10.43.1.") and ip_b.startswith("10.43.2.")
@@ -160,3 +174,59 @@ def test_containers_on_two_hosts_talk_through_ipsec(hosts, make_netns):
         assert "ipsec0" not in links and "rcnitipsbr" not in links, links
         assert "rcni-" not in ns_exec(host, "iptables-save").stdout, "the guard's rules are gone"
         assert ns_exec(host, "ip", "route", "show", "table", "220").stdout.strip() == ""
+
+
+def test_two_networks_share_the_hosts_charon_until_the_last_goes(hosts, make_netns):
+    (host_a, host_b), envs, psk = hosts
+    attached = {}
+    for name, net in (("secure", 43), ("secure2", 44)):
+        for n, host in reversed(list(enumerate((host_a, host_b)))):
+            config = ipsec_config(envs[n], n, psk)
+            config.update(name=name, bridge=f"rcnitipsbr{net - 43}")
+            config["ipam"]["ranges"] = [[{"subnet": f"10.{net}.0.0/16", "gateway": f"10.{net}.{n + 1}.1",
+                                          "rangeStart": f"10.{net}.{n + 1}.2", "rangeEnd": f"10.{net}.{n + 1}.254"}]]
+            container = make_netns()
+            code, result = envs[n].exec("ADD", config, container, container_id=f"{name}{n}", host_netns=host)
+            assert code == 0, result
+            attached[name, n] = (config, container, result)
+    charon_a = ipsec_tunnels.Charon(str(envs[0].state / "ipsec" / "charon"))
+    child = {name: ipsec.load_network(attached[name, 0][0]).connection(UNDERLAY[1]) for name in ("secure", "secure2")}
+    for name in child:
+        wait_child(charon_a, child[name])
+    assert len(charon_a.sas()) == 1, f"one IKE_SA to the peer, a CHILD_SA per network: {charon_a.sas()}"
+    ip_b1 = attached["secure", 1][2]["ips"][0]["address"].split("/")[0]
+    assert ping(attached["secure", 0][1], ip_b1)
+    ip_b2 = attached["secure2", 1][2]["ips"][0]["address"].split("/")[0]
+    assert ping(attached["secure2", 0][1], ip_b2)
+    pid_a = charon_pid(envs[0])
+
+    for n, host in enumerate((host_a, host_b)):  # the first network goes from both hosts
+        config, container, result = attached["secure", n]
+        assert envs[n].exec("DEL", dict(config, prevResult=result), container, container_id=f"secure{n}",
+                            host_netns=host)[0] == 0
+        remove_network(host, config)
+    assert alive(pid_a), "charon stays for the other network"
+    assert children(charon_a) == {child["secure2"]: "INSTALLED"}, "only the removed network's CHILD_SA went"
+    assert ping(attached["secure2", 0][1], ip_b2), "the other network's tunnel still carries traffic"
+    assert "rcnitipsbr0" not in ns_exec(host_a, "ip", "-o", "link", "show").stdout
+
+    for n, host in enumerate((host_a, host_b)):
+        config, container, result = attached["secure2", n]
+        assert envs[n].exec("DEL", dict(config, prevResult=result), container, container_id=f"secure2{n}",
+                            host_netns=host)[0] == 0
+        remove_network(host, config)
+    assert not alive(pid_a), "the last network's removal stopped charon"
+    assert "ipsec0" not in ns_exec(host_a, "ip", "-o", "link", "show").stdout
+
+
+def test_a_key_file_others_can_read_is_refused_and_nothing_is_made(hosts, make_netns, tmp_path):
+    (host_a, _), envs, psk = hosts
+    os.chmod(psk, 0o644)
+    container = make_netns()
+    code, result = envs[0].exec("ADD", ipsec_config(envs[0], 0, psk), container, host_netns=host_a)
+    assert code == 1 and result["code"] == 7, result
+    assert "mode 0600" in result["msg"] and open(psk).read() not in json.dumps(result), result
+    links = ns_exec(host_a, "ip", "-o", "link", "show").stdout
+    assert "rcnitipsbr" not in links and "ipsec0" not in links, links
+    assert not (envs[0].state / "ipsec" / "charon" / "charon.owner").exists(), "no charon was started"
+    assert "rcni-" not in ns_exec(host_a, "iptables-save").stdout
