@@ -195,14 +195,16 @@ def _running_pid(net: IpsecNetwork) -> int | None:
         return None
 
 
-def _charon(net: IpsecNetwork, datapath: str) -> ipsec_tunnels.Charon:
+def _charon(net: IpsecNetwork, datapath: str) -> tuple:
+    """(this host's charon, whether it was started now: then it knows no connection)."""
     charon = ipsec_tunnels.Charon(net.charon_dir, datapath=datapath)
-    if _running_pid(net) is None:
-        charon.start()
-        with open(_pid_file(net), "w") as f:
-            f.write(str(charon.process.pid))
-        charon.process = None  # it outlives this call: stopped by pid when the last network goes
-    return charon
+    if _running_pid(net) is not None:
+        return charon, False
+    charon.start()
+    with open(_pid_file(net), "w") as f:
+        f.write(str(charon.process.pid))
+    charon.process = None  # it outlives this call: stopped by pid when the last network goes
+    return charon, True
 
 
 def _stop_charon(net: IpsecNetwork) -> None:
@@ -290,8 +292,11 @@ def ensure(net: IpsecNetwork) -> int:
             for peer in net.peers:  # refused before charon hears of it
                 _tunnel(records[net.digest], net.connection(peer), peer, datapath)
             _guard(net)
-            charon = _charon(net, datapath)
-            for peer in sorted(set((previous or {}).get("peers", [])) | set(net.peers)):
+            charon, fresh = _charon(net, datapath)
+            peers = set((previous or {}).get("peers", [])) | set(net.peers)
+            if fresh:  # a charon that died (or the first): every network's peers, not just ours
+                peers |= {p for r in records.values() for p in r.get("peers", [])}
+            for peer in sorted(peers):
                 _load_peer(charon, records, peer)
                 if peer not in net.peers:
                     charon.terminate_child(net.connection(peer))

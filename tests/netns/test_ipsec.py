@@ -133,6 +133,18 @@ def test_containers_on_two_hosts_talk_through_ipsec(hosts, make_netns):
                             capture_output=True, text=True, check=True).stdout
     assert listed.count("ESTABLISHED") == 1 and listed.count("INSTALLED") == 1, listed
 
+    # charon killed with -9: the next ADD starts it again, with the tunnels
+    os.kill(pid_a, 9)
+    while alive(pid_a):
+        time.sleep(0.05)
+    third = make_netns()
+    code, result = envs[0].exec("ADD", attached[0][1], third, container_id="c3", host_netns=host_a)
+    assert code == 0, result
+    attached.append((envs[0], attached[0][1], third, host_a, "c3", result))
+    assert charon_pid(envs[0]) != pid_a and alive(charon_pid(envs[0]))
+    wait_child(charon_a, ipsec.load_network(attached[0][1]).connection(UNDERLAY[1]))
+    assert ping(a, ip_b, count=3), "traffic resumes over the new charon's tunnel"
+
     # the MTU: a full-size packet with DF set crosses, one byte more is refused at the container
     for container in (a, b):
         assert json.loads(ns_exec(container, "ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == MTU
