@@ -310,6 +310,6 @@ def _remove_mac_filter_chains(names) -> None:
             if tools.run(["nft", "list", "chain", "bridge", NFT_TABLE, chain], check=False) is not None:
                 script += f"flush chain bridge {NFT_TABLE} {chain}\ndelete chain bridge {NFT_TABLE} {chain}\n"
         if len(mine) == len(ports):
-            script = f"delete table bridge {NFT_TABLE}\n"  # the last one: nothing of ours stays
+            script, mine = f"delete table bridge {NFT_TABLE}\n", []  # the last one: nothing of ours stays
         if script:
             _nft(script, names=[NFT_TABLE, *(c for c in names if c in script)], ifnames=mine)
