@@ -17,7 +17,7 @@ import logging
 import os
 import secrets
 
-from cni_backend import hostnet, locks, runtime
+from cni_backend import hostnet, runtime
 
 from . import backends, cnm, options, ownership, paths, ports, render
 from .errors import DriverError, step
@@ -116,7 +116,7 @@ class Translator:
         # section, or two clashing networks could both pass. The host-side work
         # stays inside: a check reads the links and files it makes. Endpoints
         # and IPAM calls do not take this lock.
-        with locks.held(os.path.join(self.settings.state_dir, "create-network.lock")):
+        with hostnet.held_lock(os.path.join(self.settings.state_dir, "create-network.lock")):
             self._create_network(driver, backend, request)
 
     def _create_network(self, driver: str, backend: str, request: cnm.CreateNetworkRequest) -> None:
