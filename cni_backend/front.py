@@ -95,3 +95,7 @@ def flat_main() -> int:
 
 def vxlan_main() -> int:
     return main("rancher-vxlan")
+
+
+def ipsec_main() -> int:
+    return main("rancher-ipsec")

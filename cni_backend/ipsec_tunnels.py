@@ -322,16 +322,23 @@ class Charon:
 
     # -- connections -----------------------------------------------------
 
-    def load(self, tunnel: Tunnel) -> None:
+    def load(self, tunnel: Tunnel, children: tuple = ()) -> None:
         """Load the tunnel's key and connection (idempotent: a reload replaces
-        both). The initiating side starts the tunnel at once."""
+        both). The initiating side starts the tunnel at once. `children`: other
+        tunnels to the same peer whose CHILD_SAs this connection carries instead
+        of its own (one IKE_SA per peer; a reload that changes only the
+        children keeps the IKE_SA and the other children's SAs)."""
         import vici.exception
         key = read_psk(tunnel.psk_file)
+        connection = tunnel.vici_connection()
+        if children:
+            connection[tunnel.name]["children"] = {
+                c.name: c.vici_connection()[c.name]["children"][c.name] for c in children}
         try:
             with self.session() as s:
                 s.load_shared({"id": f"psk-{tunnel.name}", "type": "IKE", "data": key,
                                "owners": [tunnel.local_address, tunnel.remote_address]})
-                s.load_conn(tunnel.vici_connection())
+                s.load_conn(connection)
         except vici.exception.CommandException as e:
             # charon's answer names the setting, never the key
             raise _invalid(f"ipsec: charon refused the connection {tunnel.name}: {e}") from None
@@ -346,6 +353,15 @@ class Charon:
                     command(message)
             with contextlib.suppress(vici.exception.CommandException):
                 for _ in s.terminate({"ike": name, "force": "yes", "timeout": "-1"}):
+                    pass
+
+    def terminate_child(self, name: str) -> None:
+        """Close the CHILD_SAs of child config `name` (the IKE_SA stays)."""
+        import vici.exception
+        check_name(name)
+        with self.session() as s:
+            with contextlib.suppress(vici.exception.CommandException):
+                for _ in s.terminate({"child": name, "force": "yes", "timeout": "-1"}):
                     pass
 
     def sas(self) -> dict:

@@ -5,7 +5,7 @@ an attachment carries, as its comment or name,
 
     rcni-<N>-<A>-<kind>     N: 8 hex of sha256(network), the network's prefix
                             A: 16 hex of sha256(network \\0 container \\0 ifname)
-                            kind: bridge | portmap | flat | spoof | vtep
+                            kind: bridge | portmap | flat | spoof | vtep | ipsec
 
 so DEL, CHECK and repair find an attachment's rules of one kind, GC finds a
 network's rules of the kinds the calling plug-in owns (a chained portmap's GC
@@ -16,6 +16,10 @@ The `vtep` kind tags a VXLAN network's INPUT rules that let only the
 registered peers' VTEPs reach its UDP port (`vxlan_guard`): N is the digest of
 `vni:<VNI>` and A that of the VTEP device, since the agent that writes them
 knows the VNI, not the CNI network's name (`for_vtep`).
+
+The `ipsec` kind tags the host's INPUT rules that let only the rancher-ipsec
+peers reach charon's IKE and NAT-T ports (`ipsec_guard`): one set per host,
+shared by its IPsec networks (`for_ipsec`).
 
 The previous version wrote no kind: `rcni-<N>-<A>` for the bridge's rules, its
 macspoofchk chain and the flat fast path (the place says which), and
@@ -28,11 +32,11 @@ import re
 from dataclasses import dataclass
 
 PREFIX = "rcni-"
-BRIDGE, PORTMAP, FLAT, SPOOF, VTEP = "bridge", "portmap", "flat", "spoof", "vtep"
-KINDS = frozenset({BRIDGE, PORTMAP, FLAT, SPOOF, VTEP})
+BRIDGE, PORTMAP, FLAT, SPOOF, VTEP, IPSEC = "bridge", "portmap", "flat", "spoof", "vtep", "ipsec"
+KINDS = frozenset({BRIDGE, PORTMAP, FLAT, SPOOF, VTEP, IPSEC})
 # A kind-less tag of the previous version meant one of these, told by where it was.
 _LEGACY_BARE = frozenset({BRIDGE, FLAT, SPOOF})
-_SHAPE = re.compile(r"rcni-([0-9a-f]{8})-([0-9a-f]{16})(?:-(bridge|portmap|flat|spoof|vtep)|(p))?")
+_SHAPE = re.compile(r"rcni-([0-9a-f]{8})-([0-9a-f]{16})(?:-(bridge|portmap|flat|spoof|vtep|ipsec)|(p))?")
 
 
 def network_prefix(network: str) -> str:
@@ -78,6 +82,11 @@ def of(kind: str, network: str, container_id: str, ifname: str) -> Tag:
 def for_vtep(vni: int) -> Tag:
     """The tag of the rules guarding VNI `vni`'s VXLAN port (`vxlan_guard`)."""
     return of(VTEP, f"vni:{int(vni)}", "", f"vtep{int(vni)}")
+
+
+def for_ipsec() -> Tag:
+    """The tag of the rules guarding this host's IKE and NAT-T ports (`ipsec_guard`)."""
+    return of(IPSEC, "ipsec:host", "", "charon")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ PLUGINS = {
     "rancher-portmap": "cni_backend.plugins.portmap",
     "rancher-flat": "cni_backend.plugins.flat",
     "rancher-vxlan": "cni_backend.plugins.vxlan",
+    "rancher-ipsec": "cni_backend.plugins.ipsec",
 }
 
 
