@@ -27,7 +27,7 @@ import re
 
 from . import files, locks, paths
 from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
-from .net import features, flat_fastpath, netlink, sysctls, tools
+from .net import features, flat_fastpath, netlink, nft, sysctls, tools
 
 LOCK_DIR = paths.RUN_DIR
 RULE_PRIORITY = 30000
@@ -349,12 +349,12 @@ def _ensure_notrack(flat: FlatNetwork, bridge_mac: str) -> None:
     table = _notrack_table(flat)
     rule = f'iifname "{flat.bridge}" ether daddr != {bridge_mac} counter notrack comment "rancher-flat {flat.bridge}"'
     if _notrack_rules(flat) != [rule]:  # rewritten only when it differs: the counter keeps counting
-        tools.run(["nft", "-f", "-"], f"""table inet {table} {{
+        nft.run(f"""table inet {table} {{
   chain prerouting {{ type filter hook prerouting priority raw; }}
 }}
 flush chain inet {table} prerouting
 add rule inet {table} prerouting {rule}
-""")
+""", names=[table], ifnames=[flat.bridge], macs=[bridge_mac])
     _remove_legacy_notrack(flat)
 
 

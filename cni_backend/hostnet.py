@@ -16,12 +16,14 @@ import nothing else of the CNI side (tests/unit/test_doors.py).
   firewall               `firewall_drift`, `repair_firewall`, `stray_tags`,
                          `collect_rules`
   address text           `addresses` (the one parser of both sides: no IPv6 scope IDs)
+  host-wide locks        `held_lock` (an flock on a file, as the CNI side's own locks)
 """
 
 import socket
 
 from . import addresses, datapath, flatnet, networks, repair, staging, vxlannet
 from .errors import CNIError, INVALID_CONFIG
+from .locks import held as held_lock
 from .ipam import allocator, config as ipam_config
 from .ipam.etcd_store import check_endpoints as check_etcd_endpoints
 from .ipam.store import DOCKER_OWNER, Allocation, SQLiteStore, open_store
@@ -29,7 +31,7 @@ from .net import firewall, iptables, netlink
 from .net.netns import NetnsGone
 from .plugins import flat as flat_plugin, vxlan as vxlan_plugin
 
-__all__ = ["addresses", "DOCKER_OWNER", "Allocation", "SQLiteStore", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
+__all__ = ["addresses", "held_lock", "DOCKER_OWNER", "Allocation", "SQLiteStore", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
            "forget", "holder_of", "reserve", "validate_ipam", "parse_range", "create_staging", "move_to_host",
            "remove_staging", "delete_link", "sandbox_interface", "restore_attachment", "firewall_drift",
            "repair_firewall", "stray_tags", "collect_rules"]

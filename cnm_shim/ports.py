@@ -23,11 +23,10 @@ kill between allocating and recording) are dropped at the next allocation.
 import contextlib
 import dataclasses
 import errno
-import ipaddress
 import secrets
 import socket
 
-from cni_backend import sqlite_file
+from cni_backend import addresses, sqlite_file
 
 from .errors import DriverError
 
@@ -65,14 +64,10 @@ class Request:
 def _host_ip(value, where: str) -> str:
     if value in (None, *WILDCARDS):
         return ""
-    text = value if isinstance(value, str) else "-"
     try:
-        if "%" in text:
-            raise ValueError
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise DriverError(f"{where}.HostIP {value!r} is not an IP address without a scope "
-                          "(such as 127.0.0.1, ::1, or empty for every address)") from None
+        return str(addresses.address(value, f"{where}.HostIP"))
+    except ValueError as error:
+        raise DriverError(f"{error} (or empty for every address)") from None
 
 
 def _int(entry: dict, key: str, where: str) -> int:

@@ -109,6 +109,17 @@ class Translator:
     # -- networks ----------------------------------------------------------
 
     def create_network(self, driver: str, backend: str, request: cnm.CreateNetworkRequest) -> None:
+        # One CreateNetwork at a time on this host (every worker process):
+        # its checks (names, bridge, VNI, the bridge link, the CNI config
+        # directory) and what makes them true for the next call (the host's
+        # bridge, the exported conflist, the state record) are one critical
+        # section, or two clashing networks could both pass. The host-side work
+        # stays inside: a check reads the links and files it makes. Endpoints
+        # and IPAM calls do not take this lock.
+        with hostnet.held_lock(os.path.join(self.settings.state_dir, "create-network.lock")):
+            self._create_network(driver, backend, request)
+
+    def _create_network(self, driver: str, backend: str, request: cnm.CreateNetworkRequest) -> None:
         network_id = request.network_id
         if self.state.network(network_id):
             return  # Docker retried: the network is made already

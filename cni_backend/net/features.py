@@ -25,7 +25,7 @@ import os
 
 from .. import files, paths
 from ..errors import CNIError, KERNEL_FEATURE_MISSING
-from . import tools
+from . import nft, tools
 
 log = logging.getLogger("rancher-cni")
 
@@ -41,7 +41,7 @@ def _nft_transaction(family: str, chain: str, rule: str) -> bool:
               f"add chain {family} {_PROBE_TABLE} {chain}\n"
               f"add rule {family} {_PROBE_TABLE} c {rule}\n"
               f"delete table {family} {_PROBE_TABLE}\n")
-    return tools.succeeds(["nft", "-f", "-"], script)
+    return nft.succeeds(script, names=[_PROBE_TABLE])
 
 
 PROBES = {

@@ -34,7 +34,7 @@ import ipaddress
 import json
 import re
 
-from . import container_guard, iptables, tags, tools
+from . import container_guard, iptables, nft, tags, tools
 from .iptables import FORWARD_CHAIN, HOSTPORT_CHAIN, LOCALNET_CHAIN, MASQ_CHAIN
 
 NFT_TABLE = "rancher_cni"
@@ -211,8 +211,8 @@ def collect_garbage_checked(network: str, valid_attachments, kinds=tags.KINDS) -
 
 # -- macspoofchk, with nftables' bridge family ----------------------------
 
-def _nft(script: str) -> str:
-    return tools.run(["nft", "-f", "-"], script)
+def _nft(script: str, **values) -> str:
+    return nft.run(script, **values)
 
 
 def mac_filter_rules(tag: tags.Tag, mac: str, cidrs=()) -> list:
@@ -239,16 +239,19 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
     attachment, reached through a verdict map keyed by the veth: each frame
     costs one lookup, however many containers the host has."""
     rules = mac_filter_rules(tag, mac, cidrs)
+    chain = (f"add chain bridge {NFT_TABLE} {tag}\nflush chain bridge {NFT_TABLE} {tag}\n"
+             + "".join(f"add rule bridge {NFT_TABLE} {tag} {rule}\n" for rule in rules)
+             + f'add element bridge {NFT_TABLE} ports {{ "{host_ifname}" : jump {tag} }}\n')
+    values = dict(names=[NFT_TABLE, str(tag)], ifnames=[host_ifname], macs=[mac], addresses=list(cidrs))
+    nft.script(chain, **values)  # refused before the table is made
     with iptables.host_lock():
         if tools.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) is None:
             _nft(f"""table bridge {NFT_TABLE} {{
   map ports {{ type ifname : verdict; }}
   chain prerouting {{ type filter hook prerouting priority -300; iifname vmap @ports; }}
 }}
-""")
-        _nft(f"add chain bridge {NFT_TABLE} {tag}\nflush chain bridge {NFT_TABLE} {tag}\n"
-             + "".join(f"add rule bridge {NFT_TABLE} {tag} {rule}\n" for rule in rules)
-             + f'add element bridge {NFT_TABLE} ports {{ "{host_ifname}" : jump {tag} }}\n')
+""", names=[NFT_TABLE])
+        _nft(chain, **values)
 
 
 def mac_filter_size(tag: tags.Tag, host_ifname: str) -> int | None:
@@ -307,6 +310,6 @@ def _remove_mac_filter_chains(names) -> None:
             if tools.run(["nft", "list", "chain", "bridge", NFT_TABLE, chain], check=False) is not None:
                 script += f"flush chain bridge {NFT_TABLE} {chain}\ndelete chain bridge {NFT_TABLE} {chain}\n"
         if len(mine) == len(ports):
-            script = f"delete table bridge {NFT_TABLE}\n"  # the last one: nothing of ours stays
+            script, mine = f"delete table bridge {NFT_TABLE}\n", []  # the last one: nothing of ours stays
         if script:
-            _nft(script)
+            _nft(script, names=[NFT_TABLE, *(c for c in names if c in script)], ifnames=mine)

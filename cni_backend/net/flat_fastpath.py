@@ -35,7 +35,7 @@ import ipaddress
 import json
 
 from ..errors import CNIError
-from . import container_guard, tags, tools
+from . import container_guard, nft, tags, tools
 
 _PREFIX = "rancher_flat_"
 
@@ -44,8 +44,8 @@ def table_name(suffix: str) -> str:
     return _PREFIX + suffix
 
 
-def _nft(script: str) -> None:
-    tools.run(["nft", "-f", "-"], script)
+def _nft(script: str, **values) -> None:
+    nft.run(script, **values)
 
 
 def _listing(table: str) -> list | None:
@@ -67,12 +67,12 @@ add rule netdev {table} out fwd to "{uplink}"
 flush chain netdev {table} uplink
 add rule netdev {table} uplink ether daddr @ports counter fwd to ether daddr map @ports
 add element netdev {table} local {{ {bridge_mac} }}
-""")
+""", names=[table], ifnames=[uplink], macs=[bridge_mac])
 
 
 def remove_network(suffix: str) -> None:
     if _listing(table_name(suffix)) is not None:
-        _nft(f"delete table netdev {table_name(suffix)}\n")
+        _nft(f"delete table netdev {table_name(suffix)}\n", names=[table_name(suffix)])
 
 
 def attachment_rules(mac: str, cidrs: list, metadata_ip: str | None) -> list:
@@ -111,11 +111,14 @@ def add_attachment(suffix: str, tag: tags.Tag, host_ifname: str, mac: str, cidrs
               f"add element netdev {table} ports {{ {port} }}\n"
               f"delete element netdev {table} ports {{ {mac} }}\n"
               f'add element netdev {table} ports {{ {mac} comment "{tag}" : "{host_ifname}" }}\n')
+    values = dict(names=[table, str(tag)], ifnames=[host_ifname], macs=[mac],
+                  addresses=[*cidrs, *([metadata_ip] if metadata_ip else [])])
+    nft.script(script, **values)  # refused here, before anything is removed
     try:
-        _nft(script)
+        _nft(script, **values)
     except CNIError:
         remove_attachment(suffix, tag, mac)
-        _nft(script)
+        _nft(script, **values)
 
 
 def _elements(listing: list, name: str) -> list:
@@ -162,7 +165,7 @@ def _remove(suffix: str, names, mac: str | None = None) -> None:
     for chain in sorted(_chains(listing) & set(names)):
         script += f"flush chain netdev {table} {chain}\ndelete chain netdev {table} {chain}\n"
     if script:
-        _nft(script)
+        _nft(script, names=[table, *(c for c in names if c in script)])
 
 
 def attachment_present(suffix: str, tag: tags.Tag) -> bool:

@@ -330,7 +330,8 @@ def test_threads_asking_for_ephemeral_ports_at_once_get_different_ones(tmp_path)
     ([entry(8000, port=0)], "portmap[0].Port must be a container port"),
     ([entry(8003, 8000)], "HostPortEnd 8000 is below HostPort 8003"),
     ([entry(8000, proto=1)], "portmap[0].Proto 1 is not one of 6 (tcp), 17 (udp), 132 (sctp)"),
-    ([entry(8000, host_ip="::1%lo")], "HostIP '::1%lo' is not an IP address without a scope"),
+    ([entry(8000, host_ip="::1%lo")], "HostIP '::1%lo' has an IPv6 scope ID ('%...'), which is not accepted"),
+    ([entry(8000, host_ip="localhost")], "HostIP 'localhost' is not an IP address such as 10.22.0.5 or fd00:22::5 (or empty"),
     ([entry(70000)], "HostPort 70000 must be an integer from 0 to 65535"),
 ])
 def test_bad_portmaps_are_refused_with_what_is_valid(raw, fragment):
