@@ -332,3 +332,14 @@ def gc(req) -> None:
 
 def status(req) -> None:
     delegate.status(req)
+
+
+# -- plug-ins that are this one on a bridge of their own -------------------------
+
+def on_own_bridge(conf_of):
+    """CHECK, repair, GC and STATUS of a plug-in that is the bridge plug-in on
+    a bridge its own host side keeps (vxlan, ipsec): `conf_of(req)` is that
+    plug-in's view of the bridge plug-in's config. Its ADD and DEL are its own
+    (they keep the host side, and vxlan its registry, in step)."""
+    return (lambda req: verify(req, conf_of(req)), lambda req: restore(req, conf_of(req)), gc, status)
+

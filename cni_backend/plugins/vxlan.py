@@ -68,17 +68,4 @@ def delete(req) -> None:
     vxlan_registry.forget_endpoint(net.state_dir, net.vni, _record_name(req))
 
 
-def check(req) -> None:
-    bridge_plugin.verify(req, _bridge_conf(req, load_network(req.config)))
-
-
-def repair(req) -> None:
-    bridge_plugin.restore(req, _bridge_conf(req, load_network(req.config)))
-
-
-def gc(req) -> None:
-    bridge_plugin.gc(req)
-
-
-def status(req) -> None:
-    bridge_plugin.status(req)
+check, repair, gc, status = bridge_plugin.on_own_bridge(lambda req: _bridge_conf(req, load_network(req.config)))
