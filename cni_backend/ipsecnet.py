@@ -53,7 +53,7 @@ import time
 
 from . import ipsec_tunnels, locks, paths
 from .errors import CNIError, INVALID_CONFIG, PLUGIN_FAILED
-from .net import ipsec_guard, netlink, tools
+from .net import ipsec_guard, netlink, sysctls, tools
 
 # outer IPv4 20 + UDP 8 + ESP SPI/sequence 8 + AES-CBC IV 16; then the inner
 # packet + pad length + next header (2), padded to the AES block (16); then the ICV
@@ -283,8 +283,8 @@ def ensure(net: IpsecNetwork) -> int:
             # before any tunnel: kernel-libipsec routes a CHILD_SA's remote block
             # from an address of this host in the local block, the gateway
             netlink.add_address(host, bridge["index"], net.gateway)
-        with open(f"/proc/sys/net/ipv4/conf/{netlink_name(net.bridge)}/proxy_arp", "w") as f:
-            f.write("1")
+        sysctls.ensure(sysctls.interface_path("ipv4", net.bridge, "proxy_arp"), "1",
+                       "rancher-ipsec answers ARP for the containers on other hosts")
         previous = _records(net).get(net.digest)
         _write_record(net, local)
         try:

@@ -44,12 +44,24 @@ def _nft_transaction(family: str, chain: str, rule: str) -> bool:
     return nft.succeeds(script, names=[_PROBE_TABLE])
 
 
+def _esp_state() -> bool:
+    """Add an ESP state to a test SA and delete it again: the kernel's own
+    IPsec data path (XFRM with ESP)."""
+    sa = ["src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "spi", "0x0badcafe"]
+    if not tools.succeeds(["ip", "xfrm", "state", "add", *sa, "mode", "tunnel", "enc", "cbc(aes)",
+                           "0x" + "00" * 16, "auth", "hmac(sha256)", "0x" + "00" * 32]):
+        return False
+    tools.succeeds(["ip", "xfrm", "state", "delete", *sa])
+    return True
+
+
 PROBES = {
     # a regular chain: the rule is validated and its module loaded, no hook is installed
     "nft_netdev_fwd": lambda: _nft_transaction("netdev", "c", 'fwd to "lo"'),
     "nft_bridge": lambda: _nft_transaction(
         "bridge", "c { type filter hook forward priority 0; }", "ether saddr 02:00:00:00:00:01 drop"),
     "ebtables_filter": lambda: tools.succeeds(["ebtables", "-t", "filter", "-L"]),
+    "esp_xfrm": _esp_state,
 }
 
 # what to tell the operator when a feature is missing
@@ -57,6 +69,8 @@ REMEDY = {
     "nft_netdev_fwd": "kernel option CONFIG_NFT_FWD_NETDEV (module nft_fwd_netdev)",
     "nft_bridge": "kernel option CONFIG_NF_TABLES_BRIDGE (module nf_tables_bridge) and the nftables package",
     "ebtables_filter": "kernel option CONFIG_BRIDGE_EBT_T_FILTER (ebtables filter table) and the ebtables package",
+    "esp_xfrm": "kernel options CONFIG_XFRM_USER and CONFIG_INET_ESP (without them rancher-ipsec runs ESP in "
+                "user space, kernel-libipsec over TUN)",
 }
 
 
