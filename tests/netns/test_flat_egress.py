@@ -178,7 +178,8 @@ def test_a_routed_bridge_network_reaches_the_lan_and_beyond_as_itself(routed):
     with capture(router, "sw", seconds=3) as frames:
         reached = ping(container, ROUTER)
     assert reached, "a routed bridge container got no reply from the LAN's router"
-    assert ipv4_from(frames, ip) and not ipv4_from(frames, HOST_IP), "the routed network was masqueraded"
+    pings_from_host = [f for f in ipv4_from(frames, HOST_IP) if f[23] == 1]  # ICMP: the host's IGMP reports are its own
+    assert ipv4_from(frames, ip) and not pings_from_host, "the routed network was masqueraded"
     assert ping(container, BEYOND) and fetch(container, BEYOND), "a routed bridge container reached nothing beyond"
     # and the LAN may still not open connections into it
     assert not ping(router, ip), "the LAN opened a connection into a routed bridge network"
