@@ -145,7 +145,8 @@ HOST_NETWORKS = {
 
 def network_of(conflist: dict) -> HostNetwork:
     """The host side of the network `conflist` configures, chosen by its first plug-in's type."""
-    plugin = conflist["plugins"][0]
+    # as a runtime hands it to the plug-in: with the list's name and version
+    plugin = dict(conflist["plugins"][0], name=conflist.get("name"), cniVersion=conflist.get("cniVersion"))
     make = HOST_NETWORKS.get(plugin.get("type"))
     if make is None:
         raise CNIError(INVALID_CONFIG, f"plug-in {plugin.get('type')!r} has no host-side network; "

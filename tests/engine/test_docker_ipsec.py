@@ -116,7 +116,7 @@ def test_docker_containers_reach_another_hosts_containers_through_ipsec_and_noth
     a = container(docker, net)
     ip_a = address(docker, a, net)
     assert ip_a.startswith("10.45.1."), "Docker's address comes from this host's block, its --ip-range"
-    gateway = json.loads(docker("network", "inspect", net).stdout)[0]["IPAM"]["Config"][0]["Gateway"]
+    gateway = json.loads(docker("inspect", a).stdout)[0]["NetworkSettings"]["Networks"][net]["Gateway"]
     assert gateway == "10.45.1.1", "the gateway is in this host's block: the tunnels are routed from it"
     workload, ip_w = attach_on_other_host(other_host, make_netns)
     assert eventually_pings(docker, a, ip_w), "Docker's container reaches the other host's through the tunnel"
