@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from cni_backend import install
 from tests.conftest import ns_exec, run
@@ -88,6 +89,28 @@ class Host:
         for name in os.listdir(os.path.join(self.root, "run-docker-plugins")):
             os.unlink(os.path.join(self.root, "run-docker-plugins", name))
 
+    def stop_charon(self) -> None:
+        """The host's charon (rancher-ipsec), if a network the test did not
+        remove left it running: not a child of the plug-in once that is gone,
+        so nothing else stops it, and it would hold the host's namespace."""
+        try:
+            with open(os.path.join(self.root, "ipam", "ipsec", "charon", "charon.owner")) as f:
+                pid = int(f.read())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not f.read().split(b"\0")[0].endswith(b"charon"):
+                    return
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            return
+        for _ in range(100):  # reaped by whoever its parent is now
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        return
+            except OSError:
+                return
+            time.sleep(0.05)
+
     def docker(self, *args):
         return self.dockerd.cli(*args)
 
@@ -97,6 +120,7 @@ class Host:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=20)
+        self.stop_charon()
         for process in self.processes:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -142,7 +166,6 @@ class Rig:
 def main() -> int:
     """`python -m tests.multihost.rig [N]`: start N hosts, print how to reach
     them, and remove every trace on Ctrl-C or SIGTERM."""
-    import time
     hosts = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
