@@ -110,26 +110,30 @@ def ipsec_net(rig):
     containers and networks go, and with the last network each host's charon."""
     made = []
 
-    def make(subnet: str, keys) -> list:
+    def create(host, net: str, subnet: str, key: bytes) -> None:
+        peers = ",".join(h.address for h in rig.hosts if h is not host)
+        done = host.docker("network", "create", "-d", "rancher-ipsec", "--ipam-driver", "rancher-ipsec",
+                           "--subnet", subnet, "--ip-range", block(subnet, host), "-o", f"peers={peers}",
+                           "-o", f"ipsec.psk_file={key_file(host, net + '.psk', key)}", net)
+        assert done.returncode == 0, done.stderr
+
+    def attach(host, net: str, subnet: str) -> tuple:
+        name = unique("c")
+        done = host.docker("run", "-d", "--name", name, "--network", net, host.dockerd.image, "sleep", "600")
+        assert done.returncode == 0, done.stderr
+        state = json.loads(host.docker("inspect", name).stdout)[0]
+        address = state["NetworkSettings"]["Networks"][net]["IPAddress"]
+        assert ipaddress.ip_address(address) in ipaddress.ip_network(block(subnet, host))
+        return host, name, address, state["State"]["Pid"]
+
+    def make(subnet: str, keys) -> tuple:
         net = unique("ips")
         made.append(net)
         for host, key in zip(rig.hosts, keys, strict=True):
-            peers = ",".join(h.address for h in rig.hosts if h is not host)
-            done = host.docker("network", "create", "-d", "rancher-ipsec", "--ipam-driver", "rancher-ipsec",
-                               "--subnet", subnet, "--ip-range", block(subnet, host), "-o", f"peers={peers}",
-                               "-o", f"ipsec.psk_file={key_file(host, net + '.psk', key)}", net)
-            assert done.returncode == 0, done.stderr
-        out = []
-        for host in rig.hosts:
-            name = unique("c")
-            done = host.docker("run", "-d", "--name", name, "--network", net, host.dockerd.image, "sleep", "600")
-            assert done.returncode == 0, done.stderr
-            state = json.loads(host.docker("inspect", name).stdout)[0]
-            address = state["NetworkSettings"]["Networks"][net]["IPAddress"]
-            assert ipaddress.ip_address(address) in ipaddress.ip_network(block(subnet, host))
-            out.append((host, name, address, state["State"]["Pid"]))
-        return net, out
+            create(host, net, subnet, key)
+        return net, [attach(host, net, subnet) for host in rig.hosts]
 
+    make.create, make.attach = create, attach
     yield make
     for host in rig.hosts:
         for line in host.docker("ps", "-aq").stdout.split():
@@ -249,25 +253,40 @@ def test_a_host_with_the_wrong_key_stays_out_and_the_others_reach_each_other(rig
     assert key.decode() not in shown
 
 
-def test_a_host_that_leaves_takes_its_tunnels_and_routes_from_the_others(rig, ipsec_net):
-    subnet = "10.48.0.0/16"
-    net, containers = ipsec_net(subnet, [os.urandom(24).hex().encode()] * 3)
+def charon_log(host) -> str:
+    with open(os.path.join(host.root, "ipam", "ipsec", "charon", "charon.log"), errors="replace") as f:
+        return f.read()
+
+
+def test_a_host_that_leaves_takes_its_tunnels_and_routes_from_the_others_and_is_reached_when_back(rig, ipsec_net):
+    subnet, key = "10.48.0.0/16", os.urandom(24).hex().encode()
+    net, containers = ipsec_net(subnet, [key] * 3)
     one, two, three = containers
     all_reach(containers)
-    gone = three[0]
+    gone = three[0]  # it answers both others: they initiate (the lower underlay address does)
     for host in (one[0], two[0]):
         assert installed_to(host, gone) and block(subnet, gone) in table_220(host)
+    logs = {host: len(charon_log(host)) for host in (one[0], two[0])}
     gone.docker("rm", "-f", three[1])
     done = gone.docker("network", "rm", net)
     assert done.returncode == 0, done.stderr
     assert charon_pid(gone) is None, "its last network took host 3's charon"
-    for host in (one[0], two[0]):  # the connections' dpd_delay is 10 s
+    for host in (one[0], two[0]):  # its charon said goodbye (DELETE); else DPD (dpd_delay 10 s) would
         until(f"host {host.index}'s CHILD_SA with the gone host ends", lambda h=host: not installed_to(h, gone), 40)
         until(f"host {host.index}'s route to the gone host's block goes",
               lambda h=host: block(subnet, gone) not in table_220(h), 40)
         print(f"host {host.index} after host 3 left: {charon_of(host).sas()}")
     assert pings(one[3], two[2]) and pings(two[3], one[2]), "hosts 1 and 2 still reach each other"
     assert not pings(one[3], three[2])
+
+    # the others' charons try to reach host 3 again (close_action start), and
+    # give up a try after 5 retransmits (165 s); host 3 comes back after that
+    for host in (one[0], two[0]):
+        until(f"host {host.index} gave up a try on host 3", lambda h=host: "giving up after" in charon_log(h)[logs[h]:],
+              240)
+    ipsec_net.create(gone, net, subnet, key)
+    back = ipsec_net.attach(gone, net, subnet)
+    all_reach([one, two, back], timeout=120)
 
 
 @pytest.mark.xfail(not agent_in_serve(), strict=False,
