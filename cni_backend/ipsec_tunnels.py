@@ -170,7 +170,8 @@ class Tunnel:
     def initiator(self) -> bool:
         """One side initiates (the lower underlay address), so that two hosts
         starting together make one IKE_SA, not one each; the other answers,
-        and drops its SAs when the initiator stops answering (DPD)."""
+        and drops its SAs when the initiator stops answering (DPD). The
+        initiator keeps trying while the other is away (keyingtries 0)."""
         return ipaddress.ip_address(self.local_address) < ipaddress.ip_address(self.remote_address)
 
     def vici_connection(self) -> dict:
@@ -181,6 +182,10 @@ class Tunnel:
             "encap": "yes",  # ESP in UDP 4500 even without NAT (as Rancher did)
             "proposals": [self.ike_proposal],
             "dpd_delay": "10s",
+            # the initiating side never stops trying: a peer that is down (or
+            # not set up yet) for longer than one try (5 retransmits, 165 s)
+            # only answers when it comes, it never initiates itself
+            "keyingtries": "0" if self.initiator else "1",
             "local": {"auth": "psk", "id": self.local_address},
             "remote": {"auth": "psk", "id": self.remote_address},
             "children": {self.name: {

@@ -109,6 +109,14 @@ def test_the_connection_uses_udp_encapsulation_and_the_given_selectors(tmp_path)
     assert other["children"]["net1"]["start_action"] == "none"
 
 
+def test_the_initiating_side_keeps_trying_a_peer_that_is_away(tmp_path):
+    """The answering side never initiates: were the initiator to give up
+    (keyingtries 1, after 165 s), a peer back later would stay unreached."""
+    assert tunnel(tmp_path).vici_connection()["net1"]["keyingtries"] == "0"
+    other = tunnel(tmp_path, local_address="10.99.7.2", remote_address="10.99.7.1").vici_connection()["net1"]
+    assert other["keyingtries"] == "1"
+
+
 def test_strongswan_conf_loads_only_the_measured_plugins():
     conf = ipsec_tunnels.strongswan_conf("/run/rancher-cni/ipsec", "libipsec")
     load = next(line for line in conf.splitlines() if line.strip().startswith("load ="))
