@@ -289,6 +289,30 @@ def test_a_host_that_leaves_takes_its_tunnels_and_routes_from_the_others_and_is_
     all_reach([one, two, back], timeout=120)
 
 
+def test_a_host_cut_off_the_underlay_is_dropped_by_dead_peer_detection_and_reached_when_back(rig, ipsec_net):
+    """No goodbye this time (a pulled cable, a crashed host): the others find
+    it dead by DPD (dpd_delay 10 s, then charon's 5 retransmits, about 3 min
+    in all), drop its CHILD_SAs and routes, and reach it again once it is back."""
+    subnet = "10.50.0.0/16"
+    _, containers = ipsec_net(subnet, [os.urandom(24).hex().encode()] * 3)
+    one, two, three = containers
+    all_reach(containers)
+    cut = three[0]
+    port = ["ip", "-n", rig.underlay, "link", "set", f"h{cut.index}"]
+    subprocess.run([*port, "down"], check=True)
+    try:
+        started = time.monotonic()
+        for host in (one[0], two[0]):
+            until(f"host {host.index} dropped the cut host's CHILD_SA and route",
+                  lambda h=host: not installed_to(h, cut) and block(subnet, cut) not in table_220(h), 300)
+            print(f"host {host.index}: host 3's CHILD_SA and route gone {time.monotonic() - started:.0f} s after "
+                  f"the cut; {charon_of(host).sas().get(ipsecnet.peer_connection(cut.address))}")
+        assert pings(one[3], two[2]) and pings(two[3], one[2]), "hosts 1 and 2 still reach each other"
+    finally:
+        subprocess.run([*port, "up"], check=True)
+    all_reach(containers, timeout=120)
+
+
 @pytest.mark.xfail(not agent_in_serve(), strict=False,
                    reason="needs the ipsec agent started by `cnm-shim serve` (branch ipsec-lifecycle), not on "
                           "main yet: without it nothing starts a killed charon again")
