@@ -97,6 +97,15 @@ def installed_to(host, peer) -> list:
     return [name for name, state in sa.get("children", {}).items() if state == "INSTALLED"]
 
 
+def charon_log(host) -> str:
+    """The host's charon log (every charon the host ran in this module)."""
+    try:
+        with open(os.path.join(host.root, "ipam", "ipsec", "charon", "charon.log"), errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def table_220(host) -> str:
     return subprocess.run(["ip", "-n", host.netns, "route", "show", "table", "220"],
                           capture_output=True, text=True, check=True).stdout
@@ -253,9 +262,24 @@ def test_a_host_with_the_wrong_key_stays_out_and_the_others_reach_each_other(rig
     assert key.decode() not in shown
 
 
-def charon_log(host) -> str:
-    with open(os.path.join(host.root, "ipam", "ipsec", "charon", "charon.log"), errors="replace") as f:
-        return f.read()
+@pytest.mark.xfail(strict=False, reason="found here, not fixed: the answering host never initiates, and the "
+                   "initiating one does not try again after an authentication failure (charon's keyingtries do "
+                   "not cover it); needs the initiating side to start a connection that has no IKE_SA again "
+                   "(e.g. each round of the ipsec agent)")
+def test_a_host_whose_key_is_corrected_is_reached_without_touching_the_others(rig, ipsec_net):
+    subnet, key = "10.51.0.0/16", os.urandom(24).hex().encode()
+    logs = {host: len(charon_log(host)) for host in rig.hosts}
+    net, containers = ipsec_net(subnet, [key, key, os.urandom(24).hex().encode()])
+    one, two, three = containers
+    for host in (one[0], two[0]):  # host 3 answers both: they initiate, and are refused
+        until(f"host {host.index}'s try on host 3 failed",
+              lambda h=host: "AUTHENTICATION_FAILED" in charon_log(h)[logs[h]:], 40)
+    host = three[0]
+    host.docker("rm", "-f", three[1])
+    done = host.docker("network", "rm", net)
+    assert done.returncode == 0, done.stderr
+    ipsec_net.create(host, net, subnet, key)
+    all_reach([one, two, ipsec_net.attach(host, net, subnet)], timeout=120)
 
 
 def test_a_host_that_leaves_takes_its_tunnels_and_routes_from_the_others_and_is_reached_when_back(rig, ipsec_net):
