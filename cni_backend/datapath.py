@@ -12,12 +12,18 @@ show it).
           counters of the bridge's veth ports: no fast path can take them)
   vxlan   the same, plus the VTEP: present, up, enslaved, its flood (FDB)
           peers and its packet counters
+  ipsec   the same, plus which IPsec data path runs (kernel XFRM or charon's
+          user-space kernel-libipsec, probed), charon's pid, and each peer's
+          IKE_SA and CHILD_SA states as charon reports them; a peer without
+          an SA whose last authentication failed gets the reason, in words
+          made from charon's log (never a line of it, never a key)
 
 A configured fast path that no packet took is said so: the configuration
 alone proves nothing (issue 13: a fast path that made no difference).
 """
 
-from . import flatnet, vxlannet
+from . import flatnet, ipsec_tunnels, ipsecnet, vxlannet
+from .errors import CNIError
 from .net import features, firewall, flat_fastpath, netlink, sysctls
 
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
@@ -124,6 +130,54 @@ def vxlan(net: vxlannet.VxlanNetwork) -> dict:
     return {"path": "bridge", "bridge_path": path,
             "vtep": {"name": net.vtep, "state": state, "flood_peers": peers, "fdb_entries": learned, **counted},
             "summary": summary}
+
+
+IPSEC_DATAPATHS = {"xfrm": "kernel XFRM (kernel-netlink)",
+                   "libipsec": "user-space ESP (charon's kernel-libipsec, ipsec0)"}
+
+
+def ipsec(net: ipsecnet.IpsecNetwork) -> dict:
+    with netlink.socket_in() as host:
+        path = _bridge_path(_port_frames(host, netlink.link(host, net.bridge)))
+    try:
+        kind = ipsec_tunnels.probe_datapath()
+    except CNIError as exc:
+        kind, datapath_text = None, f"no IPsec data path ({exc.msg})"
+    else:
+        datapath_text = IPSEC_DATAPATHS[kind]
+    pid = ipsecnet.charon_pid(net.state_dir)
+    charon = ipsec_tunnels.Charon(ipsecnet.charon_dir(net.state_dir), datapath=kind or "libipsec")
+    sas, charon_problem = {}, None
+    if pid is not None:
+        try:
+            sas = charon.sas()
+        except Exception as exc:  # noqa: BLE001 - status never fails on a charon that does not answer
+            charon_problem = f"its VICI socket does not answer ({type(exc).__name__})"
+    failures = charon.auth_failures()
+    peers = {}
+    for peer in net.peers:
+        connection = ipsecnet.peer_connection(peer)
+        sa = sas.get(connection)
+        child = sa["children"].get(net.connection(peer)) if sa else None
+        entry = {"ike_sa": sa["ike"] if sa else None, "child_sa": child}
+        if (sa is None or sa["ike"] != "ESTABLISHED") and connection in failures:
+            entry["auth_failure"] = failures[connection]
+        peers[peer] = entry
+    state = (f"charon pid {pid}" if pid is not None else "charon not running") + \
+        (f" ({charon_problem})" if charon_problem else "")
+    described = []
+    for peer, entry in peers.items():
+        if entry["ike_sa"] is None:
+            text = "no IKE_SA"
+        else:
+            text = f"IKE_SA {entry['ike_sa']}, CHILD_SA {entry['child_sa'] or 'none'}"
+        if "auth_failure" in entry:
+            text += f"; {entry['auth_failure']}"
+        described.append(f"peer {peer}: {text}")
+    summary = (f"bridge path ({path['frames_from_containers']} frames from containers); IPsec over "
+               f"{datapath_text}; {state}; " + ("; ".join(described) or "no peers"))
+    return {"path": "bridge", "bridge_path": path, "ipsec_datapath": kind, "charon_pid": pid,
+            "peers": peers, "summary": summary}
 
 
 HOST_SYSCTLS = (*sysctls.FORWARDING.values(), BR_NETFILTER)
