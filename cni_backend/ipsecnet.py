@@ -356,6 +356,9 @@ def watch(state_dir: str, interval: float = 2.0, stop=lambda: False) -> None:
     networks are recorded; idle (a directory listing and a /proc read a round)
     otherwise. A failed revival is logged and tried again the next round."""
     while not stop():
+        with contextlib.suppress(ChildProcessError):  # the charons this process started, once they die
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
         try:
             pid = revive(state_dir)
             if pid is not None:
