@@ -132,19 +132,21 @@ def vxlan(net: vxlannet.VxlanNetwork) -> dict:
             "summary": summary}
 
 
-IPSEC_DATAPATHS = {"xfrm": "kernel XFRM (kernel-netlink)",
-                   "libipsec": "user-space ESP (charon's kernel-libipsec, ipsec0)"}
+IPSEC_DATAPATHS = {"xfrm": "kernel XFRM, kernel-netlink",
+                   "libipsec": "user-space ESP: charon's kernel-libipsec, ipsec0"}
 
 
 def ipsec(net: ipsecnet.IpsecNetwork) -> dict:
-    with netlink.socket_in() as host:
-        path = _bridge_path(_port_frames(host, netlink.link(host, net.bridge)))
+    """The bridge path, which IPsec data path carries the tunnels (probed),
+    charon's pid, and each peer's IKE_SA and CHILD_SA states (with the reason
+    when its authentication failed)."""
+    found = bridge(net.bridge)
     try:
         kind = ipsec_tunnels.probe_datapath()
     except CNIError as exc:
-        kind, datapath_text = None, f"no IPsec data path ({exc.msg})"
+        kind, tunnels = None, f"none ({exc.msg})"
     else:
-        datapath_text = IPSEC_DATAPATHS[kind]
+        tunnels = f"{kind} ({IPSEC_DATAPATHS[kind]})"
     pid = ipsecnet.charon_pid(net.state_dir)
     charon = ipsec_tunnels.Charon(ipsecnet.charon_dir(net.state_dir), datapath=kind or "libipsec")
     sas, charon_problem = {}, None
@@ -154,30 +156,23 @@ def ipsec(net: ipsecnet.IpsecNetwork) -> dict:
         except Exception as exc:  # noqa: BLE001 - status never fails on a charon that does not answer
             charon_problem = f"its VICI socket does not answer ({type(exc).__name__})"
     failures = charon.auth_failures()
-    peers = {}
+    peers, described = {}, []
     for peer in net.peers:
         connection = ipsecnet.peer_connection(peer)
         sa = sas.get(connection)
-        child = sa["children"].get(net.connection(peer)) if sa else None
-        entry = {"ike_sa": sa["ike"] if sa else None, "child_sa": child}
+        entry = {"ike_sa": sa["ike"] if sa else None,
+                 "child_sa": sa["children"].get(net.connection(peer)) if sa else None}
+        text = f"IKE_SA {entry['ike_sa']}, CHILD_SA {entry['child_sa'] or 'none'}" if sa else "no IKE_SA"
         if (sa is None or sa["ike"] != "ESTABLISHED") and connection in failures:
             entry["auth_failure"] = failures[connection]
+            text += f"; {entry['auth_failure']}"
         peers[peer] = entry
+        described.append(f"peer {peer}: {text}")
     state = (f"charon pid {pid}" if pid is not None else "charon not running") + \
         (f" ({charon_problem})" if charon_problem else "")
-    described = []
-    for peer, entry in peers.items():
-        if entry["ike_sa"] is None:
-            text = "no IKE_SA"
-        else:
-            text = f"IKE_SA {entry['ike_sa']}, CHILD_SA {entry['child_sa'] or 'none'}"
-        if "auth_failure" in entry:
-            text += f"; {entry['auth_failure']}"
-        described.append(f"peer {peer}: {text}")
-    summary = (f"bridge path ({path['frames_from_containers']} frames from containers); IPsec over "
-               f"{datapath_text}; {state}; " + ("; ".join(described) or "no peers"))
-    return {"path": "bridge", "bridge_path": path, "ipsec_datapath": kind, "charon_pid": pid,
-            "peers": peers, "summary": summary}
+    found["ipsec"] = {"datapath": kind or tunnels, "charon_pid": pid, "peers": peers}
+    found["summary"] += f"; IPsec data path {tunnels}; {state}; " + ("; ".join(described) or "no peers")
+    return found
 
 
 HOST_SYSCTLS = (*sysctls.FORWARDING.values(), BR_NETFILTER)

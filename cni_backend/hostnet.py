@@ -127,7 +127,7 @@ class Vxlan(_Loaded):
 
 
 class Ipsec(_Loaded):
-    """rancher-ipsec: the bridge with proxy ARP and the host's charon (ipsecnet)."""
+    """rancher-ipsec: the bridge with proxy ARP, the host's charon and its tunnels (ipsecnet)."""
 
     load, host = staticmethod(ipsec_plugin.load_network), ipsecnet
 
@@ -146,7 +146,8 @@ HOST_NETWORKS = {
 
 def network_of(conflist: dict) -> HostNetwork:
     """The host side of the network `conflist` configures, chosen by its first plug-in's type."""
-    plugin = conflist["plugins"][0]
+    # as a runtime hands it to the plug-in: with the list's name and version
+    plugin = dict(conflist["plugins"][0], name=conflist.get("name"), cniVersion=conflist.get("cniVersion"))
     make = HOST_NETWORKS.get(plugin.get("type"))
     if make is None:
         raise CNIError(INVALID_CONFIG, f"plug-in {plugin.get('type')!r} has no host-side network; "

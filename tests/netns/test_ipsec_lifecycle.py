@@ -179,18 +179,18 @@ def test_a_wrong_key_is_named_in_the_data_path_without_any_key(hosts, make_netns
     os.close(fd)
     configs = [ipsec_config(envs[0], 0, psk), ipsec_config(envs[1], 1, other)]
     (a, ip_a), (b, ip_b) = attach_both(hosts, make_netns, configs)
-    code = RUN_PY + "print(json.dumps(hostnet.network_of({'plugins': [conf]}).datapath(conf['name'])))"
+    code = RUN_PY + "print(json.dumps(hostnet.network_of({'name': conf['name'], 'cniVersion': '1.0.0', 'plugins': [conf]}).datapath(conf['name'])))"
 
     def status(n):
         return json.loads(ns_exec((host_a, host_b)[n], sys.executable, "-c", code, json.dumps(configs[n])).stdout)
 
-    found_b = until("B names the failure", lambda: (lambda s: "auth_failure" in s["peers"][UNDERLAY[0]] and s)(status(1)))
-    found_a = until("A names the failure", lambda: (lambda s: "auth_failure" in s["peers"][UNDERLAY[1]] and s)(status(0)))
+    found_b = until("B names the failure", lambda: (lambda s: "auth_failure" in s["ipsec"]["peers"][UNDERLAY[0]] and s)(status(1)))
+    found_a = until("A names the failure", lambda: (lambda s: "auth_failure" in s["ipsec"]["peers"][UNDERLAY[1]] and s)(status(0)))
     assert f"authentication of '{UNDERLAY[0]}' with pre-shared key failed" in found_b["summary"], found_b
     assert "AUTHENTICATION_FAILED" in found_a["summary"], found_a
     for found in (found_a, found_b):
         assert "user-space ESP" in found["summary"] and "charon pid" in found["summary"], found
-        assert found["peers"][UNDERLAY[0] if found is found_b else UNDERLAY[1]]["ike_sa"] is None, found
+        assert found["ipsec"]["peers"][UNDERLAY[0] if found is found_b else UNDERLAY[1]]["ike_sa"] is None, found
         text = json.dumps(found)
         for key_file in (psk, other):
             assert open(key_file).read().strip() not in text, "no key in the status"
