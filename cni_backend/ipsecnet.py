@@ -35,6 +35,15 @@ use the same `stateDir`, in which live `ipsec/charon/` (charon's files) and
 the guard accepts the union and the last network stops charon). Only the
 peers may reach UDP 500/4500 (`net/ipsec_guard`).
 
+charon's lifecycle: the first ADD starts it; the last network's removal
+stops it (SIGTERM, then its owner file goes). A charon that died otherwise
+(kill -9, a crash) leaves its owner file: the ipsec agent (`watch`, run by
+`cnm-shim serve`, or `cnm-shim ipsec-agent` beside a CNI runtime) and the next
+ADD start it again with every recorded network's peers (`revive`,
+`_configure`), all or nothing: a charon whose loading failed is stopped again
+and the next round tries anew. Rekeys (ikeRekeyTime, childRekeyTime) make the
+new SA before the old one goes.
+
 MTU: containers get the largest packet that, inside ESP in UDP, still fits
 the underlay (`container_mtu`: 1422 on a 1500 underlay with aes128-sha256),
 and on the user-space data path no more than ipsec0 takes (1400, fixed in
