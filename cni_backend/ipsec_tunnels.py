@@ -45,8 +45,8 @@ DEFAULT_IKE_PROPOSAL = "aes128-sha256-modp2048"
 DEFAULT_ESP_PROPOSAL = "aes128-sha256"
 # rekey times (seconds; strongSwan's own defaults). A rekey makes the new SA
 # before it deletes the old one (IKEv2 CREATE_CHILD_SA), so traffic never waits
-# for it; charon spreads each by up to a tenth of it (rand_time) so that the two
-# sides rarely start one at once, and an SA expires 10 % after its rekey time.
+# for it; charon starts each up to a tenth of it early (rand_time) so that the
+# two sides rarely start one at once, and an SA expires `_margin` after it.
 DEFAULT_IKE_REKEY = 4 * 3600
 DEFAULT_CHILD_REKEY = 3600
 MIN_REKEY, MAX_REKEY = 5, 30 * 24 * 3600
@@ -208,6 +208,8 @@ class Tunnel:
             "proposals": [self.ike_proposal],
             "dpd_delay": "10s",
             "rekey_time": f"{self.ike_rekey}s",
+            "rand_time": f"{self.ike_rekey // 10}s",
+            "over_time": f"{_margin(self.ike_rekey)}s",
             # a peer whose charon was restarted makes a new IKE_SA with the same
             # identities: it replaces the one the dead charon had
             "unique": "replace",
@@ -219,11 +221,21 @@ class Tunnel:
                 "remote_ts": list(self.remote_subnets),
                 "esp_proposals": [self.esp_proposal],
                 "rekey_time": f"{self.child_rekey}s",
+                "rand_time": f"{self.child_rekey // 10}s",
+                "life_time": f"{self.child_rekey + _margin(self.child_rekey)}s",
                 "start_action": "start" if self.initiator else "none",
                 "dpd_action": "restart" if self.initiator else "clear",
                 "close_action": "start" if self.initiator else "none",
             }},
         }}
+
+
+def _margin(rekey: int) -> int:
+    """How long an SA lives past its rekey time. strongSwan's default is a tenth
+    of it, but kernel-libipsec counts SA lifetimes in whole seconds, so with a
+    short rekey time the hard expiry (the SA deleted, traffic dropped until a
+    new one is made) could come before the rekey: at least 10 s."""
+    return max(rekey // 10, 10)
 
 
 def strongswan_conf(state_dir: str, datapath: str) -> str:

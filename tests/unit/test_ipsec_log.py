@@ -76,4 +76,10 @@ def test_the_plug_in_config_names_the_bad_rekey_setting(tmp_path):
         name="peer-x", local_address="10.99.9.1", remote_address="10.99.9.2", local_subnets=["10.43.1.0/24"],
         remote_subnets=["10.43.0.0/16"], psk_file="/etc/psk", ike_rekey=7200, child_rekey=600).vici_connection()
     assert vici["peer-x"]["rekey_time"] == "7200s" and vici["peer-x"]["unique"] == "replace"
-    assert vici["peer-x"]["children"]["peer-x"]["rekey_time"] == "600s"
+    child = vici["peer-x"]["children"]["peer-x"]
+    assert (child["rekey_time"], child["rand_time"], child["life_time"]) == ("600s", "60s", "660s")
+    short = ipsec_tunnels.Tunnel.from_config(
+        name="peer-x", local_address="10.99.9.1", remote_address="10.99.9.2", local_subnets=["10.43.1.0/24"],
+        remote_subnets=["10.43.0.0/16"], psk_file="/etc/psk", child_rekey=6).vici_connection()
+    # kernel-libipsec counts lifetimes in whole seconds: a short SA still lives 10 s past its rekey time
+    assert short["peer-x"]["children"]["peer-x"]["life_time"] == "16s"
