@@ -102,9 +102,10 @@ def build_ours(root: pathlib.Path, psk: str) -> str:
     return addresses[1]
 
 
-def build_reference(root: pathlib.Path, psk: str, datapath: str) -> list:
-    """Two charons started and loaded by hand, containers routed into the tunnel."""
-    charons = []
+def build_reference(root: pathlib.Path, psk: str, datapath: str, charons: list) -> None:
+    """Two charons started and loaded by hand, containers routed into the tunnel.
+    Each charon goes into `charons` before it starts, so that a failure half
+    way still stops it."""
     for n, host in enumerate(REF_HOSTS):
         ns(host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         ns(host, "ip", "link", "add", "rv", "type", "veth", "peer", "name", "eth0", "netns", REF[n])
@@ -121,7 +122,6 @@ def build_reference(root: pathlib.Path, psk: str, datapath: str) -> list:
         charons[n].load(ipsec_tunnels.Tunnel.from_config(
             datapath=datapath, name="ref", local_address=REF_UNDERLAY[n], remote_address=REF_UNDERLAY[1 - n],
             local_subnets=[REF_BLOCKS[n]], remote_subnets=[REF_BLOCKS[1 - n]], psk_file=psk))
-    return charons
 
 
 def conntrack(hosts: tuple, on: bool) -> None:
@@ -237,7 +237,7 @@ def main() -> int:
         psk = write_psk(root / "psk")
         datapath = ipsec_tunnels.probe_datapath()
         ours_b = build_ours(root, psk)
-        charons = build_reference(root, psk, datapath)
+        build_reference(root, psk, datapath, charons)
         sas = {OURS_SIDE: wait_child(str(root / "ours0" / "ipsec" / "charon" / "charon.vici")),
                REF_SIDE: wait_child(charons[0].vici_socket)}
         ref_b = REF_BLOCKS[1].replace(".0/24", ".2")
