@@ -17,7 +17,8 @@ A configured fast path that no packet took is said so: the configuration
 alone proves nothing (issue 13: a fast path that made no difference).
 """
 
-from . import flatnet, vxlannet
+from . import flatnet, ipsec_tunnels, ipsecnet, vxlannet
+from .errors import CNIError
 from .net import features, firewall, flat_fastpath, netlink, sysctls
 
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
@@ -124,6 +125,18 @@ def vxlan(net: vxlannet.VxlanNetwork) -> dict:
     return {"path": "bridge", "bridge_path": path,
             "vtep": {"name": net.vtep, "state": state, "flood_peers": peers, "fdb_entries": learned, **counted},
             "summary": summary}
+
+
+def ipsec(net: ipsecnet.IpsecNetwork) -> dict:
+    """The bridge path, and which IPsec data path carries the tunnels (probed)."""
+    found = bridge(net.bridge)
+    try:
+        tunnels = ipsec_tunnels.probe_datapath()
+    except CNIError as exc:
+        tunnels = f"none ({exc.msg})"
+    found["ipsec"] = {"datapath": tunnels}
+    found["summary"] += f"; IPsec data path {tunnels}"
+    return found
 
 
 HOST_SYSCTLS = (*sysctls.FORWARDING.values(), BR_NETFILTER)

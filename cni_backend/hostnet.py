@@ -21,7 +21,7 @@ import nothing else of the CNI side (tests/unit/test_doors.py).
 
 import socket
 
-from . import addresses, datapath, flatnet, networks, repair, staging, vxlannet
+from . import addresses, datapath, flatnet, ipsecnet, networks, repair, staging, vxlannet
 from .errors import CNIError, INVALID_CONFIG
 from .locks import held as held_lock
 from .ipam import allocator, config as ipam_config
@@ -29,7 +29,7 @@ from .ipam.etcd_store import check_endpoints as check_etcd_endpoints
 from .ipam.store import DOCKER_OWNER, Allocation, SQLiteStore, open_store
 from .net import firewall, iptables, netlink
 from .net.netns import NetnsGone
-from .plugins import flat as flat_plugin, vxlan as vxlan_plugin
+from .plugins import flat as flat_plugin, ipsec as ipsec_plugin, vxlan as vxlan_plugin
 
 __all__ = ["addresses", "held_lock", "DOCKER_OWNER", "Allocation", "SQLiteStore", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
            "forget", "holder_of", "reserve", "validate_ipam", "parse_range", "create_staging", "move_to_host",
@@ -125,17 +125,28 @@ class Vxlan(_Loaded):
         return datapath.vxlan(self.network)
 
 
+class Ipsec(_Loaded):
+    """rancher-ipsec: the bridge with proxy ARP, the host's charon and its tunnels (ipsecnet)."""
+
+    load, host = staticmethod(ipsec_plugin.load_network), ipsecnet
+
+    def datapath(self, cni_name: str) -> dict:
+        return datapath.ipsec(self.network)
+
+
 # plug-in type (the conflist's first plug-in) -> its host side
 HOST_NETWORKS = {
     "rancher-bridge": lambda plugin: Bridge(plugin["bridge"], plugin.get("mtu")),
     "rancher-flat": Flat,
     "rancher-vxlan": Vxlan,
+    "rancher-ipsec": Ipsec,
 }
 
 
 def network_of(conflist: dict) -> HostNetwork:
     """The host side of the network `conflist` configures, chosen by its first plug-in's type."""
-    plugin = conflist["plugins"][0]
+    # as a runtime hands it to the plug-in: with the list's name and version
+    plugin = dict(conflist["plugins"][0], name=conflist.get("name"), cniVersion=conflist.get("cniVersion"))
     make = HOST_NETWORKS.get(plugin.get("type"))
     if make is None:
         raise CNIError(INVALID_CONFIG, f"plug-in {plugin.get('type')!r} has no host-side network; "

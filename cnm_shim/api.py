@@ -29,7 +29,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from cni_backend import trace
 
-from . import cnm
+from . import backends, cnm
 from .errors import DriverError
 
 log = logging.getLogger("cnm-shim")
@@ -281,7 +281,9 @@ def request_address():
     -> {Address 'ip/len', Data} (cnm.RequestAddressResponse)."""
     # Resent without a body: refused; it names no pool to take an address from.
     refuse_if_resent("it names no pool, so no address was reserved: try again")
-    return jsonify(services().ipam.request_address(cnm.AddressRequest.from_wire(body())).to_wire())
+    gateway_in_ip_range = backends.get(backend()).gateway_in_ip_range
+    return jsonify(services().ipam.request_address(cnm.AddressRequest.from_wire(body()),
+                                                   gateway_in_ip_range=gateway_in_ip_range).to_wire())
 
 
 @ipam_api.post("/IpamDriver.ReleaseAddress")

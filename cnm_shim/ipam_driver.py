@@ -195,7 +195,8 @@ class IpamDriver:
 
         self.store.run(release_all)
 
-    def request_address(self, request: cnm.AddressRequest) -> cnm.RequestAddressResponse:
+    def request_address(self, request: cnm.AddressRequest, gateway_in_ip_range: bool = False
+                        ) -> cnm.RequestAddressResponse:
         request = cnm.coerce(cnm.AddressRequest, request)
         pool = self._pool(request.pool_id)
         subnet = ipaddress.ip_network(pool.subnet)
@@ -206,12 +207,22 @@ class IpamDriver:
             except ValueError as exc:
                 raise DriverError(str(exc)) from None
         if request.options.get("RequestAddressType") == GATEWAY_REQUEST:
-            held = self._reserve_gateway(pool, wanted or subnet.network_address + 1)
+            held = self._reserve_gateway(pool, wanted or self._default_gateway(pool, gateway_in_ip_range))
             self.state.save(dataclasses.replace(pool, gateway=held.ip))
         else:
             conf = self._config(pool)
             held = self.store.run(lambda txn: hostnet.reserve(txn, conf, self._owner(pool), wanted))
         return cnm.RequestAddressResponse(f"{held.ip}/{subnet.prefixlen}")
+
+    @staticmethod
+    def _default_gateway(pool: Pool, in_ip_range: bool):
+        """The subnet's first address; with `in_ip_range` (rancher-ipsec:
+        each host routes its tunnels from a gateway in its own block) the
+        first host address of the pool's --ip-range (10.42.1.1 in 10.42.1.0/24)."""
+        subnet = ipaddress.ip_network(pool.subnet)
+        if not (in_ip_range and pool.sub_pool):
+            return subnet.network_address + 1
+        return next(ipaddress.ip_network(pool.sub_pool).hosts())
 
     def _reserve_gateway(self, pool: Pool, ip) -> Allocation:
         subnet = ipaddress.ip_network(pool.subnet)

@@ -3,13 +3,14 @@ module each. Everything that depends on which backend a network uses asks
 here; see docs/architecture.md, "How to add a backend"."""
 
 from ..errors import DriverError
-from . import bridge, flat, vxlan
+from . import bridge, flat, ipsec, vxlan
 from .base import Backend, HostSide
 
 REGISTRY = {entry.name: entry for entry in (
     bridge.BACKEND,
     flat.BACKEND,
     vxlan.BACKEND,
+    ipsec.BACKEND,
 )}
 
 # Docker driver (socket) name -> backend name

@@ -84,7 +84,7 @@ class LoadedHost(HostSide):
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
-    name: str                     # bridge | flat | vxlan: `-o backend=`, `serve --backend`, state records
+    name: str                     # bridge | flat | vxlan | ipsec: `-o backend=`, `serve --backend`, state records
     driver: str                   # the Docker driver (socket rancher-X.sock) that serves it
     options: tuple                # options.Option, in the order `cnm-shim options` shows them
     render: Callable              # (bridge, parsed options, ipam section) -> the conflist's plug-in
@@ -95,3 +95,6 @@ class Backend:
     unique: tuple = ()            # (option, label): no two networks of this backend share its value
     # --internal: "" when honoured (render reads opts["internal"]), else why it is refused
     internal_refused: str = ""
+    # its IPAM puts the gateway in the pool's --ip-range (this host's block),
+    # as Docker's own IPAM does, instead of at the subnet's first address
+    gateway_in_ip_range: bool = False

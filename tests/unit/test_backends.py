@@ -15,11 +15,17 @@ from cnm_shim.app import create_app
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 IPAM = {"type": "rancher-ipam", "ranges": [[{"subnet": "10.70.0.0/24"}]], "exclude": [], "dataDir": "/tmp/x"}
-REQUIRED_VALUES = {"parent": "eth9"}
+REQUIRED_VALUES = {"parent": "eth9", "ipsec.psk_file": "/etc/rancher-cni/ipsec.psk"}
+# what a backend needs besides its required options to render: ipsec, this
+# host's block of the subnet and someone to talk to
+IPAM_OF = {"ipsec": dict(IPAM, ranges=[[{"subnet": "10.70.0.0/16", "gateway": "10.70.1.1",
+                                          "rangeStart": "10.70.1.0", "rangeEnd": "10.70.1.255"}]])}
+OTHER_VALUES = {"ipsec": {"peers": ["10.96.0.2"]}}
 
 
 def parsed_defaults(entry) -> dict:
-    return options.parse(entry.driver, entry.name, {k: REQUIRED_VALUES[k] for k in entry.required})
+    values = options.parse(entry.driver, entry.name, {k: REQUIRED_VALUES[k] for k in entry.required})
+    return dict(values, **OTHER_VALUES.get(entry.name, {}))
 
 
 @pytest.mark.parametrize("entry", backends.REGISTRY.values(), ids=lambda e: e.name)
@@ -58,17 +64,18 @@ def test_each_backends_options_are_unique_documented_and_their_defaults_parse(en
 
 @pytest.mark.parametrize("entry", backends.REGISTRY.values(), ids=lambda e: e.name)
 def test_each_backends_renderer_runs_its_cni_executable(entry):
-    plugin = entry.render("rx-test", parsed_defaults(entry), IPAM)
+    ipam = IPAM_OF.get(entry.name, IPAM)
+    plugin = entry.render("rx-test", parsed_defaults(entry), ipam)
     conf = render.conflist("rancher-test", plugin)
     assert conf["plugins"][0]["type"] == entry.cni_type
-    assert conf["plugins"][0]["bridge"] == "rx-test" and conf["plugins"][0]["ipam"] == IPAM
+    assert conf["plugins"][0]["bridge"] == "rx-test" and conf["plugins"][0]["ipam"] == ipam
 
 
 def test_an_unknown_backend_is_refused_naming_the_known_ones():
-    with pytest.raises(backends.DriverError, match="bridge, flat, vxlan"):
-        backends.get("ipsec")
-    with pytest.raises(backends.DriverError, match="is not one of: bridge, flat, vxlan"):
-        options.choose_backend("rancher-bridge", "bridge", {"backend": "ipsec"})
+    with pytest.raises(backends.DriverError, match="bridge, flat, vxlan, ipsec"):
+        backends.get("wireguard")
+    with pytest.raises(backends.DriverError, match="is not one of: bridge, flat, vxlan, ipsec"):
+        options.choose_backend("rancher-bridge", "bridge", {"backend": "wireguard"})
 
 
 @pytest.mark.parametrize("entry", backends.REGISTRY.values(), ids=lambda e: e.name)
@@ -86,9 +93,9 @@ def test_cnm_shim_options_without_a_backend_prints_them_all_and_refuses_an_unkno
     out = capsys.readouterr().out
     assert [line.split()[0] for line in out.splitlines() if line and not line.startswith(" ")] == list(backends.DRIVERS)
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["options", "ipsec"])
+        cli.main(["options", "wireguard"])
     assert exit_.value.code == 2
-    assert "invalid choice: 'ipsec'" in capsys.readouterr().err
+    assert "invalid choice: 'wireguard'" in capsys.readouterr().err
 
 
 def _guide_table(driver: str) -> dict:

@@ -134,3 +134,25 @@ def test_a_body_below_the_cap_is_still_read(shim):
     body = b" " * (512 << 10) + json.dumps({"AddressSpace": "RancherLocal", "Pool": "10.92.0.0/24"}).encode()
     status, answer = shim("/IpamDriver.RequestPool", body)
     assert status == 200 and answer["Pool"] == "10.92.0.0/24", answer
+
+
+def gateway_of(shim, pool_body: dict, driver: str) -> str:
+    """The gateway the IPAM of `driver` (the socket the call came in on) gives the pool."""
+    environ = {"rancher.driver": driver}
+    pool = shim.client.post("/IpamDriver.RequestPool", data=json.dumps(pool_body), environ_base=environ).get_json()
+    answer = shim.client.post("/IpamDriver.RequestAddress", environ_base=environ, data=json.dumps({
+        "PoolID": pool["PoolID"], "Options": {"RequestAddressType": "com.docker.network.gateway"}}))
+    assert answer.status_code == 200, answer.get_json()
+    return answer.get_json()["Address"]
+
+
+def test_rancher_ipsecs_ipam_puts_the_gateway_in_this_hosts_ip_range_and_the_others_at_the_subnets_first(tmp_path):
+    """Each host routes its IPsec tunnels from a gateway in its own block, its
+    --ip-range; the other backends keep the subnet's first address."""
+    shim = Client(app_in(tmp_path))
+    body = {"AddressSpace": "RancherLocal", "Pool": "10.92.0.0/16", "SubPool": "10.92.3.0/24"}
+    assert gateway_of(shim, body, "rancher-ipsec") == "10.92.3.1/16"
+    assert gateway_of(shim, dict(body, Pool="10.93.0.0/16", SubPool="10.93.0.0/24"), "rancher-ipsec") == \
+        "10.93.0.1/16"
+    assert gateway_of(shim, dict(body, Pool="10.94.0.0/16", SubPool="10.94.3.0/24"), "rancher-bridge") == \
+        "10.94.0.1/16"

@@ -3,6 +3,7 @@ backend's renderer): from Docker's IPAM data and the `-o` options, the exact
 JSON the shim runs and CNI runtimes get exported."""
 
 import json
+import re
 
 import pytest
 
@@ -124,10 +125,45 @@ def test_vxlan_learns_its_peers_from_etcd_only_when_given_none():
     assert "etcdEndpoints" not in conflist_for("vxlan", {"peers": "192.0.2.2"}, section)["plugins"][0]
 
 
+IPSEC_POOL = {"Pool": "10.42.0.0/16", "Gateway": "10.42.1.1/16"}
+IPSEC_OPTIONS = {"peers": "192.0.2.2,192.0.2.3", "ipsec.psk_file": "/etc/rancher-cni/ipsec.psk"}
+
+
+def ipsec_section():
+    return ipam(ipv4=(IPSEC_POOL,), sub_pools={"10.42.0.0/16": "10.42.1.0/24"})
+
+
+def test_an_ipsec_network_is_this_hosts_block_its_peers_and_the_key_files_path_never_the_key():
+    plugin = conflist_for("ipsec", dict(IPSEC_OPTIONS, **{"ipsec.esp_proposal": "AES256-SHA256"}),
+                          ipsec_section())["plugins"][0]
+    assert plugin == {
+        "type": "rancher-ipsec", "bridge": "ri-0123456789ab", "peers": ["192.0.2.2", "192.0.2.3"],
+        "pskFile": "/etc/rancher-cni/ipsec.psk", "ikeProposal": "aes128-sha256-modp2048",
+        "espProposal": "aes256-sha256", "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+        "stateDir": DATA_DIR, "capabilities": {"ips": True, "mac": True}, "ipam": ipsec_section()}
+    assert plugin["ipam"]["ranges"] == [[{"subnet": "10.42.0.0/16", "gateway": "10.42.1.1",
+                                          "rangeStart": "10.42.1.0", "rangeEnd": "10.42.1.255"}]]
+
+
+@pytest.mark.parametrize("raw, section, message", [
+    (IPSEC_OPTIONS, None, "this host's block of it: create it with --ipam-driver rancher-ipsec"),
+    ({"ipsec.psk_file": "/etc/k"}, "block", "give the other hosts with -o peers=IP,IP"),
+    ({"peers": "192.0.2.2"}, "block", "option ipsec.psk_file is required"),
+    (dict(IPSEC_OPTIONS, **{"ipsec.psk_file": "etc/k"}), "block", "is not an absolute path"),
+    (dict(IPSEC_OPTIONS, **{"ipsec.psk_file": "/etc/../k"}), "block", "is not an absolute path"),
+    (dict(IPSEC_OPTIONS, **{"ipsec.psk_file": "/etc/k\nx"}), "block", "is not an absolute path"),
+    (dict(IPSEC_OPTIONS, **{"ipsec.ike_proposal": "aes128;modp"}), "block", "is not an IPsec proposal"),
+    (dict(IPSEC_OPTIONS, **{"ipsec.esp_proposal": "aes128-sha256\n}"}), "block", "is not an IPsec proposal"),
+])
+def test_an_ipsec_network_without_its_block_peers_or_a_sound_key_file_is_refused(raw, section, message):
+    with pytest.raises(DriverError, match=re.escape(message)):
+        conflist_for("ipsec", raw, ipsec_section() if section else None)
+
+
 @pytest.mark.parametrize("backend", sorted(backends.REGISTRY))
 def test_every_backends_conflist_is_plain_json(backend):
-    raw = {"parent": "eth1"} if backend == "flat" else {}
-    conf = conflist_for(backend, raw)
+    raw = {"flat": {"parent": "eth1"}, "ipsec": IPSEC_OPTIONS}.get(backend, {})
+    conf = conflist_for(backend, raw, ipsec_section() if backend == "ipsec" else None)
     assert json.loads(json.dumps(conf)) == conf
 
 
