@@ -73,6 +73,7 @@ OUTER_FIXED = 20 + 8 + 8 + 16
 AES_BLOCK = 16
 ICV_BYTES = {"sha1": 12, "md5": 12, "sha256": 16, "sha384": 24, "sha512": 32, "aesxcbc": 12}
 STOP_TIMEOUT = 10.0
+RETRY_INTERVAL = 30.0  # the ipsec agent's retries of a connection charon gave up (`retry`)
 # kernel-libipsec's ipsec0: strongSwan 5.9.8 has no setting for its MTU, and it
 # reads packets into buffers of this size, so raising the link's MTU from
 # outside truncates larger packets (measured: a 1422-byte DF ping is lost)
@@ -360,10 +361,44 @@ def revive(state_dir: str) -> int | None:
         return charon_pid(state_dir)
 
 
+def retry(state_dir: str, missing: dict, now: float) -> list:
+    """Start again the connections this host initiates that have had no
+    IKE_SA at all for RETRY_INTERVAL seconds: charon gives up on a peer that
+    refused its authentication (a wrong key there; keyingtries cover only a
+    peer that does not answer), and the peer, which only answers, never starts
+    one; so a corrected key would never be used. `missing` (peer -> since
+    when, kept by the caller between rounds) makes a connection just loaded,
+    whose IKE_SA charon is starting, never be started twice. Returns the peers
+    started again."""
+    found = records(state_dir)
+    if not found or charon_pid(state_dir) is None:
+        missing.clear()
+        return []
+    with locks.held(os.path.join(_root(state_dir), "lock"), mode=0o600):
+        found = records(state_dir)
+        if not found or charon_pid(state_dir) is None:
+            return []
+        charon = ipsec_tunnels.Charon(charon_dir(state_dir), datapath=ipsec_tunnels.probe_datapath())
+        sas, started = charon.sas(), []
+        for peer in _all_peers(found):
+            users, connection = _users(found, peer), peer_connection(peer)
+            if connection in sas or not _tunnel(users[0][1], connection, peer, charon.datapath).initiator:
+                missing.pop(peer, None)
+            elif now - missing.setdefault(peer, now) >= RETRY_INTERVAL:
+                missing[peer] = now
+                charon.initiate(connection, [r["child"] + "-" + _short(peer) for _, r in users])
+                started.append(peer)
+        for peer in set(missing) - set(_all_peers(found)):
+            del missing[peer]
+        return started
+
+
 def watch(state_dir: str, interval: float = 2.0, stop=lambda: False) -> None:
     """Revive charon whenever it is found dead (kill -9, a crash) while IPsec
     networks are recorded; idle (a directory listing and a /proc read a round)
-    otherwise. A failed revival is logged and tried again the next round."""
+    otherwise. A failed revival is logged and tried again the next round.
+    Connections this host initiates and charon gave up are started again (`retry`)."""
+    missing = {}
     while not stop():
         with contextlib.suppress(ChildProcessError):  # the charons this process started, once they die
             while os.waitpid(-1, os.WNOHANG)[0]:
@@ -376,6 +411,12 @@ def watch(state_dir: str, interval: float = 2.0, stop=lambda: False) -> None:
         except (CNIError, OSError) as exc:
             log.error("ipsec agent: charon could not be started with the tunnels (%s); it is stopped, "
                       "trying again in %.0f s", exc, interval)
+        try:
+            for peer in retry(state_dir, missing, time.monotonic()):
+                log.warning("ipsec agent: no IKE_SA with the peer %s (its last authentication failed?): "
+                            "initiated it again", peer)
+        except Exception as exc:  # noqa: BLE001 - a charon that does not answer now is looked at next round
+            log.error("ipsec agent: could not look at charon's IKE_SAs (%s: %s)", type(exc).__name__, exc)
         deadline = time.monotonic() + interval
         while not stop() and time.monotonic() < deadline:
             time.sleep(min(0.2, interval))
