@@ -340,8 +340,10 @@ def test_a_charon_killed_with_9_comes_back_and_traffic_resumes(rig, ipsec_net):
     victim = two[0]  # it initiates towards host 3 and answers host 1
     old = charon_pid(victim)
     os.kill(old, 9)
+    killed = time.monotonic()
     until("host 2's charon runs again", lambda: charon_pid(victim) not in (None, old), 30)
     for source, target in ((one, two), (two, one), (two, three), (three, two)):
         until(f"host {source[0].index} -> host {target[0].index} again", lambda s=source, t=target: pings(s[3], t[2]),
               90)
+    print(f"after kill -9 of host 2's charon, traffic through it again within {time.monotonic() - killed:.0f} s")
     assert pings(one[3], three[2]), "hosts 1 and 3 kept reaching each other"
