@@ -183,6 +183,8 @@ class Doctor:
 
     def check_networks(self, repair: bool) -> None:
         for net in self._networks():
+            if not net.bridge:
+                continue  # a conflist network (rancher-conflist): its plug-ins own the host side; CHECK covers it
             host = backends.get(net.backend).host
             missing = hostnet.missing_parts(net.bridge, host.ports(net))
             if missing:

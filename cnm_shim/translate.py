@@ -95,6 +95,20 @@ def join_answer(result: dict, src_name: str) -> cnm.JoinResponse:
     return cnm.JoinResponse(src_name, gateway=gateways[4], gateway_ipv6=gateways[6], static_routes=tuple(routes))
 
 
+def _same_addresses_as_docker(net: Network, ep: Endpoint, result: dict) -> None:
+    """Docker gives the container the address its IPAM chose; the CNI result
+    must say the same, or Docker (inspect, DNS) would name another address
+    than the one the plug-ins set up: refused, and the ADD undone."""
+    wanted = {a.split("/")[0] for a in (ep.address, ep.address6) if a}
+    got = {ip["address"].split("/")[0] for ip in result.get("ips", [])}
+    if wanted and not wanted <= got:
+        raise runtime.CNIError(runtime.errors.INVALID_CONFIG,
+                               f"the IPAM of {net.cni_name} assigned {', '.join(sorted(got)) or 'no address'}, "
+                               f"not Docker's {', '.join(sorted(wanted))}: use an IPAM that takes a requested "
+                               "address (host-local, static: they get it as IP= and the ips capability) over "
+                               "the same subnet as Docker's --subnet")
+
+
 class Translator:
     def __init__(self, state: State, settings: Settings, ipam: IpamDriver):
         self.state = state
@@ -131,6 +145,9 @@ class Translator:
         ipv4, ipv6 = request.ipv4_data, request.ipv6_data
         opts.update(ownership.internal(driver, entry, generic, options.docker_flags(
             driver, request.options, [d.to_wire() for d in ipv4], [d.to_wire() for d in ipv6])))
+        if entry.takes_conflist:
+            self._create_conflist_network(driver, backend, network_id, opts, ipv4 + ipv6)
+            return
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
         bridge = opts["bridge"] or entry.bridge_prefix + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge, entry, opts)
@@ -153,6 +170,24 @@ class Translator:
             self.state.save(net)
             undo.pop_all()
         log.info("network %s: %s (%s) on bridge %s", network_id[:12], cni_name, backend, bridge)
+
+    def _create_conflist_network(self, driver: str, backend: str, network_id: str, opts: dict, pools: list) -> None:
+        """A conflist of the CNI config directory as it is (rancher-conflist):
+        copied into the state, its plug-ins found in the CNI path now, no two
+        of our networks on one conflist (they would share its IPAM's store)."""
+        with step(driver):
+            conf, _ = runtime.named_conflist(opts["cni.conflist"], self.settings.cni_conf_dir,
+                                             list(self.settings.cni_path))
+        for other in self.state.networks():
+            if other.cni_name == conf["name"]:
+                raise DriverError(f"{driver}: the CNI network {conf['name']!r} is already Docker network "
+                                  f"{other.id[:12]}; one Docker network per conflist")
+        net = Network(id=network_id, driver=driver, backend=backend, options=opts, cni_name=conf["name"], bridge="",
+                      conflist=conf, docker_ipam=any(d.address_space in ADDRESS_SPACES for d in pools),
+                      bridge_created=False)
+        self.state.save(net)
+        log.info("network %s: the CNI network %s (%s)", network_id[:12], conf["name"],
+                 " -> ".join(p["type"] for p in conf["plugins"]))
 
     def _keep_link_address_out_of_docker_ipam(self, net: Network, ipv4: list, link_ip: str) -> None:
         if net.docker_ipam:
@@ -261,6 +296,8 @@ class Translator:
     def _attachment(self, net: Network, ep: Endpoint, netns: str) -> runtime.Attachment:
         caps = {"ips": [a for a in (ep.address, ep.address6) if a], "mac": ep.mac}
         args = [("IgnoreUnknown", "1")] + ([(runtime.RESERVED_ARG, "true")] if net.docker_ipam else [])
+        if backends.get(net.backend).takes_conflist:  # host-local and static take Docker's address this way
+            args += [("IP", ",".join(a.split("/")[0] for a in caps["ips"]))]
         return runtime.Attachment(ep.endpoint_id, netns, CONTAINER_IFNAME, args=args, capability_args=caps)
 
     def join(self, request: cnm.JoinRequest) -> cnm.JoinResponse:
@@ -278,6 +315,7 @@ class Translator:
             try:
                 with step(f"{net.driver}: CNI ADD on {net.cni_name} failed"):
                     result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path))
+                    _same_addresses_as_docker(net, ep, result)
                     hostnet.move_to_host(staging_path, CONTAINER_IFNAME, src_name)
             except runtime.CNIError:
                 self._cni_del(net, ep, quiet=True)
