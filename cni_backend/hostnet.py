@@ -197,6 +197,10 @@ def move_to_host(path: str, ifname: str, host_name: str) -> dict:
     return staging.move_to_host(path, ifname, host_name)
 
 
+def move_back_to_staging(path: str, host_name: str, ifname: str, addresses: list) -> bool:
+    return staging.move_back(path, host_name, ifname, addresses)
+
+
 def remove_staging(path: str) -> None:
     staging.remove(path)
 

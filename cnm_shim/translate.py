@@ -372,9 +372,31 @@ class Translator:
         if net is None or ep is None:
             return  # Docker cleans up endpoints we never saw or forgot: success
         self._revoke_ports(net, ep)
-        self._discard_half_joined(ep)
-        self._cni_del(net, ep)
+        if backends.get(net.backend).takes_conflist and ep.result:
+            self._cni_del_as_joined(net, ep)
+        else:
+            self._discard_half_joined(ep)
+            self._cni_del(net, ep)
         self.state.forget(ep)
+
+    def _cni_del_as_joined(self, net: Network, ep: Endpoint) -> None:
+        """DEL for plug-ins that are not ours: they find in the container
+        namespace what to tear down (the reference bridge removes its
+        masquerade rules by the interface's addresses, and does nothing but
+        release the address without a namespace). So the interface Docker gave
+        back after Leave goes into a staging namespace again, under its CNI
+        name with its addresses, and DEL runs there."""
+        staging_path = self._staging_path(ep)
+        hostnet.remove_staging(staging_path)
+        hostnet.create_staging(staging_path)
+        try:
+            addresses = [ip["address"] for ip in ep.result.get("ips", [])]
+            moved = hostnet.move_back_to_staging(staging_path, host_name(ep), CONTAINER_IFNAME, addresses)
+            with step(f"{net.driver}: CNI DEL on {net.cni_name} failed"):
+                self.cni.delete(net.conflist, _raw(net.conflist),
+                                self._attachment(net, ep, staging_path if moved else ""))
+        finally:
+            hostnet.remove_staging(staging_path)
 
     def _cni_del(self, net: Network, ep: Endpoint, quiet: bool = False) -> None:
         conf = net.conflist

@@ -32,10 +32,18 @@ def host_local(subnet: str, data_dir) -> dict:
 
 @pytest.fixture
 def reference_bridge():
-    """The reference bridge plug-in never deletes its bridge: the test does."""
+    """The reference bridge plug-in never deletes its bridge, nor the firewall
+    plug-in its base chains (CNI-FORWARD, CNI-ADMIN): the test does."""
     name = unique("cb")[:15]
     yield name
     run("ip", "link", "del", name, check=False)
+    rules = run("iptables-save", "-t", "filter").stdout.splitlines()
+    for rule in rules:
+        if rule.startswith("-A FORWARD") and "-j CNI-FORWARD" in rule:
+            run("iptables", "-w", "-t", "filter", *rule.replace("-A", "-D", 1).split(), check=False)
+    for chain in ("CNI-FORWARD", "CNI-ADMIN"):
+        run("iptables", "-w", "-F", chain, check=False)
+        run("iptables", "-w", "-X", chain, check=False)
 
 
 def inside_address(docker, name: str) -> str:
@@ -43,14 +51,16 @@ def inside_address(docker, name: str) -> str:
     return shown[shown.index("inet") + 1].split("/")[0]
 
 
-def cni_chains() -> list:
-    return [line for line in run("iptables-save").stdout.splitlines() if line.startswith(":CNI-")]
+def rules_for(subnet_prefix: str) -> list:
+    return [line for line in run("iptables-save").stdout.splitlines() if subnet_prefix in line]
 
 
 def test_a_bridge_and_host_local_conflist_driven_by_docker(docker, reference_bridge, tmp_path):
     cni_name = unique("lab")
     path = write_conflist(docker, cni_name, [{"type": "bridge", "bridge": reference_bridge, "isGateway": True,
-                                              "ipMasq": True, "ipam": host_local("10.147.0.0/24", tmp_path)}])
+                                              "isDefaultGateway": True, "ipMasq": True,
+                                              "ipam": host_local("10.147.0.0/24", tmp_path)},
+                                             {"type": "firewall", "backend": "iptables"}])
     net = network(docker, "--subnet", "10.147.0.0/24", "-o", f"cni.conflist={cni_name}", driver="rancher-conflist")
     a = container(docker, net)
     b = container(docker, net, "--ip", "10.147.0.77")
@@ -61,7 +71,7 @@ def test_a_bridge_and_host_local_conflist_driven_by_docker(docker, reference_bri
         [address(docker, a, net), "10.147.0.77", "last_reserved_ip.0", "lock"]), "host-local holds Docker's addresses"
     assert docker("exec", a, "ping", "-c", "1", "-W", "2", b, check=False).returncode == 0, "Docker's DNS names b"
     assert docker("exec", b, "ping", "-c", "1", "-W", "2", address(docker, a, net), check=False).returncode == 0
-    assert cni_chains(), "the bridge plug-in's masquerade chains"
+    assert rules_for("10.147.0."), "the bridge plug-in's masquerade rules, the firewall plug-in's accepts"
 
     # the file changed, then gone: DEL still runs with the config the containers were attached with
     write_conflist(docker, cni_name, [{"type": "bridge", "bridge": "other0",
@@ -72,13 +82,13 @@ def test_a_bridge_and_host_local_conflist_driven_by_docker(docker, reference_bri
     docker("network", "rm", net)
     docker.made["networks"].remove(net)
     assert sorted(os.listdir(tmp_path / cni_name)) == ["last_reserved_ip.0", "lock"], "host-local released both"
-    assert cni_chains() == [], "the masquerade chains went with the DELs"
+    assert rules_for("10.147.0.") == [], "the masquerade and firewall rules went with the DELs"
     ports = json.loads(run("ip", "-j", "link", "show", "master", reference_bridge).stdout)
     assert ports == [], "no veth left on the bridge"
 
 
 def test_a_plugin_the_kernel_cannot_serve_fails_docker_run_with_its_message_and_leaves_nothing(docker, tmp_path):
-    run("ip", "link", "add", "rcnitipvl", "type", "dummy")
+    run("ip", "link", "add", "rcnitipvl", "type", "veth", "peer", "name", "rcnitipvp")
     try:
         cni_name = unique("ipv")
         write_conflist(docker, cni_name, [{"type": "ipvlan", "master": "rcnitipvl",
