@@ -296,8 +296,9 @@ class Translator:
     def _attachment(self, net: Network, ep: Endpoint, netns: str) -> runtime.Attachment:
         caps = {"ips": [a for a in (ep.address, ep.address6) if a], "mac": ep.mac}
         args = [("IgnoreUnknown", "1")] + ([(runtime.RESERVED_ARG, "true")] if net.docker_ipam else [])
-        if backends.get(net.backend).takes_conflist:  # host-local and static take Docker's address this way
-            args += [("IP", ",".join(a.split("/")[0] for a in caps["ips"]))]
+        if backends.get(net.backend).takes_conflist:  # host-local and static take Docker's address this way,
+            # the reference bridge and macvlan Docker's MAC (which Docker sets on the interface anyway)
+            args += [("IP", ",".join(a.split("/")[0] for a in caps["ips"])), ("MAC", ep.mac)]
         return runtime.Attachment(ep.endpoint_id, netns, CONTAINER_IFNAME, args=args, capability_args=caps)
 
     def join(self, request: cnm.JoinRequest) -> cnm.JoinResponse:

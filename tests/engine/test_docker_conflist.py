@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import run, unique
 from tests.engine.helpers import address, container, network
+from tests.engine.test_doctor import doctor
 
 pytestmark = [
     pytest.mark.engine,
@@ -72,6 +73,8 @@ def test_a_bridge_and_host_local_conflist_driven_by_docker(docker, reference_bri
     assert docker("exec", a, "ping", "-c", "1", "-W", "2", b, check=False).returncode == 0, "Docker's DNS names b"
     assert docker("exec", b, "ping", "-c", "1", "-W", "2", address(docker, a, net), check=False).returncode == 0
     assert rules_for("10.147.0."), "the bridge plug-in's masquerade rules, the firewall plug-in's accepts"
+    code, report = doctor(docker)
+    assert code == 0, report  # the chain's CHECK in each sandbox
 
     # the file changed, then gone: DEL still runs with the config the containers were attached with
     write_conflist(docker, cni_name, [{"type": "bridge", "bridge": "other0",
