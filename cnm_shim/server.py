@@ -121,6 +121,16 @@ def sockets(backend: str | None, socket_name: str | None) -> dict:
     return {socket_name or f"{driver}.sock": driver}
 
 
+def _etcd_client_argv(opts) -> list:
+    """serve's etcd client flags, for an agent it starts."""
+    argv = []
+    for flag, value in (("--etcd-ca", opts.etcd_ca), ("--etcd-cert", opts.etcd_cert), ("--etcd-key", opts.etcd_key),
+                        ("--etcd-user", opts.etcd_user), ("--etcd-password-file", opts.etcd_password_file)):
+        if value:
+            argv += [flag, value]
+    return argv
+
+
 def start_vxlan_agent(children: Children, vni: str, opts) -> None:
     if not opts.etcd_endpoints:
         raise SystemExit("a vxlan agent needs --etcd-endpoints (RANCHER_ETCD_ENDPOINTS)")
@@ -128,10 +138,16 @@ def start_vxlan_agent(children: Children, vni: str, opts) -> None:
             "--state-dir", opts.ipam_data_dir] + (["--insecure-etcd"] if opts.insecure_etcd else [])
     if opts.vtep_dev:
         argv += ["--vtep-dev", opts.vtep_dev]
-    for flag, value in (("--etcd-ca", opts.etcd_ca), ("--etcd-cert", opts.etcd_cert), ("--etcd-key", opts.etcd_key),
-                        ("--etcd-user", opts.etcd_user), ("--etcd-password-file", opts.etcd_password_file)):
-        if value:
-            argv += [flag, value]
+    argv += _etcd_client_argv(opts)
+    children.start(argv)
+
+
+def start_ipsec_registry(children: Children, opts) -> None:
+    """With etcd: the rancher-ipsec networks' registry (peers from etcd), idle
+    until a network without -o peers exists here."""
+    argv = [sys.executable, "-m", "cnm_shim.cli", "ipsec-registry", "--etcd-endpoints", opts.etcd_endpoints,
+            "--state-dir", opts.ipam_data_dir] + (["--insecure-etcd"] if opts.insecure_etcd else [])
+    argv += _etcd_client_argv(opts)
     children.start(argv)
 
 
@@ -158,6 +174,8 @@ def serve(opts) -> int:
         create_app(app_config)  # fail here, loudly, not in every worker
         for vni in filter(None, opts.vxlan_agent_vnis.split(",")):
             start_vxlan_agent(children, vni, opts)
+        if app_config["etcd_endpoints"] and opts.backend in (None, "ipsec"):
+            start_ipsec_registry(children, opts)
         gunicorn_options = {
             "bind": [sock.hand_over() for sock in claimed],
             "workers": opts.workers,
