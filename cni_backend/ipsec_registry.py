@@ -111,15 +111,19 @@ def parse_key(value) -> bytes:
 def get_or_create_key(client, key: str) -> tuple:
     """(the key etcd holds at `key`, whether this call created it). A new one
     is written only if none is there (one transaction); what is returned is
-    always what etcd holds afterwards, checked."""
+    always what etcd holds afterwards, checked. A key already there is only
+    read: a host whose etcd user may read the keys but not write them (RBAC,
+    docs/multi-host.md) takes it."""
     from etcd3gw.utils import _encode
-    fresh = base64.b64encode(secrets.token_bytes(KEY_BYTES))
-    reply = client.transaction({
-        "compare": [{"key": _encode(key), "result": "EQUAL", "target": "VERSION", "version": 0}],
-        "success": [{"request_put": {"key": _encode(key), "value": base64.b64encode(fresh).decode()}}],
-        "failure": []})
-    created = bool(reply.get("succeeded"))
-    found = client.get(key)
+    found, created = client.get(key), False
+    if not found:
+        fresh = base64.b64encode(secrets.token_bytes(KEY_BYTES))
+        reply = client.transaction({
+            "compare": [{"key": _encode(key), "result": "EQUAL", "target": "VERSION", "version": 0}],
+            "success": [{"request_put": {"key": _encode(key), "value": base64.b64encode(fresh).decode()}}],
+            "failure": []})
+        created = bool(reply.get("succeeded"))
+        found = client.get(key)
     if not found:
         raise CNIError(TRY_AGAIN_LATER, f"ipsec: the pre-shared key at {key} vanished from etcd while it was read")
     try:
@@ -142,7 +146,16 @@ def fetch_key(settings: EtcdSettings, subnet: str, path: str) -> None:
     for endpoint in settings.endpoints:
         try:
             value, created = get_or_create_key(client_for(endpoint, dict(settings.tls)), key)
-        except (requests.RequestException, Etcd3Exception, OSError) as exc:
+        except Etcd3Exception as exc:
+            if "permission denied" not in _etcd_reason(exc):
+                errors.append(f"{endpoint}: {type(exc).__name__}: {_etcd_reason(exc)}")
+                continue
+            raise CNIError(INVALID_CONFIG, f"ipsec: etcd refused this host's user the pre-shared key of {subnet} "
+                           f"at {key}: permission denied",
+                           "a host whose etcd role may only read the keys needs the key made first: create the "
+                           "network on a host allowed to write them, or put one there once: etcdctl put "
+                           f"{key} \"$(head -c 32 /dev/urandom | base64)\" (docs/multi-host.md)") from None
+        except (requests.RequestException, OSError) as exc:
             errors.append(f"{endpoint}: {type(exc).__name__}: {_etcd_reason(exc)}")
             continue
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
