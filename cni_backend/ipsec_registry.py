@@ -336,7 +336,10 @@ class Agent:
             peers = wanted[record["name"]]
             if sorted(record.get("peers", [])) != peers:
                 log.info("ipsec registry: network %s: peers %s", record["name"], ", ".join(peers) or "none")
-                ipsecnet.set_peers(self.state_dir, record["name"], peers)
+                try:
+                    ipsecnet.set_peers(self.state_dir, record["name"], peers)
+                except CNIError as exc:  # this network's peers stay; the others go on, the next round retries
+                    log.warning("ipsec registry: network %s: %s", record["name"], exc)
 
     def run(self, interval: float = 1.0, stop=lambda: False) -> None:
         while not stop():
