@@ -56,6 +56,7 @@ OPTIONS = (
            "the containers' MTU; default and maximum: what fits in ESP in UDP on the underlay (1400 on the "
            "user-space data path)"),
     options.IP_MASQ,
+    *options.BANDWIDTH,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )
