@@ -22,7 +22,7 @@ RENDERING = [entry for entry in backends.REGISTRY.values() if not entry.takes_co
 # host's block of the subnet and someone to talk to
 IPAM_OF = {"ipsec": dict(IPAM, ranges=[[{"subnet": "10.70.0.0/16", "gateway": "10.70.1.1",
                                           "rangeStart": "10.70.1.0", "rangeEnd": "10.70.1.255"}]])}
-OTHER_VALUES = {"ipsec": {"peers": ["10.96.0.2"]}}
+OTHER_VALUES = {"ipsec": {"peers": ["10.96.0.2"], "ipsec.psk_file": "/etc/rancher-cni/ipsec.psk"}}
 
 
 def parsed_defaults(entry) -> dict:
