@@ -241,7 +241,7 @@ class Doctor:
         att = self._attachment(net, ep, sandbox, inside["ifname"])
         conf = net.conflist
         try:
-            self.cni.check(conf, _raw(conf), att, view=lambda result: self._as_docker_set_it(result, inside, sandbox))
+            self.cni.check(conf, _raw(conf), att, view=lambda result: self._as_docker_set_it(result, inside, sandbox, mac))
         except CNIError as exc:
             return f"CHECK: {exc}"
         return None
@@ -254,12 +254,14 @@ class Doctor:
         return hostnet.sandbox_interface(sandbox, mac)
 
     @staticmethod
-    def _as_docker_set_it(result: dict, inside: dict, sandbox: str) -> dict:
+    def _as_docker_set_it(result: dict, inside: dict, sandbox: str, mac: str) -> dict:
         """The cached result as Docker made it true: the interface in Docker's
-        sandbox (the ADD put it in a staging namespace; plug-ins that are not
-        ours compare the path), and the default route only on the endpoint
-        Docker chose as the gateway."""
-        interfaces = [dict(i, sandbox=sandbox) if i.get("sandbox") else i for i in result.get("interfaces", [])]
+        sandbox with the endpoint's MAC (the ADD put it in a staging namespace
+        and Docker set the MAC it was given; plug-ins that are not ours compare
+        both), and the default route only on the endpoint Docker chose as the
+        gateway."""
+        interfaces = [dict(i, sandbox=sandbox, mac=mac) if i.get("sandbox") else i
+                      for i in result.get("interfaces", [])]
         result = dict(result, interfaces=interfaces)
         if inside["default_here"]:
             return result

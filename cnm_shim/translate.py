@@ -79,10 +79,12 @@ def _raw(conf: dict) -> bytes:
 def join_answer(result: dict, src_name: str) -> cnm.JoinResponse:
     """The CNI result -> Join's InterfaceName, Gateway(s) and StaticRoutes."""
     routes, defaults, gateways = [], {4: False, 6: False}, {4: "", 6: ""}
+    via = {4: "", 6: ""}  # a default route's own next hop (static IPAM gives no ips[].gateway)
     for route in result.get("routes", []):
         dst = ipaddress.ip_network(route["dst"])
         if dst.prefixlen == 0:
             defaults[dst.version] = True
+            via[dst.version] = via[dst.version] or route.get("gw") or ""
             continue
         if route.get("gw"):
             routes.append(cnm.StaticRoute(str(dst), 0, route["gw"]))
@@ -92,7 +94,21 @@ def join_answer(result: dict, src_name: str) -> cnm.JoinResponse:
         version = ipaddress.ip_interface(ip["address"]).version
         if ip.get("gateway") and defaults[version]:
             gateways[version] = ip["gateway"]
+    for version in (4, 6):
+        gateways[version] = gateways[version] or via[version]
     return cnm.JoinResponse(src_name, gateway=gateways[4], gateway_ipv6=gateways[6], static_routes=tuple(routes))
+
+
+# IPAM plug-ins that read CNI_ARGS IP= as CIDRs; host-local (and the rest) read plain addresses
+_IP_ARG_AS_CIDR = ("static",)
+
+
+def _ip_arg(conflist: dict, addresses: list) -> str:
+    """Docker's addresses as the conflist's IPAM reads IP= in CNI_ARGS."""
+    kinds = {(plugin.get("ipam") or {}).get("type") for plugin in conflist["plugins"]}
+    if kinds & set(_IP_ARG_AS_CIDR):
+        return ",".join(addresses)
+    return ",".join(a.split("/")[0] for a in addresses)
 
 
 def _same_addresses_as_docker(net: Network, ep: Endpoint, result: dict) -> None:
@@ -298,7 +314,7 @@ class Translator:
         args = [("IgnoreUnknown", "1")] + ([(runtime.RESERVED_ARG, "true")] if net.docker_ipam else [])
         if backends.get(net.backend).takes_conflist:  # host-local and static take Docker's address this way,
             # the reference bridge and macvlan Docker's MAC (which Docker sets on the interface anyway)
-            args += [("IP", ",".join(a.split("/")[0] for a in caps["ips"])), ("MAC", ep.mac)]
+            args += [("IP", _ip_arg(net.conflist, caps["ips"])), ("MAC", ep.mac)]
         return runtime.Attachment(ep.endpoint_id, netns, CONTAINER_IFNAME, args=args, capability_args=caps)
 
     def join(self, request: cnm.JoinRequest) -> cnm.JoinResponse:
@@ -317,6 +333,8 @@ class Translator:
                 with step(f"{net.driver}: CNI ADD on {net.cni_name} failed"):
                     result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path))
                     _same_addresses_as_docker(net, ep, result)
+                    if backends.get(net.backend).takes_conflist:
+                        hostnet.answer_arp_on_routed_peers(result)
                     hostnet.move_to_host(staging_path, CONTAINER_IFNAME, src_name)
             except runtime.CNIError:
                 self._cni_del(net, ep, quiet=True)

@@ -10,6 +10,8 @@ import os
 import pytest
 
 from tests.conftest import run, unique
+from tests.engine.test_published_ports import WEB
+from tests.rigs import wait_for_http
 from tests.engine.helpers import address, container, network
 from tests.engine.test_doctor import doctor
 
@@ -75,6 +77,10 @@ def test_a_bridge_and_host_local_conflist_driven_by_docker(docker, reference_bri
     assert rules_for("10.147.0."), "the bridge plug-in's masquerade rules, the firewall plug-in's accepts"
     code, report = doctor(docker)
     assert code == 0, report  # the chain's CHECK in each sandbox
+    web = container(docker, net, "-p", "18090:80", command=WEB)
+    assert wait_for_http("http://127.0.0.1:18090/").strip() == json.loads(
+        docker("inspect", web).stdout)[0]["Config"]["Hostname"], "-p publishes (rancher-portmap after the chain)"
+    docker("rm", "-f", web)
 
     # the file changed, then gone: DEL still runs with the config the containers were attached with
     write_conflist(docker, cni_name, [{"type": "bridge", "bridge": "other0",
@@ -138,3 +144,57 @@ def test_a_conflist_network_that_cannot_be_made_fails_network_create(docker, tmp
         for filename in os.listdir(docker.shim.export_dir):
             if filename.startswith("10-"):
                 os.unlink(os.path.join(docker.shim.export_dir, filename))
+
+
+@pytest.fixture
+def router(make_netns):
+    """A veth whose far end is a router namespace (10.153.0.1): the macvlan parent."""
+    netns = make_netns()
+    run("ip", "link", "add", "rcnitmvp", "type", "veth", "peer", "name", "r0", "netns", netns)
+    run("ip", "link", "set", "rcnitmvp", "up")
+    run("ip", "netns", "exec", netns, "ip", "addr", "add", "10.153.0.1/24", "dev", "r0")
+    run("ip", "netns", "exec", netns, "ip", "link", "set", "r0", "up")
+    yield netns
+    run("ip", "link", "del", "rcnitmvp", check=False)
+
+
+def test_a_macvlan_and_static_conflist_driven_by_docker_reaches_the_router_behind_the_parent(docker, router):
+    cni_name = unique("mv")
+    write_conflist(docker, cni_name, [{"type": "macvlan", "master": "rcnitmvp", "mode": "bridge",
+                                       "ipam": {"type": "static", "routes": [{"dst": "0.0.0.0/0", "gw": "10.153.0.1"}]}}])
+    net = network(docker, "--subnet", "10.153.0.0/24", "--gateway", "10.153.0.1", "-o", f"cni.conflist={cni_name}",
+                  driver="rancher-conflist")
+    a = container(docker, net, "--ip", "10.153.0.21")
+    b = container(docker, net)
+    assert inside_address(docker, a) == "10.153.0.21" and address(docker, b, net) == inside_address(docker, b)
+    assert docker("exec", a, "ping", "-c", "1", "-W", "2", "10.153.0.1", check=False).returncode == 0, "the router"
+    assert docker("exec", a, "ping", "-c", "1", "-W", "2", b, check=False).returncode == 0, "b by name, macvlan bridge"
+    macs = json.loads(docker("inspect", a).stdout)[0]["NetworkSettings"]["Networks"][net]["MacAddress"]
+    assert macs in run("ip", "netns", "exec", router, "ip", "neigh").stdout, "the router learnt Docker's MAC"
+    code, report = doctor(docker)
+    assert code == 0, report
+    for name in (a, b):
+        docker("rm", "-f", name)
+    assert [l for l in json.loads(run("ip", "-j", "-d", "link", "show").stdout)
+            if (l.get("linkinfo") or {}).get("info_kind") == "macvlan"] == [], "no macvlan left"
+
+
+def test_a_ptp_and_host_local_conflist_driven_by_docker(docker, tmp_path):
+    """ptp routes each container through its own veth; Docker gives the
+    container its pool's mask, so the host answers ARP on those veths."""
+    cni_name = unique("ptp")
+    write_conflist(docker, cni_name, [{"type": "ptp", "ipMasq": True,
+                                       "ipam": dict(host_local("10.151.0.0/24", tmp_path),
+                                                    routes=[{"dst": "0.0.0.0/0"}])},
+                                      {"type": "firewall", "backend": "iptables"}])
+    net = network(docker, "--subnet", "10.151.0.0/24", "-o", f"cni.conflist={cni_name}", driver="rancher-conflist")
+    a, b = container(docker, net), container(docker, net)
+    for name in (a, b):
+        assert address(docker, name, net) == inside_address(docker, name), "docker inspect shows the real address"
+    assert docker("exec", a, "ping", "-c", "1", "-W", "2", b, check=False).returncode == 0, "b by name, routed"
+    code, report = doctor(docker)
+    assert code == 0, report
+    for name in (a, b):
+        docker("rm", "-f", name)
+    assert rules_for("10.151.0.") == [], "the masquerade and firewall rules went with the DELs"
+    assert [f for f in os.listdir(tmp_path / cni_name) if f.startswith("10.")] == []
