@@ -135,12 +135,13 @@ def charons_here() -> list:
 @pytest.fixture
 def ipsec_alias(docker):
     """The plug-in serving ipsec by default (RANCHER_BACKEND=ipsec), this host's
-    underlay address on a dummy link, and a key under the ipam-state mount;
+    underlay address on a veth, and a key under the ipam-state mount;
     bridge again at the end."""
     link = unique("ul")
-    run("ip", "link", "add", link, "type", "dummy")
+    run("ip", "link", "add", link, "type", "veth", "peer", "name", link + "p")  # no dummy module here
     run("ip", "addr", "add", "10.98.0.1/24", "dev", link)
-    run("ip", "link", "set", link, "up")
+    for name in (link, link + "p"):
+        run("ip", "link", "set", name, "up")
     key = os.path.join(docker.state, "ipam", "ipsec.psk")
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.write(fd, os.urandom(24).hex().encode())
