@@ -46,6 +46,7 @@ DEFAULT_ESP_PROPOSAL = "aes128-sha256"
 # kernel-libipsec has no AEAD without the gcm plug-in, which is not loaded
 LIBIPSEC_UNSUPPORTED = ("gcm", "ccm", "chacha20poly1305")
 MIN_PSK_BYTES = 16
+_PSK_TEXT = re.compile(rb"[\x21-\x7e]+")
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _PATH = re.compile(r"/[A-Za-z0-9._/-]{1,200}")
 _PROPOSAL_WORD = re.compile(r"[a-z0-9]{1,32}")
@@ -128,6 +129,13 @@ def read_psk(path: str) -> bytes:
         key = f.read(4097).strip()
     if len(key) < MIN_PSK_BYTES or len(key) > 4096:
         raise _invalid(f"ipsec: the PSK in {path} must be {MIN_PSK_BYTES} to 4096 bytes long")
+    if not _PSK_TEXT.fullmatch(key):
+        # a key file is one word of printable text (base64, hex, a passphrase
+        # without spaces); anything else is more likely another secret of the
+        # host's (a private key, a password file) named by mistake, which must
+        # not become a key offered to whoever `peers` names
+        raise _invalid(f"ipsec: the PSK file {path} must hold one line of printable characters without spaces "
+                       "(e.g. head -c 32 /dev/urandom | base64)")
     return key
 
 

@@ -107,7 +107,9 @@ def cmd_status(opts) -> int:
         return 0
     print(f"host: {host_summary(host())}")
     for net in networks:
+        chain = [plugin["type"] for plugin in net.conflist["plugins"]]
         print(f"network {net.id[:12]}  driver {net.driver}  cni {net.cni_name}  bridge {net.bridge}"
+              + (f"  chain {' -> '.join(chain)}" if len(chain) > 1 else "")
               + (f"  exported {net.exported}" if net.exported else ""))
         print(f"  data path: {data_paths[net.id]['summary']}")
         for ep in (e for e in endpoints if e.network_id == net.id):

@@ -87,6 +87,33 @@ CNI_NAME = Option("cni.name", _matching(_CNI_NAME, "a valid CNI network name"), 
                   "the network's CNI name (default rancher-<network id>)")
 
 
+_RATE = re.compile(r"(\d{1,15})(bit|kbit|mbit|gbit|tbit)?\Z", re.IGNORECASE)
+_RATE_UNITS = {None: 1, "bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
+MAX_RATE = 10**13  # bits per second: ten times the fastest NIC; the plug-in takes up to 2^64
+
+
+def bits(driver, key, value):
+    """A rate or a burst in bits, as tc writes them: 20mbit, 500kbit, 1gbit,
+    or a plain number of bits (decimal units: 1kbit = 1000 bits)."""
+    found = _RATE.match(str(value))
+    number = int(found.group(1)) * _RATE_UNITS[(found.group(2) or "").lower() or None] if found else 0
+    if not 0 < number <= MAX_RATE:
+        raise DriverError(f"{driver}: option {key}={value!r} is not a rate: a positive number of bits with "
+                          "an optional unit bit, kbit, mbit, gbit or tbit (per second for a rate), e.g. 20mbit")
+    return number
+
+
+# Meta plug-ins chained after a network's own (render.meta_plugins), from the
+# reference CNI plug-ins in the CNI path; on every backend.
+BANDWIDTH = (
+    Option("bandwidth.ingress_rate", bits, None,
+           "rate limit of the traffic to each container, e.g. 20mbit (the reference bandwidth plug-in)"),
+    Option("bandwidth.ingress_burst", bits, None, "its burst, in bits (default: a tenth of the rate)"),
+    Option("bandwidth.egress_rate", bits, None, "rate limit of the traffic from each container, e.g. 20mbit"),
+    Option("bandwidth.egress_burst", bits, None, "its burst, in bits (default: a tenth of the rate)"),
+)
+
+
 def ifname(what="a valid interface name"):
     """A parser for an option naming a network interface."""
     return _interface(what)

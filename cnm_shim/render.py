@@ -57,8 +57,31 @@ def ipam_section(ipv4: list, ipv6: list, ipam_data_dir: str, sub_pools: dict, et
     return section
 
 
-def conflist(cni_name: str, plugin: dict) -> dict:
-    return {"cniVersion": CNI_VERSION, "name": cni_name, "plugins": [plugin]}
+def conflist(cni_name: str, plugin: dict, chained=()) -> dict:
+    return {"cniVersion": CNI_VERSION, "name": cni_name, "plugins": [plugin, *chained]}
+
+
+MIN_BURST_BITS = 24000  # two full-size frames: a burst smaller than a packet never lets it through
+
+
+def _burst(rate: int, burst: int | None) -> int:
+    return burst if burst else max(rate // 10, MIN_BURST_BITS)
+
+
+def meta_plugins(opts: dict) -> list:
+    """The reference meta plug-ins the network's options ask for, chained after
+    its own plug-in (they read its result): bandwidth for rate limits."""
+    chained = []
+    bandwidth = {}
+    for direction in ("ingress", "egress"):
+        rate, burst = opts.get(f"bandwidth.{direction}_rate"), opts.get(f"bandwidth.{direction}_burst")
+        if burst and not rate:
+            raise DriverError(f"option bandwidth.{direction}_burst needs bandwidth.{direction}_rate")
+        if rate:
+            bandwidth[f"{direction}Rate"], bandwidth[f"{direction}Burst"] = rate, _burst(rate, burst)
+    if bandwidth:
+        chained.append({"type": "bandwidth", **bandwidth})
+    return chained
 
 
 PORTMAP = {"type": "rancher-portmap", "capabilities": {"portMappings": True}, "snat": True}

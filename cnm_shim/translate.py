@@ -139,8 +139,9 @@ class Translator:
         ipam = render.ipam_section([d.to_wire() for d in ipv4], [d.to_wire() for d in ipv6],
                                    self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
                                    self.settings.etcd_tls, self.settings.etcd_insecure)
-        conf = render.conflist(cni_name, entry.render(bridge, opts, ipam))
+        conf = render.conflist(cni_name, entry.render(bridge, opts, ipam), render.meta_plugins(opts))
         self._validated(_raw(conf))
+        self._meta_plugins_installed(driver, conf)
         net = Network(id=network_id, driver=driver, backend=backend, options=opts, cni_name=cni_name, bridge=bridge,
                       conflist=conf, docker_ipam=any(d.address_space in ADDRESS_SPACES for d in ipv4 + ipv6))
         with contextlib.ExitStack() as undo:
@@ -181,8 +182,20 @@ class Translator:
         with step("invalid network configuration"):
             conf = runtime.parse_conflist(raw, "rendered conflist")
             for plugin in conf["plugins"]:  # the IPAM's own checks: a pool too small, a gateway outside it
-                hostnet.validate_ipam(plugin["ipam"])
+                if "ipam" in plugin:
+                    hostnet.validate_ipam(plugin["ipam"])
             return conf
+
+    def _meta_plugins_installed(self, driver: str, conf: dict) -> None:
+        """Chained reference plug-ins (bandwidth ...) are found in the CNI path
+        now, not at the first `docker run`."""
+        for plugin in conf["plugins"][1:]:
+            try:
+                runtime.find_plugin(plugin["type"], list(self.settings.cni_path))
+            except runtime.CNIError as exc:
+                raise DriverError(f"{driver}: the options ask for the CNI plug-in {plugin['type']!r}: {exc.msg} "
+                                  f"({exc.details}); install Debian's containernetworking-plugins or add its "
+                                  "directory with serve --cni-path") from None
 
     def _export(self, cni_name: str, conf: dict) -> str:
         """The conflist where CNI runtimes look, written atomically."""

@@ -47,7 +47,14 @@ class CNI:
         config = conflists.plugin_config(conf, plugin, prev, runtime)
         if extra:
             config.update(extra)
-        return exec_plugin(plugin["type"], self._env(command, att), config, self.runner)
+        try:
+            return exec_plugin(plugin["type"], self._env(command, att), config, self.runner)
+        except CNIError as exc:
+            if plugin is conf["plugins"][0] or exc.msg.startswith(plugin["type"]):
+                raise
+            # a plug-in chained after the first says what went wrong, not who
+            # said it ("Rate doesn't match"): name it
+            raise CNIError(exc.code, f"{plugin['type']}: {exc.msg}", exc.details) from None
 
     def add(self, conf: dict, raw: bytes, att: Attachment, prev_result: dict | None = None) -> dict:
         """ADD through the whole list; `prev_result` seeds the chain (a list that

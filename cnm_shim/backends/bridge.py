@@ -17,6 +17,7 @@ OPTIONS = (
     Option("promisc", options.boolean, False, "promiscuous mode on the bridge"),
     Option("macspoofchk", options.boolean, False, "drop frames whose source MAC is not the container's"),
     Option("vlan", options.int_between(0, 4094), 0, "VLAN id of the container ports (needs bridge vlan_filtering)"),
+    *options.BANDWIDTH,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )

@@ -18,6 +18,7 @@ OPTIONS = (
     Option("metadata_bridge", options.BRIDGE.parse, "docker0", "the bridge the metadata service is on"),
     Option("fast_path", options.boolean, True,
            "unicast between containers and the uplink skips the bridge and its br_netfilter hooks"),
+    *options.BANDWIDTH,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )

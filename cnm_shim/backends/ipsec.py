@@ -43,7 +43,7 @@ OPTIONS = (
     Option("underlay", options.ipv4, None,
            "this host's underlay address (default: the source address of the route to the first peer)"),
     Option("ipsec.psk_file", psk_file, None,
-           "the pre-shared key file, the same on every host: 16 to 4096 bytes, mode 0600, owned by root"),
+           "the pre-shared key file, the same on every host: one line of 16 to 4096 printable characters, mode 0600, owned by root"),
     Option("ipsec.ike_proposal", proposal, "aes128-sha256-modp2048", "the IKEv2 proposal"),
     Option("ipsec.esp_proposal", proposal, "aes128-sha256",
            "the ESP proposal; the user-space data path (kernel-libipsec, when the kernel has no ESP) "
@@ -53,6 +53,7 @@ OPTIONS = (
            "the containers' MTU; default and maximum: what fits in ESP in UDP on the underlay (1400 on the "
            "user-space data path)"),
     options.IP_MASQ,
+    *options.BANDWIDTH,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )

@@ -12,6 +12,7 @@ OPTIONS = (
     Option("bridge", options.BRIDGE.parse, None, "the network's bridge (default rv-<network id>)"),
     options.MTU,
     options.IP_MASQ,
+    *options.BANDWIDTH,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )

@@ -4,6 +4,7 @@ across an underlay veth the test makes. Only IKE and ESP in UDP cross it."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -186,3 +187,27 @@ def test_a_bad_ipsec_network_fails_in_dockers_output_and_leaves_nothing(docker, 
     assert key not in done.stderr
     assert run("ip", "-o", "link", "show").stdout.count("\n") == links_before, "no bridge left"
     assert charon_pid(docker.shim.ipam_dir) is None or not alive(charon_pid(docker.shim.ipam_dir))
+
+
+def test_a_ctr_run_cni_container_joins_the_docker_ipsec_network_and_is_reached_across_the_tunnel(
+        docker, other_host, make_netns, containerd):
+    """The same network from a CNI runtime: `cni.export` writes the conflist,
+    containerd's `ctr run --cni` attaches a container to the same bridge and
+    block, and the other host reaches it through the same tunnel."""
+    from cni_backend import install
+    from tests.engine.test_both_models import exported_conflist
+    net = ipsec_network(docker, other_host["psk"], "-o", "cni.export=true", "-o", f"cni.name={unique('cni')}")
+    exported = exported_conflist(docker, net)
+    shutil.copy(exported, os.path.join(containerd.cni_conf_dir, "00-rancher.conflist"))
+    install.write_executables(containerd.cni_bin_dir)
+    a = container(docker, net)
+    pid = containerd.run_cni("c1", "sleep", "300", env=dict(os.environ, RANCHER_CNI_SOCKET=docker.shim.cni_socket))
+    ctr_ip = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-4", "-o", "addr", "show", "eth0"],
+                            capture_output=True, text=True, check=True).stdout.split()[3].split("/")[0]
+    assert ctr_ip.startswith("10.45.1.") and ctr_ip != address(docker, a, net), "this host's block, its own address"
+    workload, ip_w = attach_on_other_host(other_host, make_netns)
+    assert eventually_pings(docker, a, ip_w)
+    assert ping(workload, ctr_ip, count=2), "the other host reaches the CNI runtime's container through the tunnel"
+    assert docker("exec", a, "ping", "-c", "1", "-W", "2", ctr_ip, check=False).returncode == 0
+    containerd.stop("c1")
+    assert [x for x in docker.shim.allocations() if x[1].startswith("rcnitest-")] == []

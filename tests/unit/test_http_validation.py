@@ -156,3 +156,15 @@ def test_rancher_ipsecs_ipam_puts_the_gateway_in_this_hosts_ip_range_and_the_oth
         "10.93.0.1/16"
     assert gateway_of(shim, dict(body, Pool="10.94.0.0/16", SubPool="10.94.3.0/24"), "rancher-bridge") == \
         "10.94.0.1/16"
+
+
+def test_a_rate_limit_without_the_bandwidth_plugin_in_the_cni_path_fails_at_network_create(shim):
+    """Found missing at `network create`, naming the plug-in and the path
+    searched, before anything is made (this app's CNI path holds nothing)."""
+    status, answer = shim("/NetworkDriver.CreateNetwork", {
+        "NetworkID": "b" * 64, "IPv4Data": [{"Pool": "10.95.0.0/24", "Gateway": "10.95.0.1/24"}],
+        "Options": {"com.docker.network.generic": {"bandwidth.ingress_rate": "10mbit"}}})
+    assert status == 400, answer
+    assert "the options ask for the CNI plug-in 'bandwidth'" in answer["Err"] and "searched CNI_PATH" in answer["Err"]
+    assert "containernetworking-plugins" in answer["Err"]
+    assert shim.stored() == []

@@ -114,7 +114,11 @@ def test_plugin_errors_surface_with_their_code(cni):
     conf, raw = raw_conf()
     with pytest.raises(CNIError) as err:
         client.add(conf, raw, api.Attachment("c1", "/run/netns/x"))
-    assert err.value.code == 7 and err.value.msg == "bad config"
+    assert err.value.code == 7 and err.value.msg == "second: bad config", "a chained plug-in's error names it"
+    rec.fail_on = ("ADD", "first")
+    with pytest.raises(CNIError) as err:
+        client.add(conf, raw, api.Attachment("c2", "/run/netns/x"))
+    assert err.value.code == 7 and err.value.msg == "bad config", "the network's own plug-in speaks for itself"
 
 
 def test_missing_plugin_names_the_search_path(cni):

@@ -98,6 +98,22 @@ def test_the_psk_file_may_not_be_a_link_or_short(tmp_path):
         ipsec_tunnels.read_psk(short)
 
 
+@pytest.mark.parametrize("content", [
+    b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+    b"root:$y$j9T$abcdefgh:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",
+    b"correct horse battery staple\n",
+    b"key-with-a-nul\x00-inside-it",
+])
+def test_a_file_that_is_not_one_word_of_printable_text_is_not_taken_for_a_key(tmp_path, content):
+    """A mistyped -o ipsec.psk_file= naming another root-only secret of the
+    host (an SSH key, the password file) must not become a key offered to
+    whoever `peers` names; nothing of the content is in the message."""
+    path = write_psk(tmp_path / "psk", key=content)
+    with pytest.raises(CNIError, match="one line of printable characters") as e:
+        ipsec_tunnels.read_psk(path)
+    assert content[:12].decode(errors="replace") not in e.value.msg + e.value.details
+
+
 def test_the_connection_uses_udp_encapsulation_and_the_given_selectors(tmp_path):
     conn = tunnel(tmp_path).vici_connection()["net1"]
     assert conn["encap"] == "yes" and conn["proposals"] == ["aes128-sha256-modp2048"]

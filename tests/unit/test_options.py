@@ -8,6 +8,11 @@ from cnm_shim import options
 from cnm_shim.errors import DriverError
 
 
+NO_LIMITS = {"bandwidth.ingress_rate": None, "bandwidth.ingress_burst": None, "bandwidth.egress_rate": None,
+             "bandwidth.egress_burst": None}
+LIMITS = "bandwidth.egress_burst, bandwidth.egress_rate, bandwidth.ingress_burst, bandwidth.ingress_rate, "
+
+
 def refused(driver, backend, raw) -> str:
     with pytest.raises(DriverError) as error:
         options.parse(driver, backend, raw)
@@ -19,20 +24,20 @@ def refused(driver, backend, raw) -> str:
 def test_bridge_defaults():
     assert options.parse("rancher-bridge", "bridge", {}) == {
         "bridge": None, "bridge.shared": False, "mtu": None, "ip_masq": True, "hairpin": False, "promisc": False,
-        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None}
+        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None, **NO_LIMITS}
 
 
 def test_flat_defaults_with_its_required_parent():
     assert options.parse("rancher-flat", "flat", {"parent": "eth1"}) == {
         "parent": "eth1", "vlan": 0, "bridge": None, "mtu": None, "hairpin": False,
         "metadata_ip": "169.254.169.250", "metadata_link_ip": None, "metadata_bridge": "docker0", "fast_path": True,
-        "cni.export": False, "cni.name": None}
+        "cni.export": False, "cni.name": None, **NO_LIMITS}
 
 
 def test_vxlan_defaults():
     assert options.parse("rancher-vxlan", "vxlan", {}) == {
         "vni": 1042, "vtep_dev": None, "peers": [], "bridge": None, "mtu": None, "ip_masq": True,
-        "cni.export": False, "cni.name": None}
+        "cni.export": False, "cni.name": None, **NO_LIMITS}
 
 
 def test_values_are_typed():
@@ -40,7 +45,7 @@ def test_values_are_typed():
                                                       "peers": " 192.0.2.2,,192.0.2.3 ", "vtep_dev": "bond0.12",
                                                       "cni.export": "YES", "cni.name": "lab-net_1.v2"})
     assert parsed == {"vni": 16777215, "vtep_dev": "bond0.12", "peers": ["192.0.2.2", "192.0.2.3"], "bridge": None,
-                      "mtu": 9000, "ip_masq": False, "cni.export": True, "cni.name": "lab-net_1.v2"}
+                      "mtu": 9000, "ip_masq": False, "cni.export": True, "cni.name": "lab-net_1.v2", **NO_LIMITS}
 
 
 @pytest.mark.parametrize("text, value", [("1", True), ("true", True), (" Yes ", True), ("ON", True),
@@ -59,16 +64,16 @@ def test_dockers_aliases_set_the_option_they_stand_for():
 
 def test_an_unknown_option_lists_the_valid_ones():
     assert refused("rancher-bridge", "bridge", {"colour": "blue"}) == (
-        "rancher-bridge: unknown option 'colour'; valid options: "
-        "backend, bridge, bridge.shared, cni.export, cni.name, hairpin, ip_masq, macspoofchk, mtu, promisc, vlan")
+        "rancher-bridge: unknown option 'colour'; valid options: backend, " + LIMITS +
+        "bridge, bridge.shared, cni.export, cni.name, hairpin, ip_masq, macspoofchk, mtu, promisc, vlan")
 
 
 def test_an_option_of_another_backend_is_unknown_here():
     assert refused("rancher-flat", "flat", {"parent": "eth1", "peers": "192.0.2.2"}) == (
-        "rancher-flat: unknown option 'peers'; valid options: backend, bridge, cni.export, cni.name, fast_path, "
+        "rancher-flat: unknown option 'peers'; valid options: backend, " + LIMITS + "bridge, cni.export, cni.name, fast_path, "
         "hairpin, metadata_bridge, metadata_ip, metadata_link_ip, mtu, parent, vlan")
     assert refused("rancher-vxlan", "vxlan", {"parent": "eth1"}).startswith(
-        "rancher-vxlan: unknown option 'parent'; valid options: backend, bridge, cni.export, cni.name, ip_masq, mtu, "
+        "rancher-vxlan: unknown option 'parent'; valid options: backend, " + LIMITS + "bridge, cni.export, cni.name, ip_masq, mtu, "
         "peers, vni, vtep_dev")
 
 

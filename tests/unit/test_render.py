@@ -188,3 +188,40 @@ def test_the_ports_conflist_runs_portmap_alone_under_its_own_name():
     assert render.ports_conflist(conflist_for("bridge", {})) == {
         "cniVersion": "1.0.0", "name": "rancher-0123456789ab-ports",
         "plugins": [{"type": "rancher-portmap", "capabilities": {"portMappings": True}, "snat": True}]}
+
+
+# -- meta plug-ins chained after ours ---------------------------------------------
+
+@pytest.mark.parametrize("backend", sorted(backends.REGISTRY))
+def test_rate_limits_chain_the_reference_bandwidth_plugin_after_any_backends_own(backend):
+    raw = {"flat": {"parent": "eth1"}, "ipsec": IPSEC_OPTIONS}.get(backend, {})
+    raw = dict(raw, **{"bandwidth.ingress_rate": "20mbit", "bandwidth.egress_rate": "1Gbit",
+                       "bandwidth.egress_burst": "2mbit"})
+    entry = backends.get(backend)
+    opts = options.parse(entry.driver, backend, raw)
+    conf = render.conflist("rancher-0123456789ab", entry.render("rx-test", opts, ipsec_section() if backend == "ipsec"
+                                                                else ipam()), render.meta_plugins(opts))
+    assert [p["type"] for p in conf["plugins"]] == [entry.cni_type, "bandwidth"]
+    assert conf["plugins"][1] == {"type": "bandwidth", "ingressRate": 20_000_000, "ingressBurst": 2_000_000,
+                                  "egressRate": 1_000_000_000, "egressBurst": 2_000_000}
+    assert render.exported(conf)["plugins"][-1]["type"] == "rancher-portmap", "CNI runtimes get the same chain"
+
+
+def test_no_rate_no_bandwidth_plugin_and_a_small_rate_still_passes_a_full_frame():
+    assert render.meta_plugins(options.parse("rancher-bridge", "bridge", {})) == []
+    [plugin] = render.meta_plugins(options.parse("rancher-bridge", "bridge", {"bandwidth.ingress_rate": "64kbit"}))
+    assert plugin == {"type": "bandwidth", "ingressRate": 64_000, "ingressBurst": render.MIN_BURST_BITS}
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"bandwidth.ingress_rate": "fast"}, "is not a rate: a positive number of bits with an optional unit"),
+    ({"bandwidth.ingress_rate": "0"}, "is not a rate"),
+    ({"bandwidth.ingress_rate": "-5mbit"}, "is not a rate"),
+    ({"bandwidth.ingress_rate": "20mbps"}, "is not a rate"),
+    ({"bandwidth.ingress_rate": "99999tbit"}, "is not a rate"),
+    ({"bandwidth.egress_rate": "1mbit\n"}, "is not a rate"),
+    ({"bandwidth.egress_burst": "1mbit"}, "bandwidth.egress_burst needs bandwidth.egress_rate"),
+])
+def test_a_bad_rate_is_refused_naming_the_option_and_the_units(raw, message):
+    with pytest.raises(DriverError, match=re.escape(message)):
+        render.meta_plugins(options.parse("rancher-bridge", "bridge", raw))
