@@ -89,7 +89,9 @@ def what_ipsec_leaves(node) -> dict:
                       if "ipsec0" in line or ": ri-" in line],
             "table 220": node.run("ip", "route", "show", "table", "220", check=False).stdout.split(),  # or none
             "guard": [line for line in node.run("iptables", "-S", "INPUT").stdout.splitlines() if "4500" in line],
-            "charon": [p for p in node.run("ps", "-e", "-o", "comm=").stdout.split() if p == "charon"],
+            # a live charon; an exited one its parent has not reaped yet holds nothing
+            "charon": [line for line in node.run("ps", "-e", "-o", "pid=,ppid=,stat=,comm=").stdout.splitlines()
+                       if line.split()[3:] == ["charon"] and not line.split()[2].startswith("Z")],
             "records": node.run("sh", "-c", "ls /var/lib/rancher-cni/ipsec/networks 2>/dev/null; true").stdout.split()}
 
 
@@ -137,10 +139,22 @@ def test_ipsec_through_the_managed_plugin_connects_containers_on_different_nodes
     assert not [f for f in between if bytes(map(int, target.split("."))) in f[14:]], "no container address outside"
     assert key not in first("network", "inspect", "ips").stdout, "the key file's path, never the key"
 
+    # charon lives in the plug-in's container: restarting the plug-in (as an
+    # upgrade does) takes it away; the next container on the node brings it
+    # back with the network's tunnels, and the running containers use them
+    first("plugin", "disable", "-f", PLUGIN)
+    assert what_ipsec_leaves(first)["charon"] == [], "charon went with the plug-in"
+    first("plugin", "enable", PLUGIN)
+    c = container(first, "ips")
+    deadline = time.monotonic() + 60
+    while not (can_ping(first, a, target) and can_ping(first, c, target)):
+        assert time.monotonic() < deadline, "the tunnel never came back after the plug-in restarted"
+
     for node in cluster.nodes:
         node("rm", "-f", *node.made["containers"])
         node.made["containers"].clear()
         node("network", "rm", "ips")
         node.made["networks"].remove("ips")
     for node in cluster.nodes:
-        assert what_ipsec_leaves(node) == {"links": [], "table 220": [], "guard": [], "charon": [], "records": []}
+        assert what_ipsec_leaves(node) == {"links": [], "table 220": [], "guard": [], "charon": [], "records": []}, \
+            node.run("ps", "-e", "-o", "pid,ppid,stat,comm,args").stdout
