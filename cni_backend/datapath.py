@@ -12,6 +12,11 @@ show it).
           counters of the bridge's veth ports: no fast path can take them)
   vxlan   the same, plus the VTEP: present, up, enslaved, its flood (FDB)
           peers and its packet counters
+  ipsec   the same, plus which IPsec data path runs (kernel XFRM or charon's
+          user-space kernel-libipsec, probed), charon's pid, and each peer's
+          IKE_SA and CHILD_SA states as charon reports them; a peer without
+          an SA whose last authentication failed gets the reason, in words
+          made from charon's log (never a line of it, never a key)
 
 A configured fast path that no packet took is said so: the configuration
 alone proves nothing (issue 13: a fast path that made no difference).
@@ -127,15 +132,46 @@ def vxlan(net: vxlannet.VxlanNetwork) -> dict:
             "summary": summary}
 
 
+IPSEC_DATAPATHS = {"xfrm": "kernel XFRM, kernel-netlink",
+                   "libipsec": "user-space ESP: charon's kernel-libipsec, ipsec0"}
+
+
 def ipsec(net: ipsecnet.IpsecNetwork) -> dict:
-    """The bridge path, and which IPsec data path carries the tunnels (probed)."""
+    """The bridge path, which IPsec data path carries the tunnels (probed),
+    charon's pid, and each peer's IKE_SA and CHILD_SA states (with the reason
+    when its authentication failed)."""
     found = bridge(net.bridge)
     try:
-        tunnels = ipsec_tunnels.probe_datapath()
+        kind = ipsec_tunnels.probe_datapath()
     except CNIError as exc:
-        tunnels = f"none ({exc.msg})"
-    found["ipsec"] = {"datapath": tunnels}
-    found["summary"] += f"; IPsec data path {tunnels}"
+        kind, tunnels = None, f"none ({exc.msg})"
+    else:
+        tunnels = f"{kind} ({IPSEC_DATAPATHS[kind]})"
+    pid = ipsecnet.charon_pid(net.state_dir)
+    charon = ipsec_tunnels.Charon(ipsecnet.charon_dir(net.state_dir), datapath=kind or "libipsec")
+    sas, charon_problem = {}, None
+    if pid is not None:
+        try:
+            sas = charon.sas()
+        except Exception as exc:  # noqa: BLE001 - status never fails on a charon that does not answer
+            charon_problem = f"its VICI socket does not answer ({type(exc).__name__})"
+    failures = charon.auth_failures()
+    peers, described = {}, []
+    for peer in net.peers:
+        connection = ipsecnet.peer_connection(peer)
+        sa = sas.get(connection)
+        entry = {"ike_sa": sa["ike"] if sa else None,
+                 "child_sa": sa["children"].get(net.connection(peer)) if sa else None}
+        text = f"IKE_SA {entry['ike_sa']}, CHILD_SA {entry['child_sa'] or 'none'}" if sa else "no IKE_SA"
+        if (sa is None or sa["ike"] != "ESTABLISHED") and connection in failures:
+            entry["auth_failure"] = failures[connection]
+            text += f"; {entry['auth_failure']}"
+        peers[peer] = entry
+        described.append(f"peer {peer}: {text}")
+    state = (f"charon pid {pid}" if pid is not None else "charon not running") + \
+        (f" ({charon_problem})" if charon_problem else "")
+    found["ipsec"] = {"datapath": kind or tunnels, "charon_pid": pid, "peers": peers}
+    found["summary"] += f"; IPsec data path {tunnels}; {state}; " + ("; ".join(described) or "no peers")
     return found
 
 

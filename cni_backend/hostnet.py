@@ -6,8 +6,9 @@ import nothing else of the CNI side (tests/unit/test_doors.py).
 
   a network's host side  `network_of(conflist)`: the object for the plug-in
                          type of the conflist's first plug-in (bridge, flat,
-                         vxlan), with ensure / remove / ports / reserved
+                         vxlan, ipsec), with ensure / remove / ports / reserved
                          addresses / data path; `missing_parts`, `forget`
+  the host's charon      `ipsec_health`, `revive_ipsec` (doctor)
   addresses              `open_store`, `check_etcd_endpoints`, `holder_of`, `DOCKER_OWNER`,
                          `Allocation`, `SQLiteStore`, `reserve`, `validate_ipam`, `parse_range`
   staging namespaces     `create_staging`, `move_to_host`, `remove_staging`
@@ -34,7 +35,7 @@ from .plugins import flat as flat_plugin, ipsec as ipsec_plugin, vxlan as vxlan_
 __all__ = ["addresses", "held_lock", "DOCKER_OWNER", "Allocation", "SQLiteStore", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
            "forget", "holder_of", "reserve", "validate_ipam", "parse_range", "create_staging", "move_to_host",
            "remove_staging", "delete_link", "sandbox_interface", "restore_attachment", "firewall_drift",
-           "repair_firewall", "stray_tags", "collect_rules"]
+           "repair_firewall", "stray_tags", "collect_rules", "ipsec_health", "revive_ipsec"]
 
 
 # -- a network's host side, by plug-in type ---------------------------------------
@@ -163,6 +164,20 @@ def forget(cni_network: str | None, store, ports_list: str | None = None) -> Non
     """Drop every firewall rule and IPAM entry still carrying the network's
     name, and the port rules of its ports list (networks.forget)."""
     networks.forget(cni_network, store, ports_list=ports_list)
+
+
+def ipsec_health(state_dir: str) -> list:
+    """What is wrong with the host's charon for the IPsec networks recorded in
+    `state_dir` (the conflists' stateDir): [(subject, problem)], [] when it
+    runs and every peer of every network has an ESTABLISHED IKE_SA with the
+    network's CHILD_SA INSTALLED, or when no IPsec network is recorded."""
+    return ipsecnet.health(state_dir)
+
+
+def revive_ipsec(state_dir: str) -> int | None:
+    """Start the host's charon again with every recorded network's tunnels
+    (all or nothing); its new pid, None if it was running."""
+    return ipsecnet.revive(state_dir)
 
 
 # -- addresses ----------------------------------------------------------------------

@@ -43,6 +43,13 @@ DATAPATH_PLUGINS = {
 CRYPTO_PLUGINS = "random nonce aes sha1 sha2 hmac pem pkcs1 x509 pubkey kdf gmp"
 DEFAULT_IKE_PROPOSAL = "aes128-sha256-modp2048"
 DEFAULT_ESP_PROPOSAL = "aes128-sha256"
+# rekey times (seconds; strongSwan's own defaults). A rekey makes the new SA
+# before it deletes the old one (IKEv2 CREATE_CHILD_SA), so traffic never waits
+# for it; charon starts each up to a tenth of it early (rand_time) so that the
+# two sides rarely start one at once, and an SA expires `_margin` after it.
+DEFAULT_IKE_REKEY = 4 * 3600
+DEFAULT_CHILD_REKEY = 3600
+MIN_REKEY, MAX_REKEY = 5, 30 * 24 * 3600
 # kernel-libipsec has no AEAD without the gcm plug-in, which is not loaded
 LIBIPSEC_UNSUPPORTED = ("gcm", "ccm", "chacha20poly1305")
 MIN_PSK_BYTES = 16
@@ -111,6 +118,13 @@ def check_proposal(proposal: str, what: str, datapath: str) -> str:
     return proposal
 
 
+def check_rekey(seconds, what: str) -> int:
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not MIN_REKEY <= seconds <= MAX_REKEY:
+        raise _invalid(f"ipsec: {what} {seconds!r} is not valid: a whole number of seconds from "
+                       f"{MIN_REKEY} to {MAX_REKEY} (30 days)")
+    return seconds
+
+
 def read_psk(path: str) -> bytes:
     """The pre-shared key in `path`: a regular file, not a link, owned by us,
     readable by its owner alone. The key never appears in an error."""
@@ -153,6 +167,8 @@ class Tunnel:
     psk_file: str
     ike_proposal: str = DEFAULT_IKE_PROPOSAL
     esp_proposal: str = DEFAULT_ESP_PROPOSAL
+    ike_rekey: int = DEFAULT_IKE_REKEY
+    child_rekey: int = DEFAULT_CHILD_REKEY
 
     @classmethod
     def from_config(cls, datapath: str = "libipsec", **conf) -> "Tunnel":
@@ -172,7 +188,9 @@ class Tunnel:
                    remote_subnets=tuple(check_subnets(t.remote_subnets, "remote subnets")),
                    psk_file=check_path(t.psk_file, "PSK file"),
                    ike_proposal=check_proposal(t.ike_proposal, "IKE", datapath),
-                   esp_proposal=check_proposal(t.esp_proposal, "ESP", datapath))
+                   esp_proposal=check_proposal(t.esp_proposal, "ESP", datapath),
+                   ike_rekey=check_rekey(t.ike_rekey, "IKE rekey time"),
+                   child_rekey=check_rekey(t.child_rekey, "CHILD rekey time"))
 
     @property
     def initiator(self) -> bool:
@@ -189,6 +207,12 @@ class Tunnel:
             "encap": "yes",  # ESP in UDP 4500 even without NAT (as Rancher did)
             "proposals": [self.ike_proposal],
             "dpd_delay": "10s",
+            "rekey_time": f"{self.ike_rekey}s",
+            "rand_time": f"{self.ike_rekey // 10}s",
+            "over_time": f"{_margin(self.ike_rekey)}s",
+            # a peer whose charon was restarted makes a new IKE_SA with the same
+            # identities: it replaces the one the dead charon had
+            "unique": "replace",
             "local": {"auth": "psk", "id": self.local_address},
             "remote": {"auth": "psk", "id": self.remote_address},
             "children": {self.name: {
@@ -196,11 +220,22 @@ class Tunnel:
                 "local_ts": list(self.local_subnets),
                 "remote_ts": list(self.remote_subnets),
                 "esp_proposals": [self.esp_proposal],
+                "rekey_time": f"{self.child_rekey}s",
+                "rand_time": f"{self.child_rekey // 10}s",
+                "life_time": f"{self.child_rekey + _margin(self.child_rekey)}s",
                 "start_action": "start" if self.initiator else "none",
                 "dpd_action": "restart" if self.initiator else "clear",
                 "close_action": "start" if self.initiator else "none",
             }},
         }}
+
+
+def _margin(rekey: int) -> int:
+    """How long an SA lives past its rekey time. strongSwan's default is a tenth
+    of it, but kernel-libipsec counts SA lifetimes in whole seconds, so with a
+    short rekey time the hard expiry (the SA deleted, traffic dropped until a
+    new one is made) could come before the rekey: at least 10 s."""
+    return max(rekey // 10, 10)
 
 
 def strongswan_conf(state_dir: str, datapath: str) -> str:
@@ -215,6 +250,8 @@ def strongswan_conf(state_dir: str, datapath: str) -> str:
         "  port = 500\n"
         "  port_nat_t = 4500\n"
         "  install_routes = yes\n"
+        # reauthentication (not used: rekeying is) makes the new SAs first too
+        "  make_before_break = yes\n"
         "  plugins {\n"
         "    vici {\n"
         "      socket = unix:///run/charon.vici\n"
@@ -225,6 +262,7 @@ def strongswan_conf(state_dir: str, datapath: str) -> str:
         "      path = /run/charon.log\n"
         "      default = 1\n"
         "      flush_line = yes\n"
+        "      ike_name = yes\n"
         "      time_format = %F %T\n"
         "    }\n"
         "  }\n"
@@ -373,19 +411,47 @@ class Charon:
                 for _ in s.terminate({"child": name, "force": "yes", "timeout": "-1"}):
                     pass
 
+    def initiate(self, name: str, children) -> None:
+        """Start the connection's children now, without waiting for them."""
+        import vici.exception
+        check_name(name)
+        with self.session() as s:
+            for child in children:
+                with contextlib.suppress(vici.exception.CommandException):
+                    for _ in s.initiate({"ike": name, "child": check_name(child), "timeout": "-1"}):
+                        pass
+
     def sas(self) -> dict:
         """{connection: {"ike": IKE_SA state, "children": {name: CHILD_SA state},
-        "udp_encap": {name: whether its ESP is in UDP}}}"""
+        "udp_encap": {name: whether its ESP is in UDP}, "child_ids": {name:
+        [the unique ids of its CHILD_SAs]: a rekey makes a new one},
+        "ike_id": the IKE_SA's unique id}}"""
         out = {}
         with self.session() as s:
             for entry in s.list_sas():
                 for name, ike in entry.items():
-                    child_sas = (ike.get("child-sas") or {}).values()
+                    child_sas = list((ike.get("child-sas") or {}).values())
+                    ids = {}
+                    for c in child_sas:
+                        ids.setdefault(_text(c.get("name")), []).append(int(_text(c.get("uniqueid")) or 0))
+                    if out.get(_text(name), {}).get("ike") == "ESTABLISHED" != _text(ike.get("state")):
+                        continue  # two IKE_SAs of one connection (a peer restarted): the working one
                     out[_text(name)] = {
                         "ike": _text(ike.get("state")),
+                        "ike_id": int(_text(ike.get("uniqueid")) or 0),
                         "children": {_text(c.get("name")): _text(c.get("state")) for c in child_sas},
-                        "udp_encap": {_text(c.get("name")): _text(c.get("encap")) == "yes" for c in child_sas}}
+                        "udp_encap": {_text(c.get("name")): _text(c.get("encap")) == "yes" for c in child_sas},
+                        "child_ids": ids}
         return out
+
+    def auth_failures(self) -> dict:
+        """`auth_failures` of the end of this charon's log."""
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL_BYTES))
+                return auth_failures(f.read().decode(errors="replace").splitlines())
+        except OSError:
+            return {}
 
     def wait_installed(self, name: str, timeout: float = 30.0) -> dict:
         deadline = time.monotonic() + timeout
@@ -397,6 +463,59 @@ class Charon:
                 raise CNIError(PLUGIN_FAILED, f"ipsec: tunnel {name} not up after {timeout:.0f}s "
                                f"(state: {sas or 'no IKE_SA'})", self._log_tail())
             time.sleep(0.2)
+
+
+# -- what charon's log says about failed authentication ------------------------
+# Each line of a connection starts with <name|unique id> (filelog ike_name).
+# Only these shapes are recognised, and a reason is made from fixed words and
+# the identities (checked to be addresses): no text of the log passes through,
+# so nothing of a key can (charon never logs it anyway).
+_LOG_CONN = re.compile(r"\[(?:IKE|CFG|ENC|NET)\] <([a-z0-9][a-z0-9-]{0,31})\|\d+> (.*)$")
+_ID = r"'([0-9a-fA-F.:]{2,45})'"
+_AUTH_FAILURES = (  # (the line's shape, which of its groups are identities, the reason)
+    (re.compile(rf"tried \d+ shared keys? for {_ID} - {_ID}, but MAC mismatched"), (1, 2),
+     lambda m: f"authentication of '{m[2]}' with pre-shared key failed (MAC mismatched: the hosts' "
+               "pre-shared keys differ)"),
+    (re.compile(rf"no shared key found for {_ID} - {_ID}"), (1, 2),
+     lambda m: f"authentication of '{m[2]}' failed: no pre-shared key for it here"),
+    (re.compile(r"received AUTHENTICATION_FAILED notify"), (),
+     lambda m: "received AUTHENTICATION_FAILED notify: the peer refused this host's authentication "
+               "(the hosts' pre-shared keys differ?)"),
+    (re.compile(rf"authentication of {_ID} with (pre-shared key|RSA signature|ECDSA[A-Za-z0-9 -]{{0,30}}"
+                rf"|EAP[A-Za-z0-9 -]{{0,30}}) failed"), (1,),
+     lambda m: f"authentication of '{m[1]}' with {m[2]} failed"),
+)
+_ESTABLISHED = re.compile(r"IKE_SA [a-z0-9-]{1,32}\[\d+\] established between")
+LOG_TAIL_BYTES = 256 * 1024
+
+
+def _address_ok(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def auth_failures(lines) -> dict:
+    """{connection: why its last authentication failed} for the connections
+    whose last authentication in `lines` (charon's log) failed; a connection
+    that established an IKE_SA since is not in it."""
+    out = {}
+    for line in lines:
+        m = _LOG_CONN.search(line)
+        if not m:
+            continue
+        name, text = m.groups()
+        if _ESTABLISHED.search(text):
+            out.pop(name, None)
+            continue
+        for pattern, ids, reason in _AUTH_FAILURES:
+            found = pattern.search(text)
+            if found and all(_address_ok(found[i]) for i in ids):
+                out[name] = reason(found)
+                break
+    return out
 
 
 def _text(value) -> str | None:

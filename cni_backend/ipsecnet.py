@@ -35,6 +35,15 @@ use the same `stateDir`, in which live `ipsec/charon/` (charon's files) and
 the guard accepts the union and the last network stops charon). Only the
 peers may reach UDP 500/4500 (`net/ipsec_guard`).
 
+charon's lifecycle: the first ADD starts it; the last network's removal
+stops it (SIGTERM, then its owner file goes). A charon that died otherwise
+(kill -9, a crash) leaves its owner file: the ipsec agent (`watch`, run by
+`cnm-shim serve`, or `cnm-shim ipsec-agent` beside a CNI runtime) and the next
+ADD start it again with every recorded network's peers (`revive`,
+`_configure`), all or nothing: a charon whose loading failed is stopped again
+and the next round tries anew. Rekeys (ikeRekeyTime, childRekeyTime) make the
+new SA before the old one goes.
+
 MTU: containers get the largest packet that, inside ESP in UDP, still fits
 the underlay (`container_mtu`: 1422 on a 1500 underlay with aes128-sha256),
 and on the user-space data path no more than ipsec0 takes (1400, fixed in
@@ -47,6 +56,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import signal
 import time
@@ -54,6 +64,8 @@ import time
 from . import ipsec_tunnels, locks, paths
 from .errors import CNIError, INVALID_CONFIG, PLUGIN_FAILED
 from .net import ipsec_guard, netlink, sysctls, tools
+
+log = logging.getLogger("rancher-cni")
 
 # outer IPv4 20 + UDP 8 + ESP SPI/sequence 8 + AES-CBC IV 16; then the inner
 # packet + pad length + next header (2), padded to the AES block (16); then the ICV
@@ -81,6 +93,8 @@ class IpsecNetwork:
     mtu: int | None = None  # what the user asked for (at most container_mtu)
     ike_proposal: str = ipsec_tunnels.DEFAULT_IKE_PROPOSAL
     esp_proposal: str = ipsec_tunnels.DEFAULT_ESP_PROPOSAL
+    ike_rekey: int = ipsec_tunnels.DEFAULT_IKE_REKEY    # seconds
+    child_rekey: int = ipsec_tunnels.DEFAULT_CHILD_REKEY
 
     @property
     def digest(self) -> str:
@@ -93,11 +107,11 @@ class IpsecNetwork:
 
     @property
     def root(self) -> str:
-        return os.path.join(self.state_dir, "ipsec")
+        return _root(self.state_dir)
 
     @property
     def charon_dir(self) -> str:
-        return os.path.join(self.root, "charon")
+        return charon_dir(self.state_dir)
 
     @property
     def record(self) -> str:
@@ -144,8 +158,22 @@ def netlink_name(name: str) -> str:
 
 # -- records ------------------------------------------------------------------
 
+def _root(state_dir: str) -> str:
+    return os.path.join(state_dir, "ipsec")
+
+
+def charon_dir(state_dir: str) -> str:
+    """Where the host's charon keeps its files (strongswan.conf, VICI socket, log)."""
+    return os.path.join(_root(state_dir), "charon")
+
+
 def _records(net: IpsecNetwork) -> dict:
-    folder = os.path.dirname(net.record)
+    return records(net.state_dir)
+
+
+def records(state_dir: str) -> dict:
+    """{digest: record} of every IPsec network of the host that uses `state_dir`."""
+    folder = os.path.join(_root(state_dir), "networks")
     out = {}
     for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         if entry.endswith(".json"):
@@ -160,7 +188,8 @@ def _write_record(net: IpsecNetwork, local: str) -> None:
     with open(net.record + ".tmp", "w") as f:
         json.dump({"name": net.name, "child": f"n{net.digest}", "local": local, "peers": list(net.peers),
                    "block": net.local_block, "subnet": net.subnet, "psk_file": net.psk_file,
-                   "ike_proposal": net.ike_proposal, "esp_proposal": net.esp_proposal}, f)
+                   "ike_proposal": net.ike_proposal, "esp_proposal": net.esp_proposal,
+                   "ike_rekey": net.ike_rekey, "child_rekey": net.child_rekey}, f)
     os.replace(net.record + ".tmp", net.record)
 
 
@@ -174,14 +203,18 @@ def _guard(net: IpsecNetwork) -> None:
 
 # -- the host's charon --------------------------------------------------------
 
-def _pid_file(net: IpsecNetwork) -> str:
-    return os.path.join(net.charon_dir, "charon.owner")
+def _pid_file(state_dir: str) -> str:
+    return os.path.join(charon_dir(state_dir), "charon.owner")
 
 
 def _running_pid(net: IpsecNetwork) -> int | None:
+    return charon_pid(net.state_dir)
+
+
+def charon_pid(state_dir: str) -> int | None:
     """The pid of this host's charon when it runs (and is charon)."""
     try:
-        with open(_pid_file(net)) as f:
+        with open(_pid_file(state_dir)) as f:
             pid = int(f.read().strip())
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)
@@ -195,35 +228,41 @@ def _running_pid(net: IpsecNetwork) -> int | None:
         return None
 
 
-def _charon(net: IpsecNetwork, datapath: str) -> tuple:
+def died(state_dir: str) -> bool:
+    """Whether this host's charon is gone without having been stopped (its
+    owner file stays: only a stop removes it)."""
+    return os.path.exists(_pid_file(state_dir)) and charon_pid(state_dir) is None
+
+
+def _charon(state_dir: str, datapath: str) -> tuple:
     """(this host's charon, whether it was started now: then it knows no connection)."""
-    charon = ipsec_tunnels.Charon(net.charon_dir, datapath=datapath)
-    if _running_pid(net) is not None:
+    charon = ipsec_tunnels.Charon(charon_dir(state_dir), datapath=datapath)
+    if charon_pid(state_dir) is not None:
         return charon, False
     charon.start()
-    with open(_pid_file(net), "w") as f:
+    with open(_pid_file(state_dir), "w") as f:
         f.write(str(charon.process.pid))
     charon.process = None  # it outlives this call: stopped by pid when the last network goes
     return charon, True
 
 
-def _stop_charon(net: IpsecNetwork) -> None:
-    pid = _running_pid(net)
+def _stop_charon(state_dir: str) -> None:
+    pid = charon_pid(state_dir)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)  # charon takes its SAs, routes, rule and ipsec0 with it
         deadline = time.monotonic() + STOP_TIMEOUT
-        while _running_pid(net) is not None and time.monotonic() < deadline:
+        while charon_pid(state_dir) is not None and time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)  # our child when a daemon started it
             time.sleep(0.05)
-        if _running_pid(net) is not None:
+        if charon_pid(state_dir) is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(_pid_file(net))
+        os.unlink(_pid_file(state_dir))
 
 
 def peer_connection(peer: str) -> str:
@@ -236,28 +275,144 @@ def _tunnel(record: dict, name: str, peer: str, datapath: str) -> ipsec_tunnels.
     return ipsec_tunnels.Tunnel.from_config(
         datapath=datapath, name=name, local_address=record["local"], remote_address=peer,
         local_subnets=[record["block"]], remote_subnets=[record["subnet"]], psk_file=record["psk_file"],
-        ike_proposal=record["ike_proposal"], esp_proposal=record["esp_proposal"])
+        ike_proposal=record["ike_proposal"], esp_proposal=record["esp_proposal"],
+        # records written before rekey times were settings: the defaults
+        ike_rekey=record.get("ike_rekey", ipsec_tunnels.DEFAULT_IKE_REKEY),
+        child_rekey=record.get("child_rekey", ipsec_tunnels.DEFAULT_CHILD_REKEY))
+
+
+def _users(records: dict, peer: str) -> list:
+    """The records of the networks that reach `peer`, checked to agree on what
+    their one IKE_SA to it has: key, IKE proposal, IKE rekey time, underlay."""
+    users = [(digest, r) for digest, r in sorted(records.items()) if peer in r.get("peers", [])]
+    shared = ("psk_file", "ike_proposal", "local", "ike_rekey")
+    for digest, r in users[1:]:
+        first = users[0][1]
+        if tuple(r.get(k) for k in shared) != tuple(first.get(k) for k in shared):
+            raise CNIError(INVALID_CONFIG, f"ipsec: networks {first['name']!r} and {r['name']!r} both reach the peer "
+                           f"{peer}, over one IKE_SA: they must have the same pskFile, ikeProposal, ikeRekeyTime "
+                           "and underlay")
+    return users
 
 
 def _load_peer(charon: ipsec_tunnels.Charon, records: dict, peer: str) -> None:
     """The peer's connection loaded with a child per network that has the
     peer; unloaded (its IKE_SA ends) when none has."""
-    users = [(digest, r) for digest, r in sorted(records.items()) if peer in r.get("peers", [])]
+    users = _users(records, peer)
     if not users:
         charon.unload(peer_connection(peer))
         return
-    first = users[0][1]
-    for digest, r in users[1:]:
-        if (r["psk_file"], r["ike_proposal"], r["local"]) != (first["psk_file"], first["ike_proposal"], first["local"]):
-            raise CNIError(INVALID_CONFIG, f"ipsec: networks {first['name']!r} and {r['name']!r} both reach the peer "
-                           f"{peer}, over one IKE_SA: they must have the same pskFile, ikeProposal and underlay")
-    charon.load(_tunnel(first, peer_connection(peer), peer, charon.datapath),
+    charon.load(_tunnel(users[0][1], peer_connection(peer), peer, charon.datapath),
                 children=tuple(_tunnel(r, r["child"] + "-" + _short(peer), peer, charon.datapath)
                                for _, r in users))
 
 
 def _short(peer: str) -> str:
     return hashlib.sha256(peer.encode()).hexdigest()[:8]
+
+
+def _all_peers(records: dict) -> list:
+    return sorted({p for r in records.values() for p in r.get("peers", [])})
+
+
+def _configure(state_dir: str, charon: ipsec_tunnels.Charon, records: dict, restarted: bool) -> None:
+    """A charon started now gets every recorded network's peers (a fresh charon
+    knows no connection). The initiating side starts its tunnels on load; after
+    a charon died (`restarted`) the answering side starts them too: the peer
+    still holds the SAs of the dead charon, and would notice only after DPD's
+    retransmissions gave up (minutes); a new IKE_SA replaces those SAs at once
+    (`unique = replace`). Not on a first start, when the peer has no SA to
+    replace and starts its own as soon as it is configured.
+    All or nothing: when a load fails, charon is stopped again, so that it is
+    never left with some of the host's tunnels; the caller says so, and the
+    next ADD or round of the agent starts over."""
+    try:
+        for peer in _all_peers(records):
+            _load_peer(charon, records, peer)
+        for peer in _all_peers(records):
+            users = _users(records, peer)
+            if restarted and not _tunnel(users[0][1], peer_connection(peer), peer, charon.datapath).initiator:
+                charon.initiate(peer_connection(peer), [r["child"] + "-" + _short(peer) for _, r in users])
+    except BaseException:
+        _stop_charon(state_dir)
+        raise
+
+
+def revive(state_dir: str) -> int | None:
+    """This host's charon started again, if it is not running while IPsec
+    networks are recorded, with every network's peers loaded (the watcher:
+    `cnm-shim ipsec-agent`, and doctor --repair). Returns the new charon's pid,
+    None when nothing had to be done. Raises CNIError when charon could not be
+    started or configured; then it is not running (never half-configured)."""
+    ipsec_tunnels.check_path(state_dir, "stateDir")
+    if not records(state_dir) or charon_pid(state_dir) is not None:
+        return None  # cheap: the common case takes no lock
+    with locks.held(os.path.join(_root(state_dir), "lock"), mode=0o600):
+        found = records(state_dir)
+        if not found or charon_pid(state_dir) is not None:
+            return None
+        for peer in _all_peers(found):  # refused before charon starts
+            _users(found, peer)
+        charon, _ = _charon(state_dir, ipsec_tunnels.probe_datapath())
+        # networks recorded and no charon: it died (or a revival failed), and
+        # the peers may hold SAs of the last one
+        _configure(state_dir, charon, found, restarted=True)
+        return charon_pid(state_dir)
+
+
+def watch(state_dir: str, interval: float = 2.0, stop=lambda: False) -> None:
+    """Revive charon whenever it is found dead (kill -9, a crash) while IPsec
+    networks are recorded; idle (a directory listing and a /proc read a round)
+    otherwise. A failed revival is logged and tried again the next round."""
+    while not stop():
+        with contextlib.suppress(ChildProcessError):  # the charons this process started, once they die
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        try:
+            pid = revive(state_dir)
+            if pid is not None:
+                log.warning("ipsec agent: charon was not running: started it again (pid %d) with the tunnels "
+                            "of %d network(s)", pid, len(records(state_dir)))
+        except (CNIError, OSError) as exc:
+            log.error("ipsec agent: charon could not be started with the tunnels (%s); it is stopped, "
+                      "trying again in %.0f s", exc, interval)
+        deadline = time.monotonic() + interval
+        while not stop() and time.monotonic() < deadline:
+            time.sleep(min(0.2, interval))
+
+
+def health(state_dir: str) -> list:
+    """[(subject, problem)] of the host's charon for the recorded networks:
+    not running, not answering, or a peer without an ESTABLISHED IKE_SA or
+    without the network's CHILD_SA INSTALLED (with the authentication failure
+    charon logged, if any). [] when all is well or no network is recorded."""
+    found = records(state_dir)
+    if not found:
+        return []
+    pid = charon_pid(state_dir)
+    if pid is None:
+        return [("charon", f"not running, while {len(found)} IPsec network(s) are recorded: their tunnels are down")]
+    charon = ipsec_tunnels.Charon(charon_dir(state_dir))
+    try:
+        sas = charon.sas()
+    except Exception as exc:  # noqa: BLE001 - whatever the socket does, it is the finding
+        return [("charon", f"pid {pid} does not answer on its VICI socket ({type(exc).__name__})")]
+    failures = charon.auth_failures()
+    problems = []
+    for _, r in sorted(found.items()):
+        for peer in r.get("peers", []):
+            connection, child = peer_connection(peer), r["child"] + "-" + _short(peer)
+            sa = sas.get(connection)
+            if sa is None or sa["ike"] != "ESTABLISHED":
+                problem = f"IKE_SA {sa['ike'] if sa else 'missing'}"
+                if connection in failures:
+                    problem += f": {failures[connection]}"
+            elif sa["children"].get(child) != "INSTALLED":
+                problem = f"IKE_SA ESTABLISHED, but CHILD_SA {sa['children'].get(child) or 'missing'}"
+            else:
+                continue
+            problems.append((f"{r.get('name')} peer {peer}", problem))
+    return problems
 
 
 # -- ensure / remove ----------------------------------------------------------
@@ -288,18 +443,20 @@ def ensure(net: IpsecNetwork) -> int:
         previous = _records(net).get(net.digest)
         _write_record(net, local)
         try:
-            records = _records(net)
+            found = _records(net)
             for peer in net.peers:  # refused before charon hears of it
-                _tunnel(records[net.digest], net.connection(peer), peer, datapath)
+                _tunnel(found[net.digest], net.connection(peer), peer, datapath)
+                _users(found, peer)
             _guard(net)
-            charon, fresh = _charon(net, datapath)
-            peers = set((previous or {}).get("peers", [])) | set(net.peers)
+            restarted = died(net.state_dir)
+            charon, fresh = _charon(net.state_dir, datapath)
             if fresh:  # a charon that died (or the first): every network's peers, not just ours
-                peers |= {p for r in records.values() for p in r.get("peers", [])}
-            for peer in sorted(peers):
-                _load_peer(charon, records, peer)
-                if peer not in net.peers:
-                    charon.terminate_child(net.connection(peer))
+                _configure(net.state_dir, charon, found, restarted)
+            else:
+                for peer in sorted(set((previous or {}).get("peers", [])) | set(net.peers)):
+                    _load_peer(charon, found, peer)
+                    if peer not in net.peers:
+                        charon.terminate_child(net.connection(peer))
         except CNIError:
             if previous is None:  # nothing half-made: the record goes again
                 with contextlib.suppress(FileNotFoundError):
@@ -325,7 +482,7 @@ def remove(net: IpsecNetwork) -> None:
                     _load_peer(charon, others, peer)  # without this network's child
                     charon.terminate_child(net.connection(peer))
             else:
-                _stop_charon(net)
+                _stop_charon(net.state_dir)
         _guard(net)
         with netlink.socket_in() as host:
             netlink.delete_link(host, net.bridge)

@@ -1,5 +1,6 @@
 """The processes `cnm-shim serve` starts besides gunicorn's workers — the CNI
-daemon, the vxlan agents, the restart-stranded pass — and how they end.
+daemon, the vxlan agents, the ipsec agent, the restart-stranded pass — and how
+they end.
 
 Each child gets SIGTERM from the kernel if the master dies (PR_SET_PDEATHSIG),
 so a master killed with SIGKILL strands none of them; a clean stop sends

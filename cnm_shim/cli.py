@@ -70,7 +70,36 @@ def cmd_cni(opts) -> int:
 def cmd_cni_server(opts) -> int:
     from cni_backend import server
     limits = {"max_workers": opts.max_workers, "timeout": opts.receive_timeout}
-    server.serve(opts.socket, **{k: v for k, v in limits.items() if v is not None})
+    agents = None
+    if opts.ipsec_state_dir:  # hosts without Docker: the daemon keeps charon watched
+        from .children import Children
+        agents = Children()
+        agents.start(ipsec_agent_argv(opts.ipsec_state_dir, opts.ipsec_agent_interval))
+    try:
+        server.serve(opts.socket, **{k: v for k, v in limits.items() if v is not None})
+    finally:
+        if agents is not None:
+            agents.stop(5)
+    return 0
+
+
+def ipsec_agent_argv(state_dir: str, interval: float) -> list:
+    return [sys.executable, "-m", "cnm_shim.cli", "ipsec-agent", "--state-dir", state_dir,
+            "--interval", str(interval)]
+
+
+def cmd_ipsec_agent(opts) -> int:
+    import signal
+    from cni_backend import ipsecnet, ipsec_tunnels
+    try:
+        ipsec_tunnels.check_path(opts.state_dir, "--state-dir")
+    except CNIError as exc:
+        raise SystemExit(f"cnm-shim ipsec-agent: {exc}")
+    if not 0.1 <= opts.interval <= 3600:
+        raise SystemExit(f"cnm-shim ipsec-agent: --interval {opts.interval} is not valid: 0.1 to 3600 seconds")
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    ipsecnet.watch(opts.state_dir, interval=opts.interval, stop=lambda: bool(stopping))
     return 0
 
 
@@ -205,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calls served at once; more wait for a worker to end (default 16)")
     daemon.add_argument("--receive-timeout", type=float,
                         help="seconds a caller has to send its request and take the reply (default 10)")
+    daemon.add_argument("--ipsec-state-dir", default=os.environ.get("RANCHER_IPSEC_STATE_DIR") or None,
+                        help="run an ipsec-agent beside the daemon for the rancher-ipsec networks of this "
+                             "stateDir (hosts without Docker)")
+    daemon.add_argument("--ipsec-agent-interval", type=float, default=2.0)
     daemon.set_defaults(func=cmd_cni_server)
 
     serve = sub.add_parser("serve", help="answer Docker's NetworkDriver and IpamDriver calls (foreground)")
@@ -224,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cni-conf-dir", default=paths.CNI_CONF_DIR, help="where -o cni.export=true writes")
     serve.add_argument("--cni-socket", default=os.environ.get("RANCHER_CNI_SOCKET", paths.CNI_SOCKET))
     serve.add_argument("--no-cni-daemon", action="store_true", help="do not start the CNI daemon")
+    serve.add_argument("--ipsec-agent-interval", type=float,
+                       default=float(os.environ.get("RANCHER_IPSEC_AGENT_INTERVAL", "2")),
+                       help="how often the ipsec agent (for the rancher-ipsec networks of --ipam-data-dir) "
+                            "checks that charon runs; 0: no agent")
     serve.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""),
                        help="comma-separated etcd URLs: addresses global across hosts, VXLAN registry")
     add_etcd_tls_options(serve)
@@ -261,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--interval", type=float, default=1.0)
     add_etcd_tls_options(agent)
     agent.set_defaults(func=cmd_vxlan_agent)
+
+    ipsec_agent = sub.add_parser("ipsec-agent", help="keep this host's charon running: start it again with every "
+                                 "recorded rancher-ipsec network's tunnels when it dies")
+    ipsec_agent.add_argument("--state-dir", default=paths.IPAM_DATA_DIR,
+                             help="the rancher-ipsec networks' stateDir (default: the IPAM data dir)")
+    ipsec_agent.add_argument("--interval", type=float, default=2.0, help="seconds between checks")
+    ipsec_agent.set_defaults(func=cmd_ipsec_agent)
 
     from .compare import add_parser as add_compare_parser
     add_compare_parser(sub)

@@ -15,6 +15,10 @@ Checked, for the shim's networks and endpoints (state.db, read only):
              attachment (ours or a runtime's) owns
   cache      cached CNI attachments of our networks whose endpoint is gone
   staging    staging namespaces no Join is using
+  ipsec      the host's charon, for the IPsec networks recorded in the IPAM
+             data dir (the conflists' stateDir): running, answering, and each
+             network's peers with an ESTABLISHED IKE_SA and the network's
+             CHILD_SA INSTALLED (an authentication failure named in words)
   pool       our IPAM driver's pools no network uses (neither ours nor, asked
              with --docker-host, any of Docker's), requested longer ago than
              the grace period and holding nothing but their gateway: the
@@ -34,7 +38,9 @@ stray rules and stale cache entries collected with the valid attachments read
 inside the IPAM transaction / under the firewall lock (CNI GC semantics, but a
 Join racing the doctor cannot lose what it just made); stale staging namespaces
 removed; unused pools released (only when Docker was asked: a network of
-another driver may use our IPAM). Never repaired: the inside of a container
+another driver may use our IPAM); a charon that is not running started again
+with every recorded network's tunnels (all or nothing, as the ipsec agent
+does). Never repaired: the inside of a container
 (restart it), anything of a network exported to CNI runtimes that a runtime's
 in-flight ADD could own, Docker's own IPAM reservations.
 """
@@ -73,7 +79,7 @@ def _requested_ago(pool) -> str:
 
 @dataclasses.dataclass
 class Finding:
-    kind: str          # network | endpoint | firewall | ipam | pool | cache | staging
+    kind: str          # network | endpoint | firewall | ipam | pool | cache | staging | ipsec
     subject: str       # what it is about: a network, endpoint, tag, address, path
     problem: str
     repairable: bool
@@ -125,7 +131,8 @@ class Doctor:
 
     def run(self, repair: bool) -> int:
         for step in (self.check_docker, self.check_networks, self.check_endpoints, self.check_cache,
-                     self.check_allocations, self.check_pools, self.check_firewall, self.check_staging):
+                     self.check_allocations, self.check_pools, self.check_firewall, self.check_staging,
+                     self.check_ipsec):
             try:
                 step(repair)
             except (CNIError, CannotCheck, OSError, docker_sync.EngineError) as exc:
@@ -396,6 +403,21 @@ class Doctor:
             path = os.path.join(directory, name)
             self._found(Finding("staging", path, "staging namespace no Join is using", repairable=True),
                         repair, lambda path=path: hostnet.remove_staging(path) or "removed")
+
+    # -- the host's charon (rancher-ipsec) ---------------------------------------------------
+
+    def check_ipsec(self, repair: bool) -> None:
+        for subject, problem in hostnet.ipsec_health(self.settings.ipam_data_dir):
+            if subject == "charon" and problem.startswith("not running"):
+                self._found(Finding("ipsec", subject, problem, repairable=True), repair, self._revive_charon)
+            else:
+                self._found(Finding("ipsec", subject, problem, repairable=False,
+                                    note="a peer that is down or has another key is not ours to fix"
+                                    if subject != "charon" else ""), repair)
+
+    def _revive_charon(self) -> str:
+        pid = hostnet.revive_ipsec(self.settings.ipam_data_dir)
+        return f"started again (pid {pid}) with every network's tunnels" if pid else "was running again already"
 
     # -- output -------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """`cnm-shim serve`: gunicorn on one Unix socket per driver in /run/docker/plugins,
-plus the CNI daemon the executables hand their work to.
+plus the CNI daemon the executables hand their work to, and the ipsec agent
+(charon watched for the rancher-ipsec networks of --ipam-data-dir).
 
 Sync workers, on purpose: each is a single-threaded process, so the staging
 namespace work may setns(2) safely, and a hung call ties up one worker, not all.
@@ -24,7 +25,7 @@ from cni_backend.ipam.etcd_store import check_endpoints
 
 from . import backends, listeners
 from .app import DRIVERS, create_app
-from .cli import etcd_client_settings
+from .cli import etcd_client_settings, ipsec_agent_argv
 from .children import Children
 from .worker import DrainingWorker
 
@@ -158,6 +159,11 @@ def serve(opts) -> int:
         create_app(app_config)  # fail here, loudly, not in every worker
         for vni in filter(None, opts.vxlan_agent_vnis.split(",")):
             start_vxlan_agent(children, vni, opts)
+        if opts.ipsec_agent_interval and not 0.1 <= opts.ipsec_agent_interval <= 3600:
+            raise SystemExit(f"--ipsec-agent-interval {opts.ipsec_agent_interval} is not valid: "
+                             "0 (no agent) or 0.1 to 3600 seconds")
+        if opts.ipsec_agent_interval:  # idle (a directory listing a round) until an IPsec network exists
+            children.start(ipsec_agent_argv(opts.ipam_data_dir, opts.ipsec_agent_interval))
         gunicorn_options = {
             "bind": [sock.hand_over() for sock in claimed],
             "workers": opts.workers,

@@ -12,6 +12,9 @@ Config keys (besides the bridge plug-in's):
     pskFile     absolute path of the pre-shared key file (mode 0600, root's)
     ikeProposal, espProposal   default aes128-sha256-modp2048 / aes128-sha256;
                 no AEAD (GCM, CCM, ChaCha20) on the user-space data path
+    ikeRekeyTime, childRekeyTime   seconds between rekeys of the IKE_SA and of
+                the CHILD_SAs (default 14400 / 3600, 5 to 2592000); a rekey makes
+                the new SA before the old one goes: no packet waits for it
     stateDir    where the host's charon and network records live (one per host)
     ipam        one range: subnet (the whole network), rangeStart/rangeEnd
                 (this host's block of it) and gateway (inside the block)
@@ -47,6 +50,9 @@ def load_network(config: dict) -> ipsecnet.IpsecNetwork:
     datapath = "libipsec"  # the stricter check: what the user-space data path can do
     ike = ipsec_tunnels.check_proposal(config.get("ikeProposal", ipsec_tunnels.DEFAULT_IKE_PROPOSAL), "IKE", datapath)
     esp = ipsec_tunnels.check_proposal(config.get("espProposal", ipsec_tunnels.DEFAULT_ESP_PROPOSAL), "ESP", datapath)
+    rekey = {key: ipsec_tunnels.check_rekey(config.get(name, default), name) for key, name, default in (
+        ("ike_rekey", "ikeRekeyTime", ipsec_tunnels.DEFAULT_IKE_REKEY),
+        ("child_rekey", "childRekeyTime", ipsec_tunnels.DEFAULT_CHILD_REKEY))}
     subnet, block, gateway = _ranges(config.get("ipam"))
     state_dir = config.get("stateDir") or paths.STATE_DIR
     ipsec_tunnels.check_path(str(state_dir), "stateDir")
@@ -55,7 +61,7 @@ def load_network(config: dict) -> ipsecnet.IpsecNetwork:
         bridge=fields.ifname(config, "bridge", "ipsbr-" + hashlib.sha256(name.encode()).hexdigest()[:8]),
         underlay=underlay, peers=peers, psk_file=ipsec_tunnels.check_path(psk, "pskFile"),
         subnet=subnet, local_block=block, gateway=gateway, state_dir=str(state_dir),
-        mtu=fields.integer(config, "mtu", 576, 65535), ike_proposal=ike, esp_proposal=esp)
+        mtu=fields.integer(config, "mtu", 576, 65535), ike_proposal=ike, esp_proposal=esp, **rekey)
 
 
 def _ipv4(raw, what: str) -> str:

@@ -82,8 +82,9 @@ def engine_that_never_answers(tmp_path):
                          ids=["SIGTERM", "SIGINT", "Ctrl-C: SIGINT to the foreground process group"])
 def test_serve_stops_on_a_signal_leaving_no_process_and_no_socket(serves, engine_that_never_answers, sig, to_group):
     shim = serves(docker_host=engine_that_never_answers)
-    # the master, 3 workers, the CNI daemon, the restart-stranded pass
-    processes = identities(wait_for_tree(shim.process.pid, 6, "restart-stranded"))
+    # the master, 3 workers, the CNI daemon, the ipsec agent, the restart-stranded pass
+    processes = identities(wait_for_tree(shim.process.pid, 7, "restart-stranded"))
+    assert any("ipsec-agent" in open(f"/proc/{pid}/cmdline").read() for pid in processes), processes
     assert all(os.path.exists(path) for path in shim.sockets())
     assert post_unix(shim.socket, "Plugin.Activate") == ACTIVATED
 
