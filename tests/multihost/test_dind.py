@@ -140,15 +140,23 @@ def test_ipsec_through_the_managed_plugin_connects_containers_on_different_nodes
     assert key not in first("network", "inspect", "ips").stdout, "the key file's path, never the key"
 
     # charon lives in the plug-in's container: restarting the plug-in (as an
-    # upgrade does) takes it away; the next container on the node brings it
-    # back with the network's tunnels, and the running containers use them
+    # upgrade does) takes it away; the plug-in's ipsec agent starts it again
+    # with the network's tunnels, and the running containers use them
     first("plugin", "disable", "-f", PLUGIN)
     assert what_ipsec_leaves(first)["charon"] == [], "charon went with the plug-in"
     first("plugin", "enable", PLUGIN)
-    c = container(first, "ips")
     deadline = time.monotonic() + 60
-    while not (can_ping(first, a, target) and can_ping(first, c, target)):
+    while not can_ping(first, a, target):
         assert time.monotonic() < deadline, "the tunnel never came back after the plug-in restarted"
+    assert len(what_ipsec_leaves(first)["charon"]) == 1, "one charon again"
+    # kill -9 of the other node's charon: the agent there brings it back
+    killed = what_ipsec_leaves(second)["charon"]
+    assert len(killed) == 1, killed
+    second.run("kill", "-9", killed[0].split()[0])
+    deadline = time.monotonic() + 60
+    while not can_ping(second, b, address(first, a, "ips")):
+        assert time.monotonic() < deadline, "the tunnel never came back after charon was killed"
+    assert [line.split()[0] for line in what_ipsec_leaves(second)["charon"]] not in ([], [killed[0].split()[0]])
 
     for node in cluster.nodes:
         node("rm", "-f", *node.made["containers"])
