@@ -95,6 +95,9 @@ class IpsecNetwork:
     esp_proposal: str = ipsec_tunnels.DEFAULT_ESP_PROPOSAL
     ike_rekey: int = ipsec_tunnels.DEFAULT_IKE_REKEY    # seconds
     child_rekey: int = ipsec_tunnels.DEFAULT_CHILD_REKEY
+    # the key kept in etcd (ipsec_registry.EtcdSettings): fetched into psk_file when that is missing
+    key_store: object = None
+    registry: bool = False  # the peers come from etcd's registry (ipsec_registry.Agent, set_peers)
 
     @property
     def digest(self) -> str:
@@ -189,7 +192,8 @@ def _write_record(net: IpsecNetwork, local: str) -> None:
         json.dump({"name": net.name, "child": f"n{net.digest}", "local": local, "peers": list(net.peers),
                    "block": net.local_block, "subnet": net.subnet, "psk_file": net.psk_file,
                    "ike_proposal": net.ike_proposal, "esp_proposal": net.esp_proposal,
-                   "ike_rekey": net.ike_rekey, "child_rekey": net.child_rekey}, f)
+                   "ike_rekey": net.ike_rekey, "child_rekey": net.child_rekey,
+                   "registry": net.registry}, f)
     os.replace(net.record + ".tmp", net.record)
 
 
@@ -420,8 +424,13 @@ def health(state_dir: str) -> list:
 def ensure(net: IpsecNetwork) -> int:
     """Bridge (proxy ARP on), charon running with this network's connections
     loaded, the guard; returns the containers' MTU. Idempotent."""
+    if net.key_store is not None and not os.path.exists(net.psk_file):
+        from . import ipsec_registry  # etcd's client: only for a key kept there
+        ipsec_registry.fetch_key(net.key_store, net.subnet, net.psk_file)
     ipsec_tunnels.read_psk(net.psk_file)  # a bad key file is refused before anything is made
     with locks.held(os.path.join(net.root, "lock"), mode=0o600):
+        if net.registry:  # the peers are the registry's (set_peers), kept across ADDs
+            net = dataclasses.replace(net, peers=tuple((_records(net).get(net.digest) or {}).get("peers", [])))
         local, underlay_mtu = _underlay(net)
         if local in net.peers:
             raise CNIError(INVALID_CONFIG, f"ipsec: the peers list this host's own underlay address {local}")
@@ -443,20 +452,7 @@ def ensure(net: IpsecNetwork) -> int:
         previous = _records(net).get(net.digest)
         _write_record(net, local)
         try:
-            found = _records(net)
-            for peer in net.peers:  # refused before charon hears of it
-                _tunnel(found[net.digest], net.connection(peer), peer, datapath)
-                _users(found, peer)
-            _guard(net)
-            restarted = died(net.state_dir)
-            charon, fresh = _charon(net.state_dir, datapath)
-            if fresh:  # a charon that died (or the first): every network's peers, not just ours
-                _configure(net.state_dir, charon, found, restarted)
-            else:
-                for peer in sorted(set((previous or {}).get("peers", [])) | set(net.peers)):
-                    _load_peer(charon, found, peer)
-                    if peer not in net.peers:
-                        charon.terminate_child(net.connection(peer))
+            _program_peers(net, (previous or {}).get("peers", []), datapath)
         except CNIError:
             if previous is None:  # nothing half-made: the record goes again
                 with contextlib.suppress(FileNotFoundError):
@@ -464,6 +460,64 @@ def ensure(net: IpsecNetwork) -> int:
                 _guard(net)
             raise
         return mtu
+
+
+def _program_peers(net: IpsecNetwork, before, datapath: str) -> None:
+    """charon made to carry the network's child to each of `net.peers` (its
+    record written already) and to none of the peers it had `before`; the
+    guard first. A charon started now (the first, or one that died) gets every
+    network's peers (`_configure`)."""
+    found = _records(net)
+    for peer in net.peers:  # refused before charon hears of it
+        _tunnel(found[net.digest], net.connection(peer), peer, datapath)
+        _users(found, peer)
+    _guard(net)
+    restarted = died(net.state_dir)
+    charon, fresh = _charon(net.state_dir, datapath)
+    if fresh:  # a charon that died (or the first): every network's peers, not just ours
+        _configure(net.state_dir, charon, found, restarted)
+    else:
+        for peer in sorted(set(before) | set(net.peers)):
+            _load_peer(charon, found, peer)
+            if peer not in net.peers:
+                charon.terminate_child(net.connection(peer))
+
+
+def set_peers(state_dir: str, name: str, peers) -> bool:
+    """The network `name`'s peers changed to `peers` (its record and charon's
+    connections: a peer gone is unloaded with its SAs and routes, unless
+    another network still has it); False when the network has no record here
+    (it went meanwhile) or the peers are unchanged. A peer charon refuses
+    leaves the record as it was."""
+    probe = IpsecNetwork(name=name, bridge="", underlay=None, peers=(), psk_file="", subnet="", local_block="",
+                         gateway="", state_dir=state_dir)
+    with locks.held(os.path.join(probe.root, "lock"), mode=0o600):
+        record = _records(probe).get(probe.digest)
+        if record is None or sorted(record.get("peers", [])) == sorted(peers):
+            return False
+        net = dataclasses.replace(probe, underlay=record["local"], peers=tuple(peers), psk_file=record["psk_file"],
+                                  subnet=record["subnet"], local_block=record["block"],
+                                  ike_proposal=record["ike_proposal"], esp_proposal=record["esp_proposal"],
+                                  ike_rekey=record.get("ike_rekey", ipsec_tunnels.DEFAULT_IKE_REKEY),
+                                  child_rekey=record.get("child_rekey", ipsec_tunnels.DEFAULT_CHILD_REKEY),
+                                  registry=bool(record.get("registry")))
+        if record["local"] in net.peers:
+            raise CNIError(INVALID_CONFIG, f"ipsec: the peers list this host's own underlay address {record['local']}")
+        _write_record(net, record["local"])
+        try:
+            _program_peers(net, record.get("peers", []), ipsec_tunnels.probe_datapath())
+        except CNIError:
+            _write_record(dataclasses.replace(net, peers=tuple(record.get("peers", []))), record["local"])
+            _guard(net)
+            raise
+        return True
+
+
+def registry_records(state_dir: str) -> list:
+    """The records of this host's networks whose peers come from the registry."""
+    return [r for r in records(state_dir).values()
+            if isinstance(r, dict) and r.get("registry") is True and
+            all(isinstance(r.get(k), str) for k in ("name", "local", "subnet", "block"))]
 
 
 def remove(net: IpsecNetwork) -> None:
@@ -475,6 +529,9 @@ def remove(net: IpsecNetwork) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(net.record)
         others = _records(net)
+        if net.key_store is not None and not any(r.get("psk_file") == net.psk_file for r in others.values()):
+            with contextlib.suppress(FileNotFoundError):  # etcd keeps it for the next host or network
+                os.unlink(net.psk_file)
         if _running_pid(net) is not None:
             if others:
                 charon = ipsec_tunnels.Charon(net.charon_dir, datapath=ipsec_tunnels.probe_datapath())

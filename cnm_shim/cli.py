@@ -178,6 +178,24 @@ def cmd_vxlan_agent(opts) -> int:
     return 0
 
 
+def cmd_ipsec_registry(opts) -> int:
+    import itertools
+    import signal
+    from cni_backend import ipsec_registry
+    from cni_backend.ipam.etcd_store import check_endpoints, client_for
+    endpoints = check_endpoints([e for e in opts.etcd_endpoints.split(",") if e], opts.insecure_etcd)
+    if not endpoints:
+        raise SystemExit("cnm-shim ipsec-registry: --etcd-endpoints (RANCHER_ETCD_ENDPOINTS) is required")
+    members = itertools.cycle(endpoints)
+    tls = etcd_client_settings(opts)
+    agent = ipsec_registry.Agent(lambda: client_for(next(members), tls), opts.etcd_prefix, opts.state_dir,
+                                 ttl=opts.ttl)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    agent.run(interval=opts.interval, stop=lambda: bool(stopping))
+    return 0
+
+
 def cmd_install_cni(opts) -> int:
     from cni_backend import install
     for path in install.write_executables(opts.dir):
@@ -305,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
                              help="the rancher-ipsec networks' stateDir (default: the IPAM data dir)")
     ipsec_agent.add_argument("--interval", type=float, default=2.0, help="seconds between checks")
     ipsec_agent.set_defaults(func=cmd_ipsec_agent)
+
+    registry = sub.add_parser("ipsec-registry", help="register this host's rancher-ipsec networks in etcd and "
+                              "set their peers from the other hosts' entries (serve runs it when given etcd)")
+    registry.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""))
+    registry.add_argument("--etcd-prefix", default="/rancher-cni")
+    registry.add_argument("--state-dir", default=paths.IPAM_DATA_DIR, help="the plug-in's stateDir")
+    registry.add_argument("--ttl", type=int, default=10, help="lease TTL: how fast a dead host's tunnels go")
+    registry.add_argument("--interval", type=float, default=1.0)
+    add_etcd_tls_options(registry)
+    registry.set_defaults(func=cmd_ipsec_registry)
 
     from .compare import add_parser as add_compare_parser
     add_compare_parser(sub)

@@ -1,6 +1,8 @@
 """`cnm-shim serve`: gunicorn on one Unix socket per driver in /run/docker/plugins,
 plus the CNI daemon the executables hand their work to, and the ipsec agent
-(charon watched for the rancher-ipsec networks of --ipam-data-dir).
+(charon watched for the rancher-ipsec networks of --ipam-data-dir); with etcd,
+the ipsec registry too (cnm-shim ipsec-registry: the networks' peers from
+etcd), a process of its own so that etcd's timeouts never delay a revival.
 
 Sync workers, on purpose: each is a single-threaded process, so the staging
 namespace work may setns(2) safely, and a hung call ties up one worker, not all.
@@ -122,6 +124,16 @@ def sockets(backend: str | None, socket_name: str | None) -> dict:
     return {socket_name or f"{driver}.sock": driver}
 
 
+def _etcd_client_argv(opts) -> list:
+    """serve's etcd client flags, for an agent it starts."""
+    argv = []
+    for flag, value in (("--etcd-ca", opts.etcd_ca), ("--etcd-cert", opts.etcd_cert), ("--etcd-key", opts.etcd_key),
+                        ("--etcd-user", opts.etcd_user), ("--etcd-password-file", opts.etcd_password_file)):
+        if value:
+            argv += [flag, value]
+    return argv
+
+
 def start_vxlan_agent(children: Children, vni: str, opts) -> None:
     if not opts.etcd_endpoints:
         raise SystemExit("a vxlan agent needs --etcd-endpoints (RANCHER_ETCD_ENDPOINTS)")
@@ -129,10 +141,16 @@ def start_vxlan_agent(children: Children, vni: str, opts) -> None:
             "--state-dir", opts.ipam_data_dir] + (["--insecure-etcd"] if opts.insecure_etcd else [])
     if opts.vtep_dev:
         argv += ["--vtep-dev", opts.vtep_dev]
-    for flag, value in (("--etcd-ca", opts.etcd_ca), ("--etcd-cert", opts.etcd_cert), ("--etcd-key", opts.etcd_key),
-                        ("--etcd-user", opts.etcd_user), ("--etcd-password-file", opts.etcd_password_file)):
-        if value:
-            argv += [flag, value]
+    argv += _etcd_client_argv(opts)
+    children.start(argv)
+
+
+def start_ipsec_registry(children: Children, opts) -> None:
+    """With etcd: the rancher-ipsec networks' registry (peers from etcd), idle
+    until a network without -o peers exists here."""
+    argv = [sys.executable, "-m", "cnm_shim.cli", "ipsec-registry", "--etcd-endpoints", opts.etcd_endpoints,
+            "--state-dir", opts.ipam_data_dir] + (["--insecure-etcd"] if opts.insecure_etcd else [])
+    argv += _etcd_client_argv(opts)
     children.start(argv)
 
 
@@ -164,6 +182,8 @@ def serve(opts) -> int:
                              "0 (no agent) or 0.1 to 3600 seconds")
         if opts.ipsec_agent_interval:  # idle (a directory listing a round) until an IPsec network exists
             children.start(ipsec_agent_argv(opts.ipam_data_dir, opts.ipsec_agent_interval))
+        if app_config["etcd_endpoints"] and opts.backend in (None, "ipsec"):
+            start_ipsec_registry(children, opts)
         gunicorn_options = {
             "bind": [sock.hand_over() for sock in claimed],
             "workers": opts.workers,

@@ -9,7 +9,13 @@ Config keys (besides the bridge plug-in's):
     underlay    this host's underlay IPv4 address; default: the source address
                 of the route to the first peer
     peers       the other hosts' underlay IPv4 addresses (a list)
-    pskFile     absolute path of the pre-shared key file (mode 0600, root's)
+    pskFile     absolute path of the pre-shared key file (mode 0600, root's);
+                left out with etcdEndpoints in the ipam section: the key is
+                kept in etcd, one per subnet, made by the first host
+                (ipsec_registry), copied to stateDir/ipsec/keys/
+    peers       empty with etcdEndpoints in the ipam section: the peers come
+                from etcd's registry (`cnm-shim ipsec-registry`); then
+                'underlay' is required
     ikeProposal, espProposal   default aes128-sha256-modp2048 / aes128-sha256;
                 no AEAD (GCM, CCM, ChaCha20) on the user-space data path
     ikeRekeyTime, childRekeyTime   seconds between rekeys of the IKE_SA and of
@@ -23,7 +29,7 @@ Config keys (besides the bridge plug-in's):
 import hashlib
 import ipaddress
 
-from .. import ipsec_tunnels, ipsecnet, paths
+from .. import ipsec_registry, ipsec_tunnels, ipsecnet, paths
 from ..errors import CNIError, INVALID_CONFIG
 from ..ipam import config as ipam_config
 from . import bridge as bridge_plugin
@@ -44,9 +50,6 @@ def load_network(config: dict) -> ipsecnet.IpsecNetwork:
     peers = _peers(config.get("peers"))
     if underlay in peers:
         raise _invalid(f"ipsec: 'peers' lists this host's own underlay address {underlay}")
-    psk = config.get("pskFile")
-    if not isinstance(psk, str) or not psk.startswith("/"):
-        raise _invalid(f"ipsec: 'pskFile' must be the absolute path of the pre-shared key file, not {psk!r}")
     datapath = "libipsec"  # the stricter check: what the user-space data path can do
     ike = ipsec_tunnels.check_proposal(config.get("ikeProposal", ipsec_tunnels.DEFAULT_IKE_PROPOSAL), "IKE", datapath)
     esp = ipsec_tunnels.check_proposal(config.get("espProposal", ipsec_tunnels.DEFAULT_ESP_PROPOSAL), "ESP", datapath)
@@ -56,12 +59,31 @@ def load_network(config: dict) -> ipsecnet.IpsecNetwork:
     subnet, block, gateway = _ranges(config.get("ipam"))
     state_dir = config.get("stateDir") or paths.STATE_DIR
     ipsec_tunnels.check_path(str(state_dir), "stateDir")
+    etcd = _etcd(config.get("ipam"))
+    psk = config.get("pskFile")
+    if psk is None and etcd is not None:  # the key kept in etcd, by subnet; a local copy in the state dir
+        psk = ipsec_registry.key_file(str(state_dir), subnet)
+    elif not isinstance(psk, str) or not psk.startswith("/"):
+        raise _invalid(f"ipsec: 'pskFile' must be the absolute path of the pre-shared key file, not {psk!r}",
+                       "or leave it out with etcdEndpoints in the ipam section: the key is then kept in etcd")
+    registry = not peers and etcd is not None
+    if registry and underlay is None:
+        raise _invalid("ipsec: with the peers from etcd's registry ('peers' empty, etcdEndpoints in the ipam "
+                       "section), set 'underlay' to this host's underlay address")
     return ipsecnet.IpsecNetwork(
         name=name,
         bridge=fields.ifname(config, "bridge", "ipsbr-" + hashlib.sha256(name.encode()).hexdigest()[:8]),
         underlay=underlay, peers=peers, psk_file=ipsec_tunnels.check_path(psk, "pskFile"),
         subnet=subnet, local_block=block, gateway=gateway, state_dir=str(state_dir),
-        mtu=fields.integer(config, "mtu", 576, 65535), ike_proposal=ike, esp_proposal=esp, **rekey)
+        mtu=fields.integer(config, "mtu", 576, 65535), ike_proposal=ike, esp_proposal=esp, **rekey,
+        key_store=etcd if config.get("pskFile") is None else None, registry=registry)
+
+
+def _etcd(ipam):
+    """The ipam section's etcd settings (ipsec_registry.EtcdSettings), None without etcdEndpoints."""
+    if not isinstance(ipam, dict) or not ipam.get("etcdEndpoints"):
+        return None
+    return ipsec_registry.EtcdSettings.from_ipam(ipam_config.load(ipam, {}))
 
 
 def _ipv4(raw, what: str) -> str:

@@ -17,6 +17,8 @@ from .base import Backend, LoadedHost
 
 _PROPOSAL = re.compile(r"[a-z0-9]{1,32}(-[a-z0-9]{1,32}){0,15}\Z")
 _PATH = re.compile(r"/[A-Za-z0-9._/-]{1,200}\Z")
+PSK_EXAMPLE = ("the pre-shared key file, the same on every host, e.g. -o ipsec.psk_file=/etc/rancher-cni/ipsec.psk "
+               "(make one with: head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE)")
 BLOCK_HINT = ("--ipam-driver rancher-ipsec --subnet 10.42.0.0/16 --ip-range 10.42.1.0/24 "
               "(a different --ip-range on each host; the managed plug-in serving another backend, with "
               "-o backend=ipsec: --ipam-driver <the plug-in> and --gateway 10.42.1.1, inside the --ip-range)")
@@ -39,11 +41,14 @@ def psk_file(driver, key, value):
 
 
 OPTIONS = (
-    Option("peers", options.ipv4_list, [], "comma-separated underlay addresses of the other hosts"),
+    Option("peers", options.ipv4_list, [], "comma-separated underlay addresses of the other hosts (default with "
+           "etcd: the hosts registered for the same subnet, kept by cnm-shim ipsec-registry)"),
     Option("underlay", options.ipv4, None,
            "this host's underlay address (default: the source address of the route to the first peer)"),
     Option("ipsec.psk_file", psk_file, None,
-           "the pre-shared key file, the same on every host: one line of 16 to 4096 printable characters, mode 0600, owned by root"),
+           "the pre-shared key file, the same on every host: one line of 16 to 4096 printable characters, mode "
+           "0600, owned by root (default with etcd: a random key made once per subnet and kept in etcd; required "
+           "without)"),
     Option("ipsec.ike_proposal", proposal, "aes128-sha256-modp2048", "the IKEv2 proposal"),
     Option("ipsec.esp_proposal", proposal, "aes128-sha256",
            "the ESP proposal; the user-space data path (kernel-libipsec, when the kernel has no ESP) "
@@ -86,13 +91,20 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
         raise DriverError("rancher-ipsec: the network needs one IPv4 subnet and this host's block of it: "
                           f"create it with {BLOCK_HINT}")
     _refuse_gateway_outside_block(ipam)
+    etcd = bool(ipam.get("etcdEndpoints"))
+    if not opts["ipsec.psk_file"] and not etcd:
+        raise DriverError(f"rancher-ipsec: option ipsec.psk_file is required: {PSK_EXAMPLE} (or start cnm-shim "
+                          "serve with --etcd-endpoints: the key is then made once and kept in etcd)")
     if not opts["peers"] and not opts["underlay"]:
         raise DriverError("rancher-ipsec: give the other hosts with -o peers=IP,IP or, for the first host "
-                          "alone, this host's address with -o underlay=IP")
-    plugin = {"type": "rancher-ipsec", "bridge": bridge, "peers": opts["peers"], "pskFile": opts["ipsec.psk_file"],
+                          "alone" + (" or with the peers from etcd" if etcd else "") +
+                          ", this host's address with -o underlay=IP")
+    plugin = {"type": "rancher-ipsec", "bridge": bridge, "peers": opts["peers"],
               "ikeProposal": opts["ipsec.ike_proposal"], "espProposal": opts["ipsec.esp_proposal"],
               "isGateway": True, "stateDir": ipam["dataDir"], "capabilities": {"ips": True, "mac": True},
               "ipam": ipam}
+    if opts["ipsec.psk_file"]:  # else the key is kept in etcd (cni_backend/ipsec_registry.py)
+        plugin["pskFile"] = opts["ipsec.psk_file"]
     plugin.update(options.way_out(opts))
     for key, name in (("underlay", "underlay"), ("mtu", "mtu")):
         if opts[key]:
@@ -107,7 +119,4 @@ class IpsecHost(LoadedHost):
 
 
 BACKEND = Backend(name="ipsec", driver="rancher-ipsec", options=OPTIONS, render=render,
-                  bridge_prefix="ri-", cni_type="rancher-ipsec", host=IpsecHost(), gateway_in_ip_range=True,
-                  required={"ipsec.psk_file": "the pre-shared key file, the same on every host, e.g. "
-                                              "-o ipsec.psk_file=/etc/rancher-cni/ipsec.psk (make one with: "
-                                              "head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE)"})
+                  bridge_prefix="ri-", cni_type="rancher-ipsec", host=IpsecHost(), gateway_in_ip_range=True)

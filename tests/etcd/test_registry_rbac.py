@@ -18,6 +18,7 @@ pytestmark = pytest.mark.etcd
 
 A, B = "10.99.0.1", "10.99.0.2"
 HOSTS = "/rancher-cni/vxlan/hosts/"
+IPSEC_HOSTS, IPSEC_KEYS = "/rancher-cni/ipsec/hosts/", "/rancher-cni/ipsec/keys/"
 SUBNETS = [registry.Subnet(ipaddress.ip_network("10.42.0.0/16"), ipaddress.ip_address("10.42.0.1"))]
 
 
@@ -60,6 +61,10 @@ def _set_up_rbac(endpoint: str, tls: dict, passwords: dict) -> None:
         grant(role, "READ", HOSTS)
         for shared in ("pools/", "owners/", "cursors/"):
             grant(role, "READWRITE", f"/rancher-cni/{shared}")
+        # rancher-ipsec: its own host entries; the keys made by A alone, read by all
+        grant(role, "READWRITE", f"{IPSEC_HOSTS}{host}/")
+        grant(role, "READ", IPSEC_HOSTS)
+        grant(role, "READWRITE" if host == A else "READ", IPSEC_KEYS)
         call("user/add", {"name": role, "password": passwords[host]})
         call("user/grant", {"user": role, "role": role})
     call("enable", {})
@@ -115,6 +120,40 @@ def test_a_hosts_etcd_user_writes_its_own_registry_keys_and_no_other_hosts(secur
     assert agents[A].view(SUBNETS).endpoints["10.42.2.2"].mac == "02:42:0a:2a:02:02"
     # the shared IPAM keys stay writable by every host
     assert alloc(EtcdStore([endpoint], "/rancher-cni", settings[A]), conf(), ("n", "c1", "eth0"))[0].ip == "10.60.0.2"
+
+
+def test_the_ipsec_key_is_made_by_its_creator_read_by_the_others_and_each_host_writes_its_own_entry(
+        secured, tmp_path):
+    from cni_backend import ipsec_registry
+    from tests.etcd.test_ipsec_registry import SUBNET, _record
+    from etcd3gw.exceptions import Etcd3Exception
+    cluster, settings, _ = secured
+    endpoint = cluster.endpoints[0]
+    as_host = {h: ipsec_registry.EtcdSettings((endpoint,), "/rancher-cni", tuple(sorted(settings[h].items())))
+               for h in (A, B)}
+    paths = {h: tmp_path / f"{h}.psk" for h in (A, B)}
+    with pytest.raises(CNIError, match="permission denied") as refused:  # no key yet, and B may not make one
+        ipsec_registry.fetch_key(as_host[B], SUBNET, str(paths[B]))
+    assert "etcdctl put" in refused.value.details and not paths[B].exists()
+    ipsec_registry.fetch_key(as_host[A], SUBNET, str(paths[A]))
+    ipsec_registry.fetch_key(as_host[B], SUBNET, str(paths[B]))  # read-only, and the key is there
+    assert paths[A].read_bytes() == paths[B].read_bytes()
+    key = as_host[A].key(SUBNET)
+    with pytest.raises(Etcd3Exception) as denied:
+        client_for(endpoint, settings[B]).put(key, "A" * 43 + "=")
+    assert "permission denied" in denied.value.detail_text
+    agents, records = {}, {}
+    for n, host in enumerate((A, B)):
+        records[host] = _record(tmp_path / host, "secure", host, f"10.42.{n + 1}.0/24")
+        agents[host] = ipsec_registry.Agent(lambda host=host: client_for(endpoint, settings[host]), "/rancher-cni",
+                                            str(tmp_path / host), ttl=5)
+        agents[host].client = agents[host].connect()
+        agents[host].register([records[host]])
+    assert agents[A].peers([records[A]]) == {"secure": [B]} and agents[B].peers([records[B]]) == {"secure": [A]}
+    for target in (f"{IPSEC_HOSTS}{B}/10.42.0.0%2F16", f"{IPSEC_HOSTS}{B}x/10.42.0.0%2F16"):
+        with pytest.raises(Etcd3Exception) as denied:
+            agents[A].client.put(target, '{"underlay": "10.99.0.2", "block": "10.42.9.0/24"}')
+        assert "permission denied" in denied.value.detail_text
 
 
 def test_a_wrong_password_or_a_certificate_with_a_common_name_is_a_clear_error(secured, tmp_path):

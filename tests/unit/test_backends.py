@@ -20,7 +20,7 @@ REQUIRED_VALUES = {"parent": "eth9", "ipsec.psk_file": "/etc/rancher-cni/ipsec.p
 # host's block of the subnet and someone to talk to
 IPAM_OF = {"ipsec": dict(IPAM, ranges=[[{"subnet": "10.70.0.0/16", "gateway": "10.70.1.1",
                                           "rangeStart": "10.70.1.0", "rangeEnd": "10.70.1.255"}]])}
-OTHER_VALUES = {"ipsec": {"peers": ["10.96.0.2"]}}
+OTHER_VALUES = {"ipsec": {"peers": ["10.96.0.2"], "ipsec.psk_file": "/etc/rancher-cni/ipsec.psk"}}
 
 
 def parsed_defaults(entry) -> dict:

@@ -148,7 +148,7 @@ def test_an_ipsec_network_is_this_hosts_block_its_peers_and_the_key_files_path_n
 @pytest.mark.parametrize("raw, section, message", [
     (IPSEC_OPTIONS, None, "this host's block of it: create it with --ipam-driver rancher-ipsec"),
     ({"ipsec.psk_file": "/etc/k"}, "block", "give the other hosts with -o peers=IP,IP"),
-    ({"peers": "192.0.2.2"}, "block", "option ipsec.psk_file is required"),
+    ({"peers": "192.0.2.2"}, "block", "option ipsec.psk_file is required: the pre-shared key file"),
     (dict(IPSEC_OPTIONS, **{"ipsec.psk_file": "etc/k"}), "block", "is not an absolute path"),
     (dict(IPSEC_OPTIONS, **{"ipsec.psk_file": "/etc/../k"}), "block", "is not an absolute path"),
     (dict(IPSEC_OPTIONS, **{"ipsec.psk_file": "/etc/k\nx"}), "block", "is not an absolute path"),
@@ -164,6 +164,24 @@ def test_an_ipsec_network_without_its_block_peers_or_a_sound_key_file_is_refused
                 "gateway outside": ipsec_section(dict(IPSEC_POOL, Gateway="10.42.0.1/16"))}
     with pytest.raises(DriverError, match=re.escape(message)):
         conflist_for("ipsec", raw, sections[section])
+
+
+def test_with_etcd_an_ipsec_network_may_leave_out_the_key_file_and_the_peers():
+    section = ipam(ipv4=(IPSEC_POOL,), sub_pools={"10.42.0.0/16": "10.42.1.0/24"},
+                   etcd_endpoints=("https://10.9.0.1:2379",))
+    plugin = conflist_for("ipsec", {"underlay": "192.0.2.1"}, section)["plugins"][0]
+    assert "pskFile" not in plugin and plugin["peers"] == [] and plugin["underlay"] == "192.0.2.1"
+    assert plugin["ipam"]["etcdEndpoints"] == ["https://10.9.0.1:2379"], "the plug-in finds etcd there"
+    # the CNI side reads it so: the key from etcd into the state dir, the peers from the registry
+    from cni_backend.plugins import ipsec as ipsec_plugin
+    net = ipsec_plugin.load_network(dict(plugin, name="n"))
+    assert net.registry and net.key_store.endpoints == ("https://10.9.0.1:2379",)
+    assert net.psk_file.startswith(DATA_DIR + "/ipsec/keys/") and net.psk_file.endswith(".psk")
+    given = ipsec_plugin.load_network(dict(conflist_for("ipsec", IPSEC_OPTIONS, section)["plugins"][0], name="n"))
+    assert given.key_store is None and not given.registry and given.psk_file == "/etc/rancher-cni/ipsec.psk"
+    with pytest.raises(DriverError, match=re.escape("or with the peers from etcd, this host's address with "
+                                                    "-o underlay=IP")):
+        conflist_for("ipsec", {}, section)
 
 
 @pytest.mark.parametrize("backend", sorted(backends.REGISTRY))
