@@ -166,3 +166,34 @@ def test_ipsec_through_the_managed_plugin_connects_containers_on_different_nodes
     for node in cluster.nodes:
         assert what_ipsec_leaves(node) == {"links": [], "table 220": [], "guard": [], "charon": [], "records": []}, \
             node.run("ps", "-e", "-o", "pid,ppid,stat,comm,args").stdout
+
+
+def test_ipsec_through_the_managed_plugin_with_its_key_and_peers_from_etcd(cluster):
+    """The nodes' plug-ins have etcd (RANCHER_ETCD_ENDPOINTS): -o backend=ipsec
+    with no key file and no peers, on the alias serving bridge; one key made
+    in etcd, the nodes find each other through the plug-ins' ipsec registry."""
+    for index, node in enumerate(cluster.nodes):
+        network(node, "--ipam-driver", PLUGIN, "--subnet", "10.64.0.0/16", "--ip-range", f"10.64.{index + 1}.0/24",
+                "--gateway", f"10.64.{index + 1}.1", "-o", "backend=ipsec",
+                "-o", f"underlay={DindCluster.underlay_ip(index)}", name="ipe", driver=PLUGIN)
+    first, second = cluster.node(0), cluster.node(1)
+    keys = [node.run("sh", "-c", "cat /var/lib/rancher-cni/ipsec/keys/*.psk").stdout for node in cluster.nodes]
+    assert keys[0] == keys[1] and len(keys[0].strip()) == 44, "one key, from etcd, in each plug-in's state"
+    a, b = container(first, "ipe"), container(second, "ipe")
+    target = address(second, b, "ipe")
+    deadline = time.monotonic() + 60  # the registries' leases, then IKE
+    while not can_ping(first, a, target):
+        assert time.monotonic() < deadline, "the plug-ins never found each other through etcd: " + first.run(
+            "sh", "-c", "tail -20 /var/lib/rancher-cni/ipsec/charon/charon.log", check=False).stdout
+    assert can_ping(second, b, address(first, a, "ipe")), "and back"
+    assert keys[0].strip() not in first("network", "inspect", "ipe").stdout
+    for node in cluster.nodes:
+        node("rm", "-f", *node.made["containers"])
+        node.made["containers"].clear()
+        node("network", "rm", "ipe")
+        node.made["networks"].remove("ipe")
+    for node in cluster.nodes:
+        assert what_ipsec_leaves(node) == {"links": [], "table 220": [], "guard": [], "charon": [], "records": []}, \
+            node.run("ps", "-e", "-o", "pid,ppid,stat,comm,args").stdout
+        assert node.run("sh", "-c", "ls /var/lib/rancher-cni/ipsec/keys/ 2>/dev/null; true").stdout == "", \
+            "the key's copy goes with the node's last network using it"
