@@ -28,7 +28,7 @@ from .locks import held as held_lock
 from .ipam import allocator, config as ipam_config
 from .ipam.etcd_store import check_endpoints as check_etcd_endpoints
 from .ipam.store import DOCKER_OWNER, Allocation, SQLiteStore, open_store
-from .net import firewall, iptables, netlink
+from .net import firewall, iptables, netlink, sysctls
 from .net.netns import NetnsGone
 from .plugins import flat as flat_plugin, ipsec as ipsec_plugin, vxlan as vxlan_plugin
 
@@ -210,6 +210,34 @@ def create_staging(path: str) -> None:
 
 def move_to_host(path: str, ifname: str, host_name: str) -> dict:
     return staging.move_to_host(path, ifname, host_name)
+
+
+def answer_arp_on_routed_peers(result: dict) -> list:
+    """Proxy ARP on each host-side veth of a CNI result that is routed, not
+    bridged (the reference ptp: an address of its own, no master). Such a
+    plug-in gives its container a /32 and a route via the host; Docker gives
+    it its pool's mask instead, so the container ARPs for the subnet's other
+    addresses on the veth, and the host answers for those it routes elsewhere.
+    The names of the interfaces set (the setting goes with the veth)."""
+    answered = []
+    with netlink.socket_in() as host:
+        for iface in result.get("interfaces", []):
+            name = iface.get("name")
+            if iface.get("sandbox") or not isinstance(name, str) or not sysctls.is_ifname(name):
+                continue
+            found = netlink.link(host, name)
+            if found is None or netlink.kind(found) != "veth" or found.get("master"):
+                continue
+            if not [a for a in netlink.global_addresses(host, found["index"]) if a.version == 4]:
+                continue
+            sysctls.ensure(sysctls.interface_path("ipv4", name, "proxy_arp"), "1",
+                           "a routed CNI veth (ptp) answers ARP for Docker's on-link subnet")
+            answered.append(name)
+    return answered
+
+
+def move_back_to_staging(path: str, host_name: str, ifname: str, addresses: list) -> bool:
+    return staging.move_back(path, host_name, ifname, addresses)
 
 
 def remove_staging(path: str) -> None:

@@ -13,13 +13,14 @@ from .errors import CHECK_FAILED, IO_FAILURE, CNIError
 from .files import write_atomic
 from .invoke import cache
 from .invoke.api import CNI, Attachment
-from .invoke.conflist import parse as parse_conflist
+from .invoke.conflist import named as named_conflist, parse as parse_conflist
 from .invoke.execute import find_plugin
 from .plugins.bridge import SANDBOX_IFNAME_ARG
 from .plugins.ipam import RESERVED_ARG
 
 __all__ = ["CNI", "Attachment", "CNIError", "CHECK_FAILED", "IO_FAILURE", "errors", "parse_conflist",
-           "cached", "cached_attachments", "RESERVED_ARG", "SANDBOX_IFNAME_ARG", "write_atomic", "find_plugin"]
+           "cached", "cached_attachments", "RESERVED_ARG", "SANDBOX_IFNAME_ARG", "write_atomic", "find_plugin",
+           "named_conflist"]
 # write_atomic(path, data, mode): how a conflist is exported where CNI runtimes
 # read it (temp file, fsync, rename): a runtime never reads half a file
 

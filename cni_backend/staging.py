@@ -78,6 +78,29 @@ def remove_all(directory: str) -> list:
     return names
 
 
+def move_back(path: str, host_name: str, ifname: str, addresses: list) -> bool:
+    """The reverse of move_to_host, for a DEL: `host_name` (the interface
+    Docker moved back to the host after Leave) into the staging namespace as
+    `ifname`, with the `addresses` the ADD gave it, so a plug-in that tears
+    down by what it finds in the container (the reference bridge's masquerade
+    rules, by the interface's addresses) finds it as the ADD left it. False
+    when the host has no such interface (the sandbox took it with it)."""
+    _single_threaded()
+    with netlink.socket_in() as host:
+        if netlink.link(host, host_name) is None:
+            return False
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            netlink.move_link(host, host_name, ifname, target)
+        finally:
+            os.close(target)
+    with netlink.socket_in(path) as staging:
+        index = netlink.link(staging, ifname)["index"]
+        for cidr in addresses:
+            netlink.add_address(staging, index, cidr)
+    return True
+
+
 def move_to_host(path: str, ifname: str, host_name: str) -> dict:
     """Move `ifname` out of the staging namespace into ours, renamed `host_name`."""
     _single_threaded()

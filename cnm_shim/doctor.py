@@ -190,6 +190,8 @@ class Doctor:
 
     def check_networks(self, repair: bool) -> None:
         for net in self._networks():
+            if not net.bridge:
+                continue  # a conflist network (rancher-conflist): its plug-ins own the host side; CHECK covers it
             host = backends.get(net.backend).host
             missing = hostnet.missing_parts(net.bridge, host.ports(net))
             if missing:
@@ -228,7 +230,8 @@ class Doctor:
         sandbox = ep.sandbox_key or ""
         if not sandbox or not os.path.exists(sandbox):
             return f"sandbox {sandbox or '(none)'} is gone; Docker deletes the endpoint when it learns so"
-        mac = next((i["mac"] for i in ep.result.get("interfaces", []) if i.get("sandbox")), ep.mac)
+        # Docker sets the endpoint's MAC on the interface it moves into the sandbox
+        mac = ep.mac or next((i["mac"] for i in ep.result.get("interfaces", []) if i.get("sandbox")), None)
         try:
             inside = self._sandbox_view(sandbox, mac)
         except hostnet.NetnsGone:
@@ -238,7 +241,7 @@ class Doctor:
         att = self._attachment(net, ep, sandbox, inside["ifname"])
         conf = net.conflist
         try:
-            self.cni.check(conf, _raw(conf), att, view=lambda result: self._as_docker_set_it(result, inside))
+            self.cni.check(conf, _raw(conf), att, view=lambda result: self._as_docker_set_it(result, inside, sandbox, mac))
         except CNIError as exc:
             return f"CHECK: {exc}"
         return None
@@ -251,7 +254,15 @@ class Doctor:
         return hostnet.sandbox_interface(sandbox, mac)
 
     @staticmethod
-    def _as_docker_set_it(result: dict, inside: dict) -> dict:
+    def _as_docker_set_it(result: dict, inside: dict, sandbox: str, mac: str) -> dict:
+        """The cached result as Docker made it true: the interface in Docker's
+        sandbox with the endpoint's MAC (the ADD put it in a staging namespace
+        and Docker set the MAC it was given; plug-ins that are not ours compare
+        both), and the default route only on the endpoint Docker chose as the
+        gateway."""
+        interfaces = [dict(i, sandbox=sandbox, mac=mac) if i.get("sandbox") else i
+                      for i in result.get("interfaces", [])]
+        result = dict(result, interfaces=interfaces)
         if inside["default_here"]:
             return result
         return dict(result, routes=[r for r in result.get("routes", []) if not r["dst"].endswith("/0")])

@@ -79,10 +79,12 @@ def _raw(conf: dict) -> bytes:
 def join_answer(result: dict, src_name: str) -> cnm.JoinResponse:
     """The CNI result -> Join's InterfaceName, Gateway(s) and StaticRoutes."""
     routes, defaults, gateways = [], {4: False, 6: False}, {4: "", 6: ""}
+    via = {4: "", 6: ""}  # a default route's own next hop (static IPAM gives no ips[].gateway)
     for route in result.get("routes", []):
         dst = ipaddress.ip_network(route["dst"])
         if dst.prefixlen == 0:
             defaults[dst.version] = True
+            via[dst.version] = via[dst.version] or route.get("gw") or ""
             continue
         if route.get("gw"):
             routes.append(cnm.StaticRoute(str(dst), 0, route["gw"]))
@@ -92,7 +94,35 @@ def join_answer(result: dict, src_name: str) -> cnm.JoinResponse:
         version = ipaddress.ip_interface(ip["address"]).version
         if ip.get("gateway") and defaults[version]:
             gateways[version] = ip["gateway"]
+    for version in (4, 6):
+        gateways[version] = gateways[version] or via[version]
     return cnm.JoinResponse(src_name, gateway=gateways[4], gateway_ipv6=gateways[6], static_routes=tuple(routes))
+
+
+# IPAM plug-ins that read CNI_ARGS IP= as CIDRs; host-local (and the rest) read plain addresses
+_IP_ARG_AS_CIDR = ("static",)
+
+
+def _ip_arg(conflist: dict, addresses: list) -> str:
+    """Docker's addresses as the conflist's IPAM reads IP= in CNI_ARGS."""
+    kinds = {(plugin.get("ipam") or {}).get("type") for plugin in conflist["plugins"]}
+    if kinds & set(_IP_ARG_AS_CIDR):
+        return ",".join(addresses)
+    return ",".join(a.split("/")[0] for a in addresses)
+
+
+def _same_addresses_as_docker(net: Network, ep: Endpoint, result: dict) -> None:
+    """Docker gives the container the address its IPAM chose; the CNI result
+    must say the same, or Docker (inspect, DNS) would name another address
+    than the one the plug-ins set up: refused, and the ADD undone."""
+    wanted = {a.split("/")[0] for a in (ep.address, ep.address6) if a}
+    got = {ip["address"].split("/")[0] for ip in result.get("ips", [])}
+    if wanted and not wanted <= got:
+        raise runtime.CNIError(runtime.errors.INVALID_CONFIG,
+                               f"the IPAM of {net.cni_name} assigned {', '.join(sorted(got)) or 'no address'}, "
+                               f"not Docker's {', '.join(sorted(wanted))}: use an IPAM that takes a requested "
+                               "address (host-local, static: they get it as IP= and the ips capability) over "
+                               "the same subnet as Docker's --subnet")
 
 
 class Translator:
@@ -131,6 +161,9 @@ class Translator:
         ipv4, ipv6 = request.ipv4_data, request.ipv6_data
         opts.update(ownership.internal(driver, entry, generic, options.docker_flags(
             driver, request.options, [d.to_wire() for d in ipv4], [d.to_wire() for d in ipv6])))
+        if entry.takes_conflist:
+            self._create_conflist_network(driver, backend, network_id, opts, ipv4 + ipv6)
+            return
         cni_name = opts["cni.name"] or "rancher-" + network_id[:12]
         bridge = opts["bridge"] or entry.bridge_prefix + network_id[:12]
         self._refuse_duplicates(network_id, cni_name, bridge, entry, opts)
@@ -153,6 +186,24 @@ class Translator:
             self.state.save(net)
             undo.pop_all()
         log.info("network %s: %s (%s) on bridge %s", network_id[:12], cni_name, backend, bridge)
+
+    def _create_conflist_network(self, driver: str, backend: str, network_id: str, opts: dict, pools: list) -> None:
+        """A conflist of the CNI config directory as it is (rancher-conflist):
+        copied into the state, its plug-ins found in the CNI path now, no two
+        of our networks on one conflist (they would share its IPAM's store)."""
+        with step(driver):
+            conf, _ = runtime.named_conflist(opts["cni.conflist"], self.settings.cni_conf_dir,
+                                             list(self.settings.cni_path))
+        for other in self.state.networks():
+            if other.cni_name == conf["name"]:
+                raise DriverError(f"{driver}: the CNI network {conf['name']!r} is already Docker network "
+                                  f"{other.id[:12]}; one Docker network per conflist")
+        net = Network(id=network_id, driver=driver, backend=backend, options=opts, cni_name=conf["name"], bridge="",
+                      conflist=conf, docker_ipam=any(d.address_space in ADDRESS_SPACES for d in pools),
+                      bridge_created=False)
+        self.state.save(net)
+        log.info("network %s: the CNI network %s (%s)", network_id[:12], conf["name"],
+                 " -> ".join(p["type"] for p in conf["plugins"]))
 
     def _keep_link_address_out_of_docker_ipam(self, net: Network, ipv4: list, link_ip: str) -> None:
         if net.docker_ipam:
@@ -261,6 +312,9 @@ class Translator:
     def _attachment(self, net: Network, ep: Endpoint, netns: str) -> runtime.Attachment:
         caps = {"ips": [a for a in (ep.address, ep.address6) if a], "mac": ep.mac}
         args = [("IgnoreUnknown", "1")] + ([(runtime.RESERVED_ARG, "true")] if net.docker_ipam else [])
+        if backends.get(net.backend).takes_conflist:  # host-local and static take Docker's address this way,
+            # the reference bridge and macvlan Docker's MAC (which Docker sets on the interface anyway)
+            args += [("IP", _ip_arg(net.conflist, caps["ips"])), ("MAC", ep.mac)]
         return runtime.Attachment(ep.endpoint_id, netns, CONTAINER_IFNAME, args=args, capability_args=caps)
 
     def join(self, request: cnm.JoinRequest) -> cnm.JoinResponse:
@@ -278,6 +332,9 @@ class Translator:
             try:
                 with step(f"{net.driver}: CNI ADD on {net.cni_name} failed"):
                     result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path))
+                    _same_addresses_as_docker(net, ep, result)
+                    if backends.get(net.backend).takes_conflist:
+                        hostnet.answer_arp_on_routed_peers(result)
                     hostnet.move_to_host(staging_path, CONTAINER_IFNAME, src_name)
             except runtime.CNIError:
                 self._cni_del(net, ep, quiet=True)
@@ -334,9 +391,31 @@ class Translator:
         if net is None or ep is None:
             return  # Docker cleans up endpoints we never saw or forgot: success
         self._revoke_ports(net, ep)
-        self._discard_half_joined(ep)
-        self._cni_del(net, ep)
+        if backends.get(net.backend).takes_conflist and ep.result:
+            self._cni_del_as_joined(net, ep)
+        else:
+            self._discard_half_joined(ep)
+            self._cni_del(net, ep)
         self.state.forget(ep)
+
+    def _cni_del_as_joined(self, net: Network, ep: Endpoint) -> None:
+        """DEL for plug-ins that are not ours: they find in the container
+        namespace what to tear down (the reference bridge removes its
+        masquerade rules by the interface's addresses, and does nothing but
+        release the address without a namespace). So the interface Docker gave
+        back after Leave goes into a staging namespace again, under its CNI
+        name with its addresses, and DEL runs there."""
+        staging_path = self._staging_path(ep)
+        hostnet.remove_staging(staging_path)
+        hostnet.create_staging(staging_path)
+        try:
+            addresses = [ip["address"] for ip in ep.result.get("ips", [])]
+            moved = hostnet.move_back_to_staging(staging_path, host_name(ep), CONTAINER_IFNAME, addresses)
+            with step(f"{net.driver}: CNI DEL on {net.cni_name} failed"):
+                self.cni.delete(net.conflist, _raw(net.conflist),
+                                self._attachment(net, ep, staging_path if moved else ""))
+        finally:
+            hostnet.remove_staging(staging_path)
 
     def _cni_del(self, net: Network, ep: Endpoint, quiet: bool = False) -> None:
         conf = net.conflist

@@ -6,6 +6,7 @@ import os
 from .. import paths, version
 from ..errors import CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG
 from ..skel import NAME_PATTERN
+from .execute import find_plugin
 
 DEFAULT_CONF_DIR = paths.CNI_CONF_DIR
 
@@ -61,6 +62,34 @@ def find(name_or_path: str, conf_dir: str = DEFAULT_CONF_DIR) -> tuple:
         if conf["name"] == name_or_path:
             return conf, raw
     raise CNIError(INVALID_CONFIG, f"no network named {name_or_path!r} in {conf_dir}")
+
+
+def named(name: str, conf_dir: str, cni_path: list) -> tuple:
+    """(conflist, raw bytes) of the network `name` in conf_dir, its plug-ins
+    found in cni_path; refused with what is wrong: no such network (naming the
+    files that do not parse, with their reason), or a plug-in not installed."""
+    try:
+        return _checked(find(name, conf_dir)[0:2], cni_path)
+    except CNIError as exc:
+        if not exc.msg.startswith("no network named"):
+            raise
+        broken = []
+        for filename in sorted(os.listdir(conf_dir)) if os.path.isdir(conf_dir) else []:
+            if filename.endswith((".conflist", ".conf", ".json")):
+                try:
+                    with open(os.path.join(conf_dir, filename), "rb") as f:
+                        parse(f.read(), filename)
+                except (OSError, CNIError) as bad:
+                    broken.append(f"{filename}: {getattr(bad, 'msg', bad)}")
+        raise CNIError(INVALID_CONFIG, exc.msg + (("; files that are no network configuration: " +
+                                                   "; ".join(broken)) if broken else "")) from None
+
+
+def _checked(found: tuple, cni_path: list) -> tuple:
+    conf, raw = found
+    for plugin in conf["plugins"]:
+        find_plugin(plugin["type"], cni_path)
+    return conf, raw
 
 
 def plugin_config(conflist: dict, plugin: dict, prev_result, runtime_config: dict) -> dict:

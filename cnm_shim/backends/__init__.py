@@ -3,7 +3,7 @@ module each. Everything that depends on which backend a network uses asks
 here; see docs/architecture.md, "How to add a backend"."""
 
 from ..errors import DriverError
-from . import bridge, flat, ipsec, vxlan
+from . import bridge, conflist, flat, ipsec, vxlan
 from .base import Backend, HostSide
 
 REGISTRY = {entry.name: entry for entry in (
@@ -11,6 +11,7 @@ REGISTRY = {entry.name: entry for entry in (
     flat.BACKEND,
     vxlan.BACKEND,
     ipsec.BACKEND,
+    conflist.BACKEND,
 )}
 
 # Docker driver (socket) name -> backend name

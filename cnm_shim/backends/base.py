@@ -98,3 +98,6 @@ class Backend:
     # its IPAM puts the gateway in the pool's --ip-range (this host's block),
     # as Docker's own IPAM does, instead of at the subnet's first address
     gateway_in_ip_range: bool = False
+    # the network is a conflist of the CNI config directory (-o cni.conflist=),
+    # run as it is: no renderer, no bridge, no host side of ours
+    takes_conflist: bool = False

@@ -53,6 +53,10 @@ OPTIONS = (
     Option("ipsec.esp_proposal", proposal, "aes128-sha256",
            "the ESP proposal; the user-space data path (kernel-libipsec, when the kernel has no ESP) "
            "takes no AEAD: not aes*gcm*, aes*ccm* or chacha20poly1305"),
+    Option("ipsec.ike_rekey_time", options.int_between(5, 30 * 24 * 3600), 14400,
+           "seconds between rekeys of the IKE_SA (a new SA is made before the old one goes)"),
+    Option("ipsec.child_rekey_time", options.int_between(5, 30 * 24 * 3600), 3600,
+           "seconds between rekeys of each network's CHILD_SA"),
     Option("bridge", options.BRIDGE.parse, None, "the network's bridge (default ri-<network id>)"),
     Option("mtu", options.MTU.parse, None,
            "the containers' MTU; default and maximum: what fits in ESP in UDP on the underlay (1400 on the "
@@ -101,6 +105,7 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
                           ", this host's address with -o underlay=IP")
     plugin = {"type": "rancher-ipsec", "bridge": bridge, "peers": opts["peers"],
               "ikeProposal": opts["ipsec.ike_proposal"], "espProposal": opts["ipsec.esp_proposal"],
+              "ikeRekeyTime": opts["ipsec.ike_rekey_time"], "childRekeyTime": opts["ipsec.child_rekey_time"],
               "isGateway": True, "stateDir": ipam["dataDir"], "capabilities": {"ips": True, "mac": True},
               "ipam": ipam}
     if opts["ipsec.psk_file"]:  # else the key is kept in etcd (cni_backend/ipsec_registry.py)

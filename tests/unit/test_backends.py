@@ -15,7 +15,9 @@ from cnm_shim.app import create_app
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 IPAM = {"type": "rancher-ipam", "ranges": [[{"subnet": "10.70.0.0/24"}]], "exclude": [], "dataDir": "/tmp/x"}
-REQUIRED_VALUES = {"parent": "eth9", "ipsec.psk_file": "/etc/rancher-cni/ipsec.psk"}
+REQUIRED_VALUES = {"parent": "eth9", "ipsec.psk_file": "/etc/rancher-cni/ipsec.psk", "cni.conflist": "mynet"}
+# the backends that render a conflist of their own (not rancher-conflist's: the user's, as it is)
+RENDERING = [entry for entry in backends.REGISTRY.values() if not entry.takes_conflist]
 # what a backend needs besides its required options to render: ipsec, this
 # host's block of the subnet and someone to talk to
 IPAM_OF = {"ipsec": dict(IPAM, ranges=[[{"subnet": "10.70.0.0/16", "gateway": "10.70.1.1",
@@ -34,15 +36,15 @@ def test_each_backend_is_named_once_and_served_by_its_own_driver(entry):
     assert backends.DRIVERS[entry.driver] == entry.name
     assert app_module.DRIVERS is backends.DRIVERS
     assert entry.driver in docker_sync.DEFAULT_DRIVERS
-    assert re.fullmatch(r"r[a-z]-", entry.bridge_prefix)
+    assert re.fullmatch(r"r[a-z]-", entry.bridge_prefix) or entry.takes_conflist
 
 
 def test_backends_do_not_share_a_bridge_prefix():
-    prefixes = [entry.bridge_prefix for entry in backends.REGISTRY.values()]
+    prefixes = [entry.bridge_prefix for entry in RENDERING]
     assert len(set(prefixes)) == len(prefixes)
 
 
-@pytest.mark.parametrize("entry", backends.REGISTRY.values(), ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", RENDERING, ids=lambda e: e.name)
 def test_each_backends_cni_executable_exists_on_the_cni_side(entry):
     scripts = configparser.ConfigParser()
     scripts.read(ROOT / "setup.cfg")
@@ -55,14 +57,15 @@ def test_each_backends_cni_executable_exists_on_the_cni_side(entry):
 def test_each_backends_options_are_unique_documented_and_their_defaults_parse(entry):
     names = [o.name for o in entry.options]
     assert len(set(names)) == len(names)
-    assert {"bridge", "mtu", "cni.export", "cni.name"} <= set(names)  # CreateNetwork reads these
+    if not entry.takes_conflist:
+        assert {"bridge", "mtu", "cni.export", "cni.name"} <= set(names)  # CreateNetwork reads these
     assert set(entry.required) <= set(names)
     assert {key for key, _ in entry.unique} <= set(names)
     assert all(o.help for o in entry.options)
     assert set(parsed_defaults(entry)) == set(names)
 
 
-@pytest.mark.parametrize("entry", backends.REGISTRY.values(), ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", RENDERING, ids=lambda e: e.name)
 def test_each_backends_renderer_runs_its_cni_executable(entry):
     ipam = IPAM_OF.get(entry.name, IPAM)
     plugin = entry.render("rx-test", parsed_defaults(entry), ipam)
@@ -72,9 +75,9 @@ def test_each_backends_renderer_runs_its_cni_executable(entry):
 
 
 def test_an_unknown_backend_is_refused_naming_the_known_ones():
-    with pytest.raises(backends.DriverError, match="bridge, flat, vxlan, ipsec"):
+    with pytest.raises(backends.DriverError, match="bridge, flat, vxlan, ipsec, conflist"):
         backends.get("wireguard")
-    with pytest.raises(backends.DriverError, match="is not one of: bridge, flat, vxlan, ipsec"):
+    with pytest.raises(backends.DriverError, match="is not one of: bridge, flat, vxlan, ipsec, conflist"):
         options.choose_backend("rancher-bridge", "bridge", {"backend": "wireguard"})
 
 

@@ -51,9 +51,13 @@ def test_a_default_route_in_one_family_gives_only_that_familys_gateway():
     assert answer == {"InterfaceName": INTERFACE, "GatewayIPv6": "fd00:1::1", "StaticRoutes": []}
 
 
-def test_a_default_route_without_an_address_gateway_gives_no_gateway():
+def test_a_default_route_without_an_address_gateway_gives_the_routes_next_hop():
+    """static IPAM (and others) put the gateway in the default route only:
+    without it Docker would send the container out through docker_gwbridge."""
     answer = join_answer(result(ips=[{"address": "10.1.0.5/24"}], routes=[{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}]), SRC)
-    assert answer == {"InterfaceName": INTERFACE, "StaticRoutes": []}
+    assert answer == {"InterfaceName": INTERFACE, "Gateway": "10.1.0.1", "StaticRoutes": []}
+    answer = join_answer(result(ips=[{"address": "10.1.0.5/24"}], routes=[{"dst": "0.0.0.0/0"}]), SRC)
+    assert answer == {"InterfaceName": INTERFACE, "StaticRoutes": []}, "no next hop anywhere: no gateway"
 
 
 def test_other_routes_are_static_routes_via_their_next_hop_or_connected():

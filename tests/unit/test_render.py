@@ -139,7 +139,7 @@ def test_an_ipsec_network_is_this_hosts_block_its_peers_and_the_key_files_path_n
     assert plugin == {
         "type": "rancher-ipsec", "bridge": "ri-0123456789ab", "peers": ["192.0.2.2", "192.0.2.3"],
         "pskFile": "/etc/rancher-cni/ipsec.psk", "ikeProposal": "aes128-sha256-modp2048",
-        "espProposal": "aes256-sha256", "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+        "espProposal": "aes256-sha256", "ikeRekeyTime": 14400, "childRekeyTime": 3600, "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
         "stateDir": DATA_DIR, "capabilities": {"ips": True, "mac": True}, "ipam": ipsec_section()}
     assert plugin["ipam"]["ranges"] == [[{"subnet": "10.42.0.0/16", "gateway": "10.42.1.1",
                                           "rangeStart": "10.42.1.0", "rangeEnd": "10.42.1.255"}]]
@@ -184,7 +184,10 @@ def test_with_etcd_an_ipsec_network_may_leave_out_the_key_file_and_the_peers():
         conflist_for("ipsec", {}, section)
 
 
-@pytest.mark.parametrize("backend", sorted(backends.REGISTRY))
+RENDERING = sorted(name for name, entry in backends.REGISTRY.items() if not entry.takes_conflist)
+
+
+@pytest.mark.parametrize("backend", RENDERING)
 def test_every_backends_conflist_is_plain_json(backend):
     raw = {"flat": {"parent": "eth1"}, "ipsec": IPSEC_OPTIONS}.get(backend, {})
     conf = conflist_for(backend, raw, ipsec_section() if backend == "ipsec" else None)
@@ -210,7 +213,7 @@ def test_the_ports_conflist_runs_portmap_alone_under_its_own_name():
 
 # -- meta plug-ins chained after ours ---------------------------------------------
 
-@pytest.mark.parametrize("backend", sorted(backends.REGISTRY))
+@pytest.mark.parametrize("backend", RENDERING)
 def test_rate_limits_chain_the_reference_bandwidth_plugin_after_any_backends_own(backend):
     raw = {"flat": {"parent": "eth1"}, "ipsec": IPSEC_OPTIONS}.get(backend, {})
     raw = dict(raw, **{"bandwidth.ingress_rate": "20mbit", "bandwidth.egress_rate": "1Gbit",
@@ -243,3 +246,9 @@ def test_no_rate_no_bandwidth_plugin_and_a_small_rate_still_passes_a_full_frame(
 def test_a_bad_rate_is_refused_naming_the_option_and_the_units(raw, message):
     with pytest.raises(DriverError, match=re.escape(message)):
         render.meta_plugins(options.parse("rancher-bridge", "bridge", raw))
+
+
+def test_an_ipsec_networks_rekey_times_reach_its_conflist():
+    plugin = conflist_for("ipsec", dict(IPSEC_OPTIONS, **{"ipsec.ike_rekey_time": "900",
+                                                          "ipsec.child_rekey_time": "300"}), ipsec_section())
+    assert (plugin["plugins"][0]["ikeRekeyTime"], plugin["plugins"][0]["childRekeyTime"]) == (900, 300)
