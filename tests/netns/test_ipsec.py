@@ -74,6 +74,15 @@ def alive(pid: int) -> bool:
         return False
 
 
+def write_key(path, mode=0o600) -> str:
+    """A pre-shared key file: 48 hex characters, `mode`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    os.write(fd, os.urandom(24).hex().encode())
+    os.close(fd)
+    os.chmod(path, mode)
+    return str(path)
+
+
 @pytest.fixture
 def hosts(tmp_path, make_netns):
     """Two hosts on an underlay, a key for them; the charons killed if a test leaves one."""
@@ -82,10 +91,7 @@ def hosts(tmp_path, make_netns):
     for host, address in zip((host_a, host_b), UNDERLAY):
         ns_exec(host, "ip", "addr", "add", f"{address}/24", "dev", "underlay")
         ns_exec(host, "ip", "link", "set", "underlay", "mtu", "1500", "up")
-    psk = str(tmp_path / "psk")
-    fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, os.urandom(24).hex().encode())
-    os.close(fd)
+    psk = write_key(tmp_path / "psk")
     envs = []
     for n in range(2):
         (tmp_path / f"h{n}").mkdir()
