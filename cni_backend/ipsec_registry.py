@@ -48,12 +48,9 @@ import time
 import urllib.parse
 
 from . import files, ipsec_tunnels, ipsecnet
+from .etcd_lease import LeasedKeys
 from .errors import CNIError, INVALID_CONFIG, TRY_AGAIN_LATER
 
-try:
-    from etcd3gw.lease import Lease
-except ImportError:  # only the agent needs it
-    Lease = None
 
 log = logging.getLogger("rancher-cni")
 
@@ -256,18 +253,16 @@ def select(root: str, rows, subnet: str, own_underlay: str, own_block: str) -> t
     return peers, bad
 
 
-class Agent:
+class Agent(LeasedKeys):
+    LABEL = "ipsec registry"
+
     def __init__(self, connect, prefix: str, state_dir: str, ttl: int = 10):
         """`connect()` returns a client for the next etcd member (called again
         whenever the current one fails); nothing connects before this host has
         a network that takes its peers from etcd."""
-        self.connect = connect
-        self.client = None
+        super().__init__(connect, ttl)
         self.root = f"{prefix.rstrip('/')}/ipsec/hosts/"
-        self.state_dir, self.ttl = state_dir, ttl
-        self.lease = None
-        self.registered = {}     # key -> value as last written under the current lease
-        self.renewed = 0.0
+        self.state_dir = state_dir
         self.warned = {}         # key -> the reason last logged for it: once per key, not every round
 
     def networks(self) -> list:
@@ -277,42 +272,17 @@ class Agent:
     def _key(self, record: dict) -> str:
         return f"{self.root}{record['local']}/{subnet_part(record['subnet'])}"
 
-    def _ensure_lease(self) -> None:
-        if self.lease is not None and time.monotonic() - self.renewed < self.ttl / 3:
-            return
-        if self.lease is not None and self.lease.refresh() > 0:
-            self.renewed = time.monotonic()
-            return
-        self.lease = self.client.lease(self.ttl)  # first start, or the old one expired
-        self.renewed = time.monotonic()
-        self.registered = {}
-        log.info("ipsec registry: lease %s (ttl %ss)", self.lease.id, self.ttl)
-
     def register(self, records) -> None:
         """This host's entry per network, under our lease; stale ones deleted."""
         wanted = {self._key(r): json.dumps({"underlay": r["local"], "block": r["block"]}) for r in records}
         if not wanted and not self.registered:
             return
-        self._ensure_lease()
-        for key, value in wanted.items():
-            if self.registered.get(key) != value:
-                self.client.put(key, value, lease=self.lease)
-        for key in set(self.registered) - set(wanted):
-            self.client.delete(key)
-        self.registered = wanted
-
-    def _rows(self) -> list:
-        rows = []
-        for value, meta in self.client.get_prefix(self.root):
-            key = meta.get("key", b"")
-            rows.append((key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
-                         value, meta.get("create_revision")))
-        return rows
+        self._publish(wanted)
 
     def peers(self, records) -> dict:
         """{network name: [peer underlay addresses]} from the registry, checked;
         each skipped key warned about once."""
-        rows, out, bad = self._rows(), {}, {}
+        rows, out, bad = self._rows(self.root), {}, {}
         for record in records:
             found, skipped = select(self.root, rows, record["subnet"], record["local"], record["block"])
             out[record["name"]] = sorted(found)
@@ -351,13 +321,3 @@ class Agent:
                 log.warning("ipsec registry: %s: %s", type(exc).__name__, exc)
                 self._reconnect()
             time.sleep(interval)
-
-    def _reconnect(self) -> None:
-        """A new client (and token) from the next member, keeping the lease."""
-        try:
-            self.client = self.connect()
-        except Exception as exc:  # noqa: BLE001 - that member is away too: the next round tries another
-            log.warning("ipsec registry: connecting: %s: %s", type(exc).__name__, exc)
-            return
-        if self.lease is not None:
-            self.lease = Lease(self.lease.id, self.client)

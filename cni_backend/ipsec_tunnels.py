@@ -300,8 +300,15 @@ class Charon:
     def log_file(self) -> str:
         return os.path.join(self.state_dir, "charon.log")
 
-    def start(self) -> None:
-        """Start charon and wait until its VICI socket answers."""
+    def start(self, detached: bool = False) -> int:
+        """Start charon and wait until its VICI socket answers; its pid.
+
+        `detached`: charon is nobody's child here (a launcher shell that
+        exits at once starts it), so init reaps it whoever stops it: the host's
+        charon is started by whichever process needs it first (a shim worker,
+        the CNI daemon, the agent) and stopped by another, which could not
+        reap it, and it would stay a zombie as long as its starter lives.
+        Without, `self.process` is its handle and `stop()` ends it."""
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         for leftover in ("charon.pid", "charon.vici"):
@@ -317,18 +324,31 @@ class Charon:
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns] + argv
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "STRONGSWAN_CONF": "/run/strongswan.conf"}
-        with open(os.path.join(self.state_dir, "charon.stderr"), "ab") as err:
-            self.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=err,
-                                            stderr=err, start_new_session=True)
+        stderr_file = os.path.join(self.state_dir, "charon.stderr")
+        if detached:
+            launcher = ["/bin/sh", "-c", 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!',
+                        "charon-launcher", stderr_file, *argv]
+            launched = subprocess.run(launcher, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                      text=True, timeout=10, start_new_session=True)
+            pid = int(launched.stdout.strip() or 0)
+            exited = lambda: not _alive(pid)  # noqa: E731
+        else:
+            with open(stderr_file, "ab") as err:
+                self.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=err,
+                                                stderr=err, start_new_session=True)
+            pid = self.process.pid
+            exited = lambda: self.process.poll() is not None  # noqa: E731
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise CNIError(PLUGIN_FAILED, f"ipsec: charon exited with status {self.process.returncode} "
-                               "while starting", self._log_tail())
+            if not pid or exited():
+                raise CNIError(PLUGIN_FAILED, "ipsec: charon exited while starting", self._log_tail())
             with contextlib.suppress(OSError):
                 with self._connect():
-                    return
+                    return pid
             time.sleep(0.1)
+        if detached:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.stop()
         raise CNIError(PLUGIN_FAILED, f"ipsec: charon did not open {self.vici_socket} "
                        f"within {START_TIMEOUT:.0f}s", self._log_tail())
@@ -521,6 +541,15 @@ def auth_failures(lines) -> dict:
                 out[name] = reason(found)
                 break
     return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _text(value) -> str | None:

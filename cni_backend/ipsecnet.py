@@ -244,10 +244,9 @@ def _charon(state_dir: str, datapath: str) -> tuple:
     charon = ipsec_tunnels.Charon(charon_dir(state_dir), datapath=datapath)
     if charon_pid(state_dir) is not None:
         return charon, False
-    charon.start()
+    pid = charon.start(detached=True)  # it outlives this call: stopped by pid when the last network goes
     with open(_pid_file(state_dir), "w") as f:
-        f.write(str(charon.process.pid))
-    charon.process = None  # it outlives this call: stopped by pid when the last network goes
+        f.write(str(pid))
     return charon, True
 
 

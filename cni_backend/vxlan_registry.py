@@ -41,12 +41,9 @@ import time
 import urllib.parse
 
 from . import addresses, files
+from .etcd_lease import LeasedKeys
 from .net import netlink, vxlan_guard
 
-try:
-    from etcd3gw.lease import Lease
-except ImportError:  # only the agent needs it
-    Lease = None
 
 log = logging.getLogger("rancher-cni")
 
@@ -287,60 +284,32 @@ def local_subnets(state_dir: str, vni: int, bridge_addresses=()) -> list:
     return [Subnet(net, gw) for net, gateways in found.items() for gw in (sorted(gateways) or [None])]
 
 
-class Agent:
+class Agent(LeasedKeys):
     def __init__(self, connect, prefix: str, vni: int, vtep_ip: str, state_dir: str, ttl: int = 10,
                  static_peers=(), port: int = 4789):
         """`connect()` returns a client for the next etcd member (called again
         whenever the current one fails)."""
-        self.connect = connect
-        self.client = connect()
+        super().__init__(connect, ttl, client=connect())
         self.root = f"{prefix.rstrip('/')}/vxlan/hosts/"
         self.base = f"{self.root}{vtep_ip}/{vni}"   # this host's keys
-        self.vni, self.vtep_ip, self.state_dir, self.ttl, self.port = vni, vtep_ip, state_dir, ttl, port
+        self.vni, self.vtep_ip, self.state_dir, self.port = vni, vtep_ip, state_dir, port
         self.static_peers = set(static_peers)
-        self.lease = None
-        self.registered = {}     # key -> value as last written under the current lease
-        self.renewed = 0.0
+        self.LABEL = f"vxlan agent (VTEP {vtep_ip})"
         self.warned = {}         # key -> the reason last logged for it: once per key, not every round
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.base}/{kind}/{urllib.parse.quote(name, safe='')}"
 
-    def _ensure_lease(self) -> None:
-        if self.lease is not None and time.monotonic() - self.renewed < self.ttl / 3:
-            return
-        if self.lease is not None and self.lease.refresh() > 0:
-            self.renewed = time.monotonic()
-            return
-        self.lease = self.client.lease(self.ttl)  # first start, or the old one expired
-        self.renewed = time.monotonic()
-        self.registered = {}
-        log.info("vxlan agent: lease %s (ttl %ss) for VTEP %s", self.lease.id, self.ttl, self.vtep_ip)
-
     def register(self) -> None:
         """Our VTEP and our containers, under our lease; stale ones deleted."""
-        self._ensure_lease()
         wanted = {f"{self.base}/vtep": json.dumps({"vtep": self.vtep_ip})}
         for ip, mac in local_endpoints(self.state_dir, self.vni).items():
             wanted[self._key("endpoints", ip)] = json.dumps({"ip": ip, "mac": mac, "vtep": self.vtep_ip})
-        for key, value in wanted.items():
-            if self.registered.get(key) != value:
-                self.client.put(key, value, lease=self.lease)
-        for key in set(self.registered) - set(wanted):
-            self.client.delete(key)
-        self.registered = wanted
-
-    def _rows(self) -> list:
-        rows = []
-        for value, meta in self.client.get_prefix(self.root):
-            key = meta.get("key", b"")
-            rows.append((key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
-                         value, meta.get("create_revision")))
-        return rows
+        self._publish(wanted)
 
     def view(self, subnets) -> View:
         """The registry, checked; each skipped key warned about once."""
-        view = select(self.root, self._rows(), self.vni, subnets, self.vtep_ip,
+        view = select(self.root, self._rows(self.root), self.vni, subnets, self.vtep_ip,
                       local_endpoints(self.state_dir, self.vni))
         for key, reason in view.bad.items():
             if self.warned.get(key) != reason:
@@ -391,13 +360,3 @@ class Agent:
                 log.warning("vxlan agent: %s: %s", type(exc).__name__, exc)
                 self._reconnect()
             time.sleep(interval)
-
-    def _reconnect(self) -> None:
-        """A new client (and token) from the next member, keeping the lease."""
-        try:
-            self.client = self.connect()
-        except Exception as exc:  # noqa: BLE001 - that member is away too: the next round tries another
-            log.warning("vxlan agent: connecting: %s: %s", type(exc).__name__, exc)
-            return
-        if self.lease is not None:
-            self.lease = Lease(self.lease.id, self.client)

@@ -182,7 +182,9 @@ def serve(opts) -> int:
                              "0 (no agent) or 0.1 to 3600 seconds")
         if opts.ipsec_agent_interval:  # idle (a directory listing a round) until an IPsec network exists
             children.start(ipsec_agent_argv(opts.ipam_data_dir, opts.ipsec_agent_interval))
-        if app_config["etcd_endpoints"] and opts.backend in (None, "ipsec"):
+        # whatever --backend: a socket serving another backend takes -o backend=ipsec
+        # too (the managed plug-in's default alias); the registry idles until then
+        if app_config["etcd_endpoints"]:
             start_ipsec_registry(children, opts)
         gunicorn_options = {
             "bind": [sock.hand_over() for sock in claimed],

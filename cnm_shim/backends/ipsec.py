@@ -7,6 +7,7 @@ Each host hands out addresses from its own block of the subnet, its
 network needs this backend's IPAM driver, which sees the `--ip-range` (Docker's
 own IPAM does not tell drivers about it) and puts the gateway in it."""
 
+import ipaddress
 import re
 
 from .. import options
@@ -19,7 +20,8 @@ _PATH = re.compile(r"/[A-Za-z0-9._/-]{1,200}\Z")
 PSK_EXAMPLE = ("the pre-shared key file, the same on every host, e.g. -o ipsec.psk_file=/etc/rancher-cni/ipsec.psk "
                "(make one with: head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE)")
 BLOCK_HINT = ("--ipam-driver rancher-ipsec --subnet 10.42.0.0/16 --ip-range 10.42.1.0/24 "
-              "(a different --ip-range on each host)")
+              "(a different --ip-range on each host; the managed plug-in serving another backend, with "
+              "-o backend=ipsec: --ipam-driver <the plug-in> and --gateway 10.42.1.1, inside the --ip-range)")
 
 
 def proposal(driver, key, value):
@@ -71,10 +73,28 @@ def _block_given(ipam: dict) -> bool:
     return len(ranges) == 1 and all(ranges[0].get(k) for k in ("rangeStart", "rangeEnd", "gateway"))
 
 
+def _refuse_gateway_outside_block(ipam: dict) -> None:
+    """The gateway must lie in this host's block. This backend's IPAM puts it
+    there when the IPAM call comes in on its own socket (rancher-ipsec, or a
+    managed plug-in whose RANCHER_BACKEND is ipsec); a plug-in serving another
+    backend by default, asked for -o backend=ipsec, cannot tell: Docker's
+    IPAM calls carry no driver option. There the user gives --gateway."""
+    rng = next(r for range_set in ipam["ranges"] for r in range_set)
+    start, end = int(ipaddress.ip_address(rng["rangeStart"])), int(ipaddress.ip_address(rng["rangeEnd"]))
+    block = ipaddress.ip_network((start, 32 - (start ^ end).bit_length()), strict=False)  # the CNI side's block_of
+    gateway = ipaddress.ip_address(rng["gateway"])
+    if gateway not in block:
+        raise DriverError(f"rancher-ipsec: the gateway {gateway} is outside this host's block {block} (its "
+                          f"--ip-range), from which the tunnels are routed: give --gateway {next(block.hosts())} "
+                          "(the plug-in puts it there itself only when it serves the ipsec backend by default: "
+                          "the rancher-ipsec driver, or a managed plug-in with RANCHER_BACKEND=ipsec)")
+
+
 def render(bridge: str, opts: dict, ipam: dict) -> dict:
     if not _block_given(ipam):
         raise DriverError("rancher-ipsec: the network needs one IPv4 subnet and this host's block of it: "
                           f"create it with {BLOCK_HINT}")
+    _refuse_gateway_outside_block(ipam)
     etcd = bool(ipam.get("etcdEndpoints"))
     if not opts["ipsec.psk_file"] and not etcd:
         raise DriverError(f"rancher-ipsec: option ipsec.psk_file is required: {PSK_EXAMPLE} (or start cnm-shim "

@@ -24,15 +24,20 @@ def exported_conflist(docker, net) -> str:
     return next(n["exported"] for n in state["networks"] if n["id"] == network_id)
 
 
+def ctr_container_on(docker, containerd, net, name: str = "c1") -> str:
+    """A `ctr run --cni` container attached through the network's exported
+    conflist (our executables, the shim's CNI daemon); its IPv4 address."""
+    shutil.copy(exported_conflist(docker, net), os.path.join(containerd.cni_conf_dir, "00-rancher.conflist"))
+    install.write_executables(containerd.cni_bin_dir)
+    pid = containerd.run_cni(name, "sleep", "300", env=dict(os.environ, RANCHER_CNI_SOCKET=docker.shim.cni_socket))
+    return subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-4", "-o", "addr", "show", "eth0"],
+                          capture_output=True, text=True, check=True).stdout.split()[3].split("/")[0]
+
+
 def test_a_docker_container_and_a_ctr_container_share_one_network(docker, containerd):
     net = network(docker, "--subnet", "10.143.0.0/24", "-o", "cni.export=true", "-o", f"cni.name={unique('cni')}")
-    exported = exported_conflist(docker, net)
-    shutil.copy(exported, os.path.join(containerd.cni_conf_dir, "00-rancher.conflist"))
-    install.write_executables(containerd.cni_bin_dir)
     a = container(docker, net)
-    pid = containerd.run_cni("c1", "sleep", "300", env=dict(os.environ, RANCHER_CNI_SOCKET=docker.shim.cni_socket))
-    ctr_ip = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-4", "-o", "addr", "show", "eth0"],
-                            capture_output=True, text=True, check=True).stdout.split()[3].split("/")[0]
+    ctr_ip = ctr_container_on(docker, containerd, net)
     docker_ip = address(docker, a, net)
     assert ctr_ip != docker_ip and ctr_ip.startswith("10.143.0.")
     assert can_ping(docker, a, ctr_ip)

@@ -4,7 +4,6 @@ across an underlay veth the test makes. Only IKE and ESP in UDP cross it."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from cni_backend import ipsec_tunnels
 from tests import packets
 from tests.conftest import CNIEnv, ns_exec, ping, run, unique
 from tests.engine.helpers import address, container, network
+from tests.netns.test_ipsec import alive, write_key
 
 pytestmark = [
     pytest.mark.engine,
@@ -25,22 +25,6 @@ pytestmark = [
 
 DOCKER_HOST, OTHER_HOST = "10.97.0.1", "10.97.0.2"
 SUBNET = "10.45.0.0/16"
-
-
-def write_key(path, mode=0o600) -> str:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    os.write(fd, os.urandom(24).hex().encode())
-    os.close(fd)
-    os.chmod(path, mode)
-    return str(path)
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def charon_pid(state_dir) -> int | None:
@@ -194,16 +178,10 @@ def test_a_ctr_run_cni_container_joins_the_docker_ipsec_network_and_is_reached_a
     """The same network from a CNI runtime: `cni.export` writes the conflist,
     containerd's `ctr run --cni` attaches a container to the same bridge and
     block, and the other host reaches it through the same tunnel."""
-    from cni_backend import install
-    from tests.engine.test_both_models import exported_conflist
+    from tests.engine.test_both_models import ctr_container_on
     net = ipsec_network(docker, other_host["psk"], "-o", "cni.export=true", "-o", f"cni.name={unique('cni')}")
-    exported = exported_conflist(docker, net)
-    shutil.copy(exported, os.path.join(containerd.cni_conf_dir, "00-rancher.conflist"))
-    install.write_executables(containerd.cni_bin_dir)
     a = container(docker, net)
-    pid = containerd.run_cni("c1", "sleep", "300", env=dict(os.environ, RANCHER_CNI_SOCKET=docker.shim.cni_socket))
-    ctr_ip = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-4", "-o", "addr", "show", "eth0"],
-                            capture_output=True, text=True, check=True).stdout.split()[3].split("/")[0]
+    ctr_ip = ctr_container_on(docker, containerd, net)
     assert ctr_ip.startswith("10.45.1.") and ctr_ip != address(docker, a, net), "this host's block, its own address"
     workload, ip_w = attach_on_other_host(other_host, make_netns)
     assert eventually_pings(docker, a, ip_w)

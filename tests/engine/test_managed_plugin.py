@@ -1,14 +1,16 @@
 """The managed plug-in (plugin.json + a debootstrap rootfs): created and enabled
 like `make plugin` does, every backend through one driver, Docker's rules for
 disabling it, upgrades and restarts that keep containers connected, and an
-install from a registry on a second engine."""
+install from a registry on a second engine, and the ipsec backend's charon
+run by the plug-in itself."""
 
 import json
+import os
 import time
 
 import pytest
 
-from tests.conftest import host_state, ping, run
+from tests.conftest import host_state, ping, run, unique
 from tests.engine.dockerd import Dockerd
 from tests.engine.helpers import address, can_ping, container, network
 from tests.engine.managed import ManagedPlugin, Registry, build_bundle
@@ -114,3 +116,69 @@ def test_install_from_a_registry_on_a_second_engine(bundle, tmp_path, leak_guard
             second.close()
             assert second.allocations() == []
         registry.close()
+
+
+def charons_here() -> list:
+    """charon processes in this (the sandbox's) network namespace: the
+    plug-in's, whatever PID namespace it has."""
+    here, found = os.readlink("/proc/self/ns/net"), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "charon" and os.readlink(f"/proc/{pid}/ns/net") == here:
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def ipsec_alias(docker):
+    """The plug-in serving ipsec by default (RANCHER_BACKEND=ipsec), this host's
+    underlay address on a veth, and a key under the ipam-state mount;
+    bridge again at the end."""
+    link = unique("ul")
+    run("ip", "link", "add", link, "type", "veth", "peer", "name", link + "p")  # no dummy module here
+    run("ip", "addr", "add", "10.98.0.1/24", "dev", link)
+    for name in (link, link + "p"):
+        run("ip", "link", "set", name, "up")
+    key = os.path.join(docker.state, "ipam", "ipsec.psk")
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, os.urandom(24).hex().encode())
+    os.close(fd)
+    try:
+        for argv in (("disable", docker.name), ("set", docker.name, "RANCHER_BACKEND=ipsec"), ("enable", docker.name)):
+            docker("plugin", *argv)
+        yield {"underlay": "10.98.0.1", "key": key}
+    finally:
+        docker.clean()
+        for argv in (("disable", docker.name), ("set", docker.name, "RANCHER_BACKEND=bridge"), ("enable", docker.name)):
+            docker("plugin", *argv, check=False)
+        run("ip", "link", "del", link, check=False)
+        os.unlink(key)
+
+
+def test_an_ipsec_alias_runs_charon_in_the_plugin_with_the_gateway_in_its_block(docker, ipsec_alias, tmp_path):
+    args = ["--ipam-driver", docker.driver, "--subnet", "10.86.0.0/16", "--ip-range", "10.86.1.0/24",
+            "-o", f"underlay={ipsec_alias['underlay']}"]
+    # a key file the host has but the plug-in does not see (no mount shows it)
+    outside = tmp_path / "ipsec.psk"
+    outside.write_bytes(open(ipsec_alias["key"], "rb").read())
+    outside.chmod(0o600)
+    done = docker("network", "create", "-d", docker.driver, *args, "-o", f"ipsec.psk_file={outside}",
+                  unique("ips"), check=False)
+    assert done.returncode != 0 and f"cannot open the PSK file {outside}" in done.stderr, done.stderr
+    assert charons_here() == [], "nothing made"
+    # under the ipam-state mount: /var/lib/rancher-cni inside the plug-in
+    net = network(docker, *args, "-o", "ipsec.psk_file=/var/lib/rancher-cni/ipsec.psk", driver=docker.driver)
+    a, b = container(docker, net), container(docker, net)
+    gateway = json.loads(docker("inspect", a).stdout)[0]["NetworkSettings"]["Networks"][net]["Gateway"]
+    assert gateway == "10.86.1.1", "RANCHER_BACKEND=ipsec: the plug-in's IPAM put the gateway in the --ip-range"
+    assert address(docker, a, net).startswith("10.86.1.")
+    assert can_ping(docker, a, address(docker, b, net))
+    assert len(charons_here()) == 1, "the plug-in runs this host's charon"
+    assert run("ip", "link", "show", "ipsec0", check=False).returncode == 0, \
+        "kernel-libipsec's TUN device, through /dev/net/tun"
+    docker.clean()
+    assert charons_here() == [], "the last IPsec network's removal stopped charon"
+    assert run("ip", "link", "show", "ipsec0", check=False).returncode != 0

@@ -64,6 +64,18 @@ class Node:
             assert done.returncode == 0, f"{self.name}: docker {' '.join(args)}: {done.stderr}"
         return done
 
+    def run(self, *argv, stdin=None, check=True) -> subprocess.CompletedProcess:
+        """ARGV run in the node itself (its namespaces, the plug-in's host)."""
+        done = subprocess.run([*self._outer_cli(), "exec", *(("-i",) if stdin is not None else ()), self.name, *argv],
+                              input=stdin, capture_output=True, text=True, timeout=120)
+        if check:
+            assert done.returncode == 0, f"{self.name}: {' '.join(argv)}: {done.stderr}"
+        return done
+
+    def pid(self) -> int:
+        """The node's process as this machine sees it (for nsenter)."""
+        return int(self.outer.cli("inspect", "-f", "{{.State.Pid}}", self.name).stdout)
+
     def _outer_cli(self) -> list:
         return ["env", f"DOCKER_CONFIG={self.outer.root}/cli", "/usr/bin/docker", "-H", f"unix://{self.outer.socket}"]
 
@@ -138,7 +150,11 @@ class DindCluster:
 
     def _start_node(self, index: int) -> Node:
         name = f"rcnit-node{index}-{os.path.basename(self.outer.root)[-6:]}"
-        self._outer("run", "-d", *privileges(), "--name", name, "--hostname", f"node{index}",
+        # the TUN device of the plug-in's ipsec backend (kernel-libipsec): a
+        # node run with explicit capabilities instead of --privileged has no
+        # /dev/net/tun otherwise, and the plug-in lists it (linux.devices)
+        tun = ["--device", "/dev/net/tun"] if os.path.exists("/dev/net/tun") else []
+        self._outer("run", "-d", *privileges(), *tun, "--name", name, "--hostname", f"node{index}",
                     "--network", "underlay", "--ip", self.underlay_ip(index), "-v", "/var/lib/docker",
                     NODE_IMAGE, "--insecure-registry", self.registry_address,
                     "--cgroup-parent", f"/{self.outer.cgroup_parent}/{name}")

@@ -74,6 +74,15 @@ def alive(pid: int) -> bool:
         return False
 
 
+def write_key(path, mode=0o600) -> str:
+    """A pre-shared key file: 48 hex characters, `mode`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    os.write(fd, os.urandom(24).hex().encode())
+    os.close(fd)
+    os.chmod(path, mode)
+    return str(path)
+
+
 @pytest.fixture
 def hosts(tmp_path, make_netns):
     """Two hosts on an underlay, a key for them; the charons killed if a test leaves one."""
@@ -82,10 +91,7 @@ def hosts(tmp_path, make_netns):
     for host, address in zip((host_a, host_b), UNDERLAY):
         ns_exec(host, "ip", "addr", "add", f"{address}/24", "dev", "underlay")
         ns_exec(host, "ip", "link", "set", "underlay", "mtu", "1500", "up")
-    psk = str(tmp_path / "psk")
-    fd = os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, os.urandom(24).hex().encode())
-    os.close(fd)
+    psk = write_key(tmp_path / "psk")
     envs = []
     for n in range(2):
         (tmp_path / f"h{n}").mkdir()
@@ -242,3 +248,27 @@ def test_a_key_file_others_can_read_is_refused_and_nothing_is_made(hosts, make_n
     assert "rcnitipsbr" not in links and "ipsec0" not in links, links
     assert not (envs[0].state / "ipsec" / "charon" / "charon.owner").exists(), "no charon was started"
     assert "rcni-" not in ns_exec(host_a, "iptables-save").stdout
+
+
+def test_charon_started_by_one_process_and_stopped_by_another_is_no_zombie_of_the_first(hosts):
+    """The host's charon is started by whichever process needs it first (a
+    shim worker, the CNI daemon) and stopped by another; the starter, still
+    alive, must not be left holding an unreaped charon."""
+    (host_a, _), envs, psk = hosts
+    config = ipsec_config(envs[0], 0, psk)
+    code = ("import json, sys; from cni_backend import ipsecnet; from cni_backend.plugins import ipsec; "
+            "ipsecnet.ensure(ipsec.load_network(json.loads(sys.argv[1]))); print('ready', flush=True); "
+            "sys.stdin.read()")
+    starter = subprocess.Popen(["ip", "netns", "exec", host_a, sys.executable, "-c", code, json.dumps(config)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert starter.stdout.readline().strip() == "ready"
+        pid = charon_pid(envs[0])
+        remove_network(host_a, config)  # another process stops it
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{pid}"), "charon was reaped, though its starter still runs"
+    finally:
+        starter.stdin.close()
+        starter.wait(10)

@@ -129,8 +129,8 @@ IPSEC_POOL = {"Pool": "10.42.0.0/16", "Gateway": "10.42.1.1/16"}
 IPSEC_OPTIONS = {"peers": "192.0.2.2,192.0.2.3", "ipsec.psk_file": "/etc/rancher-cni/ipsec.psk"}
 
 
-def ipsec_section():
-    return ipam(ipv4=(IPSEC_POOL,), sub_pools={"10.42.0.0/16": "10.42.1.0/24"})
+def ipsec_section(pool=IPSEC_POOL):
+    return ipam(ipv4=(pool,), sub_pools={"10.42.0.0/16": "10.42.1.0/24"})
 
 
 def test_an_ipsec_network_is_this_hosts_block_its_peers_and_the_key_files_path_never_the_key():
@@ -154,10 +154,16 @@ def test_an_ipsec_network_is_this_hosts_block_its_peers_and_the_key_files_path_n
     (dict(IPSEC_OPTIONS, **{"ipsec.psk_file": "/etc/k\nx"}), "block", "is not an absolute path"),
     (dict(IPSEC_OPTIONS, **{"ipsec.ike_proposal": "aes128;modp"}), "block", "is not an IPsec proposal"),
     (dict(IPSEC_OPTIONS, **{"ipsec.esp_proposal": "aes128-sha256\n}"}), "block", "is not an IPsec proposal"),
+    # the managed plug-in serving bridge, asked for -o backend=ipsec: its IPAM
+    # put the gateway at the subnet's first address, outside this host's block
+    (IPSEC_OPTIONS, "gateway outside", "the gateway 10.42.0.1 is outside this host's block 10.42.1.0/24 "
+                                       "(its --ip-range), from which the tunnels are routed: give --gateway 10.42.1.1"),
 ])
 def test_an_ipsec_network_without_its_block_peers_or_a_sound_key_file_is_refused(raw, section, message):
+    sections = {None: None, "block": ipsec_section(),
+                "gateway outside": ipsec_section(dict(IPSEC_POOL, Gateway="10.42.0.1/16"))}
     with pytest.raises(DriverError, match=re.escape(message)):
-        conflist_for("ipsec", raw, ipsec_section() if section else None)
+        conflist_for("ipsec", raw, sections[section])
 
 
 def test_with_etcd_an_ipsec_network_may_leave_out_the_key_file_and_the_peers():
