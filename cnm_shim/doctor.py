@@ -238,6 +238,12 @@ class Doctor:
             return f"sandbox {sandbox} is gone"
         if inside["ifname"] is None:
             return f"CHECK: no interface with MAC {mac} in the sandbox {sandbox}"
+        if backends.get(net.backend).takes_conflist and inside["ifname"] != CONTAINER_IFNAME:
+            # plug-ins that are not ours check by the name they attached the
+            # interface under (the bridge looks it up, host-local keys its
+            # address by it), and Docker renamed it (a second network's eth1):
+            # neither name passes their CHECK, so it is not run
+            return None
         att = self._attachment(net, ep, sandbox, inside["ifname"])
         conf = net.conflist
         try:

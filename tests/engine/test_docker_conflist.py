@@ -198,3 +198,27 @@ def test_a_ptp_and_host_local_conflist_driven_by_docker(docker, tmp_path):
         docker("rm", "-f", name)
     assert rules_for("10.151.0.") == [], "the masquerade and firewall rules went with the DELs"
     assert [f for f in os.listdir(tmp_path / cni_name) if f.startswith("10.")] == []
+
+
+def test_connect_and_disconnect_a_running_container_to_a_conflist_network(docker, reference_bridge, tmp_path):
+    cni_name = unique("lab")
+    write_conflist(docker, cni_name, [{"type": "bridge", "bridge": reference_bridge, "isGateway": True,
+                                       "isDefaultGateway": True, "ipMasq": True,
+                                       "ipam": host_local("10.154.0.0/24", tmp_path)},
+                                      {"type": "firewall", "backend": "iptables"}])
+    lab = network(docker, "--subnet", "10.154.0.0/24", "-o", f"cni.conflist={cni_name}", driver="rancher-conflist")
+    home = network(docker, "--subnet", "10.155.0.0/24")
+    peer = container(docker, lab)
+    a = container(docker, home)
+    docker("network", "connect", lab, a)
+    assert address(docker, a, lab).startswith("10.154.0.")
+    shown = docker("exec", a, "ip", "-4", "-o", "addr", "show", "eth1").stdout
+    assert address(docker, a, lab) in shown, "the second interface has Docker's address"
+    assert docker("exec", a, "ping", "-c", "1", "-W", "2", peer, check=False).returncode == 0
+    code, report = doctor(docker)
+    assert code == 0, report  # the chain's CHECK on eth1
+    docker("network", "disconnect", lab, a)
+    assert lab not in json.loads(docker("inspect", a).stdout)[0]["NetworkSettings"]["Networks"]
+    assert "10.154.0." not in docker("exec", a, "ip", "addr").stdout
+    held = [f for f in os.listdir(tmp_path / cni_name) if f.startswith("10.")]
+    assert held == [address(docker, peer, lab)], "host-local released the disconnected address"
