@@ -306,12 +306,15 @@ class Response:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class CreateEndpointResponse(Response):
-    """{"Interface": {"MacAddress"}} when the driver chose the MAC, else {}."""
+    """{"Interface": {"MacAddress", "Address"}}: what the driver chose, where
+    Docker left it empty (the MAC; the address with no IPAM address); else {}."""
 
     mac_address: str = ""
+    address: str = ""              # 'ip/len'
 
     def to_wire(self) -> dict:
-        return {"Interface": {"MacAddress": self.mac_address}} if self.mac_address else {}
+        chosen = {key: value for key, value in (("MacAddress", self.mac_address), ("Address", self.address)) if value}
+        return {"Interface": chosen} if chosen else {}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -211,8 +211,8 @@ class Doctor:
         nets = {n.id: n for n in self._networks()}
         for ep in self.state.endpoints():
             net = nets.get(ep.network_id)
-            if net is None or not ep.result or ep.endpoint_id in self.forgotten:
-                continue  # not joined (yet): nothing in the kernel to compare; or reported above
+            if net is None or not ep.result or not ep.sandbox_key or ep.endpoint_id in self.forgotten:
+                continue  # not joined (yet): nothing in a sandbox to compare; or reported above
             subject = f"{ep.endpoint_id[:12]} on {net.cni_name}"
             problem = self._check_endpoint(net, ep)
             if problem is None or not self._still_joined(ep):

@@ -286,6 +286,8 @@ class Translator:
         net = self._network(request.network_id)
         iface = request.interface
         address, address6 = iface.address, iface.address_ipv6
+        if not address and not address6 and backends.get(net.backend).takes_conflist:
+            return self._attach_at_create(net, request)
         if not address and not address6:
             raise DriverError(f"{net.driver} needs an address from the IPAM driver (the null IPAM driver gives none)")
         for value, what in ((address, "Address"), (address6, "AddressIPv6")):
@@ -302,6 +304,39 @@ class Translator:
                                  address6=address6, mac=mac))
         return cnm.CreateEndpointResponse("" if iface.mac_address else mac)
 
+    def _attach_at_create(self, net: Network, request: cnm.CreateEndpointRequest) -> cnm.CreateEndpointResponse:
+        """A conflist network whose IPAM Docker leaves out (--ipam-driver
+        null): the conflist's own IPAM chooses, so its ADD runs now, into the
+        endpoint's staging namespace, and Docker is told the address it chose
+        (and the MAC), which it then shows and serves in its DNS. Join only
+        moves the interface out."""
+        known = self.state.endpoint(net.id, request.endpoint_id)
+        if known is not None:  # Docker retried
+            return cnm.CreateEndpointResponse("" if request.interface.mac_address else known.mac, known.address)
+        ep = Endpoint(network_id=net.id, endpoint_id=request.endpoint_id, mac=request.interface.mac_address)
+        self.state.save(ep)  # first: a DeleteEndpoint after a crash here finds what to undo
+        staging_path = self._staging_path(ep)
+        hostnet.create_staging(staging_path)
+        try:
+            with step(f"{net.driver}: CNI ADD on {net.cni_name} failed"):
+                att = self._attachment(net, ep, staging_path)
+                result = self.cni.add(net.conflist, _raw(net.conflist), att)
+        except BaseException:
+            with contextlib.suppress(runtime.CNIError):
+                self.cni.delete(net.conflist, _raw(net.conflist), self._attachment(net, ep, staging_path))
+            hostnet.remove_staging(staging_path)
+            self.state.forget(ep)
+            raise
+        ep.address = next((ip["address"] for ip in result.get("ips", [])
+                           if ipaddress.ip_interface(ip["address"]).version == 4), "")
+        ep.address6 = next((ip["address"] for ip in result.get("ips", [])
+                            if ipaddress.ip_interface(ip["address"]).version == 6), "")
+        inside = [i for i in result.get("interfaces", []) if i.get("sandbox")]
+        ep.mac = ep.mac or (inside[0].get("mac", "") if inside else "")
+        ep.result = result
+        self.state.save(ep)
+        return cnm.CreateEndpointResponse("" if request.interface.mac_address else ep.mac, ep.address)
+
     def _endpoint(self, request) -> tuple:
         net = self._network(request.network_id)
         ep = self.state.endpoint(net.id, request.endpoint_id)
@@ -313,14 +348,30 @@ class Translator:
         caps = {"ips": [a for a in (ep.address, ep.address6) if a], "mac": ep.mac}
         args = [("IgnoreUnknown", "1")] + ([(runtime.RESERVED_ARG, "true")] if net.docker_ipam else [])
         if backends.get(net.backend).takes_conflist:  # host-local and static take Docker's address this way,
-            # the reference bridge and macvlan Docker's MAC (which Docker sets on the interface anyway)
-            args += [("IP", _ip_arg(net.conflist, caps["ips"])), ("MAC", ep.mac)]
+            # the reference bridge and macvlan Docker's MAC (which Docker sets on the interface anyway);
+            # neither when Docker gave none (--ipam-driver null: the conflist's IPAM chooses)
+            caps = {key: value for key, value in caps.items() if value}
+            if caps.get("ips"):
+                args.append(("IP", _ip_arg(net.conflist, caps["ips"])))
+            if ep.mac:
+                args.append(("MAC", ep.mac))
         return runtime.Attachment(ep.endpoint_id, netns, CONTAINER_IFNAME, args=args, capability_args=caps)
 
     def join(self, request: cnm.JoinRequest) -> cnm.JoinResponse:
         net, ep = self._endpoint(request)
-        if ep.result:  # a repeated Join: the interface exists already
+        if ep.result and ep.src_name:  # a repeated Join: the interface exists already
             return join_answer(ep.result, ep.src_name)
+        if ep.result:  # attached at CreateEndpoint (_attach_at_create): out of its staging namespace now
+            src_name = host_name(ep)
+            with step(f"{net.driver}: moving the attached interface out failed"):
+                hostnet.move_to_host(self._staging_path(ep), CONTAINER_IFNAME, src_name)
+            hostnet.remove_staging(self._staging_path(ep))
+            if backends.get(net.backend).takes_conflist:
+                hostnet.answer_arp_on_routed_peers(ep.result)
+            ep.src_name, ep.sandbox_key = src_name, request.sandbox_key
+            ep.ports_at_join = _port_requests(request)
+            self.state.save(ep)
+            return join_answer(ep.result, src_name)
         requested = _port_requests(request)  # checked before anything is made
         self._reclaim_from_stale_endpoints(net, ep)
         staging_path = self._staging_path(ep)
@@ -406,6 +457,13 @@ class Translator:
         back after Leave goes into a staging namespace again, under its CNI
         name with its addresses, and DEL runs there."""
         staging_path = self._staging_path(ep)
+        if not ep.src_name and os.path.exists(staging_path):  # attached at CreateEndpoint, never joined
+            try:
+                with step(f"{net.driver}: CNI DEL on {net.cni_name} failed"):
+                    self.cni.delete(net.conflist, _raw(net.conflist), self._attachment(net, ep, staging_path))
+            finally:
+                hostnet.remove_staging(staging_path)
+            return
         hostnet.remove_staging(staging_path)
         hostnet.create_staging(staging_path)
         try:

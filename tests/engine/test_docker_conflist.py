@@ -222,3 +222,25 @@ def test_connect_and_disconnect_a_running_container_to_a_conflist_network(docker
     assert "10.154.0." not in docker("exec", a, "ip", "addr").stdout
     held = [f for f in os.listdir(tmp_path / cni_name) if f.startswith("10.")]
     assert held == [address(docker, peer, lab)], "host-local released the disconnected address"
+
+
+def test_with_dockers_null_ipam_the_address_the_conflists_ipam_chose_is_dockers(docker, reference_bridge, tmp_path):
+    """An IPAM that chooses for itself: the ADD runs at CreateEndpoint, and
+    Docker is told the address, which it then shows and resolves."""
+    cni_name = unique("own")
+    write_conflist(docker, cni_name, [{"type": "bridge", "bridge": reference_bridge, "isGateway": True,
+                                       "isDefaultGateway": True, "ipMasq": True,
+                                       "ipam": dict(host_local("10.156.0.0/24", tmp_path), rangeStart="10.156.0.200")},
+                                      {"type": "firewall", "backend": "iptables"}])
+    net = network(docker, "--ipam-driver", "null", "-o", f"cni.conflist={cni_name}", driver="rancher-conflist")
+    a, b = container(docker, net), container(docker, net)
+    for name in (a, b):
+        assert address(docker, name, net).startswith("10.156.0."), "host-local's choice, shown by docker inspect"
+        assert address(docker, name, net) == inside_address(docker, name)
+    assert docker("exec", a, "ping", "-c", "1", "-W", "2", b, check=False).returncode == 0, "b by name"
+    code, report = doctor(docker)
+    assert code == 0, report
+    for name in (a, b):
+        docker("rm", "-f", name)
+    assert [f for f in os.listdir(tmp_path / cni_name) if f.startswith("10.")] == []
+    assert rules_for("10.156.0.") == []
