@@ -48,6 +48,10 @@ def test_published_ports_are_typed_once_as_the_host_ports_asked_for():
 def test_create_endpoint_answers_the_mac_only_when_the_driver_chose_it():
     assert cnm.CreateEndpointResponse("02:42:0a:3c:00:05").to_wire() == {"Interface": {"MacAddress": "02:42:0a:3c:00:05"}}
     assert cnm.CreateEndpointResponse().to_wire() == {}
+    # an address only where Docker gave none (--ipam-driver null on rancher-conflist)
+    assert cnm.CreateEndpointResponse("", "10.156.0.3/24").to_wire() == {"Interface": {"Address": "10.156.0.3/24"}}
+    assert cnm.CreateEndpointResponse("02:42:0a:9c:00:03", "10.156.0.3/24").to_wire() == {
+        "Interface": {"MacAddress": "02:42:0a:9c:00:03", "Address": "10.156.0.3/24"}}
 
 
 def test_a_create_network_request_is_typed_once():
