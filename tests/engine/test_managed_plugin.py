@@ -14,6 +14,7 @@ from tests.conftest import host_state, ping, run, unique
 from tests.engine.dockerd import Dockerd
 from tests.engine.helpers import address, can_ping, container, network
 from tests.engine.managed import ManagedPlugin, Registry, build_bundle
+from tests.engine.test_docker_conflist import reference_bridge  # noqa: F401 (a fixture)
 from tests.engine.test_docker_flat import LINK_IP, ROUTER, SUBNET, rig  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.engine
@@ -182,3 +183,24 @@ def test_an_ipsec_alias_runs_charon_in_the_plugin_with_the_gateway_in_its_block(
     docker.clean()
     assert charons_here() == [], "the last IPsec network's removal stopped charon"
     assert run("ip", "link", "show", "ipsec0", check=False).returncode != 0
+
+
+def test_a_conflist_of_the_cni_config_directory_through_the_managed_driver(docker, reference_bridge, tmp_path):  # noqa: F811
+    """-o backend=conflist on the managed plug-in: the conflist from its
+    cni-conf mount, the reference plug-ins from its cni-bin mount."""
+    cni_name = unique("mlab")
+    with open(os.path.join(docker.state, "net.d", f"10-{cni_name}.conflist"), "w") as f:
+        json.dump({"cniVersion": "1.0.0", "name": cni_name, "plugins": [
+            {"type": "bridge", "bridge": reference_bridge, "isGateway": True, "isDefaultGateway": True,
+             "ipMasq": True, "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.83.0.0/24"}]],
+                                      "dataDir": "/var/lib/rancher-cni/host-local"}},
+            {"type": "firewall", "backend": "iptables"}]}, f)
+    net = network(docker, "--subnet", "10.83.0.0/24", "-o", "backend=conflist", "-o", f"cni.conflist={cni_name}",
+                  driver=docker.driver)
+    a, b = container(docker, net), container(docker, net)
+    assert docker("exec", a, "ping", "-c", "1", "-W", "2", b, check=False).returncode == 0, "b by name"
+    held = os.listdir(os.path.join(docker.state, "ipam", "host-local", cni_name))
+    assert address(docker, a, net) in held and address(docker, b, net) in held, "host-local took Docker's addresses"
+    docker.clean()
+    held = os.listdir(os.path.join(docker.state, "ipam", "host-local", cni_name))
+    assert [f for f in held if f.startswith("10.")] == [], "released at removal"
