@@ -44,6 +44,8 @@ from tests.isolation import bench_main_guard  # noqa: E402
 
 from cni_backend import install, ipsec_tunnels  # noqa: E402
 
+import vxlan_throughput as vxlan  # noqa: E402  (iperf, and the rancher-vxlan pair, built as its own benchmark builds it)
+
 OURS_HOSTS = ("rcnibipsHA", "rcnibipsHB")
 OURS = ("rcnibipsCA", "rcnibipsCB")
 REF_HOSTS = ("rcnibipsRA", "rcnibipsRB")
@@ -154,22 +156,6 @@ def wait_child(vici_socket: str, timeout: float = 30) -> str:
     return line
 
 
-def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
-    """Mbit/s received."""
-    server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(50):  # until the server listens
-            done = ns(client_ns, "iperf3", "-c", server_ip, "-t", str(seconds), "-O", "1", "-J", check=False)
-            report = json.loads(done.stdout or "{}")
-            if done.returncode == 0 and "error" not in report:
-                return report["end"]["sum_received"]["bits_per_second"] / 1e6
-            time.sleep(0.1)
-        raise RuntimeError(done.stdout[-500:])
-    finally:
-        server.kill()
-        server.wait()
-
-
 def df_ping(client_ns: str, server_ip: str) -> bool:
     """A full-size packet (MTU bytes, DF set) crosses."""
     return ns(client_ns, "ping", "-c", "1", "-W", "3", "-M", "do", "-s", str(MTU - 28), server_ip,
@@ -221,7 +207,6 @@ def main() -> int:
         signal.signal(signum, _terminated)
     if not os.access(ipsec_tunnels.CHARON, os.X_OK):
         raise SystemExit(f"strongSwan's charon is not installed at {ipsec_tunnels.CHARON} (make deps)")
-    import vxlan_throughput as vxlan  # the rancher-vxlan pair, built as its own benchmark builds it
 
     root = pathlib.Path(tempfile.mkdtemp(prefix="rcnibench-ipsec."))
     namespaces = OURS_HOSTS + OURS + REF_HOSTS + REF
@@ -252,7 +237,7 @@ def main() -> int:
             order = list(runs) if round_number % 2 == 0 else list(reversed(runs))  # no order bias
             for name in order:
                 conntrack(REF_HOSTS, name == REF_CT_SIDE)
-                samples[name].append(iperf(*runs[name], opts.seconds))
+                samples[name].append(vxlan.iperf(*runs[name], opts.seconds) * 1000)  # Mbit/s
     finally:
         cleanup(root, charons, namespaces)
     medians = {name: statistics.median(values) for name, values in samples.items()}
