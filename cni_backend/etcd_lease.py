@@ -3,10 +3,14 @@ agent and the IPsec registry share. A host that stops renewing (dead, cut
 off) loses its keys when the lease's TTL runs out, so every other host drops
 what they named; a host that comes back registers again under a new lease.
 
+What the registries read back goes through `entry_object` first: a value of
+bounded size that is a JSON object, or the reason it is not.
+
 A subclass names itself in `LABEL` (for the log), calls `_publish` with the
 keys it wants now, `_rows` to read a prefix, and `_reconnect` when a call
 failed (the next member, the same lease)."""
 
+import json
 import logging
 import time
 
@@ -16,6 +20,22 @@ except ImportError:  # only the agents need it
     Lease = None
 
 log = logging.getLogger("rancher-cni")
+
+
+def entry_object(value, max_bytes: int) -> dict:
+    """A registry value read from etcd (bytes or text) as a JSON object, or
+    ValueError saying why not: longer than `max_bytes`, not JSON, not an object."""
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) > max_bytes:
+            raise ValueError(f"value of {len(value)} bytes (at most {max_bytes})")
+        value = value.decode("utf-8", "replace")
+    try:
+        entry = json.loads(value)
+    except (TypeError, ValueError, RecursionError):
+        raise ValueError("value is not JSON") from None
+    if not isinstance(entry, dict):
+        raise ValueError("value is not a JSON object")
+    return entry
 
 
 class LeasedKeys:

@@ -48,7 +48,7 @@ import time
 import urllib.parse
 
 from . import files, ipsec_tunnels, ipsecnet
-from .etcd_lease import LeasedKeys
+from .etcd_lease import LeasedKeys, entry_object
 from .errors import CNIError, INVALID_CONFIG, TRY_AGAIN_LATER
 
 
@@ -198,16 +198,10 @@ def parse_entry(root: str, key, value, revision, subnet: ipaddress.IPv4Network):
         raise BadEntry(f"host {host!r} is not a unicast IPv4 underlay address") from None
     if parts[1] != subnet_part(str(subnet)):
         return None
-    if isinstance(value, (bytes, bytearray)):
-        if len(value) > MAX_VALUE_BYTES:
-            raise BadEntry(f"value of {len(value)} bytes (at most {MAX_VALUE_BYTES})")
-        value = value.decode("utf-8", "replace")
     try:
-        entry = json.loads(value)
-    except (TypeError, ValueError, RecursionError):
-        raise BadEntry("value is not JSON") from None
-    if not isinstance(entry, dict):
-        raise BadEntry("value is not a JSON object")
+        entry = entry_object(value, MAX_VALUE_BYTES)
+    except ValueError as exc:
+        raise BadEntry(str(exc)) from None
     if entry.get("underlay") != host:
         raise BadEntry(f"underlay {entry.get('underlay')!r} is not {host}, the host the key is registered under")
     try:

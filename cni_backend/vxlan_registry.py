@@ -41,7 +41,7 @@ import time
 import urllib.parse
 
 from . import addresses, files
-from .etcd_lease import LeasedKeys
+from .etcd_lease import LeasedKeys, entry_object
 from .net import netlink, vxlan_guard
 
 
@@ -177,16 +177,10 @@ def parse_entry(root: str, key: str, value, revision, vni: int, subnets):
         raise BadEntry(f"VNI {parts[1]!r} is not a number")
     if int(parts[1]) != vni:
         return None
-    if isinstance(value, (bytes, bytearray)):
-        if len(value) > MAX_VALUE_BYTES:
-            raise BadEntry(f"value of {len(value)} bytes (at most {MAX_VALUE_BYTES})")
-        value = value.decode("utf-8", "replace")
     try:
-        entry = json.loads(value)
-    except (TypeError, ValueError, RecursionError):
-        raise BadEntry("value is not JSON") from None
-    if not isinstance(entry, dict):
-        raise BadEntry("value is not a JSON object")
+        entry = entry_object(value, MAX_VALUE_BYTES)
+    except ValueError as exc:
+        raise BadEntry(str(exc)) from None
     if entry.get("vtep") != host:
         raise BadEntry(f"vtep {entry.get('vtep')!r} is not {host}, the host the key is registered under")
     if isinstance(revision, str) and revision.isdigit():
