@@ -16,16 +16,6 @@ from tests.etcd_cluster import EtcdCluster
 pytestmark = pytest.mark.etcd
 
 
-@pytest.fixture(scope="module")
-def etcd():
-    try:
-        cluster = EtcdCluster(members=1)
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    yield cluster
-    cluster.close()
-
-
 @pytest.fixture
 def store(etcd, request):
     return EtcdStore(etcd.endpoints, prefix=f"/test/{request.node.name}")

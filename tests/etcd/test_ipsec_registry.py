@@ -14,22 +14,11 @@ import pytest
 from cni_backend import ipsec_registry
 from cni_backend.errors import CNIError
 from cni_backend.ipam.etcd_store import client_for
-from tests.etcd_cluster import EtcdCluster
 
 pytestmark = pytest.mark.etcd
 
 SUBNET = "10.42.0.0/16"
 A, B, C = "10.99.0.1", "10.99.0.2", "10.99.0.3"
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    try:
-        cluster = EtcdCluster(members=1)
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    yield cluster
-    cluster.close()
 
 
 @pytest.fixture
