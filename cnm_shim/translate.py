@@ -366,8 +366,7 @@ class Translator:
             with step(f"{net.driver}: moving the attached interface out failed"):
                 hostnet.move_to_host(self._staging_path(ep), CONTAINER_IFNAME, src_name)
             hostnet.remove_staging(self._staging_path(ep))
-            if backends.get(net.backend).takes_conflist:
-                hostnet.answer_arp_on_routed_peers(ep.result)
+            hostnet.answer_arp_on_routed_peers(ep.result)  # only conflist networks attach at CreateEndpoint
             ep.src_name, ep.sandbox_key = src_name, request.sandbox_key
             ep.ports_at_join = _port_requests(request)
             self.state.save(ep)
