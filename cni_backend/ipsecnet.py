@@ -73,7 +73,11 @@ OUTER_FIXED = 20 + 8 + 8 + 16
 AES_BLOCK = 16
 ICV_BYTES = {"sha1": 12, "md5": 12, "sha256": 16, "sha384": 24, "sha512": 32, "aesxcbc": 12}
 STOP_TIMEOUT = 10.0
-RETRY_INTERVAL = 30.0  # the ipsec agent's retries of a connection charon gave up (`retry`)
+# the ipsec agent's retries of a connection charon gave up (`retry`): soon
+# after it is found missing (the peer may not have loaded our connection yet
+# and answered NO_PROPOSAL_CHOSEN), then less and less often (a wrong key)
+FIRST_RETRY = 2.0
+RETRY_INTERVAL = 30.0
 # kernel-libipsec's ipsec0: strongSwan 5.9.8 has no setting for its MTU, and it
 # reads packets into buffers of this size, so raising the link's MTU from
 # outside truncates larger packets (measured: a 1422-byte DF ping is lost)
@@ -365,14 +369,17 @@ def revive(state_dir: str) -> int | None:
 
 
 def retry(state_dir: str, missing: dict, now: float) -> list:
-    """Start again the connections this host initiates that have had no
-    IKE_SA at all for RETRY_INTERVAL seconds: charon gives up on a peer that
-    refused its authentication (a wrong key there; keyingtries cover only a
-    peer that does not answer), and the peer, which only answers, never starts
-    one; so a corrected key would never be used. `missing` (peer -> since
-    when, kept by the caller between rounds) makes a connection just loaded,
-    whose IKE_SA charon is starting, never be started twice. Returns the peers
-    started again."""
+    """Start again the connections this host initiates that have no IKE_SA:
+    charon gives up on a peer that answered NO_PROPOSAL_CHOSEN (it had not
+    loaded our connection yet: a host that learns of its peer from the
+    registry before the peer learns of it) or refused our authentication (a
+    wrong key there; keyingtries cover only a peer that does not answer), and
+    the peer, which only answers, never starts one. The first retry comes
+    FIRST_RETRY seconds after the IKE_SA is found missing, each next one
+    twice as late, up to RETRY_INTERVAL. `missing` (peer -> (when next, the
+    delay after that), kept by the caller between rounds) makes a connection
+    just loaded, whose IKE_SA charon is starting, never be started twice.
+    Returns the peers started again."""
     found = records(state_dir)
     if not found or charon_pid(state_dir) is None:
         missing.clear()
@@ -387,13 +394,22 @@ def retry(state_dir: str, missing: dict, now: float) -> list:
             users, connection = _users(found, peer), peer_connection(peer)
             if connection in sas or not _tunnel(users[0][1], connection, peer, charon.datapath).initiator:
                 missing.pop(peer, None)
-            elif now - missing.setdefault(peer, now) >= RETRY_INTERVAL:
-                missing[peer] = now
+                continue
+            due, delay = missing.setdefault(peer, (now + FIRST_RETRY, FIRST_RETRY))
+            if now >= due:
+                missing[peer] = next_retry(now, delay)
                 charon.initiate(connection, [r["child"] + "-" + _short(peer) for _, r in users])
                 started.append(peer)
         for peer in set(missing) - set(_all_peers(found)):
             del missing[peer]
         return started
+
+
+def next_retry(now: float, delay: float) -> tuple:
+    """(when the retry after one made `now` is due, the delay after that):
+    the delay doubles, up to RETRY_INTERVAL."""
+    delay = min(delay * 2, RETRY_INTERVAL)
+    return now + delay, delay
 
 
 def watch(state_dir: str, interval: float = 2.0, stop=lambda: False) -> None:
@@ -416,8 +432,8 @@ def watch(state_dir: str, interval: float = 2.0, stop=lambda: False) -> None:
                       "trying again in %.0f s", exc, interval)
         try:
             for peer in retry(state_dir, missing, time.monotonic()):
-                log.warning("ipsec agent: no IKE_SA with the peer %s (its last authentication failed?): "
-                            "initiated it again", peer)
+                log.warning("ipsec agent: no IKE_SA with the peer %s (it refused the last one: not ready yet, "
+                            "or another key?): initiated it again", peer)
         except Exception as exc:  # noqa: BLE001 - a charon that does not answer now is looked at next round
             log.error("ipsec agent: could not look at charon's IKE_SAs (%s: %s)", type(exc).__name__, exc)
         deadline = time.monotonic() + interval

@@ -6,6 +6,7 @@ a host whose lease runs out loses its tunnel on the other."""
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -38,11 +39,19 @@ def etcd_config(env, n: int, endpoints: list) -> dict:
                                   "rangeStart": f"10.45.{n + 1}.2", "rangeEnd": f"10.45.{n + 1}.254"}]]}}
 
 
-def registry(host: str, endpoints: list, state_dir) -> subprocess.Popen:
+def registry(host: str, endpoints: list, state_dir, ttl: int = 3) -> subprocess.Popen:
     return subprocess.Popen(["ip", "netns", "exec", host, sys.executable, "-m", "cnm_shim.cli", "ipsec-registry",
                              "--etcd-endpoints", ",".join(endpoints), "--insecure-etcd", "--state-dir", str(state_dir),
-                             "--ttl", "3", "--interval", "0.5"],
+                             "--ttl", str(ttl), "--interval", "0.5"],
                             stdout=subprocess.DEVNULL, stderr=open(state_dir / "registry.log", "a"))
+
+
+def ipsec_agent(host: str, state_dir) -> subprocess.Popen:
+    """The agent `cnm-shim serve` runs beside the registry: it initiates again
+    a connection the peer refused because it had not loaded ours yet."""
+    return subprocess.Popen(["ip", "netns", "exec", host, sys.executable, "-m", "cnm_shim.cli", "ipsec-agent",
+                             "--state-dir", str(state_dir), "--interval", "0.5"],
+                            stdout=subprocess.DEVNULL, stderr=open(state_dir / "agent.log", "a"))
 
 
 def until(condition, timeout: float, what: str) -> None:
@@ -74,10 +83,26 @@ def test_two_hosts_take_key_and_peers_from_etcd_and_a_host_that_leaves_loses_its
         key = open(keys[0]).read().strip()
         assert all(key not in json.dumps(result) for *_, result in attached)
 
+        # the moment of a set_peers on B between its guard letting A in and
+        # its charon loading A, held: B registered, then frozen before it
+        # learns of A, its guard opened to A by hand. A (the initiator) learns
+        # of B and starts the IKE_SA, which B refuses (NO_PROPOSAL_CHOSEN);
+        # A's agent starts it again once B, thawed, has loaded A
+        agents[host_b] = registry(host_b, etcd.endpoints, envs[1].state, ttl=10)
+        until(lambda: "lease" in (envs[1].state / "registry.log").read_text(), 30, "B's registry took no lease")
+        time.sleep(1.5)  # three rounds: B's entry is written
+        agents[host_b].send_signal(signal.SIGSTOP)
+        let_a_in = ("INPUT", "1", "-s", UNDERLAY[0], "-p", "udp", "-j", "ACCEPT")
+        ns_exec(host_b, "iptables", "-w", "-I", *let_a_in)
+        agents[host_a] = registry(host_a, etcd.endpoints, envs[0].state)
         for n, host in enumerate((host_a, host_b)):
-            agents[host] = registry(host, etcd.endpoints, envs[n].state)
+            agents[f"agent-{host}"] = ipsec_agent(host, envs[n].state)
         charon_a = ipsec_tunnels.Charon(str(envs[0].state / "ipsec" / "charon"))
-        wait_child(charon_a, ipsec.load_network(attached[0][1]).connection(UNDERLAY[1]), timeout=60)
+        until(lambda: "NO_PROPOSAL_CHOSEN" in open(charon_a.log_file).read(), 30, "B did not refuse A")
+        ns_exec(host_b, "iptables", "-w", "-D", let_a_in[0], *let_a_in[2:])
+        agents[host_b].send_signal(signal.SIGCONT)
+        wait_child(charon_a, ipsec.load_network(attached[0][1]).connection(UNDERLAY[1]), timeout=30)
+        assert "initiated it again" in (envs[0].state / "agent.log").read_text()
         (_, _, a, _, _, ra), (_, _, b, _, _, rb) = attached
         ip_a, ip_b = (r["ips"][0]["address"].split("/")[0] for r in (ra, rb))
         assert ping(a, ip_b, count=3), "a container reaches the other host's container, peers from etcd"
@@ -105,6 +130,7 @@ def test_two_hosts_take_key_and_peers_from_etcd_and_a_host_that_leaves_loses_its
         assert ping(second, ip_b, count=3), "an ADD keeps the peers the registry set"
     finally:
         for agent in agents.values():
+            agent.send_signal(signal.SIGCONT)  # a frozen process would not take SIGTERM
             agent.terminate()
             agent.wait()
         for env, config, container, host, container_id, result in attached:

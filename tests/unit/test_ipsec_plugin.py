@@ -109,3 +109,14 @@ def test_the_executable_is_registered():
     from cni_backend import front
     assert callable(front.ipsec_main)
     assert "rancher-ipsec = cni_backend.front:ipsec_main" in open("setup.cfg").read()
+
+
+def test_retries_of_a_refused_connection_come_soon_then_less_often():
+    """A peer that had not loaded our connection yet is tried again after
+    FIRST_RETRY seconds; one with another key every RETRY_INTERVAL at last."""
+    now, delay, waits = 0.0, ipsecnet.FIRST_RETRY, []
+    for _ in range(7):
+        due, delay = ipsecnet.next_retry(now, delay)
+        waits.append(due - now)
+        now = due
+    assert waits == [4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0]
