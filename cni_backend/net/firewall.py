@@ -73,19 +73,23 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
             ]
         rules["filter"] += [f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} -o {out} {note} -j DROP"
                             for out in forbidden]
-        rules["filter"] += [
-            f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} {note} -j ACCEPT",
+        rules["filter"].append(f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} {note} -j ACCEPT")
+        if open_inbound == "subnet":
+            # Before the ctstate ACCEPT, not after: both accept, so the order
+            # changes no verdict, but the subnet's packets (all the traffic
+            # through the tunnel or VTEP) then stop at a rule of plain address
+            # matches instead of also running the conntrack match (an xt
+            # compat match in iptables-nft) on every packet.
+            rules["filter"].append(f"-A {FORWARD_CHAIN} -s {iface.network} -d {_host(iface)} -o {bridge} {note} -j ACCEPT")
+        rules["filter"].append(
             f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j ACCEPT" if open_inbound is True else
-            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT",
-        ]
+            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT")
         if metadata and iface.version == 4:
             md_bridge, md_ip = metadata
             rules["filter"] += [
                 f"-A {FORWARD_CHAIN} -s {_host(iface)} -d {md_ip}/32 -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
                 f"-A {FORWARD_CHAIN} -s {md_ip}/32 -d {_host(iface)} -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
             ]
-        if open_inbound == "subnet":
-            rules["filter"].append(f"-A {FORWARD_CHAIN} -s {iface.network} -d {_host(iface)} -o {bridge} {note} -j ACCEPT")
         if masquerade:
             rules["nat"] += [
                 f"-A {MASQ_CHAIN} -s {_host(iface)} -d {iface.network} {note} -j RETURN",

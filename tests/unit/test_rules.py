@@ -152,11 +152,13 @@ def test_flats_fast_path_takes_only_anti_spoofed_unicast_ip_and_never_metadata_t
 
 def test_vxlan_accepts_new_connections_from_its_own_subnet_only():
     rules = firewall.bridge_rules(BRIDGE, "rv-web", ["10.3.0.5/24"], masquerade=True, open_inbound="subnet")
+    # the subnet's ACCEPT stands before the ctstate one: the tunnel's (VTEP's)
+    # packets stop at plain address matches, without the conntrack match
     assert rules[4]["filter"] == [
         fwd("-s 10.3.0.5/32 -i rv-web") + " -j ACCEPT",
+        fwd("-s 10.3.0.0/24 -d 10.3.0.5/32 -o rv-web") + " -j ACCEPT",
         "-A RANCHER-CNI-FORWARD -d 10.3.0.5/32 -o rv-web -m conntrack --ctstate RELATED,ESTABLISHED,DNAT "
         f"-m comment --comment {BRIDGE} -j ACCEPT",
-        fwd("-s 10.3.0.0/24 -d 10.3.0.5/32 -o rv-web") + " -j ACCEPT",
     ]
 
 
