@@ -3,8 +3,15 @@ also carries ESP in UDP) are accepted from the rancher-ipsec peers and dropped
 from anyone else.
 
 filter INPUT (at its head, so no broader ACCEPT of the host comes first)
-    -s PEER/32 -p udp -m multiport --dports 500,4500 -j ACCEPT    one per peer
-    -p udp -m multiport --dports 500,4500 -j DROP                 everyone else
+    -s PEER/32 -p udp -m udp --dport 4500 -j ACCEPT    per peer: NAT-T, ESP in UDP
+    -s PEER/32 -p udp -m udp --dport 500 -j ACCEPT     per peer: IKE
+    -p udp -m udp --dport 4500 -j DROP                 everyone else
+    -p udp -m udp --dport 500 -j DROP
+
+One port a rule, not `-m multiport --dports 500,4500`: iptables-nft turns
+`--dport` into native nftables payload matches, but multiport into an xt
+compat match, and every ESP-in-UDP packet of the tunnel passes here (4500
+first: it carries the data; IKE on 500 is a few packets an hour).
 
 One set per host, since there is one charon per host: the peers are those of
 every IPsec network of the host (ipsecnet keeps the union). Every rule carries
@@ -18,15 +25,17 @@ import re
 
 from . import iptables, tags, tools
 
-PORTS = "500,4500"
+PORTS = (4500, 500)  # NAT-T (ESP in UDP: the data) first
 _SOURCE = re.compile(r" -s (\S+?)(?:/32)? ")
+_PORT = re.compile(r" --dports? (\S+) ")
 
 
 def rules(peers) -> list:
     """iptables-restore lines (filter table), in the order they must stand."""
     peers = sorted({str(ipaddress.IPv4Address(p)) for p in peers}, key=ipaddress.IPv4Address)
-    match = f"-p udp -m multiport --dports {PORTS} -m comment --comment {tags.for_ipsec()}"
-    return [f"-A INPUT -s {peer}/32 {match} -j ACCEPT" for peer in peers] + [f"-A INPUT {match} -j DROP"]
+    match = [f"-p udp -m udp --dport {port} -m comment --comment {tags.for_ipsec()}" for port in PORTS]
+    return ([f"-A INPUT -s {peer}/32 {m} -j ACCEPT" for peer in peers for m in match]
+            + [f"-A INPUT {m} -j DROP" for m in match])
 
 
 def present() -> list:
@@ -38,13 +47,15 @@ def present() -> list:
 def _shape(lines: list) -> list:
     shape = []
     for line in lines:
-        source = _SOURCE.search(line + " ")
-        shape.append((source.group(1) if source else None, line.rsplit(" -j ", 1)[-1]))
+        source, port = _SOURCE.search(line + " "), _PORT.search(line + " ")
+        # the port too: the rules of an earlier version (multiport) are replaced
+        shape.append((source.group(1) if source else None, port.group(1) if port else None,
+                      line.rsplit(" -j ", 1)[-1]))
     return shape
 
 
 def allowed_peers() -> set:
-    return {source for source, target in _shape(present()) if source and target == "ACCEPT"}
+    return {source for source, _, target in _shape(present()) if source and target == "ACCEPT"}
 
 
 def ensure(peers) -> bool:

@@ -35,11 +35,12 @@ def ipsec_config(env, n: int, psk: str) -> dict:
                                   "rangeStart": f"10.43.{n + 1}.2", "rangeEnd": f"10.43.{n + 1}.254"}]]}}
 
 
-def drop_counter(host: str) -> int:
+def drop_counter(host: str, port: int = 4500) -> int:
+    """Packets the IPsec guard dropped on `port` (one DROP rule a port)."""
     for line in ns_exec(host, "iptables", "-w", "-L", "INPUT", "-v", "-x", "-n").stdout.splitlines():
-        if "rcni-" in line and "-ipsec" in line and line.split()[2] == "DROP":
+        if "rcni-" in line and "-ipsec" in line and line.split()[2] == "DROP" and f"dpt:{port} " in line + " ":
             return int(line.split()[0])
-    raise AssertionError("no DROP rule of the IPsec guard")
+    raise AssertionError(f"no DROP rule of the IPsec guard for UDP {port}")
 
 
 def remove_network(host: str, config: dict) -> None:
@@ -167,9 +168,10 @@ def test_containers_on_two_hosts_talk_through_ipsec(hosts, make_netns):
     ns_exec(host_a, "ip", "link", "set", "rcnitstr", "up")
     ns_exec(stranger, "ip", "addr", "add", "10.99.10.2/24", "dev", "eth0")
     ns_exec(stranger, "ip", "link", "set", "eth0", "up")
-    before = drop_counter(host_a)
-    ns_exec(stranger, "bash", "-c", "for i in 1 2 3; do echo probe > /dev/udp/10.99.10.1/4500; done")
-    assert drop_counter(host_a) >= before + 3, "the non-peer's NAT-T packets were dropped by the guard"
+    for port in (4500, 500):  # NAT-T and IKE, each its own rule
+        before = drop_counter(host_a, port)
+        ns_exec(stranger, "bash", "-c", f"for i in 1 2 3; do echo probe > /dev/udp/10.99.10.1/{port}; done")
+        assert drop_counter(host_a, port) >= before + 3, f"the non-peer's UDP {port} packets were dropped by the guard"
     assert ping(a, ip_b), "the peer still gets through"
 
     for env, config, container, host, container_id, result in attached:
