@@ -113,6 +113,31 @@ BANDWIDTH = (
     Option("bandwidth.egress_burst", bits, None, "its burst, in bits (default: a tenth of the rate)"),
 )
 
+# The reference tuning plug-in's link attributes, set on the container's
+# interface by the ADD (in the staging namespace): the kernel keeps them when
+# Docker moves the interface into the container. Left out: not set.
+TUNING = (
+    Option("tuning.mtu", int_between(68, 65535), None,
+           "MTU of the containers' interfaces only (the reference tuning plug-in)"),
+    Option("tuning.promisc", boolean, None, "promiscuous mode on the containers' interfaces (true or false)"),
+    Option("tuning.allmulti", boolean, None, "all-multicast mode on the containers' interfaces (true or false)"),
+    Option("tuning.txqlen", int_between(0, 1_000_000), None, "transmit queue length of the containers' interfaces"),
+)
+TUNING_SYSCTL = "tuning.sysctl."
+
+
+def refuse_tuning_sysctl(driver: str, key: str) -> None:
+    """tuning's `sysctl`, asked for with -o tuning.sysctl.NAME=VALUE: refused
+    with the reason and the way that works (checked in the engine tests)."""
+    raise DriverError(
+        f"{driver}: option {key[:100]!r}: the tuning plug-in's sysctls cannot be set on a Docker container's "
+        "interface: the CNI ADD runs before Docker moves the interface into the container, and the kernel "
+        "resets an interface's net.ipv4.conf / net.ipv6.conf settings when it changes namespace (and the "
+        "container's namespace-wide settings are not reachable at that point). Set it at docker run instead, "
+        "which applies it inside the container once the interface is there: "
+        "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE (eth0: the container's first network). "
+        "tuning.mtu, tuning.promisc, tuning.allmulti and tuning.txqlen do work on the network")
+
 
 def ifname(what="a valid interface name"):
     """A parser for an option naming a network interface."""
@@ -246,6 +271,8 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
         if key in _READ_BY_DOCKER:
             continue  # Docker turned it into its own flag, which docker_flags honours
         name = ALIASES.get(key, key)
+        if str(name).startswith(TUNING_SYSCTL) and "tuning.mtu" in known:
+            refuse_tuning_sysctl(driver, str(key))
         if name not in known:
             raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted([*known, "backend"])))
         values[name] = known[name].parse(driver, key, value)

@@ -68,10 +68,19 @@ def _burst(rate: int, burst: int | None) -> int:
     return burst if burst else max(rate // 10, MIN_BURST_BITS)
 
 
+# -o tuning.KEY -> the reference tuning plug-in's key
+TUNING_KEYS = (("tuning.mtu", "mtu"), ("tuning.promisc", "promisc"), ("tuning.allmulti", "allmulti"),
+               ("tuning.txqlen", "txQLen"))
+
+
 def meta_plugins(opts: dict) -> list:
     """The reference meta plug-ins the network's options ask for, chained after
-    its own plug-in (they read its result): bandwidth for rate limits."""
+    its own plug-in (they read its result): tuning for the container
+    interface's link attributes, bandwidth for rate limits."""
     chained = []
+    tuning = {conf_key: opts[key] for key, conf_key in TUNING_KEYS if opts.get(key) is not None}
+    if tuning:
+        chained.append({"type": "tuning", **tuning})
     bandwidth = {}
     for direction in ("ingress", "egress"):
         rate, burst = opts.get(f"bandwidth.{direction}_rate"), opts.get(f"bandwidth.{direction}_burst")

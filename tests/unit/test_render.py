@@ -252,3 +252,20 @@ def test_an_ipsec_networks_rekey_times_reach_its_conflist():
     plugin = conflist_for("ipsec", dict(IPSEC_OPTIONS, **{"ipsec.ike_rekey_time": "900",
                                                           "ipsec.child_rekey_time": "300"}), ipsec_section())
     assert (plugin["plugins"][0]["ikeRekeyTime"], plugin["plugins"][0]["childRekeyTime"]) == (900, 300)
+
+
+@pytest.mark.parametrize("backend", sorted(b for b in backends.REGISTRY if not backends.get(b).takes_conflist))
+def test_tuning_chains_the_reference_tuning_plugin_with_only_the_keys_set(backend):
+    raw = {"flat": {"parent": "eth1"}, "ipsec": IPSEC_OPTIONS}.get(backend, {})
+    raw = dict(raw, **{"tuning.mtu": "1300", "tuning.promisc": "false", "tuning.txqlen": "2000"})
+    entry = backends.get(backend)
+    opts = options.parse(entry.driver, backend, raw)
+    conf = render.conflist("rancher-0123456789ab", entry.render("rx-test", opts, ipsec_section() if backend == "ipsec"
+                                                                else ipam()), render.meta_plugins(opts))
+    assert conf["plugins"][1:] == [{"type": "tuning", "mtu": 1300, "promisc": False, "txQLen": 2000}]
+
+
+def test_tuning_and_rate_limits_together_chain_tuning_first():
+    opts = options.parse("rancher-bridge", "bridge", {"tuning.allmulti": "on", "bandwidth.egress_rate": "1mbit"})
+    assert [p["type"] for p in render.meta_plugins(opts)] == ["tuning", "bandwidth"]
+    assert render.meta_plugins(opts)[0] == {"type": "tuning", "allmulti": True}
