@@ -254,7 +254,7 @@ def test_an_ipsec_networks_rekey_times_reach_its_conflist():
     assert (plugin["plugins"][0]["ikeRekeyTime"], plugin["plugins"][0]["childRekeyTime"]) == (900, 300)
 
 
-@pytest.mark.parametrize("backend", sorted(b for b in backends.REGISTRY if not backends.get(b).takes_conflist))
+@pytest.mark.parametrize("backend", RENDERING)
 def test_tuning_chains_the_reference_tuning_plugin_with_only_the_keys_set(backend):
     raw = {"flat": {"parent": "eth1"}, "ipsec": IPSEC_OPTIONS}.get(backend, {})
     raw = dict(raw, **{"tuning.mtu": "1300", "tuning.promisc": "false", "tuning.txqlen": "2000"})
