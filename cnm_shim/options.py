@@ -115,13 +115,13 @@ BANDWIDTH = (
 
 # The reference tuning plug-in's link attributes, set on the container's
 # interface by the ADD (in the staging namespace): the kernel keeps them when
-# Docker moves the interface into the container. Left out: not set.
+# Docker moves the interface into the container. Left out: not set. (The
+# plug-in of Debian 12, 1.1.1, has no txQLen yet: it would ignore one.)
 TUNING = (
     Option("tuning.mtu", int_between(68, 65535), None,
            "MTU of the containers' interfaces only (the reference tuning plug-in)"),
     Option("tuning.promisc", boolean, None, "promiscuous mode on the containers' interfaces (true or false)"),
     Option("tuning.allmulti", boolean, None, "all-multicast mode on the containers' interfaces (true or false)"),
-    Option("tuning.txqlen", int_between(0, 1_000_000), None, "transmit queue length of the containers' interfaces"),
 )
 TUNING_SYSCTL = "tuning.sysctl."
 
@@ -136,7 +136,7 @@ def refuse_tuning_sysctl(driver: str, key: str) -> None:
         "container's namespace-wide settings are not reachable at that point). Set it at docker run instead, "
         "which applies it inside the container once the interface is there: "
         "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE (eth0: the container's first network). "
-        "tuning.mtu, tuning.promisc, tuning.allmulti and tuning.txqlen do work on the network")
+        "tuning.mtu, tuning.promisc and tuning.allmulti do work on the network")
 
 
 def ifname(what="a valid interface name"):

@@ -9,9 +9,8 @@ from cnm_shim.errors import DriverError
 
 
 NO_LIMITS = {"bandwidth.ingress_rate": None, "bandwidth.ingress_burst": None, "bandwidth.egress_rate": None,
-             "bandwidth.egress_burst": None, "tuning.mtu": None, "tuning.promisc": None, "tuning.allmulti": None,
-             "tuning.txqlen": None}
-TUNING = "tuning.allmulti, tuning.mtu, tuning.promisc, tuning.txqlen, "
+             "bandwidth.egress_burst": None, "tuning.mtu": None, "tuning.promisc": None, "tuning.allmulti": None}
+TUNING = "tuning.allmulti, tuning.mtu, tuning.promisc, "
 LIMITS = "bandwidth.egress_burst, bandwidth.egress_rate, bandwidth.ingress_burst, bandwidth.ingress_rate, "
 
 
@@ -168,9 +167,8 @@ def test_describe_names_the_driver_and_the_aliases():
 
 def test_tuning_values_are_typed_and_absent_ones_stay_unset():
     parsed = options.parse("rancher-bridge", "bridge", {"tuning.mtu": "1300", "tuning.promisc": "yes",
-                                                        "tuning.allmulti": "off", "tuning.txqlen": "0"})
-    assert (parsed["tuning.mtu"], parsed["tuning.promisc"], parsed["tuning.allmulti"], parsed["tuning.txqlen"]) == \
-        (1300, True, False, 0)
+                                                        "tuning.allmulti": "off"})
+    assert (parsed["tuning.mtu"], parsed["tuning.promisc"], parsed["tuning.allmulti"]) == (1300, True, False)
     assert options.parse("rancher-bridge", "bridge", {})["tuning.promisc"] is None, "unset: the plug-in leaves it"
 
 
@@ -178,14 +176,12 @@ def test_tuning_values_are_typed_and_absent_ones_stay_unset():
     ({"tuning.mtu": "67"}, "rancher-bridge: option tuning.mtu='67' must be an integer from 68 to 65535"),
     ({"tuning.mtu": "65536"}, "rancher-bridge: option tuning.mtu='65536' must be an integer from 68 to 65535"),
     ({"tuning.mtu": "1300;"}, "rancher-bridge: option tuning.mtu='1300;' must be an integer from 68 to 65535"),
-    ({"tuning.txqlen": "-1"}, "rancher-bridge: option tuning.txqlen='-1' must be an integer from 0 to 1000000"),
-    ({"tuning.txqlen": "1000001"},
-     "rancher-bridge: option tuning.txqlen='1000001' must be an integer from 0 to 1000000"),
+    ({"tuning.txqlen": "2000"}, "rancher-bridge: unknown option 'tuning.txqlen'"),
     ({"tuning.promisc": "maybe"}, "rancher-bridge: option tuning.promisc='maybe' is not a boolean (use true or false)"),
     ({"tuning.allmulti": ""}, "rancher-bridge: option tuning.allmulti='' is not a boolean (use true or false)"),
 ])
 def test_a_bad_tuning_value_names_the_option_and_the_valid_range(raw, message):
-    assert refused("rancher-bridge", "bridge", raw) == message
+    assert refused("rancher-bridge", "bridge", raw).startswith(message)
 
 
 @pytest.mark.parametrize("backend, raw", [("bridge", {}), ("flat", {"parent": "eth1"}), ("vxlan", {})])
