@@ -124,6 +124,18 @@ TUNING = (
     Option("tuning.allmulti", boolean, None, "all-multicast mode on the containers' interfaces (true or false)"),
 )
 TUNING_SYSCTL = "tuning.sysctl."
+FIREWALL = "firewall"
+
+
+def refuse_firewall(driver: str, key: str) -> None:
+    """The reference firewall plug-in, asked for with -o firewall[.KEY]:
+    refused, saying why (tests/netns/test_reference_firewall.py shows it)."""
+    raise DriverError(
+        f"{driver}: option {key[:100]!r}: the reference firewall plug-in is not offered on this driver's "
+        "networks: it puts its CNI-FORWARD chain first in FORWARD and accepts everything the container sends "
+        "there, ahead of this driver's isolation rules, so the container would reach this host's other networks "
+        "and leave --internal ones. This driver's own rules already let the containers' traffic through Docker's "
+        "FORWARD DROP policy (RANCHER-CNI-FORWARD)")
 
 
 def refuse_tuning_sysctl(driver: str, key: str) -> None:
@@ -273,6 +285,8 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
         name = ALIASES.get(key, key)
         if str(name).startswith(TUNING_SYSCTL) and "tuning.mtu" in known:
             refuse_tuning_sysctl(driver, str(key))
+        if str(name).split(".")[0] == FIREWALL and "tuning.mtu" in known:
+            refuse_firewall(driver, str(key))
         if name not in known:
             raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted([*known, "backend"])))
         values[name] = known[name].parse(driver, key, value)

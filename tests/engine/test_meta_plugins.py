@@ -134,14 +134,24 @@ def test_tuning_sets_the_containers_link_attributes_which_survive_dockers_move_a
     assert not os.path.exists(os.path.join("/run/cni/tuning", saved)), "nor in the machine's directory"
 
 
-def test_a_tuning_sysctl_is_refused_in_dockers_output_and_nothing_is_made(docker):
+@pytest.mark.parametrize("option, says", [
+    ("tuning.sysctl.net.ipv4.conf.eth0.arp_ignore=1",
+     ("the tuning plug-in's sysctls cannot be set on a Docker container's interface",
+      "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE")),
+    ("firewall=true", ("the reference firewall plug-in is not offered on this driver's networks",
+                       "so the container would reach this host's other networks")),
+    ("firewall.ingress_policy=same-bridge", ("the reference firewall plug-in is not offered",)),
+])
+def test_a_refused_meta_plugin_setting_says_why_in_dockers_output_and_nothing_is_made(docker, option, says):
     bridges_before = ifb_links(), json.loads(run("ip", "-j", "link", "show", "type", "bridge").stdout)
+    iptables_before = run("iptables-save").stdout.count("\n-A ")
     name = unique("n")
-    done = docker("network", "create", "-d", "rancher-bridge", "--subnet", "10.149.0.0/24",
-                  "-o", "tuning.sysctl.net.ipv4.conf.eth0.arp_ignore=1", name, check=False)
+    done = docker("network", "create", "-d", "rancher-bridge", "--subnet", "10.149.0.0/24", "-o", option, name,
+                  check=False)
     assert done.returncode != 0
-    assert "the tuning plug-in's sysctls cannot be set on a Docker container's interface" in done.stderr, done.stderr
-    assert "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE" in done.stderr, done.stderr
+    for text in says:
+        assert text in done.stderr, done.stderr
+    assert run("iptables-save").stdout.count("\n-A ") == iptables_before
     assert name not in docker("network", "ls", "--format", "{{.Name}}").stdout.split()
     assert (ifb_links(), json.loads(run("ip", "-j", "link", "show", "type", "bridge").stdout)) == bridges_before
     assert json.loads(subprocess.run([sys.executable, "-m", "cnm_shim.cli", "status", "--json", "--state-dir",

@@ -194,3 +194,17 @@ def test_a_tuning_sysctl_is_refused_saying_why_and_what_works_instead(backend, r
                               "container's interface")
     assert "resets an interface's net.ipv4.conf / net.ipv6.conf settings when it changes namespace" in message
     assert "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE" in message
+
+
+@pytest.mark.parametrize("backend, raw", [("bridge", {}), ("flat", {"parent": "eth1"}), ("vxlan", {})])
+@pytest.mark.parametrize("key", ["firewall", "firewall.ingress_policy", "firewall.backend"])
+def test_the_reference_firewall_is_refused_saying_it_would_open_the_isolation(backend, raw, key):
+    driver = "rancher-" + backend
+    message = refused(driver, backend, dict(raw, **{key: "true"}))
+    assert message.startswith(f"{driver}: option {key!r}: the reference firewall plug-in is not offered")
+    assert "ahead of this driver's isolation rules, so the container would reach this host's other networks" in message
+
+
+def test_an_option_merely_starting_like_firewall_is_just_unknown():
+    assert refused("rancher-bridge", "bridge", {"firewalls": "1"}).startswith(
+        "rancher-bridge: unknown option 'firewalls'; valid options:")
