@@ -133,8 +133,8 @@ def refuse_firewall(driver: str, key: str) -> None:
     raise DriverError(
         f"{driver}: option {key[:100]!r}: the reference firewall plug-in is not offered on this driver's "
         "networks: it puts its CNI-FORWARD chain first in FORWARD and accepts everything the container sends "
-        "there, ahead of this driver's isolation rules, so the container would reach this host's other networks "
-        "and leave --internal ones. This driver's own rules already let the containers' traffic through Docker's "
+        "there, ahead of this driver's isolation rules, so the container would reach this host's other networks. "
+        "This driver's own rules already let the containers' traffic through Docker's "
         "FORWARD DROP policy (RANCHER-CNI-FORWARD)")
 
 
