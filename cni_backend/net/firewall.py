@@ -47,7 +47,7 @@ def _host(iface) -> str:
 
 
 def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False,
-                 metadata=None, internal=False) -> dict:
+                 metadata=None, internal=False, firewall_chained=False) -> dict:
     """family -> table -> rules for a container on `bridge` with addresses `cidrs`;
     nothing it sends is routed out of the `forbidden` interfaces. Who may open
     connections to it: replies only (False), its own subnet ("subnet": VXLAN,
@@ -60,9 +60,15 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
     `internal`: whatever the bridge sends out of the subnet and whatever
     comes into it from outside is dropped, whoever claims to send it (Docker's
     internal networks); every attachment carries the pair, ahead of its
-    ACCEPTs, so they stand while any container of the network does."""
+    ACCEPTs, so they stand while any container of the network does.
+    `firewall_chained`: the reference firewall plug-in follows ours in the
+    chain; the container's own ACCEPT and its replies' become RETURNs, so
+    that, past our isolation and DROPs, the firewall's CNI-FORWARD (and the
+    admin's CNI-ADMIN in it) decides. They stay, naming the bridge, so the
+    bridge keeps its isolation rules (iptables._isolated_bridges)."""
     per_family = {}
     note = f"-m comment --comment {tag}"
+    own = "RETURN" if firewall_chained else "ACCEPT"
     for iface in map(ipaddress.ip_interface, cidrs):
         rules = per_family.setdefault(iface.version, {"filter": [], "nat": []})
         if internal:
@@ -74,9 +80,9 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
         rules["filter"] += [f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} -o {out} {note} -j DROP"
                             for out in forbidden]
         rules["filter"] += [
-            f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} {note} -j ACCEPT",
-            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j ACCEPT" if open_inbound is True else
-            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT",
+            f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} {note} -j {own}",
+            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j {own}" if open_inbound is True else
+            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j {own}",
         ]
         if metadata and iface.version == 4:
             md_bridge, md_ip = metadata
