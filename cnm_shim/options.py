@@ -125,16 +125,32 @@ TUNING = (
 )
 TUNING_SYSCTL = "tuning.sysctl."
 FIREWALL = "firewall"
+# The reference firewall plug-in, chained after ours on rancher-bridge: our
+# isolation and DROPs decide first, then its CNI-FORWARD (with the admin's
+# CNI-ADMIN) accepts the container's traffic (firewall.bridge_rules, the
+# jump order in iptables.KEEP_ABOVE; tests/netns/test_reference_firewall.py).
+FIREWALL_OPTION = Option(FIREWALL, boolean, False,
+                         "chain the reference firewall plug-in: the admin's rules in its CNI-ADMIN chain apply to "
+                         "the containers' traffic, after this driver's isolation (true or false)")
 
 
-def refuse_firewall(driver: str, key: str) -> None:
-    """The reference firewall plug-in, asked for with -o firewall[.KEY]:
-    refused, saying why (tests/netns/test_reference_firewall.py shows it)."""
+def refuse_firewall(driver: str, key: str, offered: bool) -> None:
+    """The reference firewall plug-in's settings this driver does not offer,
+    asked for with -o firewall[.KEY]: refused, saying why and what is
+    (`offered`: the driver offers -o firewall=true)."""
+    if offered:
+        raise DriverError(
+            f"{driver}: option {key[:100]!r}: only -o firewall=true (or false) is offered, with the reference "
+            "firewall plug-in's defaults: its ingress_policy=same-bridge is not, as this driver's isolation "
+            "already keeps the host's other bridges out of the network and the plug-in's DEL would leave its "
+            "isolation rules behind; its other settings (backend: iptables, firewalld is not used) are this "
+            "driver's to set")
     raise DriverError(
         f"{driver}: option {key[:100]!r}: the reference firewall plug-in is not offered on this driver's "
-        "networks: it puts its CNI-FORWARD chain first in FORWARD and accepts everything the container sends "
-        "there, ahead of this driver's isolation rules, so the container would reach this host's other networks. "
-        "This driver's own rules already let the containers' traffic through Docker's "
+        "networks (rancher-bridge offers -o firewall=true): on its own it puts its CNI-FORWARD chain first in "
+        "FORWARD and accepts everything the container sends there, ahead of this driver's isolation rules, so "
+        "the container would reach this host's other networks; only rancher-bridge keeps its isolation above it "
+        "(and is tested so). This driver's own rules already let the containers' traffic through Docker's "
         "FORWARD DROP policy (RANCHER-CNI-FORWARD)")
 
 
@@ -286,8 +302,8 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
         chains_meta_plugins = TUNING[0].name in known  # our backends (not conflist: its chain is the user's)
         if str(name).startswith(TUNING_SYSCTL) and chains_meta_plugins:
             refuse_tuning_sysctl(driver, str(key))
-        if str(name).split(".")[0] == FIREWALL and chains_meta_plugins:
-            refuse_firewall(driver, str(key))
+        if str(name).split(".")[0] == FIREWALL and chains_meta_plugins and name not in known:
+            refuse_firewall(driver, str(key), offered=FIREWALL in known)
         if name not in known:
             raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted([*known, "backend"])))
         values[name] = known[name].parse(driver, key, value)

@@ -76,11 +76,17 @@ TUNING_KEYS = (("tuning.mtu", "mtu"), ("tuning.promisc", "promisc"), ("tuning.al
 def meta_plugins(opts: dict, tuning_dir: str | None = None) -> list:
     """The reference meta plug-ins the network's options ask for, chained after
     its own plug-in (they read its result): tuning for the container
-    interface's link attributes, bandwidth for rate limits. `tuning_dir`:
+    interface's link attributes, bandwidth for rate limits, firewall (first:
+    it reads the container's addresses; its iptables backend, never
+    firewalld) for the admin's CNI-ADMIN rules. `tuning_dir`:
     where tuning keeps the values it changed (to restore them at a DEL that
     finds the interface, which ours never does: it is back on the host by
     then), so that the shim can remove them (tuning_backup)."""
-    chained = []
+    if opts.get("firewall") and opts.get("cni.export"):
+        raise DriverError("option firewall=true cannot go with cni.export=true: after the firewall plug-in's ADD "
+                          "the shim puts this driver's isolation back above the plug-in's CNI-FORWARD chain, "
+                          "which a CNI runtime running the exported conflist would not do")
+    chained = [{"type": "firewall", "backend": "iptables"}] if opts.get("firewall") else []
     tuning = {conf_key: opts[key] for key, conf_key in TUNING_KEYS if opts.get(key) is not None}
     if tuning:
         chained.append({"type": "tuning", **tuning, **({"dataDir": tuning_dir} if tuning_dir else {})})
@@ -94,6 +100,11 @@ def meta_plugins(opts: dict, tuning_dir: str | None = None) -> list:
     if bandwidth:
         chained.append({"type": "bandwidth", **bandwidth})
     return chained
+
+
+def chains_firewall(conf: dict) -> bool:
+    """Whether the reference firewall follows the network's own plug-in."""
+    return any(plugin.get("type") == "firewall" for plugin in conf["plugins"][1:])
 
 
 def tuning_backup(conf: dict, container_id: str, ifname: str) -> str | None:

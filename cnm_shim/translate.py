@@ -383,6 +383,10 @@ class Translator:
             try:
                 with step(f"{net.driver}: CNI ADD on {net.cni_name} failed"):
                     result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path))
+                    if render.chains_firewall(conf) and not backends.get(net.backend).takes_conflist:
+                        # it put its CNI-FORWARD jump first if it was missing: ours back above it,
+                        # before the container runs (iptables.KEEP_ABOVE)
+                        hostnet.repair_firewall()
                     _same_addresses_as_docker(net, ep, result)
                     if backends.get(net.backend).takes_conflist:
                         hostnet.answer_arp_on_routed_peers(result)

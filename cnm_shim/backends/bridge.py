@@ -19,6 +19,7 @@ OPTIONS = (
     Option("vlan", options.int_between(0, 4094), 0, "VLAN id of the container ports (needs bridge vlan_filtering)"),
     *options.BANDWIDTH,
     *options.TUNING,
+    options.FIREWALL_OPTION,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )
@@ -35,6 +36,8 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
         plugin["mtu"] = opts["mtu"]
     if opts["vlan"]:
         plugin["vlan"] = opts["vlan"]
+    if opts["firewall"]:  # the reference firewall follows: the container's ACCEPTs yield to its CNI-FORWARD
+        plugin["firewallChained"] = True
     return plugin
 
 

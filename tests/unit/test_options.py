@@ -25,7 +25,7 @@ def refused(driver, backend, raw) -> str:
 def test_bridge_defaults():
     assert options.parse("rancher-bridge", "bridge", {}) == {
         "bridge": None, "bridge.shared": False, "mtu": None, "ip_masq": True, "hairpin": False, "promisc": False,
-        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None, **NO_LIMITS}
+        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None, "firewall": False, **NO_LIMITS}
 
 
 def test_flat_defaults_with_its_required_parent():
@@ -66,7 +66,8 @@ def test_dockers_aliases_set_the_option_they_stand_for():
 def test_an_unknown_option_lists_the_valid_ones():
     assert refused("rancher-bridge", "bridge", {"colour": "blue"}) == (
         "rancher-bridge: unknown option 'colour'; valid options: backend, " + LIMITS +
-        "bridge, bridge.shared, cni.export, cni.name, hairpin, ip_masq, macspoofchk, mtu, promisc, " + TUNING + "vlan")
+        "bridge, bridge.shared, cni.export, cni.name, firewall, hairpin, ip_masq, macspoofchk, mtu, promisc, " + TUNING +
+        "vlan")
 
 
 def test_an_option_of_another_backend_is_unknown_here():
@@ -196,12 +197,32 @@ def test_a_tuning_sysctl_is_refused_saying_why_and_what_works_instead(backend, r
     assert "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE" in message
 
 
-@pytest.mark.parametrize("backend, raw", [("bridge", {}), ("flat", {"parent": "eth1"}), ("vxlan", {})])
+@pytest.mark.parametrize("value, chained", [("true", True), ("FALSE", False), ("on", True)])
+def test_rancher_bridge_offers_the_reference_firewall(value, chained):
+    assert options.parse("rancher-bridge", "bridge", {"firewall": value})["firewall"] is chained
+
+
+def test_a_firewall_value_that_is_not_a_boolean_says_so():
+    assert refused("rancher-bridge", "bridge", {"firewall": "maybe"}) == (
+        "rancher-bridge: option firewall='maybe' is not a boolean (use true or false)")
+
+
+@pytest.mark.parametrize("key", ["firewall.ingress_policy", "firewall.backend", "firewall.iptablesAdminChainName"])
+def test_the_reference_firewalls_own_settings_are_refused_on_rancher_bridge_saying_why(key):
+    message = refused("rancher-bridge", "bridge", {"firewall": "true", key: "same-bridge"})
+    assert message.startswith(f"rancher-bridge: option {key!r}: only -o firewall=true (or false) is offered")
+    assert "ingress_policy=same-bridge is not" in message and "would leave its isolation rules behind" in message
+
+
+@pytest.mark.parametrize("backend, raw", [("flat", {"parent": "eth1"}), ("vxlan", {}),
+                                          ("ipsec", {})])
 @pytest.mark.parametrize("key", ["firewall", "firewall.ingress_policy", "firewall.backend"])
-def test_the_reference_firewall_is_refused_saying_it_would_open_the_isolation(backend, raw, key):
+def test_the_reference_firewall_is_refused_on_the_other_backends_saying_it_would_open_the_isolation(backend, raw,
+                                                                                                     key):
     driver = "rancher-" + backend
     message = refused(driver, backend, dict(raw, **{key: "true"}))
-    assert message.startswith(f"{driver}: option {key!r}: the reference firewall plug-in is not offered")
+    assert message.startswith(f"{driver}: option {key!r}: the reference firewall plug-in is not offered on this "
+                              "driver's networks (rancher-bridge offers -o firewall=true)")
     assert "ahead of this driver's isolation rules, so the container would reach this host's other networks" in message
 
 

@@ -278,3 +278,21 @@ def test_tuning_keeps_its_saved_values_where_the_shim_finds_and_removes_them():
     assert conf["plugins"][1] == {"type": "tuning", "mtu": 1300, "dataDir": "/run/rancher-cnm/tuning"}
     assert render.tuning_backup(conf, "ab" * 32, "eth0") == "/run/rancher-cnm/tuning/" + "ab" * 32 + "_eth0.json"
     assert render.tuning_backup(render.conflist("x", {"type": "rancher-bridge"}), "ab" * 32, "eth0") is None
+
+
+def test_the_reference_firewall_chains_first_with_iptables_and_our_bridge_yields_to_it():
+    opts = options.parse("rancher-bridge", "bridge", {"firewall": "true", "tuning.mtu": "1300"})
+    conf = render.conflist("rancher-0123456789ab", backends.get("bridge").render("rx-test", opts, ipam()),
+                           render.meta_plugins(opts))
+    assert conf["plugins"][1:] == [{"type": "firewall", "backend": "iptables"}, {"type": "tuning", "mtu": 1300}]
+    assert conf["plugins"][0]["firewallChained"] is True and render.chains_firewall(conf)
+    plain = options.parse("rancher-bridge", "bridge", {})
+    assert "firewallChained" not in backends.get("bridge").render("rx-test", plain, ipam())
+    assert not render.chains_firewall(render.conflist("x", {"type": "rancher-bridge"}, render.meta_plugins(plain)))
+
+
+def test_the_reference_firewall_is_refused_on_an_exported_conflist_saying_why():
+    opts = options.parse("rancher-bridge", "bridge", {"firewall": "true", "cni.export": "true"})
+    with pytest.raises(DriverError, match="option firewall=true cannot go with cni.export=true: after the firewall "
+                                          "plug-in's ADD the shim puts this driver's isolation back above"):
+        render.meta_plugins(opts)
