@@ -2,7 +2,7 @@
 per-container rate limit through `bandwidth` and link attributes through
 `tuning` (Debian's containernetworking-plugins in /usr/lib/cni) on a
 rancher-bridge network; tuning's sysctls refused, `docker run --sysctl` as
-the way that works."""
+the way that works; `firewall` chained below our isolation."""
 
 import json
 import os
@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import run
 from tests.conftest import unique
-from tests.engine.helpers import address, container, network
+from tests.engine.helpers import address, can_ping, container, network
 from tests.engine.test_doctor import doctor
 
 pytestmark = [
@@ -138,9 +138,8 @@ def test_tuning_sets_the_containers_link_attributes_which_survive_dockers_move_a
     ("tuning.sysctl.net.ipv4.conf.eth0.arp_ignore=1",
      ("the tuning plug-in's sysctls cannot be set on a Docker container's interface",
       "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE")),
-    ("firewall=true", ("the reference firewall plug-in is not offered on this driver's networks",
-                       "so the container would reach this host's other networks")),
-    ("firewall.ingress_policy=same-bridge", ("the reference firewall plug-in is not offered",)),
+    ("firewall.ingress_policy=same-bridge", ("only -o firewall=true (or false) is offered",
+                                             "the plug-in's DEL would leave its isolation rules behind")),
 ])
 def test_a_refused_meta_plugin_setting_says_why_in_dockers_output_and_nothing_is_made(docker, option, says):
     bridges_before = ifb_links(), json.loads(run("ip", "-j", "link", "show", "type", "bridge").stdout)
@@ -170,3 +169,50 @@ def test_docker_run_sysctl_sets_a_per_interface_sysctl_inside_the_container_on_o
     assert docker("exec", tuned, "sh", "-c", sysctl).stdout.split() == ["2", "2"]
     assert docker("exec", plain, "sh", "-c", sysctl).stdout.split() != ["2", "2"]
     assert link_inside(docker, tuned)["mtu"] == 1300
+
+
+# -- firewall ----------------------------------------------------------------------
+
+def forward_jumps() -> list:
+    return [line.split()[-1] for line in run("iptables", "-w", "-S", "FORWARD").stdout.splitlines()[1:]]
+
+
+@pytest.mark.skipif(not os.access("/usr/lib/cni/firewall", os.X_OK), reason="containernetworking-plugins missing")
+def test_firewall_true_chains_the_reference_firewall_below_our_isolation_and_leaves_nothing(docker,
+                                                                                           docker_host_firewall):
+    had_cni_chains = ":CNI-FORWARD" in run("iptables-save").stdout
+    try:
+        net = network(docker, "--subnet", "10.151.0.0/24", "-o", "firewall=true")
+        other = network(docker, "--subnet", "10.152.0.0/24")
+        a, b, c = container(docker, net), container(docker, net), container(docker, other)
+        ip_a, ip_b, ip_c = address(docker, a, net), address(docker, b, net), address(docker, c, other)
+        assert "chain rancher-bridge -> firewall" in status_text(docker)
+        assert can_ping(docker, a, ip_b) and can_ping(docker, b, ip_a), "the firewall's ACCEPTs let them talk"
+        assert not can_ping(docker, a, ip_c) and not can_ping(docker, c, ip_a), "our isolation holds above it"
+        saved = run("iptables-save").stdout
+        for ip in (ip_a, ip_b):
+            assert f"-A CNI-FORWARD -s {ip}/32 -j ACCEPT" in saved, saved
+        jumps = forward_jumps()
+        assert jumps.index("RANCHER-CNI-FORWARD") < jumps.index("CNI-FORWARD"), jumps
+        code, report = doctor(docker)
+        assert code == 0, report  # the jump order is in line, and the firewall plug-in's CHECK passes
+
+        docker("rm", "-f", a, b)
+        saved = run("iptables-save").stdout
+        assert ip_a not in saved and ip_b not in saved, "the DELs left the containers' rules behind"
+        docker("network", "rm", net)
+        docker.made["networks"].remove(net)
+        assert not can_ping(docker, c, ip_a)
+        docker("rm", "-f", c)
+        docker("network", "rm", other)
+        docker.made["networks"].remove(other)
+        saved = run("iptables-save").stdout
+        assert "RANCHER-CNI" not in saved and "rcni-" not in saved, saved
+        assert ":CNI-ADMIN" in saved, "the plug-in's chains (the admin's) stay, as it intends"
+    finally:
+        if not had_cni_chains:  # the plug-in's chains, which it leaves for the admin: not the machine's to keep
+            run("iptables", "-w", "-D", "FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules",
+                "-j", "CNI-FORWARD", check=False)
+            for chain in ("CNI-FORWARD", "CNI-ADMIN"):
+                run("iptables", "-w", "-F", chain, check=False)
+                run("iptables", "-w", "-X", chain, check=False)
