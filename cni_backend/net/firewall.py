@@ -6,7 +6,11 @@ filter RANCHER-CNI-FORWARD (jumped to from FORWARD)
     -s IP -i BR -j ACCEPT                         the container's own traffic, and
     -d IP -o BR ctstate RELATED,ESTABLISHED,DNAT  replies and published ports back
                                                   to it: Docker's FORWARD DROP
-                                                  policy would drop them
+                                                  policy would drop them; RETURN
+                                                  instead with the reference firewall
+                                                  chained (firewallChained): its
+                                                  CNI-FORWARD, below our jump
+                                                  (iptables.KEEP_ABOVE), decides
 filter RANCHER-CNI-ISOLATION
     -i LAN ctstate RELATED,ESTABLISHED -j RETURN  per flat bridge, first: it is the
                                                   host's uplink (no DROP for it), so
