@@ -69,7 +69,9 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
     chain; the container's own ACCEPT and its replies' become RETURNs, so
     that, past our isolation and DROPs, the firewall's CNI-FORWARD (and the
     admin's CNI-ADMIN in it) decides. They stay, naming the bridge, so the
-    bridge keeps its isolation rules (iptables._isolated_bridges)."""
+    bridge keeps its isolation rules (iptables._isolated_bridges). And the
+    container's address coming from anywhere but its bridge is dropped:
+    CNI-FORWARD's `-s IP -j ACCEPT` names no interface."""
     per_family = {}
     note = f"-m comment --comment {tag}"
     own = "RETURN" if firewall_chained else "ACCEPT"
@@ -81,6 +83,11 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
                 f"-A {FORWARD_CHAIN} ! -d {iface.network} -i {bridge} ! -o {bridge} {note} -j DROP",
                 f"-A {FORWARD_CHAIN} ! -s {iface.network} ! -i {bridge} -o {bridge} {note} -j DROP",
             ]
+        if firewall_chained:
+            # CNI-FORWARD accepts `-s IP` from any interface: whatever claims
+            # the container's address without coming from its bridge (a LAN
+            # host, another bridge) is dropped here, before it gets there
+            rules["filter"].append(f"-A {FORWARD_CHAIN} -s {_host(iface)} ! -i {bridge} {note} -j DROP")
         rules["filter"] += [f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} -o {out} {note} -j DROP"
                             for out in forbidden]
         rules["filter"] += [

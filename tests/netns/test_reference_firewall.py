@@ -132,6 +132,15 @@ def test_with_firewall_chained_our_isolation_decides_first_and_cni_admin_applies
         assert not ping(b, ip_a), "nor blue red"
         assert not ping(g, OUTSIDE) and not ping(g, ip_a), "the internal network stays closed"
 
+        # a host outside claiming red's address (CNI-FORWARD's `-s IP -j ACCEPT` names no interface)
+        ns_exec(host, "sysctl", "-w", "net.ipv4.conf.all.rp_filter=2", "net.ipv4.conf.up0.rp_filter=2")  # loose
+        ns_exec(outside, "ip", "addr", "add", f"{ip_a}/32", "dev", "eth0")
+        ns_exec(b, "iptables", "-A", "INPUT", "-s", ip_a, "-p", "icmp", "-j", "ACCEPT")
+        ns_exec(outside, "ping", "-c", "2", "-W", "1", "-I", ip_a, ip_b, check=False)
+        counted = ns_exec(b, "iptables", "-L", "INPUT", "-v", "-x", "-n").stdout.splitlines()[2].split()[0]
+        assert counted == "0", "a packet claiming red's address from outside reached blue"
+        ns_exec(outside, "ip", "addr", "del", f"{ip_a}/32", "dev", "eth0")
+
         # the admin's rule in CNI-ADMIN is honoured for our container (our ACCEPTs yield to CNI-FORWARD)
         ns_exec(host, "iptables", "-A", "CNI-ADMIN", "-d", OUTSIDE, "-j", "DROP")
         assert not ping(a, OUTSIDE), "the admin's DROP in CNI-ADMIN applies to red's container"

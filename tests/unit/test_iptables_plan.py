@@ -431,9 +431,11 @@ def test_our_jump_above_cni_forward_is_in_line():
 
 def test_with_the_firewall_chained_the_containers_accepts_yield_and_the_bridge_keeps_its_isolation():
     rules = firewall.bridge_rules(C1, "rb-web", ["10.1.0.5/24"], masquerade=True, firewall_chained=True)[4]
-    assert [r.split()[-1] for r in rules["filter"]] == ["RETURN", "RETURN"]
+    assert rules["filter"][0] == "-A RANCHER-CNI-FORWARD -s 10.1.0.5/32 ! -i rb-web -m comment --comment " \
+                                 f"{C1} -j DROP", "its address from elsewhere: spoofed, CNI-FORWARD would accept it"
+    assert [r.split()[-1] for r in rules["filter"]] == ["DROP", "RETURN", "RETURN"]
     script = plan(save(), new_rules=rules)
     assert f"-I {bridge_isolation('rb-web')[0][len('-A '):].replace('RANCHER-CNI-FORWARD', 'RANCHER-CNI-FORWARD 1', 1)}" \
         in script and bridge_isolation("rb-web")[1] in script
     internal = firewall.bridge_rules(C1, "rb-web", ["10.1.0.5/24"], False, internal=True, firewall_chained=True)[4]
-    assert [r.split()[-1] for r in internal["filter"]] == ["DROP", "DROP", "RETURN", "RETURN"], "its DROPs come first"
+    assert [r.split()[-1] for r in internal["filter"]] == ["DROP", "DROP", "DROP", "RETURN", "RETURN"], "its DROPs first"
