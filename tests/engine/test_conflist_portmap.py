@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import run, unique
 from tests.engine.helpers import address, container, network
 from tests.engine.test_docker_conflist import host_local, reference_bridge, router, write_conflist  # noqa: F401
+from tests.engine.test_doctor import doctor
 from tests.engine.test_published_ports import WEB, published, run_fails, settings
 from tests.rigs import wait_for_http
 
@@ -122,6 +123,14 @@ def test_published_ports_reach_the_container_through_the_conflists_portmap_and_l
     low, high = (int(v) for v in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
     assert low <= port <= high and dnat_through_portmap(address(docker, ephemeral, net)) == [port]
     assert wait_for_http(f"http://127.0.0.1:{port}/").strip() == hostname(ephemeral)
+
+    code, report = doctor(docker)
+    assert code == 0, report  # the chain's CHECK, portmap's with the cached mappings
+    web_chain = next(r.split()[1] for r in run("iptables-save", "-t", "nat").stdout.splitlines()
+                     if r.startswith("-A CNI-DN-") and "--dport 18120 " in r)
+    run("iptables", "-w", "-t", "nat", "-F", web_chain)  # the DNAT gone behind our back: portmap's CHECK says so
+    code, report = doctor(docker)
+    assert code == 1 and "portmap: could not check ipv4 dnat" in json.dumps(report), report
 
     os.unlink(path)  # the DELs run with the cached config, mappings included
     for name in (web, ranged, ephemeral):
