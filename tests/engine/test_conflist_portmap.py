@@ -124,6 +124,13 @@ def test_published_ports_reach_the_container_through_the_conflists_portmap_and_l
     assert low <= port <= high and dnat_through_portmap(address(docker, ephemeral, net)) == [port]
     assert wait_for_http(f"http://127.0.0.1:{port}/").strip() == hostname(ephemeral)
 
+    docker("stop", "-t", "1", web)  # RevokeExternalConnectivity, then DeleteEndpoint: the rules go
+    assert not [r for r in portmap_rules() if "--dport 18120 " in r] and 18120 not in [
+        p["hostPort"] for c in [json.loads(p.read_text()) for p in entry.iterdir()]
+        for p in c["capabilityArgs"].get("portMappings", [])]
+    docker("start", web)  # a new endpoint, published again
+    assert wait_for_http("http://127.0.0.1:18120/").strip() == hostname(web)
+
     code, report = doctor(docker)
     assert code == 0, report  # the chain's CHECK, portmap's with the cached mappings
     web_chain = next(r.split()[1] for r in run("iptables-save", "-t", "nat").stdout.splitlines()
