@@ -115,6 +115,9 @@ class CNI:
         if result is None:
             raise CNIError(CHECK_FAILED, f"no cached result for {att.container_id}/{att.ifname} on {conf['name']}")
         att.capability_args = dict(att.capability_args, **{capability: value})
+        # the argument is cached first: whatever a plug-in made before a crash
+        # or a failure is torn down by the next DEL, which hands it over again
+        cache.save(self.cache_dir, att, raw, result)
         for plugin in self.declaring(conf, capability):
             output = self._run("ADD", conf, plugin, att, result)
             if output is None:

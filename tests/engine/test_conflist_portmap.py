@@ -168,3 +168,23 @@ def test_a_conflist_without_portmap_that_rancher_portmap_cannot_serve_fails_dock
     assert '"capabilities": {"portMappings": true}' in err and "is a veth, not a bridge" in err, err
     assert "--dport 18130 " not in run("iptables-save", "-t", "nat").stdout
     assert [f for f in os.listdir(tmp_path / cni_name) if f.startswith("10.")] == [], "host-local released it"
+
+
+def test_a_portmap_that_fails_at_publishing_fails_docker_run_with_its_message_and_leaves_nothing(
+        docker, tmp_path, portmap_base_chains):
+    """portmap runs with the mappings only at ProgramExternalConnectivity: its
+    error (here an iptables match the kernel does not know) reaches `docker
+    run`, what it made is deleted, and the host port is free again."""
+    cni_name = unique("ptp")
+    write_conflist(docker, cni_name, [{"type": "ptp", "ipMasq": True,
+                                       "ipam": dict(host_local("10.158.0.0/24", tmp_path), routes=[{"dst": "0.0.0.0/0"}])},
+                                      dict(PORTMAP, conditionsV4=["-m", "rcnitnosuchmatch"])])
+    net = network(docker, "--subnet", "10.158.0.0/24", "-o", f"cni.conflist={cni_name}", driver="rancher-conflist")
+    err = run_fails(docker, net, "-p", "18140:80")
+    assert "rancher-conflist: publishing ports failed" in err and "portmap" in err and "rcnitnosuchmatch" in err, err
+    assert portmap_rules() == [], "no CNI-DN-* chain, no CNI-HOSTPORT-DNAT jump left"
+    assert [f for f in os.listdir(tmp_path / cni_name) if f.startswith("10.")] == [], "host-local released it"
+    assert list((docker.shim.state_dir / "cni" / "results").iterdir()) == [], "no cached attachment left"
+    again = container(docker, network(docker, "--subnet", "10.159.0.0/24"), "-p", "18140:80", command=WEB)
+    assert wait_for_http("http://127.0.0.1:18140/").strip() == settings(docker, again, "")["Config"]["Hostname"], \
+        "the host port was released"

@@ -178,3 +178,18 @@ def test_a_capability_withdrawn_is_deleted_from_its_plugins_and_the_cache(cni):
     assert rec.calls == [], "nothing given, nothing cached: nothing to delete"
     with pytest.raises(CNIError):
         client.add_capability(conf, raw, api.Attachment("c9", "/run/netns/x"), "portMappings", mappings)
+
+
+def test_a_capability_is_cached_before_its_add_so_a_failed_one_is_deleted_with_it(cni):
+    client, rec = cni
+    conf, raw = raw_conf()
+    client.add(conf, raw, api.Attachment("c1", "/run/netns/x"))
+    rec.fail_on = ("ADD", "first")
+    mappings = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    with pytest.raises(CNIError):
+        client.add_capability(conf, raw, api.Attachment("c1", "/run/netns/x"), "portMappings", mappings)
+    assert cache.load(client.cache_dir, "net1", "c1", "eth0")["capabilityArgs"] == {"portMappings": mappings}
+    rec.calls.clear()
+    client.delete(conf, raw, api.Attachment("c1", ""))
+    assert [(c[1], c[2].get("runtimeConfig")) for c in rec.calls] == [
+        ("second", None), ("first", {"portMappings": mappings})], "what the failed ADD made is deleted"
