@@ -138,6 +138,19 @@ def _chain_publishes(net: Network) -> bool:
     return backends.get(net.backend).takes_conflist and bool(runtime.CNI.declaring(net.conflist, "portMappings"))
 
 
+def _families_portmap_serves(net: Network, ep: Endpoint, requested: list) -> None:
+    """The reference portmap forwards a host address only to a container
+    address of its family and skips the rest without a word: a host IP of a
+    family the container has no address of is refused, not left unpublished."""
+    families = {ipaddress.ip_interface(ip["address"]).version for ip in (ep.result or {}).get("ips", [])}
+    for request in requested:
+        if request["host_ip"] and ipaddress.ip_address(request["host_ip"]).version not in families:
+            have = " and ".join(f"IPv{v}" for v in sorted(families)) or "no"
+            raise DriverError(f"{net.driver}: cannot publish {request['host_ip']}:{request['first']} to port "
+                              f"{request['container_port']}/{request['protocol']}: the container has {have} "
+                              f"addresses on {net.cni_name}, and portmap forwards only within an address family")
+
+
 class Translator:
     def __init__(self, state: State, settings: Settings, ipam: IpamDriver):
         self.state = state
@@ -510,6 +523,8 @@ class Translator:
         if not ep.result:
             raise DriverError(f"endpoint {ep.endpoint_id[:12]} has not joined a sandbox yet")
         key = ep.key
+        if _chain_publishes(net):
+            _families_portmap_serves(net, ep, requested)
         # First, so a refusal (Docker's "Bind for ...") changes nothing; the endpoint's own ports count as free to it.
         mappings = self.ports.allocate(key, [ports.Request(**r) for r in requested])
         if ep.port_mappings:

@@ -188,3 +188,16 @@ def test_a_portmap_that_fails_at_publishing_fails_docker_run_with_its_message_an
     again = container(docker, network(docker, "--subnet", "10.159.0.0/24"), "-p", "18140:80", command=WEB)
     assert wait_for_http("http://127.0.0.1:18140/").strip() == settings(docker, again, "")["Config"]["Hostname"], \
         "the host port was released"
+
+
+def test_a_host_ip_of_a_family_the_container_lacks_is_refused_not_left_unpublished(docker, tmp_path):
+    """portmap skips a mapping whose host address is IPv6 for an IPv4-only
+    container without a word: `docker run` says so instead."""
+    cni_name = unique("ptp")
+    write_conflist(docker, cni_name, [{"type": "ptp", "ipMasq": True,
+                                       "ipam": dict(host_local("10.158.0.0/24", tmp_path), routes=[{"dst": "0.0.0.0/0"}])},
+                                      PORTMAP])
+    net = network(docker, "--subnet", "10.158.0.0/24", "-o", f"cni.conflist={cni_name}", driver="rancher-conflist")
+    err = run_fails(docker, net, "-p", "[::1]:18150:80")
+    assert "cannot publish ::1:18150 to port 80/tcp: the container has IPv4 addresses" in err, err
+    assert portmap_rules() == [] and [f for f in os.listdir(tmp_path / cni_name) if f.startswith("10.")] == []
