@@ -198,7 +198,8 @@ class Translator:
         ipam = render.ipam_section([d.to_wire() for d in ipv4], [d.to_wire() for d in ipv6],
                                    self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
                                    self.settings.etcd_tls, self.settings.etcd_insecure)
-        conf = render.conflist(cni_name, entry.render(bridge, opts, ipam), render.meta_plugins(opts))
+        conf = render.conflist(cni_name, entry.render(bridge, opts, ipam),
+                               render.meta_plugins(opts, os.path.join(self.settings.run_dir, "tuning")))
         self._validated(_raw(conf))
         self._meta_plugins_installed(driver, conf)
         net = Network(id=network_id, driver=driver, backend=backend, options=opts, cni_name=cni_name, bridge=bridge,
@@ -509,6 +510,14 @@ class Translator:
             if not quiet:
                 raise
             log.warning("undoing ADD of %s: %s", ep.endpoint_id[:12], exc)
+            return
+        # tuning restores the old link attributes at a DEL that finds the
+        # interface and only then forgets them; this DEL runs without a
+        # namespace (the veth goes with the bridge plug-in's DEL)
+        backup = render.tuning_backup(conf, ep.endpoint_id, CONTAINER_IFNAME)
+        if backup:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(backup)
 
     # -- published ports -----------------------------------------------------
 

@@ -18,6 +18,7 @@ OPTIONS = (
     Option("macspoofchk", options.boolean, False, "drop frames whose source MAC is not the container's"),
     Option("vlan", options.int_between(0, 4094), 0, "VLAN id of the container ports (needs bridge vlan_filtering)"),
     *options.BANDWIDTH,
+    *options.TUNING,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )
