@@ -283,9 +283,10 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
         if key in _READ_BY_DOCKER:
             continue  # Docker turned it into its own flag, which docker_flags honours
         name = ALIASES.get(key, key)
-        if str(name).startswith(TUNING_SYSCTL) and "tuning.mtu" in known:
+        chains_meta_plugins = TUNING[0].name in known  # our backends (not conflist: its chain is the user's)
+        if str(name).startswith(TUNING_SYSCTL) and chains_meta_plugins:
             refuse_tuning_sysctl(driver, str(key))
-        if str(name).split(".")[0] == FIREWALL and "tuning.mtu" in known:
+        if str(name).split(".")[0] == FIREWALL and chains_meta_plugins:
             refuse_firewall(driver, str(key))
         if name not in known:
             raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted([*known, "backend"])))
