@@ -60,13 +60,17 @@ class CNI:
         """ADD through the whole list; `prev_result` seeds the chain (a list that
         only adds to an existing attachment, such as port mappings)."""
         att.network = conf["name"]
-        result = prev_result
-        for plugin in conf["plugins"]:
+        result = self._add_chain(conf, conf["plugins"], att, prev_result)
+        cache.save(self.cache_dir, att, raw, result)
+        return result
+
+    def _add_chain(self, conf: dict, plugins: list, att: Attachment, result: dict | None) -> dict:
+        """ADD on `plugins` in order, each given the one before's result."""
+        for plugin in plugins:
             output = self._run("ADD", conf, plugin, att, result)
             if output is None:
                 raise CNIError(CHECK_FAILED, f"plug-in {plugin['type']} returned no result on ADD")
             result = version.normalize_result(output)
-        cache.save(self.cache_dir, att, raw, result)
         return result
 
     def _cached(self, conf: dict, raw: bytes, att: Attachment) -> tuple:
@@ -118,11 +122,7 @@ class CNI:
         # the argument is cached first: whatever a plug-in made before a crash
         # or a failure is torn down by the next DEL, which hands it over again
         cache.save(self.cache_dir, att, raw, result)
-        for plugin in self.declaring(conf, capability):
-            output = self._run("ADD", conf, plugin, att, result)
-            if output is None:
-                raise CNIError(CHECK_FAILED, f"plug-in {plugin['type']} returned no result on ADD")
-            result = version.normalize_result(output)
+        result = self._add_chain(conf, self.declaring(conf, capability), att, result)
         cache.save(self.cache_dir, att, raw, result)
         return result
 
