@@ -197,6 +197,26 @@ def test_firewall_true_chains_the_reference_firewall_below_our_isolation_and_lea
         code, report = doctor(docker)
         assert code == 0, report  # the jump order is in line, and the firewall plug-in's CHECK passes
 
+        # the admin's rule in CNI-ADMIN applies to our containers (our ACCEPTs yield to CNI-FORWARD)
+        admin_rule = ["CNI-ADMIN", "-s", ip_a, "-d", ip_b, "-j", "DROP"]
+        run("iptables", "-w", "-A", *admin_rule)
+        assert not can_ping(docker, a, ip_b), "the admin's DROP in CNI-ADMIN is honoured"
+        run("iptables", "-w", "-D", *admin_rule)
+        assert can_ping(docker, a, ip_b)
+
+        # CNI-FORWARD put back first behind the shim's back: doctor reports it and --repair moves ours above
+        cni_jump = ["FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules", "-j", "CNI-FORWARD"]
+        run("iptables", "-w", "-D", *cni_jump)
+        run("iptables", "-w", "-I", cni_jump[0], "1", *cni_jump[1:])
+        code, report = doctor(docker)
+        assert code == 1 and [(f["kind"], f["subject"]) for f in report["findings"]] == \
+            [("firewall", "chains and jumps")], report
+        assert "RANCHER-CNI-FORWARD" in report["findings"][0]["problem"], report
+        doctor(docker, "--repair")
+        jumps = forward_jumps()
+        assert jumps.index("RANCHER-CNI-FORWARD") < jumps.index("CNI-FORWARD"), jumps
+        assert doctor(docker)[0] == 0 and not can_ping(docker, a, ip_c)
+
         docker("rm", "-f", a, b)
         saved = run("iptables-save").stdout
         assert ip_a not in saved and ip_b not in saved, "the DELs left the containers' rules behind"
