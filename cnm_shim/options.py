@@ -113,6 +113,59 @@ BANDWIDTH = (
     Option("bandwidth.egress_burst", bits, None, "its burst, in bits (default: a tenth of the rate)"),
 )
 
+# The reference tuning plug-in's link attributes, set on the container's
+# interface by the ADD (in the staging namespace): the kernel keeps them when
+# Docker moves the interface into the container. Left out: not set. (The
+# plug-in of Debian 12, 1.1.1, has no txQLen yet: it would ignore one.)
+TUNING = (
+    Option("tuning.mtu", int_between(68, 65535), None,
+           "MTU of the containers' interfaces only (the reference tuning plug-in)"),
+    Option("tuning.promisc", boolean, None, "promiscuous mode on the containers' interfaces (true or false)"),
+    Option("tuning.allmulti", boolean, None, "all-multicast mode on the containers' interfaces (true or false)"),
+)
+TUNING_SYSCTL = "tuning.sysctl."
+FIREWALL = "firewall"
+# The reference firewall plug-in, chained after ours on rancher-bridge: our
+# isolation and DROPs decide first, then its CNI-FORWARD (with the admin's
+# CNI-ADMIN) accepts the container's traffic (firewall.bridge_rules, the
+# jump order in iptables.KEEP_ABOVE; tests/netns/test_reference_firewall.py).
+FIREWALL_OPTION = Option(FIREWALL, boolean, False,
+                         "chain the reference firewall plug-in: the admin's rules in its CNI-ADMIN chain apply to "
+                         "the containers' traffic, after this driver's isolation (true or false)")
+
+
+def refuse_firewall(driver: str, key: str, offered: bool) -> None:
+    """The reference firewall plug-in's settings this driver does not offer,
+    asked for with -o firewall[.KEY]: refused, saying why and what is
+    (`offered`: the driver offers -o firewall=true)."""
+    if offered:
+        raise DriverError(
+            f"{driver}: option {key[:100]!r}: only -o firewall=true (or false) is offered, with the reference "
+            "firewall plug-in's defaults: its ingress_policy=same-bridge is not, as this driver's isolation "
+            "already keeps the host's other bridges out of the network and the plug-in's DEL would leave its "
+            "isolation rules behind; its other settings (backend: iptables, firewalld is not used) are this "
+            "driver's to set")
+    raise DriverError(
+        f"{driver}: option {key[:100]!r}: the reference firewall plug-in is not offered on this driver's "
+        "networks (rancher-bridge offers -o firewall=true): on its own it puts its CNI-FORWARD chain first in "
+        "FORWARD and accepts everything the container sends there, ahead of this driver's isolation rules, so "
+        "the container would reach this host's other networks; only rancher-bridge keeps its isolation above it "
+        "(and is tested so). This driver's own rules already let the containers' traffic through Docker's "
+        "FORWARD DROP policy (RANCHER-CNI-FORWARD)")
+
+
+def refuse_tuning_sysctl(driver: str, key: str) -> None:
+    """tuning's `sysctl`, asked for with -o tuning.sysctl.NAME=VALUE: refused
+    with the reason and the way that works (checked in the engine tests)."""
+    raise DriverError(
+        f"{driver}: option {key[:100]!r}: the tuning plug-in's sysctls cannot be set on a Docker container's "
+        "interface: the CNI ADD runs before Docker moves the interface into the container, and the kernel "
+        "resets an interface's net.ipv4.conf / net.ipv6.conf settings when it changes namespace (and the "
+        "container's namespace-wide settings are not reachable at that point). Set it at docker run instead, "
+        "which applies it inside the container once the interface is there: "
+        "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE (eth0: the container's first network). "
+        "tuning.mtu, tuning.promisc and tuning.allmulti do work on the network")
+
 
 def ifname(what="a valid interface name"):
     """A parser for an option naming a network interface."""
@@ -246,6 +299,11 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
         if key in _READ_BY_DOCKER:
             continue  # Docker turned it into its own flag, which docker_flags honours
         name = ALIASES.get(key, key)
+        chains_meta_plugins = TUNING[0].name in known  # our backends (not conflist: its chain is the user's)
+        if str(name).startswith(TUNING_SYSCTL) and chains_meta_plugins:
+            refuse_tuning_sysctl(driver, str(key))
+        if str(name).split(".")[0] == FIREWALL and chains_meta_plugins and name not in known:
+            refuse_firewall(driver, str(key), offered=FIREWALL in known)
         if name not in known:
             raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted([*known, "backend"])))
         values[name] = known[name].parse(driver, key, value)

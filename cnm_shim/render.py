@@ -6,6 +6,7 @@ address pool (the IPAM store keys addresses by subnet).
 """
 
 import ipaddress
+import os
 
 from cni_backend.ipam.etcd_store import CONFIG_KEYS
 
@@ -68,10 +69,27 @@ def _burst(rate: int, burst: int | None) -> int:
     return burst if burst else max(rate // 10, MIN_BURST_BITS)
 
 
-def meta_plugins(opts: dict) -> list:
+# -o tuning.KEY -> the reference tuning plug-in's key
+TUNING_KEYS = (("tuning.mtu", "mtu"), ("tuning.promisc", "promisc"), ("tuning.allmulti", "allmulti"))
+
+
+def meta_plugins(opts: dict, tuning_dir: str | None = None) -> list:
     """The reference meta plug-ins the network's options ask for, chained after
-    its own plug-in (they read its result): bandwidth for rate limits."""
-    chained = []
+    its own plug-in (they read its result): tuning for the container
+    interface's link attributes, bandwidth for rate limits, firewall (first:
+    it reads the container's addresses; its iptables backend, never
+    firewalld) for the admin's CNI-ADMIN rules. `tuning_dir`:
+    where tuning keeps the values it changed (to restore them at a DEL that
+    finds the interface, which ours never does: it is back on the host by
+    then), so that the shim can remove them (tuning_backup)."""
+    if opts.get("firewall") and opts.get("cni.export"):
+        raise DriverError("option firewall=true cannot go with cni.export=true: after the firewall plug-in's ADD "
+                          "the shim puts this driver's isolation back above the plug-in's CNI-FORWARD chain, "
+                          "which a CNI runtime running the exported conflist would not do")
+    chained = [{"type": "firewall", "backend": "iptables"}] if opts.get("firewall") else []
+    tuning = {conf_key: opts[key] for key, conf_key in TUNING_KEYS if opts.get(key) is not None}
+    if tuning:
+        chained.append({"type": "tuning", **tuning, **({"dataDir": tuning_dir} if tuning_dir else {})})
     bandwidth = {}
     for direction in ("ingress", "egress"):
         rate, burst = opts.get(f"bandwidth.{direction}_rate"), opts.get(f"bandwidth.{direction}_burst")
@@ -82,6 +100,21 @@ def meta_plugins(opts: dict) -> list:
     if bandwidth:
         chained.append({"type": "bandwidth", **bandwidth})
     return chained
+
+
+def chains_firewall(conf: dict) -> bool:
+    """Whether the reference firewall follows the network's own plug-in."""
+    return any(plugin.get("type") == "firewall" for plugin in conf["plugins"][1:])
+
+
+def tuning_backup(conf: dict, container_id: str, ifname: str) -> str | None:
+    """The file the tuning plug-in of `conf` saved an attachment's old link
+    attributes in (dataDir/CONTAINERID_IFNAME.json), if it chains tuning with
+    a dataDir of ours."""
+    for plugin in conf["plugins"][1:]:
+        if plugin["type"] == "tuning" and plugin.get("dataDir"):
+            return os.path.join(plugin["dataDir"], f"{container_id}_{ifname}.json")
+    return None
 
 
 PORTMAP = {"type": "rancher-portmap", "capabilities": {"portMappings": True}, "snat": True}

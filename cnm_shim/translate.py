@@ -125,6 +125,32 @@ def _same_addresses_as_docker(net: Network, ep: Endpoint, result: dict) -> None:
                                "the same subnet as Docker's --subnet")
 
 
+def _chain_publishes(net: Network) -> bool:
+    """A conflist network (rancher-conflist) whose own list publishes ports: a
+    plug-in of it declares `capabilities: {"portMappings": true}` (the
+    reference portmap, as CNI runtimes chain it). Such a list gets Docker's
+    published ports as the portMappings capability, host ports allocated by
+    ports.py as on our backends. A list without one still publishes, through
+    rancher-portmap run after it as on our backends: Docker's user asked for
+    -p and the network is a Docker network; refusing would make `-p` depend on
+    a line of a file the user may not own, and `portmap` without the
+    capability declared gets no mappings from libcni either."""
+    return backends.get(net.backend).takes_conflist and bool(runtime.CNI.declaring(net.conflist, "portMappings"))
+
+
+def _families_portmap_serves(net: Network, ep: Endpoint, requested: list) -> None:
+    """The reference portmap forwards a host address only to a container
+    address of its family and skips the rest without a word: a host IP of a
+    family the container has no address of is refused, not left unpublished."""
+    families = {ipaddress.ip_interface(ip["address"]).version for ip in (ep.result or {}).get("ips", [])}
+    for request in requested:
+        if request["host_ip"] and ipaddress.ip_address(request["host_ip"]).version not in families:
+            have = " and ".join(f"IPv{v}" for v in sorted(families)) or "no"
+            raise DriverError(f"{net.driver}: cannot publish {request['host_ip']}:{request['first']} to port "
+                              f"{request['container_port']}/{request['protocol']}: the container has {have} "
+                              f"addresses on {net.cni_name}, and portmap forwards only within an address family")
+
+
 class Translator:
     def __init__(self, state: State, settings: Settings, ipam: IpamDriver):
         self.state = state
@@ -172,7 +198,8 @@ class Translator:
         ipam = render.ipam_section([d.to_wire() for d in ipv4], [d.to_wire() for d in ipv6],
                                    self.settings.ipam_data_dir, sub_pools, self.settings.etcd_endpoints,
                                    self.settings.etcd_tls, self.settings.etcd_insecure)
-        conf = render.conflist(cni_name, entry.render(bridge, opts, ipam), render.meta_plugins(opts))
+        conf = render.conflist(cni_name, entry.render(bridge, opts, ipam),
+                               render.meta_plugins(opts, os.path.join(self.settings.run_dir, "tuning")))
         self._validated(_raw(conf))
         self._meta_plugins_installed(driver, conf)
         net = Network(id=network_id, driver=driver, backend=backend, options=opts, cni_name=cni_name, bridge=bridge,
@@ -382,6 +409,10 @@ class Translator:
             try:
                 with step(f"{net.driver}: CNI ADD on {net.cni_name} failed"):
                     result = self.cni.add(conf, raw, self._attachment(net, ep, staging_path))
+                    if render.chains_firewall(conf) and not backends.get(net.backend).takes_conflist:
+                        # it put its CNI-FORWARD jump first if it was missing: ours back above it,
+                        # before the container runs (iptables.KEEP_ABOVE)
+                        hostnet.repair_firewall()
                     _same_addresses_as_docker(net, ep, result)
                     if backends.get(net.backend).takes_conflist:
                         hostnet.answer_arp_on_routed_peers(result)
@@ -483,6 +514,14 @@ class Translator:
             if not quiet:
                 raise
             log.warning("undoing ADD of %s: %s", ep.endpoint_id[:12], exc)
+            return
+        # tuning restores the old link attributes at a DEL that finds the
+        # interface and only then forgets them; this DEL runs without a
+        # namespace (the veth goes with the bridge plug-in's DEL)
+        backup = render.tuning_backup(conf, ep.endpoint_id, CONTAINER_IFNAME)
+        if backup:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(backup)
 
     # -- published ports -----------------------------------------------------
 
@@ -497,6 +536,8 @@ class Translator:
         if not ep.result:
             raise DriverError(f"endpoint {ep.endpoint_id[:12]} has not joined a sandbox yet")
         key = ep.key
+        if _chain_publishes(net):
+            _families_portmap_serves(net, ep, requested)
         # First, so a refusal (Docker's "Bind for ...") changes nothing; the endpoint's own ports count as free to it.
         mappings = self.ports.allocate(key, [ports.Request(**r) for r in requested])
         if ep.port_mappings:
@@ -508,12 +549,20 @@ class Translator:
                 raise
             ep.port_requests = ep.port_mappings = None  # gone from the kernel: gone from the record
             self.state.save(ep)
-        conf = render.ports_conflist(net.conflist)
-        att = runtime.Attachment(ep.endpoint_id, ep.sandbox_key or "/proc/self/ns/net", CONTAINER_IFNAME,
-                                 capability_args={"portMappings": mappings})
+        context = f"{net.driver}: publishing ports failed"
+        if backends.get(net.backend).takes_conflist and not _chain_publishes(net):
+            context += (f" (the conflist {net.cni_name!r} has no plug-in declaring the portMappings capability, "
+                        "so rancher-portmap published after it; to publish through the reference portmap, "
+                        'add {"type": "portmap", "capabilities": {"portMappings": true}} to its plugins)')
         try:
-            with step(f"{net.driver}: publishing ports failed"):
-                self.cni.add(conf, _raw(conf), att, prev_result=ep.result)
+            with step(context):
+                if _chain_publishes(net):
+                    self._publish_through_the_chain(net, ep, mappings)
+                else:
+                    conf = render.ports_conflist(net.conflist)
+                    att = runtime.Attachment(ep.endpoint_id, ep.sandbox_key or "/proc/self/ns/net",
+                                             CONTAINER_IFNAME, capability_args={"portMappings": mappings})
+                    self.cni.add(conf, _raw(conf), att, prev_result=ep.result)
         except runtime.CNIError:
             try:  # undo what the ADD made; its own failure must not hide the ADD's
                 self._revoke_ports(net, dataclasses.replace(ep, port_mappings=mappings))
@@ -547,8 +596,27 @@ class Translator:
         self._remove_port_rules(net, ep)
         self.ports.release(ep.key)
 
+    def _publish_through_the_chain(self, net: Network, ep: Endpoint, mappings: list) -> None:
+        """A conflist network whose list has plug-ins declaring the
+        portMappings capability (the reference portmap): they publish, as
+        libcni would have them do with the mappings in the ADD's runtime
+        config. Docker <= 27 names the ports only now, after Join's ADD, and
+        the sandbox namespace does not exist yet (PROTOCOLS.md): so those
+        plug-ins alone run ADD again now, with the chain's cached result as
+        prevResult, and the attachment's cache entry takes the mappings, so
+        the chain's final DEL (DeleteEndpoint, or DeleteNetwork, or GC) hands
+        them to portmap and its rules go with the attachment even if
+        RevokeExternalConnectivity never came. portmap reads no namespace
+        (only prevResult's addresses), so the sandbox path is only CNI_NETNS."""
+        att = runtime.Attachment(ep.endpoint_id, ep.sandbox_key or "/proc/self/ns/net", CONTAINER_IFNAME)
+        self.cni.add_capability(net.conflist, _raw(net.conflist), att, "portMappings", mappings)
+
     def _remove_port_rules(self, net: Network, ep: Endpoint) -> None:
-        if ep.port_mappings:
+        if ep.port_mappings and _chain_publishes(net):  # the chain's own portmap: DEL it with our record's mappings
+            att = runtime.Attachment(ep.endpoint_id, "", CONTAINER_IFNAME)
+            with step(f"{net.driver}: removing published ports failed"):
+                self.cni.del_capability(net.conflist, _raw(net.conflist), att, "portMappings", ep.port_mappings)
+        elif ep.port_mappings:
             conf = render.ports_conflist(net.conflist)
             att = runtime.Attachment(ep.endpoint_id, "", CONTAINER_IFNAME,
                                      capability_args={"portMappings": ep.port_mappings})

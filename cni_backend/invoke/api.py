@@ -60,13 +60,17 @@ class CNI:
         """ADD through the whole list; `prev_result` seeds the chain (a list that
         only adds to an existing attachment, such as port mappings)."""
         att.network = conf["name"]
-        result = prev_result
-        for plugin in conf["plugins"]:
+        result = self._add_chain(conf, conf["plugins"], att, prev_result)
+        cache.save(self.cache_dir, att, raw, result)
+        return result
+
+    def _add_chain(self, conf: dict, plugins: list, att: Attachment, result: dict | None) -> dict:
+        """ADD on `plugins` in order, each given the one before's result."""
+        for plugin in plugins:
             output = self._run("ADD", conf, plugin, att, result)
             if output is None:
                 raise CNIError(CHECK_FAILED, f"plug-in {plugin['type']} returned no result on ADD")
             result = version.normalize_result(output)
-        cache.save(self.cache_dir, att, raw, result)
         return result
 
     def _cached(self, conf: dict, raw: bytes, att: Attachment) -> tuple:
@@ -80,8 +84,9 @@ class CNI:
             conf = conflists.parse(raw, "cached config")
         if not att.args and entry.get("cniArgs"):
             att.args = [tuple(pair) for pair in entry["cniArgs"]]
-        if not att.capability_args and entry.get("capabilityArgs"):
-            att.capability_args = entry["capabilityArgs"]
+        # the arguments the caller gives win; what only the cache holds (a
+        # capability given after ADD, see add_capability) is kept for DEL
+        att.capability_args = dict(entry.get("capabilityArgs") or {}, **att.capability_args)
         result = version.normalize_result(entry["result"]) if entry.get("result") else None
         return conf, raw, result
 
@@ -91,6 +96,52 @@ class CNI:
         for plugin in reversed(conf["plugins"]):
             self._run("DEL", conf, plugin, att, prev)
         cache.remove(self.cache_dir, att.network, att.container_id, att.ifname)
+
+    @staticmethod
+    def declaring(conf: dict, capability: str) -> list:
+        """The plug-ins of a list that declare `capability` (libcni hands a
+        capability argument to those only)."""
+        return [p for p in conf["plugins"] if (p.get("capabilities") or {}).get(capability) is True]
+
+    def add_capability(self, conf: dict, raw: bytes, att: Attachment, capability: str, value) -> dict:
+        """A capability argument that was not known at ADD, given to an existing
+        attachment: ADD on the plug-ins of its cached list that declare it, in
+        list order, with the cached result as prevResult; then the cache entry
+        holds the argument (so the final DEL hands it to them again, as libcni's
+        DEL hands the cached runtime config) and the new result.
+
+        This is the one departure from one ADD per attachment, for runtimes
+        that learn an argument late: Docker <= 27 names published ports at
+        ProgramExternalConnectivity, after Join's ADD. A plug-in that declares
+        the capability got nothing for it at the first ADD (for portmap: no
+        rules), so its second ADD makes exactly what it would have made then."""
+        conf, raw, result = self._cached(conf, raw, att)
+        if result is None:
+            raise CNIError(CHECK_FAILED, f"no cached result for {att.container_id}/{att.ifname} on {conf['name']}")
+        att.capability_args = dict(att.capability_args, **{capability: value})
+        # the argument is cached first: whatever a plug-in made before a crash
+        # or a failure is torn down by the next DEL, which hands it over again
+        cache.save(self.cache_dir, att, raw, result)
+        result = self._add_chain(conf, self.declaring(conf, capability), att, result)
+        cache.save(self.cache_dir, att, raw, result)
+        return result
+
+    def del_capability(self, conf: dict, raw: bytes, att: Attachment, capability: str, value=None) -> None:
+        """Undo add_capability: DEL on the plug-ins that declare `capability`, in
+        reverse order, with `value` (else the cached argument); then the cache
+        entry without it. Nothing cached: nothing to undo."""
+        conf, raw, result = self._cached(conf, raw, att)
+        if result is None:
+            return
+        if value is not None:
+            att.capability_args = dict(att.capability_args, **{capability: value})
+        if not att.capability_args.get(capability):
+            return
+        prev = result if version.at_least(conf["cniVersion"], "0.4.0") else None
+        for plugin in reversed(self.declaring(conf, capability)):
+            self._run("DEL", conf, plugin, att, prev)
+        att.capability_args = {k: v for k, v in att.capability_args.items() if k != capability}
+        cache.save(self.cache_dir, att, raw, result)
 
     def check(self, conf: dict, raw: bytes, att: Attachment, view=None) -> None:
         """`view(result)`, if given, adapts the cached result to what the runtime

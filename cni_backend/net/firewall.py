@@ -6,7 +6,11 @@ filter RANCHER-CNI-FORWARD (jumped to from FORWARD)
     -s IP -i BR -j ACCEPT                         the container's own traffic, and
     -d IP -o BR ctstate RELATED,ESTABLISHED,DNAT  replies and published ports back
                                                   to it: Docker's FORWARD DROP
-                                                  policy would drop them
+                                                  policy would drop them; RETURN
+                                                  instead with the reference firewall
+                                                  chained (firewallChained): its
+                                                  CNI-FORWARD, below our jump
+                                                  (iptables.KEEP_ABOVE), decides
 filter RANCHER-CNI-ISOLATION
     -i LAN ctstate RELATED,ESTABLISHED -j RETURN  per flat bridge, first: it is the
                                                   host's uplink (no DROP for it), so
@@ -47,7 +51,7 @@ def _host(iface) -> str:
 
 
 def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forbidden=(), open_inbound=False,
-                 metadata=None, internal=False) -> dict:
+                 metadata=None, internal=False, firewall_chained=False) -> dict:
     """family -> table -> rules for a container on `bridge` with addresses `cidrs`;
     nothing it sends is routed out of the `forbidden` interfaces. Who may open
     connections to it: replies only (False), its own subnet ("subnet": VXLAN,
@@ -60,9 +64,17 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
     `internal`: whatever the bridge sends out of the subnet and whatever
     comes into it from outside is dropped, whoever claims to send it (Docker's
     internal networks); every attachment carries the pair, ahead of its
-    ACCEPTs, so they stand while any container of the network does."""
+    ACCEPTs, so they stand while any container of the network does.
+    `firewall_chained`: the reference firewall plug-in follows ours in the
+    chain; the container's own ACCEPT and its replies' become RETURNs, so
+    that, past our isolation and DROPs, the firewall's CNI-FORWARD (and the
+    admin's CNI-ADMIN in it) decides. They stay, naming the bridge, so the
+    bridge keeps its isolation rules (iptables._isolated_bridges). And the
+    container's address coming from anywhere but its bridge is dropped:
+    CNI-FORWARD's `-s IP -j ACCEPT` names no interface."""
     per_family = {}
     note = f"-m comment --comment {tag}"
+    own = "RETURN" if firewall_chained else "ACCEPT"
     for iface in map(ipaddress.ip_interface, cidrs):
         rules = per_family.setdefault(iface.version, {"filter": [], "nat": []})
         if internal:
@@ -71,19 +83,28 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
                 f"-A {FORWARD_CHAIN} ! -d {iface.network} -i {bridge} ! -o {bridge} {note} -j DROP",
                 f"-A {FORWARD_CHAIN} ! -s {iface.network} ! -i {bridge} -o {bridge} {note} -j DROP",
             ]
+        if firewall_chained:
+            # CNI-FORWARD accepts `-s IP` from any interface: whatever claims
+            # the container's address without coming from its bridge (a LAN
+            # host, another bridge) is dropped here, before it gets there
+            rules["filter"].append(f"-A {FORWARD_CHAIN} -s {_host(iface)} ! -i {bridge} {note} -j DROP")
         rules["filter"] += [f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} -o {out} {note} -j DROP"
                             for out in forbidden]
-        rules["filter"].append(f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} {note} -j ACCEPT")
+        rules["filter"].append(f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} {note} -j {own}")
+        inbound = [
+            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j {own}" if open_inbound is True else
+            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j {own}"]
         if open_inbound == "subnet":
+            subnet = f"-A {FORWARD_CHAIN} -s {iface.network} -d {_host(iface)} -o {bridge} {note} -j ACCEPT"
             # Before the ctstate ACCEPT, not after: both accept, so the order
             # changes no verdict, but the subnet's packets (all the traffic
             # through the tunnel or VTEP) then stop at a rule of plain address
             # matches instead of also running the conntrack match (an xt
-            # compat match in iptables-nft) on every packet.
-            rules["filter"].append(f"-A {FORWARD_CHAIN} -s {iface.network} -d {_host(iface)} -o {bridge} {note} -j ACCEPT")
-        rules["filter"].append(
-            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j ACCEPT" if open_inbound is True else
-            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT")
+            # compat match in iptables-nft) on every packet. Not when the
+            # ctstate rule RETURNs (firewall_chained): then it comes first,
+            # as before, so the chained firewall still sees those replies.
+            inbound = [subnet] + inbound if own == "ACCEPT" else inbound + [subnet]
+        rules["filter"] += inbound
         if metadata and iface.version == 4:
             md_bridge, md_ip = metadata
             rules["filter"] += [

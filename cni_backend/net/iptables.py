@@ -41,6 +41,13 @@ CHAINS = {
 }
 
 
+# Foreign jumps ours must come before in a built-in chain: the reference
+# firewall plug-in inserts `-j CNI-FORWARD` first in FORWARD (when absent) and
+# accepts its containers' traffic there, which would decide before our
+# isolation (tests/netns/test_reference_firewall.py). Ours goes back above it.
+KEEP_ABOVE = {"FORWARD": ("CNI-FORWARD",)}
+
+
 # Whitespace other than the space between tokens, or a control character: in
 # a restore script a newline ends the rule and may open another table.
 _UNSAFE = re.compile(r"[^\S ]|[\x00-\x1f\x7f-\x9f]")
@@ -97,6 +104,17 @@ def _is_attachment(rule: str) -> bool:
 def _has_jump(rules: list, jump: str) -> bool:
     parent, chain = jump.split()[0], jump.split()[-1]
     return any(r.startswith(f"-A {parent} ") and r.endswith(f"-j {chain}") for r in rules)
+
+
+def _moved_above(rules: list, jump: str) -> list:
+    """Restore lines putting our `jump` (present) back first in its built-in
+    chain when a jump of KEEP_ABOVE comes before it there; empty when in line."""
+    parent, chain = jump.split()[0], jump.split()[-1]
+    in_parent = [r for r in rules if r.startswith(f"-A {parent} ")]
+    ours = next(i for i, r in enumerate(in_parent) if r.endswith(f"-j {chain}"))
+    if not any(r.endswith(f"-j {foreign}") for r in in_parent[:ours] for foreign in KEEP_ABOVE.get(parent, ())):
+        return []
+    return ["-D" + in_parent[ours][2:], f"-I {_first(jump)}"]
 
 
 def _first(rule: str) -> str:
@@ -176,6 +194,7 @@ def _plan(table: str, saved: tuple, is_stale, new_rules: list) -> list:
             if chain not in chains:
                 declare.append(f":{chain} - [0:0]")
             lines += [f"-I {_first(j)}" for j in jumps if not _has_jump(rules, j)]
+            lines += [line for j in jumps if _has_jump(rules, j) for line in _moved_above(rules, j)]
         elif chain in chains:
             lines += [f"-D {j}" for j in jumps if _has_jump(rules, j)] + [f"-F {chain}", f"-X {chain}"]
     if table == "filter":

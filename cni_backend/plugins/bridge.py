@@ -42,6 +42,7 @@ class BridgeConf:
     open_inbound: bool | str = False  # who may connect to it: see firewall.bridge_rules
     metadata: tuple | None = None     # flat's (metadata bridge, address): see firewall.bridge_rules
     internal: bool = False        # nothing leaves the subnet, nothing enters it from outside (--internal)
+    firewall_chained: bool = False  # the reference firewall follows: our ACCEPTs yield (firewall.bridge_rules)
 
 
 def load_conf(req) -> BridgeConf:
@@ -58,6 +59,7 @@ def load_conf(req) -> BridgeConf:
                        "must be false")
     return BridgeConf(
         internal=internal,
+        firewall_chained=fields.flag(config, "firewallChained"),
         bridge=bridge,
         is_gateway=fields.flag(config, "isGateway") or is_default_gateway,
         is_default_gateway=is_default_gateway,
@@ -135,7 +137,8 @@ def attach(req, conf: BridgeConf) -> dict:
 
 def _rules(req, conf: BridgeConf, ips: list) -> dict:
     return firewall.bridge_rules(_tag(req), conf.bridge, [ip["address"] for ip in ips], conf.ip_masq,
-                                 conf.forbidden_out, conf.open_inbound, conf.metadata, conf.internal)
+                                 conf.forbidden_out, conf.open_inbound, conf.metadata, conf.internal,
+                                 conf.firewall_chained)
 
 
 def _container_routes(conf: BridgeConf, ipam: dict) -> list:

@@ -18,6 +18,8 @@ OPTIONS = (
     Option("macspoofchk", options.boolean, False, "drop frames whose source MAC is not the container's"),
     Option("vlan", options.int_between(0, 4094), 0, "VLAN id of the container ports (needs bridge vlan_filtering)"),
     *options.BANDWIDTH,
+    *options.TUNING,
+    options.FIREWALL_OPTION,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )
@@ -34,6 +36,8 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
         plugin["mtu"] = opts["mtu"]
     if opts["vlan"]:
         plugin["vlan"] = opts["vlan"]
+    if opts["firewall"]:  # the reference firewall follows: the container's ACCEPTs yield to its CNI-FORWARD
+        plugin["firewallChained"] = True
     return plugin
 
 

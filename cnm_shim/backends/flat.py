@@ -19,6 +19,7 @@ OPTIONS = (
     Option("fast_path", options.boolean, True,
            "unicast between containers and the uplink skips the bridge and its br_netfilter hooks"),
     *options.BANDWIDTH,
+    *options.TUNING,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )

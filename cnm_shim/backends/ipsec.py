@@ -63,6 +63,7 @@ OPTIONS = (
            "user-space data path)"),
     options.IP_MASQ,
     *options.BANDWIDTH,
+    *options.TUNING,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )

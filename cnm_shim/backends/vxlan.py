@@ -13,6 +13,7 @@ OPTIONS = (
     options.MTU,
     options.IP_MASQ,
     *options.BANDWIDTH,
+    *options.TUNING,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )

@@ -40,6 +40,9 @@ def add_parser(sub) -> None:
     parser = sub.add_parser("compare", help="attach/detach containers through Docker (CNM) and CNI runtimes, "
                                             "report latency, topology, data plane and calls side by side")
     parser.add_argument("--backend", choices=tuple(backends.REGISTRY), default="bridge")
+    parser.add_argument("--conflist", help="conflist backend: the CNI network (its \"name\") in --cni-conf-dir, "
+                                           "e.g. the reference bridge with host-local; its IPAM store must be one "
+                                           "all three models share (host-local: a dataDir outside /var/lib)")
     parser.add_argument("-n", "--containers", type=int, default=10, help="containers per model (at least 2)")
     parser.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///run/docker.sock"))
     parser.add_argument("--containerd-socket", help="default: start a private containerd")
@@ -58,6 +61,8 @@ def add_parser(sub) -> None:
 def main(opts) -> int:
     if opts.containers < 2:
         raise SystemExit("compare: --containers must be at least 2 (the data plane needs a pair per model)")
+    if (opts.backend == "conflist") != bool(opts.conflist):
+        raise SystemExit("compare: --conflist NAME goes with --backend conflist, and only with it")
     if not os.path.exists(opts.cni_socket):
         raise SystemExit(f"compare: no CNI daemon at {opts.cni_socket} (the shim's --cni-socket): the CNI runtimes "
                          "must reach the same IPAM store as the shim")
@@ -116,34 +121,54 @@ class Comparison(contextlib.ExitStack):
         self.callback(self.client.images.remove, self.image, force=True)
         archive = b"".join(self.client.images.get(self.image).save(named=True))
         self._trace_on()
-        options = {"cni.export": "true", "cni.name": f"{PREFIX}{token()}"}
-        gateway = str(next(iter(__import__("ipaddress").ip_network(self.subnet).hosts())))
-        options.update(self._backend_fixture(gateway))
         self.docker_name = f"{PREFIX}-{opts.backend}-{token()}"
-        # our IpamDriver: with Docker's own IPAM, Docker would hand out addresses the CNI runtimes hold
         driver = backends.get(opts.backend).driver
-        ipam = docker.types.IPAMConfig(driver=driver,
-                                       pool_configs=[docker.types.IPAMPool(subnet=self.subnet, gateway=gateway)])
+        if opts.backend == "conflist":
+            conf, raw, options, ipam = self._foreign_network(docker)
+        else:
+            options = {"cni.export": "true", "cni.name": f"{PREFIX}{token()}"}
+            gateway = str(next(iter(__import__("ipaddress").ip_network(self.subnet).hosts())))
+            options.update(self._backend_fixture(gateway))
+            # our IpamDriver: with Docker's own IPAM, Docker would hand out addresses the CNI runtimes hold
+            ipam = docker.types.IPAMConfig(driver=driver,
+                                           pool_configs=[docker.types.IPAMPool(subnet=self.subnet, gateway=gateway)])
         network = self.client.networks.create(self.docker_name, driver=driver, options=options,
                                               ipam=ipam)
         self.callback(network.remove)
-        self.cni_name = options["cni.name"]
         self.network_id = network.id
-        self.conflist = os.path.join(opts.cni_conf_dir, f"50-{self.cni_name}.conflist")
-        conf, raw = conflists.find(self.conflist, opts.cni_conf_dir)
+        if opts.backend != "conflist":
+            self.cni_name = options["cni.name"]
+            conf, raw = conflists.find(os.path.join(opts.cni_conf_dir, f"50-{self.cni_name}.conflist"),
+                                       opts.cni_conf_dir)
         os.environ["RANCHER_CNI_SOCKET"] = opts.cni_socket  # the executables hand their work to the shim's daemon
         cache = tempfile.mkdtemp(prefix="rcmp-cache.")
         self.callback(shutil.rmtree, cache, ignore_errors=True)
-        netns_model = NetnsModel(api.CNI([opts.cni_path], cache_dir=cache), conf, raw)
+        netns_model = NetnsModel(api.CNI(self.plugin_dirs, cache_dir=cache), conf, raw)
         self.callback(netns_model.cleanup)
         containerd = Containerd(opts.containerd_socket, archive, f"docker.io/library/{self.image}")
         self.callback(containerd.close)
         self.containerd_version = containerd.version()
-        ctr_model = CtrModel(containerd, self.conflist, dict(os.environ))
+        containerd.link_plugins([p["type"] for p in conf["plugins"]], self.plugin_dirs)
+        ctr_model = CtrModel(containerd, f"00-{conf['name']}.conflist", raw, dict(os.environ))
         self.callback(ctr_model.cleanup)
         docker_model = DockerModel(self.client, self.docker_name, self.image)
         self.callback(docker_model.cleanup)
         self.models = {"cnm": docker_model, "ctr": ctr_model, "netns": netns_model}
+
+    @property
+    def plugin_dirs(self) -> list:
+        """Our executables first, then the CNI path the shim searches (the reference plug-ins)."""
+        return [self.opts.cni_path] + [d for d in paths.CNI_PATH if d != self.opts.cni_path]
+
+    def _foreign_network(self, docker) -> tuple:
+        """(conflist, raw, options, IPAM config) of a conflist network: Docker's
+        null IPAM, so the conflist's own IPAM chooses every model's addresses
+        (from one store) and the shim returns Docker's to it."""
+        conf, raw = conflists.named(self.opts.conflist, self.opts.cni_conf_dir, self.plugin_dirs)
+        self.cni_name = conf["name"]
+        ranges = [r for p in conf["plugins"] for rs in (p.get("ipam") or {}).get("ranges", []) for r in rs]
+        self.subnet = ", ".join(str(r.get("subnet")) for r in ranges) or "chosen by the conflist's IPAM"
+        return conf, raw, {"cni.conflist": conf["name"]}, docker.types.IPAMConfig(driver="null")
 
     def _trace_on(self) -> None:
         control = trace.control_path()

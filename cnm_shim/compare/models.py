@@ -20,8 +20,9 @@ import tarfile
 import tempfile
 import time
 
-from cni_backend import install
+from cni_backend import files, install
 from cni_backend.invoke import api
+from cni_backend.invoke.execute import find_plugin
 
 PREFIX = "rcmp"  # every container, namespace and link compare makes starts with it
 APPLETS = ("sh", "sleep", "echo", "ip", "ping", "cat")
@@ -185,6 +186,14 @@ class Containerd:
         os.makedirs(self.conf_dir)
         install.write_executables(self.bin_dir)
 
+    def link_plugins(self, types, plugin_dirs) -> None:
+        """The plug-ins of a conflist that are not ours (the reference ones)
+        linked into ctr's private /opt/cni/bin, found as the shim finds them."""
+        for kind in types:
+            target = os.path.join(self.bin_dir, kind)
+            if not os.path.exists(target):
+                os.symlink(find_plugin(kind, plugin_dirs), target)
+
     def version(self) -> str:
         out = self.ctr("version", check=False).stdout
         server = out.split("Server:", 1)[-1]
@@ -226,9 +235,11 @@ class Containerd:
 class CtrModel:
     key = "ctr"
 
-    def __init__(self, containerd: Containerd, conflist_path: str, env: dict):
+    def __init__(self, containerd: Containerd, filename: str, raw: bytes, env: dict):
+        """`raw`: the conflist, written first (`filename` 00-...) in ctr's
+        private /etc/cni/net.d, where ctr takes the first."""
         self.containerd, self.env = containerd, env
-        shutil.copy(conflist_path, os.path.join(containerd.conf_dir, "00-" + os.path.basename(conflist_path)))
+        files.write_atomic(os.path.join(containerd.conf_dir, filename), raw, 0o644)
         self.running = {}
 
     def attach(self, index: int):

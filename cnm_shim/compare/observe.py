@@ -14,6 +14,9 @@ import time
 from .models import run
 
 HEX_ID = re.compile(r"\b[0-9a-f]{8,}\b")
+# the reference plug-ins' rule comments carry the container ID, which is a
+# runtime's own name (ctr's, ours) rather than hex outside Docker
+COMMENT_ID = re.compile(r'(id: \\")[^\\"]+(\\")')
 BRPORT_KEYS = ("hairpin", "learning", "flood", "mcast_flood", "proxy_arp", "guard", "isolated", "neigh_suppress",
                "bpdu_guard", "root_block", "fastleave", "mcast_to_unicast")
 
@@ -41,7 +44,7 @@ class Normaliser:
             return text
         for value in sorted(self.names, key=len, reverse=True):
             text = text.replace(value, self.names[value])
-        return HEX_ID.sub("<id>", text)
+        return HEX_ID.sub("<id>", COMMENT_ID.sub(r"\1<id>\2", text))
 
 
 def container_topology(netns: str) -> dict:
@@ -79,7 +82,7 @@ def container_topology(netns: str) -> dict:
     if port is not None:
         norm.learn(port["ifname"], "<veth>")
         norm.learn(port.get("address", ""), "<host-mac>")
-        master = next((link["ifname"] for link in host_links if link["ifindex"] == port.get("master")), None)
+        master = port.get("master")  # iproute2's JSON names the master link
         out["host.port.master"] = master or "-"
         out["host.port.mtu"] = port.get("mtu")
         out["host.port.state"] = port.get("operstate")

@@ -1,6 +1,8 @@
 """The reference meta plug-ins chained after ours, driven by Docker: a
-per-container rate limit through `bandwidth` (Debian's
-containernetworking-plugins in /usr/lib/cni) on a rancher-bridge network."""
+per-container rate limit through `bandwidth` and link attributes through
+`tuning` (Debian's containernetworking-plugins in /usr/lib/cni) on a
+rancher-bridge network; tuning's sysctls refused, `docker run --sysctl` as
+the way that works; `firewall` chained below our isolation."""
 
 import json
 import os
@@ -12,14 +14,16 @@ import time
 import pytest
 
 from tests.conftest import run
-from tests.engine.helpers import address, container, network
+from tests.conftest import unique
+from tests.engine.helpers import address, can_ping, container, network
 from tests.engine.test_doctor import doctor
 
 pytestmark = [
     pytest.mark.engine,
-    pytest.mark.skipif(not os.access("/usr/lib/cni/bandwidth", os.X_OK), reason="containernetworking-plugins missing"),
-    pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 missing"),
+    pytest.mark.skipif(not all(os.access(f"/usr/lib/cni/{p}", os.X_OK) for p in ("bandwidth", "tuning")),
+                       reason="containernetworking-plugins missing"),
 ]
+needs_iperf3 = pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 missing")
 
 RATE = 20_000_000  # bits per second
 
@@ -48,6 +52,7 @@ def throughput(sandbox: str, target: str, reverse: bool) -> float:
         server.wait()
 
 
+@needs_iperf3
 def test_a_rate_limited_network_shapes_each_containers_traffic_both_ways_and_leaves_nothing(docker):
     net = network(docker, "--subnet", "10.146.0.0/24", "-o", "bandwidth.ingress_rate=20mbit",
                   "-o", "bandwidth.egress_rate=20mbit")
@@ -74,3 +79,160 @@ def test_a_rate_limited_network_shapes_each_containers_traffic_both_ways_and_lea
 
     docker("rm", "-f", a)
     assert tbf_rates().count(RATE) == 0 and ifb_links() == before, "the DEL took the qdiscs and the ifb with it"
+
+
+# -- tuning ------------------------------------------------------------------------
+
+
+
+def sandbox_of(docker, name) -> str:
+    return json.loads(docker("inspect", name).stdout)[0]["NetworkSettings"]["SandboxKey"]
+
+
+def link_inside(docker, name, ifname="eth0") -> dict:
+    """The container's interface as `ip link` shows it in the container's namespace."""
+    [link] = json.loads(run("nsenter", f"--net={sandbox_of(docker, name)}", "ip", "-j", "-d", "link", "show",
+                            ifname).stdout)
+    return link
+
+
+def backups(docker) -> list:
+    """The files the tuning plug-in keeps the values it changed in, to restore them at DEL: in the shim's run
+    directory (its default, /run/cni/tuning, is the machine's)."""
+    directory = docker.shim.root / "run" / "tuning"
+    return sorted(os.listdir(directory)) if directory.is_dir() else []
+
+
+def status_text(docker) -> str:
+    return subprocess.run([sys.executable, "-m", "cnm_shim.cli", "status", "--state-dir", str(docker.shim.state_dir)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_tuning_sets_the_containers_link_attributes_which_survive_dockers_move_and_doctor_checks_them(docker):
+    net = network(docker, "--subnet", "10.147.0.0/24", "-o", "tuning.mtu=1300", "-o", "tuning.promisc=true",
+                  "-o", "tuning.allmulti=true")
+    a = container(docker, net)
+    [saved] = backups(docker)
+    link = link_inside(docker, a)
+    assert (link["mtu"], link["promiscuity"]) == (1300, 1), link
+    assert "PROMISC" in link["flags"] and "ALLMULTI" in link["flags"], link
+    # the container's own view (busybox's `ip link` garbles the flags): IFF_PROMISC 0x100, IFF_ALLMULTI 0x200
+    mtu, flags = docker("exec", a, "cat", "/sys/class/net/eth0/mtu", "/sys/class/net/eth0/flags").stdout.split()
+    assert int(mtu) == 1300 and int(flags, 16) & 0x300 == 0x300, (mtu, flags)
+    plain = container(docker, network(docker, "--subnet", "10.148.0.0/24"))
+    assert link_inside(docker, plain)["mtu"] == 1500 and "PROMISC" not in link_inside(docker, plain)["flags"]
+
+    assert "chain rancher-bridge -> tuning" in status_text(docker)
+    code, report = doctor(docker)
+    assert code == 0, report  # CHECK runs tuning's, which compares the link with its configuration
+    run("nsenter", f"--net={sandbox_of(docker, a)}", "ip", "link", "set", "eth0", "mtu", "1400")  # behind Docker's back
+    code, report = doctor(docker)
+    assert code == 1 and [f["problem"].split(":")[:2] for f in report["findings"]] == [["CHECK", " tuning"]], report
+
+    docker("rm", "-f", a, plain)
+    assert backups(docker) == [], "the DEL left the tuning plug-in's saved values behind"
+    assert not os.path.exists(os.path.join("/run/cni/tuning", saved)), "nor in the machine's directory"
+
+
+@pytest.mark.parametrize("option, says", [
+    ("tuning.sysctl.net.ipv4.conf.eth0.arp_ignore=1",
+     ("the tuning plug-in's sysctls cannot be set on a Docker container's interface",
+      "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE")),
+    ("firewall.ingress_policy=same-bridge", ("only -o firewall=true (or false) is offered",
+                                             "the plug-in's DEL would leave its isolation rules behind")),
+])
+def test_a_refused_meta_plugin_setting_says_why_in_dockers_output_and_nothing_is_made(docker, option, says):
+    bridges_before = ifb_links(), json.loads(run("ip", "-j", "link", "show", "type", "bridge").stdout)
+    iptables_before = run("iptables-save").stdout.count("\n-A ")
+    name = unique("n")
+    done = docker("network", "create", "-d", "rancher-bridge", "--subnet", "10.149.0.0/24", "-o", option, name,
+                  check=False)
+    assert done.returncode != 0
+    for text in says:
+        assert text in done.stderr, done.stderr
+    assert run("iptables-save").stdout.count("\n-A ") == iptables_before
+    assert name not in docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    assert (ifb_links(), json.loads(run("ip", "-j", "link", "show", "type", "bridge").stdout)) == bridges_before
+    assert json.loads(subprocess.run([sys.executable, "-m", "cnm_shim.cli", "status", "--json", "--state-dir",
+                                      str(docker.shim.state_dir)], capture_output=True, text=True,
+                                     check=True).stdout)["networks"] == []
+
+
+def test_docker_run_sysctl_sets_a_per_interface_sysctl_inside_the_container_on_our_network(docker):
+    """What the refusal above points to: runc writes the container's sysctls
+    once Docker has moved our interface in, so eth0's own settings apply."""
+    net = network(docker, "--subnet", "10.150.0.0/24", "-o", "tuning.mtu=1300")
+    tuned = container(docker, net, "--sysctl", "net.ipv4.conf.eth0.arp_ignore=2",
+                      "--sysctl", "net.ipv4.conf.eth0.rp_filter=2")
+    plain = container(docker, net)
+    sysctl = "cat /proc/sys/net/ipv4/conf/eth0/arp_ignore /proc/sys/net/ipv4/conf/eth0/rp_filter"
+    assert docker("exec", tuned, "sh", "-c", sysctl).stdout.split() == ["2", "2"]
+    assert docker("exec", plain, "sh", "-c", sysctl).stdout.split() != ["2", "2"]
+    assert link_inside(docker, tuned)["mtu"] == 1300
+
+
+# -- firewall ----------------------------------------------------------------------
+
+def forward_jumps() -> list:
+    return [line.split()[-1] for line in run("iptables", "-w", "-S", "FORWARD").stdout.splitlines()[1:]]
+
+
+@pytest.mark.skipif(not os.access("/usr/lib/cni/firewall", os.X_OK), reason="containernetworking-plugins missing")
+def test_firewall_true_chains_the_reference_firewall_below_our_isolation_and_leaves_nothing(docker,
+                                                                                           docker_host_firewall):
+    had_cni_chains = ":CNI-FORWARD" in run("iptables-save").stdout
+    try:
+        net = network(docker, "--subnet", "10.151.0.0/24", "-o", "firewall=true")
+        other = network(docker, "--subnet", "10.152.0.0/24")
+        a, b, c = container(docker, net), container(docker, net), container(docker, other)
+        ip_a, ip_b, ip_c = address(docker, a, net), address(docker, b, net), address(docker, c, other)
+        assert "chain rancher-bridge -> firewall" in status_text(docker)
+        assert can_ping(docker, a, ip_b) and can_ping(docker, b, ip_a), "the firewall's ACCEPTs let them talk"
+        assert not can_ping(docker, a, ip_c) and not can_ping(docker, c, ip_a), "our isolation holds above it"
+        saved = run("iptables-save").stdout
+        for ip in (ip_a, ip_b):
+            assert f"-A CNI-FORWARD -s {ip}/32 -j ACCEPT" in saved, saved
+        jumps = forward_jumps()
+        assert jumps.index("RANCHER-CNI-FORWARD") < jumps.index("CNI-FORWARD"), jumps
+        code, report = doctor(docker)
+        assert code == 0, report  # the jump order is in line, and the firewall plug-in's CHECK passes
+
+        # the admin's rule in CNI-ADMIN applies to our containers (our ACCEPTs yield to CNI-FORWARD)
+        admin_rule = ["CNI-ADMIN", "-s", ip_a, "-d", ip_b, "-j", "DROP"]
+        run("iptables", "-w", "-A", *admin_rule)
+        assert not can_ping(docker, a, ip_b), "the admin's DROP in CNI-ADMIN is honoured"
+        run("iptables", "-w", "-D", *admin_rule)
+        assert can_ping(docker, a, ip_b)
+
+        # CNI-FORWARD put back first behind the shim's back: doctor reports it and --repair moves ours above
+        cni_jump = ["FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules", "-j", "CNI-FORWARD"]
+        run("iptables", "-w", "-D", *cni_jump)
+        run("iptables", "-w", "-I", cni_jump[0], "1", *cni_jump[1:])
+        code, report = doctor(docker)
+        assert code == 1 and [(f["kind"], f["subject"]) for f in report["findings"]] == \
+            [("firewall", "chains and jumps")], report
+        assert "RANCHER-CNI-FORWARD" in report["findings"][0]["problem"], report
+        doctor(docker, "--repair")
+        jumps = forward_jumps()
+        assert jumps.index("RANCHER-CNI-FORWARD") < jumps.index("CNI-FORWARD"), jumps
+        assert doctor(docker)[0] == 0 and not can_ping(docker, a, ip_c)
+
+        docker("rm", "-f", a, b)
+        saved = run("iptables-save").stdout
+        assert ip_a not in saved and ip_b not in saved, "the DELs left the containers' rules behind"
+        docker("network", "rm", net)
+        docker.made["networks"].remove(net)
+        assert not can_ping(docker, c, ip_a)
+        docker("rm", "-f", c)
+        docker("network", "rm", other)
+        docker.made["networks"].remove(other)
+        saved = run("iptables-save").stdout
+        assert "RANCHER-CNI" not in saved and "rcni-" not in saved, saved
+        assert ":CNI-ADMIN" in saved, "the plug-in's chains (the admin's) stay, as it intends"
+    finally:
+        if not had_cni_chains:  # the plug-in's chains, which it leaves for the admin: not the machine's to keep
+            run("iptables", "-w", "-D", "FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules",
+                "-j", "CNI-FORWARD", check=False)
+            for chain in ("CNI-FORWARD", "CNI-ADMIN"):
+                run("iptables", "-w", "-F", chain, check=False)
+                run("iptables", "-w", "-X", chain, check=False)

@@ -168,3 +168,12 @@ def test_a_rate_limit_without_the_bandwidth_plugin_in_the_cni_path_fails_at_netw
     assert "the options ask for the CNI plug-in 'bandwidth'" in answer["Err"] and "searched CNI_PATH" in answer["Err"]
     assert "containernetworking-plugins" in answer["Err"]
     assert shim.stored() == []
+
+
+def test_interface_tuning_without_the_tuning_plugin_in_the_cni_path_fails_at_network_create(shim):
+    status, answer = shim("/NetworkDriver.CreateNetwork", {
+        "NetworkID": "c" * 64, "IPv4Data": [{"Pool": "10.96.0.0/24", "Gateway": "10.96.0.1/24"}],
+        "Options": {"com.docker.network.generic": {"tuning.mtu": "1300"}}})
+    assert status == 400, answer
+    assert "the options ask for the CNI plug-in 'tuning'" in answer["Err"] and "searched CNI_PATH" in answer["Err"]
+    assert shim.stored() == []

@@ -137,3 +137,59 @@ def test_conflist_picks_the_highest_supported_of_cniVersions():
 def test_a_single_plugin_conf_is_wrapped_as_a_list():
     conf = conflist.parse(b'{"cniVersion": "0.4.0", "name": "n", "type": "bridge"}')
     assert [p["type"] for p in conf["plugins"]] == ["bridge"]
+
+
+def test_a_capability_given_after_add_reaches_only_its_plugins_and_the_cached_del(cni):
+    """Docker names published ports after the ADD: the plug-ins that declare
+    portMappings run ADD again with the cached result and arguments, and the
+    cache keeps the mappings, so the final DEL hands them to those plug-ins."""
+    client, rec = cni
+    conf, raw = raw_conf()
+    client.add(conf, raw, api.Attachment("c1", "/run/netns/x", args=[("IP", "10.0.0.9")],
+                                         capability_args={"mac": "x"}))
+    rec.calls.clear()
+    mappings = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    result = client.add_capability(conf, raw, api.Attachment("c1", "/run/netns/x"), "portMappings", mappings)
+    assert [c[:2] for c in rec.calls] == [("ADD", "first")], "only the plug-in that declares the capability"
+    config, env = rec.calls[0][2], rec.calls[0][3]
+    assert config["runtimeConfig"] == {"portMappings": mappings} and len(config["prevResult"]["ips"]) == 2
+    assert env["CNI_ARGS"] == "IP=10.0.0.9", "the ADD's own CNI_ARGS, from the cache"
+    entry = cache.load(client.cache_dir, "net1", "c1", "eth0")
+    assert entry["capabilityArgs"] == {"mac": "x", "portMappings": mappings} and entry["result"] == result
+
+    rec.calls.clear()
+    client.delete(conf, raw, api.Attachment("c1", "", capability_args={"mac": "x"}))
+    assert [(c[1], c[2].get("runtimeConfig")) for c in rec.calls] == [
+        ("second", None), ("first", {"portMappings": mappings})], "the cached mappings reach DEL"
+
+
+def test_a_capability_withdrawn_is_deleted_from_its_plugins_and_the_cache(cni):
+    client, rec = cni
+    conf, raw = raw_conf()
+    client.add(conf, raw, api.Attachment("c1", "/run/netns/x"))
+    mappings = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    client.add_capability(conf, raw, api.Attachment("c1", "/run/netns/x"), "portMappings", mappings)
+    rec.calls.clear()
+    client.del_capability(conf, raw, api.Attachment("c1", ""), "portMappings")
+    assert [(c[0], c[1], c[2]["runtimeConfig"]) for c in rec.calls] == [("DEL", "first", {"portMappings": mappings})]
+    assert "portMappings" not in cache.load(client.cache_dir, "net1", "c1", "eth0")["capabilityArgs"]
+    rec.calls.clear()
+    client.del_capability(conf, raw, api.Attachment("c1", ""), "portMappings")
+    assert rec.calls == [], "nothing given, nothing cached: nothing to delete"
+    with pytest.raises(CNIError):
+        client.add_capability(conf, raw, api.Attachment("c9", "/run/netns/x"), "portMappings", mappings)
+
+
+def test_a_capability_is_cached_before_its_add_so_a_failed_one_is_deleted_with_it(cni):
+    client, rec = cni
+    conf, raw = raw_conf()
+    client.add(conf, raw, api.Attachment("c1", "/run/netns/x"))
+    rec.fail_on = ("ADD", "first")
+    mappings = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    with pytest.raises(CNIError):
+        client.add_capability(conf, raw, api.Attachment("c1", "/run/netns/x"), "portMappings", mappings)
+    assert cache.load(client.cache_dir, "net1", "c1", "eth0")["capabilityArgs"] == {"portMappings": mappings}
+    rec.calls.clear()
+    client.delete(conf, raw, api.Attachment("c1", ""))
+    assert [(c[1], c[2].get("runtimeConfig")) for c in rec.calls] == [
+        ("second", None), ("first", {"portMappings": mappings})], "what the failed ADD made is deleted"

@@ -402,3 +402,40 @@ def test_the_fast_append_checks_the_jumps_and_the_bridges_drop_and_only_appends(
 def test_the_fast_append_of_nothing_checks_nothing():
     assert iptables.fast_append_plan({}) == ([], [])
     assert iptables.fast_append_plan({"filter": [], "nat": []}) == ([], [])
+
+
+# -- the reference firewall plug-in beside ours ------------------------------------
+
+CNI_JUMP = '-A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD'
+
+
+def with_cni_forward(text, first):
+    """`text` with the reference firewall's jump in FORWARD, `first` (as it inserts it when missing) or last."""
+    lines = text.splitlines()
+    at = lines.index("*filter") + 4  # after the built-in chains' declarations
+    lines.insert(at, ":CNI-FORWARD - [0:0]")
+    ours = lines.index(f"-A FORWARD {NOTE} -j RANCHER-CNI-FORWARD")
+    lines.insert(lines.index("-A FORWARD -j DOCKER-USER") if first else ours + 1, CNI_JUMP)
+    return "\n".join(lines) + "\n"
+
+
+def test_our_jump_goes_back_above_the_reference_firewalls_cni_forward():
+    assert plan(with_cni_forward(attached(("rb-web", c1_rules())), first=True)) == [
+        "*filter", f"-D FORWARD {NOTE} -j RANCHER-CNI-FORWARD", f"-I FORWARD 1 {NOTE} -j RANCHER-CNI-FORWARD",
+        "COMMIT"]
+
+
+def test_our_jump_above_cni_forward_is_in_line():
+    assert plan(with_cni_forward(attached(("rb-web", c1_rules())), first=False)) == []
+
+
+def test_with_the_firewall_chained_the_containers_accepts_yield_and_the_bridge_keeps_its_isolation():
+    rules = firewall.bridge_rules(C1, "rb-web", ["10.1.0.5/24"], masquerade=True, firewall_chained=True)[4]
+    assert rules["filter"][0] == "-A RANCHER-CNI-FORWARD -s 10.1.0.5/32 ! -i rb-web -m comment --comment " \
+                                 f"{C1} -j DROP", "its address from elsewhere: spoofed, CNI-FORWARD would accept it"
+    assert [r.split()[-1] for r in rules["filter"]] == ["DROP", "RETURN", "RETURN"]
+    script = plan(save(), new_rules=rules)
+    assert f"-I {bridge_isolation('rb-web')[0][len('-A '):].replace('RANCHER-CNI-FORWARD', 'RANCHER-CNI-FORWARD 1', 1)}" \
+        in script and bridge_isolation("rb-web")[1] in script
+    internal = firewall.bridge_rules(C1, "rb-web", ["10.1.0.5/24"], False, internal=True, firewall_chained=True)[4]
+    assert [r.split()[-1] for r in internal["filter"]] == ["DROP", "DROP", "DROP", "RETURN", "RETURN"], "its DROPs first"

@@ -9,7 +9,8 @@ from cnm_shim.errors import DriverError
 
 
 NO_LIMITS = {"bandwidth.ingress_rate": None, "bandwidth.ingress_burst": None, "bandwidth.egress_rate": None,
-             "bandwidth.egress_burst": None}
+             "bandwidth.egress_burst": None, "tuning.mtu": None, "tuning.promisc": None, "tuning.allmulti": None}
+TUNING = "tuning.allmulti, tuning.mtu, tuning.promisc, "
 LIMITS = "bandwidth.egress_burst, bandwidth.egress_rate, bandwidth.ingress_burst, bandwidth.ingress_rate, "
 
 
@@ -24,7 +25,7 @@ def refused(driver, backend, raw) -> str:
 def test_bridge_defaults():
     assert options.parse("rancher-bridge", "bridge", {}) == {
         "bridge": None, "bridge.shared": False, "mtu": None, "ip_masq": True, "hairpin": False, "promisc": False,
-        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None, **NO_LIMITS}
+        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None, "firewall": False, **NO_LIMITS}
 
 
 def test_flat_defaults_with_its_required_parent():
@@ -65,16 +66,17 @@ def test_dockers_aliases_set_the_option_they_stand_for():
 def test_an_unknown_option_lists_the_valid_ones():
     assert refused("rancher-bridge", "bridge", {"colour": "blue"}) == (
         "rancher-bridge: unknown option 'colour'; valid options: backend, " + LIMITS +
-        "bridge, bridge.shared, cni.export, cni.name, hairpin, ip_masq, macspoofchk, mtu, promisc, vlan")
+        "bridge, bridge.shared, cni.export, cni.name, firewall, hairpin, ip_masq, macspoofchk, mtu, promisc, " + TUNING +
+        "vlan")
 
 
 def test_an_option_of_another_backend_is_unknown_here():
     assert refused("rancher-flat", "flat", {"parent": "eth1", "peers": "192.0.2.2"}) == (
         "rancher-flat: unknown option 'peers'; valid options: backend, " + LIMITS + "bridge, cni.export, cni.name, fast_path, "
-        "hairpin, metadata_bridge, metadata_ip, metadata_link_ip, mtu, parent, vlan")
+        "hairpin, metadata_bridge, metadata_ip, metadata_link_ip, mtu, parent, " + TUNING + "vlan")
     assert refused("rancher-vxlan", "vxlan", {"parent": "eth1"}).startswith(
         "rancher-vxlan: unknown option 'parent'; valid options: backend, " + LIMITS + "bridge, cni.export, cni.name, ip_masq, mtu, "
-        "peers, vni, vtep_dev")
+        "peers, " + TUNING + "vni, vtep_dev")
 
 
 @pytest.mark.parametrize("driver, backend, raw, message", [
@@ -160,3 +162,70 @@ def test_describe_names_the_driver_and_the_aliases():
         "rancher-bridge (or -o backend=bridge): docker network create -d rancher-bridge -o OPTION=VALUE ..."
     assert text.splitlines()[-1] == \
         "  aliases: com.docker.network.driver.mtu = mtu, com.docker.network.bridge.name = bridge"
+
+
+# -- the reference tuning plug-in's settings (render.meta_plugins chains it) --------
+
+def test_tuning_values_are_typed_and_absent_ones_stay_unset():
+    parsed = options.parse("rancher-bridge", "bridge", {"tuning.mtu": "1300", "tuning.promisc": "yes",
+                                                        "tuning.allmulti": "off"})
+    assert (parsed["tuning.mtu"], parsed["tuning.promisc"], parsed["tuning.allmulti"]) == (1300, True, False)
+    assert options.parse("rancher-bridge", "bridge", {})["tuning.promisc"] is None, "unset: the plug-in leaves it"
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"tuning.mtu": "67"}, "rancher-bridge: option tuning.mtu='67' must be an integer from 68 to 65535"),
+    ({"tuning.mtu": "65536"}, "rancher-bridge: option tuning.mtu='65536' must be an integer from 68 to 65535"),
+    ({"tuning.mtu": "1300;"}, "rancher-bridge: option tuning.mtu='1300;' must be an integer from 68 to 65535"),
+    ({"tuning.txqlen": "2000"}, "rancher-bridge: unknown option 'tuning.txqlen'"),
+    ({"tuning.promisc": "maybe"}, "rancher-bridge: option tuning.promisc='maybe' is not a boolean (use true or false)"),
+    ({"tuning.allmulti": ""}, "rancher-bridge: option tuning.allmulti='' is not a boolean (use true or false)"),
+])
+def test_a_bad_tuning_value_names_the_option_and_the_valid_range(raw, message):
+    assert refused("rancher-bridge", "bridge", raw).startswith(message)
+
+
+@pytest.mark.parametrize("backend, raw", [("bridge", {}), ("flat", {"parent": "eth1"}), ("vxlan", {})])
+@pytest.mark.parametrize("key", ["tuning.sysctl.net.ipv4.conf.eth0.arp_ignore", "tuning.sysctl.net.core.somaxconn",
+                                 "tuning.sysctl.../../../etc/passwd", "tuning.sysctl."])
+def test_a_tuning_sysctl_is_refused_saying_why_and_what_works_instead(backend, raw, key):
+    driver = "rancher-" + backend
+    message = refused(driver, backend, dict(raw, **{key: "1"}))
+    assert message.startswith(f"{driver}: option {key!r}: the tuning plug-in's sysctls cannot be set on a Docker "
+                              "container's interface")
+    assert "resets an interface's net.ipv4.conf / net.ipv6.conf settings when it changes namespace" in message
+    assert "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE" in message
+
+
+@pytest.mark.parametrize("value, chained", [("true", True), ("FALSE", False), ("on", True)])
+def test_rancher_bridge_offers_the_reference_firewall(value, chained):
+    assert options.parse("rancher-bridge", "bridge", {"firewall": value})["firewall"] is chained
+
+
+def test_a_firewall_value_that_is_not_a_boolean_says_so():
+    assert refused("rancher-bridge", "bridge", {"firewall": "maybe"}) == (
+        "rancher-bridge: option firewall='maybe' is not a boolean (use true or false)")
+
+
+@pytest.mark.parametrize("key", ["firewall.ingress_policy", "firewall.backend", "firewall.iptablesAdminChainName"])
+def test_the_reference_firewalls_own_settings_are_refused_on_rancher_bridge_saying_why(key):
+    message = refused("rancher-bridge", "bridge", {"firewall": "true", key: "same-bridge"})
+    assert message.startswith(f"rancher-bridge: option {key!r}: only -o firewall=true (or false) is offered")
+    assert "ingress_policy=same-bridge is not" in message and "would leave its isolation rules behind" in message
+
+
+@pytest.mark.parametrize("backend, raw", [("flat", {"parent": "eth1"}), ("vxlan", {}),
+                                          ("ipsec", {})])
+@pytest.mark.parametrize("key", ["firewall", "firewall.ingress_policy", "firewall.backend"])
+def test_the_reference_firewall_is_refused_on_the_other_backends_saying_it_would_open_the_isolation(backend, raw,
+                                                                                                     key):
+    driver = "rancher-" + backend
+    message = refused(driver, backend, dict(raw, **{key: "true"}))
+    assert message.startswith(f"{driver}: option {key!r}: the reference firewall plug-in is not offered on this "
+                              "driver's networks (rancher-bridge offers -o firewall=true)")
+    assert "ahead of this driver's isolation rules, so the container would reach this host's other networks" in message
+
+
+def test_an_option_merely_starting_like_firewall_is_just_unknown():
+    assert refused("rancher-bridge", "bridge", {"firewalls": "1"}).startswith(
+        "rancher-bridge: unknown option 'firewalls'; valid options:")

@@ -252,3 +252,47 @@ def test_an_ipsec_networks_rekey_times_reach_its_conflist():
     plugin = conflist_for("ipsec", dict(IPSEC_OPTIONS, **{"ipsec.ike_rekey_time": "900",
                                                           "ipsec.child_rekey_time": "300"}), ipsec_section())
     assert (plugin["plugins"][0]["ikeRekeyTime"], plugin["plugins"][0]["childRekeyTime"]) == (900, 300)
+
+
+@pytest.mark.parametrize("backend", RENDERING)
+def test_tuning_chains_the_reference_tuning_plugin_with_only_the_keys_set(backend):
+    raw = {"flat": {"parent": "eth1"}, "ipsec": IPSEC_OPTIONS}.get(backend, {})
+    raw = dict(raw, **{"tuning.mtu": "1300", "tuning.promisc": "false"})
+    entry = backends.get(backend)
+    opts = options.parse(entry.driver, backend, raw)
+    conf = render.conflist("rancher-0123456789ab", entry.render("rx-test", opts, ipsec_section() if backend == "ipsec"
+                                                                else ipam()), render.meta_plugins(opts))
+    assert conf["plugins"][1:] == [{"type": "tuning", "mtu": 1300, "promisc": False}]
+
+
+def test_tuning_and_rate_limits_together_chain_tuning_first():
+    opts = options.parse("rancher-bridge", "bridge", {"tuning.allmulti": "on", "bandwidth.egress_rate": "1mbit"})
+    assert [p["type"] for p in render.meta_plugins(opts)] == ["tuning", "bandwidth"]
+    assert render.meta_plugins(opts)[0] == {"type": "tuning", "allmulti": True}
+
+
+def test_tuning_keeps_its_saved_values_where_the_shim_finds_and_removes_them():
+    opts = options.parse("rancher-bridge", "bridge", {"tuning.mtu": "1300"})
+    conf = render.conflist("rancher-0123456789ab", {"type": "rancher-bridge"},
+                           render.meta_plugins(opts, "/run/rancher-cnm/tuning"))
+    assert conf["plugins"][1] == {"type": "tuning", "mtu": 1300, "dataDir": "/run/rancher-cnm/tuning"}
+    assert render.tuning_backup(conf, "ab" * 32, "eth0") == "/run/rancher-cnm/tuning/" + "ab" * 32 + "_eth0.json"
+    assert render.tuning_backup(render.conflist("x", {"type": "rancher-bridge"}), "ab" * 32, "eth0") is None
+
+
+def test_the_reference_firewall_chains_first_with_iptables_and_our_bridge_yields_to_it():
+    opts = options.parse("rancher-bridge", "bridge", {"firewall": "true", "tuning.mtu": "1300"})
+    conf = render.conflist("rancher-0123456789ab", backends.get("bridge").render("rx-test", opts, ipam()),
+                           render.meta_plugins(opts))
+    assert conf["plugins"][1:] == [{"type": "firewall", "backend": "iptables"}, {"type": "tuning", "mtu": 1300}]
+    assert conf["plugins"][0]["firewallChained"] is True and render.chains_firewall(conf)
+    plain = options.parse("rancher-bridge", "bridge", {})
+    assert "firewallChained" not in backends.get("bridge").render("rx-test", plain, ipam())
+    assert not render.chains_firewall(render.conflist("x", {"type": "rancher-bridge"}, render.meta_plugins(plain)))
+
+
+def test_the_reference_firewall_is_refused_on_an_exported_conflist_saying_why():
+    opts = options.parse("rancher-bridge", "bridge", {"firewall": "true", "cni.export": "true"})
+    with pytest.raises(DriverError, match="option firewall=true cannot go with cni.export=true: after the firewall "
+                                          "plug-in's ADD the shim puts this driver's isolation back above"):
+        render.meta_plugins(opts)
