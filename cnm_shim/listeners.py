@@ -4,7 +4,8 @@ Docker finds a legacy plug-in by its socket file and retries a call whose
 connection fails, but it re-sends the call with an empty body once the first
 attempt wrote it (see ../shared/PROTOCOLS.md section 1). So the plug-in never
 takes over a socket somebody still answers on (that would strand the other
-server's queued connections), binds and listens before any worker is ready
+server's queued connections; the workers of a server killed a moment ago
+get a few seconds to go first), binds and listens before any worker is ready
 (Docker's connections wait in the listen queue instead of failing), and at
 stop removes only the socket files that are still its own.
 """
@@ -16,11 +17,17 @@ import logging
 import os
 import socket
 import stat
+import time
 
 log = logging.getLogger("cnm-shim")
 
 BACKLOG = 2048  # gunicorn's default (the kernel caps it at net.core.somaxconn): a burst of calls waits, not fails
 PROBE_TIMEOUT = 2.0  # a listener whose queue is full makes connect() wait: that is someone alive too
+# a server whose master was killed (-9) leaves workers that still answer on
+# its socket until the kernel's SIGTERM (their parent-death signal) ends them;
+# a restart right after waits for them this long before calling the socket
+# another server's
+DYING_SERVER_GRACE = 10.0
 
 
 class SocketInUse(SystemExit):
@@ -116,6 +123,9 @@ def _take_over_if_stale(path: str) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise SocketInUse(f"cnm-shim serve: {path} exists and is not a socket; not touching it")
+    deadline = time.monotonic() + DYING_SERVER_GRACE
+    while answers(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
     if answers(path):
         raise SocketInUse(f"cnm-shim serve: a server already answers on {path} (another cnm-shim serve?); "
                           "stop it first, or give this one another --plugin-dir")

@@ -43,6 +43,7 @@ class Shim:
         self.start()
 
     def start(self):
+        old_inode = self._socket_inode()  # a killed server's file: its dying workers may answer on it a while
         argv = [sys.executable, "-m", "cnm_shim.cli", "serve", "--plugin-dir", self.plugin_dir,
                 "--state-dir", str(self.state_dir), "--run-dir", str(self.root / "run"),
                 "--ipam-data-dir", str(self.ipam_dir), "--cni-conf-dir", str(self.export_dir),
@@ -52,9 +53,15 @@ class Shim:
                                         start_new_session=True, env=dict(os.environ, CNM_SHIM_LOG_LEVEL="DEBUG"))
         long_lived(self.process.pid)  # restarted by tests, stopped by its fixture
         deadline = time.monotonic() + 30
-        while not (self._answers() and os.path.exists(self.cni_socket)):
+        while not (self._answers() and os.path.exists(self.cni_socket) and self._socket_inode() != old_inode):
             assert self.process.poll() is None and time.monotonic() < deadline, self.log()
             time.sleep(0.05)
+
+    def _socket_inode(self) -> int | None:
+        try:
+            return os.lstat(self.socket).st_ino
+        except FileNotFoundError:
+            return None
 
     def _answers(self) -> bool:
         """Served by a worker of this process, not just a socket file (a killed
