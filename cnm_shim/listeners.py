@@ -124,9 +124,10 @@ def _take_over_if_stale(path: str) -> None:
     if not stat.S_ISSOCK(mode):
         raise SocketInUse(f"cnm-shim serve: {path} exists and is not a socket; not touching it")
     deadline = time.monotonic() + DYING_SERVER_GRACE
-    while answers(path) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if answers(path):
+    while answers(path):
+        if time.monotonic() < deadline:
+            time.sleep(0.1)
+            continue
         raise SocketInUse(f"cnm-shim serve: a server already answers on {path} (another cnm-shim serve?); "
                           "stop it first, or give this one another --plugin-dir")
     log.warning("%s: nobody answers on it (left by a killed server): taking it over", path)

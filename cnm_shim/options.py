@@ -292,6 +292,7 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
     """The user's option map -> {name: typed value} with defaults filled in."""
     entry = backends.get(backend)
     known = {o.name: o for o in entry.options}
+    chains_meta_plugins = TUNING[0].name in known  # our backends (not conflist: its chain is the user's)
     if not isinstance(raw, dict):
         raise DriverError(f"{driver}: driver options must be a map of strings")
     values = {o.name: o.default for o in known.values()}
@@ -299,7 +300,6 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
         if key in _READ_BY_DOCKER:
             continue  # Docker turned it into its own flag, which docker_flags honours
         name = ALIASES.get(key, key)
-        chains_meta_plugins = TUNING[0].name in known  # our backends (not conflist: its chain is the user's)
         if str(name).startswith(TUNING_SYSCTL) and chains_meta_plugins:
             refuse_tuning_sysctl(driver, str(key))
         if str(name).split(".")[0] == FIREWALL and chains_meta_plugins and name not in known:
