@@ -5,6 +5,8 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -43,7 +45,6 @@ class Shim:
         self.start()
 
     def start(self):
-        old_inode = self._socket_inode()  # a killed server's file: its dying workers may answer on it a while
         argv = [sys.executable, "-m", "cnm_shim.cli", "serve", "--plugin-dir", self.plugin_dir,
                 "--state-dir", str(self.state_dir), "--run-dir", str(self.root / "run"),
                 "--ipam-data-dir", str(self.ipam_dir), "--cni-conf-dir", str(self.export_dir),
@@ -53,15 +54,23 @@ class Shim:
                                         start_new_session=True, env=dict(os.environ, CNM_SHIM_LOG_LEVEL="DEBUG"))
         long_lived(self.process.pid)  # restarted by tests, stopped by its fixture
         deadline = time.monotonic() + 30
-        while not (self._answers() and os.path.exists(self.cni_socket) and self._socket_inode() != old_inode):
+        while not (self._listener_is_ours() and self._answers() and os.path.exists(self.cni_socket)):
             assert self.process.poll() is None and time.monotonic() < deadline, self.log()
             time.sleep(0.05)
 
-    def _socket_inode(self) -> int | None:
+    def _listener_is_ours(self) -> bool:
+        """The socket file is the one this process listens on, not a killed
+        server's, which its dying workers may still answer on: the peer
+        credentials of a Unix connection are those of the process that called
+        listen() (serve claims its sockets itself, cnm_shim.listeners)."""
         try:
-            return os.lstat(self.socket).st_ino
-        except FileNotFoundError:
-            return None
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(5)
+                probe.connect(self.socket)
+                creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return False
+        return struct.unpack("3i", creds)[0] == self.process.pid
 
     def _answers(self) -> bool:
         """Served by a worker of this process, not just a socket file (a killed
