@@ -23,6 +23,14 @@ the strict reference, the one the target is against), and with connection
 tracking switched on in its hosts, which is what rancher-ipsec's bridge rules
 do (and Docker's, on any Docker host): the second ratio shows how much of the
 difference is the host firewall's conntrack rather than our plumbing.
+
+A third pair of hosts carries the same hand-made tunnel to containers on a
+plain Linux bridge (a veth port each, the gateway address on the bridge, no
+firewall rule), as Docker's bridge driver or the CNI bridge plug-in attach a
+container: the plumbing rancher-ipsec has as well, since its network is a
+local bridge like the other backends'. Its ratio is what the plug-in and its
+rules cost over a tunnel and a bridge made by hand; the bare reference's adds
+the bridge's own cost.
 """
 
 import argparse
@@ -50,12 +58,16 @@ OURS_HOSTS = ("rcnibipsHA", "rcnibipsHB")
 OURS = ("rcnibipsCA", "rcnibipsCB")
 REF_HOSTS = ("rcnibipsRA", "rcnibipsRB")
 REF = ("rcnibipsXA", "rcnibipsXB")
+BRIDGED_HOSTS = ("rcnibipsBA", "rcnibipsBB")
+BRIDGED = ("rcnibipsYA", "rcnibipsYB")
 OURS_UNDERLAY = ("10.98.0.1", "10.98.0.2")
 REF_UNDERLAY = ("10.98.1.1", "10.98.1.2")
+BRIDGED_UNDERLAY = ("10.98.2.1", "10.98.2.2")
 REF_BLOCKS = ("10.45.1.0/24", "10.45.2.0/24")
 OURS_SIDE = "rancher-ipsec"
 REF_SIDE = "hand-made tunnel"
 REF_CT_SIDE = "hand-made tunnel, conntrack on"
+BRIDGED_SIDE = "hand-made tunnel, bridged"
 MTU = 1400  # ipsecnet.LIBIPSEC_TUN_MTU: what ipsec0 takes, and what ours gives its containers
 
 
@@ -104,25 +116,34 @@ def build_ours(root: pathlib.Path, psk: str) -> str:
     return addresses[1]
 
 
-def build_reference(root: pathlib.Path, psk: str, datapath: str, charons: list) -> None:
-    """Two charons started and loaded by hand, containers routed into the tunnel.
-    Each charon goes into `charons` before it starts, so that a failure half
-    way still stops it."""
-    for n, host in enumerate(REF_HOSTS):
+def build_reference(root: pathlib.Path, psk: str, datapath: str, charons: list, bridged: bool = False) -> None:
+    """Two charons started and loaded by hand, each host's container routed
+    into the tunnel: from a veth of the host's own, or with `bridged` from a
+    port of a plain bridge. Each charon goes into `charons` before it starts,
+    so that a failure half way still stops it."""
+    hosts, containers, addresses = (BRIDGED_HOSTS, BRIDGED, BRIDGED_UNDERLAY) if bridged else (REF_HOSTS, REF, REF_UNDERLAY)
+    mine = []
+    for n, host in enumerate(hosts):
         ns(host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        ns(host, "ip", "link", "add", "rv", "type", "veth", "peer", "name", "eth0", "netns", REF[n])
         gateway, container = REF_BLOCKS[n].replace(".0/24", ".1"), REF_BLOCKS[n].replace(".0/24", ".2")
-        ns(host, "ip", "addr", "add", f"{gateway}/24", "dev", "rv")  # the host's address in its block: charon's source
+        # the host's address in its block (charon's source) on the veth itself, or on the bridge
+        ns(host, "ip", "link", "add", "rv", "type", "veth", "peer", "name", "eth0", "netns", containers[n])
+        if bridged:
+            ns(host, "ip", "link", "add", "refbr", "type", "bridge")
+            ns(host, "ip", "link", "set", "refbr", "mtu", str(MTU), "up")
+            ns(host, "ip", "link", "set", "rv", "master", "refbr")
+        ns(host, "ip", "addr", "add", f"{gateway}/24", "dev", "refbr" if bridged else "rv")
         ns(host, "ip", "link", "set", "rv", "mtu", str(MTU), "up")
-        ns(REF[n], "ip", "addr", "add", f"{container}/24", "dev", "eth0")
-        ns(REF[n], "ip", "link", "set", "eth0", "mtu", str(MTU), "up")
-        ns(REF[n], "ip", "route", "add", "default", "via", gateway)
-        charon = ipsec_tunnels.Charon(str(root / f"ref{n}"), datapath=datapath, netns=host)
+        ns(containers[n], "ip", "addr", "add", f"{container}/24", "dev", "eth0")
+        ns(containers[n], "ip", "link", "set", "eth0", "mtu", str(MTU), "up")
+        ns(containers[n], "ip", "route", "add", "default", "via", gateway)
+        charon = ipsec_tunnels.Charon(str(root / f"{'bridged' if bridged else 'ref'}{n}"), datapath=datapath, netns=host)
         charons.append(charon)
+        mine.append(charon)
         charon.start()
     for n in (1, 0):  # the responder first
-        charons[n].load(ipsec_tunnels.Tunnel.from_config(
-            datapath=datapath, name="ref", local_address=REF_UNDERLAY[n], remote_address=REF_UNDERLAY[1 - n],
+        mine[n].load(ipsec_tunnels.Tunnel.from_config(
+            datapath=datapath, name="ref", local_address=addresses[n], remote_address=addresses[1 - n],
             local_subnets=[REF_BLOCKS[n]], remote_subnets=[REF_BLOCKS[1 - n]], psk_file=psk))
 
 
@@ -209,25 +230,27 @@ def main() -> int:
         raise SystemExit(f"strongSwan's charon is not installed at {ipsec_tunnels.CHARON} (make deps)")
 
     root = pathlib.Path(tempfile.mkdtemp(prefix="rcnibench-ipsec."))
-    namespaces = OURS_HOSTS + OURS + REF_HOSTS + REF
+    namespaces = OURS_HOSTS + OURS + REF_HOSTS + REF + BRIDGED_HOSTS + BRIDGED
     if not opts.no_vxlan:
         namespaces += vxlan.HOSTS + vxlan.OURS + vxlan.HANDMADE
     charons = []
-    samples = {OURS_SIDE: [], REF_SIDE: [], REF_CT_SIDE: []}
+    samples = {OURS_SIDE: [], REF_SIDE: [], REF_CT_SIDE: [], BRIDGED_SIDE: []}
     try:
-        for name in OURS_HOSTS + OURS + REF_HOSTS + REF:
+        for name in OURS_HOSTS + OURS + REF_HOSTS + REF + BRIDGED_HOSTS + BRIDGED:
             sh("ip", "netns", "add", name)
         underlay(OURS_HOSTS, OURS_UNDERLAY)
         underlay(REF_HOSTS, REF_UNDERLAY)
+        underlay(BRIDGED_HOSTS, BRIDGED_UNDERLAY)
         psk = write_psk(root / "psk")
         datapath = ipsec_tunnels.probe_datapath()
         ours_b = build_ours(root, psk)
         build_reference(root, psk, datapath, charons)
+        build_reference(root, psk, datapath, charons, bridged=True)
         sas = {OURS_SIDE: wait_child(str(root / "ours0" / "ipsec" / "charon" / "charon.vici")),
-               REF_SIDE: wait_child(charons[0].vici_socket)}
+               REF_SIDE: wait_child(charons[0].vici_socket), BRIDGED_SIDE: wait_child(charons[2].vici_socket)}
         ref_b = REF_BLOCKS[1].replace(".0/24", ".2")
         runs = {OURS_SIDE: (OURS[0], OURS[1], ours_b), REF_SIDE: (REF[0], REF[1], ref_b),
-                REF_CT_SIDE: (REF[0], REF[1], ref_b)}
+                REF_CT_SIDE: (REF[0], REF[1], ref_b), BRIDGED_SIDE: (BRIDGED[0], BRIDGED[1], ref_b)}
         if not opts.no_vxlan:
             samples["rancher-vxlan (for scale)"] = []
             (root / "vxlan").mkdir()
@@ -247,7 +270,7 @@ def main() -> int:
     print(f"{'iperf3 TCP between containers on two hosts':44} {'median':>12}   samples")
     for name, value in medians.items():
         print(f"{name:44} {value:7.1f} Mbit/s   " + " ".join(f"{v:.0f}" for v in samples[name]))
-    for reference, note in ((REF_SIDE, "   (target >= 0.95)"), (REF_CT_SIDE, "")):
+    for reference, note in ((REF_SIDE, "   (target >= 0.95)"), (REF_CT_SIDE, ""), (BRIDGED_SIDE, "")):
         ratio = medians[OURS_SIDE] / medians[reference]
         # the sides of a round ran seconds apart: their ratio cancels the machine's slower swings
         paired = [o / r for o, r in zip(samples[OURS_SIDE], samples[reference])]
