@@ -83,16 +83,29 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
                 f"-A {FORWARD_CHAIN} ! -d {iface.network} -i {bridge} ! -o {bridge} {note} -j DROP",
                 f"-A {FORWARD_CHAIN} ! -s {iface.network} ! -i {bridge} -o {bridge} {note} -j DROP",
             ]
+        metadata_rules = []
+        if metadata and iface.version == 4:
+            md_bridge, md_ip = metadata
+            metadata_rules = [
+                f"-A {FORWARD_CHAIN} -s {_host(iface)} -d {md_ip}/32 -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
+                f"-A {FORWARD_CHAIN} -s {md_ip}/32 -d {_host(iface)} -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
+            ]
         if firewall_chained:
             # CNI-FORWARD accepts `-s IP` from any interface: whatever claims
             # the container's address without coming from its bridge (a LAN
-            # host, another bridge) is dropped here, before it gets there
+            # host, another bridge) is dropped here, before it gets there.
+            # Flat's metadata requests, which do come in on the metadata
+            # bridge with the container's address, are accepted first.
+            rules["filter"] += metadata_rules
+            metadata_rules = []
             rules["filter"].append(f"-A {FORWARD_CHAIN} -s {_host(iface)} ! -i {bridge} {note} -j DROP")
         rules["filter"] += [f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} -o {out} {note} -j DROP"
                             for out in forbidden]
         rules["filter"].append(f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} {note} -j {own}")
         inbound = [
-            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j {own}" if open_inbound is True else
+            # open to anyone (flat) stays an ACCEPT even with the firewall chained: CNI-FORWARD accepts
+            # only replies, and the planner knows a LAN bridge by this rule (iptables._OPEN_TO_ANYONE)
+            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j ACCEPT" if open_inbound is True else
             f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j {own}"]
         if open_inbound == "subnet":
             subnet = f"-A {FORWARD_CHAIN} -s {iface.network} -d {_host(iface)} -o {bridge} {note} -j ACCEPT"
@@ -104,13 +117,7 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
             # ctstate rule RETURNs (firewall_chained): then it comes first,
             # as before, so the chained firewall still sees those replies.
             inbound = [subnet] + inbound if own == "ACCEPT" else inbound + [subnet]
-        rules["filter"] += inbound
-        if metadata and iface.version == 4:
-            md_bridge, md_ip = metadata
-            rules["filter"] += [
-                f"-A {FORWARD_CHAIN} -s {_host(iface)} -d {md_ip}/32 -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
-                f"-A {FORWARD_CHAIN} -s {md_ip}/32 -d {_host(iface)} -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
-            ]
+        rules["filter"] += inbound + metadata_rules
         if masquerade:
             rules["nat"] += [
                 f"-A {MASQ_CHAIN} -s {_host(iface)} -d {iface.network} {note} -j RETURN",

@@ -6,6 +6,14 @@ from .. import options
 from ..options import Option
 from .base import Backend, LoadedHost
 
+# Why the reference firewall's ingressPolicy=same-bridge is refused here.
+FLAT_SAME_BRIDGE = (
+    "the flat bridge is this host's uplink (the parent's addresses and routes move to it), and the plug-in's "
+    "CNI-ISOLATION-STAGE-2 rule '-o BRIDGE -j DROP', with no exception for replies, would drop everything the "
+    "host's other same-bridge networks route out through it and every reply coming back to them from the "
+    "business network; a flat network is open to its business network by design, so there is nothing for "
+    "same-bridge to close. Use ingress_policy=open (the default)")
+
 OPTIONS = (
     Option("parent", options.ifname(), None, "the host interface facing the business network (required)"),
     Option("vlan", options.int_between(0, 4094), 0, "use the VLAN sub-interface PARENT.VLAN, made and removed by us"),
@@ -20,6 +28,7 @@ OPTIONS = (
            "unicast between containers and the uplink skips the bridge and its br_netfilter hooks"),
     *options.BANDWIDTH,
     *options.TUNING,
+    *options.firewall_options({"same-bridge": FLAT_SAME_BRIDGE}),
     options.CNI_EXPORT,
     options.CNI_NAME,
 )
@@ -34,6 +43,7 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
     if opts["metadata_link_ip"]:
         plugin["metadata"] = {"ip": opts["metadata_ip"], "linkIP": opts["metadata_link_ip"],
                               "bridge": opts["metadata_bridge"]}
+    plugin.update(options.firewall_chained(opts))
     return plugin
 
 
