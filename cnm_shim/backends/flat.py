@@ -3,6 +3,7 @@ uplink enslaved to the network's bridge, with an optional metadata link
 (`rancher-flat`)."""
 
 from .. import options
+from ..errors import DriverError
 from ..options import Option
 from .base import Backend, LoadedHost
 
@@ -35,6 +36,11 @@ OPTIONS = (
 
 
 def render(bridge: str, opts: dict, ipam: dict) -> dict:
+    if opts["firewall"] and opts["fast_path"]:
+        raise DriverError("rancher-flat: option firewall=true needs fast_path=false: with the fast path the "
+                          "containers' unicast with the business network skips the bridge and its br_netfilter "
+                          "hooks, so the firewall plug-in's CNI-FORWARD and the admin's CNI-ADMIN rules would "
+                          "never see it")
     plugin = {"type": "rancher-flat", "bridge": bridge, "parent": opts["parent"], "hairpinMode": opts["hairpin"],
               "fastPath": opts["fast_path"], "stateDir": ipam["dataDir"], "capabilities": {"ips": True, "mac": True}, "ipam": ipam}
     for key in ("vlan", "mtu"):

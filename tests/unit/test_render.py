@@ -299,7 +299,7 @@ def test_the_reference_firewall_is_refused_on_an_exported_conflist_saying_why():
 
 
 @pytest.mark.parametrize("backend, raw, section", [
-    ("bridge", {}, None), ("flat", {"parent": "eth1"}, None), ("vxlan", {}, None),
+    ("bridge", {}, None), ("flat", {"parent": "eth1", "fast_path": "false"}, None), ("vxlan", {}, None),
     ("ipsec", IPSEC_OPTIONS, "ipsec")])
 def test_every_backend_of_ours_chains_the_reference_firewall_with_its_ingress_policy(backend, raw, section):
     section = ipsec_section() if section == "ipsec" else None
@@ -323,3 +323,9 @@ def test_an_ingress_policy_without_the_firewall_is_refused_saying_what_it_needs(
     opts = options.parse("rancher-vxlan", "vxlan", {"firewall.ingress_policy": "same-bridge"})
     with pytest.raises(DriverError, match="option firewall.ingress_policy=same-bridge needs firewall=true"):
         render.meta_plugins(opts)
+
+
+def test_the_firewall_on_flat_needs_the_fast_path_off_saying_why():
+    with pytest.raises(DriverError, match="rancher-flat: option firewall=true needs fast_path=false: with the fast "
+                                          "path the containers' unicast with the business network skips the bridge"):
+        conflist_for("flat", {"parent": "eth1", "firewall": "true"})
