@@ -493,3 +493,49 @@ def spoofed_from_metadata_bridge(rig, claimed) -> int:
         return int(ns_exec(rig["router"], "iptables", "-L", "INPUT", "-v", "-x", "-n").stdout.splitlines()[2].split()[0])
     finally:
         ns_exec(other, "ip", "addr", "del", f"{claimed}/32", "dev", "eth0")
+
+
+@pytest.mark.parametrize("chained", [False, True], ids=["alone", "firewall-chained"])
+def test_with_the_firewall_chained_a_published_port_is_still_reached_from_outside(tmp_path, make_netns, chained):
+    """A published port of a container whose network chains the reference firewall: its first packet,
+    DNAT'ed, is NEW for CNI-FORWARD (which accepts only replies and what the container sends), so it must
+    reach our port rule, not be handed on to CNI-FORWARD and Docker's DROP policy."""
+    host, outside = make_netns(), make_netns()
+    docker_like_host(host, outside)
+    env = CNIEnv(tmp_path, daemon=False)
+    red = env.bridge_config(subnet="10.127.21.0/24", cniVersion="1.0.0", isDefaultGateway=True,
+                            firewallChained=chained)
+    ports = {"cniVersion": "1.0.0", "name": red["name"], "type": "rancher-portmap", "snat": True,
+             "runtimeConfig": {"portMappings": [{"hostPort": 18182, "containerPort": 80, "protocol": "tcp"}]}}
+    a = make_netns()
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("published\n")
+    server, added = None, None
+    try:
+        code, ra = env.exec("ADD", red, a, container_id="ca", host_netns=host)
+        assert code == 0, ra
+        added = ra
+        if chained:
+            reference_firewall("ADD", host, a, ra, red["name"], "ca")
+        code, out = env.exec("ADD", dict(ports, prevResult=ra), a, container_id="ca", host_netns=host)
+        assert code == 0, out
+        repair_firewall(host)
+        server = subprocess.Popen(["ip", "netns", "exec", a, "busybox", "httpd", "-f", "-p", "80", "-h", str(www)])
+        fetched = ""
+        for _ in range(20):
+            fetched = ns_exec(outside, "wget", "-q", "-T", "2", "-t", "1", "-O", "-", "http://10.127.30.1:18182/",
+                              check=False).stdout
+            if fetched:
+                break
+        assert fetched == "published\n", "the published port was not reached from outside"
+    finally:
+        if server:
+            server.kill()
+            server.wait()
+        if added:
+            env.exec("DEL", dict(ports, prevResult=added), a, container_id="ca", host_netns=host)
+            if chained:
+                reference_firewall("DEL", host, a, added, red["name"], "ca")
+            env.exec("DEL", red, a, container_id="ca", host_netns=host)
+        env.close()

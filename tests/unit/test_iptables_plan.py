@@ -500,3 +500,14 @@ def test_same_bridge_rules_of_a_bridge_not_ours_or_someone_elses_rule_keep_the_c
     text = with_same_bridge(attached(("rb-web", c1_rules())), ["rb-web"],
                             foreign=["-A CNI-ISOLATION-STAGE-2 -o cni9 -j DROP"])
     assert "-X CNI-ISOLATION-STAGE-2" not in plan(text, is_stale=C1.every.__contains__)
+
+
+def test_with_the_firewall_chained_a_published_ports_first_packet_goes_on_to_our_port_rule():
+    rules = firewall.bridge_rules(C1, "rb-web", ["10.1.0.5/24"], masquerade=True, firewall_chained=True)[4]
+    assert rules["filter"][-1] == ("-A RANCHER-CNI-FORWARD -d 10.1.0.5/32 -o rb-web -m conntrack --ctstate "
+                                   f"RELATED,ESTABLISHED -m comment --comment {C1} -j RETURN"), \
+        "replies to CNI-FORWARD; DNAT (NEW for CNI-FORWARD) not: it goes on to the port's ACCEPT"
+    vxlan = firewall.bridge_rules(C1, "rv-web", ["10.1.0.5/24"], False, open_inbound="subnet",
+                                  firewall_chained=True)[4]["filter"]
+    assert vxlan[-1] == f"-A RANCHER-CNI-FORWARD -s 10.1.0.0/24 -d 10.1.0.5/32 -o rv-web -m comment --comment {C1} " \
+                        "-j ACCEPT", "the subnet stays open (CNI-FORWARD would accept only replies)"
