@@ -25,7 +25,8 @@ def refused(driver, backend, raw) -> str:
 def test_bridge_defaults():
     assert options.parse("rancher-bridge", "bridge", {}) == {
         "bridge": None, "bridge.shared": False, "mtu": None, "ip_masq": True, "hairpin": False, "promisc": False,
-        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None, "firewall": False, **NO_LIMITS}
+        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None, "firewall": False, "portmap": "rancher",
+        **NO_LIMITS}
 
 
 def test_flat_defaults_with_its_required_parent():
@@ -66,8 +67,8 @@ def test_dockers_aliases_set_the_option_they_stand_for():
 def test_an_unknown_option_lists_the_valid_ones():
     assert refused("rancher-bridge", "bridge", {"colour": "blue"}) == (
         "rancher-bridge: unknown option 'colour'; valid options: backend, " + LIMITS +
-        "bridge, bridge.shared, cni.export, cni.name, firewall, hairpin, ip_masq, macspoofchk, mtu, promisc, " + TUNING +
-        "vlan")
+        "bridge, bridge.shared, cni.export, cni.name, firewall, hairpin, ip_masq, macspoofchk, mtu, portmap, promisc, " +
+        TUNING + "vlan")
 
 
 def test_an_option_of_another_backend_is_unknown_here():
@@ -229,3 +230,36 @@ def test_the_reference_firewall_is_refused_on_the_other_backends_saying_it_would
 def test_an_option_merely_starting_like_firewall_is_just_unknown():
     assert refused("rancher-bridge", "bridge", {"firewalls": "1"}).startswith(
         "rancher-bridge: unknown option 'firewalls'; valid options:")
+
+
+# -- -o portmap: rancher-portmap or the reference portmap -----------------------------
+
+@pytest.mark.parametrize("value, chosen", [("reference", "reference"), (" Reference ", "reference"),
+                                           ("rancher", "rancher")])
+def test_rancher_bridge_offers_the_reference_portmap(value, chosen):
+    assert options.parse("rancher-bridge", "bridge", {"portmap": value})["portmap"] == chosen
+
+
+def test_a_portmap_value_that_is_neither_says_which_are_valid():
+    assert refused("rancher-bridge", "bridge", {"portmap": "kube"}) == (
+        "rancher-bridge: option portmap='kube' is not one of: rancher, reference (rancher: this driver's "
+        "rancher-portmap; reference: the reference portmap plug-in from the CNI path)")
+
+
+@pytest.mark.parametrize("key", ["portmap.snat", "portmap.markMasqBit", "portmap.conditionsV4"])
+def test_the_reference_portmaps_own_settings_are_refused(key):
+    message = refused("rancher-bridge", "bridge", {"portmap": "reference", key: "1"})
+    assert message.startswith(f"rancher-bridge: unknown option {key!r}: the reference portmap plug-in takes no "
+                              "settings here"), message
+
+
+@pytest.mark.parametrize("backend, raw", [("flat", {"parent": "eth1"}), ("vxlan", {}), ("ipsec", {})])
+def test_the_reference_portmap_is_refused_on_the_other_backends_saying_why(backend, raw):
+    driver = "rancher-" + backend
+    message = refused(driver, backend, dict(raw, portmap="reference"))
+    assert message.startswith(f"{driver}: option portmap=reference is not offered on this driver's networks, only "
+                              "on rancher-bridge (valid here: portmap=rancher, the default)"), message
+    assert "hairpin rule, -s SUBNET" in message
+    assert "portmap" not in options.parse(driver, backend, dict(raw, portmap="rancher")), "the default: nothing to set"
+    assert refused(driver, backend, dict(raw, portmap="other")).startswith(
+        f"{driver}: option portmap='other' is not one of: rancher, reference")
