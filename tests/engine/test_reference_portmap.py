@@ -84,6 +84,10 @@ def test_published_ports_go_through_the_reference_portmap_with_dockers_semantics
     run("iptables", "-w", "-t", "nat", "-F", web_chain)  # the DNAT gone behind Docker's back
     code, report = doctor(docker)
     assert code == 1 and "portmap: could not check ipv4 dnat" in json.dumps(report), report
+    code, report = doctor(docker, "--repair")  # the plug-in's ADD again, with the cached mappings
+    assert code == 0 and report["findings"][0]["repaired"], report
+    assert dnat_through_portmap(address(docker, web, net)) == [18210] and doctor(docker)[0] == 0
+    assert from_router(router, 18210).strip() == hostname(web)
 
     docker("stop", "-t", "1", web)  # RevokeExternalConnectivity, DeleteEndpoint: its rules and guard go
     assert not [r for r in portmap_rules() if "--dport 18210 " in r] and dnat_through_portmap(
