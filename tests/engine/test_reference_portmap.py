@@ -20,6 +20,7 @@ from tests.engine.helpers import address, can_ping, container, network
 from tests.engine.test_conflist_portmap import dnat_through_portmap, portmap_base_chains, portmap_rules  # noqa: F401
 from tests.engine.test_doctor import doctor
 from tests.engine.test_published_ports import WEB, published, run_fails, settings
+from tests.netns.test_edge_attacks import loopback_service  # noqa: F401
 from tests.rigs import router_with_uplink, wait_for_http
 
 pytestmark = [
@@ -107,6 +108,31 @@ def test_published_ports_go_through_the_reference_portmap_with_dockers_semantics
     docker("network", "rm", net)
     docker.made["networks"].remove(net)
     assert portmap_rules() == [] and localnet_guards(bridge) == []
+
+
+def test_the_route_localnet_the_reference_portmap_sets_does_not_open_the_hosts_loopback_to_the_containers(
+        docker, loopback_service, portmap_base_chains):  # noqa: F811
+    """The reference portmap turns route_localnet on on the bridge (so the
+    host's 127.0.0.1 reaches the published port) and has no guard of its own:
+    a container routing 127.0.0.1 to its gateway would reach the services
+    bound to the host's loopback (CVE-2020-8558). rancher-portmap's guard,
+    put in place by the shim first, drops that in raw PREROUTING."""
+    net = network(docker, "--subnet", "10.167.0.0/24", "-o", "portmap=reference")
+    bridge = "rb-" + json.loads(docker("network", "inspect", net).stdout)[0]["Id"][:12]
+    web = container(docker, net, "-p", "18220:80", command=WEB)
+    assert wait_for_http("http://127.0.0.1:18220/").strip() == settings(docker, web, net)["Config"]["Hostname"]
+    assert route_localnet(bridge) == "1"
+    attacker = container(docker, net, "--cap-add", "NET_ADMIN", "--sysctl", "net.ipv4.conf.all.route_localnet=1",
+                         "--sysctl", "net.ipv4.conf.eth0.route_localnet=1")
+    # 127.0.0.1 routed to the gateway: the container's loopback address goes (a packet from an address of
+    # its own would be dropped as martian), and it takes packets from 127.0.0.1 on eth0 (route_localnet)
+    asked = docker("exec", attacker, "sh", "-c", "ip addr flush dev lo && ip route add 127.0.0.1/32 via 10.167.0.1 "
+                   f"dev eth0 && echo -e 'GET / HTTP/1.0\\r\\n' | nc -w 3 127.0.0.1 {loopback_service}",
+                   check=False)
+    assert "loopback-only" not in asked.stdout, "a container reached a service bound to the host's 127.0.0.1"
+    assert asked.returncode != 0, asked.stderr
+    counters = run("iptables", "-w", "-t", "raw", "-L", "RANCHER-CNI-LOCALNET", "-v", "-x", "-n").stdout
+    assert any(int(line.split()[0]) > 0 for line in counters.splitlines()[2:]), counters
 
 
 @pytest.mark.parametrize("args, message", [
