@@ -36,7 +36,8 @@ from .plugins import flat as flat_plugin, ipsec as ipsec_plugin, vxlan as vxlan_
 __all__ = ["addresses", "held_lock", "DOCKER_OWNER", "Allocation", "SQLiteStore", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
            "forget", "holder_of", "reserve", "validate_ipam", "parse_range", "create_staging", "move_to_host",
            "remove_staging", "delete_link", "sandbox_interface", "restore_attachment", "firewall_drift",
-           "repair_firewall", "stray_tags", "collect_rules", "ipsec_health", "revive_ipsec"]
+           "repair_firewall", "stray_tags", "collect_rules", "ipsec_health", "revive_ipsec",
+           "guard_localnet", "unguard_localnet"]
 
 
 # -- a network's host side, by plug-in type ---------------------------------------
