@@ -157,21 +157,21 @@ PORTMAP_OPTION = Option(PORTMAP, portmap_choice, "rancher",
 
 
 def refuse_portmap(driver: str, key: str, value) -> None:
-    """-o portmap=reference on a backend that does not offer it (only
-    rancher-bridge does): refused with the reason; portmap=rancher is what
-    the backend does anyway."""
+    """-o portmap=reference on a backend that does not offer it (rancher-flat,
+    rancher-ipsec): refused with the reason; portmap=rancher is what the
+    backend does anyway."""
     if key != PORTMAP:
         raise DriverError(f"{driver}: unknown option {key[:100]!r}: the reference portmap plug-in takes no settings "
-                          "here; only -o portmap=rancher or -o portmap=reference (on rancher-bridge)")
+                          "here; only -o portmap=rancher or -o portmap=reference (rancher-bridge, rancher-vxlan)")
     if portmap_choice(driver, key, value) == "rancher":
         return
     raise DriverError(
-        f"{driver}: option portmap=reference is not offered on this driver's networks, only on rancher-bridge "
-        "(valid here: portmap=rancher, the default): the reference portmap masquerades connections from the "
-        "network's whole subnet to a published port (its hairpin rule, -s SUBNET), which here is the business "
-        "LAN itself (rancher-flat, whose fast path also bypasses the bridge) or a subnet spread over several "
-        "hosts (rancher-vxlan, rancher-ipsec), and it is tested only on rancher-bridge's data path. "
-        "rancher-portmap publishes -p on this network")
+        f"{driver}: option portmap=reference is not offered on this driver's networks, only on rancher-bridge and "
+        "rancher-vxlan (valid here: portmap=rancher, the default, which publishes -p on this network): the shim "
+        "guards the route_localnet the reference portmap turns on and leaves on, and relies on its own isolation "
+        "rules to let the DNAT'ed traffic in, and both are tested only on those two data paths; here the containers "
+        "sit on the business LAN itself, behind its router and a fast path that skips the bridge's netfilter hooks "
+        "(rancher-flat), or behind IPsec policies (rancher-ipsec)")
 
 
 def refuse_firewall(driver: str, key: str, offered: bool) -> None:

@@ -19,6 +19,7 @@ from tests.conftest import ns_exec, run
 from tests.engine.helpers import address, can_ping, container, network
 from tests.engine.test_conflist_portmap import dnat_through_portmap, portmap_base_chains, portmap_rules  # noqa: F401
 from tests.engine.test_doctor import doctor
+from tests.engine.test_docker_vxlan import other_host  # noqa: F401
 from tests.engine.test_published_ports import WEB, published, run_fails, settings
 from tests.netns.test_edge_attacks import loopback_service  # noqa: F401
 from tests.rigs import router_with_uplink, wait_for_http
@@ -133,6 +134,47 @@ def test_the_route_localnet_the_reference_portmap_sets_does_not_open_the_hosts_l
     assert asked.returncode != 0, asked.stderr
     counters = run("iptables", "-w", "-t", "raw", "-L", "RANCHER-CNI-LOCALNET", "-v", "-x", "-n").stdout
     assert any(int(line.split()[0]) > 0 for line in counters.splitlines()[2:]), counters
+
+
+def test_on_rancher_vxlan_the_port_answers_another_hosts_workload_and_the_underlay_cannot_reach_the_loopback(
+        docker, other_host, loopback_service, portmap_base_chains):  # noqa: F811
+    """rancher-vxlan with -o portmap=reference: the workload of the other
+    host (a namespace behind the kernel's own VXLAN) reaches the published
+    port at this host's gateway address over the VTEP; routing 127.0.0.1 to
+    that gateway over the VTEP it does not reach the host's loopback
+    services (the guard covers the bridge the VTEP is a port of); rm leaves
+    no rule and route_localnet off."""
+    gateway = "10.43.0.1"
+    net = network(docker, "--subnet", "10.43.0.0/16", "--gateway", gateway, "--ip-range", "10.43.1.0/24",
+                  "-o", "portmap=reference",
+                  "-o", f"vtep_dev={other_host['underlay']}", "-o", "peers=10.98.0.2", driver="rancher-vxlan")
+    bridge = "rv-" + json.loads(docker("network", "inspect", net).stdout)[0]["Id"][:12]
+    web = container(docker, net, "-p", "18230:80", command=WEB)
+    workload = other_host["workload"]
+    deadline = time.monotonic() + 10
+    while (done := ns_exec(workload, "curl", "-s", "--max-time", "3", f"http://{gateway}:18230/",
+                           check=False)).returncode != 0:
+        assert time.monotonic() < deadline, done.stderr
+        time.sleep(0.2)
+    assert done.stdout.strip() == settings(docker, web, net)["Config"]["Hostname"], "through the reference portmap"
+    assert dnat_through_portmap(address(docker, web, net)) == [18230]
+    assert route_localnet(bridge) == "1" and len(localnet_guards(bridge)) == 1
+
+    for argv in (("ip", "route", "add", "127.0.0.1/32", "via", gateway, "dev", "eth0"),
+                 ("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"),
+                 ("sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1")):
+        ns_exec(workload, *argv)
+    asked = ns_exec(workload, "curl", "-s", "--max-time", "3", f"http://127.0.0.1:{loopback_service}/", check=False)
+    assert "loopback-only" not in asked.stdout and asked.returncode != 0, "the underlay reached the host's loopback"
+    counters = run("iptables", "-w", "-t", "raw", "-L", "RANCHER-CNI-LOCALNET", "-v", "-x", "-n").stdout
+    assert any(int(line.split()[0]) > 0 for line in counters.splitlines()[2:]), counters
+
+    docker("rm", "-f", web)
+    docker.made["containers"].remove(web)
+    assert portmap_rules() == [] and localnet_guards(bridge) == [] and route_localnet(bridge) == "0"
+    docker("network", "rm", net)
+    docker.made["networks"].remove(net)
+    assert portmap_rules() == []
 
 
 @pytest.mark.parametrize("args, message", [

@@ -39,7 +39,7 @@ def test_flat_defaults_with_its_required_parent():
 def test_vxlan_defaults():
     assert options.parse("rancher-vxlan", "vxlan", {}) == {
         "vni": 1042, "vtep_dev": None, "peers": [], "bridge": None, "mtu": None, "ip_masq": True,
-        "cni.export": False, "cni.name": None, **NO_LIMITS}
+        "cni.export": False, "cni.name": None, "portmap": "rancher", **NO_LIMITS}
 
 
 def test_values_are_typed():
@@ -47,7 +47,8 @@ def test_values_are_typed():
                                                       "peers": " 192.0.2.2,,192.0.2.3 ", "vtep_dev": "bond0.12",
                                                       "cni.export": "YES", "cni.name": "lab-net_1.v2"})
     assert parsed == {"vni": 16777215, "vtep_dev": "bond0.12", "peers": ["192.0.2.2", "192.0.2.3"], "bridge": None,
-                      "mtu": 9000, "ip_masq": False, "cni.export": True, "cni.name": "lab-net_1.v2", **NO_LIMITS}
+                      "mtu": 9000, "ip_masq": False, "cni.export": True, "cni.name": "lab-net_1.v2", "portmap": "rancher",
+                      **NO_LIMITS}
 
 
 @pytest.mark.parametrize("text, value", [("1", True), ("true", True), (" Yes ", True), ("ON", True),
@@ -77,7 +78,7 @@ def test_an_option_of_another_backend_is_unknown_here():
         "hairpin, metadata_bridge, metadata_ip, metadata_link_ip, mtu, parent, " + TUNING + "vlan")
     assert refused("rancher-vxlan", "vxlan", {"parent": "eth1"}).startswith(
         "rancher-vxlan: unknown option 'parent'; valid options: backend, " + LIMITS + "bridge, cni.export, cni.name, ip_masq, mtu, "
-        "peers, " + TUNING + "vni, vtep_dev")
+        "peers, portmap, " + TUNING + "vni, vtep_dev")
 
 
 @pytest.mark.parametrize("driver, backend, raw, message", [
@@ -253,13 +254,17 @@ def test_the_reference_portmaps_own_settings_are_refused(key):
                               "settings here"), message
 
 
-@pytest.mark.parametrize("backend, raw", [("flat", {"parent": "eth1"}), ("vxlan", {}), ("ipsec", {})])
+@pytest.mark.parametrize("backend, raw", [("flat", {"parent": "eth1"}), ("ipsec", {})])
 def test_the_reference_portmap_is_refused_on_the_other_backends_saying_why(backend, raw):
     driver = "rancher-" + backend
     message = refused(driver, backend, dict(raw, portmap="reference"))
     assert message.startswith(f"{driver}: option portmap=reference is not offered on this driver's networks, only "
-                              "on rancher-bridge (valid here: portmap=rancher, the default)"), message
-    assert "hairpin rule, -s SUBNET" in message
+                              "on rancher-bridge and rancher-vxlan (valid here: portmap=rancher, the default"), message
+    assert "guards the route_localnet the reference portmap turns on and leaves on" in message
     assert "portmap" not in options.parse(driver, backend, dict(raw, portmap="rancher")), "the default: nothing to set"
     assert refused(driver, backend, dict(raw, portmap="other")).startswith(
         f"{driver}: option portmap='other' is not one of: rancher, reference")
+
+
+def test_rancher_vxlan_offers_the_reference_portmap_too():
+    assert options.parse("rancher-vxlan", "vxlan", {"portmap": "reference"})["portmap"] == "reference"
