@@ -124,7 +124,6 @@ def _reference_portmap(opts: dict) -> dict:
     return dict(REFERENCE_PORTMAP, capabilities=dict(REFERENCE_PORTMAP["capabilities"]))
 
 
-
 def chains_firewall(conf: dict) -> bool:
     """Whether the reference firewall follows the network's own plug-in."""
     return any(plugin.get("type") == "firewall" for plugin in conf["plugins"][1:])

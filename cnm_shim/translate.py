@@ -140,6 +140,10 @@ def _chain_publishes(net: Network) -> bool:
     return bool(runtime.CNI.declaring(net.conflist, "portMappings"))
 
 
+def _has_ipv4(ep: Endpoint) -> bool:
+    return any(ipaddress.ip_interface(ip["address"]).version == 4 for ip in (ep.result or {}).get("ips", []))
+
+
 def _families_portmap_serves(net: Network, ep: Endpoint, requested: list) -> None:
     """The reference portmap forwards a host address only to a container
     address of its family and skips the rest without a word: a host IP of a
@@ -611,12 +615,12 @@ class Translator:
         RevokeExternalConnectivity never came. portmap reads no namespace
         (only prevResult's addresses), so the sandbox path is only CNI_NETNS."""
         att = runtime.Attachment(ep.endpoint_id, ep.sandbox_key or "/proc/self/ns/net", CONTAINER_IFNAME)
-        if not backends.get(net.backend).takes_conflist:
-            # our bridge: the reference portmap sets route_localnet on it and
-            # never clears it, which would let the containers reach the
-            # host's loopback services; rancher-portmap's guard goes first,
-            # under the tag rancher-portmap would use, so route_localnet is
-            # ours to turn off again with the last guard (localnet.py)
+        if not backends.get(net.backend).takes_conflist and _has_ipv4(ep):
+            # our bridge: the reference portmap sets route_localnet on it (for
+            # an IPv4 container) and never clears it, which would let the
+            # containers reach the host's loopback services; rancher-portmap's
+            # guard goes first, under the tag rancher-portmap would use, so
+            # route_localnet is ours to turn off with the last guard (localnet.py)
             hostnet.guard_localnet(render.ports_name(net.cni_name), ep.endpoint_id, CONTAINER_IFNAME, net.bridge)
         self.cni.add_capability(net.conflist, _raw(net.conflist), att, "portMappings", mappings)
 
@@ -625,8 +629,8 @@ class Translator:
             att = runtime.Attachment(ep.endpoint_id, "", CONTAINER_IFNAME)
             with step(f"{net.driver}: removing published ports failed"):
                 self.cni.del_capability(net.conflist, _raw(net.conflist), att, "portMappings", ep.port_mappings)
-            if not backends.get(net.backend).takes_conflist:
-                hostnet.unguard_localnet(render.ports_name(net.cni_name), ep.endpoint_id, CONTAINER_IFNAME)
+                if not backends.get(net.backend).takes_conflist:  # after the DEL: its rules needed route_localnet
+                    hostnet.unguard_localnet(render.ports_name(net.cni_name), ep.endpoint_id, CONTAINER_IFNAME)
         elif ep.port_mappings:
             conf = render.ports_conflist(net.conflist)
             att = runtime.Attachment(ep.endpoint_id, "", CONTAINER_IFNAME,
