@@ -76,6 +76,16 @@ def test_published_ports_go_through_the_reference_portmap_with_dockers_semantics
     assert dnat_through_portmap(address(docker, ranged, net)) == [18211]
     assert from_router(router, 18211).strip() == hostname(ranged)
 
+    ephemeral = container(docker, net, "-p", "80", command=WEB)  # HostPort 0
+    port = published(docker, ephemeral, net)[0]["HostPort"]
+    low, high = (int(v) for v in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    assert low <= port <= high and dnat_through_portmap(address(docker, ephemeral, net)) == [port]
+    assert from_router(router, port).strip() == hostname(ephemeral)
+    err = run_fails(docker, net, "-p", "[::1]:18213:80")  # portmap would skip it without a word
+    assert "cannot publish ::1:18213 to port 80/tcp: the container has IPv4 addresses" in err, err
+    docker("rm", "-f", ephemeral)
+    docker.made["containers"].remove(ephemeral)
+
     other = container(docker, network(docker, "--subnet", "10.165.0.0/24"))
     assert not can_ping(docker, other, address(docker, web, net)), "the isolation between our networks stays"
 
