@@ -69,8 +69,8 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
     chain; the container's own ACCEPT and its replies' become RETURNs, so
     that, past our isolation and DROPs, the firewall's CNI-FORWARD (and the
     admin's CNI-ADMIN in it) decides (the replies only: a published port's
-    first packet, NEW for CNI-FORWARD, goes on to our port rule). What is
-    open by design stays an ACCEPT: the subnet ("subnet"), anyone (flat). They stay, naming the bridge, so the
+    connection, NEW for CNI-FORWARD, is accepted here). What is open by
+    design stays an ACCEPT: the subnet ("subnet"), anyone (flat). They stay, naming the bridge, so the
     bridge keeps its isolation rules (iptables._isolated_bridges). And the
     container's address coming from anywhere but its bridge is dropped:
     CNI-FORWARD's `-s IP -j ACCEPT` names no interface."""
@@ -108,11 +108,14 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
             # open to anyone (flat) stays an ACCEPT even with the firewall chained: CNI-FORWARD accepts
             # only replies, and the planner knows a LAN bridge by this rule (iptables._OPEN_TO_ANYONE)
             f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j ACCEPT" if open_inbound is True else
-            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT"
-            if not firewall_chained else
-            # replies only: CNI-FORWARD accepts them; a published port's first packet (DNAT, NEW for
-            # CNI-FORWARD, which would hand it on to Docker's DROP policy) goes on to our port rule
-            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {note} -j RETURN"]
+            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT"]
+        if firewall_chained and open_inbound is not True:
+            # the replies go on to CNI-FORWARD, which accepts them; a published port's connection (DNAT,
+            # NEW for CNI-FORWARD, which would hand it on to Docker's DROP policy) is accepted here, whichever
+            # portmap (ours, or the reference one, which adds no FORWARD rule) published it
+            inbound = [
+                f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {note} -j RETURN",
+                f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate DNAT {note} -j ACCEPT"]
         if open_inbound == "subnet":
             subnet = f"-A {FORWARD_CHAIN} -s {iface.network} -d {_host(iface)} -o {bridge} {note} -j ACCEPT"
             # Before the ctstate ACCEPT, not after: both accept, so the order

@@ -495,17 +495,20 @@ def spoofed_from_metadata_bridge(rig, claimed) -> int:
         ns_exec(other, "ip", "addr", "del", f"{claimed}/32", "dev", "eth0")
 
 
-@pytest.mark.parametrize("chained", [False, True], ids=["alone", "firewall-chained"])
-def test_with_the_firewall_chained_a_published_port_is_still_reached_from_outside(tmp_path, make_netns, chained):
+@pytest.mark.parametrize("chained, portmap", [(False, "rancher-portmap"), (True, "rancher-portmap"), (True, "portmap")],
+                         ids=["alone", "firewall-chained", "firewall-chained-reference-portmap"])
+def test_with_the_firewall_chained_a_published_port_is_still_reached_from_outside(tmp_path, make_netns, chained,
+                                                                                   portmap):
     """A published port of a container whose network chains the reference firewall: its first packet,
     DNAT'ed, is NEW for CNI-FORWARD (which accepts only replies and what the container sends), so it must
-    reach our port rule, not be handed on to CNI-FORWARD and Docker's DROP policy."""
+    be accepted by our rule, not handed on to CNI-FORWARD and Docker's DROP policy; whichever portmap
+    published it (the reference one adds no FORWARD rule of its own)."""
     host, outside = make_netns(), make_netns()
     docker_like_host(host, outside)
     env = CNIEnv(tmp_path, daemon=False)
     red = env.bridge_config(subnet="10.127.21.0/24", cniVersion="1.0.0", isDefaultGateway=True,
                             firewallChained=chained)
-    ports = {"cniVersion": "1.0.0", "name": red["name"], "type": "rancher-portmap", "snat": True,
+    ports = {"cniVersion": "1.0.0", "name": red["name"], "type": portmap, "snat": True,
              "runtimeConfig": {"portMappings": [{"hostPort": 18182, "containerPort": 80, "protocol": "tcp"}]}}
     a = make_netns()
     www = tmp_path / "www"

@@ -433,12 +433,13 @@ def test_with_the_firewall_chained_the_containers_accepts_yield_and_the_bridge_k
     rules = firewall.bridge_rules(C1, "rb-web", ["10.1.0.5/24"], masquerade=True, firewall_chained=True)[4]
     assert rules["filter"][0] == "-A RANCHER-CNI-FORWARD -s 10.1.0.5/32 ! -i rb-web -m comment --comment " \
                                  f"{C1} -j DROP", "its address from elsewhere: spoofed, CNI-FORWARD would accept it"
-    assert [r.split()[-1] for r in rules["filter"]] == ["DROP", "RETURN", "RETURN"]
+    assert [r.split()[-1] for r in rules["filter"]] == ["DROP", "RETURN", "RETURN", "ACCEPT"]
     script = plan(save(), new_rules=rules)
     assert f"-I {bridge_isolation('rb-web')[0][len('-A '):].replace('RANCHER-CNI-FORWARD', 'RANCHER-CNI-FORWARD 1', 1)}" \
         in script and bridge_isolation("rb-web")[1] in script
     internal = firewall.bridge_rules(C1, "rb-web", ["10.1.0.5/24"], False, internal=True, firewall_chained=True)[4]
-    assert [r.split()[-1] for r in internal["filter"]] == ["DROP", "DROP", "DROP", "RETURN", "RETURN"], "its DROPs first"
+    assert [r.split()[-1] for r in internal["filter"]] == ["DROP", "DROP", "DROP", "RETURN", "RETURN", "ACCEPT"], \
+        "its DROPs first"
 
 
 def test_with_the_firewall_chained_a_flat_container_stays_open_to_its_lan_and_reaches_its_metadata():
@@ -502,11 +503,13 @@ def test_same_bridge_rules_of_a_bridge_not_ours_or_someone_elses_rule_keep_the_c
     assert "-X CNI-ISOLATION-STAGE-2" not in plan(text, is_stale=C1.every.__contains__)
 
 
-def test_with_the_firewall_chained_a_published_ports_first_packet_goes_on_to_our_port_rule():
+def test_with_the_firewall_chained_a_published_ports_connection_is_accepted_ahead_of_cni_forward():
     rules = firewall.bridge_rules(C1, "rb-web", ["10.1.0.5/24"], masquerade=True, firewall_chained=True)[4]
-    assert rules["filter"][-1] == ("-A RANCHER-CNI-FORWARD -d 10.1.0.5/32 -o rb-web -m conntrack --ctstate "
-                                   f"RELATED,ESTABLISHED -m comment --comment {C1} -j RETURN"), \
-        "replies to CNI-FORWARD; DNAT (NEW for CNI-FORWARD) not: it goes on to the port's ACCEPT"
+    assert rules["filter"][-2:] == [
+        f"-A RANCHER-CNI-FORWARD -d 10.1.0.5/32 -o rb-web -m conntrack --ctstate RELATED,ESTABLISHED -m comment "
+        f"--comment {C1} -j RETURN",
+        f"-A RANCHER-CNI-FORWARD -d 10.1.0.5/32 -o rb-web -m conntrack --ctstate DNAT -m comment --comment {C1} "
+        "-j ACCEPT"], "replies to CNI-FORWARD; a published port's connection (NEW for CNI-FORWARD) accepted here"
     vxlan = firewall.bridge_rules(C1, "rv-web", ["10.1.0.5/24"], False, open_inbound="subnet",
                                   firewall_chained=True)[4]["filter"]
     assert vxlan[-1] == f"-A RANCHER-CNI-FORWARD -s 10.1.0.0/24 -d 10.1.0.5/32 -o rv-web -m comment --comment {C1} " \
