@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import ping, run
+from tests.conftest import ns_exec, ping, run
 from tests.conftest import unique
 from tests.engine.helpers import address, can_ping, container, network
 from tests.engine.test_doctor import doctor
@@ -24,6 +24,7 @@ pytestmark = [
     pytest.mark.skipif(not all(os.access(f"/usr/lib/cni/{p}", os.X_OK) for p in ("bandwidth", "tuning")),
                        reason="containernetworking-plugins missing"),
 ]
+WEB = ("sh", "-c", "mkdir -p /www && hostname > /www/index.html && httpd -f -p 80 -h /www")
 needs_iperf3 = pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 missing")
 
 RATE = 20_000_000  # bits per second
@@ -245,19 +246,35 @@ def test_firewall_true_chains_the_reference_firewall_below_our_isolation_and_lea
 @pytest.mark.skipif(not os.access("/usr/lib/cni/firewall", os.X_OK), reason="containernetworking-plugins missing")
 def test_firewall_on_a_vxlan_network_keeps_its_subnet_open_across_the_vtep_and_its_isolation(docker,
                                                                                              docker_host_firewall,
-                                                                                             other_host):
+                                                                                             other_host, make_netns):
     """rancher-vxlan with -o firewall=true -o firewall.ingress_policy=same-bridge, the other host's
-    workload behind a kernel VTEP (tests/engine/test_docker_vxlan.py's rig)."""
+    workload behind a kernel VTEP (tests/engine/test_docker_vxlan.py's rig), and a client outside the host
+    behind a veth, for a published port (routed through FORWARD, unlike one reached from the host itself)."""
     had_cni_chains = ":CNI-FORWARD" in run("iptables-save").stdout
     workload = "10.43.200.1"
+    client, client_link = make_netns(), unique("cl")
+    run("ip", "link", "add", client_link, "type", "veth", "peer", "name", "eth0", "netns", client)
+    run("ip", "addr", "add", "10.127.50.1/24", "dev", client_link)
+    run("ip", "link", "set", client_link, "up")
+    ns_exec(client, "ip", "addr", "add", "10.127.50.2/24", "dev", "eth0")
+    ns_exec(client, "ip", "link", "set", "eth0", "up")
     try:
         net = network(docker, "--subnet", "10.43.0.0/16", "--ip-range", "10.43.1.0/24",
                       "-o", f"vtep_dev={other_host['underlay']}", "-o", "peers=10.98.0.2", "-o", "firewall=true",
                       "-o", "firewall.ingress_policy=same-bridge", driver="rancher-vxlan")
         other = network(docker, "--subnet", "10.153.0.0/24")
-        a, c = container(docker, net), container(docker, other)
+        a = container(docker, net, "-p", "18184:80", command=WEB)
+        c = container(docker, other)
         ip_a, ip_c = address(docker, a, net), address(docker, c, other)
         assert "chain rancher-vxlan -> firewall" in status_text(docker)
+        fetched = ""
+        for _ in range(20):  # httpd starting
+            fetched = ns_exec(client, "wget", "-q", "-T", "2", "-t", "1", "-O", "-", "http://10.127.50.1:18184/",
+                              check=False).stdout
+            if fetched:
+                break
+        assert fetched.strip() == docker("inspect", "-f", "{{.Config.Hostname}}", a).stdout.strip(), \
+            "the published port is reached from outside the host"
         assert can_ping(docker, a, workload), "the container reaches the other host's workload over VXLAN"
         assert ping(other_host["workload"], ip_a), "and the workload opens connections to it: the subnet is open"
         assert not can_ping(docker, a, ip_c) and not can_ping(docker, c, ip_a), "our isolation holds above it"
@@ -285,6 +302,7 @@ def test_firewall_on_a_vxlan_network_keeps_its_subnet_open_across_the_vtep_and_i
         assert "RANCHER-CNI" not in saved and "rcni-" not in saved, saved
         assert ip_a not in saved and not [b for b in bridges if b in saved], "the bridge's same-bridge rules went"
     finally:
+        run("ip", "link", "del", client_link, check=False)
         if not had_cni_chains:
             run("iptables", "-w", "-D", "FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules",
                 "-j", "CNI-FORWARD", check=False)
