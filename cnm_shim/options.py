@@ -212,7 +212,7 @@ def refuse_firewall(driver: str, key: str, offered: bool) -> None:
     if offered:
         raise DriverError(
             f"{driver}: option {key[:100]!r}: of the reference firewall plug-in's settings only -o firewall=true "
-            "(or false) and -o firewall.ingress_policy=open|same-bridge are offered; its others are this driver's "
+            "(or false) and -o firewall.ingress_policy are offered; its others are this driver's "
             "to set: backend is iptables (firewalld is not used), and its admin chain is CNI-ADMIN, whose place "
             "below this driver's isolation is kept (a chain of another name would not be)")
     raise DriverError(
