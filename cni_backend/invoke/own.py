@@ -36,7 +36,6 @@ import subprocess
 import time
 import traceback
 
-from .. import trace
 from .execute import PLUGIN_TIMEOUT_S, run_process
 
 PR_SET_PDEATHSIG = 1
@@ -142,5 +141,4 @@ def runner(path: str, env: dict, stdin: bytes) -> tuple:
     plugin = own_plugin(path)
     if plugin is None:
         return run_process(path, env, stdin)
-    with trace.span("cni.fork", plugin=plugin, command=env.get("CNI_COMMAND")):
-        return run_forked(plugin, env, stdin)
+    return run_forked(plugin, env, stdin)  # traced as `cni.exec` by the caller, like an execution

@@ -16,7 +16,8 @@ from cni_backend.errors import CNIError
 from cni_backend.invoke import execute, own
 
 # a socket nobody listens on: the executables never reach a CNI daemon of this machine
-VERSION_ENV = {"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", ""), "RANCHER_CNI_SOCKET": "/nonexistent/cni.sock"}
+VERSION_ENV = {"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", ""),
+               "RANCHER_CNI_SOCKET": "/nonexistent/cni.sock"}
 STDIN = json.dumps({"cniVersion": "1.0.0"}).encode()
 
 
