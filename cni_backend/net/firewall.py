@@ -196,7 +196,7 @@ def add_rules(tag: tags.Tag, per_family: dict) -> None:
 
 def remove_rules(tag: tags.Tag, families=(4, 6)) -> None:
     """Remove the attachment's rules of `tag`'s kind, legacy-tagged ones too."""
-    iptables.remove(tag.every.__contains__, families)
+    iptables.remove(tag.every.__contains__, families, tag=str(tag))
 
 
 def rules_of(tag: tags.Tag) -> list:
@@ -214,7 +214,7 @@ def missing_rules(tag: tags.Tag, per_family: dict) -> list:
 def replace_rules(tag: tags.Tag, per_family: dict) -> None:
     """The attachment's rules of `tag`'s kind become exactly `per_family`
     (legacy-tagged ones replaced, not kept beside), chains and jumps with them."""
-    iptables.replace(tag.every.__contains__, per_family)
+    iptables.replace(tag.every.__contains__, per_family, tag=str(tag))
 
 
 def collect_garbage(network: str, valid_attachments, kinds=tags.KINDS) -> list:

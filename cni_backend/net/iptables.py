@@ -11,6 +11,8 @@ per family, under a host-wide lock, so parallel ADD/DEL never see or leave
 half a rule set.
 """
 
+import hashlib
+import os
 import re
 
 from .. import locks, paths
@@ -71,8 +73,167 @@ def host_lock():
 
 
 def saved_tables(family: int) -> dict:
-    """table -> (set of chain names, list of rule lines), from iptables-save."""
-    return parse_saved(tools.run([_TOOLS[family][0]]))
+    """table -> (set of chain names, list of rule lines), from iptables-save,
+    with each attachment's rules shown in the chain that jumps to its own
+    chain (see `logical`)."""
+    return logical(parse_saved(tools.run([_TOOLS[family][0]])))[0]
+
+
+# -- an attachment's own chains ---------------------------------------------
+#
+# Each attachment's rules of one of our chains (PARENT) live in a chain of
+# their own, ATTACHMENT_PREFIX + a digest of (tag, PARENT), jumped to from
+# PARENT by one rule carrying the tag. DEL removes that jump and the chain in
+# one restore, whatever else the table holds: no listing, no -D by rule text.
+# The planner works on the `logical` view (each attachment's rules as if in
+# PARENT, as the previous version kept them, which it still reads), and
+# `physical` turns its plan into lines on the attachments' chains.
+
+ATTACHMENT_PREFIX = "RCNI-"
+_ATTACHMENT_CHAIN = re.compile(r"^RCNI-[0-9a-f]{20}$")
+_JUMP = re.compile(r"^-A (\S+) -m comment --comment (\S+) -j (RCNI-[0-9a-f]{20})$")
+
+
+def attachment_chain(tag: str, parent: str) -> str:
+    """The chain of the attachment `tag`'s rules of our chain `parent` (28 characters at most)."""
+    name = ATTACHMENT_PREFIX + hashlib.sha256(f"{tag}\0{parent}".encode()).hexdigest()[:20]
+    assert _ATTACHMENT_CHAIN.match(name)
+    return name
+
+
+def _jump_to(parent: str, tag: str, chain: str) -> str:
+    return f"{parent} -m comment --comment {tag} -j {chain}"
+
+
+def logical(tables: dict) -> tuple:
+    """parse_saved's tables -> (the same with each attachment chain's rules
+    moved into its parent chain in place of the jump, the attachment chains
+    and jumps left out; table -> {logical rule: attachment chain}; table ->
+    {attachment chain: [its jump lines]})."""
+    view, chain_of, jumps = {}, {}, {}
+    for table, (chains, rules) in tables.items():
+        mine = {c for c in chains if _ATTACHMENT_CHAIN.match(c)}
+        body = {c: [r for r in rules if r.startswith(f"-A {c} ")] for c in mine}
+        out, where, jumped = [], {}, {}
+        for rule in rules:
+            if _chain_of(rule) in mine:
+                continue
+            m = _JUMP.match(rule)
+            if m and m.group(3) in mine and m.group(1) in CHAINS.get(table, {}):
+                first = m.group(3) not in jumped
+                jumped.setdefault(m.group(3), []).append(rule)
+                if first:
+                    for inner in body[m.group(3)]:
+                        moved = f"-A {m.group(1)} " + inner[len(f"-A {m.group(3)} "):]
+                        where[moved] = m.group(3)
+                        out.append(moved)
+                continue
+            out.append(rule)
+        # a chain without a jump (half made) stays visible as itself: repair removes it with the planner's help
+        view[table] = (chains - set(jumped), out)
+        chain_of[table], jumps[table] = where, jumped
+    return view, chain_of, jumps
+
+
+def physical(script: list, chain_of: dict, jumps: dict) -> list:
+    """The planner's restore lines (on the logical view) -> lines on the
+    attachment chains: an attachment rule's removal becomes the removal of
+    its chain and jump, an added one goes into its attachment's chain."""
+    out, table, header = [], None, 0
+    for line in script:
+        if line.startswith("*"):
+            table, header, made, gone = line[1:], len(out) + 1, {}, set()
+            out.append(line)
+            continue
+        if line == "COMMIT" or table is None:
+            out.append(line)
+            continue
+        where = chain_of.get(table, {})
+        if line.startswith("-D ") and "-A" + line[2:] in where:
+            chain = where["-A" + line[2:]]
+            if chain not in gone:
+                gone.add(chain)
+                out += ["-D" + j[2:] for j in jumps.get(table, {}).get(chain, [])] + [f"-F {chain}", f"-X {chain}"]
+            continue
+        if line.startswith("-A ") and _chain_of(line) in CHAINS.get(table, {}) and _is_attachment(line):
+            parent, tag = _chain_of(line), comment_of(line)
+            chain = attachment_chain(tag, parent)
+            if chain not in made:
+                made[chain] = True
+                if chain in gone:  # replaced: the chain and jump stay, emptied
+                    out = [x for x in out if x not in (f"-X {chain}",) and not (
+                        x.startswith("-D ") and x.endswith(f" -j {chain}"))]
+                else:
+                    out.insert(header, f":{chain} - [0:0]")
+                    header += 1
+                    if chain not in jumps.get(table, {}):
+                        out.append(f"-A {_jump_to(parent, tag, chain)}")
+            out.append(f"-A {chain} " + line[len(f"-A {parent} "):])
+            continue
+        out.append(line)
+    return out
+
+
+_RECORDS = f"{paths.RUN_DIR}/firewall"
+
+
+def _records() -> str:
+    """Where the attachments' records are kept, one directory per network
+    namespace (the rules are the namespace's)."""
+    return f"{_RECORDS}/{os.stat('/proc/self/ns/net').st_ino}"
+
+
+def _resources(family: int, new_rules: dict) -> list:
+    """What an attachment's rules {table: [lines]} use that is shared: our
+    chains, and the bridges whose isolation rules follow from them."""
+    used = [f"{family}.{table}.{_chain_of(r)}" for table, rules in new_rules.items() for r in rules
+            if _chain_of(r) in CHAINS.get(table, {}) and _is_attachment(r)]
+    used += [f"{family}.bridge.{b}" for b in _isolated_bridges(new_rules.get("filter", []))]
+    return sorted(set(used))
+
+
+def _record(tag: str, per_family: dict) -> None:
+    """Note, for a fast DEL, which chains the attachment `tag` has and what shared things it uses."""
+    if not tags.is_attachment_tag(tag):
+        return
+    root = _records()
+    lines = []
+    for family, rules in per_family.items():
+        for resource in _resources(family, rules):
+            os.makedirs(f"{root}/use/{resource}", exist_ok=True)
+            open(f"{root}/use/{resource}/{tag}", "w").close()
+            lines.append(resource)
+    os.makedirs(f"{root}/att", exist_ok=True)
+    with open(f"{root}/att/{tag}", "w") as f:
+        f.write("".join(f"{line}\n" for line in lines))
+
+
+def _forget(tag: str) -> list:
+    """Remove the record of `tag`: the resources it named that nobody else
+    uses now (their shared rules may have to go); None without a record."""
+    if not tags.is_attachment_tag(tag):
+        return None
+    root = _records()
+    try:
+        with open(f"{root}/att/{tag}") as f:
+            resources = f.read().split()
+    except FileNotFoundError:
+        return None
+    last = []
+    for resource in resources:
+        if not re.match(r"^[46]\.[a-z]+\.[\w.+-]+$", resource):
+            continue
+        try:
+            os.unlink(f"{root}/use/{resource}/{tag}")
+        except FileNotFoundError:
+            pass
+        try:
+            os.rmdir(f"{root}/use/{resource}")
+            last.append(resource)
+        except OSError:
+            pass  # someone else still uses it
+    os.unlink(f"{root}/att/{tag}")
+    return last
 
 
 def parse_saved(text: str) -> dict:
@@ -274,9 +435,10 @@ def restore_script(saved: dict, is_stale, new_rules: dict) -> list:
 
 def apply(family: int, is_stale, new_rules: dict) -> None:
     """The slow, always-correct path: list, plan, restore."""
-    script = restore_script(saved_tables(family), is_stale, new_rules)
+    view, chain_of, jumps = logical(parse_saved(tools.run([_TOOLS[family][0]])))
+    script = restore_script(view, is_stale, new_rules)
     if script:
-        tools.run([_TOOLS[family][1], "-w", "--noflush"], script_text(script))
+        tools.run([_TOOLS[family][1], "-w", "--noflush"], script_text(physical(script, chain_of, jumps)))
 
 
 def _all_present(family: int, specs: list) -> bool:
@@ -319,20 +481,55 @@ def fast_append_plan(new_rules: dict) -> tuple:
         for bridge, lan in _isolated_bridges(rules).items():
             checks.append((table, _bridge_rules(bridge, lan)[1]))
         script += [f"*{table}", *rules, "COMMIT"]
-    return checks, script
+    return checks, physical(script, {}, {})
+
+
+def remove_fast(family: int, tag: str) -> bool:
+    """One restore removing the jumps and chains the record of `tag` names;
+    False, changing nothing, when there is no record or the restore fails."""
+    try:
+        with open(f"{_records()}/att/{tag}") as f:
+            resources = f.read().split()
+    except FileNotFoundError:
+        return False
+    script = []
+    for table in CHAINS:
+        parents = [p for p in CHAINS[table] if f"{family}.{table}.{p}" in resources]
+        if parents:
+            script += [f"*{table}"]
+            for parent in parents:
+                chain = attachment_chain(tag, parent)
+                script += [f"-D {_jump_to(parent, tag, chain)}", f"-F {chain}", f"-X {chain}"]
+            script += ["COMMIT"]
+    if not script:
+        return True
+    return tools.run([_TOOLS[family][1], "-w", "--noflush"], script_text(script), check=False) is not None
 
 
 def add(per_family: dict, tag: str) -> None:
     """Add rules {family: {table: [lines]}} that all carry `tag`."""
     with host_lock():
+        _forget(tag)  # made again (a repeated ADD): its chains are flushed and filled again
         for family, rules in per_family.items():
             if not append_fast(family, rules):
                 apply(family, tag.__eq__, rules)
+        _record(tag, per_family)
 
 
-def remove(is_stale, families=(4, 6)) -> None:
-    """Remove every attachment rule whose tag `is_stale`."""
+def remove(is_stale, families=(4, 6), tag: str | None = None) -> None:
+    """Remove every attachment rule whose tag `is_stale`. With `tag` (whose
+    rules are all those of `is_stale` today's version makes) and its record,
+    one restore removes its chains; the listing and planning only run when
+    it was the last user of something shared, or for rules of the previous
+    version."""
     with host_lock():
+        if tag is not None:
+            recorded = os.path.exists(f"{_records()}/att/{tag}")
+            fast = recorded and all(remove_fast(family, tag) for family in families)
+            last = _forget(tag) if recorded else None
+            if fast and not last:
+                return
+            families = families if not fast else sorted({int(r[0]) for r in last})
         for family in families:
             apply(family, is_stale, {})
 
@@ -367,11 +564,14 @@ def repair_derived() -> None:
             apply(family, _nothing_stale, {})
 
 
-def replace(is_replaced, per_family: dict) -> None:
+def replace(is_replaced, per_family: dict, tag: str | None = None) -> None:
     """The rules whose tag `is_replaced` become exactly `per_family` (idempotent)."""
     with host_lock():
         for family in (4, 6):
             apply(family, is_replaced, per_family.get(family, {}))
+        if tag is not None:
+            _forget(tag)
+            _record(tag, per_family)
 
 
 def collect(stale_test) -> list:
@@ -387,4 +587,6 @@ def collect(stale_test) -> list:
             if stale:
                 apply(family, stale.__contains__, {})
                 removed |= stale
+        for tag in removed:
+            _forget(tag)
     return sorted(removed)

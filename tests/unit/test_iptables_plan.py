@@ -395,7 +395,13 @@ def test_the_fast_append_checks_the_jumps_and_the_bridges_drop_and_only_appends(
         ("nat", f"OUTPUT -m addrtype --dst-type LOCAL {NOTE} -j RANCHER-CNI-HOSTPORT"),
         ("nat", f"POSTROUTING {NOTE} -j RANCHER-CNI-MASQ"),
     ]
-    assert script == ["*filter", *rules["filter"], "COMMIT", "*nat", *rules["nat"], "COMMIT"]
+    # each attachment's rules go into a chain of its own, declared and jumped to from ours
+    chains = {(t, iptables.attachment_chain(iptables.comment_of(r), r.split()[1])) for t in rules for r in rules[t]}
+    view, where, jumps = iptables.logical(iptables.parse_saved("\n".join(script)))
+    assert view["filter"][1] == rules["filter"] and view["nat"][1] == rules["nat"]
+    assert {(t, where[t][r]) for t in rules for r in rules[t]} == chains and len(chains) == 5
+    assert all(len(j) == 1 for t in jumps for j in jumps[t].values())
+    assert not any(line.startswith("-D ") or line.startswith("-I ") for line in script)
     assert all(line.startswith(("*", "-A ")) or line == "COMMIT" for line in script)  # no -D, -C, -I: see append_fast
 
 
