@@ -402,7 +402,7 @@ def test_the_fast_append_checks_the_jumps_and_the_bridges_drop_and_only_appends(
     assert {(t, where[t][r]) for t in rules for r in rules[t]} == chains and len(chains) == 5
     assert all(len(j) == 1 for t in jumps for j in jumps[t].values())
     assert not any(line.startswith("-D ") or line.startswith("-I ") for line in script)
-    assert all(line.startswith(("*", "-A ")) or line == "COMMIT" for line in script)  # no -D, -C, -I: see append_fast
+    assert all(line.startswith(("*", ":", "-A ")) or line == "COMMIT" for line in script)  # no -D, -C, -I: see append_fast
 
 
 def test_the_fast_append_of_nothing_checks_nothing():
