@@ -1,0 +1,107 @@
+"""Issue 18, item 3: a DEL does not list the table (iptables-save) and the
+work of an ADD or a DEL does not grow with the attachments the host holds.
+
+The firewall module is called as the plug-ins call it, against the sandbox's
+real iptables; iptables-save and iptables-restore are reached through
+wrappers on PATH that count the lines each one reads or prints."""
+
+import os
+import shutil
+import stat
+
+import pytest
+
+from cni_backend.net import firewall, iptables, tags
+from cni_backend.net.iptables import FORWARD_CHAIN, MASQ_CHAIN
+from tests.conftest import run, unique
+
+pytestmark = pytest.mark.netns
+
+BRIDGE = "rbscale0"
+WRAPPER = """#!/bin/sh
+t=$(mktemp)
+{body}
+rc=$?
+echo "{name} $(wc -l < "$t")" >> {log}
+rm -f "$t"
+exit $rc
+"""
+SAVE = '"{real}" "$@" > "$t"; rc=$?; cat "$t"; (exit $rc)'
+RESTORE = 'cat > "$t"; "{real}" "$@" < "$t"'
+
+
+@pytest.fixture
+def counted(tmp_path, monkeypatch):
+    """The lines each iptables-save printed and each iptables-restore read, as
+    [(tool, lines)], since the last call of the returned function."""
+    log = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("iptables-save", SAVE), ("iptables-restore", RESTORE)):
+        real = shutil.which(name)
+        path = bin_dir / name
+        path.write_text(WRAPPER.format(body=body.format(real=real), name=name, log=log))
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    def calls() -> list:
+        text = log.read_text() if log.exists() else ""
+        log.write_text("")
+        return [(line.split()[0], int(line.split()[1])) for line in text.splitlines()]
+    return calls
+
+
+def attach(network: str, n: int) -> tags.Tag:
+    tag = tags.of(tags.BRIDGE, network, f"c{n}", "eth0")
+    address = f"10.132.{n // 250}.{n % 250 + 2}/22"
+    firewall.add_rules(tag, firewall.bridge_rules(tag, BRIDGE, [address], masquerade=True))
+    return tag
+
+
+def ours() -> list:
+    return [line for line in run("iptables-save").stdout.splitlines()
+            if line.startswith(("-A", ":")) and ("RANCHER-CNI" in line or "rcni" in line or "RCNI-" in line)]
+
+
+@pytest.fixture
+def network():
+    name = unique("scale")
+    made = []
+    yield name, made
+    for tag in reversed(made):
+        firewall.remove_rules(tag, (4,))
+    assert ours() == []
+
+
+def test_a_del_does_not_list_the_table_and_the_last_one_removes_everything(network, counted):
+    name, made = network
+    made += [attach(name, n) for n in range(3)]
+    with_all = ours()
+    counted()
+    firewall.remove_rules(made.pop(1), (4,))
+    assert [tool for tool, _ in counted()] == ["iptables-restore"]  # one restore, no iptables-save
+    gone = str(tags.of(tags.BRIDGE, name, "c1", "eth0"))
+    chains = {f":{iptables.attachment_chain(gone, parent)} " for parent in (FORWARD_CHAIN, MASQ_CHAIN)}
+    assert ours() == [line for line in with_all if gone not in line and not line.startswith(tuple(chains))]
+    assert len(with_all) - len(ours()) == 2 + 2 + 4  # its 2 chains, their jumps, its 4 rules
+    # the others' rules, the chains and the bridge's isolation stay
+    assert any("rcnibr-" + BRIDGE in line for line in ours())
+    assert any(str(made[0]) in line for line in ours()) and any(str(made[1]) in line for line in ours())
+
+
+def test_add_and_del_touch_as_many_lines_at_200_attachments_as_at_2(network, counted):
+    name, made = network
+    made += [attach(name, n) for n in range(2)]
+
+    def cycle(n: int) -> tuple:
+        counted()
+        tag = attach(name, n)
+        added = counted()
+        firewall.remove_rules(tag, (4,))
+        return added, counted()
+
+    few = cycle(900)
+    made += [attach(name, n) for n in range(2, 200)]
+    many = cycle(901)
+    assert few == many, (few, many)  # the same tools, each reading or printing as many lines
+    assert not any(tool == "iptables-save" for tool, _ in few[1] + many[1])
