@@ -160,14 +160,17 @@ def physical(script: list, chain_of: dict, jumps: dict) -> list:
             chain = attachment_chain(tag, parent)
             if chain not in made:
                 made[chain] = True
-                if chain in gone:  # replaced: the chain and jump stay, emptied
-                    out = [x for x in out if x not in (f"-X {chain}",) and not (
-                        x.startswith("-D ") and x.endswith(f" -j {chain}"))]
+                wanted = f"-A {_jump_to(parent, tag, chain)}"
+                present = jumps.get(table, {}).get(chain, [])
+                if chain in gone:  # replaced: the chain stays, emptied, and its jump if it is today's
+                    out.remove(f"-X {chain}")
+                    if wanted in present:
+                        out.remove("-D" + wanted[2:])
                 else:
                     out.insert(header, f":{chain} - [0:0]")
                     header += 1
-                    if chain not in jumps.get(table, {}):
-                        out.append(f"-A {_jump_to(parent, tag, chain)}")
+                if wanted not in present:
+                    out.append(wanted)
             out.append(f"-A {chain} " + line[len(f"-A {parent} "):])
             continue
         out.append(line)
