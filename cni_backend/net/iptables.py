@@ -138,43 +138,61 @@ def logical(tables: dict) -> tuple:
 def physical(script: list, chain_of: dict, jumps: dict) -> list:
     """The planner's restore lines (on the logical view) -> lines on the
     attachment chains: an attachment rule's removal becomes the removal of
-    its chain and jump, an added one goes into its attachment's chain."""
-    out, table, header = [], None, 0
+    its chain and jump, an added one goes into its attachment's chain.
+
+    The attachment chains go last in their table's section, and their jump
+    is not deleted from a parent chain the section flushes: iptables-nft
+    fails to delete a chain whose jump was deleted from a chain flushed in
+    the same transaction (EBUSY)."""
+    out, section = [], None
     for line in script:
         if line.startswith("*"):
-            table, header, made, gone = line[1:], len(out) + 1, {}, set()
+            section = [line]
+        elif line == "COMMIT" and section is not None:
+            out += _physical_table(section, chain_of.get(section[0][1:], {}), jumps.get(section[0][1:], {}))
             out.append(line)
-            continue
-        if line == "COMMIT" or table is None:
+            section = None
+        elif section is not None:
+            section.append(line)
+        else:
             out.append(line)
-            continue
-        where = chain_of.get(table, {})
+    return out
+
+
+def _physical_table(section: list, where: dict, jumps: dict) -> list:
+    table, lines = section[0][1:], section[1:]
+    flushed = {line.split()[1] for line in lines if line.startswith("-F ")}
+    header, body, tail, gone, made = [section[0]], [], [], [], set()
+    for line in lines:
         if line.startswith("-D ") and "-A" + line[2:] in where:
             chain = where["-A" + line[2:]]
             if chain not in gone:
-                gone.add(chain)
-                out += ["-D" + j[2:] for j in jumps.get(table, {}).get(chain, [])] + [f"-F {chain}", f"-X {chain}"]
+                gone.append(chain)
+                body += ["-D" + j[2:] for j in jumps.get(chain, []) if _chain_of(j) not in flushed]
             continue
         if line.startswith("-A ") and _chain_of(line) in CHAINS.get(table, {}) and _is_attachment(line):
             parent, tag = _chain_of(line), comment_of(line)
             chain = attachment_chain(tag, parent)
             if chain not in made:
-                made[chain] = True
+                made.add(chain)
                 wanted = f"-A {_jump_to(parent, tag, chain)}"
-                present = jumps.get(table, {}).get(chain, [])
+                present = jumps.get(chain, [])
                 if chain in gone:  # replaced: the chain stays, emptied, and its jump if it is today's
-                    out.remove(f"-X {chain}")
-                    if wanted in present:
-                        out.remove("-D" + wanted[2:])
+                    gone.remove(chain)
+                    if wanted in present and "-D" + wanted[2:] in body:
+                        body.remove("-D" + wanted[2:])
+                        present = [wanted]
+                    body.append(f"-F {chain}")
                 else:
-                    out.insert(header, f":{chain} - [0:0]")
-                    header += 1
+                    header.append(f":{chain} - [0:0]")
                 if wanted not in present:
-                    out.append(wanted)
-            out.append(f"-A {chain} " + line[len(f"-A {parent} "):])
+                    body.append(wanted)
+            body.append(f"-A {chain} " + line[len(f"-A {parent} "):])
             continue
-        out.append(line)
-    return out
+        body.append(line)
+    for chain in gone:
+        tail += [f"-F {chain}", f"-X {chain}"]
+    return header + body + tail
 
 
 _RECORDS = f"{paths.RUN_DIR}/firewall"
