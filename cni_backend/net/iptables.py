@@ -14,6 +14,8 @@ half a rule set.
 import hashlib
 import os
 import re
+import socket
+import struct
 
 from .. import locks, paths
 from ..errors import CNIError, INTERNAL
@@ -198,10 +200,19 @@ def _physical_table(section: list, where: dict, jumps: dict) -> list:
 _RECORDS = f"{paths.RUN_DIR}/firewall"
 
 
+_SO_NETNS_COOKIE = 71  # Linux 5.14: a number no other network namespace gets until reboot
+
+
 def _records() -> str:
     """Where the attachments' records are kept, one directory per network
-    namespace (the rules are the namespace's)."""
-    return f"{_RECORDS}/{os.stat('/proc/self/ns/net').st_ino}"
+    namespace (the rules are the namespace's): named by its cookie, which,
+    unlike its inode number, is not given to a later namespace."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            name = "c%d" % struct.unpack("Q", probe.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8))[0]
+    except OSError:  # an older kernel
+        name = "i%d" % os.stat("/proc/self/ns/net").st_ino
+    return f"{_RECORDS}/{name}"
 
 
 def _resources(family: int, new_rules: dict) -> list:
