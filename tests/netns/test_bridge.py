@@ -5,6 +5,7 @@ kernel and the store, never taken from the plug-in's word."""
 import concurrent.futures
 import ipaddress
 import json
+import re
 
 import pytest
 
@@ -149,7 +150,9 @@ def test_gateway_default_route_masquerade_mtu_and_mac(cni_env, make_netns):
     assert {"dst": "default", "gateway": "10.123.0.1"}.items() <= routes[0].items()
     port = json.loads(run("ip", "-j", "-d", "link", "show", result["interfaces"][1]["name"]).stdout)[0]
     assert port["linkinfo"]["info_slave_data"]["hairpin"] is True
-    nat = run("iptables", "-t", "nat", "-S", "RANCHER-CNI-MASQ").stdout
+    # the attachment's masquerade rules, in its own chain jumped to from ours
+    [own] = re.findall(r"-j (RCNI-\w+)$", run("iptables", "-t", "nat", "-S", "RANCHER-CNI-MASQ").stdout, re.M)
+    nat = run("iptables", "-t", "nat", "-S", own).stdout
     assert "MASQUERADE" in nat and result["ips"][0]["address"].split("/")[0] in nat
     assert ping(netns, "10.123.0.1")
     assert cni_env.exec("DEL", dict(config, prevResult=result), netns)[0] == 0
