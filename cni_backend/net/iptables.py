@@ -115,7 +115,10 @@ def logical(tables: dict) -> tuple:
     view, chain_of, jumps = {}, {}, {}
     for table, (chains, rules) in tables.items():
         mine = {c for c in chains if _ATTACHMENT_CHAIN.match(c)}
-        body = {c: [r for r in rules if r.startswith(f"-A {c} ")] for c in mine}
+        body = {c: [] for c in mine}
+        for rule in rules:
+            if _chain_of(rule) in body:
+                body[_chain_of(rule)].append(rule)
         out, where, jumped = [], {}, {}
         for rule in rules:
             if _chain_of(rule) in mine:
@@ -164,12 +167,12 @@ def physical(script: list, chain_of: dict, jumps: dict) -> list:
 def _physical_table(section: list, where: dict, jumps: dict) -> list:
     table, lines = section[0][1:], section[1:]
     flushed = {line.split()[1] for line in lines if line.startswith("-F ")}
-    header, body, tail, gone, made = [section[0]], [], [], [], set()
+    header, body, tail, gone, made = [section[0]], [], [], {}, set()
     for line in lines:
         if line.startswith("-D ") and "-A" + line[2:] in where:
             chain = where["-A" + line[2:]]
             if chain not in gone:
-                gone.append(chain)
+                gone[chain] = True
                 body += ["-D" + j[2:] for j in jumps.get(chain, []) if _chain_of(j) not in flushed]
             continue
         if line.startswith("-A ") and _chain_of(line) in CHAINS.get(table, {}) and _is_attachment(line):
@@ -180,7 +183,7 @@ def _physical_table(section: list, where: dict, jumps: dict) -> list:
                 wanted = f"-A {_jump_to(parent, tag, chain)}"
                 present = jumps.get(chain, [])
                 if chain in gone:  # replaced: the chain stays, emptied, and its jump if it is today's
-                    gone.remove(chain)
+                    del gone[chain]
                     if wanted in present and "-D" + wanted[2:] in body:
                         body.remove("-D" + wanted[2:])
                         present = [wanted]

@@ -520,3 +520,78 @@ def test_with_the_firewall_chained_a_published_ports_connection_is_accepted_ahea
                                   firewall_chained=True)[4]["filter"]
     assert vxlan[-1] == f"-A RANCHER-CNI-FORWARD -s 10.1.0.0/24 -d 10.1.0.5/32 -o rv-web -m comment --comment {C1} " \
                         "-j ACCEPT", "the subnet stays open (CNI-FORWARD would accept only replies)"
+
+
+# -- each attachment's rules in a chain of its own ----------------------------
+
+def in_own_chains(text):
+    """iptables-save text of `attached` with each attachment's rules moved
+    into its own chain, as today's version makes them."""
+    lines, declared, bodies = [], {}, {}
+    for line in text.splitlines():
+        parts = line.split()
+        if line.startswith("-A ") and parts[1] in ("RANCHER-CNI-FORWARD", "RANCHER-CNI-MASQ") \
+                and tags.is_attachment_tag(iptables.comment_of(line)):
+            chain = iptables.attachment_chain(iptables.comment_of(line), parts[1])
+            if chain not in bodies:
+                bodies[chain] = []
+                lines.append(f"-A {parts[1]} -m comment --comment {iptables.comment_of(line)} -j {chain}")
+            bodies[chain].append(f"-A {chain} " + line.split(" ", 2)[2])
+            declared.setdefault(table, []).append(f":{chain} - [0:0]")
+            continue
+        if line.startswith("*"):
+            table = line[1:]
+        if line == "COMMIT":
+            lines += [r for c in dict.fromkeys(bodies) for r in bodies[c]]
+            bodies = {}
+        lines.append(line)
+    out = []
+    for line in lines:
+        out.append(line)
+        if line.startswith("*"):
+            out += list(dict.fromkeys(declared.get(line[1:], [])))
+    return "\n".join(out) + "\n"
+
+
+def physical_plan(text, is_stale=nothing_stale, new_rules=None):
+    view, where, jumps = iptables.logical(iptables.parse_saved(text))
+    return iptables.physical(iptables.restore_script(view, is_stale, new_rules or {}), where, jumps)
+
+
+def test_the_logical_view_of_attachment_chains_is_the_previous_layout():
+    flat_layout = attached(("rb-web", c1_rules()), ("rb-web", firewall.bridge_rules(C2, "rb-web", ["10.1.0.6/24"],
+                                                                                      masquerade=True)[4]))
+    own = in_own_chains(flat_layout)
+    assert "-A RCNI-" in own and iptables.logical(iptables.parse_saved(own))[0] == iptables.parse_saved(flat_layout)
+    assert physical_plan(own) == []  # in line: nothing to change
+
+
+def test_removing_one_attachment_removes_its_jumps_and_chains_and_no_rule_by_text():
+    c2 = firewall.bridge_rules(C2, "rb-web", ["10.1.0.6/24"], masquerade=True)[4]
+    own = in_own_chains(attached(("rb-web", c1_rules()), ("rb-web", c2)))
+    script = physical_plan(own, str(C1).__eq__)
+    chains = [iptables.attachment_chain(str(C1), p) for p in ("RANCHER-CNI-FORWARD", "RANCHER-CNI-MASQ")]
+    assert script == ["*filter", f"-D RANCHER-CNI-FORWARD -m comment --comment {C1} -j {chains[0]}",
+                      f"-F {chains[0]}", f"-X {chains[0]}", "COMMIT",
+                      "*nat", f"-D RANCHER-CNI-MASQ -m comment --comment {C1} -j {chains[1]}",
+                      f"-F {chains[1]}", f"-X {chains[1]}", "COMMIT"]
+
+
+def test_removing_the_last_attachment_flushes_our_chains_before_deleting_its_own():
+    own = in_own_chains(attached(("rb-web", c1_rules())))
+    script = physical_plan(own, str(C1).__eq__)
+    chain = iptables.attachment_chain(str(C1), "RANCHER-CNI-FORWARD")
+    filter_part = script[:script.index("COMMIT")]
+    # no jump deleted from a chain flushed in the same restore (iptables-nft: EBUSY on the -X)
+    assert not any(line.startswith("-D RANCHER-CNI-FORWARD") for line in filter_part), filter_part
+    assert filter_part.index("-F RANCHER-CNI-FORWARD") < filter_part.index(f"-X {chain}") == len(filter_part) - 1
+
+
+def test_replacing_an_attachments_rules_keeps_its_chain_and_jump():
+    own = in_own_chains(attached(("rb-web", c1_rules())))
+    script = physical_plan(own, str(C1).__eq__, c1_rules())
+    chain = iptables.attachment_chain(str(C1), "RANCHER-CNI-FORWARD")
+    assert f"-F {chain}" in script and f"-X {chain}" not in script and f":{chain} - [0:0]" not in script
+    assert not any(line.startswith("-D ") or line.endswith(f"-j {chain}") for line in script), script
+    assert [line for line in script if line.startswith(f"-A {chain} ")] == \
+        [f"-A {chain} " + r.split(" ", 2)[2] for r in c1_rules()["filter"]]
