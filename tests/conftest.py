@@ -51,7 +51,7 @@ def _firewall_lines() -> list:
         for line in run(save, check=False).stdout.splitlines():
             if line.startswith("*"):
                 table = line[1:]
-            elif table and ("rcni" in line or "RANCHER-CNI" in line or "RFLAT-" in line):
+            elif table and ("rcni" in line or "RANCHER-CNI" in line or "RCNI-" in line or "RFLAT-" in line):
                 found.append(f"{tool} {table} {line}")
     return found
 

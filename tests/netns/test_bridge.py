@@ -23,7 +23,8 @@ def tagged_rules():
     """Rules that belong to one attachment (not the shared isolation rules)."""
     rules = []
     for tool in ("iptables-save", "ip6tables-save"):
-        rules += [l for l in run(tool).stdout.splitlines() if "rcni-" in l and "rcni-isolation" not in l]
+        rules += [l for l in run(tool).stdout.splitlines() if "rcni-" in l and "rcni-isolation" not in l
+                  and " -j RCNI-" not in l]  # not the jumps to each attachment's own chains
     return rules
 
 
