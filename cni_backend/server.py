@@ -25,6 +25,7 @@ never unlinks a socket file that is not its own.
 
 import errno
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -53,7 +54,15 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 def _preload() -> None:
     for name in PLUGINS:
         load(name)
-    from .net import netlink  # noqa: F401  (pyroute2 itself)
+    from .net import netlink  # pyroute2 itself
+    # pyroute2 builds its message classes' parsers on first use: once here,
+    # not in every worker (~10 ms of each call's first netlink request)
+    with netlink.socket_in() as ipr:
+        ipr.link("get", index=1)
+        ipr.get_addr(index=1)
+        ipr.get_routes(oif=1)
+    gc.collect()
+    gc.freeze()  # the workers' collections leave the parent's objects (and their pages) alone
 
 
 _autostarted = False  # set by autostart_main: this daemon retires for a newer executable
@@ -97,6 +106,7 @@ def _serve_one(conn: socket.socket, timeout: float = RECEIVE_TIMEOUT_S) -> None:
     _die_with_caller(conn)
     refusal = _declined(conn, version)
     if refusal is not None:
+        signal.signal(signal.SIGIO, signal.SIG_IGN)  # nothing to stop: the caller may close once answered
         conn.sendall(refusal)
         return
     conn.sendall(wire.ACCEPTED)
@@ -107,9 +117,9 @@ def _serve_one(conn: socket.socket, timeout: float = RECEIVE_TIMEOUT_S) -> None:
     stdout, code, stderr = run_plugin(plugin, env, stdin, netns_fd)
     log.info("%s %s %s/%s -> %s", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "")[:12],
              env.get("CNI_IFNAME", ""), code)
+    signal.signal(signal.SIGIO, signal.SIG_IGN)  # the work is done: a caller closing once answered is no hang-up
     try:
         wire.send_reply(conn, code, stdout, stderr)
-        signal.signal(signal.SIGIO, signal.SIG_IGN)  # the caller closing after its reply is no hang-up
     except TimeoutError:
         log.warning("a caller took no reply within %g s: connection closed", timeout)
 
