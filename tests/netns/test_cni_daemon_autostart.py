@@ -148,14 +148,16 @@ class World:
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         process.stdin.write(json.dumps(self.config).encode())
         process.stdin.close()
+        process.stdin = None  # written and closed: communicate() only reads
         return process
 
     def call(self, command: str, netns: str, container_id: str, **extra) -> tuple:
         """(exit code, stdout, the executable's pid)."""
         process = self.start(command, netns, container_id, **extra)
         try:
-            out = process.stdout.read()
-            process.wait(timeout=120)
+            out, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the {command} call hung (60 s)")
         finally:
             process.kill()
             process.wait()
