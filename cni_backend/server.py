@@ -88,7 +88,13 @@ def _declined(conn: socket.socket, version: str) -> bytes | None:
     creds = wire.peer_credentials(conn)
     theirs = _netns_identity(creds[0]) if creds else None
     if theirs is not None and theirs != _netns_identity("self"):
-        return wire.OTHER_NETNS  # its "host" is another namespace than ours
+        # its "host" is another namespace than ours. An auto-started daemon
+        # whose first caller ran in some other namespace (`ip netns exec`)
+        # retires for a caller in init's: the next call starts one there
+        if _autostarted and theirs == _netns_identity(1):
+            log.warning("declined a call from init's network namespace: retiring, a new daemon takes over there")
+            os.kill(os.getppid(), signal.SIGUSR1)
+        return wire.OTHER_NETNS
     return None
 
 
@@ -308,11 +314,12 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None, max_workers: int = MAX_WO
         log.warning("auto-started daemon retiring: %s", stopping[-1])
 
 
-def autostart_main(lock_fd: int) -> None:
+def autostart_main(lock_fd: int, priority: int | None = None) -> None:
     """The daemon the first call on a host starts (front.py), detached, with
     the start lock already taken (`lock_fd`): it keeps the lock while it
     runs, so no second one starts, and the kernel drops it when it ends,
-    however it ends. Logs (warnings up) to its own file: its stderr."""
+    however it ends. Logs (warnings up) to its own file: its stderr.
+    `priority`: the niceness to serve at, once its socket is bound."""
     global _autostarted
     fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already (inherited); fails loudly if not
     os.set_inheritable(lock_fd, False)
@@ -320,4 +327,11 @@ def autostart_main(lock_fd: int) -> None:
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rancher-cni daemon[{os.getpid()}] "
                         "%(levelname)s %(message)s")
     log.warning("started by the first CNI call (zero set-up), version %s, on %s", wire.VERSION, wire.DEFAULT_SOCKET)
-    serve(wire.DEFAULT_SOCKET, lock_fd=lock_fd)
+
+    def ready():
+        if priority is not None:  # started at a lower priority (front.py); serving at the caller's
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, priority)
+            except OSError:
+                pass
+    serve(wire.DEFAULT_SOCKET, ready=ready, lock_fd=lock_fd)
