@@ -1,7 +1,8 @@
 """A/B of variants of rancher-ipsec's hosts against the hand-made strongSwan
-tunnel, all in one run: both pairs of hosts are built once, exactly as
+tunnel, all in one run: the three pairs of hosts are built once, exactly as
 bench/ipsec_throughput.py builds them; then, round after round, the bare
-reference and each variant of ours carry an iperf3 transfer (the order
+reference, the bridged reference (its containers on a plain bridge) and each
+variant of ours carry an iperf3 transfer (the order
 reversed every other round). A variant is applied to ours' hosts just before
 its transfer and undone after it. With --perf, `perf record -a` runs around
 each transfer and the report gives the CPU samples of charon, iperf3 and
@@ -139,20 +140,26 @@ def main() -> int:
         parser.error(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
     bench_main_guard(__file__)
     root = pathlib.Path(tempfile.mkdtemp(prefix="rcnibench-ipsecab."))
-    namespaces = bench.OURS_HOSTS + bench.OURS + bench.REF_HOSTS + bench.REF
-    charons, samples, costs = [], {name: [] for name in ["reference"] + wanted}, collections.defaultdict(list)
+    namespaces = bench.OURS_HOSTS + bench.OURS + bench.REF_HOSTS + bench.REF + bench.BRIDGED_HOSTS + bench.BRIDGED
+    references = ["reference", "bridged reference"]
+    charons, samples, costs = [], {name: [] for name in references + wanted}, collections.defaultdict(list)
     try:
         for name in namespaces:
             bench.sh("ip", "netns", "add", name)
         bench.underlay(bench.OURS_HOSTS, bench.OURS_UNDERLAY)
         bench.underlay(bench.REF_HOSTS, bench.REF_UNDERLAY)
+        bench.underlay(bench.BRIDGED_HOSTS, bench.BRIDGED_UNDERLAY)
         psk = bench.write_psk(root / "psk")
         datapath = ipsec_tunnels.probe_datapath()
         ours_b = bench.build_ours(root, psk)
         bench.build_reference(root, psk, datapath, charons)
+        bench.build_reference(root, psk, datapath, charons, bridged=True)
         bench.wait_child(str(root / "ours0" / "ipsec" / "charon" / "charon.vici"))
         bench.wait_child(charons[0].vici_socket)
-        runs = {"reference": (bench.REF[0], bench.REF[1], bench.REF_BLOCKS[1].replace(".0/24", ".2"))}
+        bench.wait_child(charons[2].vici_socket)
+        remote = bench.REF_BLOCKS[1].replace(".0/24", ".2")
+        runs = {"reference": (bench.REF[0], bench.REF[1], remote),
+                "bridged reference": (bench.BRIDGED[0], bench.BRIDGED[1], remote)}
         runs.update({name: (bench.OURS[0], bench.OURS[1], ours_b) for name in wanted})
         for client, _, server_ip in runs.values():
             bench.df_ping(client, server_ip)  # the neighbours resolved before the first sample
@@ -177,12 +184,12 @@ def main() -> int:
             print(f"round {number}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in samples.items()), flush=True)
     finally:
         bench.cleanup(root, charons, namespaces)
-    print(f"{'variant':16} {'Mbit/s':>8} {'ratio':>6}   samples (ratio: median of the rounds' own)")
+    print(f"{'variant':18} {'Mbit/s':>8} {'ratio':>6}   samples (ratio: median of the rounds' own)")
     for name, values in samples.items():
         ratio = statistics.median(v / r for v, r in zip(values, samples["reference"]))
-        print(f"{name:16} {statistics.median(values):8.1f} {ratio:6.2f}   " + " ".join(f"{v:.0f}" for v in values))
+        print(f"{name:18} {statistics.median(values):8.1f} {ratio:6.2f}   " + " ".join(f"{v:.0f}" for v in values))
     for name, values in costs.items():
-        print(f"{name:16} CPU samples/MB {statistics.median(c for c, _ in values):6.1f}   netfilter+bridge "
+        print(f"{name:18} CPU samples/MB {statistics.median(c for c, _ in values):6.1f}   netfilter+bridge "
               f"{statistics.median(s for _, s in values):.1f} %   ("
               + " ".join(f"{c:.0f}/{s:.1f}%" for c, s in values) + ")")
     return 0
