@@ -116,9 +116,20 @@ def cmd_restart_stranded(opts) -> int:
 
 
 def cmd_options(opts) -> int:
-    from . import backends, options
+    from . import about, backends, options
     names = [opts.backend] if opts.backend else list(backends.REGISTRY)
+    if opts.json:
+        found = [about.options(name) for name in names]
+        print(json.dumps(found[0] if opts.backend else found, indent=2))
+        return 0
     print("\n".join(options.describe(name) for name in names), end="")
+    return 0
+
+
+def cmd_version(opts) -> int:
+    from . import about
+    found = about.report()
+    print(json.dumps(found, indent=2) if opts.json else about.text(found), end="\n" if opts.json else "")
     return 0
 
 
@@ -297,11 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     options = sub.add_parser("options", help="a backend's -o options for docker network create, with their help")
     options.add_argument("backend", nargs="?", choices=tuple(backends.REGISTRY), metavar="BACKEND",
                          help="one of: " + ", ".join(backends.REGISTRY) + " (default: all)")
+    options.add_argument("--json", action="store_true", help="name, default, required and help of each option")
     options.set_defaults(func=cmd_options)
+
+    ver = sub.add_parser("version", help="our version, the CNI spec versions, this kernel's data paths "
+                                         "(probed; needs root) and the optional packages present")
+    ver.add_argument("--json", action="store_true")
+    ver.set_defaults(func=cmd_version)
 
     status = sub.add_parser("status", help="networks and endpoints with their CNI results")
     status.add_argument("--state-dir", default=paths.STATE_DIR)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="networks, endpoints, pools, data paths and host as JSON")
     status.set_defaults(func=cmd_status)
 
     agent = sub.add_parser("vxlan-agent", help="share this host's VXLAN endpoints through etcd, program the others'")
