@@ -83,7 +83,8 @@ def text(found: dict) -> str:
     lines += [f"  {backend}: {what}" for backend, what in found["data_paths"].items()]
     lines.append("optional packages:")
     for name, p in found["optional_packages"].items():
-        state = f"{p['version'] or 'present'}" if p["present"] else f"absent (pip install '{DISTRIBUTION}[{p['extra']}]')"
+        state = (p["version"] or "present") if p["present"] else \
+            f"absent (pip install '{DISTRIBUTION}[{p['extra']}]')"
         lines.append(f"  {name}: {state}: {p['adds']}")
     return "\n".join(lines) + "\n"
 
