@@ -126,6 +126,25 @@ def cmd_options(opts) -> int:
     return 0
 
 
+def cmd_metrics(opts) -> int:
+    from . import metrics
+    try:
+        text = metrics.scrape(opts.socket)
+    except OSError as exc:
+        raise SystemExit(f"cnm-shim metrics: nothing answers on {opts.socket} ({exc}): is cnm-shim serve "
+                         "running (its --metrics-socket)?")
+    print(text, end="")
+    return 0
+
+
+def cmd_metrics_exporter(opts) -> int:
+    import signal
+    from . import metrics
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    metrics.serve(opts.socket, opts.dir, opts.state_dir, opts.listen)
+    return 0
+
+
 def cmd_version(opts) -> int:
     from . import about
     found = about.report()
@@ -293,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""),
                        help="comma-separated etcd URLs: addresses global across hosts, VXLAN registry")
     add_etcd_tls_options(serve)
+    serve.add_argument("--metrics-socket", help="where the Prometheus metrics are served "
+                       f"(default RUN_DIR/metrics.sock, {paths.RUN_DIR}/metrics.sock)")
+    serve.add_argument("--metrics-listen", default=os.environ.get("RANCHER_METRICS_LISTEN") or None,
+                       metavar="HOST:PORT", help="serve the metrics on this TCP address too (none unless asked), "
+                                                 "e.g. 127.0.0.1:9614")
     serve.add_argument("--access-log", action="store_true")
     serve.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
                        help="the engine whose stranded restart-policy containers to start once up ('' = none)")
@@ -350,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("--interval", type=float, default=1.0)
     add_etcd_tls_options(registry)
     registry.set_defaults(func=cmd_ipsec_registry)
+
+    shown = sub.add_parser("metrics", help="print the Prometheus metrics cnm-shim serve exposes")
+    shown.add_argument("--socket", default=os.path.join(paths.RUN_DIR, "metrics.sock"),
+                       help="serve's --metrics-socket (default %(default)s)")
+    shown.set_defaults(func=cmd_metrics)
+
+    exporter = sub.add_parser("metrics-exporter", help="the metrics exporter cnm-shim serve runs as a child")
+    exporter.add_argument("--socket", required=True)
+    exporter.add_argument("--dir", required=True, help="the workers' multiprocess folder")
+    exporter.add_argument("--state-dir", default=paths.STATE_DIR)
+    exporter.add_argument("--listen", metavar="HOST:PORT")
+    exporter.set_defaults(func=cmd_metrics_exporter)
 
     from .compare import add_parser as add_compare_parser
     add_compare_parser(sub)

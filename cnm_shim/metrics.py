@@ -1,0 +1,259 @@
+"""Prometheus metrics of `cnm-shim serve`, through the official
+prometheus_client library.
+
+Where: a Unix socket (RUN_DIR/metrics.sock, mode 0660, root) by default; a TCP
+address only with `serve --metrics-listen HOST:PORT`, as the plug-in listens on
+no TCP port unless told. `cnm-shim metrics` prints what the socket serves.
+
+Several gunicorn workers answer Docker: each records its calls in the
+library's multiprocess mode (one file per process in RUN_DIR/metrics,
+PROMETHEUS_MULTIPROC_DIR, set by `serve` before any worker starts and emptied
+at each start), and the exporter, a child process of `serve`, sums the files
+at every scrape. A worker that dies keeps its counts (its files stay).
+
+What:
+  cnm_docker_calls_total{verb,backend,result}  Docker's calls; result ok|error
+  cnm_docker_call_seconds{verb,backend}        their latency (histogram)
+  cnm_endpoints{network,driver}                endpoints per network, from state.db
+  cnm_ipam_pool_addresses{network,pool,kind}   size, used, free of each network's address range
+                                               (used: its endpoints' addresses and the gateway)
+"""
+
+import http.server
+import ipaddress
+import os
+import socket
+import socketserver
+import threading
+import time
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+SOCKET_NAME = "metrics.sock"
+DIR_NAME = "metrics"
+# Docker's verbs, the only values the verb label takes (anything else: "other")
+VERBS = ("Plugin.Activate", "NetworkDriver.GetCapabilities", "NetworkDriver.CreateNetwork",
+         "NetworkDriver.AllocateNetwork", "NetworkDriver.DeleteNetwork", "NetworkDriver.FreeNetwork",
+         "NetworkDriver.CreateEndpoint", "NetworkDriver.EndpointOperInfo", "NetworkDriver.DeleteEndpoint",
+         "NetworkDriver.Join", "NetworkDriver.Leave", "NetworkDriver.DiscoverNew", "NetworkDriver.DiscoverDelete",
+         "NetworkDriver.ProgramExternalConnectivity", "NetworkDriver.RevokeExternalConnectivity",
+         "IpamDriver.GetCapabilities", "IpamDriver.GetDefaultAddressSpaces", "IpamDriver.RequestPool",
+         "IpamDriver.ReleasePool", "IpamDriver.RequestAddress", "IpamDriver.ReleaseAddress")
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+def prepare(run_dir: str) -> str:
+    """The multiprocess folder, emptied (counts start at zero with the server),
+    and named in the environment the workers inherit. Before prometheus_client
+    is imported anywhere in this process."""
+    folder = os.path.join(run_dir, DIR_NAME)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    for name in os.listdir(folder):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(folder, name))
+    os.environ[ENV] = folder
+    return folder
+
+
+def verb_of(path: str) -> str:
+    verb = path.lstrip("/")
+    return verb if verb in VERBS else "other"
+
+
+class Calls:
+    """The per-call metrics, made on first use (in the worker, after the
+    environment names the multiprocess folder)."""
+
+    def __init__(self):
+        self._made = None
+
+    def _metrics(self):
+        if self._made is None:
+            from prometheus_client import Counter, Histogram
+            self._made = (Counter("cnm_docker_calls", "Docker's calls to the plug-in, by verb, backend and result",
+                                  ["verb", "backend", "result"]),
+                          Histogram("cnm_docker_call_seconds", "How long the plug-in took to answer Docker's calls",
+                                    ["verb", "backend"], buckets=BUCKETS))
+        return self._made
+
+    def observe(self, verb: str, backend: str, ok: bool, seconds: float) -> None:
+        if ENV not in os.environ:  # not under serve (the app in tests, a one-off): nothing to export to
+            return
+        counter, histogram = self._metrics()
+        counter.labels(verb, backend, "ok" if ok else "error").inc()
+        histogram.labels(verb, backend).observe(seconds)
+
+
+CALLS = Calls()
+
+
+def range_size(rng: dict) -> int:
+    """Addresses a conflist range hands out: rangeStart..rangeEnd, or the
+    subnet less its network and broadcast addresses (IPv4, /30 and wider)."""
+    if rng.get("rangeStart") and rng.get("rangeEnd"):
+        return int(ipaddress.ip_address(rng["rangeEnd"])) - int(ipaddress.ip_address(rng["rangeStart"])) + 1
+    net = ipaddress.ip_network(rng["subnet"], strict=False)
+    return net.num_addresses - (2 if net.version == 4 and net.prefixlen <= 30 else 0)
+
+
+def _in_range(address: str, rng: dict) -> bool:
+    try:
+        ip = ipaddress.ip_interface(address).ip
+    except ValueError:
+        return False
+    if ip not in ipaddress.ip_network(rng["subnet"], strict=False):
+        return False
+    if rng.get("rangeStart") and rng.get("rangeEnd"):
+        return ipaddress.ip_address(rng["rangeStart"]) <= ip <= ipaddress.ip_address(rng["rangeEnd"])
+    return True
+
+
+def pool_use(conflist: dict, addresses: list) -> list:
+    """(subnet, size, used) for each range of the network's IPAM section;
+    used: the endpoints' addresses and the gateway inside the range."""
+    found = []
+    for plugin in conflist.get("plugins") or []:
+        ipam = plugin.get("ipam") if isinstance(plugin, dict) else None
+        if not isinstance(ipam, dict):
+            continue
+        for range_set in ipam.get("ranges") or []:
+            for rng in range_set:
+                if not isinstance(rng, dict) or not rng.get("subnet"):
+                    continue
+                held = [a for a in addresses if a and _in_range(a, rng)]
+                if rng.get("gateway") and _in_range(rng["gateway"], rng):
+                    held.append(rng["gateway"])
+                found.append((rng["subnet"], range_size(rng), len(held)))
+        break  # the first plug-in with IPAM is the network's
+    return found
+
+
+class StateCollector:
+    """Endpoints per network and each network's pool use, read from state.db
+    at every scrape (read-only, beside the running plug-in)."""
+
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        from .state import State
+        endpoints = GaugeMetricFamily("cnm_endpoints", "Endpoints per network", labels=["network", "driver"])
+        pools = GaugeMetricFamily("cnm_ipam_pool_addresses", "Addresses of each network's pools: size, used, free",
+                                  labels=["network", "pool", "kind"])
+        if os.path.exists(os.path.join(self.state_dir, "state.db")):
+            state = State(self.state_dir, read_only=True)
+            found = state.endpoints()
+            for net in state.networks():
+                mine = [ep for ep in found if ep.network_id == net.id]
+                endpoints.add_metric([net.id[:12], net.driver], len(mine))
+                addresses = [a for ep in mine for a in (ep.address, ep.address6)]
+                for subnet, size, used in pool_use(net.conflist, addresses):
+                    for kind, value in (("size", size), ("used", used), ("free", max(size - used, 0))):
+                        pools.add_metric([net.id[:12], subnet, kind], value)
+        yield endpoints
+        yield pools
+
+
+def registry(folder: str, state_dir: str):
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+    found = CollectorRegistry()
+    MultiProcessCollector(found, path=folder)
+    found.register(StateCollector(state_dir))
+    return found
+
+
+def exposition(folder: str, state_dir: str) -> bytes:
+    from prometheus_client import generate_latest
+    return generate_latest(registry(folder, state_dir))
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.split("?")[0] not in ("/metrics", "/"):
+            self.send_error(404, "only /metrics here")
+            return
+        from prometheus_client import CONTENT_TYPE_LATEST
+        body = exposition(self.server.folder, self.server.state_dir)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def address_string(self):
+        return "unix" if isinstance(self.client_address, (str, bytes)) else super().address_string()
+
+    def log_message(self, *_):
+        pass
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class _TCPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+def parse_listen(text: str) -> tuple:
+    """`HOST:PORT` for --metrics-listen, checked."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not 1 <= number <= 65535:
+        raise SystemExit(f"--metrics-listen {text!r} is not valid: an IP address and a port, "
+                         "e.g. 127.0.0.1:9614 or [::1]:9614")
+    return host, number
+
+
+def serve(socket_path: str, folder: str, state_dir: str, listen: str | None = None) -> None:
+    """The exporter: the Unix socket, and `listen` (HOST:PORT) when given, until SIGTERM."""
+    os.makedirs(os.path.dirname(socket_path), mode=0o755, exist_ok=True)
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)  # ours, left by a killed exporter: serve claimed the run dir before us
+    old = os.umask(0o117)
+    try:
+        servers = [_UnixServer(socket_path, _Handler)]
+    finally:
+        os.umask(old)
+    if listen:
+        host, port = parse_listen(listen)
+        if ":" in host:
+            _TCPServer.address_family = socket.AF_INET6
+        servers.append(_TCPServer((host, port), _Handler))
+    for server in servers:
+        server.folder, server.state_dir = folder, state_dir
+    for server in servers[1:]:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        servers[0].serve_forever()
+    finally:
+        for server in servers:
+            server.server_close()
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+
+
+def scrape(socket_path: str, timeout: float = 10) -> str:
+    """GET /metrics over the Unix socket: what `cnm-shim metrics` prints."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(socket_path)
+        conn.sendall(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0]
+    if b" 200 " not in status + b" ":
+        raise OSError(f"{socket_path} answered {status.decode(errors='replace')}")
+    return body.decode()
