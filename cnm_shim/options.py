@@ -134,6 +134,46 @@ FIREWALL_OPTION = Option(FIREWALL, boolean, False,
                          "the containers' traffic, after this driver's isolation (true or false)")
 
 
+# How `-p` is published: through this driver's rancher-portmap (its own
+# ports list, run after the network's), or through the reference portmap
+# chained in the network's own list, which gets Docker's mappings as the
+# portMappings capability (as rancher-conflist networks do; translate.py).
+PORTMAP = "portmap"
+PORTMAP_VALUES = ("rancher", "reference")
+
+
+def portmap_choice(driver, key, value):
+    text = str(value).strip().lower()
+    if text not in PORTMAP_VALUES:
+        raise DriverError(f"{driver}: option {key}={str(value)[:100]!r} is not one of: " + ", ".join(PORTMAP_VALUES)
+                          + " (rancher: this driver's rancher-portmap; reference: the reference portmap plug-in "
+                          "from the CNI path)")
+    return text
+
+
+PORTMAP_OPTION = Option(PORTMAP, portmap_choice, "rancher",
+                        "what publishes -p: rancher (this driver's rancher-portmap) or reference (the reference "
+                        "portmap plug-in chained after ours, with its CNI-HOSTPORT-* / CNI-DN-* rules)")
+
+
+def refuse_portmap(driver: str, key: str, value) -> None:
+    """-o portmap=reference on a backend that does not offer it (rancher-flat,
+    rancher-ipsec): refused with the reason; portmap=rancher is what the
+    backend does anyway."""
+    if key != PORTMAP:
+        raise DriverError(f"{driver}: unknown option {key[:100]!r}: the reference portmap plug-in takes no settings "
+                          "here; only -o portmap=rancher or -o portmap=reference (rancher-bridge, rancher-vxlan)")
+    if portmap_choice(driver, key, value) == "rancher":
+        return
+    raise DriverError(
+        f"{driver}: option portmap=reference is not offered on this driver's networks, only on rancher-bridge and "
+        "rancher-vxlan (valid here: portmap=rancher, the default, which publishes -p on this network): the shim "
+        "guards the route_localnet the reference portmap turns on and leaves on, and relies on its own isolation "
+        "rules to let the DNAT'ed traffic in, and both are tested only on those two data paths; here the containers "
+        "sit on the business LAN itself, behind its router and a fast path that skips the bridge's netfilter hooks "
+        "(rancher-flat), or behind IPsec policies (rancher-ipsec)")
+
+
 def refuse_firewall(driver: str, key: str, offered: bool) -> None:
     """The reference firewall plug-in's settings this driver does not offer,
     asked for with -o firewall[.KEY]: refused, saying why and what is
@@ -304,6 +344,9 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
             refuse_tuning_sysctl(driver, str(key))
         if str(name).split(".")[0] == FIREWALL and chains_meta_plugins and name not in known:
             refuse_firewall(driver, str(key), offered=FIREWALL in known)
+        if str(name).split(".")[0] == PORTMAP and chains_meta_plugins and name not in known:
+            refuse_portmap(driver, str(name), value)
+            continue  # portmap=rancher: what this backend does anyway
         if name not in known:
             raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted([*known, "backend"])))
         values[name] = known[name].parse(driver, key, value)

@@ -20,6 +20,7 @@ OPTIONS = (
     *options.BANDWIDTH,
     *options.TUNING,
     options.FIREWALL_OPTION,
+    options.PORTMAP_OPTION,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )

@@ -14,6 +14,7 @@ OPTIONS = (
     options.IP_MASQ,
     *options.BANDWIDTH,
     *options.TUNING,
+    options.PORTMAP_OPTION,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )

@@ -25,7 +25,8 @@ def refused(driver, backend, raw) -> str:
 def test_bridge_defaults():
     assert options.parse("rancher-bridge", "bridge", {}) == {
         "bridge": None, "bridge.shared": False, "mtu": None, "ip_masq": True, "hairpin": False, "promisc": False,
-        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None, "firewall": False, **NO_LIMITS}
+        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None, "firewall": False, "portmap": "rancher",
+        **NO_LIMITS}
 
 
 def test_flat_defaults_with_its_required_parent():
@@ -38,7 +39,7 @@ def test_flat_defaults_with_its_required_parent():
 def test_vxlan_defaults():
     assert options.parse("rancher-vxlan", "vxlan", {}) == {
         "vni": 1042, "vtep_dev": None, "peers": [], "bridge": None, "mtu": None, "ip_masq": True,
-        "cni.export": False, "cni.name": None, **NO_LIMITS}
+        "cni.export": False, "cni.name": None, "portmap": "rancher", **NO_LIMITS}
 
 
 def test_values_are_typed():
@@ -46,7 +47,8 @@ def test_values_are_typed():
                                                       "peers": " 192.0.2.2,,192.0.2.3 ", "vtep_dev": "bond0.12",
                                                       "cni.export": "YES", "cni.name": "lab-net_1.v2"})
     assert parsed == {"vni": 16777215, "vtep_dev": "bond0.12", "peers": ["192.0.2.2", "192.0.2.3"], "bridge": None,
-                      "mtu": 9000, "ip_masq": False, "cni.export": True, "cni.name": "lab-net_1.v2", **NO_LIMITS}
+                      "mtu": 9000, "ip_masq": False, "cni.export": True, "cni.name": "lab-net_1.v2", "portmap": "rancher",
+                      **NO_LIMITS}
 
 
 @pytest.mark.parametrize("text, value", [("1", True), ("true", True), (" Yes ", True), ("ON", True),
@@ -66,8 +68,8 @@ def test_dockers_aliases_set_the_option_they_stand_for():
 def test_an_unknown_option_lists_the_valid_ones():
     assert refused("rancher-bridge", "bridge", {"colour": "blue"}) == (
         "rancher-bridge: unknown option 'colour'; valid options: backend, " + LIMITS +
-        "bridge, bridge.shared, cni.export, cni.name, firewall, hairpin, ip_masq, macspoofchk, mtu, promisc, " + TUNING +
-        "vlan")
+        "bridge, bridge.shared, cni.export, cni.name, firewall, hairpin, ip_masq, macspoofchk, mtu, portmap, promisc, " +
+        TUNING + "vlan")
 
 
 def test_an_option_of_another_backend_is_unknown_here():
@@ -76,7 +78,7 @@ def test_an_option_of_another_backend_is_unknown_here():
         "hairpin, metadata_bridge, metadata_ip, metadata_link_ip, mtu, parent, " + TUNING + "vlan")
     assert refused("rancher-vxlan", "vxlan", {"parent": "eth1"}).startswith(
         "rancher-vxlan: unknown option 'parent'; valid options: backend, " + LIMITS + "bridge, cni.export, cni.name, ip_masq, mtu, "
-        "peers, " + TUNING + "vni, vtep_dev")
+        "peers, portmap, " + TUNING + "vni, vtep_dev")
 
 
 @pytest.mark.parametrize("driver, backend, raw, message", [
@@ -229,3 +231,40 @@ def test_the_reference_firewall_is_refused_on_the_other_backends_saying_it_would
 def test_an_option_merely_starting_like_firewall_is_just_unknown():
     assert refused("rancher-bridge", "bridge", {"firewalls": "1"}).startswith(
         "rancher-bridge: unknown option 'firewalls'; valid options:")
+
+
+# -- -o portmap: rancher-portmap or the reference portmap -----------------------------
+
+@pytest.mark.parametrize("value, chosen", [("reference", "reference"), (" Reference ", "reference"),
+                                           ("rancher", "rancher")])
+def test_rancher_bridge_offers_the_reference_portmap(value, chosen):
+    assert options.parse("rancher-bridge", "bridge", {"portmap": value})["portmap"] == chosen
+
+
+def test_a_portmap_value_that_is_neither_says_which_are_valid():
+    assert refused("rancher-bridge", "bridge", {"portmap": "kube"}) == (
+        "rancher-bridge: option portmap='kube' is not one of: rancher, reference (rancher: this driver's "
+        "rancher-portmap; reference: the reference portmap plug-in from the CNI path)")
+
+
+@pytest.mark.parametrize("key", ["portmap.snat", "portmap.markMasqBit", "portmap.conditionsV4"])
+def test_the_reference_portmaps_own_settings_are_refused(key):
+    message = refused("rancher-bridge", "bridge", {"portmap": "reference", key: "1"})
+    assert message.startswith(f"rancher-bridge: unknown option {key!r}: the reference portmap plug-in takes no "
+                              "settings here"), message
+
+
+@pytest.mark.parametrize("backend, raw", [("flat", {"parent": "eth1"}), ("ipsec", {})])
+def test_the_reference_portmap_is_refused_on_the_other_backends_saying_why(backend, raw):
+    driver = "rancher-" + backend
+    message = refused(driver, backend, dict(raw, portmap="reference"))
+    assert message.startswith(f"{driver}: option portmap=reference is not offered on this driver's networks, only "
+                              "on rancher-bridge and rancher-vxlan (valid here: portmap=rancher, the default"), message
+    assert "guards the route_localnet the reference portmap turns on and leaves on" in message
+    assert "portmap" not in options.parse(driver, backend, dict(raw, portmap="rancher")), "the default: nothing to set"
+    assert refused(driver, backend, dict(raw, portmap="other")).startswith(
+        f"{driver}: option portmap='other' is not one of: rancher, reference")
+
+
+def test_rancher_vxlan_offers_the_reference_portmap_too():
+    assert options.parse("rancher-vxlan", "vxlan", {"portmap": "reference"})["portmap"] == "reference"

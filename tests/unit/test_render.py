@@ -296,3 +296,25 @@ def test_the_reference_firewall_is_refused_on_an_exported_conflist_saying_why():
     with pytest.raises(DriverError, match="option firewall=true cannot go with cni.export=true: after the firewall "
                                           "plug-in's ADD the shim puts this driver's isolation back above"):
         render.meta_plugins(opts)
+
+
+def test_the_reference_portmap_chains_last_declaring_port_mappings_with_snat():
+    opts = dict(options.parse("rancher-bridge", "bridge", {"portmap": "reference", "bandwidth.ingress_rate": "1mbit",
+                                                           "firewall": "true"}), internal=False)
+    chained = render.meta_plugins(opts)
+    assert [p["type"] for p in chained] == ["firewall", "bandwidth", "portmap"]
+    assert chained[-1] == {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
+    assert render.meta_plugins(dict(opts, portmap="rancher"))[-1]["type"] == "bandwidth", "rancher: its own list"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"internal": True}, "option portmap=reference cannot go with --internal: an internal network publishes no ports "
+                         "(valid: leave portmap out, or portmap=rancher)"),
+    ({"cni.export": True}, "option portmap=reference cannot go with cni.export=true: the exported conflist chains "
+                           "rancher-portmap for CNI runtimes"),
+])
+def test_the_reference_portmap_is_refused_where_it_cannot_publish_saying_why(extra, message):
+    opts = {**options.parse("rancher-bridge", "bridge", {"portmap": "reference"}), "internal": False, **extra}
+    with pytest.raises(DriverError) as error:
+        render.meta_plugins(opts)
+    assert str(error.value).startswith(message), error.value
