@@ -17,10 +17,15 @@ What:
   cnm_endpoints{network,driver}                endpoints per network, from state.db
   cnm_ipam_pool_addresses{network,pool,kind}   size, used, free of each network's address range
                                                (used: its endpoints' addresses and the gateway)
+  cnm_doctor_last_run_timestamp_seconds        when `cnm-shim doctor` last ran (RUN_DIR/doctor-last.json)
+  cnm_doctor_status{status}                    1 for what it concluded: healthy, drift, cannot check
+  cnm_doctor_drift{kind}                       the problems it left unrepaired, by kind
 """
 
+import collections
 import http.server
 import ipaddress
+import json
 import os
 import socket
 import socketserver
@@ -30,6 +35,9 @@ import time
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 SOCKET_NAME = "metrics.sock"
 DIR_NAME = "metrics"
+DOCTOR_RECORD = "doctor-last.json"
+DOCTOR_KINDS = ("network", "endpoint", "firewall", "ipam", "pool", "cache", "staging", "ipsec", "docker-endpoint")
+DOCTOR_STATUSES = ("healthy", "drift", "cannot check")
 # Docker's verbs, the only values the verb label takes (anything else: "other")
 VERBS = ("Plugin.Activate", "NetworkDriver.GetCapabilities", "NetworkDriver.CreateNetwork",
          "NetworkDriver.AllocateNetwork", "NetworkDriver.DeleteNetwork", "NetworkDriver.FreeNetwork",
@@ -154,12 +162,53 @@ class StateCollector:
         yield pools
 
 
+def record_doctor(run_dir: str, status: str, unrepaired_kinds: list) -> None:
+    """What the last doctor run concluded, for the exporter. Best effort: a
+    doctor run by a user who cannot write RUN_DIR still reports."""
+    from cni_backend import files
+    record = {"time": time.time(), "status": status, "drift": dict(collections.Counter(unrepaired_kinds))}
+    try:
+        os.makedirs(run_dir, mode=0o755, exist_ok=True)
+        files.write_atomic(os.path.join(run_dir, DOCTOR_RECORD), json.dumps(record), 0o644)
+    except OSError:
+        pass
+
+
+class DoctorCollector:
+    """The last doctor run, from RUN_DIR/doctor-last.json; nothing before the first."""
+
+    def __init__(self, run_dir: str):
+        self.path = os.path.join(run_dir, DOCTOR_RECORD)
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        try:
+            with open(self.path) as f:
+                record = json.load(f)
+            stamp, status, drift = float(record["time"]), str(record["status"]), dict(record["drift"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        yield GaugeMetricFamily("cnm_doctor_last_run_timestamp_seconds", "When cnm-shim doctor last ran",
+                                value=stamp)
+        found = GaugeMetricFamily("cnm_doctor_status", "What the last doctor run concluded (1 for its status)",
+                                  labels=["status"])
+        for name in DOCTOR_STATUSES:
+            found.add_metric([name], 1 if name == status else 0)
+        yield found
+        kinds = GaugeMetricFamily("cnm_doctor_drift", "Problems the last doctor run left unrepaired, by kind",
+                                  labels=["kind"])
+        for kind in sorted(set(DOCTOR_KINDS) | {k for k in drift if isinstance(k, str)}):
+            kinds.add_metric([kind], float(drift.get(kind, 0)))
+        yield kinds
+
+
 def registry(folder: str, state_dir: str):
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
     found = CollectorRegistry()
     MultiProcessCollector(found, path=folder)
     found.register(StateCollector(state_dir))
+    found.register(DoctorCollector(os.path.dirname(os.path.abspath(folder))))  # folder is RUN_DIR/metrics
     return found
 
 

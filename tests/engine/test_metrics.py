@@ -123,3 +123,21 @@ def test_metrics_match_the_calls_across_workers_while_containers_start_and_stop(
     bucket = [v for (n, labels), v in after.items() if n == "cnm_docker_call_seconds_bucket"
               and ("verb", "NetworkDriver.Join") in labels and ("le", "+Inf") in labels]
     assert bucket and bucket[0] == observed(after, "NetworkDriver.Join")
+
+
+def test_the_drift_the_last_doctor_run_found_is_exported(docker):
+    from tests.conftest import run
+    from tests.engine.test_doctor import doctor, endpoint_of, host_veth
+    sock = str(docker.shim.root / "run" / metrics.SOCKET_NAME)
+    net = network(docker, "--subnet", "10.142.0.0/24")
+    a = container(docker, net)
+    assert doctor(docker)[0] == 0
+    found = samples(metrics.scrape(sock))
+    assert gauge(found, "cnm_doctor_status", status="healthy") == 1
+    assert gauge(found, "cnm_doctor_drift", kind="endpoint") == 0
+    run("ip", "link", "del", host_veth(endpoint_of(docker, a, net)))
+    assert doctor(docker)[0] == 1
+    found = samples(metrics.scrape(sock))
+    assert gauge(found, "cnm_doctor_status", status="drift") == 1
+    assert gauge(found, "cnm_doctor_status", status="healthy") == 0
+    assert gauge(found, "cnm_doctor_drift", kind="endpoint") == 1

@@ -92,3 +92,27 @@ def test_metrics_without_a_server_says_what_to_start(tmp_path):
     done = subprocess.run([sys.executable, "-m", "cnm_shim.cli", "metrics", "--socket", str(tmp_path / "none.sock")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "is cnm-shim serve running" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_last_doctor_run_is_exported(tmp_path):
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    text = metrics.exposition(str(folder), str(tmp_path / "state")).decode()
+    assert "cnm_doctor_last_run_timestamp_seconds" not in text, "nothing before the first run"
+    metrics.record_doctor(str(tmp_path), "drift", ["endpoint", "endpoint", "firewall"])
+    text = metrics.exposition(str(folder), str(tmp_path / "state")).decode()
+    assert 0 < time.time() - _sample_plain(text, "cnm_doctor_last_run_timestamp_seconds") < 600
+    assert _sample(text, "cnm_doctor_status", status="drift") == 1
+    assert _sample(text, "cnm_doctor_status", status="healthy") == 0
+    assert _sample(text, "cnm_doctor_drift", kind="endpoint") == 2
+    assert _sample(text, "cnm_doctor_drift", kind="firewall") == 1
+    assert _sample(text, "cnm_doctor_drift", kind="ipam") == 0
+    (tmp_path / metrics.DOCTOR_RECORD).write_text("{not json")
+    assert "cnm_doctor" not in metrics.exposition(str(folder), str(tmp_path / "state")).decode(), "a broken record: nothing"
+
+
+def _sample_plain(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in\n{text}")
