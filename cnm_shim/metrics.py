@@ -17,6 +17,8 @@ What:
   cnm_endpoints{network,driver}                endpoints per network, from state.db
   cnm_ipam_pool_addresses{network,pool,kind}   size, used, free of each network's address range
                                                (used: its endpoints' addresses and the gateway)
+  cnm_firewall_rules{family}                   iptables rules the plug-in owns (its chains' rules and
+                                               its jumps), counted with iptables-save at each scrape
   cnm_doctor_last_run_timestamp_seconds        when `cnm-shim doctor` last ran (RUN_DIR/doctor-last.json)
   cnm_doctor_status{status}                    1 for what it concluded: healthy, drift, cannot check
   cnm_doctor_drift{kind}                       the problems it left unrepaired, by kind
@@ -29,6 +31,7 @@ import json
 import os
 import socket
 import socketserver
+import subprocess
 import threading
 import time
 
@@ -162,6 +165,36 @@ class StateCollector:
         yield pools
 
 
+OUR_CHAIN_PREFIXES = ("RANCHER-CNI", "rcni")  # cni_backend/net/iptables.py: fixed chains, per-attachment tags
+OUR_COMMENT = "--comment rancher-cni"
+
+
+def owned_rules(save_output: str) -> int:
+    """Rules (-A lines) in our chains, and our jumps from the built-in chains."""
+    count = 0
+    for line in save_output.splitlines():
+        if not line.startswith("-A "):
+            continue
+        chain = line.split(" ", 2)[1]
+        if chain.startswith(OUR_CHAIN_PREFIXES) or OUR_COMMENT in line:
+            count += 1
+    return count
+
+
+class FirewallCollector:
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        found = GaugeMetricFamily("cnm_firewall_rules", "iptables rules the plug-in owns (its chains and jumps)",
+                                  labels=["family"])
+        for family, tool in (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save")):
+            try:
+                done = subprocess.run([tool], capture_output=True, text=True, timeout=20, check=True)
+            except (OSError, subprocess.SubprocessError):
+                continue  # not root, or the tool is missing: no figure rather than a wrong one
+            found.add_metric([family], owned_rules(done.stdout))
+        yield found
+
+
 def record_doctor(run_dir: str, status: str, unrepaired_kinds: list) -> None:
     """What the last doctor run concluded, for the exporter. Best effort: a
     doctor run by a user who cannot write RUN_DIR still reports."""
@@ -208,6 +241,7 @@ def registry(folder: str, state_dir: str):
     found = CollectorRegistry()
     MultiProcessCollector(found, path=folder)
     found.register(StateCollector(state_dir))
+    found.register(FirewallCollector())
     found.register(DoctorCollector(os.path.dirname(os.path.abspath(folder))))  # folder is RUN_DIR/metrics
     return found
 

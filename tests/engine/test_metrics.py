@@ -13,7 +13,7 @@ import time
 import pytest
 
 from cnm_shim import metrics
-from tests.conftest import unique
+from tests.conftest import run, unique
 from tests.engine.helpers import container, network
 
 pytestmark = pytest.mark.engine
@@ -44,6 +44,12 @@ def observed(found: dict, verb: str) -> float:
 
 def gauge(found: dict, name: str, **labels) -> float:
     return found[(name, frozenset(labels.items()))]
+
+
+def ours_in_iptables() -> int:
+    """The rules the engine fixture counts as ours when it checks for leftovers."""
+    return sum(1 for r in run("iptables-save").stdout.splitlines()
+               if r.startswith("-A ") and ("rcni" in r or "RANCHER-CNI" in r))
 
 
 def workers(shim) -> list:
@@ -91,6 +97,8 @@ def test_metrics_match_the_calls_across_workers_while_containers_start_and_stop(
     used = gauge(running, "cnm_ipam_pool_addresses", network=net_id[:12], pool="10.141.0.0/24", kind="used")
     free = gauge(running, "cnm_ipam_pool_addresses", network=net_id[:12], pool="10.141.0.0/24", kind="free")
     assert size == 254 and used == count + 1 and free == size - used  # the containers and the gateway
+    assert gauge(running, "cnm_firewall_rules", family="ipv4") == ours_in_iptables() > \
+        gauge(before, "cnm_firewall_rules", family="ipv4")
     joins = [calls(s, "NetworkDriver.Join", "ok") for s in [before, *scrapes, running]]
     assert joins == sorted(joins), "a counter never goes back"
 
@@ -120,13 +128,14 @@ def test_metrics_match_the_calls_across_workers_while_containers_start_and_stop(
                                                                         "error") == 1
     assert calls(after, "NetworkDriver.CreateNetwork", "ok") - calls(before, "NetworkDriver.CreateNetwork", "ok") == 1
     assert gauge(after, "cnm_endpoints", network=net_id[:12], driver="rancher-bridge") == 0
+    assert gauge(after, "cnm_firewall_rules", family="ipv4") == ours_in_iptables() < \
+        gauge(running, "cnm_firewall_rules", family="ipv4")
     bucket = [v for (n, labels), v in after.items() if n == "cnm_docker_call_seconds_bucket"
               and ("verb", "NetworkDriver.Join") in labels and ("le", "+Inf") in labels]
     assert bucket and bucket[0] == observed(after, "NetworkDriver.Join")
 
 
 def test_the_drift_the_last_doctor_run_found_is_exported(docker):
-    from tests.conftest import run
     from tests.engine.test_doctor import doctor, endpoint_of, host_veth
     sock = str(docker.shim.root / "run" / metrics.SOCKET_NAME)
     net = network(docker, "--subnet", "10.142.0.0/24")

@@ -116,3 +116,15 @@ def _sample_plain(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in\n{text}")
+
+
+def test_owned_rules_are_our_chains_rules_and_our_jumps():
+    save = "\n".join([
+        "*filter", ":FORWARD DROP [0:0]", ":RANCHER-CNI-FORWARD - [0:0]", ":rcni-a1b2c3 - [0:0]",
+        "-A FORWARD -m comment --comment rancher-cni -j RANCHER-CNI-FORWARD",
+        "-A FORWARD -j DOCKER-USER",
+        "-A RANCHER-CNI-FORWARD -o rb-1 -j ACCEPT",
+        "-A rcni-a1b2c3 -s 10.0.0.2/32 -j ACCEPT",
+        "-A DOCKER -d 172.17.0.2/32 -j ACCEPT", "COMMIT"])
+    assert metrics.owned_rules(save) == 3
+    assert metrics.owned_rules("") == 0
