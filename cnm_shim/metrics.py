@@ -19,6 +19,11 @@ What:
                                                (used: its endpoints' addresses and the gateway)
   cnm_firewall_rules{family}                   iptables rules the plug-in owns (its chains' rules and
                                                its jumps), counted with iptables-save at each scrape
+  cnm_vxlan_vtep_up{network}                   1 when the network's VTEP is up and on its bridge
+  cnm_vxlan_flood_peers{network}               the VTEP's flood peers (the other hosts it sends to)
+  cnm_ipsec_charon_running{network}            1 when the network's charon runs
+  cnm_ipsec_peer_up{network,peer}              1 when the peer's IKE_SA is ESTABLISHED and the network's
+                                               CHILD_SA INSTALLED
   cnm_doctor_last_run_timestamp_seconds        when `cnm-shim doctor` last ran (RUN_DIR/doctor-last.json)
   cnm_doctor_status{status}                    1 for what it concluded: healthy, drift, cannot check
   cnm_doctor_drift{kind}                       the problems it left unrepaired, by kind
@@ -195,6 +200,51 @@ class FirewallCollector:
         yield found
 
 
+def peer_samples(found: dict) -> list:
+    """(metric, labels, value) from one network's data path as `cnm-shim
+    status` describes it (cnm_shim/datapath.py)."""
+    network = str(found.get("network", ""))[:12]
+    samples = []
+    vtep = found.get("vtep")
+    if isinstance(vtep, dict):
+        samples.append(("cnm_vxlan_vtep_up", (network,), 1 if vtep.get("state") == "up" else 0))
+        samples.append(("cnm_vxlan_flood_peers", (network,), len(vtep.get("flood_peers") or [])))
+    ipsec = found.get("ipsec")
+    if isinstance(ipsec, dict):
+        samples.append(("cnm_ipsec_charon_running", (network,), 0 if ipsec.get("charon_pid") is None else 1))
+        for peer, sa in sorted((ipsec.get("peers") or {}).items()):
+            up = sa.get("ike_sa") == "ESTABLISHED" and sa.get("child_sa") == "INSTALLED"
+            samples.append(("cnm_ipsec_peer_up", (network, peer), 1 if up else 0))
+    return samples
+
+
+PEER_METRICS = {
+    "cnm_vxlan_vtep_up": ("1 when the network's VTEP is up and on its bridge", ["network"]),
+    "cnm_vxlan_flood_peers": ("The VTEP's flood peers", ["network"]),
+    "cnm_ipsec_charon_running": ("1 when the network's charon runs", ["network"]),
+    "cnm_ipsec_peer_up": ("1 when the peer's IKE_SA is ESTABLISHED and the CHILD_SA INSTALLED", ["network", "peer"]),
+}
+
+
+class PeersCollector:
+    """VXLAN and IPsec networks' peers, from their data paths at each scrape."""
+
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        from .datapath import describe
+        from .state import State
+        families = {name: GaugeMetricFamily(name, text, labels=labels) for name, (text, labels) in PEER_METRICS.items()}
+        if os.path.exists(os.path.join(self.state_dir, "state.db")):
+            for net in State(self.state_dir, read_only=True).networks():
+                if net.backend in ("vxlan", "ipsec"):
+                    for name, labels, value in peer_samples(describe(net)):
+                        families[name].add_metric(list(labels), value)
+        yield from families.values()
+
+
 def record_doctor(run_dir: str, status: str, unrepaired_kinds: list) -> None:
     """What the last doctor run concluded, for the exporter. Best effort: a
     doctor run by a user who cannot write RUN_DIR still reports."""
@@ -242,6 +292,7 @@ def registry(folder: str, state_dir: str):
     MultiProcessCollector(found, path=folder)
     found.register(StateCollector(state_dir))
     found.register(FirewallCollector())
+    found.register(PeersCollector(state_dir))
     found.register(DoctorCollector(os.path.dirname(os.path.abspath(folder))))  # folder is RUN_DIR/metrics
     return found
 

@@ -15,6 +15,7 @@ import pytest
 from cnm_shim import metrics
 from tests.conftest import run, unique
 from tests.engine.helpers import container, network
+from tests.engine.test_docker_vxlan import other_host  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.engine
 
@@ -150,3 +151,25 @@ def test_the_drift_the_last_doctor_run_found_is_exported(docker):
     assert gauge(found, "cnm_doctor_status", status="drift") == 1
     assert gauge(found, "cnm_doctor_status", status="healthy") == 0
     assert gauge(found, "cnm_doctor_drift", kind="endpoint") == 1
+
+
+def test_vxlan_peers_are_exported_and_the_networks_lock_goes_with_it(docker, other_host):
+    from cni_backend import vxlannet
+    from tests.engine.test_doctor import doctor
+    sock = str(docker.shim.root / "run" / metrics.SOCKET_NAME)
+    net = network(docker, "--subnet", "10.43.0.0/16", "--ip-range", "10.43.1.0/24",
+                  "-o", f"vtep_dev={other_host['underlay']}", "-o", "peers=10.98.0.2", driver="rancher-vxlan")
+    net_id = json.loads(docker("network", "inspect", net).stdout)[0]["Id"][:12]
+    found = samples(metrics.scrape(sock))
+    assert gauge(found, "cnm_vxlan_vtep_up", network=net_id) == 1
+    assert gauge(found, "cnm_vxlan_flood_peers", network=net_id) == 1
+    run("ip", "link", "del", "vtep1042")  # behind Docker's back
+    assert gauge(samples(metrics.scrape(sock)), "cnm_vxlan_vtep_up", network=net_id) == 0
+    assert doctor(docker, "--repair")[0] == 0
+    assert gauge(samples(metrics.scrape(sock)), "cnm_vxlan_vtep_up", network=net_id) == 1
+
+    lock = os.path.join(vxlannet.LOCK_DIR, "vxlan-1042.lock")
+    assert os.path.exists(lock)
+    docker("network", "rm", net)
+    docker.made["networks"].remove(net)
+    assert not os.path.exists(lock), "the network's lock file goes with the network"

@@ -128,3 +128,17 @@ def test_owned_rules_are_our_chains_rules_and_our_jumps():
         "-A DOCKER -d 172.17.0.2/32 -j ACCEPT", "COMMIT"])
     assert metrics.owned_rules(save) == 3
     assert metrics.owned_rules("") == 0
+
+
+def test_peer_samples_from_a_vxlan_and_an_ipsec_data_path():
+    vxlan = {"network": "a" * 64, "vtep": {"state": "up", "flood_peers": ["10.0.0.2", "10.0.0.3"]}}
+    assert metrics.peer_samples(vxlan) == [("cnm_vxlan_vtep_up", ("a" * 12,), 1),
+                                           ("cnm_vxlan_flood_peers", ("a" * 12,), 2)]
+    assert metrics.peer_samples({"network": "b", "vtep": {"state": "up, not on rv-1", "flood_peers": []}})[0][2] == 0
+    ipsec = {"network": "c" * 64, "ipsec": {"charon_pid": 42, "peers": {
+        "10.0.0.9": {"ike_sa": "ESTABLISHED", "child_sa": "INSTALLED"},
+        "10.0.0.8": {"ike_sa": "CONNECTING", "child_sa": None}}}}
+    assert metrics.peer_samples(ipsec) == [("cnm_ipsec_charon_running", ("c" * 12,), 1),
+                                           ("cnm_ipsec_peer_up", ("c" * 12, "10.0.0.8"), 0),
+                                           ("cnm_ipsec_peer_up", ("c" * 12, "10.0.0.9"), 1)]
+    assert metrics.peer_samples({"network": "d", "path": "unknown", "summary": "cannot tell"}) == []
