@@ -90,6 +90,7 @@ def test_metrics_match_the_calls_across_workers_while_containers_start_and_stop(
         started = [pool.submit(container, docker, net) for _ in range(count)]
         while not all(f.done() for f in started):
             scrapes.append(samples(metrics.scrape(sock)))  # scraping while Docker calls
+            time.sleep(0.1)
         names = [f.result() for f in started]
     running = samples(metrics.scrape(sock))
     assert calls(running, "NetworkDriver.Join", "ok") - calls(before, "NetworkDriver.Join", "ok") == count
