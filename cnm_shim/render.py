@@ -86,7 +86,12 @@ def meta_plugins(opts: dict, tuning_dir: str | None = None) -> list:
         raise DriverError("option firewall=true cannot go with cni.export=true: after the firewall plug-in's ADD "
                           "the shim puts this driver's isolation back above the plug-in's CNI-FORWARD chain, "
                           "which a CNI runtime running the exported conflist would not do")
-    chained = [{"type": "firewall", "backend": "iptables"}] if opts.get("firewall") else []
+    policy = opts.get("firewall.ingress_policy")
+    if policy and not opts.get("firewall"):
+        raise DriverError(f"option firewall.ingress_policy={policy} needs firewall=true: it is a setting of the "
+                          "reference firewall plug-in, which only -o firewall=true chains")
+    chained = [{"type": "firewall", "backend": "iptables", **({"ingressPolicy": policy} if policy else {})}] \
+        if opts.get("firewall") else []
     tuning = {conf_key: opts[key] for key, conf_key in TUNING_KEYS if opts.get(key) is not None}
     if tuning:
         chained.append({"type": "tuning", **tuning, **({"dataDir": tuning_dir} if tuning_dir else {})})

@@ -162,7 +162,8 @@ class Translator:
         self.state = state
         self.settings = settings
         self.ipam = ipam
-        self.cni = runtime.CNI(list(settings.cni_path), cache_dir=os.path.join(settings.state_dir, "cni"))
+        self.cni = runtime.CNI(list(settings.cni_path), cache_dir=os.path.join(settings.state_dir, "cni"),
+                               runner=runtime.own_runner)
         self.ports = ports.PortAllocator(state.path)
         for ep in state.endpoints():  # published by a version that kept no allocations
             if ep.port_mappings and not ep.port_requests:

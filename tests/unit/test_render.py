@@ -298,6 +298,39 @@ def test_the_reference_firewall_is_refused_on_an_exported_conflist_saying_why():
         render.meta_plugins(opts)
 
 
+@pytest.mark.parametrize("backend, raw, section", [
+    ("bridge", {}, None), ("flat", {"parent": "eth1", "fast_path": "false"}, None), ("vxlan", {}, None),
+    ("ipsec", IPSEC_OPTIONS, "ipsec")])
+def test_every_backend_of_ours_chains_the_reference_firewall_with_its_ingress_policy(backend, raw, section):
+    section = ipsec_section() if section == "ipsec" else None
+    policy = "open" if backend == "flat" else "same-bridge"
+    opts = options.parse(f"rancher-{backend}", backend, dict(raw, **{"firewall": "true",
+                                                                    "firewall.ingress_policy": policy}))
+    conf = conflist_for(backend, dict(raw, firewall="true"), section)
+    conf = render.conflist(conf["name"], conf["plugins"][0], render.meta_plugins(opts))
+    assert conf["plugins"][0]["firewallChained"] is True and render.chains_firewall(conf)
+    assert conf["plugins"][1] == {"type": "firewall", "backend": "iptables", "ingressPolicy": policy}
+    plain = conflist_for(backend, raw, section)["plugins"][0]
+    assert "firewallChained" not in plain
+
+
+def test_the_plugins_own_ingress_policy_default_is_left_to_it():
+    opts = options.parse("rancher-vxlan", "vxlan", {"firewall": "true"})
+    assert render.meta_plugins(opts) == [{"type": "firewall", "backend": "iptables"}]
+
+
+def test_an_ingress_policy_without_the_firewall_is_refused_saying_what_it_needs():
+    opts = options.parse("rancher-vxlan", "vxlan", {"firewall.ingress_policy": "same-bridge"})
+    with pytest.raises(DriverError, match="option firewall.ingress_policy=same-bridge needs firewall=true"):
+        render.meta_plugins(opts)
+
+
+def test_the_firewall_on_flat_needs_the_fast_path_off_saying_why():
+    with pytest.raises(DriverError, match="rancher-flat: option firewall=true needs fast_path=false: with the fast "
+                                          "path the containers' unicast with the business network skips the bridge"):
+        conflist_for("flat", {"parent": "eth1", "firewall": "true"})
+
+
 def test_the_reference_portmap_chains_last_declaring_port_mappings_with_snat():
     opts = dict(options.parse("rancher-bridge", "bridge", {"portmap": "reference", "bandwidth.ingress_rate": "1mbit",
                                                            "firewall": "true"}), internal=False)
