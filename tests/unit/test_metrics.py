@@ -59,7 +59,8 @@ def _sample(text: str, name: str, **labels) -> float:
 def test_counts_of_several_processes_are_summed_and_served_on_a_unix_socket(tmp_path):
     folder = str(tmp_path / "metrics")
     os.makedirs(folder)
-    env = dict(os.environ, **{metrics.ENV: folder})
+    # PATH holds no iptables-save: a unit test does not read the host's own rules
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable), **{metrics.ENV: folder})
     for n in (30, 60, 90):  # three "workers", one after another: each leaves its own file
         subprocess.run([sys.executable, "-c", RECORD, str(n)], env=env, check=True, timeout=60)
     sock = str(tmp_path / "metrics.sock")
