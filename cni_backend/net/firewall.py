@@ -25,6 +25,12 @@ raw RANCHER-CNI-LOCALNET (PREROUTING)             -d 127.0.0.0/8 -i BR -j DROP: 
                                                   guard of route_localnet (localnet)
 bridge rancher_cni (nft)                          macspoofchk: a chain per attachment
 
+Each attachment's rules of one of these chains live in a chain of its own
+(RCNI-<digest of tag and chain>, iptables.attachment_chain), jumped to from
+it by one rule carrying the tag, in the place the rules held before: ADD is
+one restore that makes, fills and jumps to it, DEL one restore that removes
+the jump and the chain, with no listing (iptables.remove).
+
 Each rule and chain is tagged with its attachment and kind (`tags`:
 rcni-<network>-<attachment>-<bridge|portmap|flat|spoof>). DEL, CHECK and
 repair take an attachment's `tags.Tag`, and also find the rules the previous
