@@ -271,6 +271,7 @@ def build(hosts: int) -> None:
 
 def teardown(hosts: int) -> None:
     for i in range(hosts):
+        subprocess.run(["ip", "link", "del", f"cpv{i}"], capture_output=True)
         subprocess.run(["ip", "netns", "del", host_name(i)], capture_output=True)
     subprocess.run(["ip", "link", "del", "cpul"], capture_output=True)
 
@@ -331,7 +332,8 @@ def run(hosts: int, args, root: pathlib.Path) -> dict:
             if not mine:
                 continue
             spec = {"hosts": mine, "etcd": endpoint, "interval": args.interval}
-            workers.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
+            code = ["--code", args.code] if args.code else []
+            workers.append(subprocess.Popen([sys.executable, __file__, *code, "--worker", json.dumps(spec)],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         for process in workers:
             assert process.stdout.readline().strip() == "ready", "a worker did not start"
@@ -410,8 +412,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes the agents' threads are spread over")
     parser.add_argument("--label", default="", help="names the agent in the table (e.g. polling, watch)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--code", help="take cni_backend from this directory (e.g. `git archive` of an older "
+                        "commit, for the baseline) instead of this checkout")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.code:
+        sys.path.insert(0, os.path.abspath(args.code))
     if args.worker:
         worker(json.loads(args.worker))
         return
@@ -419,6 +425,9 @@ def main() -> None:
     sizes = [int(n) for n in args.hosts.split(",")]
     if any(not 2 <= n <= 250 for n in sizes):
         raise SystemExit(f"--hosts {args.hosts}: each N must be 2 to 250")
+    import cni_backend
+    print(f"agent code: {os.path.dirname(cni_backend.__file__)}; load average before: "
+          f"{open('/proc/loadavg').read().split()[:3]}", flush=True)
     results = []
     root = pathlib.Path(tempfile.mkdtemp(prefix="rcni-cp."))
     try:
