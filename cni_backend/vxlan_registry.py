@@ -474,7 +474,9 @@ class Agent(LeasedKeys):
                 self._reconnect()
                 time.sleep(interval)
                 continue
-            if self.watch is not None and self.watch.wait(interval):
-                time.sleep(0.02)   # a burst of changes comes as one batch
+            # our own records are looked at (one stat) 4 times a second at most
+            # often, the lease every interval; a change in the registry wakes us at once
+            if self.watch is not None and self.watch.wait(min(interval, 0.25)):
+                time.sleep(0.05)   # a burst of changes comes as one batch
             elif self.watch is None:
                 time.sleep(interval)

@@ -235,3 +235,19 @@ def test_the_watched_member_killed_mid_stream_the_agent_moves_on_and_ends_equal_
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def test_a_host_whose_lease_expires_leaves_every_other_host_within_its_ttl(rig):
+    for n in range(3):
+        rig.add(n, 3)
+        rig.start(n)
+    rig.assert_converged(30, "the hosts did not converge at the start")
+    rig.agents[2].kill()   # host 2 dies: no more renewals; its keys go with its lease (ttl 5 s)
+    rig.agents[2].wait()
+    del rig.agents[2]
+    _until(lambda: not any(k.startswith(f"{ROOT}{rig.vteps[2]}/") for k in rig.registry()), 20,
+           "host 2's keys outlived its lease")
+    registry = rig.registry()
+    _until(lambda: all(rig.kernel(n) == rig.wanted(n, registry) for n in (0, 1)), 10,
+           "hosts 0 and 1 kept host 2's entries: " + rig.report(0))
+    assert rig.vteps[2] not in rig.kernel(0)[0] and len(rig.kernel(0)[1]) == 3
