@@ -359,6 +359,14 @@ class Agent(LeasedKeys):
         self.warned = dict(view.bad)
         return view
 
+    def _kept(self, key, value, revision) -> bool:
+        """False for another network's entry (another VNI under a sound host):
+        never read again, so a busy network does not cost this one anything."""
+        try:
+            return parse_entry(self.root, key, value, revision, self.vni, []) is not None
+        except BadEntry:
+            return True   # judged (and warned about) with the subnets, in view()
+
     def _local_stamp(self):
         try:
             st = os.stat(local_dir(self.state_dir, self.vni))
@@ -376,7 +384,7 @@ class Agent(LeasedKeys):
         self.local_seen = self._local_stamp()
         self.register()
         revision, rows = self._snapshot(self.root)
-        self.rows = {key: (value, created) for key, value, created in rows}
+        self.rows = {key: (value, created) for key, value, created in rows if self._kept(key, value, created)}
         self.watch = self._watch(self.root, revision + 1)
         self.programmed = None
         self.program()
@@ -454,6 +462,7 @@ class Agent(LeasedKeys):
             self.watch = None
             self.resync()
             return
+        changes = {key: row for key, row in changes.items() if row is None or self._kept(key, *row)}
         for key, row in changes.items():
             if row is None:
                 self.rows.pop(key, None)

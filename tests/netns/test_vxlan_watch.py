@@ -210,7 +210,7 @@ def test_a_watch_whose_revision_was_compacted_resyncs_and_ends_equal_to_the_regi
     # fill the stalled stream's buffers, so etcd takes the watcher off its
     # synced list; then the history it would need is compacted
     ns_exec(rig.hub, sys.executable, "-c", _JUNK, rig.etcd.endpoints[0], f"{ROOT}10.98.0.77/4242/endpoints/", "160")
-    _until(lambda: sum(1 for k in rig.registry() if f"/{VNI}/" in k) == rig.local_keys(), 30,
+    _until(lambda: sum(1 for k in rig.registry() if f"/{VNI}/" in k) == rig.local_keys(), 60,
            "hosts 1 and 2 did not register their changes")
     revision = int(rig.etcd_call("/v3/kv/range", {"key": _b64("/")})["header"]["revision"])
     rig.etcd_call("/v3/kv/compaction", {"revision": revision, "physical": True})
