@@ -15,7 +15,8 @@ import nothing else of the CNI side (tests/unit/test_doors.py).
   links                  `delete_link`, `sandbox_interface`, `NetnsGone`
   attachments            `restore_attachment` (doctor --repair)
   firewall               `firewall_drift`, `repair_firewall`, `stray_tags`,
-                         `collect_rules`
+                         `collect_rules`, `guard_localnet` / `unguard_localnet` (the
+                         reference portmap on our bridge)
   address text           `addresses` (the one parser of both sides: no IPv6 scope IDs)
   host-wide locks        `held_lock` (an flock on a file, as the CNI side's own locks)
 """
@@ -28,14 +29,15 @@ from .locks import held as held_lock
 from .ipam import allocator, config as ipam_config
 from .ipam.etcd_store import check_endpoints as check_etcd_endpoints
 from .ipam.store import DOCKER_OWNER, Allocation, SQLiteStore, open_store
-from .net import firewall, iptables, netlink, sysctls
+from .net import firewall, iptables, localnet, netlink, sysctls, tags
 from .net.netns import NetnsGone
 from .plugins import flat as flat_plugin, ipsec as ipsec_plugin, vxlan as vxlan_plugin
 
 __all__ = ["addresses", "held_lock", "DOCKER_OWNER", "Allocation", "SQLiteStore", "NetnsGone", "open_store", "check_etcd_endpoints", "network_of", "Bridge", "missing_parts",
            "forget", "holder_of", "reserve", "validate_ipam", "parse_range", "create_staging", "move_to_host",
            "remove_staging", "delete_link", "sandbox_interface", "restore_attachment", "firewall_drift",
-           "repair_firewall", "stray_tags", "collect_rules", "ipsec_health", "revive_ipsec"]
+           "repair_firewall", "stray_tags", "collect_rules", "ipsec_health", "revive_ipsec",
+           "guard_localnet", "unguard_localnet"]
 
 
 # -- a network's host side, by plug-in type ---------------------------------------
@@ -293,3 +295,25 @@ def collect_rules(network: str, valid_attachments) -> list:
     """Remove `network`'s rules whose attachment is not in `valid_attachments()`
     (read under the firewall lock); the removed tags."""
     return firewall.collect_garbage_checked(network, valid_attachments)
+
+
+# -- route_localnet around a portmap that is not ours -----------------------------------
+
+def guard_localnet(ports_list: str, container_id: str, ifname: str, bridge: str) -> None:
+    """rancher-portmap's guard of route_localnet on `bridge` (localnet.py), for
+    a portmap that sets route_localnet and never guards it (the reference
+    one): the guard rule first, then route_localnet=1 with our mark, so that
+    unguard_localnet turns it off again with the last guard. Tagged as
+    rancher-portmap's rules of the attachment on `ports_list`, so network
+    removal, GC and the doctor treat it as theirs."""
+    tag = tags.of(tags.PORTMAP, ports_list, container_id, ifname)
+    firewall.add_rules(tag, {4: firewall.localnet_guard(tag, bridge)})
+    localnet.turn_on(bridge)
+
+
+def unguard_localnet(ports_list: str, container_id: str, ifname: str) -> None:
+    """Undo guard_localnet, after the portmap's DEL: route_localnet back to 0
+    if no other guard stays on the bridge, then the guard."""
+    tag = tags.of(tags.PORTMAP, ports_list, container_id, ifname)
+    localnet.release(tag.every.__contains__)
+    firewall.remove_rules(tag)

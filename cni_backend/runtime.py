@@ -15,12 +15,15 @@ from .invoke import cache
 from .invoke.api import CNI, Attachment
 from .invoke.conflist import named as named_conflist, parse as parse_conflist
 from .invoke.execute import find_plugin
+from .invoke.own import runner as own_runner
 from .plugins.bridge import SANDBOX_IFNAME_ARG
 from .plugins.ipam import RESERVED_ARG
 
 __all__ = ["CNI", "Attachment", "CNIError", "CHECK_FAILED", "IO_FAILURE", "errors", "parse_conflist",
            "cached", "cached_attachments", "RESERVED_ARG", "SANDBOX_IFNAME_ARG", "write_atomic", "find_plugin",
-           "named_conflist"]
+           "named_conflist", "own_runner"]
+# own_runner: the runner the Docker side gives CNI: our own executables run as a
+# fork of the caller (which has them loaded), anything else executed (invoke/own.py)
 # write_atomic(path, data, mode): how a conflist is exported where CNI runtimes
 # read it (temp file, fsync, rename): a runtime never reads half a file
 

@@ -13,10 +13,19 @@ parent checks the peer's uid (SO_PEERCRED) as well and answers anyone else with
 the CNI error JSON, without forking. A worker never takes `RANCHER_TRACE` from
 the call's environment: it would append, as root, to any file a caller names
 (tracing the daemon is the control file's job, see trace.py).
+
+Before any work a worker answers the handshake (wire.py): a caller whose
+executable is another version, or that is in another network namespace than
+the daemon, is declined and does the work itself. A daemon the executables
+started themselves (`autostart_main`, zero set-up) also retires when a newer
+executable calls (a new daemon takes over on the next call), and when its
+socket file was removed or replaced (by `cnm-shim serve`'s daemon, say): it
+never unlinks a socket file that is not its own.
 """
 
 import errno
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -45,7 +54,48 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 def _preload() -> None:
     for name in PLUGINS:
         load(name)
-    from .net import netlink  # noqa: F401  (pyroute2 itself)
+    from .net import netlink  # pyroute2 itself
+    # pyroute2 builds its message classes' parsers on first use: once here,
+    # not in every worker (~10 ms of each call's first netlink request)
+    with netlink.socket_in() as ipr:
+        ipr.link("get", index=1)
+        ipr.get_addr(index=1)
+        ipr.get_routes(oif=1)
+    gc.collect()
+    gc.freeze()  # the workers' collections leave the parent's objects (and their pages) alone
+
+
+_autostarted = False  # set by autostart_main: this daemon retires for a newer executable
+
+
+def _netns_identity(pid) -> tuple | None:
+    try:
+        st = os.stat(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _declined(conn: socket.socket, version: str) -> bytes | None:
+    """The handshake's refusal for this caller, or None when it is served here."""
+    if version != wire.VERSION:
+        log.warning("declined a call from an executable of another version (%s; this daemon is %s)%s",
+                    version or "before the handshake", wire.VERSION,
+                    ": retiring, a new daemon takes over" if _autostarted else "")
+        if _autostarted:
+            os.kill(os.getppid(), signal.SIGUSR1)
+        return wire.OLD_VERSION
+    creds = wire.peer_credentials(conn)
+    theirs = _netns_identity(creds[0]) if creds else None
+    if theirs is not None and theirs != _netns_identity("self"):
+        # its "host" is another namespace than ours. An auto-started daemon
+        # whose first caller ran in some other namespace (`ip netns exec`)
+        # retires for a caller in init's: the next call starts one there
+        if _autostarted and theirs == _netns_identity(1):
+            log.warning("declined a call from init's network namespace: retiring, a new daemon takes over there")
+            os.kill(os.getppid(), signal.SIGUSR1)
+        return wire.OTHER_NETNS
+    return None
 
 
 def _serve_one(conn: socket.socket, timeout: float = RECEIVE_TIMEOUT_S) -> None:
@@ -58,19 +108,34 @@ def _serve_one(conn: socket.socket, timeout: float = RECEIVE_TIMEOUT_S) -> None:
         return
     if request is None:
         return
-    plugin, env, stdin, netns_fd = request
+    plugin, env, stdin, netns_fd, version = request
     _die_with_caller(conn)
+    refusal = _declined(conn, version)
+    if refusal is not None:
+        signal.signal(signal.SIGIO, signal.SIG_IGN)  # nothing to stop: the caller may close once answered
+        conn.sendall(refusal)
+        return
+    conn.sendall(wire.ACCEPTED)
     env.pop(trace.ENV, None)  # the caller's choice of file would be appended to as root
     if plugin not in PLUGINS:
         wire.send_reply(conn, 1, "", f"unknown plug-in {plugin!r}\n")
         return
-    stdout, code, stderr = skel.dispatch(load(plugin), env, stdin, netns_fd)
+    stdout, code, stderr = run_plugin(plugin, env, stdin, netns_fd)
     log.info("%s %s %s/%s -> %s", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "")[:12],
              env.get("CNI_IFNAME", ""), code)
+    signal.signal(signal.SIGIO, signal.SIG_IGN)  # the work is done: a caller closing once answered is no hang-up
     try:
         wire.send_reply(conn, code, stdout, stderr)
     except TimeoutError:
         log.warning("a caller took no reply within %g s: connection closed", timeout)
+
+
+def run_plugin(plugin: str, env: dict, stdin: bytes, netns_fd=None) -> tuple:
+    """One CNI call of our own plug-in, in this process: (stdout, exit code,
+    stderr), exactly what the executable would print and return. The daemon's
+    workers call it; so may any process that has the plug-ins loaded (it
+    enters namespaces with setns(2): single-threaded processes only)."""
+    return skel.dispatch(load(plugin), env, stdin, netns_fd)
 
 
 def _die_with_caller(conn: socket.socket) -> None:
@@ -112,14 +177,15 @@ def _permitted(conn: socket.socket) -> bool:
                      "CNI plug-ins are run by the container runtime as root")
     out = json.dumps(error.to_json("1.1.0")).encode()
     try:
-        conn.send(wire.reply_bytes(1, out, b""), socket.MSG_DONTWAIT)
+        conn.send(wire.ACCEPTED + wire.reply_bytes(1, out, b""), socket.MSG_DONTWAIT)
     except OSError:
         pass
     log.warning("refused a call from uid %s", uid)
     return False
 
 
-def _fork_worker(conn: socket.socket, listener: socket.socket, timeout: float = RECEIVE_TIMEOUT_S) -> int:
+def _fork_worker(conn: socket.socket, listener: socket.socket, timeout: float = RECEIVE_TIMEOUT_S,
+                 keep_out=()) -> int:
     pid = os.fork()
     if pid:
         conn.close()
@@ -127,7 +193,9 @@ def _fork_worker(conn: socket.socket, listener: socket.socket, timeout: float = 
     code = 0
     try:
         listener.close()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        for fd in keep_out:  # the start lock is the daemon's, not its workers'
+            os.close(fd)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1):
             signal.signal(sig, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)  # the parent's
         _serve_one(conn, timeout)
@@ -166,17 +234,31 @@ def bind(path: str) -> socket.socket:
     return listener
 
 
+def _file_identity(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def serve(path: str = wire.DEFAULT_SOCKET, ready=None, max_workers: int = MAX_WORKERS,
-          timeout: float = RECEIVE_TIMEOUT_S) -> None:
-    """Serve until SIGTERM/SIGINT; removes the socket on the way out."""
+          timeout: float = RECEIVE_TIMEOUT_S, lock_fd: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; removes the socket on the way out (if it is
+    still ours). With `lock_fd` (an auto-started daemon's start lock), also
+    until the socket file is removed or replaced, or a newer executable calls
+    (SIGUSR1 from the worker that declined it)."""
     if max_workers < 1 or not timeout > 0:
         raise ValueError(f"max_workers must be at least 1 and timeout above 0, got {max_workers} and {timeout}")
     _preload()
     listener = bind(path)
+    ours = _file_identity(path)
     stopping = []
     workers: set = set()
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    if lock_fd is not None:
+        signal.signal(signal.SIGUSR1, lambda *_: stopping.append("a newer executable called"))
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a worker's end wakes the select (a free slot)
     # a signal wakes the select below at once (it would otherwise sleep on):
     # a stopping daemon must not look alive to a `cnm-shim serve` starting anew
@@ -192,6 +274,9 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None, max_workers: int = MAX_WO
     accepting = True
     try:
         while not stopping:
+            if lock_fd is not None and _file_identity(path) != ours:
+                log.warning("the socket file %s was removed or replaced: this auto-started daemon ends", path)
+                break
             _reap(workers)
             if accepting != (len(workers) < max_workers):  # at the cap, callers wait in the backlog
                 accepting = not accepting
@@ -212,15 +297,41 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None, max_workers: int = MAX_WO
                 if not _permitted(conn):
                     conn.close()
                     continue
-                workers.add(_fork_worker(conn, listener, timeout))
+                workers.add(_fork_worker(conn, listener, timeout, () if lock_fd is None else (lock_fd,)))
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wakeup_read)
         os.close(wakeup_write)
         selector.close()
+        if _file_identity(path) == ours:  # never another daemon's socket, bound over ours since
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
         listener.close()
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
         _reap(workers)
+    if stopping and stopping[-1] != 1:
+        log.warning("auto-started daemon retiring: %s", stopping[-1])
+
+
+def autostart_main(lock_fd: int, priority: int | None = None) -> None:
+    """The daemon the first call on a host starts (front.py), detached, with
+    the start lock already taken (`lock_fd`): it keeps the lock while it
+    runs, so no second one starts, and the kernel drops it when it ends,
+    however it ends. Logs (warnings up) to its own file: its stderr.
+    `priority`: the niceness to serve at, once its socket is bound."""
+    global _autostarted
+    fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already (inherited); fails loudly if not
+    os.set_inheritable(lock_fd, False)
+    _autostarted = True
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rancher-cni daemon[{os.getpid()}] "
+                        "%(levelname)s %(message)s")
+    log.warning("started by the first CNI call (zero set-up), version %s, on %s", wire.VERSION, wire.DEFAULT_SOCKET)
+
+    def ready():
+        if priority is not None:  # started at a lower priority (front.py); serving at the caller's
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, priority)
+            except OSError:
+                pass
+    serve(wire.DEFAULT_SOCKET, ready=ready, lock_fd=lock_fd)

@@ -309,6 +309,12 @@ class Doctor:
         hostnet.restore_attachment(conf, ep.endpoint_id, ep.sandbox_key or "", CONTAINER_IFNAME,
                                    [tuple(p) for p in entry.get("cniArgs") or []],
                                    entry.get("capabilityArgs") or {}, entry["result"])
+        mappings = (entry.get("capabilityArgs") or {}).get("portMappings")
+        if mappings and runtime.CNI.declaring(conf, "portMappings"):
+            # the chain's own portmap (-o portmap=reference): its ADD again, with
+            # the cached mappings, puts back the rules it does not find
+            att = runtime.Attachment(ep.endpoint_id, ep.sandbox_key or "", CONTAINER_IFNAME)
+            self.cni.add_capability(conf, entry["config"], att, "portMappings", mappings)
         problem = self._check_endpoint(net, ep)
         if problem is not None:
             raise CNIError(runtime.CHECK_FAILED, f"host side restored, still: {problem}; the container's inside is its own: "

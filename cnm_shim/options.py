@@ -125,33 +125,102 @@ TUNING = (
 )
 TUNING_SYSCTL = "tuning.sysctl."
 FIREWALL = "firewall"
-# The reference firewall plug-in, chained after ours on rancher-bridge: our
-# isolation and DROPs decide first, then its CNI-FORWARD (with the admin's
-# CNI-ADMIN) accepts the container's traffic (firewall.bridge_rules, the
-# jump order in iptables.KEEP_ABOVE; tests/netns/test_reference_firewall.py).
+# The reference firewall plug-in, chained after ours: our isolation and DROPs
+# decide first, then its CNI-FORWARD (with the admin's CNI-ADMIN) accepts the
+# container's traffic (firewall.bridge_rules, the jump order in
+# iptables.KEEP_ABOVE; tests/netns/test_reference_firewall.py).
 FIREWALL_OPTION = Option(FIREWALL, boolean, False,
                          "chain the reference firewall plug-in: the admin's rules in its CNI-ADMIN chain apply to "
                          "the containers' traffic, after this driver's isolation (true or false)")
+INGRESS_POLICIES = ("open", "same-bridge")
+
+
+def ingress_policy(refused: dict | None = None):
+    """A parser for firewall.ingress_policy (the plug-in's ingressPolicy);
+    `refused`: policy -> why this driver refuses it."""
+    def parse(driver, key, value):
+        text = str(value).strip().lower()
+        if text not in INGRESS_POLICIES:
+            raise DriverError(f"{driver}: option {key}={str(value)[:100]!r} is not an ingress policy of the reference "
+                              "firewall plug-in; valid values: " + ", ".join(INGRESS_POLICIES))
+        if refused and text in refused:
+            raise DriverError(f"{driver}: option {key}={text}: not offered on this driver's networks: {refused[text]}")
+        return text
+    return parse
+
+
+def firewall_options(refused_policies: dict | None = None) -> tuple:
+    """-o firewall and -o firewall.ingress_policy, for a backend's options."""
+    return (FIREWALL_OPTION,
+            Option(f"{FIREWALL}.ingress_policy", ingress_policy(refused_policies), None,
+                   "with firewall=true: the plug-in's ingressPolicy, open (its default) or same-bridge (its "
+                   "CNI-ISOLATION-STAGE chains also drop traffic between this bridge and the other bridges "
+                   "with same-bridge); valid: " + ", ".join(p for p in INGRESS_POLICIES
+                                                           if p not in (refused_policies or {}))))
+
+
+def firewall_chained(opts: dict) -> dict:
+    """The network plug-in's key when the reference firewall follows it: its
+    ACCEPTs of the container's traffic yield to the firewall's CNI-FORWARD."""
+    return {"firewallChained": True} if opts.get(FIREWALL) else {}
+
+
+# How `-p` is published: through this driver's rancher-portmap (its own
+# ports list, run after the network's), or through the reference portmap
+# chained in the network's own list, which gets Docker's mappings as the
+# portMappings capability (as rancher-conflist networks do; translate.py).
+PORTMAP = "portmap"
+PORTMAP_VALUES = ("rancher", "reference")
+
+
+def portmap_choice(driver, key, value):
+    text = str(value).strip().lower()
+    if text not in PORTMAP_VALUES:
+        raise DriverError(f"{driver}: option {key}={str(value)[:100]!r} is not one of: " + ", ".join(PORTMAP_VALUES)
+                          + " (rancher: this driver's rancher-portmap; reference: the reference portmap plug-in "
+                          "from the CNI path)")
+    return text
+
+
+PORTMAP_OPTION = Option(PORTMAP, portmap_choice, "rancher",
+                        "what publishes -p: rancher (this driver's rancher-portmap) or reference (the reference "
+                        "portmap plug-in chained after ours, with its CNI-HOSTPORT-* / CNI-DN-* rules)")
+
+
+def refuse_portmap(driver: str, key: str, value) -> None:
+    """-o portmap=reference on a backend that does not offer it (rancher-flat,
+    rancher-ipsec): refused with the reason; portmap=rancher is what the
+    backend does anyway."""
+    if key != PORTMAP:
+        raise DriverError(f"{driver}: unknown option {key[:100]!r}: the reference portmap plug-in takes no settings "
+                          "here; only -o portmap=rancher or -o portmap=reference (rancher-bridge, rancher-vxlan)")
+    if portmap_choice(driver, key, value) == "rancher":
+        return
+    raise DriverError(
+        f"{driver}: option portmap=reference is not offered on this driver's networks, only on rancher-bridge and "
+        "rancher-vxlan (valid here: portmap=rancher, the default, which publishes -p on this network): the shim "
+        "guards the route_localnet the reference portmap turns on and leaves on, and relies on its own isolation "
+        "rules to let the DNAT'ed traffic in, and both are tested only on those two data paths; here the containers "
+        "sit on the business LAN itself, behind its router and a fast path that skips the bridge's netfilter hooks "
+        "(rancher-flat), or behind IPsec policies (rancher-ipsec)")
 
 
 def refuse_firewall(driver: str, key: str, offered: bool) -> None:
     """The reference firewall plug-in's settings this driver does not offer,
-    asked for with -o firewall[.KEY]: refused, saying why and what is
+    asked for with -o firewall.KEY: refused, saying why and what is
     (`offered`: the driver offers -o firewall=true)."""
     if offered:
         raise DriverError(
-            f"{driver}: option {key[:100]!r}: only -o firewall=true (or false) is offered, with the reference "
-            "firewall plug-in's defaults: its ingress_policy=same-bridge is not, as this driver's isolation "
-            "already keeps the host's other bridges out of the network and the plug-in's DEL would leave its "
-            "isolation rules behind; its other settings (backend: iptables, firewalld is not used) are this "
-            "driver's to set")
+            f"{driver}: option {key[:100]!r}: of the reference firewall plug-in's settings only -o firewall=true "
+            "(or false) and -o firewall.ingress_policy are offered; its others are this driver's "
+            "to set: backend is iptables (firewalld is not used), and its admin chain is CNI-ADMIN, whose place "
+            "below this driver's isolation is kept (a chain of another name would not be)")
     raise DriverError(
         f"{driver}: option {key[:100]!r}: the reference firewall plug-in is not offered on this driver's "
-        "networks (rancher-bridge offers -o firewall=true): on its own it puts its CNI-FORWARD chain first in "
-        "FORWARD and accepts everything the container sends there, ahead of this driver's isolation rules, so "
-        "the container would reach this host's other networks; only rancher-bridge keeps its isolation above it "
-        "(and is tested so). This driver's own rules already let the containers' traffic through Docker's "
-        "FORWARD DROP policy (RANCHER-CNI-FORWARD)")
+        "networks: on its own it puts its CNI-FORWARD chain first in FORWARD and accepts everything the "
+        "container sends there, ahead of this driver's isolation rules, so the container would reach this "
+        "host's other networks; rancher-bridge, rancher-vxlan, rancher-ipsec and rancher-flat keep their "
+        "isolation above it (and are tested so)")
 
 
 def refuse_tuning_sysctl(driver: str, key: str) -> None:
@@ -304,6 +373,9 @@ def parse(driver: str, backend: str, raw: dict) -> dict:
             refuse_tuning_sysctl(driver, str(key))
         if str(name).split(".")[0] == FIREWALL and chains_meta_plugins and name not in known:
             refuse_firewall(driver, str(key), offered=FIREWALL in known)
+        if str(name).split(".")[0] == PORTMAP and chains_meta_plugins and name not in known:
+            refuse_portmap(driver, str(name), value)
+            continue  # portmap=rancher: what this backend does anyway
         if name not in known:
             raise DriverError(f"{driver}: unknown option {key!r}; valid options: " + ", ".join(sorted([*known, "backend"])))
         values[name] = known[name].parse(driver, key, value)

@@ -86,7 +86,12 @@ def meta_plugins(opts: dict, tuning_dir: str | None = None) -> list:
         raise DriverError("option firewall=true cannot go with cni.export=true: after the firewall plug-in's ADD "
                           "the shim puts this driver's isolation back above the plug-in's CNI-FORWARD chain, "
                           "which a CNI runtime running the exported conflist would not do")
-    chained = [{"type": "firewall", "backend": "iptables"}] if opts.get("firewall") else []
+    policy = opts.get("firewall.ingress_policy")
+    if policy and not opts.get("firewall"):
+        raise DriverError(f"option firewall.ingress_policy={policy} needs firewall=true: it is a setting of the "
+                          "reference firewall plug-in, which only -o firewall=true chains")
+    chained = [{"type": "firewall", "backend": "iptables", **({"ingressPolicy": policy} if policy else {})}] \
+        if opts.get("firewall") else []
     tuning = {conf_key: opts[key] for key, conf_key in TUNING_KEYS if opts.get(key) is not None}
     if tuning:
         chained.append({"type": "tuning", **tuning, **({"dataDir": tuning_dir} if tuning_dir else {})})
@@ -99,7 +104,29 @@ def meta_plugins(opts: dict, tuning_dir: str | None = None) -> list:
             bandwidth[f"{direction}Rate"], bandwidth[f"{direction}Burst"] = rate, _burst(rate, burst)
     if bandwidth:
         chained.append({"type": "bandwidth", **bandwidth})
+    if opts.get("portmap") == "reference":
+        chained.append(_reference_portmap(opts))
     return chained
+
+
+# The reference portmap, last in the network's own list (it reads the
+# container's addresses from the result before it). Its settings are fixed:
+# snat (127.0.0.1 and hairpin, as Docker's -p answers; route_localnet only
+# behind our guard, translate.py), the default mark bit, no conditions.
+REFERENCE_PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
+
+
+def _reference_portmap(opts: dict) -> dict:
+    """-o portmap=reference, refused where it cannot be what -p means."""
+    if opts.get("internal"):
+        raise DriverError("option portmap=reference cannot go with --internal: an internal network publishes no "
+                          "ports (valid: leave portmap out, or portmap=rancher)")
+    if opts.get("cni.export"):
+        raise DriverError("option portmap=reference cannot go with cni.export=true: the exported conflist chains "
+                          "rancher-portmap for CNI runtimes, and a list with two plug-ins taking portMappings would "
+                          "publish every port twice; the shim also guards route_localnet around the reference "
+                          "portmap, which a CNI runtime would not (valid: portmap=rancher with cni.export=true)")
+    return dict(REFERENCE_PORTMAP, capabilities=dict(REFERENCE_PORTMAP["capabilities"]))
 
 
 def chains_firewall(conf: dict) -> bool:

@@ -126,7 +126,9 @@ def _same_addresses_as_docker(net: Network, ep: Endpoint, result: dict) -> None:
 
 
 def _chain_publishes(net: Network) -> bool:
-    """A conflist network (rancher-conflist) whose own list publishes ports: a
+    """A network whose own list publishes ports: one of our backends with
+    -o portmap=reference (the reference portmap chained last, render.py), or
+    a conflist network (rancher-conflist) whose list does: a
     plug-in of it declares `capabilities: {"portMappings": true}` (the
     reference portmap, as CNI runtimes chain it). Such a list gets Docker's
     published ports as the portMappings capability, host ports allocated by
@@ -135,7 +137,11 @@ def _chain_publishes(net: Network) -> bool:
     -p and the network is a Docker network; refusing would make `-p` depend on
     a line of a file the user may not own, and `portmap` without the
     capability declared gets no mappings from libcni either."""
-    return backends.get(net.backend).takes_conflist and bool(runtime.CNI.declaring(net.conflist, "portMappings"))
+    return bool(runtime.CNI.declaring(net.conflist, "portMappings"))
+
+
+def _has_ipv4(ep: Endpoint) -> bool:
+    return any(ipaddress.ip_interface(ip["address"]).version == 4 for ip in (ep.result or {}).get("ips", []))
 
 
 def _families_portmap_serves(net: Network, ep: Endpoint, requested: list) -> None:
@@ -156,7 +162,8 @@ class Translator:
         self.state = state
         self.settings = settings
         self.ipam = ipam
-        self.cni = runtime.CNI(list(settings.cni_path), cache_dir=os.path.join(settings.state_dir, "cni"))
+        self.cni = runtime.CNI(list(settings.cni_path), cache_dir=os.path.join(settings.state_dir, "cni"),
+                               runner=runtime.own_runner)
         self.ports = ports.PortAllocator(state.path)
         for ep in state.endpoints():  # published by a version that kept no allocations
             if ep.port_mappings and not ep.port_requests:
@@ -609,6 +616,13 @@ class Translator:
         RevokeExternalConnectivity never came. portmap reads no namespace
         (only prevResult's addresses), so the sandbox path is only CNI_NETNS."""
         att = runtime.Attachment(ep.endpoint_id, ep.sandbox_key or "/proc/self/ns/net", CONTAINER_IFNAME)
+        if not backends.get(net.backend).takes_conflist and _has_ipv4(ep):
+            # our bridge: the reference portmap sets route_localnet on it (for
+            # an IPv4 container) and never clears it, which would let the
+            # containers reach the host's loopback services; rancher-portmap's
+            # guard goes first, under the tag rancher-portmap would use, so
+            # route_localnet is ours to turn off with the last guard (localnet.py)
+            hostnet.guard_localnet(render.ports_name(net.cni_name), ep.endpoint_id, CONTAINER_IFNAME, net.bridge)
         self.cni.add_capability(net.conflist, _raw(net.conflist), att, "portMappings", mappings)
 
     def _remove_port_rules(self, net: Network, ep: Endpoint) -> None:
@@ -616,6 +630,8 @@ class Translator:
             att = runtime.Attachment(ep.endpoint_id, "", CONTAINER_IFNAME)
             with step(f"{net.driver}: removing published ports failed"):
                 self.cni.del_capability(net.conflist, _raw(net.conflist), att, "portMappings", ep.port_mappings)
+                if not backends.get(net.backend).takes_conflist:  # after the DEL: its rules needed route_localnet
+                    hostnet.unguard_localnet(render.ports_name(net.cni_name), ep.endpoint_id, CONTAINER_IFNAME)
         elif ep.port_mappings:
             conf = render.ports_conflist(net.conflist)
             att = runtime.Attachment(ep.endpoint_id, "", CONTAINER_IFNAME,

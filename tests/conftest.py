@@ -18,6 +18,14 @@ from cni_backend import install
 from tests.isolation import in_private_namespaces
 from tests.processes import process_tree, started_processes  # noqa: F401 (process_tree: for other tests)
 
+# The executables start a CNI daemon of their own, detached, on a host where
+# none runs (zero set-up, cni_backend/front.py): not in the tests, whose
+# every process must end with them (and a daemon left in the sandbox would
+# keep its namespaces alive). The runtimes, engines and executables the
+# tests start inherit this; tests/netns/test_cni_daemon_autostart.py turns
+# it back on for its own calls, and stops what they start.
+os.environ["RANCHER_CNI_AUTOSTART"] = "0"
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "rcnit"  # every namespace, link and network a test makes starts with it
 REFERENCE_PLUGINS = "/usr/lib/cni"

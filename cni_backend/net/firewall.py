@@ -68,7 +68,9 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
     `firewall_chained`: the reference firewall plug-in follows ours in the
     chain; the container's own ACCEPT and its replies' become RETURNs, so
     that, past our isolation and DROPs, the firewall's CNI-FORWARD (and the
-    admin's CNI-ADMIN in it) decides. They stay, naming the bridge, so the
+    admin's CNI-ADMIN in it) decides (the replies only: a published port's
+    connection, NEW for CNI-FORWARD, is accepted here). What is open by
+    design stays an ACCEPT: the subnet ("subnet"), anyone (flat). They stay, naming the bridge, so the
     bridge keeps its isolation rules (iptables._isolated_bridges). And the
     container's address coming from anywhere but its bridge is dropped:
     CNI-FORWARD's `-s IP -j ACCEPT` names no interface."""
@@ -83,17 +85,37 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
                 f"-A {FORWARD_CHAIN} ! -d {iface.network} -i {bridge} ! -o {bridge} {note} -j DROP",
                 f"-A {FORWARD_CHAIN} ! -s {iface.network} ! -i {bridge} -o {bridge} {note} -j DROP",
             ]
+        metadata_rules = []
+        if metadata and iface.version == 4:
+            md_bridge, md_ip = metadata
+            metadata_rules = [
+                f"-A {FORWARD_CHAIN} -s {_host(iface)} -d {md_ip}/32 -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
+                f"-A {FORWARD_CHAIN} -s {md_ip}/32 -d {_host(iface)} -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
+            ]
         if firewall_chained:
             # CNI-FORWARD accepts `-s IP` from any interface: whatever claims
             # the container's address without coming from its bridge (a LAN
-            # host, another bridge) is dropped here, before it gets there
+            # host, another bridge) is dropped here, before it gets there.
+            # Flat's metadata requests, which do come in on the metadata
+            # bridge with the container's address, are accepted first.
+            rules["filter"] += metadata_rules
+            metadata_rules = []
             rules["filter"].append(f"-A {FORWARD_CHAIN} -s {_host(iface)} ! -i {bridge} {note} -j DROP")
         rules["filter"] += [f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} -o {out} {note} -j DROP"
                             for out in forbidden]
         rules["filter"].append(f"-A {FORWARD_CHAIN} -s {_host(iface)} -i {bridge} {note} -j {own}")
         inbound = [
-            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j {own}" if open_inbound is True else
-            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j {own}"]
+            # open to anyone (flat) stays an ACCEPT even with the firewall chained: CNI-FORWARD accepts
+            # only replies, and the planner knows a LAN bridge by this rule (iptables._OPEN_TO_ANYONE)
+            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} {note} -j ACCEPT" if open_inbound is True else
+            f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED,DNAT {note} -j ACCEPT"]
+        if firewall_chained and open_inbound is not True:
+            # the replies go on to CNI-FORWARD, which accepts them; a published port's connection (DNAT,
+            # NEW for CNI-FORWARD, which would hand it on to Docker's DROP policy) is accepted here, whichever
+            # portmap (ours, or the reference one, which adds no FORWARD rule) published it
+            inbound = [
+                f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {note} -j RETURN",
+                f"-A {FORWARD_CHAIN} -d {_host(iface)} -o {bridge} -m conntrack --ctstate DNAT {note} -j ACCEPT"]
         if open_inbound == "subnet":
             subnet = f"-A {FORWARD_CHAIN} -s {iface.network} -d {_host(iface)} -o {bridge} {note} -j ACCEPT"
             # Before the ctstate ACCEPT, not after: both accept, so the order
@@ -104,13 +126,7 @@ def bridge_rules(tag: tags.Tag, bridge: str, cidrs: list, masquerade: bool, forb
             # ctstate rule RETURNs (firewall_chained): then it comes first,
             # as before, so the chained firewall still sees those replies.
             inbound = [subnet] + inbound if own == "ACCEPT" else inbound + [subnet]
-        rules["filter"] += inbound
-        if metadata and iface.version == 4:
-            md_bridge, md_ip = metadata
-            rules["filter"] += [
-                f"-A {FORWARD_CHAIN} -s {_host(iface)} -d {md_ip}/32 -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
-                f"-A {FORWARD_CHAIN} -s {md_ip}/32 -d {_host(iface)} -i {md_bridge} -o {md_bridge} {note} -j ACCEPT",
-            ]
+        rules["filter"] += inbound + metadata_rules
         if masquerade:
             rules["nat"] += [
                 f"-A {MASQ_CHAIN} -s {_host(iface)} -d {iface.network} {note} -j RETURN",

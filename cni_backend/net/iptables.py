@@ -202,9 +202,45 @@ def _plan(table: str, saved: tuple, is_stale, new_rules: list) -> list:
     return declare + lines + new_rules
 
 
+# The reference firewall plug-in's ingressPolicy=same-bridge: per bridge, a
+# rule in each of its two chains, jumped to from FORWARD. Its DEL leaves them
+# (it cannot tell whether the bridge is still in use); ours can: they go with
+# our bridge's isolation rules, when the bridge's last attachment goes.
+SAME_BRIDGE_CHAINS = ("CNI-ISOLATION-STAGE-1", "CNI-ISOLATION-STAGE-2")
+SAME_BRIDGE_NOTE = "CNI firewall plugin rules (ingressPolicy: same-bridge)"
+
+
+def _same_bridge_rules_gone(chains: set, rules: list, bridges: set) -> list:
+    """Restore lines removing the same-bridge rules of `bridges` (ours, whose
+    last attachment goes), and the plug-in's chains and jump when no other
+    bridge's rule is left in them."""
+    stage1, stage2 = SAME_BRIDGE_CHAINS
+    if not bridges or stage1 not in chains:
+        return []
+    in_chains = [r for r in rules if _chain_of(r) in SAME_BRIDGE_CHAINS]
+    pattern = re.compile(rf"^-A (?:{stage1} -i (\S+) ! -o \1 |{stage2} -o (\S+) )-m comment --comment "
+                         rf'"{re.escape(SAME_BRIDGE_NOTE)}" -j (?:{stage2}|DROP)$')
+    of_bridge = {r: next(g for g in m.groups() if g) for r in in_chains if (m := pattern.match(r))}
+    gone = [r for r, bridge in of_bridge.items() if bridge in bridges]
+    if not gone:
+        return []
+    if any(bridge not in bridges for bridge in of_bridge.values()) or \
+            any(r not in of_bridge and not r.endswith(" -j RETURN") for r in in_chains):
+        return ["-D" + r[2:] for r in gone]  # another bridge's, or someone else's rule: the chains stay
+    jumps = [r for r in rules if r.startswith("-A FORWARD ") and r.endswith(f" -j {stage1}")]
+    return ["-D" + r[2:] for r in jumps] + [f"-F {stage1}", f"-F {stage2}", f"-X {stage1}", f"-X {stage2}"]
+
+
 def _plan_isolation(chains: set, rules: list, remaining: list, declare: list) -> list:
     needed = _isolated_bridges(remaining)
     present = [r[len("-A "):] for r in rules if comment_of(r).startswith(BRIDGE_PREFIX)]
+    gone = {comment_of(r)[len(BRIDGE_PREFIX):] for r in present if r.startswith(f"{FORWARD_CHAIN} ")} - set(needed)
+    return _same_bridge_rules_gone(chains, rules, gone) + _plan_our_isolation(chains, rules, remaining, declare,
+                                                                              needed, present)
+
+
+def _plan_our_isolation(chains: set, rules: list, remaining: list, declare: list, needed: dict,
+                        present: list) -> list:
     if not needed:
         if ISOLATION_CHAIN not in chains:
             return []

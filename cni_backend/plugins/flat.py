@@ -74,7 +74,8 @@ def _bridge_conf(req, flat: flatnet.FlatNetwork) -> BridgeConf:
                       ip_masq=False, mtu=flat.mtu, hairpin=fields.flag(req.config, "hairpinMode"), promisc=False,
                       vlan=0, macspoofchk=True, mac=fields.requested_mac(req), ip_spoof_check=True, extra_routes=extra,
                       forbidden_out=(flat.metadata.bridge,) if flat.metadata else (), open_inbound=True,
-                      metadata=(flat.metadata.bridge, flat.metadata.ip) if flat.metadata else None)
+                      metadata=(flat.metadata.bridge, flat.metadata.ip) if flat.metadata else None,
+                      firewall_chained=fields.flag(req.config, "firewallChained"))
 
 
 def _with_link_excluded(req, flat: flatnet.FlatNetwork):

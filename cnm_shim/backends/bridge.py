@@ -19,7 +19,8 @@ OPTIONS = (
     Option("vlan", options.int_between(0, 4094), 0, "VLAN id of the container ports (needs bridge vlan_filtering)"),
     *options.BANDWIDTH,
     *options.TUNING,
-    options.FIREWALL_OPTION,
+    *options.firewall_options(),
+    options.PORTMAP_OPTION,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )
@@ -36,8 +37,7 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
         plugin["mtu"] = opts["mtu"]
     if opts["vlan"]:
         plugin["vlan"] = opts["vlan"]
-    if opts["firewall"]:  # the reference firewall follows: the container's ACCEPTs yield to its CNI-FORWARD
-        plugin["firewallChained"] = True
+    plugin.update(options.firewall_chained(opts))
     return plugin
 
 

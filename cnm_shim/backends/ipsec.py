@@ -64,6 +64,7 @@ OPTIONS = (
     options.IP_MASQ,
     *options.BANDWIDTH,
     *options.TUNING,
+    *options.firewall_options(),
     options.CNI_EXPORT,
     options.CNI_NAME,
 )
@@ -115,6 +116,7 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
     for key, name in (("underlay", "underlay"), ("mtu", "mtu")):
         if opts[key]:
             plugin[name] = opts[key]
+    plugin.update(options.firewall_chained(opts))
     return plugin
 
 

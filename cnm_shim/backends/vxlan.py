@@ -14,6 +14,8 @@ OPTIONS = (
     options.IP_MASQ,
     *options.BANDWIDTH,
     *options.TUNING,
+    *options.firewall_options(),
+    options.PORTMAP_OPTION,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )
@@ -31,6 +33,7 @@ def render(bridge: str, opts: dict, ipam: dict) -> dict:
         plugin["vtepDev"] = opts["vtep_dev"]
     if opts["mtu"]:
         plugin["mtu"] = opts["mtu"]
+    plugin.update(options.firewall_chained(opts))
     return plugin
 
 

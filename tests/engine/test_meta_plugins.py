@@ -13,16 +13,18 @@ import time
 
 import pytest
 
-from tests.conftest import run
+from tests.conftest import ns_exec, ping, run
 from tests.conftest import unique
 from tests.engine.helpers import address, can_ping, container, network
 from tests.engine.test_doctor import doctor
+from tests.engine.test_docker_vxlan import other_host  # noqa: F401  (a fixture: a host behind a kernel VTEP)
 
 pytestmark = [
     pytest.mark.engine,
     pytest.mark.skipif(not all(os.access(f"/usr/lib/cni/{p}", os.X_OK) for p in ("bandwidth", "tuning")),
                        reason="containernetworking-plugins missing"),
 ]
+WEB = ("sh", "-c", "mkdir -p /www && hostname > /www/index.html && httpd -f -p 80 -h /www")
 needs_iperf3 = pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 missing")
 
 RATE = 20_000_000  # bits per second
@@ -138,8 +140,11 @@ def test_tuning_sets_the_containers_link_attributes_which_survive_dockers_move_a
     ("tuning.sysctl.net.ipv4.conf.eth0.arp_ignore=1",
      ("the tuning plug-in's sysctls cannot be set on a Docker container's interface",
       "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE")),
-    ("firewall.ingress_policy=same-bridge", ("only -o firewall=true (or false) is offered",
-                                             "the plug-in's DEL would leave its isolation rules behind")),
+    ("firewall.ingress_policy=closed", ("option firewall.ingress_policy='closed' is not an ingress policy of the "
+                                        "reference firewall plug-in; valid values: open, same-bridge",)),
+    ("firewall.backend=firewalld", ("of the reference firewall plug-in's settings only -o firewall=true (or false) "
+                                    "and -o firewall.ingress_policy are offered",
+                                    "backend is iptables (firewalld is not used)")),
 ])
 def test_a_refused_meta_plugin_setting_says_why_in_dockers_output_and_nothing_is_made(docker, option, says):
     bridges_before = ifb_links(), json.loads(run("ip", "-j", "link", "show", "type", "bridge").stdout)
@@ -231,6 +236,74 @@ def test_firewall_true_chains_the_reference_firewall_below_our_isolation_and_lea
         assert ":CNI-ADMIN" in saved, "the plug-in's chains (the admin's) stay, as it intends"
     finally:
         if not had_cni_chains:  # the plug-in's chains, which it leaves for the admin: not the machine's to keep
+            run("iptables", "-w", "-D", "FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules",
+                "-j", "CNI-FORWARD", check=False)
+            for chain in ("CNI-FORWARD", "CNI-ADMIN"):
+                run("iptables", "-w", "-F", chain, check=False)
+                run("iptables", "-w", "-X", chain, check=False)
+
+
+@pytest.mark.skipif(not os.access("/usr/lib/cni/firewall", os.X_OK), reason="containernetworking-plugins missing")
+def test_firewall_on_a_vxlan_network_keeps_its_subnet_open_across_the_vtep_and_its_isolation(docker,
+                                                                                             docker_host_firewall,
+                                                                                             other_host, make_netns):
+    """rancher-vxlan with -o firewall=true -o firewall.ingress_policy=same-bridge, the other host's
+    workload behind a kernel VTEP (tests/engine/test_docker_vxlan.py's rig), and a client outside the host
+    behind a veth, for a published port (routed through FORWARD, unlike one reached from the host itself)."""
+    had_cni_chains = ":CNI-FORWARD" in run("iptables-save").stdout
+    workload = "10.43.200.1"
+    client, client_link = make_netns(), unique("cl")
+    run("ip", "link", "add", client_link, "type", "veth", "peer", "name", "eth0", "netns", client)
+    run("ip", "addr", "add", "10.127.50.1/24", "dev", client_link)
+    run("ip", "link", "set", client_link, "up")
+    ns_exec(client, "ip", "addr", "add", "10.127.50.2/24", "dev", "eth0")
+    ns_exec(client, "ip", "link", "set", "eth0", "up")
+    try:
+        net = network(docker, "--subnet", "10.43.0.0/16", "--ip-range", "10.43.1.0/24",
+                      "-o", f"vtep_dev={other_host['underlay']}", "-o", "peers=10.98.0.2", "-o", "firewall=true",
+                      "-o", "firewall.ingress_policy=same-bridge", driver="rancher-vxlan")
+        other = network(docker, "--subnet", "10.153.0.0/24")
+        a = container(docker, net, "-p", "18184:80", command=WEB)
+        c = container(docker, other)
+        ip_a, ip_c = address(docker, a, net), address(docker, c, other)
+        assert "chain rancher-vxlan -> firewall" in status_text(docker)
+        fetched = ""
+        for _ in range(20):  # httpd starting
+            fetched = ns_exec(client, "wget", "-q", "-T", "2", "-t", "1", "-O", "-", "http://10.127.50.1:18184/",
+                              check=False).stdout
+            if fetched:
+                break
+        assert fetched.strip() == docker("inspect", "-f", "{{.Config.Hostname}}", a).stdout.strip(), \
+            "the published port is reached from outside the host"
+        assert can_ping(docker, a, workload), "the container reaches the other host's workload over VXLAN"
+        assert ping(other_host["workload"], ip_a), "and the workload opens connections to it: the subnet is open"
+        assert not can_ping(docker, a, ip_c) and not can_ping(docker, c, ip_a), "our isolation holds above it"
+        saved = run("iptables-save").stdout
+        assert f"-A CNI-FORWARD -s {ip_a}/32 -j ACCEPT" in saved, saved
+        bridges = {line.split(" -o ")[1].split()[0] for line in saved.splitlines()
+                   if line.startswith("-A CNI-ISOLATION-STAGE-2 -o rv-")}
+        assert len(bridges) == 1, saved  # the network's bridge, kept apart by same-bridge
+        jumps = forward_jumps()
+        assert jumps.index("RANCHER-CNI-FORWARD") < jumps.index("CNI-FORWARD"), jumps
+        code, report = doctor(docker)
+        assert code == 0, report
+
+        admin_rule = ["CNI-ADMIN", "-s", ip_a, "-d", workload, "-j", "DROP"]
+        run("iptables", "-w", "-A", *admin_rule)
+        assert not can_ping(docker, a, workload), "the admin's DROP in CNI-ADMIN applies to the VXLAN container"
+        run("iptables", "-w", "-D", *admin_rule)
+        assert can_ping(docker, a, workload)
+
+        docker("rm", "-f", a, c)
+        docker("network", "rm", net, other)
+        docker.made["networks"].remove(net)
+        docker.made["networks"].remove(other)
+        saved = run("iptables-save").stdout
+        assert "RANCHER-CNI" not in saved and "rcni-" not in saved, saved
+        assert ip_a not in saved and not [b for b in bridges if b in saved], "the bridge's same-bridge rules went"
+    finally:
+        run("ip", "link", "del", client_link, check=False)
+        if not had_cni_chains:
             run("iptables", "-w", "-D", "FORWARD", "-m", "comment", "--comment", "CNI firewall plugin rules",
                 "-j", "CNI-FORWARD", check=False)
             for chain in ("CNI-FORWARD", "CNI-ADMIN"):

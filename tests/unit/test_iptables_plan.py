@@ -433,9 +433,84 @@ def test_with_the_firewall_chained_the_containers_accepts_yield_and_the_bridge_k
     rules = firewall.bridge_rules(C1, "rb-web", ["10.1.0.5/24"], masquerade=True, firewall_chained=True)[4]
     assert rules["filter"][0] == "-A RANCHER-CNI-FORWARD -s 10.1.0.5/32 ! -i rb-web -m comment --comment " \
                                  f"{C1} -j DROP", "its address from elsewhere: spoofed, CNI-FORWARD would accept it"
-    assert [r.split()[-1] for r in rules["filter"]] == ["DROP", "RETURN", "RETURN"]
+    assert [r.split()[-1] for r in rules["filter"]] == ["DROP", "RETURN", "RETURN", "ACCEPT"]
     script = plan(save(), new_rules=rules)
     assert f"-I {bridge_isolation('rb-web')[0][len('-A '):].replace('RANCHER-CNI-FORWARD', 'RANCHER-CNI-FORWARD 1', 1)}" \
         in script and bridge_isolation("rb-web")[1] in script
     internal = firewall.bridge_rules(C1, "rb-web", ["10.1.0.5/24"], False, internal=True, firewall_chained=True)[4]
-    assert [r.split()[-1] for r in internal["filter"]] == ["DROP", "DROP", "DROP", "RETURN", "RETURN"], "its DROPs first"
+    assert [r.split()[-1] for r in internal["filter"]] == ["DROP", "DROP", "DROP", "RETURN", "RETURN", "ACCEPT"], \
+        "its DROPs first"
+
+
+def test_with_the_firewall_chained_a_flat_container_stays_open_to_its_lan_and_reaches_its_metadata():
+    rules = firewall.bridge_rules(F1, "rf-lan", ["192.168.50.10/24"], False, ("docker0",), True, METADATA,
+                                  firewall_chained=True)[4]["filter"]
+    note = f"-m comment --comment {F1}"
+    assert rules == [
+        f"-A RANCHER-CNI-FORWARD -s 192.168.50.10/32 -d 169.254.169.250/32 -i docker0 -o docker0 {note} -j ACCEPT",
+        f"-A RANCHER-CNI-FORWARD -s 169.254.169.250/32 -d 192.168.50.10/32 -i docker0 -o docker0 {note} -j ACCEPT",
+        f"-A RANCHER-CNI-FORWARD -s 192.168.50.10/32 ! -i rf-lan {note} -j DROP",
+        f"-A RANCHER-CNI-FORWARD -s 192.168.50.10/32 -i rf-lan -o docker0 {note} -j DROP",
+        f"-A RANCHER-CNI-FORWARD -s 192.168.50.10/32 -i rf-lan {note} -j RETURN",
+        f"-A RANCHER-CNI-FORWARD -d 192.168.50.10/32 -o rf-lan {note} -j ACCEPT",
+    ], "metadata before the anti-spoofing DROP; open to the LAN (CNI-FORWARD accepts only replies)"
+    assert iptables._isolated_bridges(rules) == {"rf-lan": True}, "the flat bridge is still the LAN, the uplink"
+
+
+SAME_BRIDGE = '-m comment --comment "CNI firewall plugin rules (ingressPolicy: same-bridge)"'
+
+
+def with_same_bridge(text, bridges, foreign=()):
+    """`text` with the reference firewall's ingressPolicy=same-bridge chains for `bridges`, as it leaves them."""
+    lines = text.splitlines()
+    at = lines.index("*filter") + 4
+    lines[at:at] = [":CNI-ISOLATION-STAGE-1 - [0:0]", ":CNI-ISOLATION-STAGE-2 - [0:0]"]
+    lines.insert(lines.index(f"-A FORWARD {NOTE} -j RANCHER-CNI-FORWARD"),
+                 f"-A FORWARD {SAME_BRIDGE} -j CNI-ISOLATION-STAGE-1")
+    end = lines.index("COMMIT")
+    lines[end:end] = ([f"-A CNI-ISOLATION-STAGE-1 -i {b} ! -o {b} {SAME_BRIDGE} -j CNI-ISOLATION-STAGE-2"
+                       for b in bridges] + [f"-A CNI-ISOLATION-STAGE-1 {SAME_BRIDGE} -j RETURN"]
+                      + [f"-A CNI-ISOLATION-STAGE-2 -o {b} {SAME_BRIDGE} -j DROP" for b in bridges]
+                      + [f"-A CNI-ISOLATION-STAGE-2 {SAME_BRIDGE} -j RETURN"] + list(foreign))
+    return "\n".join(lines) + "\n"
+
+
+def test_same_bridge_rules_go_with_our_bridges_last_attachment_and_its_chains_when_nothing_else_is_there():
+    db = firewall.bridge_rules(DB1, "rb-db", ["10.2.0.5/24"], masquerade=False)[4]
+    text = with_same_bridge(attached(("rb-web", c1_rules()), ("rb-db", db)), ["rb-db", "rb-web"])
+    assert plan(text) == [], "in line while the bridges are in use"
+    script = plan(text, is_stale=DB1.every.__contains__)
+    assert f"-D CNI-ISOLATION-STAGE-1 -i rb-db ! -o rb-db {SAME_BRIDGE} -j CNI-ISOLATION-STAGE-2" in script
+    assert f"-D CNI-ISOLATION-STAGE-2 -o rb-db {SAME_BRIDGE} -j DROP" in script
+    assert not [line for line in script if "rb-web" in line or "-X CNI" in line], "rb-web's stay, and the chains"
+    # rb-web's last attachment: its rules go, and with nothing else in them the chains and their jump
+    text = with_same_bridge(attached(("rb-web", c1_rules())), ["rb-web"])
+    script = plan(text, is_stale=C1.every.__contains__)
+    assert [line for line in script if "CNI-ISOLATION-STAGE" in line] == [
+        f"-D FORWARD {SAME_BRIDGE} -j CNI-ISOLATION-STAGE-1", "-F CNI-ISOLATION-STAGE-1", "-F CNI-ISOLATION-STAGE-2",
+        "-X CNI-ISOLATION-STAGE-1", "-X CNI-ISOLATION-STAGE-2"]
+    assert iptables.script_text(script)
+
+
+def test_same_bridge_rules_of_a_bridge_not_ours_or_someone_elses_rule_keep_the_chains():
+    text = with_same_bridge(attached(("rb-web", c1_rules())), ["rb-web", "nerdctl0"])
+    script = plan(text, is_stale=C1.every.__contains__)
+    assert [line for line in script if "CNI-ISOLATION-STAGE" in line] == [
+        f"-D CNI-ISOLATION-STAGE-1 -i rb-web ! -o rb-web {SAME_BRIDGE} -j CNI-ISOLATION-STAGE-2",
+        f"-D CNI-ISOLATION-STAGE-2 -o rb-web {SAME_BRIDGE} -j DROP"]
+    text = with_same_bridge(attached(("rb-web", c1_rules())), ["rb-web"],
+                            foreign=["-A CNI-ISOLATION-STAGE-2 -o cni9 -j DROP"])
+    assert "-X CNI-ISOLATION-STAGE-2" not in plan(text, is_stale=C1.every.__contains__)
+
+
+def test_with_the_firewall_chained_a_published_ports_connection_is_accepted_ahead_of_cni_forward():
+    rules = firewall.bridge_rules(C1, "rb-web", ["10.1.0.5/24"], masquerade=True, firewall_chained=True)[4]
+    assert rules["filter"][-2:] == [
+        f"-A RANCHER-CNI-FORWARD -d 10.1.0.5/32 -o rb-web -m conntrack --ctstate RELATED,ESTABLISHED -m comment "
+        f"--comment {C1} -j RETURN",
+        f"-A RANCHER-CNI-FORWARD -d 10.1.0.5/32 -o rb-web -m conntrack --ctstate DNAT -m comment --comment {C1} "
+        "-j ACCEPT"], "replies to CNI-FORWARD; a published port's connection (NEW for CNI-FORWARD) accepted here"
+    vxlan = firewall.bridge_rules(C1, "rv-web", ["10.1.0.5/24"], False, open_inbound="subnet",
+                                  firewall_chained=True)[4]["filter"]
+    assert vxlan[-1] == f"-A RANCHER-CNI-FORWARD -s 10.1.0.0/24 -d 10.1.0.5/32 -o rv-web -m comment --comment {C1} " \
+                        "-j ACCEPT", "the subnet stays open (CNI-FORWARD would accept only replies)"

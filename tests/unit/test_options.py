@@ -11,6 +11,8 @@ from cnm_shim.errors import DriverError
 NO_LIMITS = {"bandwidth.ingress_rate": None, "bandwidth.ingress_burst": None, "bandwidth.egress_rate": None,
              "bandwidth.egress_burst": None, "tuning.mtu": None, "tuning.promisc": None, "tuning.allmulti": None}
 TUNING = "tuning.allmulti, tuning.mtu, tuning.promisc, "
+NO_FIREWALL = {"firewall": False, "firewall.ingress_policy": None}
+FIREWALL = "firewall, firewall.ingress_policy, "
 LIMITS = "bandwidth.egress_burst, bandwidth.egress_rate, bandwidth.ingress_burst, bandwidth.ingress_rate, "
 
 
@@ -25,20 +27,21 @@ def refused(driver, backend, raw) -> str:
 def test_bridge_defaults():
     assert options.parse("rancher-bridge", "bridge", {}) == {
         "bridge": None, "bridge.shared": False, "mtu": None, "ip_masq": True, "hairpin": False, "promisc": False,
-        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None, "firewall": False, **NO_LIMITS}
+        "macspoofchk": False, "vlan": 0, "cni.export": False, "cni.name": None, "portmap": "rancher",
+        **NO_FIREWALL, **NO_LIMITS}
 
 
 def test_flat_defaults_with_its_required_parent():
     assert options.parse("rancher-flat", "flat", {"parent": "eth1"}) == {
         "parent": "eth1", "vlan": 0, "bridge": None, "mtu": None, "hairpin": False,
         "metadata_ip": "169.254.169.250", "metadata_link_ip": None, "metadata_bridge": "docker0", "fast_path": True,
-        "cni.export": False, "cni.name": None, **NO_LIMITS}
+        "cni.export": False, "cni.name": None, **NO_FIREWALL, **NO_LIMITS}
 
 
 def test_vxlan_defaults():
     assert options.parse("rancher-vxlan", "vxlan", {}) == {
         "vni": 1042, "vtep_dev": None, "peers": [], "bridge": None, "mtu": None, "ip_masq": True,
-        "cni.export": False, "cni.name": None, **NO_LIMITS}
+        "cni.export": False, "cni.name": None, "portmap": "rancher", **NO_FIREWALL, **NO_LIMITS}
 
 
 def test_values_are_typed():
@@ -46,7 +49,8 @@ def test_values_are_typed():
                                                       "peers": " 192.0.2.2,,192.0.2.3 ", "vtep_dev": "bond0.12",
                                                       "cni.export": "YES", "cni.name": "lab-net_1.v2"})
     assert parsed == {"vni": 16777215, "vtep_dev": "bond0.12", "peers": ["192.0.2.2", "192.0.2.3"], "bridge": None,
-                      "mtu": 9000, "ip_masq": False, "cni.export": True, "cni.name": "lab-net_1.v2", **NO_LIMITS}
+                      "mtu": 9000, "ip_masq": False, "cni.export": True, "cni.name": "lab-net_1.v2", "portmap": "rancher",
+                      **NO_FIREWALL, **NO_LIMITS}
 
 
 @pytest.mark.parametrize("text, value", [("1", True), ("true", True), (" Yes ", True), ("ON", True),
@@ -66,17 +70,17 @@ def test_dockers_aliases_set_the_option_they_stand_for():
 def test_an_unknown_option_lists_the_valid_ones():
     assert refused("rancher-bridge", "bridge", {"colour": "blue"}) == (
         "rancher-bridge: unknown option 'colour'; valid options: backend, " + LIMITS +
-        "bridge, bridge.shared, cni.export, cni.name, firewall, hairpin, ip_masq, macspoofchk, mtu, promisc, " + TUNING +
-        "vlan")
+        "bridge, bridge.shared, cni.export, cni.name, " + FIREWALL + "hairpin, ip_masq, macspoofchk, mtu, portmap, "
+        "promisc, " + TUNING + "vlan")
 
 
 def test_an_option_of_another_backend_is_unknown_here():
     assert refused("rancher-flat", "flat", {"parent": "eth1", "peers": "192.0.2.2"}) == (
-        "rancher-flat: unknown option 'peers'; valid options: backend, " + LIMITS + "bridge, cni.export, cni.name, fast_path, "
+        "rancher-flat: unknown option 'peers'; valid options: backend, " + LIMITS + "bridge, cni.export, cni.name, fast_path, " + FIREWALL +
         "hairpin, metadata_bridge, metadata_ip, metadata_link_ip, mtu, parent, " + TUNING + "vlan")
     assert refused("rancher-vxlan", "vxlan", {"parent": "eth1"}).startswith(
-        "rancher-vxlan: unknown option 'parent'; valid options: backend, " + LIMITS + "bridge, cni.export, cni.name, ip_masq, mtu, "
-        "peers, " + TUNING + "vni, vtep_dev")
+        "rancher-vxlan: unknown option 'parent'; valid options: backend, " + LIMITS + "bridge, cni.export, cni.name, " +
+        FIREWALL + "ip_masq, mtu, peers, portmap, " + TUNING + "vni, vtep_dev")
 
 
 @pytest.mark.parametrize("driver, backend, raw, message", [
@@ -197,9 +201,13 @@ def test_a_tuning_sysctl_is_refused_saying_why_and_what_works_instead(backend, r
     assert "docker run --sysctl net.ipv4.conf.eth0.NAME=VALUE" in message
 
 
+DRIVERS = [("bridge", {}), ("flat", {"parent": "eth1"}), ("vxlan", {}), ("ipsec", {})]
+
+
+@pytest.mark.parametrize("backend, raw", DRIVERS)
 @pytest.mark.parametrize("value, chained", [("true", True), ("FALSE", False), ("on", True)])
-def test_rancher_bridge_offers_the_reference_firewall(value, chained):
-    assert options.parse("rancher-bridge", "bridge", {"firewall": value})["firewall"] is chained
+def test_every_backend_of_ours_offers_the_reference_firewall(backend, raw, value, chained):
+    assert options.parse(f"rancher-{backend}", backend, dict(raw, firewall=value))["firewall"] is chained
 
 
 def test_a_firewall_value_that_is_not_a_boolean_says_so():
@@ -207,25 +215,83 @@ def test_a_firewall_value_that_is_not_a_boolean_says_so():
         "rancher-bridge: option firewall='maybe' is not a boolean (use true or false)")
 
 
-@pytest.mark.parametrize("key", ["firewall.ingress_policy", "firewall.backend", "firewall.iptablesAdminChainName"])
-def test_the_reference_firewalls_own_settings_are_refused_on_rancher_bridge_saying_why(key):
-    message = refused("rancher-bridge", "bridge", {"firewall": "true", key: "same-bridge"})
-    assert message.startswith(f"rancher-bridge: option {key!r}: only -o firewall=true (or false) is offered")
-    assert "ingress_policy=same-bridge is not" in message and "would leave its isolation rules behind" in message
+@pytest.mark.parametrize("backend, raw", DRIVERS)
+@pytest.mark.parametrize("value, policy", [("open", "open"), ("same-bridge", "same-bridge"), (" Same-Bridge ",
+                                                                                             "same-bridge")])
+def test_the_ingress_policy_is_offered_with_the_plugins_two_values(backend, raw, value, policy):
+    if backend == "flat" and policy == "same-bridge":
+        return  # refused there: test_same_bridge_is_refused_on_flat_saying_why
+    parsed = options.parse(f"rancher-{backend}", backend, dict(raw, **{"firewall": "true",
+                                                                      "firewall.ingress_policy": value}))
+    assert parsed["firewall.ingress_policy"] == policy
 
 
-@pytest.mark.parametrize("backend, raw", [("flat", {"parent": "eth1"}), ("vxlan", {}),
-                                          ("ipsec", {})])
-@pytest.mark.parametrize("key", ["firewall", "firewall.ingress_policy", "firewall.backend"])
-def test_the_reference_firewall_is_refused_on_the_other_backends_saying_it_would_open_the_isolation(backend, raw,
-                                                                                                     key):
-    driver = "rancher-" + backend
-    message = refused(driver, backend, dict(raw, **{key: "true"}))
-    assert message.startswith(f"{driver}: option {key!r}: the reference firewall plug-in is not offered on this "
-                              "driver's networks (rancher-bridge offers -o firewall=true)")
-    assert "ahead of this driver's isolation rules, so the container would reach this host's other networks" in message
+@pytest.mark.parametrize("backend, raw", DRIVERS)
+@pytest.mark.parametrize("value", ["closed", "same_bridge", "", "open\n-A FORWARD -j ACCEPT", "x" * 300])
+def test_a_bad_ingress_policy_says_so_listing_the_valid_values(backend, raw, value):
+    driver = f"rancher-{backend}"
+    message = refused(driver, backend, dict(raw, **{"firewall": "true", "firewall.ingress_policy": value}))
+    assert message == (f"{driver}: option firewall.ingress_policy={value[:100]!r} is not an ingress policy of the "
+                       "reference firewall plug-in; valid values: open, same-bridge")
+
+
+def test_same_bridge_is_refused_on_flat_saying_why():
+    message = refused("rancher-flat", "flat", {"parent": "eth1", "firewall": "true",
+                                               "firewall.ingress_policy": "same-bridge"})
+    assert message.startswith("rancher-flat: option firewall.ingress_policy=same-bridge: not offered on this "
+                              "driver's networks: the flat bridge is this host's uplink")
+    assert "'-o BRIDGE -j DROP', with no exception for replies" in message and message.endswith(
+        "Use ingress_policy=open (the default)")
+
+
+@pytest.mark.parametrize("backend, raw", DRIVERS)
+@pytest.mark.parametrize("key", ["firewall.backend", "firewall.iptablesAdminChainName", "firewall.ingressPolicy",
+                                 "firewall.firewalldZone"])
+def test_the_reference_firewalls_other_settings_are_refused_saying_why(backend, raw, key):
+    driver = f"rancher-{backend}"
+    message = refused(driver, backend, dict(raw, **{"firewall": "true", key: "x"}))
+    assert message.startswith(f"{driver}: option {key!r}: of the reference firewall plug-in's settings only "
+                              "-o firewall=true (or false) and -o firewall.ingress_policy are offered")
+    assert "backend is iptables (firewalld is not used)" in message and "admin chain is CNI-ADMIN" in message
 
 
 def test_an_option_merely_starting_like_firewall_is_just_unknown():
     assert refused("rancher-bridge", "bridge", {"firewalls": "1"}).startswith(
         "rancher-bridge: unknown option 'firewalls'; valid options:")
+
+
+# -- -o portmap: rancher-portmap or the reference portmap -----------------------------
+
+@pytest.mark.parametrize("value, chosen", [("reference", "reference"), (" Reference ", "reference"),
+                                           ("rancher", "rancher")])
+def test_rancher_bridge_offers_the_reference_portmap(value, chosen):
+    assert options.parse("rancher-bridge", "bridge", {"portmap": value})["portmap"] == chosen
+
+
+def test_a_portmap_value_that_is_neither_says_which_are_valid():
+    assert refused("rancher-bridge", "bridge", {"portmap": "kube"}) == (
+        "rancher-bridge: option portmap='kube' is not one of: rancher, reference (rancher: this driver's "
+        "rancher-portmap; reference: the reference portmap plug-in from the CNI path)")
+
+
+@pytest.mark.parametrize("key", ["portmap.snat", "portmap.markMasqBit", "portmap.conditionsV4"])
+def test_the_reference_portmaps_own_settings_are_refused(key):
+    message = refused("rancher-bridge", "bridge", {"portmap": "reference", key: "1"})
+    assert message.startswith(f"rancher-bridge: unknown option {key!r}: the reference portmap plug-in takes no "
+                              "settings here"), message
+
+
+@pytest.mark.parametrize("backend, raw", [("flat", {"parent": "eth1"}), ("ipsec", {})])
+def test_the_reference_portmap_is_refused_on_the_other_backends_saying_why(backend, raw):
+    driver = "rancher-" + backend
+    message = refused(driver, backend, dict(raw, portmap="reference"))
+    assert message.startswith(f"{driver}: option portmap=reference is not offered on this driver's networks, only "
+                              "on rancher-bridge and rancher-vxlan (valid here: portmap=rancher, the default"), message
+    assert "guards the route_localnet the reference portmap turns on and leaves on" in message
+    assert "portmap" not in options.parse(driver, backend, dict(raw, portmap="rancher")), "the default: nothing to set"
+    assert refused(driver, backend, dict(raw, portmap="other")).startswith(
+        f"{driver}: option portmap='other' is not one of: rancher, reference")
+
+
+def test_rancher_vxlan_offers_the_reference_portmap_too():
+    assert options.parse("rancher-vxlan", "vxlan", {"portmap": "reference"})["portmap"] == "reference"

@@ -296,3 +296,58 @@ def test_the_reference_firewall_is_refused_on_an_exported_conflist_saying_why():
     with pytest.raises(DriverError, match="option firewall=true cannot go with cni.export=true: after the firewall "
                                           "plug-in's ADD the shim puts this driver's isolation back above"):
         render.meta_plugins(opts)
+
+
+@pytest.mark.parametrize("backend, raw, section", [
+    ("bridge", {}, None), ("flat", {"parent": "eth1", "fast_path": "false"}, None), ("vxlan", {}, None),
+    ("ipsec", IPSEC_OPTIONS, "ipsec")])
+def test_every_backend_of_ours_chains_the_reference_firewall_with_its_ingress_policy(backend, raw, section):
+    section = ipsec_section() if section == "ipsec" else None
+    policy = "open" if backend == "flat" else "same-bridge"
+    opts = options.parse(f"rancher-{backend}", backend, dict(raw, **{"firewall": "true",
+                                                                    "firewall.ingress_policy": policy}))
+    conf = conflist_for(backend, dict(raw, firewall="true"), section)
+    conf = render.conflist(conf["name"], conf["plugins"][0], render.meta_plugins(opts))
+    assert conf["plugins"][0]["firewallChained"] is True and render.chains_firewall(conf)
+    assert conf["plugins"][1] == {"type": "firewall", "backend": "iptables", "ingressPolicy": policy}
+    plain = conflist_for(backend, raw, section)["plugins"][0]
+    assert "firewallChained" not in plain
+
+
+def test_the_plugins_own_ingress_policy_default_is_left_to_it():
+    opts = options.parse("rancher-vxlan", "vxlan", {"firewall": "true"})
+    assert render.meta_plugins(opts) == [{"type": "firewall", "backend": "iptables"}]
+
+
+def test_an_ingress_policy_without_the_firewall_is_refused_saying_what_it_needs():
+    opts = options.parse("rancher-vxlan", "vxlan", {"firewall.ingress_policy": "same-bridge"})
+    with pytest.raises(DriverError, match="option firewall.ingress_policy=same-bridge needs firewall=true"):
+        render.meta_plugins(opts)
+
+
+def test_the_firewall_on_flat_needs_the_fast_path_off_saying_why():
+    with pytest.raises(DriverError, match="rancher-flat: option firewall=true needs fast_path=false: with the fast "
+                                          "path the containers' unicast with the business network skips the bridge"):
+        conflist_for("flat", {"parent": "eth1", "firewall": "true"})
+
+
+def test_the_reference_portmap_chains_last_declaring_port_mappings_with_snat():
+    opts = dict(options.parse("rancher-bridge", "bridge", {"portmap": "reference", "bandwidth.ingress_rate": "1mbit",
+                                                           "firewall": "true"}), internal=False)
+    chained = render.meta_plugins(opts)
+    assert [p["type"] for p in chained] == ["firewall", "bandwidth", "portmap"]
+    assert chained[-1] == {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
+    assert render.meta_plugins(dict(opts, portmap="rancher"))[-1]["type"] == "bandwidth", "rancher: its own list"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"internal": True}, "option portmap=reference cannot go with --internal: an internal network publishes no ports "
+                         "(valid: leave portmap out, or portmap=rancher)"),
+    ({"cni.export": True}, "option portmap=reference cannot go with cni.export=true: the exported conflist chains "
+                           "rancher-portmap for CNI runtimes"),
+])
+def test_the_reference_portmap_is_refused_where_it_cannot_publish_saying_why(extra, message):
+    opts = {**options.parse("rancher-bridge", "bridge", {"portmap": "reference"}), "internal": False, **extra}
+    with pytest.raises(DriverError) as error:
+        render.meta_plugins(opts)
+    assert str(error.value).startswith(message), error.value

@@ -164,8 +164,9 @@ def test_vxlan_accepts_new_connections_from_its_own_subnet_only():
     # firewall still decides on those packets, as before the reordering
     chained = firewall.bridge_rules(BRIDGE, "rv-web", ["10.3.0.5/24"], masquerade=True, open_inbound="subnet",
                                     firewall_chained=True)[4]["filter"]
-    assert [r.rsplit(" -j ", 1)[1] for r in chained[-2:]] == ["RETURN", "ACCEPT"]
-    assert "--ctstate" in chained[-2] and "-s 10.3.0.0/24" in chained[-1]
+    assert [r.rsplit(" -j ", 1)[1] for r in chained[-3:]] == ["RETURN", "ACCEPT", "ACCEPT"]
+    assert "--ctstate RELATED,ESTABLISHED " in chained[-3] and "--ctstate DNAT " in chained[-2]
+    assert "-s 10.3.0.0/24" in chained[-1]
 
 
 # -- rancher-portmap -------------------------------------------------------------

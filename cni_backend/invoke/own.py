@@ -1,0 +1,144 @@
+"""Running our own plug-ins from a process that has them loaded already.
+
+The Docker side (the shim's gunicorn workers) runs CNI as a runtime does,
+through `invoke.api.CNI`: same config per plug-in, same env, same cache, same
+results. What an exec of one of our executables would do (start an
+interpreter, hand the call to the CNI daemon, which forks a worker) is done
+here by a fork of the calling process, which has pyroute2 and the plug-ins
+imported: the child runs `skel.dispatch`, as the daemon's worker does, and
+hands back (exit code, stdout, stderr) through a pipe.
+
+Why a child and not the calling process itself:
+- a plug-in enters namespaces (setns(2)); a child is single-threaded, and
+  whatever it leaves behind (a namespace, an fd, a signal handler) ends with it;
+- a crash (an exception that escapes, a signal, os._exit in library code)
+  takes only the child: the caller gets the plug-in failure as a CNIError and
+  Docker its message, never a dead worker mid-request;
+- the timeout holds as for an executable: the child is killed after it.
+The child dies with its caller (PR_SET_PDEATHSIG), as the daemon's worker
+dies with a caller that went away: a killed shim worker leaves no plug-in
+running on after the DEL that follows.
+
+Only an executable that would run this very code takes the short cut: a
+wrapper `install.write_executables` wrote for one of `plugins.PLUGINS` that
+puts this package's directory on its path. Anything else (a third-party
+plug-in, the reference plug-ins, our executables from another installation)
+is executed as before (`execute.run_process`).
+"""
+
+import ast
+import ctypes
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+import traceback
+
+from .execute import PLUGIN_TIMEOUT_S, run_process
+
+PR_SET_PDEATHSIG = 1
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_WRAPPER_CALL = "from cni_backend.front import main; sys.exit(main({plugin!r}))"
+# the gunicorn worker's handlers: a child takes the defaults back
+_RESET = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH", "SIGCHLD", "SIGTTIN",
+          "SIGTTOU", "SIGPIPE", "SIGIO", "SIGALRM")
+
+
+def own_plugin(path: str) -> str | None:
+    """The plug-in name when `path` is our wrapper running this package, else None."""
+    from ..plugins import PLUGINS
+    name = os.path.basename(path)
+    if name not in PLUGINS:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return None
+    lines = text.strip().splitlines()
+    if len(lines) != 3 or lines[2] != _WRAPPER_CALL.format(plugin=name) or not lines[1].startswith("import sys; "):
+        return None
+    prefix = "import sys; sys.path[:0] = "
+    try:
+        paths = ast.literal_eval(lines[1][len(prefix):]) if lines[1].startswith(prefix) else []
+    except (ValueError, SyntaxError):
+        return None
+    same = any(isinstance(p, str) and os.path.realpath(p) == os.path.realpath(_PACKAGE_PARENT) for p in paths)
+    return name if same else None
+
+
+def _child(plugin: str, env: dict, stdin: bytes, out_fd: int, parent: int) -> None:
+    code = 0
+    try:
+        for name in _RESET:
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            pass
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the caller died before the prctl
+            os._exit(1)
+        from .. import skel
+        from ..plugins import load
+        stdout, exit_code, stderr = skel.dispatch(load(plugin), env, stdin)
+        data = json.dumps([exit_code, stdout, stderr]).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out_fd, view):]
+    except BaseException:  # noqa: BLE001 - the child never returns into the caller's code
+        try:
+            os.write(2, traceback.format_exc().encode(errors="replace"))
+        except OSError:
+            pass
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def run_forked(plugin: str, env: dict, stdin: bytes, timeout: float = PLUGIN_TIMEOUT_S) -> tuple:
+    """(exit code, stdout, stderr) of `plugin` run in a forked child, as run_process gives them."""
+    read_fd, write_fd = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        _child(plugin, env, stdin, write_fd, parent)
+    os.close(write_fd)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pid = 0
+                raise subprocess.TimeoutExpired([plugin], timeout)
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        if pid:
+            _, status = os.waitpid(pid, 0)
+    try:
+        exit_code, stdout, stderr = json.loads(b"".join(chunks))
+        return exit_code, stdout.encode(), stderr.encode()
+    except (ValueError, TypeError):
+        if os.WIFSIGNALED(status):
+            what = f"was killed by signal {os.WTERMSIG(status)}"
+        else:
+            what = f"ended with exit code {os.waitstatus_to_exitcode(status)} and no answer"
+        return 1, b"", f"the forked {plugin} {what}".encode()
+
+
+def runner(path: str, env: dict, stdin: bytes) -> tuple:
+    """A runner for `invoke.api.CNI`: ours forked, anything else executed."""
+    plugin = own_plugin(path)
+    if plugin is None:
+        return run_process(path, env, stdin)
+    return run_forked(plugin, env, stdin)  # traced as `cni.exec` by the caller, like an execution

@@ -1,0 +1,111 @@
+"""The Docker side's runner (cni_backend/invoke/own.py): our own executables run
+as a fork of the caller, anything else is executed; a child that crashes or
+hangs becomes a CNI error for the caller, never a dead or stuck caller."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cni_backend import install, skel
+from cni_backend.errors import CNIError
+from cni_backend.invoke import execute, own
+
+# a socket nobody listens on: the executables never reach a CNI daemon of this machine
+VERSION_ENV = {"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", ""),
+               "RANCHER_CNI_SOCKET": "/nonexistent/cni.sock"}
+STDIN = json.dumps({"cniVersion": "1.0.0"}).encode()
+
+
+@pytest.fixture
+def bindir(tmp_path):
+    install.write_executables(str(tmp_path))
+    return tmp_path
+
+
+def test_only_our_wrappers_running_this_package_are_forked(bindir, tmp_path):
+    assert own.own_plugin(str(bindir / "rancher-bridge")) == "rancher-bridge"
+    assert own.own_plugin(str(bindir / "rancher-ipam")) == "rancher-ipam"
+    other = tmp_path / "elsewhere"
+    install.write_executables(str(other))
+    text = (other / "rancher-bridge").read_text()
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(own.__file__))))
+    (other / "rancher-bridge").write_text(text.replace(repr(here), repr("/opt/another/install")))
+    assert own.own_plugin(str(other / "rancher-bridge")) is None, "another installation's code is executed"
+    (other / "rancher-vxlan").write_text("#!/bin/sh\necho '{}'\n")
+    assert own.own_plugin(str(other / "rancher-vxlan")) is None, "a third-party file under our name is executed"
+    renamed = other / "bridge"
+    renamed.write_text(text)
+    assert own.own_plugin(str(renamed)) is None, "a name outside plugins.PLUGINS is executed"
+    assert own.own_plugin(str(other / "missing")) is None
+
+
+def test_a_forked_call_answers_as_the_executable_does(bindir):
+    code, stdout, stderr = own.runner(str(bindir / "rancher-bridge"), VERSION_ENV, STDIN)
+    done = subprocess.run([str(bindir / "rancher-bridge")], input=STDIN, env=VERSION_ENV, capture_output=True,
+                          check=False)
+    assert (code, json.loads(stdout)) == (done.returncode, json.loads(done.stdout))
+
+
+def test_a_plugin_error_comes_back_as_the_executables_error_json(bindir):
+    env = dict(VERSION_ENV, CNI_COMMAND="ADD")  # no CNI_CONTAINERID: the skel refuses
+    with pytest.raises(CNIError) as forked:
+        execute.exec_plugin("rancher-bridge", dict(env, CNI_PATH=str(bindir)), {"cniVersion": "1.0.0", "name": "n",
+                                                                               "type": "rancher-bridge"}, own.runner)
+    with pytest.raises(CNIError) as executed:
+        execute.exec_plugin("rancher-bridge", dict(env, CNI_PATH=str(bindir)), {"cniVersion": "1.0.0", "name": "n",
+                                                                               "type": "rancher-bridge"})
+    assert (forked.value.code, forked.value.msg) == (executed.value.code, executed.value.msg)
+
+
+def _children() -> set:
+    me = os.getpid()
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                    found.add(int(pid))
+        except (OSError, IndexError, ValueError):
+            pass
+    return found
+
+
+def test_a_child_killed_mid_call_is_a_plugin_error_for_the_caller(bindir, monkeypatch):
+    monkeypatch.setattr(skel, "dispatch", lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
+    before = _children()
+    with pytest.raises(CNIError) as failed:
+        execute.exec_plugin("rancher-bridge", dict(VERSION_ENV, CNI_PATH=str(bindir)), {}, own.runner)
+    assert "killed by signal 9" in failed.value.details
+    assert _children() == before, "the child was reaped"
+
+
+def test_a_child_that_raises_out_of_dispatch_is_a_plugin_error(bindir, monkeypatch):
+    def boom(*_a, **_k):
+        raise SystemExit(3)  # what no plug-in may do, and the caller must survive
+    monkeypatch.setattr(skel, "dispatch", boom)
+    with pytest.raises(CNIError) as failed:
+        execute.exec_plugin("rancher-bridge", dict(VERSION_ENV, CNI_PATH=str(bindir)), {}, own.runner)
+    assert "exit code 70" in failed.value.details
+
+
+def test_a_hanging_child_is_killed_at_the_timeout(monkeypatch):
+    monkeypatch.setattr(skel, "dispatch", lambda *a, **k: time.sleep(60))
+    before = _children()
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        own.run_forked("rancher-bridge", VERSION_ENV, STDIN, timeout=0.5)
+    assert time.monotonic() - started < 30
+    assert _children() == before, "the child was killed and reaped"
+
+
+def test_third_party_plugins_are_executed(tmp_path):
+    script = tmp_path / "other"
+    script.write_text(f"#!{sys.executable}\nimport os, sys; print(os.getpid())\n")
+    script.chmod(0o755)
+    code, stdout, _ = own.runner(str(script), VERSION_ENV, b"")
+    assert code == 0 and int(stdout) != os.getpid()
