@@ -290,7 +290,8 @@ class Agent(LeasedKeys):
     (its revision compacted: ErrCompacted; the member gone, then the next
     member is used), when a call fails, and every `resync` seconds as a safety
     net. Between changes the agent only renews its lease and looks at its
-    local records' directory (one stat) every `interval`."""
+    local records' directory (one stat, at most every 0.25 s); the
+    network's subnets are read again when those records change."""
 
     def __init__(self, connect, prefix: str, vni: int, vtep_ip: str, state_dir: str, ttl: int = 10,
                  static_peers=(), port: int = 4789, resync: float = 300.0):
@@ -309,7 +310,7 @@ class Agent(LeasedKeys):
         self.next_resync = 0.0
         self.parsed, self.parsed_for = {}, None   # (key, value, revision) -> parse result, for these subnets
         self.local, self.local_seen = {}, None    # our containers (ip -> mac), and the records' directory stamp
-        self.subnets = []
+        self.subnets, self.subnets_stale = [], True
         self.programmed = None   # (vtep index, flood set, {mac: vtep}, {ip: mac}) as last made in the kernel
         self.resyncs = 0
 
@@ -402,7 +403,8 @@ class Agent(LeasedKeys):
             index = vtep["index"]
             if self.programmed is not None and self.programmed[0] != index:
                 self.programmed = None   # the VTEP was made again: its tables are new
-            if self.programmed is None:
+            if self.programmed is None or self.subnets_stale:   # the network record may have changed
+                self.subnets_stale = False
                 bridge = vtep.get("master")
                 self.subnets = local_subnets(self.state_dir, self.vni,
                                              netlink.addresses(host, bridge) if bridge else ())
@@ -451,6 +453,7 @@ class Agent(LeasedKeys):
         changed = False
         if stamp != self.local_seen or self.lease is not lease:   # a container came or went, or a new lease
             self.local_seen = stamp
+            self.subnets_stale = True
             self.register()
             changed = True
         try:

@@ -108,6 +108,12 @@ class Hosts:
         return json.loads(ns_exec(self.hub, sys.executable, "-c", _CALL, self.etcd.endpoints[member], path,
                                   json.dumps(body)).stdout)
 
+    def slow_watchers(self) -> float:
+        text = ns_exec(self.hub, sys.executable, "-c", "import sys, urllib.request; print(urllib.request.urlopen("
+                       "sys.argv[1] + '/metrics', timeout=10).read().decode())", self.etcd.endpoints[0]).stdout
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("etcd_debugging_mvcc_slow_watcher_total"))
+
     def registry(self, member: int = 0) -> dict:
         return json.loads(ns_exec(self.hub, sys.executable, "-c", _READ, self.etcd.endpoints[member], ROOT).stdout)
 
@@ -206,12 +212,16 @@ def test_a_watch_whose_revision_was_compacted_resyncs_and_ends_equal_to_the_regi
     rig.remove(1, gone)
     rig.remove(2, [f"c{k}" for k in range(7, 10)])          # host 2's first three
     rig.add(2, 4)
-    # enough traffic on the watched prefix (another VNI: never programmed) to
-    # fill the stalled stream's buffers, so etcd takes the watcher off its
-    # synced list; then the history it would need is compacted
-    ns_exec(rig.hub, sys.executable, "-c", _JUNK, rig.etcd.endpoints[0], f"{ROOT}10.98.0.77/4242/endpoints/", "160")
     _until(lambda: sum(1 for k in rig.registry() if f"/{VNI}/" in k) == rig.local_keys(), 60,
            "hosts 1 and 2 did not register their changes")
+    # about 30 MB of events on the watched prefix (another VNI: never
+    # programmed), far more than the socket buffers, the gateway's and gRPC's
+    # windows and etcd's queue hold, so etcd takes host 0's stalled watcher off
+    # its synced list; more after that, so what etcd keeps for that watcher
+    # ends before the revision compacted below
+    ns_exec(rig.hub, sys.executable, "-c", _JUNK, rig.etcd.endpoints[0], f"{ROOT}10.98.0.77/4242/endpoints/", "200")
+    assert rig.slow_watchers() > 0, "the stalled watch never fell behind"
+    ns_exec(rig.hub, sys.executable, "-c", _JUNK, rig.etcd.endpoints[0], f"{ROOT}10.98.0.77/4242/endpoints/x/", "20")
     revision = int(rig.etcd_call("/v3/kv/range", {"key": _b64("/")})["header"]["revision"])
     rig.etcd_call("/v3/kv/compaction", {"revision": revision, "physical": True})
     rig.agents[0].send_signal(signal.SIGCONT)
