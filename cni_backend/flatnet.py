@@ -386,7 +386,7 @@ def _notrack_rules(flat: FlatNetwork) -> list | None:
 
 def remove(flat: FlatNetwork) -> None:
     """Undo `ensure`: the uplink gets back its master, addresses and routes."""
-    with _locked(flat), netlink.socket_in() as host:
+    with _locked(flat) as lock, netlink.socket_in() as host:
         record = _read_record(flat)
         uplink = record["uplink"] if record else flat.uplink
         _remove_ebtables(flat, uplink)
@@ -406,6 +406,7 @@ def remove(flat: FlatNetwork) -> None:
             netlink.delete_link(host, flat.bridge)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(flat.record_path)
+        lock.discard()  # the network's lock goes with it (locks.py: safe against waiters)
 
 
 def _restore_uplink(host, record: dict, bridge: dict | None) -> None:

@@ -56,7 +56,7 @@ def _underlay(host, net: VxlanNetwork) -> tuple:
 
 def ensure(net: VxlanNetwork) -> int:
     """Bridge, VTEP and flood entries; returns the containers' MTU."""
-    with locks.held(os.path.join(LOCK_DIR, f"vxlan-{net.vni}.lock")):
+    with locks.held(_lock_path(net)):
         with netlink.socket_in() as host:
             underlay, local_ip = _underlay(host, net)
             mtu = underlay["mtu"] - VXLAN_OVERHEAD
@@ -79,10 +79,16 @@ def ensure(net: VxlanNetwork) -> int:
 
 
 def remove(net: VxlanNetwork) -> None:
-    vxlan_guard.remove(net.vni)
-    with netlink.socket_in() as host:
-        netlink.delete_link(host, net.vtep)
-        netlink.delete_link(host, net.bridge)
+    with locks.held(_lock_path(net)) as lock:
+        vxlan_guard.remove(net.vni)
+        with netlink.socket_in() as host:
+            netlink.delete_link(host, net.vtep)
+            netlink.delete_link(host, net.bridge)
+        lock.discard()  # the network's lock goes with it (locks.py: safe against waiters)
+
+
+def _lock_path(net: VxlanNetwork) -> str:
+    return os.path.join(LOCK_DIR, f"vxlan-{net.vni}.lock")
 
 
 def parse_peers(raw) -> tuple:

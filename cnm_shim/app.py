@@ -4,11 +4,12 @@ request is for comes from the socket it arrived on."""
 import dataclasses
 import logging
 import os
+import time
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import api, backends
+from . import api, backends, metrics
 from .errors import DriverError, docker_answer
 from .ipam_driver import IpamDriver
 from .state import State
@@ -98,5 +99,25 @@ def create_app(config: dict | None = None) -> Flask:
     for blueprint in (api.plugin_api, api.network_api, api.ipam_api):
         app.register_blueprint(blueprint)
     app.register_error_handler(Exception, _error)
+    app.before_request(_started)
+    app.after_request(_answered)
     app.wsgi_app = DriverFromSocket(app.wsgi_app, sockets)
     return app
+
+
+def _started() -> None:
+    request.environ["rancher.started"] = time.monotonic()
+
+
+def _answered(response):
+    """Every answer, error handlers' too, counted for `cnm-shim metrics`."""
+    started = request.environ.get("rancher.started")
+    if started is not None:
+        body = response.get_json(silent=True) if response.is_json else None
+        ok = response.status_code == 200 and not (isinstance(body, dict) and (body.get("Err") or body.get("Error")))
+        try:
+            backend = api.backend()
+        except KeyError:
+            backend = "unknown"
+        metrics.CALLS.observe(metrics.verb_of(request.path), backend, ok, time.monotonic() - started)
+    return response

@@ -116,9 +116,39 @@ def cmd_restart_stranded(opts) -> int:
 
 
 def cmd_options(opts) -> int:
-    from . import backends, options
+    from . import about, backends, options
     names = [opts.backend] if opts.backend else list(backends.REGISTRY)
+    if opts.json:
+        found = [about.options(name) for name in names]
+        print(json.dumps(found[0] if opts.backend else found, indent=2))
+        return 0
     print("\n".join(options.describe(name) for name in names), end="")
+    return 0
+
+
+def cmd_metrics(opts) -> int:
+    from . import metrics
+    try:
+        text = metrics.scrape(opts.socket)
+    except OSError as exc:
+        raise SystemExit(f"cnm-shim metrics: nothing answers on {opts.socket} ({exc}): is cnm-shim serve "
+                         "running (its --metrics-socket)?")
+    print(text, end="")
+    return 0
+
+
+def cmd_metrics_exporter(opts) -> int:
+    import signal
+    from . import metrics
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    metrics.serve(opts.socket, opts.dir, opts.state_dir, opts.listen)
+    return 0
+
+
+def cmd_version(opts) -> int:
+    from . import about
+    found = about.report()
+    print(json.dumps(found, indent=2) if opts.json else about.text(found), end="\n" if opts.json else "")
     return 0
 
 
@@ -282,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""),
                        help="comma-separated etcd URLs: addresses global across hosts, VXLAN registry")
     add_etcd_tls_options(serve)
+    serve.add_argument("--metrics-socket", help="where the Prometheus metrics are served "
+                       f"(default RUN_DIR/metrics.sock, {paths.RUN_DIR}/metrics.sock)")
+    serve.add_argument("--metrics-listen", default=os.environ.get("RANCHER_METRICS_LISTEN") or None,
+                       metavar="HOST:PORT", help="serve the metrics on this TCP address too (none unless asked), "
+                                                 "e.g. 127.0.0.1:9614")
     serve.add_argument("--access-log", action="store_true")
     serve.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
                        help="the engine whose stranded restart-policy containers to start once up ('' = none)")
@@ -297,11 +332,17 @@ def build_parser() -> argparse.ArgumentParser:
     options = sub.add_parser("options", help="a backend's -o options for docker network create, with their help")
     options.add_argument("backend", nargs="?", choices=tuple(backends.REGISTRY), metavar="BACKEND",
                          help="one of: " + ", ".join(backends.REGISTRY) + " (default: all)")
+    options.add_argument("--json", action="store_true", help="name, default, required and help of each option")
     options.set_defaults(func=cmd_options)
+
+    ver = sub.add_parser("version", help="our version, the CNI spec versions, this kernel's data paths "
+                                         "(probed; needs root) and the optional packages present")
+    ver.add_argument("--json", action="store_true")
+    ver.set_defaults(func=cmd_version)
 
     status = sub.add_parser("status", help="networks and endpoints with their CNI results")
     status.add_argument("--state-dir", default=paths.STATE_DIR)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="networks, endpoints, pools, data paths and host as JSON")
     status.set_defaults(func=cmd_status)
 
     agent = sub.add_parser("vxlan-agent", help="share this host's VXLAN endpoints through etcd, program the others'")
@@ -333,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("--interval", type=float, default=1.0)
     add_etcd_tls_options(registry)
     registry.set_defaults(func=cmd_ipsec_registry)
+
+    shown = sub.add_parser("metrics", help="print the Prometheus metrics cnm-shim serve exposes")
+    shown.add_argument("--socket", default=os.path.join(paths.RUN_DIR, "metrics.sock"),
+                       help="serve's --metrics-socket (default %(default)s)")
+    shown.set_defaults(func=cmd_metrics)
+
+    exporter = sub.add_parser("metrics-exporter", help="the metrics exporter cnm-shim serve runs as a child")
+    exporter.add_argument("--socket", required=True)
+    exporter.add_argument("--dir", required=True, help="the workers' multiprocess folder")
+    exporter.add_argument("--state-dir", default=paths.STATE_DIR)
+    exporter.add_argument("--listen", metavar="HOST:PORT")
+    exporter.set_defaults(func=cmd_metrics_exporter)
 
     from .compare import add_parser as add_compare_parser
     add_compare_parser(sub)

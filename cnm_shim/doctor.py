@@ -58,7 +58,7 @@ import sys
 from cni_backend import hostnet, runtime
 from cni_backend.runtime import CNIError
 
-from . import backends, datapath, docker_sync, paths, render
+from . import backends, datapath, docker_sync, metrics, paths, render
 from .errors import DriverError
 from .ipam_driver import IpamDriver, used_subnets
 from .state import Endpoint, Network, State
@@ -479,11 +479,14 @@ def cmd_doctor(opts) -> int:
                         [d for d in opts.drivers.split(",") if d])
         code = doctor.run(opts.repair)
     except (CannotCheck, CNIError) as exc:
+        metrics.record_doctor(opts.run_dir, "cannot check", [])
         if opts.json:
             print(json.dumps({"status": "cannot check", "exit": CANNOT_CHECK, "findings": [], "errors": [str(exc)]}))
         else:
             print(f"cannot check: {exc}", file=sys.stderr)
         return CANNOT_CHECK
+    metrics.record_doctor(opts.run_dir, {HEALTHY: "healthy", DRIFT: "drift"}[code],
+                          [f.kind for f in doctor.findings if not f.repaired])
     if opts.json:
         print(json.dumps(doctor.report(code), indent=2))
         return code

@@ -25,7 +25,7 @@ from gunicorn.arbiter import Arbiter
 from cni_backend import staging, wire
 from cni_backend.ipam.etcd_store import check_endpoints
 
-from . import backends, listeners
+from . import backends, listeners, metrics
 from .app import DRIVERS, create_app
 from .cli import etcd_client_settings, ipsec_agent_argv
 from .children import Children
@@ -154,6 +154,27 @@ def start_ipsec_registry(children: Children, opts) -> None:
     children.start(argv)
 
 
+def metrics_socket(opts) -> str:
+    return opts.metrics_socket or os.path.join(opts.run_dir, metrics.SOCKET_NAME)
+
+
+def start_metrics_exporter(children: Children, folder: str, opts) -> None:
+    """The exporter (cnm_shim/metrics.py) as a child: it sums the workers'
+    files at each scrape, on the Unix socket and --metrics-listen."""
+    if opts.metrics_listen:
+        metrics.parse_listen(opts.metrics_listen)  # a bad address stops serve here, with its reason
+    path = metrics_socket(opts)
+    argv = [sys.executable, "-m", "cnm_shim.cli", "metrics-exporter", "--socket", path, "--dir", folder,
+            "--state-dir", opts.state_dir] + (["--listen", opts.metrics_listen] if opts.metrics_listen else [])
+    children.start(argv, socket=path)
+
+
+def _worker_gone(server, worker) -> None:
+    """A worker's live gauges end with it; its counters stay (multiprocess mode)."""
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def serve(opts) -> int:
     os.environ[wire.SOCKET_ENV] = opts.cni_socket  # inherited by the executables we run
     app_config = {"state_dir": opts.state_dir, "run_dir": opts.run_dir, "ipam_data_dir": opts.ipam_data_dir,
@@ -171,6 +192,8 @@ def serve(opts) -> int:
     try:
         if not opts.no_cni_daemon:
             start_cni_daemon(children, opts.cni_socket)
+        folder = metrics.prepare(opts.run_dir)  # before a worker records a call
+        start_metrics_exporter(children, folder, opts)
         stale = staging.remove_all(os.path.join(opts.run_dir, "staging"))  # before any worker stages anew
         if stale:
             log.warning("removed %d staging namespaces left by a killed worker", len(stale))
@@ -197,6 +220,7 @@ def serve(opts) -> int:
             "loglevel": opts.log_level.lower(),
             "proc_name": "cnm-shim",
             "control_socket_disable": True,  # gunicorn >= 25 would open one in $HOME
+            "child_exit": _worker_gone,
             "when_ready": lambda arbiter: restart_stranded_later(children, opts.docker_host,
                                                                  app_config["sockets"].values()),
         }

@@ -74,6 +74,8 @@ def main(opts) -> int:
     written = report.write(figures, folder)
     print(report.console(figures))
     print("\nreport: " + ", ".join(written.values()))
+    if "chart.png" not in written:
+        print(f"compare: {report.NO_CHART}")
     return 0
 
 

@@ -80,7 +80,7 @@ def dataplane_rows(dataplane: list) -> list:
             for d in dataplane]
 
 
-def markdown(figures: dict) -> str:
+def markdown(figures: dict, charted: bool = True) -> str:
     env = figures["environment"]
     out = [f"# CNM vs CNI on the `{figures['backend']}` backend", "",
            f"Run {figures['started']}, {figures['containers']} containers per model, one network "
@@ -104,8 +104,8 @@ def markdown(figures: dict) -> str:
     out += [f"- `{key}`: " + "; ".join(f"{m} = `{_cell(v)}`" for m, v in values.items())
             for key, values in topo["differences"]] or ["- none"]
     out += ["", "## Data plane", "", table(["pair", "ping avg ms", "ping loss %", "iperf3 Gbit/s"],
-                                           dataplane_rows(figures["dataplane"])), "",
-            "![latency](chart.png)", ""]
+                                           dataplane_rows(figures["dataplane"])), ""]
+    out += ["![latency](chart.png)", ""] if charted else [f"({NO_CHART})", ""]
     return "\n".join(out)
 
 
@@ -113,6 +113,21 @@ def _cell(value) -> str:
     if isinstance(value, list):
         return "<br>".join(map(str, value)) or "(none)"
     return "(absent)" if value is None else str(value)
+
+
+# The chart library is in the `compare` extra, not in the product: `make run`
+# and the managed plug-in do not carry it (it and numpy are ~100 MB, for one
+# picture of figures the Markdown and JSON reports hold in full).
+NO_CHART = ("no chart.png: matplotlib is not installed (pip install 'rancher-cnm-cni[compare]' adds it); "
+            "report.md and report.json are complete")
+
+
+def chart_library_present() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def chart(figures: dict, path: str) -> None:
@@ -148,9 +163,13 @@ def chart(figures: dict, path: str) -> None:
 
 
 def write(figures: dict, folder: str) -> dict:
+    """The reports written, by name; chart.png only when matplotlib is there."""
     os.makedirs(folder, exist_ok=True)
-    paths = {name: os.path.join(folder, name) for name in ("report.md", "report.json", "chart.png")}
+    charted = chart_library_present()
+    names = ("report.md", "report.json") + (("chart.png",) if charted else ())
+    paths = {name: os.path.join(folder, name) for name in names}
     files.write_atomic(paths["report.json"], json.dumps(figures, indent=2, default=str), 0o644)
-    chart(figures, paths["chart.png"])
-    files.write_atomic(paths["report.md"], markdown(figures), 0o644)
+    if charted:
+        chart(figures, paths["chart.png"])
+    files.write_atomic(paths["report.md"], markdown(figures, charted), 0o644)
     return paths

@@ -3,6 +3,7 @@ test (a namespace behind a veth standing in for the NIC), a metadata bridge with
 a metadata service, and containers on the business subnet."""
 
 import json
+import os
 import re
 import time
 
@@ -160,7 +161,10 @@ def test_a_parent_serves_one_flat_network(cni_daemon_env, make_netns, rig):
     code, error = cni_daemon_env.exec("ADD", second, make_netns())
     assert code != 0 and "already part of" in error["msg"]
     assert cni_daemon_env.exec("DEL", dict(first, prevResult=result), netns)[0] == 0
+    lock = os.path.join(flatnet.LOCK_DIR, f"flat-{load_network(first).bridge}.lock")
+    assert os.path.exists(lock)  # taken by the ADD
     flatnet.remove(load_network(first))
+    assert not os.path.exists(lock), "the network's lock file goes with the network"
 
 
 def test_containers_on_two_hosts_share_one_upstream(tmp_path, make_netns):

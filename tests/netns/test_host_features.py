@@ -30,3 +30,18 @@ def test_a_missing_feature_is_a_clear_error(monkeypatch):
     with pytest.raises(features.CNIError) as raised:
         features.require("nft_bridge", "anti-spoofing (macspoofchk)")
     assert raised.value.code == 106 and "CONFIG_NF_TABLES_BRIDGE" in str(raised.value)
+
+
+def test_version_reports_the_probed_features_and_the_data_paths_they_give(leak_guard):
+    import subprocess
+    import sys
+    from cni_backend import ipsec_tunnels
+    done = subprocess.run([sys.executable, "-m", "cnm_shim.cli", "version", "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    features.forget()
+    assert found["kernel_features"] == features.report()
+    expected = {"xfrm": "xfrm", "libipsec": "libipsec"}[ipsec_tunnels.probe_datapath()]
+    assert found["data_paths"]["ipsec"].startswith(expected)
+    assert found["data_paths"]["flat"].startswith("fast path")  # this machine has nft_netdev_fwd (above)
