@@ -7,11 +7,22 @@ What the registries read back goes through `entry_object` first: a value of
 bounded size that is a JSON object, or the reason it is not.
 
 A subclass names itself in `LABEL` (for the log), calls `_publish` with the
-keys it wants now, `_rows` to read a prefix, and `_reconnect` when a call
-failed (the next member, the same lease)."""
+keys it wants now, `_rows` to read a prefix (or `_snapshot` for the rows and
+the revision they were read at), `_watch` to follow the prefix from there, and
+`_reconnect` when a call failed (the next member, the same lease).
 
+`PrefixWatch` reads etcd's watch stream (the gRPC gateway's /v3/watch) itself
+rather than through etcd3gw's `watch_prefix`: that one drops the response
+that says the watch was cancelled because its start revision was compacted
+(`compact_revision`, etcd's ErrCompacted) and its reader thread ends silently
+when the member goes away, so a caller would wait forever on a dead watch.
+Here both end the watch with the reason, and the caller resyncs in full."""
+
+import base64
 import json
 import logging
+import socket
+import threading
 import time
 
 try:
@@ -82,6 +93,21 @@ class LeasedKeys:
                          value, meta.get("create_revision")))
         return rows
 
+    def _snapshot(self, prefix: str) -> tuple:
+        """(revision, [(key, value, create revision)]): every key under
+        `prefix`, and the store's revision they were read at (a watch from
+        revision + 1 misses nothing and repeats nothing)."""
+        from etcd3gw.utils import _encode, _increment_last_byte
+        reply = self.client.post(self.client.get_url("/kv/range"),
+                                 json={"key": _encode(prefix), "range_end": _encode(_increment_last_byte(prefix))})
+        rows = [(base64.b64decode(kv.get("key", "")).decode("utf-8", "replace"),
+                 base64.b64decode(kv.get("value", "")), kv.get("create_revision"))
+                for kv in reply.get("kvs", [])]
+        return int(reply["header"]["revision"]), rows
+
+    def _watch(self, prefix: str, start_revision: int) -> "PrefixWatch":
+        return PrefixWatch(self.client, prefix, start_revision)
+
     def _reconnect(self) -> None:
         """A new client (and token) from the next member, keeping the lease."""
         try:
@@ -91,3 +117,97 @@ class LeasedKeys:
             return
         if self.lease is not None:
             self.lease = Lease(self.lease.id, self.client)
+
+
+class WatchEnded(Exception):
+    """The watch stream is over; the message says why (compacted, the member gone)."""
+
+
+class PrefixWatch:
+    """Changes under a prefix from `start_revision` on, read by a thread of
+    its own: `take()` hands over what arrived since the last call, as
+    {key: (value, create revision) or None for a deleted key}, and raises
+    WatchEnded once the stream is over (after what arrived before the end)."""
+
+    def __init__(self, client, prefix: str, start_revision: int):
+        from etcd3gw.utils import _encode, _increment_last_byte
+        self.arrived = threading.Event()      # set when changes (or the end) are waiting
+        self.lock = threading.Lock()
+        self.changes, self.ended, self.revision = {}, None, start_revision - 1
+        self.response = client.session.post(
+            client.get_url("/watch"), stream=True, timeout=(client.timeout, None),
+            json={"create_request": {"key": _encode(prefix), "range_end": _encode(_increment_last_byte(prefix)),
+                                     "start_revision": start_revision}})
+        if self.response.status_code != 200:
+            text = self.response.text[:300]
+            self.response.close()
+            raise WatchEnded(f"watch refused: HTTP {self.response.status_code}: {text}")
+        self.thread = threading.Thread(target=self._read, name="etcd-watch", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        buffered = b""
+        try:
+            for chunk in self.response.iter_content(chunk_size=None):
+                buffered += chunk
+                while b"\n" in buffered:
+                    line, buffered = buffered.split(b"\n", 1)
+                    if line.strip():
+                        self._message(json.loads(line))
+            if buffered.strip():
+                self._message(json.loads(buffered))
+            self._end("the member closed the watch stream")
+        except WatchEnded as exc:
+            self._end(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the connection broke (member gone) or garbage came
+            self._end(f"{type(exc).__name__}: {exc}")
+
+    def _message(self, message) -> None:
+        if not isinstance(message, dict) or "error" in message:
+            raise WatchEnded(f"watch error: {str(message)[:300]}")
+        result = message.get("result") or {}
+        if int(result.get("compact_revision") or 0):
+            raise WatchEnded(f"compacted: revision {result['compact_revision']} and older are gone")
+        if result.get("canceled"):
+            raise WatchEnded(f"cancelled by etcd: {result.get('cancel_reason') or 'no reason given'}")
+        events = result.get("events") or []
+        if not events:
+            return
+        with self.lock:
+            for event in events:
+                kv = event.get("kv") or {}
+                key = base64.b64decode(kv.get("key", "")).decode("utf-8", "replace")
+                if event.get("type") == "DELETE":
+                    self.changes[key] = None
+                else:
+                    self.changes[key] = (base64.b64decode(kv.get("value", "")), kv.get("create_revision"))
+                self.revision = max(self.revision, int(kv.get("mod_revision") or 0))
+            self.arrived.set()
+
+    def _end(self, why: str) -> None:
+        with self.lock:
+            if self.ended is None:
+                self.ended = why
+            self.arrived.set()
+
+    def take(self) -> dict:
+        with self.lock:
+            changes, self.changes = self.changes, {}
+            self.arrived.clear()
+            if not changes and self.ended is not None:
+                self.arrived.set()
+                raise WatchEnded(self.ended)
+            return changes
+
+    def wait(self, timeout: float) -> bool:
+        return self.arrived.wait(timeout)
+
+    def stop(self) -> None:
+        self._end("stopped")
+        try:  # wakes the reader blocked in recv(); closing alone would not
+            sock = socket.fromfd(self.response.raw._fp.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        except Exception:  # noqa: BLE001, S110 - already closed
+            pass
+        self.response.close()

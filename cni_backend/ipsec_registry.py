@@ -42,13 +42,14 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import re
 import secrets
 import time
 import urllib.parse
 
 from . import files, ipsec_tunnels, ipsecnet
-from .etcd_lease import LeasedKeys, entry_object
+from .etcd_lease import LeasedKeys, WatchEnded, entry_object
 from .errors import CNIError, INVALID_CONFIG, TRY_AGAIN_LATER
 
 
@@ -248,9 +249,15 @@ def select(root: str, rows, subnet: str, own_underlay: str, own_block: str) -> t
 
 
 class Agent(LeasedKeys):
+    """Registers this host's networks, and sets each one's peers from the
+    registry, driven by an etcd watch on the hosts' prefix from the revision
+    of the last full read (as the VXLAN agent: vxlan_registry.Agent). A full
+    read happens only at start, when the watch ends (compacted, the member
+    gone: then the next member), when a call fails, and every `resync`
+    seconds; between changes the agent reads only its own network records."""
     LABEL = "ipsec registry"
 
-    def __init__(self, connect, prefix: str, state_dir: str, ttl: int = 10):
+    def __init__(self, connect, prefix: str, state_dir: str, ttl: int = 10, resync: float = 300.0):
         """`connect()` returns a client for the next etcd member (called again
         whenever the current one fails); nothing connects before this host has
         a network that takes its peers from etcd."""
@@ -258,6 +265,11 @@ class Agent(LeasedKeys):
         self.root = f"{prefix.rstrip('/')}/ipsec/hosts/"
         self.state_dir = state_dir
         self.warned = {}         # key -> the reason last logged for it: once per key, not every round
+        self.resync_every = resync
+        self.rows = {}           # key -> (value, create revision): the registry as last read and watched
+        self.watch = None
+        self.next_resync = 0.0
+        self.applied = None      # the records the peers were last set for
 
     def networks(self) -> list:
         """This host's networks that take their peers from the registry (ipsecnet's records)."""
@@ -273,10 +285,11 @@ class Agent(LeasedKeys):
             return
         self._publish(wanted)
 
-    def peers(self, records) -> dict:
-        """{network name: [peer underlay addresses]} from the registry, checked;
-        each skipped key warned about once."""
-        rows, out, bad = self._rows(self.root), {}, {}
+    def peers(self, records, rows=None) -> dict:
+        """{network name: [peer underlay addresses]} from the registry
+        (`rows`: (key, value, create revision), the agent's as last read and
+        watched; else read now), checked; each skipped key warned about once."""
+        rows, out, bad = self._rows(self.root) if rows is None else rows, {}, {}
         for record in records:
             found, skipped = select(self.root, rows, record["subnet"], record["local"], record["block"])
             out[record["name"]] = sorted(found)
@@ -287,15 +300,9 @@ class Agent(LeasedKeys):
         self.warned = bad
         return out
 
-    def program(self) -> None:
-        """Register, then each network's peers made what the registry says."""
-        records = self.networks()
-        if not records and not self.registered:
-            return
-        if self.client is None:
-            self.client = self.connect()
-        self.register(records)
-        wanted = self.peers(records)
+    def _set_peers(self, records) -> None:
+        wanted = self.peers(records, [(k, v, r) for k, (v, r) in self.rows.items()])
+        self.applied = records
         for record in records:
             peers = wanted[record["name"]]
             if sorted(record.get("peers", [])) != peers:
@@ -304,6 +311,51 @@ class Agent(LeasedKeys):
                     ipsecnet.set_peers(self.state_dir, record["name"], peers)
                 except CNIError as exc:  # this network's peers stay; the others go on, the next round retries
                     log.warning("ipsec registry: network %s: %s", record["name"], exc)
+                    self.applied = None
+
+    def _stop_watch(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+
+    def resync(self, records) -> None:
+        """Register, read the prefix in full, watch it from there, set the peers."""
+        self._stop_watch()
+        self.register(records)
+        revision, rows = self._snapshot(self.root)
+        self.rows = {key: (value, created) for key, value, created in rows}
+        self.watch = self._watch(self.root, revision + 1)
+        self.next_resync = time.monotonic() + self.resync_every * random.uniform(0.9, 1.1)
+        self._set_peers(records)
+
+    def program(self) -> None:
+        """Register, then each network's peers made what the registry says."""
+        records = self.networks()
+        if not records and not self.registered:
+            self._stop_watch()   # no network here takes its peers from etcd: nothing to follow
+            return
+        if self.client is None:
+            self.client = self.connect()
+        if self.watch is None or time.monotonic() >= self.next_resync:
+            self.resync(records)
+            return
+        self.register(records)   # writes only what changed; renews the lease when due
+        try:
+            changes = self.watch.take()
+        except WatchEnded as exc:
+            log.warning("ipsec registry: the watch ended (%s): resyncing", exc)
+            if not str(exc).startswith("compacted"):
+                self._reconnect()
+            self.watch = None
+            self.resync(records)
+            return
+        for key, row in changes.items():
+            if row is None:
+                self.rows.pop(key, None)
+            else:
+                self.rows[key] = row
+        if changes or records != self.applied:
+            self._set_peers(records)
 
     def run(self, interval: float = 1.0, stop=lambda: False) -> None:
         while not stop():
@@ -313,5 +365,9 @@ class Agent(LeasedKeys):
                 log.warning("ipsec registry: %s", exc)
             except Exception as exc:  # noqa: BLE001 - etcd away: keep the peers, try the next member
                 log.warning("ipsec registry: %s: %s", type(exc).__name__, exc)
+                self._stop_watch()   # the next round reads everything again
                 self._reconnect()
-            time.sleep(interval)
+            if self.watch is not None and self.watch.wait(interval):
+                time.sleep(0.02)   # a burst of changes comes as one batch
+            elif self.watch is None:
+                time.sleep(interval)

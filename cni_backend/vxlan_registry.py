@@ -37,11 +37,12 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import time
 import urllib.parse
 
 from . import addresses, files
-from .etcd_lease import LeasedKeys, entry_object
+from .etcd_lease import LeasedKeys, WatchEnded, entry_object
 from .net import netlink, vxlan_guard
 
 
@@ -229,15 +230,16 @@ class View:
     bad: dict           # key -> why it is skipped
 
 
-def select(root: str, rows, vni: int, subnets, own_vtep: str, local: dict) -> View:
+def select(root: str, rows, vni: int, subnets, own_vtep: str, local: dict, parse=parse_entry) -> View:
     """The programmable view of `rows` ((key, value, create revision) read
     under `root`) for this host (`own_vtep`, `local`: ip -> mac of its own
     containers). Per address and per MAC the earliest registration wins; a
-    claim on this host's own containers never does."""
+    claim on this host's own containers never does. `parse`: parse_entry, or
+    one that remembers what it parsed (the agent's)."""
     vteps, bad, parsed = set(), {}, []
     for key, value, revision in rows:
         try:
-            entry = parse_entry(root, key, value, revision, vni, subnets)
+            entry = parse(root, key, value, revision, vni, subnets)
         except BadEntry as exc:
             bad[key] = str(exc)
             continue
@@ -279,8 +281,20 @@ def local_subnets(state_dir: str, vni: int, bridge_addresses=()) -> list:
 
 
 class Agent(LeasedKeys):
+    """Registers this host, and programs the VTEP from everyone else's
+    registrations, driven by an etcd watch on the hosts' prefix from the
+    revision of the last full read: a change in the registry reaches the
+    kernel as the few netlink calls it needs, with no read of etcd and no dump
+    of the kernel. A full resync (read the prefix, dump the flood list, FDB
+    and neighbours, reconcile) happens only at start, when the watch ends
+    (its revision compacted: ErrCompacted; the member gone, then the next
+    member is used), when a call fails, and every `resync` seconds as a safety
+    net. Between changes the agent only renews its lease and looks at its
+    local records' directory (one stat, at most every 0.25 s); the
+    network's subnets are read again when those records change."""
+
     def __init__(self, connect, prefix: str, vni: int, vtep_ip: str, state_dir: str, ttl: int = 10,
-                 static_peers=(), port: int = 4789):
+                 static_peers=(), port: int = 4789, resync: float = 300.0):
         """`connect()` returns a client for the next etcd member (called again
         whenever the current one fails)."""
         super().__init__(connect, ttl, client=connect())
@@ -290,67 +304,191 @@ class Agent(LeasedKeys):
         self.static_peers = set(static_peers)
         self.LABEL = f"vxlan agent (VTEP {vtep_ip})"
         self.warned = {}         # key -> the reason last logged for it: once per key, not every round
+        self.resync_every = resync
+        self.rows = {}           # key -> (value, create revision): the registry as last read and watched
+        self.watch = None        # PrefixWatch from the revision of the last full read
+        self.next_resync = 0.0
+        self.parsed, self.parsed_for = {}, None   # (key, value, revision) -> parse result, for these subnets
+        self.local, self.local_seen = {}, None    # our containers (ip -> mac), and the records' directory stamp
+        self.subnets, self.subnets_stale = [], True
+        self.programmed = None   # (vtep index, flood set, {mac: vtep}, {ip: mac}) as last made in the kernel
+        self.resyncs = 0
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.base}/{kind}/{urllib.parse.quote(name, safe='')}"
 
     def register(self) -> None:
         """Our VTEP and our containers, under our lease; stale ones deleted."""
+        self.local = local_endpoints(self.state_dir, self.vni)
         wanted = {f"{self.base}/vtep": json.dumps({"vtep": self.vtep_ip})}
-        for ip, mac in local_endpoints(self.state_dir, self.vni).items():
+        for ip, mac in self.local.items():
             wanted[self._key("endpoints", ip)] = json.dumps({"ip": ip, "mac": mac, "vtep": self.vtep_ip})
         self._publish(wanted)
 
-    def view(self, subnets) -> View:
-        """The registry, checked; each skipped key warned about once."""
-        view = select(self.root, self._rows(self.root), self.vni, subnets, self.vtep_ip,
-                      local_endpoints(self.state_dir, self.vni))
+    def _parse(self, root, key, value, revision, vni, subnets):
+        """parse_entry, remembered per (key, value, revision) while the subnets stay."""
+        if self.parsed_for != subnets:
+            self.parsed, self.parsed_for = {}, list(subnets)
+        memo = (key, bytes(value) if isinstance(value, (bytes, bytearray)) else value, revision)
+        try:
+            hash(memo)
+        except TypeError:   # not what etcd hands out: parsed (and refused) every time
+            return parse_entry(root, key, value, revision, vni, subnets)
+        if memo not in self.parsed:
+            try:
+                self.parsed[memo] = parse_entry(root, key, value, revision, vni, subnets)
+            except BadEntry as exc:
+                self.parsed[memo] = exc
+        found = self.parsed[memo]
+        if isinstance(found, BadEntry):
+            raise found
+        return found
+
+    def view(self, subnets, rows=None) -> View:
+        """The registry, checked: `rows` ((key, value, create revision), the
+        agent's: as last read and watched), or read now from etcd; each
+        skipped key warned about once."""
+        if rows is None:
+            rows, self.local = self._rows(self.root), local_endpoints(self.state_dir, self.vni)
+        view = select(self.root, rows, self.vni, subnets, self.vtep_ip, self.local, parse=self._parse)
+        if len(self.parsed) > 2 * len(self.rows) + 64:   # entries no longer in the registry
+            live = {(k, bytes(v) if isinstance(v, (bytes, bytearray)) else v, r) for k, (v, r) in self.rows.items()}
+            self.parsed = {m: e for m, e in self.parsed.items() if m in live}
         for key, reason in view.bad.items():
             if self.warned.get(key) != reason:
                 log.warning("vxlan agent: skipping registry key %s: %s", key, reason)
         self.warned = dict(view.bad)
         return view
 
+    def _kept(self, key, value, revision) -> bool:
+        """False for another network's entry (another VNI under a sound host):
+        never read again, so a busy network does not cost this one anything."""
+        try:
+            return parse_entry(self.root, key, value, revision, self.vni, []) is not None
+        except BadEntry:
+            return True   # judged (and warned about) with the subnets, in view()
+
+    def _local_stamp(self):
+        try:
+            st = os.stat(local_dir(self.state_dir, self.vni))
+            return (st.st_ino, st.st_mtime_ns)
+        except FileNotFoundError:
+            return None
+
+    def resync(self) -> None:
+        """Everything again from scratch: register, read the prefix, watch it
+        from there, and make the kernel's tables (dumped) what it says."""
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+        self.resyncs += 1
+        self.local_seen = self._local_stamp()
+        self.register()
+        revision, rows = self._snapshot(self.root)
+        self.rows = {key: (value, created) for key, value, created in rows if self._kept(key, value, created)}
+        self.watch = self._watch(self.root, revision + 1)
+        self.programmed = None
+        self.program()
+        self.next_resync = time.monotonic() + self.resync_every * random.uniform(0.9, 1.1)
+
     def program(self) -> None:
-        """The kernel's VTEP tables made equal to what the registry says."""
+        """The kernel's VTEP tables made equal to what the registry says:
+        dumped and reconciled after a resync, else only the differences from
+        what was last programmed."""
         with netlink.socket_in() as host:
             vtep = netlink.link(host, f"vtep{self.vni}")
             if vtep is None:
+                self.programmed = None
                 return  # no container here yet: the network is not set up on this host
             index = vtep["index"]
-            bridge = vtep.get("master")
-            view = self.view(local_subnets(self.state_dir, self.vni,
-                                           netlink.addresses(host, bridge) if bridge else ()))
+            if self.programmed is not None and self.programmed[0] != index:
+                self.programmed = None   # the VTEP was made again: its tables are new
+            if self.programmed is None or self.subnets_stale:   # the network record may have changed
+                self.subnets_stale = False
+                bridge = vtep.get("master")
+                self.subnets = local_subnets(self.state_dir, self.vni,
+                                             netlink.addresses(host, bridge) if bridge else ())
+            view = self.view(self.subnets, [(key, value, rev) for key, (value, rev) in self.rows.items()])
             remote = view.endpoints
             flood = (view.vteps | self.static_peers) - {self.vtep_ip}
-            vxlan_guard.ensure(self.vni, self.port, flood)  # before the entries: only these may send to us
-            current = netlink.flood_peers(host, index)
+            wanted_fdb = {e.mac: e.vtep for e in remote.values()}
+            wanted_neigh = {ip: e.mac for ip, e in remote.items()}
+            if self.programmed is None:
+                vxlan_guard.ensure(self.vni, self.port, flood)  # before the entries: only these may send to us
+                current = netlink.flood_peers(host, index)
+                current_fdb = netlink.fdb_entries(host, index)
+                present = netlink.neighbours(host, index)
+            else:
+                _, current, current_fdb, present = self.programmed
+                if flood != current:
+                    vxlan_guard.ensure(self.vni, self.port, flood)
+            self.programmed = None   # until every call below went through
             for peer in flood - current:
                 netlink.set_flood_peer(host, index, peer, present=True)
             for peer in current - flood:
                 netlink.set_flood_peer(host, index, peer, present=False)
-            wanted_fdb = {e.mac: e.vtep for e in remote.values()}
-            current_fdb = netlink.fdb_entries(host, index)
             for mac in current_fdb:
                 if mac not in wanted_fdb:
                     netlink.set_fdb(host, index, mac, None)
             for mac, dst in wanted_fdb.items():
                 if current_fdb.get(mac) != dst:
                     netlink.set_fdb(host, index, mac, dst)
-            present = netlink.neighbours(host, index)
             for ip, mac in present.items():
-                if ip not in remote or remote[ip].mac != mac:
+                if wanted_neigh.get(ip) != mac:
                     netlink.set_neighbour(host, index, ip, mac, present=False)
-            for ip, entry in remote.items():
-                if present.get(ip) != entry.mac:
-                    netlink.set_neighbour(host, index, ip, entry.mac, present=True)
+            for ip, mac in wanted_neigh.items():
+                if present.get(ip) != mac:
+                    netlink.set_neighbour(host, index, ip, mac, present=True)
+            self.programmed = (index, flood, wanted_fdb, wanted_neigh)
+
+    def step(self) -> None:
+        """One wake-up: a resync when due, else the lease, our own records
+        and what the watch brought."""
+        if self.watch is None or time.monotonic() >= self.next_resync:
+            self.resync()
+            return
+        lease = self.lease
+        stamp = self._local_stamp()
+        self._ensure_lease()
+        changed = False
+        if stamp != self.local_seen or self.lease is not lease:   # a container came or went, or a new lease
+            self.local_seen = stamp
+            self.subnets_stale = True
+            self.register()
+            changed = True
+        try:
+            changes = self.watch.take()
+        except WatchEnded as exc:
+            log.warning("vxlan agent: the registry's watch ended (%s): resyncing", exc)
+            if not str(exc).startswith("compacted"):
+                self._reconnect()   # the member is gone or refused us: the next one
+            self.watch = None
+            self.resync()
+            return
+        changes = {key: row for key, row in changes.items() if row is None or self._kept(key, *row)}
+        for key, row in changes.items():
+            if row is None:
+                self.rows.pop(key, None)
+            else:
+                self.rows[key] = row
+        if changes or changed or self.programmed is None:
+            self.program()
 
     def run(self, interval: float = 1.0, stop=lambda: False) -> None:
         while not stop():
             try:
-                self.register()
-                self.program()
+                self.step()
             except Exception as exc:  # noqa: BLE001 - etcd away: keep the tables, try the next member
                 log.warning("vxlan agent: %s: %s", type(exc).__name__, exc)
+                if self.watch is not None:
+                    self.watch.stop()
+                    self.watch = None   # the next round resyncs in full
                 self._reconnect()
-            time.sleep(interval)
+                time.sleep(interval)
+                continue
+            # our own records are looked at (one stat) 4 times a second at most
+            # often, the lease every interval; a change in the registry wakes us at once
+            if self.watch is not None and self.watch.wait(min(interval, 0.25)):
+                time.sleep(0.05)   # a burst of changes comes as one batch
+            elif self.watch is None:
+                time.sleep(interval)
