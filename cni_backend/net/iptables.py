@@ -243,16 +243,24 @@ def _record(tag: str, per_family: dict) -> None:
         f.write("".join(f"{line}\n" for line in lines))
 
 
+def _recorded(tag: str) -> list | None:
+    """The resources the record of `tag` names; None without a record (or
+    for a string that is no attachment tag: it becomes a file name)."""
+    if not tags.is_attachment_tag(tag):
+        return None
+    try:
+        with open(f"{_records()}/att/{tag}") as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return None
+
+
 def _forget(tag: str) -> list:
     """Remove the record of `tag`: the resources it named that nobody else
     uses now (their shared rules may have to go); None without a record."""
-    if not tags.is_attachment_tag(tag):
-        return None
     root = _records()
-    try:
-        with open(f"{root}/att/{tag}") as f:
-            resources = f.read().split()
-    except FileNotFoundError:
+    resources = _recorded(tag)
+    if resources is None:
         return None
     last = []
     for resource in resources:
@@ -522,10 +530,8 @@ def fast_append_plan(new_rules: dict) -> tuple:
 def remove_fast(family: int, tag: str) -> bool:
     """One restore removing the jumps and chains the record of `tag` names;
     False, changing nothing, when there is no record or the restore fails."""
-    try:
-        with open(f"{_records()}/att/{tag}") as f:
-            resources = f.read().split()
-    except FileNotFoundError:
+    resources = _recorded(tag)
+    if resources is None:
         return False
     script = []
     for table in CHAINS:
