@@ -188,21 +188,21 @@ PORTMAP_OPTION = Option(PORTMAP, portmap_choice, "rancher",
 
 
 def refuse_portmap(driver: str, key: str, value) -> None:
-    """-o portmap=reference on a backend that does not offer it (rancher-flat,
-    rancher-ipsec): refused with the reason; portmap=rancher is what the
-    backend does anyway."""
+    """-o portmap=reference on a backend that does not offer it (rancher-flat):
+    refused with the reason; portmap=rancher is what the backend does anyway."""
     if key != PORTMAP:
         raise DriverError(f"{driver}: unknown option {key[:100]!r}: the reference portmap plug-in takes no settings "
-                          "here; only -o portmap=rancher or -o portmap=reference (rancher-bridge, rancher-vxlan)")
+                          "here; only -o portmap=rancher or -o portmap=reference (rancher-bridge, rancher-vxlan, "
+                          "rancher-ipsec)")
     if portmap_choice(driver, key, value) == "rancher":
         return
     raise DriverError(
-        f"{driver}: option portmap=reference is not offered on this driver's networks, only on rancher-bridge and "
-        "rancher-vxlan (valid here: portmap=rancher, the default, which publishes -p on this network): the shim "
-        "guards the route_localnet the reference portmap turns on and leaves on, and relies on its own isolation "
-        "rules to let the DNAT'ed traffic in, and both are tested only on those two data paths; here the containers "
-        "sit on the business LAN itself, behind its router and a fast path that skips the bridge's netfilter hooks "
-        "(rancher-flat), or behind IPsec policies (rancher-ipsec)")
+        f"{driver}: option portmap=reference is not offered on this driver's networks, only on rancher-bridge, "
+        "rancher-vxlan and rancher-ipsec (valid here: portmap=rancher, the default, which publishes -p on this "
+        "network): the shim guards the route_localnet the reference portmap turns on and leaves on, and relies on "
+        "its own isolation rules to let the DNAT'ed traffic in, and both are tested only on those local-bridge data "
+        "paths; here the containers sit on the business LAN itself, behind its router and a fast path that skips "
+        "the bridge's netfilter hooks")
 
 
 def refuse_firewall(driver: str, key: str, offered: bool) -> None:

@@ -65,6 +65,7 @@ OPTIONS = (
     *options.BANDWIDTH,
     *options.TUNING,
     *options.firewall_options(),
+    options.PORTMAP_OPTION,
     options.CNI_EXPORT,
     options.CNI_NAME,
 )

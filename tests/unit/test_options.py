@@ -281,16 +281,31 @@ def test_the_reference_portmaps_own_settings_are_refused(key):
                               "settings here"), message
 
 
-@pytest.mark.parametrize("backend, raw", [("flat", {"parent": "eth1"}), ("ipsec", {})])
-def test_the_reference_portmap_is_refused_on_the_other_backends_saying_why(backend, raw):
-    driver = "rancher-" + backend
-    message = refused(driver, backend, dict(raw, portmap="reference"))
-    assert message.startswith(f"{driver}: option portmap=reference is not offered on this driver's networks, only "
-                              "on rancher-bridge and rancher-vxlan (valid here: portmap=rancher, the default"), message
+def test_the_reference_portmap_is_refused_on_rancher_flat_saying_why():
+    message = refused("rancher-flat", "flat", {"parent": "eth1", "portmap": "reference"})
+    assert message.startswith("rancher-flat: option portmap=reference is not offered on this driver's networks, only "
+                              "on rancher-bridge, rancher-vxlan and rancher-ipsec (valid here: portmap=rancher, the "
+                              "default"), message
     assert "guards the route_localnet the reference portmap turns on and leaves on" in message
-    assert "portmap" not in options.parse(driver, backend, dict(raw, portmap="rancher")), "the default: nothing to set"
-    assert refused(driver, backend, dict(raw, portmap="other")).startswith(
-        f"{driver}: option portmap='other' is not one of: rancher, reference")
+    assert "fast path that skips the bridge's netfilter hooks" in message and "IPsec" not in message, message
+    assert "portmap" not in options.parse("rancher-flat", "flat", {"parent": "eth1", "portmap": "rancher"}), \
+        "the default: nothing to set"
+    assert refused("rancher-flat", "flat", {"parent": "eth1", "portmap": "other"}).startswith(
+        "rancher-flat: option portmap='other' is not one of: rancher, reference")
+    assert refused("rancher-flat", "flat", {"parent": "eth1", "portmap.snat": "1"}).startswith(
+        "rancher-flat: unknown option 'portmap.snat': the reference portmap plug-in takes no settings here; only "
+        "-o portmap=rancher or -o portmap=reference (rancher-bridge, rancher-vxlan, rancher-ipsec)")
+
+
+@pytest.mark.parametrize("value, chosen", [("reference", "reference"), (" Reference ", "reference"),
+                                           ("rancher", "rancher"), (None, "rancher")])
+def test_rancher_ipsec_offers_the_reference_portmap(value, chosen):
+    raw = {} if value is None else {"portmap": value}
+    assert options.parse("rancher-ipsec", "ipsec", raw)["portmap"] == chosen
+    assert refused("rancher-ipsec", "ipsec", {"portmap": "kube"}).startswith(
+        "rancher-ipsec: option portmap='kube' is not one of: rancher, reference")
+    assert refused("rancher-ipsec", "ipsec", {"portmap": "reference", "portmap.snat": "1"}).startswith(
+        "rancher-ipsec: unknown option 'portmap.snat': the reference portmap plug-in takes no settings here")
 
 
 def test_rancher_vxlan_offers_the_reference_portmap_too():

@@ -351,3 +351,12 @@ def test_the_reference_portmap_is_refused_where_it_cannot_publish_saying_why(ext
     with pytest.raises(DriverError) as error:
         render.meta_plugins(opts)
     assert str(error.value).startswith(message), error.value
+
+
+def test_an_ipsec_network_chains_the_reference_portmap_last_after_its_own_plugin():
+    opts = dict(options.parse("rancher-ipsec", "ipsec", dict(IPSEC_OPTIONS, portmap="reference")), internal=False)
+    conf = conflist_for("ipsec", dict(IPSEC_OPTIONS, portmap="reference"), ipsec_section())
+    conf = render.conflist(conf["name"], conf["plugins"][0], render.meta_plugins(opts))
+    assert [p["type"] for p in conf["plugins"]] == ["rancher-ipsec", "portmap"]
+    assert conf["plugins"][-1] == {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
+    assert "portmap" not in conf["plugins"][0], "the ipsec plug-in's own config is as without it"
