@@ -170,7 +170,9 @@ class StateCollector:
         yield pools
 
 
-OUR_CHAIN_PREFIXES = ("RANCHER-CNI", "rcni")  # cni_backend/net/iptables.py: fixed chains, per-attachment tags
+# cni_backend/net/iptables.py: our fixed chains, an attachment's own chain
+# (ATTACHMENT_PREFIX), and per-attachment tags
+OUR_CHAIN_PREFIXES = ("RANCHER-CNI", "RCNI-", "rcni")
 OUR_COMMENT = "--comment rancher-cni"
 
 

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from cni_backend.net import iptables
 from tests.conftest import ns_exec, run
 from tests.engine.helpers import address, can_ping, container, network
 from tests.engine.test_conflist_portmap import dnat_through_portmap, portmap_base_chains, portmap_rules  # noqa: F401
@@ -48,10 +49,10 @@ def route_localnet(bridge: str) -> str:
 
 
 def localnet_guards(bridge: str) -> list:
-    """The guards' DROP rules on `bridge` in the raw table, wherever they sit:
-    RANCHER-CNI-LOCALNET or the attachment's own chain jumped to from it."""
-    return [r for r in run("iptables-save", "-t", "raw").stdout.splitlines()
-            if r.startswith("-A ") and f"-d 127.0.0.0/8 -i {bridge} " in r and r.endswith("-j DROP")]
+    """The guards on `bridge`, each attachment's read from its own chain as if
+    in RANCHER-CNI-LOCALNET (iptables.logical)."""
+    raw = iptables.logical(iptables.parse_saved(run("iptables-save", "-t", "raw").stdout))[0].get("raw", (set(), []))
+    return [r for r in raw[1] if r.startswith("-A RANCHER-CNI-LOCALNET") and f"-i {bridge} " in r]
 
 
 def test_published_ports_go_through_the_reference_portmap_with_dockers_semantics_and_leave_nothing(

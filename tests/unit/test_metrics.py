@@ -126,8 +126,11 @@ def test_owned_rules_are_our_chains_rules_and_our_jumps():
         "-A FORWARD -j DOCKER-USER",
         "-A RANCHER-CNI-FORWARD -o rb-1 -j ACCEPT",
         "-A rcni-a1b2c3 -s 10.0.0.2/32 -j ACCEPT",
+        # an attachment's own chain and its jump (iptables.ATTACHMENT_PREFIX)
+        "-A RANCHER-CNI-FORWARD -m comment --comment rcni-1-2-bridge -j RCNI-0123456789abcdef0123",
+        "-A RCNI-0123456789abcdef0123 -s 10.0.0.3/32 -m comment --comment rcni-1-2-bridge -j ACCEPT",
         "-A DOCKER -d 172.17.0.2/32 -j ACCEPT", "COMMIT"])
-    assert metrics.owned_rules(save) == 3
+    assert metrics.owned_rules(save) == 5
     assert metrics.owned_rules("") == 0
 
 
