@@ -193,7 +193,7 @@ def test_a_docker_and_a_ctr_container_share_one_flat_network(docker, rig, contai
 def forward_counters(ip: str) -> int:
     """Packets the container's iptables FORWARD rules counted: what the bridge
     handed to br_netfilter for it (Docker leaves bridge-nf-call-iptables on)."""
-    listing = run("iptables", "-w", "-L", "RANCHER-CNI-FORWARD", "-v", "-x", "-n").stdout
+    listing = run("iptables", "-w", "-L", "-v", "-x", "-n").stdout  # its rules are in a chain of its own
     return sum(int(line.split()[0]) for line in listing.splitlines() if f" {ip} " in f" {line} ")
 
 
