@@ -50,11 +50,16 @@ def make_config(kind: str, root: str) -> dict:
             "ipam": {"type": "rancher-ipam", "subnet": "10.202.0.0/24", "dataDir": f"{root}/state"}}
 
 
-def cycle(binary: str, config: dict, env: dict) -> float:
-    """One ADD + DEL into a fresh namespace; seconds spent in the two plug-in runs."""
+def fresh_netns(env: dict) -> tuple:
+    """A new namespace for one attachment, and the CNI environment naming it."""
     netns = "rcnibench" + secrets.token_hex(3)
     subprocess.run(["ip", "netns", "add", netns], check=True)
-    call_env = dict(env, CNI_CONTAINERID=netns, CNI_NETNS=f"/var/run/netns/{netns}", CNI_IFNAME="eth0")
+    return netns, dict(env, CNI_CONTAINERID=netns, CNI_NETNS=f"/var/run/netns/{netns}", CNI_IFNAME="eth0")
+
+
+def cycle(binary: str, config: dict, env: dict) -> float:
+    """One ADD + DEL into a fresh namespace; seconds spent in the two plug-in runs."""
+    netns, call_env = fresh_netns(env)
     stdin = json.dumps(config).encode()
     try:
         start = time.perf_counter()
@@ -103,9 +108,7 @@ def first_call_readiness(binary: str, config: dict, env: dict) -> tuple:
     start until the daemon it started answered): which is sooner tells whether
     the first call should wait for the daemon or do its own work."""
     stop_auto_daemon()
-    netns = "rcnibench" + secrets.token_hex(3)
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    call_env = dict(env, CNI_CONTAINERID=netns, CNI_NETNS=f"/var/run/netns/{netns}", CNI_IFNAME="eth0")
+    netns, call_env = fresh_netns(env)
     stdin = json.dumps(config).encode()
     try:
         start = time.perf_counter()
