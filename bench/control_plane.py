@@ -89,6 +89,14 @@ def worker(spec: dict) -> None:
                                               peers=(), state_dir=state, registry=True, subnets=subnets))
         running = vxlan_registry.Agent(lambda: client_for(endpoint), PREFIX, VNI, vtep, state, ttl=10)
         ready.wait()
+        if spec.get("profile") and name == spec["hosts"][0][0]:   # one agent thread, profiled
+            import cProfile
+            profile = cProfile.Profile(time.thread_time)   # CPU of this thread, not wall time
+            try:
+                profile.runcall(running.run, interval=spec["interval"], stop=stop.is_set)
+            finally:
+                profile.dump_stats(f"{spec['profile']}.{name}")
+            return
         running.run(interval=spec["interval"], stop=stop.is_set)
 
     threads = [threading.Thread(target=agent, args=tuple(h), daemon=True) for h in spec["hosts"]]
@@ -331,7 +339,7 @@ def run(hosts: int, args, root: pathlib.Path) -> dict:
             mine = [(host_name(i), host_address(i), str(states[i])) for i in range(w * per, min(hosts, (w + 1) * per))]
             if not mine:
                 continue
-            spec = {"hosts": mine, "etcd": endpoint, "interval": args.interval}
+            spec = {"hosts": mine, "etcd": endpoint, "interval": args.interval, "profile": args.profile}
             code = ["--code", args.code] if args.code else []
             workers.append(subprocess.Popen([sys.executable, __file__, *code, "--worker", json.dumps(spec)],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
@@ -414,6 +422,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--code", help="take cni_backend from this directory (e.g. `git archive` of an older "
                         "commit, for the baseline) instead of this checkout")
+    parser.add_argument("--profile", help="cProfile the first agent thread of each worker process into "
+                        "PROFILE.<host> (pstats format)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.code:

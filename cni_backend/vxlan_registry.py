@@ -38,12 +38,13 @@ import json
 import logging
 import os
 import random
+import socket
 import time
 import urllib.parse
 
 from . import addresses, files
 from .etcd_lease import LeasedKeys, WatchEnded, entry_object
-from .net import netlink, vxlan_guard
+from .net import neigh_batch, netlink, vxlan_guard
 
 
 log = logging.getLogger("rancher-cni")
@@ -293,6 +294,8 @@ class Agent(LeasedKeys):
     local records' directory (one stat, at most every 0.25 s); the
     network's subnets are read again when those records change."""
 
+    GUARD_SPACING = 0.5   # seconds: new peers enter the UDP guard at most this often
+
     def __init__(self, connect, prefix: str, vni: int, vtep_ip: str, state_dir: str, ttl: int = 10,
                  static_peers=(), port: int = 4789, resync: float = 300.0):
         """`connect()` returns a client for the next etcd member (called again
@@ -311,7 +314,8 @@ class Agent(LeasedKeys):
         self.parsed, self.parsed_for = {}, None   # (key, value, revision) -> parse result, for these subnets
         self.local, self.local_seen = {}, None    # our containers (ip -> mac), and the records' directory stamp
         self.subnets, self.subnets_stale = [], True
-        self.programmed = None   # (vtep index, flood set, {mac: vtep}, {ip: mac}) as last made in the kernel
+        self.programmed = None   # (vtep index, flood set, {mac: vtep}, {ip: mac}, guard's peers) as last made
+        self.guard_at, self.guard_due = 0.0, None   # the guard's last rewrite; when new peers are due in it
         self.resyncs = 0
 
     def _key(self, kind: str, name: str) -> str:
@@ -391,55 +395,84 @@ class Agent(LeasedKeys):
         self.program()
         self.next_resync = time.monotonic() + self.resync_every * random.uniform(0.9, 1.1)
 
+    def _vtep_index(self):
+        """The VTEP's ifindex in our namespace (one ioctl), None when it is not there."""
+        try:
+            return socket.if_nametoindex(f"vtep{self.vni}")
+        except OSError:
+            return None
+
     def program(self) -> None:
         """The kernel's VTEP tables made equal to what the registry says:
         dumped and reconciled after a resync, else only the differences from
-        what was last programmed."""
-        with netlink.socket_in() as host:
-            vtep = netlink.link(host, f"vtep{self.vni}")
-            if vtep is None:
-                self.programmed = None
-                return  # no container here yet: the network is not set up on this host
-            index = vtep["index"]
-            if self.programmed is not None and self.programmed[0] != index:
-                self.programmed = None   # the VTEP was made again: its tables are new
-            if self.programmed is None or self.subnets_stale:   # the network record may have changed
+        what was last programmed, written in one netlink batch. The UDP guard
+        follows the set of peers: a peer that left is taken out at once, new
+        ones are let in at once unless the guard was rewritten less than
+        GUARD_SPACING ago (a burst of arrivals, as when many hosts start,
+        is then one rewrite, not one per host). A peer is given its flood
+        entry and its endpoints' entries only once the guard lets it in,
+        so nothing is programmed that could not answer."""
+        index = self._vtep_index()
+        if index is None:
+            self.programmed = None
+            return  # no container here yet: the network is not set up on this host
+        if self.programmed is not None and self.programmed[0] != index:
+            self.programmed = None   # the VTEP was made again: its tables are new
+        dumped = None
+        if self.programmed is None or self.subnets_stale:   # the network record may have changed
+            with netlink.socket_in() as host:
+                vtep = netlink.link(host, f"vtep{self.vni}")
+                if vtep is None:
+                    self.programmed = None
+                    return
+                if vtep["index"] != index:
+                    index, self.programmed = vtep["index"], None
                 self.subnets_stale = False
                 bridge = vtep.get("master")
                 self.subnets = local_subnets(self.state_dir, self.vni,
                                              netlink.addresses(host, bridge) if bridge else ())
-            view = self.view(self.subnets, [(key, value, rev) for key, (value, rev) in self.rows.items()])
-            remote = view.endpoints
-            flood = (view.vteps | self.static_peers) - {self.vtep_ip}
-            wanted_fdb = {e.mac: e.vtep for e in remote.values()}
-            wanted_neigh = {ip: e.mac for ip, e in remote.items()}
-            if self.programmed is None:
-                vxlan_guard.ensure(self.vni, self.port, flood)  # before the entries: only these may send to us
-                current = netlink.flood_peers(host, index)
-                current_fdb = netlink.fdb_entries(host, index)
-                present = netlink.neighbours(host, index)
-            else:
-                _, current, current_fdb, present = self.programmed
-                if flood != current:
-                    vxlan_guard.ensure(self.vni, self.port, flood)
-            self.programmed = None   # until every call below went through
-            for peer in flood - current:
-                netlink.set_flood_peer(host, index, peer, present=True)
-            for peer in current - flood:
-                netlink.set_flood_peer(host, index, peer, present=False)
-            for mac in current_fdb:
-                if mac not in wanted_fdb:
-                    netlink.set_fdb(host, index, mac, None)
-            for mac, dst in wanted_fdb.items():
-                if current_fdb.get(mac) != dst:
-                    netlink.set_fdb(host, index, mac, dst)
-            for ip, mac in present.items():
-                if wanted_neigh.get(ip) != mac:
-                    netlink.set_neighbour(host, index, ip, mac, present=False)
-            for ip, mac in wanted_neigh.items():
-                if present.get(ip) != mac:
-                    netlink.set_neighbour(host, index, ip, mac, present=True)
-            self.programmed = (index, flood, wanted_fdb, wanted_neigh)
+                if self.programmed is None:
+                    dumped = (netlink.flood_peers(host, index), netlink.fdb_entries(host, index),
+                              netlink.neighbours(host, index))
+        view = self.view(self.subnets, [(key, value, rev) for key, (value, rev) in self.rows.items()])
+        peers = (view.vteps | self.static_peers) - {self.vtep_ip}
+        now = time.monotonic()
+        if self.programmed is None:
+            vxlan_guard.ensure(self.vni, self.port, peers)  # before the entries: only these may send to us
+            guarded, self.guard_at = set(peers), now
+            current, current_fdb, present = dumped
+        else:
+            _, current, current_fdb, present, guarded = self.programmed
+            if guarded - peers or (peers - guarded and now >= self.guard_at + self.GUARD_SPACING):
+                vxlan_guard.update(self.vni, self.port, guarded, peers)
+                guarded, self.guard_at = set(peers), now
+        # a peer not yet in the guard gets no entries yet either: whatever the
+        # kernel says is reachable can also answer
+        flood = peers & guarded
+        self.guard_due = self.guard_at + self.GUARD_SPACING if peers != flood else None
+        remote = {ip: e for ip, e in view.endpoints.items() if e.vtep in flood}
+        wanted_fdb = {e.mac: e.vtep for e in remote.values()}
+        wanted_neigh = {ip: e.mac for ip, e in remote.items()}
+        self.programmed = None   # until every change below went through
+        batch = neigh_batch.Batch(index)
+        for peer in flood - current:
+            batch.flood_peer(peer, True)
+        for peer in current - flood:
+            batch.flood_peer(peer, False)
+        for mac in current_fdb:
+            if mac not in wanted_fdb:
+                batch.fdb(mac, None)
+        for mac, dst in wanted_fdb.items():
+            if current_fdb.get(mac) != dst:
+                batch.fdb(mac, dst)
+        for ip, mac in present.items():
+            if wanted_neigh.get(ip) != mac:
+                batch.neighbour(ip, None)
+        for ip, mac in wanted_neigh.items():
+            if present.get(ip) != mac:
+                batch.neighbour(ip, mac)
+        batch.apply()
+        self.programmed = (index, flood, wanted_fdb, wanted_neigh, guarded)
 
     def step(self) -> None:
         """One wake-up: a resync when due, else the lease, our own records
@@ -471,7 +504,8 @@ class Agent(LeasedKeys):
                 self.rows.pop(key, None)
             else:
                 self.rows[key] = row
-        if changes or changed or self.programmed is None:
+        if changes or changed or self.programmed is None or (
+                self.guard_due is not None and time.monotonic() >= self.guard_due):
             self.program()
 
     def run(self, interval: float = 1.0, stop=lambda: False) -> None:
@@ -488,7 +522,10 @@ class Agent(LeasedKeys):
                 continue
             # our own records are looked at (one stat) 4 times a second at most
             # often, the lease every interval; a change in the registry wakes us at once
-            if self.watch is not None and self.watch.wait(min(interval, 0.25)):
+            wait = min(interval, 0.25)
+            if self.guard_due is not None:   # new peers waiting for the guard: wake up when they are due
+                wait = max(0.01, min(wait, self.guard_due - time.monotonic()))
+            if self.watch is not None and self.watch.wait(wait):
                 time.sleep(0.05)   # a burst of changes comes as one batch
             elif self.watch is None:
                 time.sleep(interval)

@@ -11,6 +11,12 @@ guard (another VNI on the same port) is not touched. Every rule carries the
 VNI's tag (`tags.for_vtep`), so the leak guard and `iptables-save` show whose
 it is; the set is replaced in one `iptables-restore --noflush` under the
 firewall's host lock. VTEPs are IPv4 here (vxlannet), so only iptables (v4).
+
+The VXLAN agent changes the set as hosts come and go with `update`: the
+rules of the peers that left deleted and the new peers' inserted at the head,
+in one restore, without listing the chain; the order of the ACCEPT rules is
+not significant (each matches one source), only that the DROP comes after
+them. `ensure` lists and rewrites the whole set when it is not right.
 """
 
 import ipaddress
@@ -60,16 +66,42 @@ def allowed_peers(vni: int) -> set:
     return {source for source, target in _shape(present(vni)) if source and target == "ACCEPT"}
 
 
+def _same(current: list, wanted: list) -> bool:
+    """The same ACCEPTs (in any order) and then the one DROP."""
+    have, want = _shape(current), _shape(wanted)
+    return (len(have) == len(want) and have[-1:] == want[-1:] and sorted(have[:-1], key=str) == sorted(want[:-1], key=str))
+
+
 def ensure(vni: int, port: int, peers) -> bool:
     """The VNI's rules made to accept exactly `peers`; True when they changed."""
     wanted = rules(vni, port, peers)
     with iptables.host_lock():
         current = present(vni)
-        if _shape(current) == _shape(wanted) and all(f"--dport {port} " in line for line in current):
+        if _same(current, wanted) and all(f"--dport {port} " in line for line in current):
             return False
         script = ["*filter", *("-D" + line[2:] for line in current),
                   *(f"-I INPUT {n} {line[len('-A INPUT '):]}" for n, line in enumerate(wanted, 1)), "COMMIT"]
         tools.run(["iptables-restore", "-w", "--noflush"], "\n".join(script) + "\n")
+    return True
+
+
+def update(vni: int, port: int, old, new) -> bool:
+    """From accepting exactly `old` (as the caller last made it with
+    `ensure` or `update`) to exactly `new`: one restore that deletes the
+    leavers' rules and inserts the newcomers' at the head, with no listing.
+    When that restore fails (a rule of `old` is gone: someone else changed
+    the chain), `ensure` makes the set right. True when anything changed."""
+    old, new = set(old), set(new)
+    if old == new:
+        return False
+    gone = rules(vni, port, old - new)[:-1]   # the ACCEPT lines only
+    added = rules(vni, port, new - old)[:-1]
+    script = ["*filter", *("-D" + line[2:] for line in gone),
+              *(f"-I INPUT 1 {line[len('-A INPUT '):]}" for line in added), "COMMIT"]
+    with iptables.host_lock():
+        if tools.run(["iptables-restore", "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None:
+            return True
+    ensure(vni, port, new)
     return True
 
 
