@@ -330,9 +330,8 @@ class Agent(LeasedKeys):
         self._publish(wanted)
 
     def _parse(self, root, key, value, revision, vni, subnets):
-        """parse_entry, remembered per (key, value, revision) while the subnets stay."""
-        if self.parsed_for != subnets:
-            self.parsed, self.parsed_for = {}, list(subnets)
+        """parse_entry, remembered per (key, value, revision) while the subnets
+        stay (`view` forgets what was parsed for others)."""
         memo = (key, bytes(value) if isinstance(value, (bytes, bytearray)) else value, revision)
         try:
             hash(memo)
@@ -354,6 +353,8 @@ class Agent(LeasedKeys):
         skipped key warned about once."""
         if rows is None:
             rows, self.local = self._rows(self.root), local_endpoints(self.state_dir, self.vni)
+        if self.parsed_for != subnets:   # once per view, not per entry: comparing subnets is not free
+            self.parsed, self.parsed_for = {}, list(subnets)
         view = select(self.root, rows, self.vni, subnets, self.vtep_ip, self.local, parse=self._parse)
         if len(self.parsed) > 2 * len(self.rows) + 64:   # entries no longer in the registry
             live = {(k, bytes(v) if isinstance(v, (bytes, bytearray)) else v, r) for k, (v, r) in self.rows.items()}

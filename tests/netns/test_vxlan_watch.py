@@ -12,6 +12,8 @@ vxlan-agent`. Containers are the record files the plug-in writes
 
 import base64
 import json
+import os
+import shutil
 import signal
 import sys
 
@@ -261,3 +263,60 @@ def test_a_host_whose_lease_expires_leaves_every_other_host_within_its_ttl(rig):
     _until(lambda: all(rig.kernel(n) == rig.wanted(n, registry) for n in (0, 1)), 10,
            "hosts 0 and 1 kept host 2's entries: " + rig.report(0))
     assert rig.vteps[2] not in rig.kernel(0)[0] and len(rig.kernel(0)[1]) == 3
+
+
+_ARRIVE = r"""
+import base64, json, sys, time, urllib.request
+b64 = lambda text: base64.b64encode(text.encode()).decode()
+for vtep in sys.argv[3].split(","):
+    body = {"key": b64(f"{sys.argv[2]}{vtep}/1042/vtep"), "value": b64(json.dumps({"vtep": vtep}))}
+    urllib.request.urlopen(sys.argv[1] + "/v3/kv/put", json.dumps(body).encode(), timeout=10).read()
+    time.sleep(float(sys.argv[4]))
+"""
+
+_COUNTING = """#!/bin/sh
+echo "$(basename "$0")" >> {log}
+exec {real} "$@"
+"""
+
+
+def _guard_peers(host: str) -> set:
+    lines = ns_exec(host, "iptables", "-w", "-S", "INPUT").stdout.splitlines()
+    return {line.split(" -s ")[1].split()[0].removesuffix("/32") for line in lines
+            if "-vtep" in line and " -s " in line and line.endswith("-j ACCEPT")}
+
+
+def test_hosts_arriving_one_by_one_rewrite_the_udp_guard_far_fewer_times_than_they_arrive(rig, tmp_path,
+                                                                                          monkeypatch):
+    """40 hosts register one after the other (as when a cluster starts): host
+    0's agent lets them into its UDP guard in a few iptables-restores, not one
+    per arrival (each a restore under the host's firewall lock), and ends with
+    its guard and flood list exactly the registry's hosts; 15 leave at once and
+    the guard follows. iptables-restore is counted by a wrapper on PATH."""
+    log = tmp_path / "restores"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("iptables-restore", "iptables"):
+        (bin_dir / tool).write_text(_COUNTING.format(log=log, real=shutil.which(tool)))
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    rig.add(0, 1)
+    rig.start(0)
+    _until(lambda: f"{ROOT}{rig.vteps[0]}/{VNI}/vtep" in rig.registry() and rig.kernel(0) == rig.wanted(0, rig.registry())
+           and log.exists(), 30, "host 0's agent did not start")
+    log.write_text("")
+    arriving = [f"10.98.1.{i}" for i in range(1, 41)]
+    ns_exec(rig.hub, sys.executable, "-c", _ARRIVE, rig.etcd.endpoints[0], ROOT, ",".join(arriving), "0.1")
+
+    def settled() -> bool:
+        registry = rig.registry()
+        peers = rig.wanted(0, registry)[0]
+        return peers == set(arriving) and rig.kernel(0) == rig.wanted(0, registry) and _guard_peers(rig.hosts[0]) == peers
+    _until(settled, 30, "host 0's guard and flood list did not become the registry's hosts")
+    restores = log.read_text().split().count("iptables-restore")
+    assert 1 <= restores <= len(arriving) // 4, f"{restores} guard rewrites for {len(arriving)} hosts arriving"
+
+    for vtep in arriving[:15]:   # 15 hosts leave at once
+        rig.etcd_call("/v3/kv/deleterange", {"key": _b64(f"{ROOT}{vtep}/{VNI}/vtep")})
+    _until(lambda: _guard_peers(rig.hosts[0]) == set(arriving[15:]) and rig.kernel(0)[0] == set(arriving[15:]), 30,
+           "the guard did not follow the hosts that left")
