@@ -315,6 +315,7 @@ class Agent(LeasedKeys):
         self.local, self.local_seen = {}, None    # our containers (ip -> mac), and the records' directory stamp
         self.subnets, self.subnets_stale = [], True
         self.programmed = None   # (vtep index, flood set, {mac: vtep}, {ip: mac}, guard's peers) as last made
+        self.current = None      # (View, {mac: vtep} it holds, subnets, local) kept up to date by the watch, or None
         self.guard_at, self.guard_due = 0.0, None   # the guard's last rewrite; when new peers are due in it
         self.resyncs = 0
 
@@ -373,6 +374,63 @@ class Agent(LeasedKeys):
         except BadEntry:
             return True   # judged (and warned about) with the subnets, in view()
 
+    def _follow(self, changes: dict) -> bool:
+        """The current view brought up to date with `changes` (from the
+        watch, not yet in self.rows) without selecting from every row again;
+        False when that cannot be done for sure (then select() does it): a
+        changed value, an entry that is refused, one that claims an address
+        or MAC someone holds, or the removal of a winner while some entry
+        is refused (it may win now). What is followed here is what select()
+        would find: a new key's create revision is later than every other's,
+        so it wins exactly when nobody holds its address and MAC."""
+        if self.current is None:
+            return False
+        view, macs, subnets, _ = self.current
+        if len(self.parsed) > 2 * len(self.rows) + 64:
+            return False   # view() prunes what it remembers
+        removed = [key for key, row in changes.items() if row is None]
+        try:
+            added = sorted((int(row[1]), key) for key, row in changes.items() if row is not None)
+        except (TypeError, ValueError):
+            return False   # no create revision to order by: select() refuses the entry
+        for key in removed:
+            old = self.rows.get(key)
+            if old is None:
+                continue
+            if key in view.bad:
+                del view.bad[key]
+                self.warned.pop(key, None)
+                continue
+            try:
+                entry = self._parse(self.root, key, old[0], old[1], self.vni, subnets)
+            except BadEntry:
+                return False
+            if isinstance(entry, Vtep):
+                view.vteps.discard(entry.host)
+            elif isinstance(entry, Endpoint) and view.endpoints.get(entry.ip) == entry:
+                if view.bad:
+                    return False
+                del view.endpoints[entry.ip]
+                if not any(e.mac == entry.mac for e in view.endpoints.values()) and entry.mac not in self.local.values():
+                    macs.pop(entry.mac, None)
+        for _, key in added:
+            if key in self.rows:
+                return False
+            value, revision = changes[key]
+            try:
+                entry = self._parse(self.root, key, value, revision, self.vni, subnets)
+            except BadEntry:
+                return False
+            if isinstance(entry, Vtep):
+                if entry.host != self.vtep_ip:
+                    view.vteps.add(entry.host)
+            elif isinstance(entry, Endpoint) and entry.vtep != self.vtep_ip:
+                if entry.ip in self.local or entry.ip in view.endpoints or macs.get(entry.mac, entry.vtep) != entry.vtep:
+                    return False
+                view.endpoints[entry.ip] = entry
+                macs[entry.mac] = entry.vtep
+        return True
+
     def _local_stamp(self):
         try:
             st = os.stat(local_dir(self.state_dir, self.vni))
@@ -392,7 +450,7 @@ class Agent(LeasedKeys):
         revision, rows = self._snapshot(self.root)
         self.rows = {key: (value, created) for key, value, created in rows if self._kept(key, value, created)}
         self.watch = self._watch(self.root, revision + 1)
-        self.programmed = None
+        self.programmed = self.current = None
         self.program()
         self.next_resync = time.monotonic() + self.resync_every * random.uniform(0.9, 1.1)
 
@@ -435,7 +493,12 @@ class Agent(LeasedKeys):
                 if self.programmed is None:
                     dumped = (netlink.flood_peers(host, index), netlink.fdb_entries(host, index),
                               netlink.neighbours(host, index))
-        view = self.view(self.subnets, [(key, value, rev) for key, (value, rev) in self.rows.items()])
+        if self.current is None or self.current[2] != self.subnets or self.current[3] != self.local:
+            view = self.view(self.subnets, [(key, value, rev) for key, (value, rev) in self.rows.items()])
+            macs = {mac: self.vtep_ip for mac in self.local.values()}
+            macs.update((e.mac, e.vtep) for e in view.endpoints.values())
+            self.current = (view, macs, list(self.subnets), dict(self.local))
+        view = self.current[0]
         peers = (view.vteps | self.static_peers) - {self.vtep_ip}
         now = time.monotonic()
         if self.programmed is None:
@@ -500,6 +563,8 @@ class Agent(LeasedKeys):
             self.resync()
             return
         changes = {key: row for key, row in changes.items() if row is None or self._kept(key, *row)}
+        if changes and not self._follow(changes):
+            self.current = None   # the next program() selects from every row again
         for key, row in changes.items():
             if row is None:
                 self.rows.pop(key, None)
