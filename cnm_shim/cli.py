@@ -257,14 +257,14 @@ def etcd_client_settings(opts) -> dict:
 def add_log_format(parser) -> None:
     """--log-format on a subcommand too (`cnm-shim serve --log-format json`);
     SUPPRESS keeps the top-level value when it is not given here."""
-    parser.add_argument("--log-format", choices=logfmt.FORMATS, type=str.lower, default=argparse.SUPPRESS,
-                        help="text (default) or json: one object per line for log shippers")
+    parser.add_argument("--log-format", choices=logfmt.FORMATS, type=str.lower, metavar="FORMAT",
+                        default=argparse.SUPPRESS, help="text (default) or json: one object per line for log shippers")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnm-shim", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("CNM_SHIM_LOG_LEVEL", "INFO"))
-    parser.add_argument("--log-format", choices=logfmt.FORMATS, type=str.lower,
+    parser.add_argument("--log-format", choices=logfmt.FORMATS, type=str.lower, metavar="FORMAT",
                         default=os.environ.get(logfmt.FORMAT_ENV, "text").strip().lower() or "text",
                         help="text (default) or json, one object per line for log shippers "
                              f"(env {logfmt.FORMAT_ENV}); also after serve and cni-server")
