@@ -147,3 +147,30 @@ def test_gunicorns_error_log_is_ours_and_its_access_log_is_off_by_default():
     cfg.set("accesslog", "-")
     logger.setup(cfg)
     assert all(isinstance(h.formatter, logfmt.Formatter) for h in logger.access_log.handlers + logger.error_log.handlers)
+
+
+def test_each_docker_request_has_its_own_id_on_its_line(tmp_path):
+    from tests.unit.shim_client import Client, app_in
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logfmt.Formatter("json"))
+    shim_log = logging.getLogger("cnm-shim")
+    shim_log.addHandler(handler)
+    saved = shim_log.level
+    shim_log.setLevel(logging.INFO)
+    try:
+        post = Client(app_in(tmp_path))
+        for _ in range(2):
+            post("/NetworkDriver.Join", {"NetworkID": "n" * 64, "EndpointID": "e" * 64, "SandboxKey": "/x"})
+        post("/NetworkDriver.GetCapabilities", b"")  # a query: DEBUG, not written at INFO
+    finally:
+        shim_log.removeHandler(handler)
+        shim_log.setLevel(saved)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    joins = [e for e in lines if e.get("verb") == "NetworkDriver.Join"]
+    assert len(joins) == 2 and not any(e.get("verb") == "NetworkDriver.GetCapabilities" for e in lines), lines
+    ids = {e["request_id"] for e in joins}
+    assert len(ids) == 2 and all(logfmt.valid_id(i) for i in ids), "one ID per request"
+    assert all((e["endpoint"], e["network"], e["ok"]) == ("e" * 64, "n" * 64, False) for e in joins), joins
+    assert all(e["request_id"] in ids for e in lines if e["level"] != "DEBUG"), "the call's other lines carry it"
+    assert logfmt.current() is None, "no ID left bound after the request"
