@@ -134,7 +134,7 @@ def _log_call(verb: str, response, ok: bool, seconds: float) -> None:
     body = g.get("body") or {}  # as api.body() parsed it, if it did
     fields = {key: str(body[name])[:64] for key, name in (("endpoint", "EndpointID"), ("network", "NetworkID"),
                                                           ("pool", "PoolID")) if body.get(name)}
-    on = " ".join(f"{key}={value[:12] if key != 'pool' else value!r}" for key, value in fields.items())
+    on = " ".join(f"{key}={value!r}" if key == "pool" else f"{key}={value[:12]}" for key, value in fields.items())
     log.log(level, "%s%s -> %s in %.1f ms", verb, f" {on}" if on else "",
             "ok" if ok else f"error (HTTP {response.status_code})", seconds * 1000,
             extra={"verb": verb, "status": response.status_code, "ok": ok, "ms": round(seconds * 1000, 3),

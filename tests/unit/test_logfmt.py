@@ -172,5 +172,6 @@ def test_each_docker_request_has_its_own_id_on_its_line(tmp_path):
     ids = {e["request_id"] for e in joins}
     assert len(ids) == 2 and all(logfmt.valid_id(i) for i in ids), "one ID per request"
     assert all((e["endpoint"], e["network"], e["ok"]) == ("e" * 64, "n" * 64, False) for e in joins), joins
+    assert joins[0]["message"].startswith(f"NetworkDriver.Join endpoint={'e' * 12} network={'n' * 12} -> error")
     assert all(e["request_id"] in ids for e in lines if e["level"] != "DEBUG"), "the call's other lines carry it"
     assert logfmt.current() is None, "no ID left bound after the request"
