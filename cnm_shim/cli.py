@@ -38,6 +38,7 @@ def cmd_cni(opts) -> int:
     conf_dir = opts.conf_dir or os.environ.get("NETCONFPATH") or conflist.DEFAULT_CONF_DIR
     conf, raw = conflist.find(opts.network, conf_dir)
     cni = _cni(opts)
+    logfmt.bind(os.environ.get(logfmt.REQUEST_ENV))  # one ID for every plug-in of the chain
     if opts.action == "gc":
         valid = [tuple(v.split("/", 1)) for v in opts.valid]
         for container_id, ifname in cni.gc(conf, raw, valid):
