@@ -10,7 +10,6 @@ The rig is test_vxlan_watch's: three hosts (namespaces) on a hub bridge that
 also holds the etcd member, each with the network's VTEP and an agent
 (`cnm-shim vxlan-agent`, ttl 5 s)."""
 
-import base64
 import json
 import signal
 import subprocess
