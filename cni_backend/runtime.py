@@ -15,13 +15,13 @@ from .invoke import cache
 from .invoke.api import CNI, Attachment
 from .invoke.conflist import named as named_conflist, parse as parse_conflist
 from .invoke.execute import find_plugin
-from .invoke.own import runner as own_runner
-from .plugins.bridge import SANDBOX_IFNAME_ARG
+from .invoke.own import own_plugin, runner as own_runner
+from .plugins.bridge import HANDOVER_ARG, SANDBOX_IFNAME_ARG
 from .plugins.ipam import RESERVED_ARG
 
 __all__ = ["CNI", "Attachment", "CNIError", "CHECK_FAILED", "IO_FAILURE", "errors", "parse_conflist",
-           "cached", "cached_attachments", "RESERVED_ARG", "SANDBOX_IFNAME_ARG", "write_atomic", "find_plugin",
-           "named_conflist", "own_runner"]
+           "cached", "cached_attachments", "HANDOVER_ARG", "RESERVED_ARG", "SANDBOX_IFNAME_ARG", "write_atomic",
+           "find_plugin", "named_conflist", "own_runner", "own_plugin"]
 # own_runner: the runner the Docker side gives CNI: our own executables run as a
 # fork of the caller (which has them loaded), anything else executed (invoke/own.py)
 # write_atomic(path, data, mode): how a conflist is exported where CNI runtimes
@@ -32,6 +32,10 @@ __all__ = ["CNI", "Attachment", "CNIError", "CHECK_FAILED", "IO_FAILURE", "error
 #                       Docker's reservations (its IPAM driver holds them)
 #   SANDBOX_IFNAME_ARG  rancher-bridge CHECK: the name the container's
 #                       interface has in the sandbox (Docker renamed it)
+#   HANDOVER_ARG        rancher-bridge ADD (and the backends built on it):
+#                       the container's interface is made, unconfigured,
+#                       under this name in the caller's namespace, for Docker
+#                       to move into the sandbox at Join
 
 
 def cached(cache_dir: str, network: str, container_id: str, ifname: str) -> dict | None:

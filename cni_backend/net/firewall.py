@@ -340,23 +340,27 @@ def _mac_filter_chains(network: str) -> list:
     return re.findall(rf"^\s*chain ({re.escape(prefix)}[\w.-]+) {{", listing, re.M)
 
 
-def remove_mac_filter(tag: tags.Tag) -> None:
-    """Remove the attachment's macspoofchk chain (today's or a legacy one)."""
-    _remove_mac_filter_chains(tag.every)
+def remove_mac_filter(tag: tags.Tag, also=None) -> None:
+    """Remove the attachment's macspoofchk chain (today's or a legacy one).
+    `also`: a function giving another removal's nft (script, names), made
+    part of the same transaction: each nft commit that deletes waits for an
+    RCU grace period (~15 ms here), so a DEL makes one."""
+    _remove_mac_filter_chains(tag.every, also)
 
 
-def _remove_mac_filter_chains(names) -> None:
+def _remove_mac_filter_chains(names, also=None) -> None:
     with iptables.host_lock():
+        other, other_names = also() if also else ("", [])
         listing = tools.run(["nft", "list", "map", "bridge", NFT_TABLE, "ports"], check=False)
-        if listing is None:
-            return  # no table: nothing of ours
-        ports = re.findall(r'"([^"]+)"\s*:\s*jump\s+([\w.-]+)', listing)
-        mine = [name for name, chain in ports if chain in names]
-        script = "".join(f'delete element bridge {NFT_TABLE} ports {{ "{name}" }}\n' for name in mine)
-        for chain in sorted(names):
-            if tools.run(["nft", "list", "chain", "bridge", NFT_TABLE, chain], check=False) is not None:
-                script += f"flush chain bridge {NFT_TABLE} {chain}\ndelete chain bridge {NFT_TABLE} {chain}\n"
-        if len(mine) == len(ports):
-            script, mine = f"delete table bridge {NFT_TABLE}\n", []  # the last one: nothing of ours stays
-        if script:
-            _nft(script, names=[NFT_TABLE, *(c for c in names if c in script)], ifnames=mine)
+        script, mine = "", []
+        if listing is not None:  # without the table, nothing of ours is there
+            ports = re.findall(r'"([^"]+)"\s*:\s*jump\s+([\w.-]+)', listing)
+            mine = [name for name, chain in ports if chain in names]
+            script = "".join(f'delete element bridge {NFT_TABLE} ports {{ "{name}" }}\n' for name in mine)
+            for chain in sorted(names):
+                if tools.run(["nft", "list", "chain", "bridge", NFT_TABLE, chain], check=False) is not None:
+                    script += f"flush chain bridge {NFT_TABLE} {chain}\ndelete chain bridge {NFT_TABLE} {chain}\n"
+            if len(mine) == len(ports):
+                script, mine = f"delete table bridge {NFT_TABLE}\n", []  # the last one: nothing of ours stays
+        if script or other:
+            _nft(script + other, names=[NFT_TABLE, *(c for c in names if c in script), *other_names], ifnames=mine)

@@ -143,12 +143,15 @@ def set_port_vlan(ipr, index: int, vlan: int) -> None:
         raise _fail(f"setting VLAN {vlan} on port {index}", exc) from None
 
 
-def create_veth(ipr, peer_name: str, peer_netns_fd: int, mtu: int | None, sandbox_ipr) -> str:
-    """A veth pair: a random `veth…` name here, `peer_name` inside the sandbox."""
+def create_veth(ipr, peer_name: str, peer_netns_fd: int, mtu: int | None, sandbox_ipr, peer_mac=None) -> str:
+    """A veth pair: a random `veth…` name here, `peer_name` inside the sandbox
+    (with `peer_mac`, if given)."""
     for _ in range(8):
         host_name = "veth" + secrets.token_hex(4)
         spec = {"ifname": host_name, "kind": "veth",
                 "peer": {"ifname": peer_name, "net_ns_fd": peer_netns_fd}}
+        if peer_mac:
+            spec["peer"]["address"] = peer_mac
         if mtu:
             spec["mtu"] = mtu
             spec["peer"]["mtu"] = mtu

@@ -10,10 +10,11 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
+import threading
 
-from .. import delegate
+from .. import delegate, ifnames
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG, UNKNOWN_CONTAINER
-from ..net import features, firewall, netlink, netns, sysctls, tags
+from ..net import features, firewall, netlink, netns, nft, sysctls, tags
 from ..version import CURRENT
 from . import fields
 from . import ipam as ipam_plugin
@@ -21,6 +22,10 @@ from . import ipam as ipam_plugin
 # CHECK only: the interface's name in the sandbox when the runtime renamed it
 # after ADD (Docker names it eth<N>); the attachment stays CNI_IFNAME's.
 SANDBOX_IFNAME_ARG = "RANCHER_SANDBOX_IFNAME"
+# At ADD: make the container's end of the veth in the plug-in's own namespace
+# under this name, with no address or route, for the runtime to move where it
+# belongs (see _handover_name)
+HANDOVER_ARG = "RANCHER_HANDOVER_IFNAME"
 
 
 @dataclasses.dataclass
@@ -88,8 +93,34 @@ def add(req) -> dict:
     return attach(req, load_conf(req))
 
 
+def _handover_name(req) -> str | None:
+    """The name HANDOVER_ARG asks for, or None. Docker (up to 27) takes the
+    container's interface from the host at Join, before the sandbox exists,
+    moves it in and sets its addresses and routes itself: the interface is
+    made where Docker takes it, and nothing is configured in it that the move
+    would drop. Only into the plug-in's own namespace (CNI_NETNS), whose
+    addresses and routes are the host's: anywhere else the arg is refused."""
+    name = req.args.get(HANDOVER_ARG)
+    if name is None:
+        return None
+    if not ifnames.is_ifname(name) or name in ("all", "default"):
+        raise CNIError(INVALID_CONFIG, f"{HANDOVER_ARG}={name!r} is not an interface name",
+                       f"{ifnames.RULE}; not 'all' or 'default'")
+    try:
+        own, target = os.stat("/proc/self/ns/net"), os.stat(req.netns_path_for_use())
+    except OSError:
+        own = target = None
+    if own is None or (own.st_dev, own.st_ino) != (target.st_dev, target.st_ino):
+        raise CNIError(INVALID_CONFIG, f"{HANDOVER_ARG} makes the interface in the plug-in's own network "
+                                       f"namespace: CNI_NETNS {req.netns} is another one")
+    return name
+
+
 def attach(req, conf: BridgeConf) -> dict:
-    """A veth from the sandbox to `conf.bridge`, addressed by IPAM; all or nothing."""
+    """A veth from the sandbox to `conf.bridge`, addressed by IPAM; all or
+    nothing. With HANDOVER_ARG, the sandbox's end is made unconfigured in
+    our own namespace instead (_handover_name)."""
+    handover = _handover_name(req)  # refused before anything is made
     sandbox = req.netns_path_for_use()
     if conf.macspoofchk or conf.ip_spoof_check:
         features.require("nft_bridge", "anti-spoofing (macspoofchk)")  # before anything is made
@@ -106,7 +137,8 @@ def attach(req, conf: BridgeConf) -> dict:
             with contextlib.ExitStack() as rollback:
                 # The veth first: if the interface exists (a repeated ADD), we
                 # fail before IPAM, so the rollback cannot free its address.
-                host_name = netlink.create_veth(host, req.ifname, netns_fd, conf.mtu, inside)
+                host_name = netlink.create_veth(host, handover or req.ifname, netns_fd, conf.mtu, inside,
+                                                peer_mac=conf.mac if handover else None)
                 rollback.callback(netlink.delete_link, host, host_name)
                 ipam = delegate.add(req)
                 rollback.callback(delegate.delete, req)
@@ -114,7 +146,8 @@ def attach(req, conf: BridgeConf) -> dict:
                 if conf.vlan:
                     netlink.set_port_vlan(host, port["index"], conf.vlan)
                 routes = _container_routes(conf, ipam)
-                container = _configure_sandbox(inside, sandbox, req.ifname, conf.mac, ipam["ips"], routes)
+                container = (netlink.describe(netlink.link(inside, handover)) if handover else
+                             _configure_sandbox(inside, sandbox, req.ifname, conf.mac, ipam["ips"], routes))
                 if conf.is_gateway:
                     _ensure_gateway(host, bridge, ipam["ips"], conf.force_address)
                 rollback.callback(firewall.remove_rules, _tag(req))
@@ -209,21 +242,46 @@ def delete(req) -> None:
     detach(req, load_conf(req))
 
 
-def detach(req, conf: BridgeConf) -> None:
-    """Undo `attach`; fine when any part of it is gone already."""
-    with netlink.socket_in() as host:
-        if req.netns:
-            try:
-                with netlink.socket_in(req.netns_path_for_use()) as inside:
-                    netlink.delete_link(inside, req.ifname)
-            except netns.NetnsGone:
-                pass  # the sandbox and with it our veth are gone already
-        for iface in _host_interfaces(req.prev_result, conf):
-            netlink.delete_link(host, iface)
-    firewall.remove_rules(_tag(req), _families(req.prev_result))
+def detach(req, conf: BridgeConf, nft_also=None) -> None:
+    """Undo `attach`; fine when any part of it is gone already.
+
+    The rules go while the links do, side by side: both wait in the kernel
+    for an RCU grace period (a veth's unregistering, the commit of an
+    iptables-restore that deletes, ~15 ms each here), and two waits at the
+    same time cost one. Neither order opens anything: without its rules the
+    container's traffic is no longer accepted, and its links go either way.
+    `nft_also`: a function giving another nft removal (script, names) of the
+    attachment's, run in the anti-spoofing chain's transaction (flat's fast path)."""
+    rules = threading.Thread(target=_remove_rules, args=(req, errors := []), name="remove-rules")
+    rules.start()
+    try:
+        with netlink.socket_in() as host:
+            if req.netns:
+                try:
+                    with netlink.socket_in(req.netns_path_for_use()) as inside:
+                        netlink.delete_link(inside, req.ifname)
+                except netns.NetnsGone:
+                    pass  # the sandbox and with it our veth are gone already
+            for iface in _host_interfaces(req.prev_result, conf):
+                netlink.delete_link(host, iface)
+    finally:
+        rules.join()
+    if errors:
+        raise errors[0]
     if conf.macspoofchk or conf.ip_spoof_check:
-        firewall.remove_mac_filter(_spoof_tag(req))
+        firewall.remove_mac_filter(_spoof_tag(req), also=nft_also)
+    elif nft_also:
+        script, names = nft_also()
+        if script:
+            nft.run(script, names=names)
     delegate.delete(req)
+
+
+def _remove_rules(req, errors: list) -> None:
+    try:
+        firewall.remove_rules(_tag(req), _families(req.prev_result))
+    except BaseException as exc:  # noqa: BLE001 - handed to detach, which raises it
+        errors.append(exc)
 
 
 def _families(prev: dict | None) -> tuple:

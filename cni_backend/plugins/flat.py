@@ -146,8 +146,8 @@ def delete(req) -> None:
     req = _with_link_excluded(req, flat)
     if req.prev_result:
         _set_metadata_neighbours(flat, req.prev_result, present=False)
-    flat_fastpath.remove_attachment(flat.suffix, _tag(req))
-    bridge_plugin.detach(req, _bridge_conf(req, flat))
+    # the fast path's entries go in the anti-spoofing chain's nft transaction
+    bridge_plugin.detach(req, _bridge_conf(req, flat), nft_also=lambda: flat_fastpath.removal(flat.suffix, _tag(req)))
 
 
 def _spoof_filter(req, flat: flatnet.FlatNetwork, result: dict) -> tuple:

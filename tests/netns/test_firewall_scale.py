@@ -105,3 +105,16 @@ def test_add_and_del_touch_as_many_lines_at_200_attachments_as_at_2(network, cou
     many = cycle(901)
     assert few == many, (few, many)  # the same tools, each reading or printing as many lines
     assert not any(tool == "iptables-save" for tool, _ in few[1] + many[1])
+
+
+def test_the_last_del_removes_its_chains_and_the_shared_rules_in_one_restore(network, counted):
+    """Every restore that deletes makes nftables wait for an RCU grace period
+    at commit: the last attachment's DEL lists the table once and restores
+    once, its own chains with the bridge's isolation and our jumps."""
+    name, made = network
+    tag = attach(name, 0)
+    assert any("rcnibr-" + BRIDGE in line for line in ours())
+    counted()
+    firewall.remove_rules(tag, (4,))
+    assert [tool for tool, _ in counted()] == ["iptables-save", "iptables-restore"]
+    assert ours() == []

@@ -268,6 +268,33 @@ def test_fast_path_takes_router_traffic_off_the_bridge(cni_daemon_env, make_netn
     assert run("nft", "list", "table", "netdev", f"rancher_flat_{flat.suffix}", check=False).returncode != 0
 
 
+def network_rules(flat) -> dict:
+    """(chain, handle) -> packets counted, of the fast path's network chains (out, uplink)."""
+    listing = json.loads(run("nft", "-j", "list", "table", "netdev", f"rancher_flat_{flat.suffix}").stdout)
+    return {(entry["rule"]["chain"], entry["rule"]["handle"]):
+            sum(expr["counter"]["packets"] for expr in entry["rule"]["expr"] if "counter" in expr)
+            for entry in listing["nftables"] if entry.get("rule", {}).get("chain") in ("out", "uplink")}
+
+
+def test_an_add_leaves_the_networks_fast_path_rules_alone_when_they_are_in_line(cni_daemon_env, make_netns, rig):
+    """Every ADD ensures the network's table; rewriting rules that are in line
+    would cost a grace period at nftables' commit and zero the uplink's counter."""
+    env = cni_daemon_env
+    config = flat_config(env, rig)
+    flat = load_network(config)
+    a, b = make_netns(), make_netns()
+    _, ra = env.exec("ADD", config, a, container_id="ca")
+    assert ping(rig["router"], ra["ips"][0]["address"].split("/")[0])
+    before = network_rules(flat)
+    assert len(before) == 2 and sum(before.values()) > 0
+    _, rb = env.exec("ADD", config, b, container_id="cb")
+    after = network_rules(flat)
+    assert after.keys() == before.keys() and all(after[k] >= before[k] for k in before), (before, after)
+    for netns, cid, result in ((a, "ca", ra), (b, "cb", rb)):
+        assert env.exec("DEL", dict(config, prevResult=result), netns, container_id=cid)[0] == 0
+    flatnet.remove(flat)
+
+
 def bridge_fdb(bridge: str) -> dict:
     """MAC -> (port, state) of the bridge's entries for its ports."""
     entries = json.loads(run("bridge", "-j", "fdb", "show", "br", bridge).stdout)
