@@ -15,13 +15,13 @@ from .invoke import cache
 from .invoke.api import CNI, Attachment
 from .invoke.conflist import named as named_conflist, parse as parse_conflist
 from .invoke.execute import find_plugin
-from .invoke.own import own_plugin, runner as own_runner
+from .invoke.own import own_plugin, runner as own_runner, warm as warm_own_plugins
 from .plugins.bridge import HANDOVER_ARG, SANDBOX_IFNAME_ARG
 from .plugins.ipam import RESERVED_ARG
 
 __all__ = ["CNI", "Attachment", "CNIError", "CHECK_FAILED", "IO_FAILURE", "errors", "parse_conflist",
            "cached", "cached_attachments", "HANDOVER_ARG", "RESERVED_ARG", "SANDBOX_IFNAME_ARG", "write_atomic",
-           "find_plugin", "named_conflist", "own_runner", "own_plugin"]
+           "find_plugin", "named_conflist", "own_runner", "own_plugin", "warm_own_plugins"]
 # own_runner: the runner the Docker side gives CNI: our own executables run as a
 # fork of the caller (which has them loaded), anything else executed (invoke/own.py)
 # write_atomic(path, data, mode): how a conflist is exported where CNI runtimes

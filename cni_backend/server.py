@@ -25,7 +25,6 @@ never unlinks a socket file that is not its own.
 
 import errno
 import fcntl
-import gc
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ import socket
 import struct
 
 from . import skel, trace, wire
+from .invoke import own
 from .errors import CNIError, IO_FAILURE
 from .plugins import PLUGINS, load
 
@@ -52,17 +52,7 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def _preload() -> None:
-    for name in PLUGINS:
-        load(name)
-    from .net import netlink  # pyroute2 itself
-    # pyroute2 builds its message classes' parsers on first use: once here,
-    # not in every worker (~10 ms of each call's first netlink request)
-    with netlink.socket_in() as ipr:
-        ipr.link("get", index=1)
-        ipr.get_addr(index=1)
-        ipr.get_routes(oif=1)
-    gc.collect()
-    gc.freeze()  # the workers' collections leave the parent's objects (and their pages) alone
+    own.warm()  # the workers are its forks
 
 
 _autostarted = False  # set by autostart_main: this daemon retires for a newer executable

@@ -22,7 +22,7 @@ import time
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from cni_backend import staging, wire
+from cni_backend import runtime, staging, wire
 from cni_backend.ipam.etcd_store import check_endpoints
 
 from . import backends, listeners, metrics
@@ -169,6 +169,12 @@ def start_metrics_exporter(children: Children, folder: str, opts) -> None:
     children.start(argv, socket=path)
 
 
+def _warm_worker(worker) -> None:
+    """A worker forks our own plug-ins for Docker's calls (invoke/own.py):
+    what they need is loaded once here, not in every fork."""
+    runtime.warm_own_plugins()
+
+
 def _worker_gone(server, worker) -> None:
     """A worker's live gauges end with it; its counters stay (multiprocess mode)."""
     from prometheus_client import multiprocess
@@ -221,6 +227,7 @@ def serve(opts) -> int:
             "proc_name": "cnm-shim",
             "control_socket_disable": True,  # gunicorn >= 25 would open one in $HOME
             "child_exit": _worker_gone,
+            "post_worker_init": _warm_worker,
             "when_ready": lambda arbiter: restart_stranded_later(children, opts.docker_host,
                                                                  app_config["sockets"].values()),
         }

@@ -436,7 +436,7 @@ class Translator:
         host's. Any other plug-in (the reference firewall, tuning, ...) gets a
         namespace of its own to work in, as before."""
         try:
-            return all(runtime.own_plugin(runtime.find_plugin(plugin["type"], self.cni.path))
+            return all(runtime.own_plugin(runtime.find_plugin(plugin["type"], list(self.settings.cni_path)))
                        for plugin in conf["plugins"])
         except runtime.CNIError:
             return False  # not found: the ADD says so
