@@ -182,6 +182,19 @@ def cmd_status(opts) -> int:
     return 0
 
 
+def lease_ttl(text: str) -> int:
+    """--ttl / RANCHER_LEASE_TTL: whole seconds, 2 to 3600 (etcd counts the
+    lease down on its side; the agent renews it every third of the TTL)."""
+    try:
+        ttl = int(text)
+    except (TypeError, ValueError):
+        ttl = None
+    if ttl is None or not 2 <= ttl <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lease TTL: whole seconds from 2 to 3600 "
+                                         "(10 by default; how long a dead or cut-off host stays registered)")
+    return ttl
+
+
 def cmd_vxlan_agent(opts) -> int:
     import itertools
     import signal
@@ -367,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="underlay interface (default: the default route's)")
     agent.add_argument("--peers", default="", help="static peers, comma-separated")
     agent.add_argument("--state-dir", default=paths.IPAM_DATA_DIR)
-    agent.add_argument("--ttl", type=int, default=10, help="lease TTL: how fast a dead host disappears")
+    agent.add_argument("--ttl", type=lease_ttl, default=os.environ.get("RANCHER_LEASE_TTL", "10"),
+                       help="lease TTL in seconds (2-3600, default 10, or RANCHER_LEASE_TTL): how fast a dead "
+                       "host disappears")
     agent.add_argument("--interval", type=float, default=1.0)
     add_etcd_tls_options(agent)
     agent.set_defaults(func=cmd_vxlan_agent)
@@ -384,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""))
     registry.add_argument("--etcd-prefix", default="/rancher-cni")
     registry.add_argument("--state-dir", default=paths.IPAM_DATA_DIR, help="the plug-in's stateDir")
-    registry.add_argument("--ttl", type=int, default=10, help="lease TTL: how fast a dead host's tunnels go")
+    registry.add_argument("--ttl", type=lease_ttl, default=os.environ.get("RANCHER_LEASE_TTL", "10"),
+                          help="lease TTL in seconds (2-3600, default 10, or RANCHER_LEASE_TTL): how fast a dead "
+                          "host's tunnels go")
     registry.add_argument("--interval", type=float, default=1.0)
     add_etcd_tls_options(registry)
     registry.set_defaults(func=cmd_ipsec_registry)
