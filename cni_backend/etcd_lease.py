@@ -50,7 +50,21 @@ def entry_object(value, max_bytes: int) -> dict:
 
 
 class LeasedKeys:
+    """One lease per agent process (per host, for what that agent registers):
+    granted once, renewed every third of its TTL by the agent's own loop, and
+    attached to every key the agent writes. Every timer here counts on
+    time.monotonic(); the expiry itself is etcd's (server side), so a wall
+    clock set forward or back changes nothing.
+
+    A lease that is gone when renewed or written under (etcd answers TTL -1,
+    or "requested lease not found": the host was cut off from etcd, or
+    stalled, for longer than the TTL, and its keys expired meanwhile) is
+    replaced by a new one, and every key the host wants is written again from
+    its local truth, in transactions, under the same names: nothing is
+    duplicated, nothing is lost, and no key outside this host's own set is
+    ever touched."""
     LABEL = "registry"
+    TXN_OPS = 64   # per transaction; etcd refuses more than 128 (--max-txn-ops)
 
     def __init__(self, connect, ttl: int, client=None):
         """`connect()` returns a client for the next etcd member (called again
@@ -58,7 +72,8 @@ class LeasedKeys:
         self.connect, self.client, self.ttl = connect, client, ttl
         self.lease = None
         self.registered = {}    # key -> value as last written under the current lease
-        self.renewed = 0.0
+        self.renewed = 0.0      # time.monotonic() of the last renewal
+        self.leases = 0         # leases granted so far (the first, then one per loss)
 
     def _ensure_lease(self) -> None:
         """Renewed every third of the TTL; a new one (and every key written
@@ -68,21 +83,41 @@ class LeasedKeys:
         if self.lease is not None and self.lease.refresh() > 0:
             self.renewed = time.monotonic()
             return
+        old = self.lease
         self.lease = self.client.lease(self.ttl)  # first start, or the old one expired
         self.renewed = time.monotonic()
         self.registered = {}
-        log.info("%s: lease %s (ttl %ss)", self.LABEL, self.lease.id, self.ttl)
+        self.leases += 1
+        if old is None and self.leases == 1:
+            log.info("%s: lease %s (ttl %ss)", self.LABEL, self.lease.id, self.ttl)
+        else:
+            log.warning("%s: lease %s was gone (this host was cut off from etcd or stalled for longer than its "
+                        "ttl of %ss, so its keys expired): registering again under lease %s",
+                        self.LABEL, old.id if old is not None else "?", self.ttl, self.lease.id)
 
-    def _publish(self, wanted: dict) -> None:
+    def _publish(self, wanted: dict, stale=()) -> None:
         """Exactly `wanted` ({key: value}) under our lease: changed ones
-        written, ones no longer wanted deleted."""
+        written, ones no longer wanted deleted, and so are `stale` ones (this
+        host's own keys left by an earlier run of its agent)."""
         self._ensure_lease()
-        for key, value in wanted.items():
-            if self.registered.get(key) != value:
-                self.client.put(key, value, lease=self.lease)
-        for key in set(self.registered) - set(wanted):
-            self.client.delete(key)
-        self.registered = wanted
+        try:
+            self._write(wanted, stale)
+        except Exception as exc:
+            if not lease_lost(exc):
+                raise
+            self.lease = None   # it expired between its renewal and this write: a new one, everything again
+            self._ensure_lease()
+            self._write(wanted, stale)
+        self.registered = dict(wanted)
+
+    def _write(self, wanted: dict, stale=()) -> None:
+        from etcd3gw.utils import _encode
+        ops = [{"request_put": {"key": _encode(key), "value": _encode(value), "lease": self.lease.id}}
+               for key, value in wanted.items() if self.registered.get(key) != value]
+        ops += [{"request_delete_range": {"key": _encode(key)}}
+                for key in sorted((set(self.registered) | set(stale)) - set(wanted))]
+        for start in range(0, len(ops), self.TXN_OPS):
+            self.client.transaction({"compare": [], "success": ops[start:start + self.TXN_OPS], "failure": []})
 
     def _rows(self, prefix: str) -> list:
         """(key, value, create revision) of every key under `prefix`."""
@@ -117,6 +152,11 @@ class LeasedKeys:
             return
         if self.lease is not None:
             self.lease = Lease(self.lease.id, self.client)
+
+
+def lease_lost(exc) -> bool:
+    """Whether etcd refused a write because its lease no longer exists."""
+    return "lease not found" in str(getattr(exc, "detail_text", "") or exc)
 
 
 class WatchEnded(Exception):

@@ -170,8 +170,11 @@ def _in_process(plugin: str, env: dict, stdin: bytes):
     if sys.flags.no_site:
         import site
         site.main()  # the fast wrappers start without site; pyroute2 lives there
-    from . import skel
+    import logging
+    from . import logfmt, skel
     from .plugins import load
+    if not logging.getLogger().handlers:  # the plug-in's warnings to the runtime's stderr, in our format
+        logfmt.setup(logging.WARNING)
     return skel.dispatch(load(plugin), env, stdin)
 
 

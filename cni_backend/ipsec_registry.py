@@ -323,6 +323,11 @@ class Agent(LeasedKeys):
         self._stop_watch()
         self.register(records)
         revision, rows = self._snapshot(self.root)
+        own = tuple({f"{self.root}{r['local']}/" for r in records})
+        leftovers = [key for key, _, _ in rows if own and key.startswith(own) and key not in self.registered]
+        if leftovers:   # ours, from an earlier run of this agent (its lease still alive): not ours now
+            log.info("%s: deleting %d key(s) of this host no longer wanted", self.LABEL, len(leftovers))
+            self._publish(dict(self.registered), stale=leftovers)
         self.rows = {key: (value, created) for key, value, created in rows}
         self.watch = self._watch(self.root, revision + 1)
         self.next_resync = time.monotonic() + self.resync_every * random.uniform(0.9, 1.1)

@@ -34,7 +34,7 @@ import signal
 import socket
 import struct
 
-from . import skel, trace, wire
+from . import logfmt, skel, trace, wire
 from .invoke import own
 from .errors import CNIError, IO_FAILURE
 from .plugins import PLUGINS, load
@@ -99,6 +99,9 @@ def _serve_one(conn: socket.socket, timeout: float = RECEIVE_TIMEOUT_S) -> None:
     if request is None:
         return
     plugin, env, stdin, netns_fd, version = request
+    # the caller's request ID (the shim's, through our executable), else one
+    # made here: on this worker's lines and the plug-in's (skel.dispatch)
+    env[logfmt.REQUEST_ENV] = logfmt.bind(env.get(logfmt.REQUEST_ENV))
     _die_with_caller(conn)
     refusal = _declined(conn, version)
     if refusal is not None:
@@ -110,9 +113,7 @@ def _serve_one(conn: socket.socket, timeout: float = RECEIVE_TIMEOUT_S) -> None:
     if plugin not in PLUGINS:
         wire.send_reply(conn, 1, "", f"unknown plug-in {plugin!r}\n")
         return
-    stdout, code, stderr = run_plugin(plugin, env, stdin, netns_fd)
-    log.info("%s %s %s/%s -> %s", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "")[:12],
-             env.get("CNI_IFNAME", ""), code)
+    stdout, code, stderr = run_plugin(plugin, env, stdin, netns_fd)  # it logs the call's line
     signal.signal(signal.SIGIO, signal.SIG_IGN)  # the work is done: a caller closing once answered is no hang-up
     try:
         wire.send_reply(conn, code, stdout, stderr)
@@ -314,8 +315,7 @@ def autostart_main(lock_fd: int, priority: int | None = None) -> None:
     fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already (inherited); fails loudly if not
     os.set_inheritable(lock_fd, False)
     _autostarted = True
-    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rancher-cni daemon[{os.getpid()}] "
-                        "%(levelname)s %(message)s")
+    logfmt.setup(logging.WARNING)  # its environment is clean: text, our format
     log.warning("started by the first CNI call (zero set-up), version %s, on %s", wire.VERSION, wire.DEFAULT_SOCKET)
 
     def ready():

@@ -8,11 +8,13 @@ spec's error JSON and a non-zero exit, never into a traceback on stdout.
 
 import dataclasses
 import json
+import logging
 import os
 import re
+import time
 import traceback
 
-from . import trace, version
+from . import logfmt, trace, version
 from .errors import (CNIError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INTERNAL,
                      INVALID_CONFIG, INVALID_ENV, UNKNOWN_CONTAINER)
 from .ifnames import RULE, is_ifname
@@ -33,6 +35,8 @@ REQUIRED_ENV = {
 MINIMUM_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+
+log = logging.getLogger("rancher-cni")
 
 
 @dataclasses.dataclass
@@ -191,11 +195,55 @@ def run(plugin, req: Request):
 
 
 def dispatch(plugin, env, stdin: bytes, netns_fd=None) -> tuple:
-    """Run one CNI call; returns (stdout text, exit code, stderr text)."""
+    """Run one CNI call; returns (stdout text, exit code, stderr text).
+
+    Under the call's request ID (RANCHER_REQUEST_ID from the caller, the shim's
+    for a Docker request; one made here when it has none): one log line per
+    call (never on stdout, which is the result), with the ID, as the caller's
+    lines have it."""
+    if env.get("CNI_COMMAND") == "VERSION":
+        return json.dumps(version_info(stdin)), 0, ""
+    with logfmt.request(env.get(logfmt.REQUEST_ENV)) as request_id:
+        if env.get(logfmt.REQUEST_ENV) != request_id:  # delegated calls (IPAM) carry it on
+            env = dict(env, **{logfmt.REQUEST_ENV: request_id})
+        start, built = time.perf_counter(), []
+        answer = _dispatch(plugin, env, stdin, netns_fd, built)
+        _log_call(_name(plugin), env, built[0].config if built else {}, answer, time.perf_counter() - start)
+        return answer
+
+
+def _name(plugin) -> str | None:
+    """rancher-ipam, say, for the module that serves it (None for another object)."""
+    from .plugins import PLUGINS
+    module = getattr(plugin, "__name__", None)
+    return next((name for name, path in PLUGINS.items() if path == module), None)
+
+
+def _log_call(name, env, config: dict, answer: tuple, seconds: float) -> None:
+    command = env.get("CNI_COMMAND", "")
+    failed = answer[1] != 0
+    level = logging.WARNING if failed else logging.DEBUG if command == "STATUS" else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    plugin, network = name or str(config.get("type", "?"))[:64], str(config.get("name", "?"))[:64]
+    outcome = "ok"
+    if failed:
+        try:
+            error = json.loads(answer[0])
+            outcome = f"error {error.get('code')}: {error.get('msg')}"
+        except (ValueError, AttributeError, RecursionError, TypeError):
+            outcome = f"exit code {answer[1]}"
+    container, ifname = env.get("CNI_CONTAINERID", "")[:12], env.get("CNI_IFNAME", "")[:15]
+    log.log(level, "%s %s %s/%s on %s -> %s in %.1f ms", plugin, command[:8], container, ifname, network, outcome,
+            seconds * 1000, extra={"plugin": plugin, "command": command[:8], "container": container,
+                                   "ifname": ifname, "network": network, "ok": not failed,
+                                   "ms": round(seconds * 1000, 3)})
+
+
+def _dispatch(plugin, env, stdin: bytes, netns_fd, built: list) -> tuple:
     try:
-        if env.get("CNI_COMMAND") == "VERSION":
-            return json.dumps(version_info(stdin)), 0, ""
         req = build_request(env, stdin, netns_fd)
+        built.append(req)
         with trace.bound(env), trace.span("plugin", env, plugin=req.config["type"], command=req.command,
                                           container=req.container_id[:12]):
             output = run(plugin, req)

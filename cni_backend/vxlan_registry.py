@@ -448,6 +448,10 @@ class Agent(LeasedKeys):
         self.local_seen = self._local_stamp()
         self.register()
         revision, rows = self._snapshot(self.root)
+        leftovers = [key for key, _, _ in rows if key.startswith(f"{self.base}/") and key not in self.registered]
+        if leftovers:   # ours, from an earlier run of this agent (its lease still alive): not ours now
+            log.info("%s: deleting %d key(s) of this host no longer wanted", self.LABEL, len(leftovers))
+            self._publish(dict(self.registered), stale=leftovers)
         self.rows = {key: (value, created) for key, value, created in rows if self._kept(key, value, created)}
         self.watch = self._watch(self.root, revision + 1)
         self.programmed = self.current = None

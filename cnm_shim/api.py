@@ -67,6 +67,7 @@ def body() -> dict:
         return {}
     if not isinstance(parsed, dict):
         raise DriverError("the request body must be a JSON object")
+    g.body = parsed  # the IDs on the call's log line (app._log_call)
     return parsed
 
 

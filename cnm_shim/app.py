@@ -6,8 +6,10 @@ import logging
 import os
 import time
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from cni_backend import logfmt
 
 from . import api, backends, metrics
 from .errors import DriverError, docker_answer
@@ -25,6 +27,13 @@ DRIVERS = backends.DRIVERS
 # making a worker hold (and parse) tens of MB; a larger one is answered 413,
 # with `Err`, before it is read.
 MAX_BODY_BYTES = 1 << 20
+# The calls that change something: one INFO line each (with the request ID the
+# plug-in's lines carry too); the others (capabilities, queries) at DEBUG.
+CHANGES = frozenset(("NetworkDriver.CreateNetwork", "NetworkDriver.DeleteNetwork", "NetworkDriver.AllocateNetwork",
+                     "NetworkDriver.FreeNetwork", "NetworkDriver.CreateEndpoint", "NetworkDriver.DeleteEndpoint",
+                     "NetworkDriver.Join", "NetworkDriver.Leave", "NetworkDriver.ProgramExternalConnectivity",
+                     "NetworkDriver.RevokeExternalConnectivity", "IpamDriver.RequestPool", "IpamDriver.ReleasePool",
+                     "IpamDriver.RequestAddress", "IpamDriver.ReleaseAddress"))
 
 
 @dataclasses.dataclass
@@ -101,12 +110,35 @@ def create_app(config: dict | None = None) -> Flask:
     app.register_error_handler(Exception, _error)
     app.before_request(_started)
     app.after_request(_answered)
+    app.teardown_request(_finished)
     app.wsgi_app = DriverFromSocket(app.wsgi_app, sockets)
     return app
 
 
 def _started() -> None:
     request.environ["rancher.started"] = time.monotonic()
+    # Docker sends no request ID: one per request, on our lines and in the
+    # environment of every CNI call made for it (invoke.api)
+    logfmt.bind()
+
+
+def _finished(_exc) -> None:
+    logfmt.unbind()
+
+
+def _log_call(verb: str, response, ok: bool, seconds: float) -> None:
+    """One line per Docker call: which, on what, how it ended, how long."""
+    level = logging.INFO if verb in CHANGES else logging.DEBUG
+    if not log.isEnabledFor(level):
+        return
+    body = g.get("body") or {}  # as api.body() parsed it, if it did
+    fields = {key: str(body[name])[:64] for key, name in (("endpoint", "EndpointID"), ("network", "NetworkID"),
+                                                          ("pool", "PoolID")) if body.get(name)}
+    on = " ".join(f"{key}={value!r}" if key == "pool" else f"{key}={value[:12]}" for key, value in fields.items())
+    log.log(level, "%s%s -> %s in %.1f ms", verb, f" {on}" if on else "",
+            "ok" if ok else f"error (HTTP {response.status_code})", seconds * 1000,
+            extra={"verb": verb, "status": response.status_code, "ok": ok, "ms": round(seconds * 1000, 3),
+                   **fields})
 
 
 def _answered(response):
@@ -119,5 +151,7 @@ def _answered(response):
             backend = api.backend()
         except KeyError:
             backend = "unknown"
-        metrics.CALLS.observe(metrics.verb_of(request.path), backend, ok, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        metrics.CALLS.observe(metrics.verb_of(request.path), backend, ok, seconds)
+        _log_call(request.path.lstrip("/")[:80], response, ok, seconds)
     return response

@@ -3,11 +3,10 @@
 import argparse
 import hashlib
 import json
-import logging
 import os
 import sys
 
-from cni_backend import version
+from cni_backend import logfmt, version
 from cni_backend.errors import CNIError
 from cni_backend.invoke import api, conflist
 
@@ -39,6 +38,7 @@ def cmd_cni(opts) -> int:
     conf_dir = opts.conf_dir or os.environ.get("NETCONFPATH") or conflist.DEFAULT_CONF_DIR
     conf, raw = conflist.find(opts.network, conf_dir)
     cni = _cni(opts)
+    logfmt.bind(os.environ.get(logfmt.REQUEST_ENV))  # one ID for every plug-in of the chain
     if opts.action == "gc":
         valid = [tuple(v.split("/", 1)) for v in opts.valid]
         for container_id, ifname in cni.gc(conf, raw, valid):
@@ -182,6 +182,19 @@ def cmd_status(opts) -> int:
     return 0
 
 
+def lease_ttl(text: str) -> int:
+    """--ttl / RANCHER_LEASE_TTL: whole seconds, 2 to 3600 (etcd counts the
+    lease down on its side; the agent renews it every third of the TTL)."""
+    try:
+        ttl = int(text)
+    except (TypeError, ValueError):
+        ttl = None
+    if ttl is None or not 2 <= ttl <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lease TTL: whole seconds from 2 to 3600 "
+                                         "(10 by default; how long a dead or cut-off host stays registered)")
+    return ttl
+
+
 def cmd_vxlan_agent(opts) -> int:
     import itertools
     import signal
@@ -255,9 +268,20 @@ def etcd_client_settings(opts) -> dict:
                               ("user", opts.etcd_user), ("password_file", opts.etcd_password_file)) if v}
 
 
+def add_log_format(parser) -> None:
+    """--log-format on a subcommand too (`cnm-shim serve --log-format json`);
+    SUPPRESS keeps the top-level value when it is not given here."""
+    parser.add_argument("--log-format", choices=logfmt.FORMATS, type=str.lower, metavar="FORMAT",
+                        default=argparse.SUPPRESS, help="text (default) or json: one object per line for log shippers")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cnm-shim", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("CNM_SHIM_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-format", choices=logfmt.FORMATS, type=str.lower, metavar="FORMAT",
+                        default=os.environ.get(logfmt.FORMAT_ENV, "text").strip().lower() or "text",
+                        help="text (default) or json, one object per line for log shippers "
+                             f"(env {logfmt.FORMAT_ENV}); also after serve and cni-server")
     sub = parser.add_subparsers(dest="command", required=True)
     from . import backends
 
@@ -286,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run an ipsec-agent beside the daemon for the rancher-ipsec networks of this "
                              "stateDir (hosts without Docker)")
     daemon.add_argument("--ipsec-agent-interval", type=float, default=2.0)
+    add_log_format(daemon)
     daemon.set_defaults(func=cmd_cni_server)
 
     serve = sub.add_parser("serve", help="answer Docker's NetworkDriver and IpamDriver calls (foreground)")
@@ -317,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-listen", default=os.environ.get("RANCHER_METRICS_LISTEN") or None,
                        metavar="HOST:PORT", help="serve the metrics on this TCP address too (none unless asked), "
                                                  "e.g. 127.0.0.1:9614")
-    serve.add_argument("--access-log", action="store_true")
+    serve.add_argument("--access-log", action="store_true", help="gunicorn's access log, one line per Docker "
+                       "request on stdout (off by default; our own log has a line per call that changes something)")
+    add_log_format(serve)
     serve.add_argument("--docker-host", default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
                        help="the engine whose stranded restart-policy containers to start once up ('' = none)")
     serve.set_defaults(func=cmd_serve)
@@ -353,7 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="underlay interface (default: the default route's)")
     agent.add_argument("--peers", default="", help="static peers, comma-separated")
     agent.add_argument("--state-dir", default=paths.IPAM_DATA_DIR)
-    agent.add_argument("--ttl", type=int, default=10, help="lease TTL: how fast a dead host disappears")
+    agent.add_argument("--ttl", type=lease_ttl, default=os.environ.get("RANCHER_LEASE_TTL", "10"),
+                       help="lease TTL in seconds (2-3600, default 10, or RANCHER_LEASE_TTL): how fast a dead "
+                       "host disappears")
     agent.add_argument("--interval", type=float, default=1.0)
     add_etcd_tls_options(agent)
     agent.set_defaults(func=cmd_vxlan_agent)
@@ -370,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("--etcd-endpoints", default=os.environ.get("RANCHER_ETCD_ENDPOINTS", ""))
     registry.add_argument("--etcd-prefix", default="/rancher-cni")
     registry.add_argument("--state-dir", default=paths.IPAM_DATA_DIR, help="the plug-in's stateDir")
-    registry.add_argument("--ttl", type=int, default=10, help="lease TTL: how fast a dead host's tunnels go")
+    registry.add_argument("--ttl", type=lease_ttl, default=os.environ.get("RANCHER_LEASE_TTL", "10"),
+                          help="lease TTL in seconds (2-3600, default 10, or RANCHER_LEASE_TTL): how fast a dead "
+                          "host's tunnels go")
     registry.add_argument("--interval", type=float, default=1.0)
     add_etcd_tls_options(registry)
     registry.set_defaults(func=cmd_ipsec_registry)
@@ -400,7 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     opts = build_parser().parse_args(argv)
-    logging.basicConfig(level=opts.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        logfmt.setup(opts.log_level, opts.log_format)
+    except ValueError as exc:  # a bad CNM_SHIM_LOG_LEVEL or CNM_SHIM_LOG_FORMAT
+        raise SystemExit(f"cnm-shim: {exc} (--log-level, --log-format)") from None
     try:
         return opts.func(opts)
     except CNIError as exc:

@@ -21,8 +21,9 @@ import time
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.glogging import Logger as GunicornLogger
 
-from cni_backend import runtime, staging, wire
+from cni_backend import logfmt, runtime, staging, wire
 from cni_backend.ipam.etcd_store import check_endpoints
 
 from . import backends, listeners, metrics
@@ -68,6 +69,18 @@ class ShimArbiter(Arbiter):
             listener.close()
         self.LISTENERS = []
         super().stop(graceful)
+
+
+class ShimLogger(GunicornLogger):
+    """gunicorn's error log (and its access log, when asked for) in our
+    format (cni_backend/logfmt.py): the handlers gunicorn sets up, each
+    given our formatter. The access log stays off unless --access-log."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for log_ in (self.error_log, self.access_log):
+            for handler in log_.handlers:
+                handler.setFormatter(logfmt.formatter(stream=getattr(handler, "stream", None)))
 
 
 class ShimServer(BaseApplication):
@@ -183,6 +196,9 @@ def _worker_gone(server, worker) -> None:
 
 def serve(opts) -> int:
     os.environ[wire.SOCKET_ENV] = opts.cni_socket  # inherited by the executables we run
+    # our children (CNI daemon, agents, exporter) log as we do
+    os.environ[logfmt.FORMAT_ENV] = opts.log_format
+    os.environ["CNM_SHIM_LOG_LEVEL"] = opts.log_level
     app_config = {"state_dir": opts.state_dir, "run_dir": opts.run_dir, "ipam_data_dir": opts.ipam_data_dir,
                   "cni_path": tuple(opts.cni_path.split(os.pathsep)), "cni_conf_dir": opts.cni_conf_dir,
                   "etcd_endpoints": check_endpoints([e for e in opts.etcd_endpoints.split(",") if e], opts.insecure_etcd),
@@ -223,6 +239,7 @@ def serve(opts) -> int:
             "graceful_timeout": GRACEFUL_TIMEOUT,
             "umask": 0o117,  # the workers' heartbeat files; the sockets are bound already (listeners.py)
             "accesslog": "-" if opts.access_log else None,
+            "logger_class": ShimLogger,
             "loglevel": opts.log_level.lower(),
             "proc_name": "cnm-shim",
             "control_socket_disable": True,  # gunicorn >= 25 would open one in $HOME

@@ -8,7 +8,7 @@ and CHECK run against the config the attachment was made with.
 import dataclasses
 import os
 
-from .. import version
+from .. import logfmt, version
 from ..errors import CHECK_FAILED, CNIError
 from . import cache, conflist as conflists
 from .execute import exec_plugin, run_process
@@ -40,6 +40,9 @@ class CNI:
                 env["CNI_NETNS"] = att.netns
             if att.args:
                 env["CNI_ARGS"] = ";".join(f"{k}={v}" for k, v in att.args)
+        request_id = logfmt.current()
+        if request_id:  # the Docker request this call serves: the plug-in's log lines carry it too
+            env[logfmt.REQUEST_ENV] = request_id
         return env
 
     def _run(self, command, conf, plugin, att, prev=None, extra=None):

@@ -6,6 +6,7 @@ run by the plug-in itself."""
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -80,6 +81,42 @@ def test_disable_is_refused_while_in_use_and_an_upgrade_keeps_containers_connect
     docker.clean()
     docker("plugin", "disable", docker.name)  # allowed once nothing uses it
     docker("plugin", "enable", docker.name)
+
+
+def plugin_log(dockerd) -> list:
+    """The plug-in's lines in dockerd's log (Docker logs a plug-in's stdout
+    and stderr as `msg="..." plugin=ID`), each parsed as our JSON."""
+    entries = []
+    with open(os.path.join(dockerd.root, "dockerd.log")) as f:
+        for line in f:
+            match = re.search(r'msg="((?:[^"\\]|\\.)*)" plugin=', line)
+            if match:
+                text = json.loads(f'"{match.group(1)}"')
+                if text.startswith("{"):
+                    entries.append(json.loads(text))
+    return entries
+
+
+def test_json_logs_from_the_plugins_env_with_one_request_id_from_join_to_add(docker):
+    """CNM_SHIM_LOG_FORMAT=json set on the plug-in: its lines reach dockerd's
+    log as JSON, and a docker run's Join and the ADD it made share one ID."""
+    docker("plugin", "disable", docker.name)
+    docker("plugin", "set", docker.name, "CNM_SHIM_LOG_FORMAT=json")
+    docker("plugin", "enable", docker.name)
+    try:
+        net = network(docker, "--subnet", "10.86.0.0/24", driver=docker.driver)
+        name = container(docker, net)
+        endpoint = json.loads(docker("inspect", name).stdout)[0]["NetworkSettings"]["Networks"][net]["EndpointID"]
+        entries = plugin_log(docker.dockerd)
+        joins = [e for e in entries if e.get("verb") == "NetworkDriver.Join" and e.get("endpoint") == endpoint]
+        assert len(joins) == 1, docker.dockerd.log_tail()
+        adds = [e for e in entries if e.get("command") == "ADD" and e["request_id"] == joins[0]["request_id"]]
+        assert [(e["plugin"], e["ok"]) for e in adds] == [("rancher-bridge", True)], entries[-20:]
+    finally:
+        docker.clean()
+        docker("plugin", "disable", docker.name)
+        docker("plugin", "set", docker.name, "CNM_SHIM_LOG_FORMAT=text")
+        docker("plugin", "enable", docker.name)
 
 
 def test_containers_come_back_after_a_daemon_restart(docker):

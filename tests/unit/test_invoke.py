@@ -193,3 +193,19 @@ def test_a_capability_is_cached_before_its_add_so_a_failed_one_is_deleted_with_i
     client.delete(conf, raw, api.Attachment("c1", ""))
     assert [(c[1], c[2].get("runtimeConfig")) for c in rec.calls] == [
         ("second", None), ("first", {"portMappings": mappings})], "what the failed ADD made is deleted"
+
+
+def test_every_plugin_of_a_call_gets_the_request_id_it_serves(cni, monkeypatch):
+    """The shim's request ID (cni_backend.logfmt) reaches each plug-in's
+    environment, so their log lines carry it; outside a request, none is made."""
+    from cni_backend import logfmt
+    monkeypatch.delenv(logfmt.REQUEST_ENV, raising=False)
+    client, rec = cni
+    conf, raw = raw_conf()
+    with logfmt.request("9f3a1c0de2b47a61"):
+        client.add(conf, raw, api.Attachment("c1", "/run/netns/x", "eth0"))
+    with logfmt.request("00ff00ff00ff00ff"):
+        client.delete(conf, raw, api.Attachment("c1", "/run/netns/x", "eth0"))
+    client.add(conf, raw, api.Attachment("c2", "/run/netns/x", "eth0"))
+    assert [(command, env.get(logfmt.REQUEST_ENV)) for command, _, _, env in rec.calls] == \
+        [("ADD", "9f3a1c0de2b47a61")] * 2 + [("DEL", "00ff00ff00ff00ff")] * 2 + [("ADD", None)] * 2

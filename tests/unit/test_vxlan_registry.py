@@ -2,6 +2,7 @@
 view of who is where, refused (issue 15, item 5). The kernel side (FDB,
 neighbours, the UDP port's guard) is in tests/netns/test_vxlan_registry.py."""
 
+import base64
 import ipaddress
 import json
 import logging
@@ -176,8 +177,12 @@ def test_the_agent_registers_under_its_own_host_prefix(tmp_path):
         def lease(self, ttl):
             return type("Lease", (), {"id": 1, "refresh": lambda self: ttl})()
 
-        def put(self, key, value, lease=None):
-            self.rows.append((key, value.encode(), "1"))
+        def transaction(self, txn):
+            for op in txn["success"]:
+                put = op["request_put"]
+                assert put["lease"] == 1, "every key under the host's one lease"
+                self.rows.append((base64.b64decode(put["key"]).decode(), base64.b64decode(put["value"]), "1"))
+            return {"succeeded": True}
 
     etcd = Recording([])
     registry.Agent(lambda: etcd, "/rancher-cni", VNI, ME, str(tmp_path)).register()
