@@ -91,7 +91,8 @@ def worker(spec: dict) -> None:
         ready.wait()
         if spec.get("profile") and name == spec["hosts"][0][0]:   # one agent thread, profiled
             import cProfile
-            profile = cProfile.Profile(time.thread_time)   # CPU of this thread, not wall time
+            clock = time.thread_time if spec.get("profile_clock") == "cpu" else time.monotonic
+            profile = cProfile.Profile(clock)   # this thread's CPU, or the wall clock (where it waits)
             try:
                 profile.runcall(running.run, interval=spec["interval"], stop=stop.is_set)
             finally:
@@ -339,7 +340,8 @@ def run(hosts: int, args, root: pathlib.Path) -> dict:
             mine = [(host_name(i), host_address(i), str(states[i])) for i in range(w * per, min(hosts, (w + 1) * per))]
             if not mine:
                 continue
-            spec = {"hosts": mine, "etcd": endpoint, "interval": args.interval, "profile": args.profile}
+            spec = {"hosts": mine, "etcd": endpoint, "interval": args.interval, "profile": args.profile,
+                    "profile_clock": args.profile_clock}
             code = ["--code", args.code] if args.code else []
             workers.append(subprocess.Popen([sys.executable, __file__, *code, "--worker", json.dumps(spec)],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
@@ -424,6 +426,8 @@ def main() -> None:
                         "commit, for the baseline) instead of this checkout")
     parser.add_argument("--profile", help="cProfile the first agent thread of each worker process into "
                         "PROFILE.<host> (pstats format)")
+    parser.add_argument("--profile-clock", choices=("cpu", "wall"), default="cpu",
+                        help="what --profile measures: the thread's CPU time, or wall time (where it waits)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.code:

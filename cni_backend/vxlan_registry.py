@@ -295,6 +295,7 @@ class Agent(LeasedKeys):
     network's subnets are read again when those records change."""
 
     GUARD_SPACING = 0.5   # seconds: new peers enter the UDP guard at most this often
+    GUARD_LOCK_WAIT = 0.2  # seconds: the firewall lock is waited for at most this long per try
 
     def __init__(self, connect, prefix: str, vni: int, vtep_ip: str, state_dir: str, ttl: int = 10,
                  static_peers=(), port: int = 4789, resync: float = 300.0):
@@ -512,12 +513,15 @@ class Agent(LeasedKeys):
         else:
             _, current, current_fdb, present, guarded = self.programmed
             if guarded - peers or (peers - guarded and now >= self.guard_at + self.GUARD_SPACING):
-                vxlan_guard.update(self.vni, self.port, guarded, peers)
-                guarded, self.guard_at = set(peers), now
+                # not waiting long for the host's firewall lock: this thread also renews the lease
+                if vxlan_guard.update(self.vni, self.port, guarded, peers, lock_wait=self.GUARD_LOCK_WAIT) is None:
+                    self.guard_at = now - self.GUARD_SPACING + self.GUARD_LOCK_WAIT   # busy: again shortly
+                else:
+                    guarded, self.guard_at = set(peers), now
         # a peer not yet in the guard gets no entries yet either: whatever the
         # kernel says is reachable can also answer
         flood = peers & guarded
-        self.guard_due = self.guard_at + self.GUARD_SPACING if peers != flood else None
+        self.guard_due = self.guard_at + self.GUARD_SPACING if guarded != peers else None
         remote = {ip: e for ip, e in view.endpoints.items() if e.vtep in flood}
         wanted_fdb = {e.mac: e.vtep for e in remote.values()}
         wanted_neigh = {ip: e.mac for ip, e in remote.items()}

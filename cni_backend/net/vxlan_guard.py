@@ -22,6 +22,7 @@ them. `ensure` lists and rewrites the whole set when it is not right.
 import ipaddress
 import re
 
+from .. import locks
 from . import iptables, tags, tools
 
 _SOURCE = re.compile(r" -s (\S+?)(?:/32)? ")
@@ -85,12 +86,14 @@ def ensure(vni: int, port: int, peers) -> bool:
     return True
 
 
-def update(vni: int, port: int, old, new) -> bool:
+def update(vni: int, port: int, old, new, lock_wait: float | None = None) -> bool | None:
     """From accepting exactly `old` (as the caller last made it with
     `ensure` or `update`) to exactly `new`: one restore that deletes the
     leavers' rules and inserts the newcomers' at the head, with no listing.
     When that restore fails (a rule of `old` is gone: someone else changed
-    the chain), `ensure` makes the set right. True when anything changed."""
+    the chain), `ensure` makes the set right. True when anything changed;
+    None, with nothing changed, when the firewall's host lock stayed taken
+    for `lock_wait` seconds (None: wait as long as it takes)."""
     old, new = set(old), set(new)
     if old == new:
         return False
@@ -98,9 +101,12 @@ def update(vni: int, port: int, old, new) -> bool:
     added = rules(vni, port, new - old)[:-1]
     script = ["*filter", *("-D" + line[2:] for line in gone),
               *(f"-I INPUT 1 {line[len('-A INPUT '):]}" for line in added), "COMMIT"]
-    with iptables.host_lock():
-        if tools.run(["iptables-restore", "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None:
-            return True
+    try:
+        with locks.held(iptables.LOCK_PATH, timeout=lock_wait):
+            if tools.run(["iptables-restore", "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None:
+                return True
+    except TimeoutError:
+        return None
     ensure(vni, port, new)
     return True
 
