@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 
 import pytest
 
@@ -320,3 +321,28 @@ def test_hosts_arriving_one_by_one_rewrite_the_udp_guard_far_fewer_times_than_th
         rig.etcd_call("/v3/kv/deleterange", {"key": _b64(f"{ROOT}{vtep}/{VNI}/vtep")})
     _until(lambda: _guard_peers(rig.hosts[0]) == set(arriving[15:]) and rig.kernel(0)[0] == set(arriving[15:]), 30,
            "the guard did not follow the hosts that left")
+
+
+def test_the_firewall_lock_held_elsewhere_does_not_cost_the_agent_its_lease(rig):
+    """Someone else holds the host's firewall lock for longer than the
+    agent's lease TTL (5 s) while hosts arrive: the agent keeps renewing its
+    lease (its keys stay in etcd, no "was gone" in its log), programs none of
+    the newcomers while their guard rules cannot be written, and once the
+    lock is free its guard and tables are exactly the registry's."""
+    from cni_backend import locks
+    from cni_backend.net import iptables
+    rig.add(0, 1)
+    rig.start(0)
+    _until(lambda: f"{ROOT}{rig.vteps[0]}/{VNI}/vtep" in rig.registry() and rig.kernel(0) == rig.wanted(0, rig.registry()),
+           30, "host 0's agent did not start")
+    arriving = [f"10.98.2.{i}" for i in range(1, 4)]
+    with locks.held(iptables.LOCK_PATH):
+        ns_exec(rig.hub, sys.executable, "-c", _ARRIVE, rig.etcd.endpoints[0], ROOT, ",".join(arriving), "0")
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            assert f"{ROOT}{rig.vteps[0]}/{VNI}/vtep" in rig.registry(), "host 0's lease ran out: " + rig.log(0)[-800:]
+            assert rig.kernel(0)[0] == set(), "a newcomer was programmed before the guard let it in"
+            time.sleep(0.5)
+    assert "was gone" not in rig.log(0)
+    _until(lambda: _guard_peers(rig.hosts[0]) == set(arriving) and rig.kernel(0) == rig.wanted(0, rig.registry()),
+           30, "host 0 did not catch up once the lock was free")
