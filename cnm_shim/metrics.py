@@ -14,6 +14,8 @@ at every scrape. A worker that dies keeps its counts (its files stay).
 What:
   cnm_docker_calls_total{verb,backend,result}  Docker's calls; result ok|error
   cnm_docker_call_seconds{verb,backend}        their latency (histogram)
+  cnm_cni_calls_total{command,plugin,result}   CNI plug-in executions the shim made for them
+  cnm_cni_call_seconds{command,plugin}         their latency (histogram)
   cnm_endpoints{network,driver}                endpoints per network, from state.db
   cnm_ipam_pool_addresses{network,pool,kind}   size, used, free of each network's address range
                                                (used: its endpoints' addresses and the gateway)
@@ -54,6 +56,7 @@ VERBS = ("Plugin.Activate", "NetworkDriver.GetCapabilities", "NetworkDriver.Crea
          "NetworkDriver.ProgramExternalConnectivity", "NetworkDriver.RevokeExternalConnectivity",
          "IpamDriver.GetCapabilities", "IpamDriver.GetDefaultAddressSpaces", "IpamDriver.RequestPool",
          "IpamDriver.ReleasePool", "IpamDriver.RequestAddress", "IpamDriver.ReleaseAddress")
+CNI_COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -88,15 +91,30 @@ class Calls:
             self._made = (Counter("cnm_docker_calls", "Docker's calls to the plug-in, by verb, backend and result",
                                   ["verb", "backend", "result"]),
                           Histogram("cnm_docker_call_seconds", "How long the plug-in took to answer Docker's calls",
-                                    ["verb", "backend"], buckets=BUCKETS))
+                                    ["verb", "backend"], buckets=BUCKETS),
+                          Counter("cnm_cni_calls", "CNI plug-in executions the shim made, by command, plug-in "
+                                  "type and result", ["command", "plugin", "result"]),
+                          Histogram("cnm_cni_call_seconds", "How long a CNI plug-in execution took",
+                                    ["command", "plugin"], buckets=BUCKETS))
         return self._made
 
     def observe(self, verb: str, backend: str, ok: bool, seconds: float) -> None:
         if ENV not in os.environ:  # not under serve (the app in tests, a one-off): nothing to export to
             return
-        counter, histogram = self._metrics()
+        counter, histogram = self._metrics()[:2]
         counter.labels(verb, backend, "ok" if ok else "error").inc()
         histogram.labels(verb, backend).observe(seconds)
+
+    def observe_cni(self, command: str, plugin: str, ok: bool, seconds: float) -> None:
+        """One CNI plug-in execution (cni_backend/invoke/api.py's observer),
+        counted in the calling worker: our own plug-ins run in a fork of it,
+        which ends at once, third-party ones are exec'd."""
+        if ENV not in os.environ:
+            return
+        counter, histogram = self._metrics()[2:]
+        command = command if command in CNI_COMMANDS else "other"
+        counter.labels(command, plugin[:64], "ok" if ok else "error").inc()
+        histogram.labels(command, plugin[:64]).observe(seconds)
 
 
 CALLS = Calls()
