@@ -75,11 +75,18 @@ def cmd_cni_server(opts) -> int:
         from .children import Children
         agents = Children()
         agents.start(ipsec_agent_argv(opts.ipsec_state_dir, opts.ipsec_agent_interval))
+    watch = None
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # serve's child: its workers are exported (metrics.py)
+        from . import metrics
+        watch = metrics.DaemonWorkers().watch
     try:
-        server.serve(opts.socket, **{k: v for k, v in limits.items() if v is not None})
+        server.serve(opts.socket, **{k: v for k, v in limits.items() if v is not None}, watch=watch)
     finally:
         if agents is not None:
             agents.stop(5)
+        if watch is not None:
+            from prometheus_client import multiprocess
+            multiprocess.mark_process_dead(os.getpid())  # its gauges end with it
     return 0
 
 

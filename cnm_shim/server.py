@@ -212,9 +212,9 @@ def serve(opts) -> int:
     children = Children()
     master = os.getpid()
     try:
+        folder = metrics.prepare(opts.run_dir)  # before a worker records a call (the CNI daemon's too)
         if not opts.no_cni_daemon:
             start_cni_daemon(children, opts.cni_socket)
-        folder = metrics.prepare(opts.run_dir)  # before a worker records a call
         start_metrics_exporter(children, folder, opts)
         stale = staging.remove_all(os.path.join(opts.run_dir, "staging"))  # before any worker stages anew
         if stale:
