@@ -346,9 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_etcd_tls_options(serve)
     serve.add_argument("--metrics-socket", help="where the Prometheus metrics are served "
                        f"(default RUN_DIR/metrics.sock, {paths.RUN_DIR}/metrics.sock)")
-    serve.add_argument("--metrics-listen", default=os.environ.get("RANCHER_METRICS_LISTEN") or None,
-                       metavar="HOST:PORT", help="serve the metrics on this TCP address too (none unless asked), "
-                                                 "e.g. 127.0.0.1:9614")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       default=os.environ.get("CNM_SHIM_METRICS_LISTEN") or os.environ.get("RANCHER_METRICS_LISTEN")
+                       or None,
+                       help="serve the metrics on this TCP address too (none unless asked), e.g. 127.0.0.1:9614 "
+                            "(env CNM_SHIM_METRICS_LISTEN; the managed plug-in's setting)")
     serve.add_argument("--access-log", action="store_true", help="gunicorn's access log, one line per Docker "
                        "request on stdout (off by default; our own log has a line per call that changes something)")
     add_log_format(serve)

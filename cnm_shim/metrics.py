@@ -399,18 +399,27 @@ class _TCPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
 
+LISTEN_ENV = "CNM_SHIM_METRICS_LISTEN"  # the managed plug-in's setting (plugin.json)
+
+
 def parse_listen(text: str) -> tuple:
-    """`HOST:PORT` for --metrics-listen, checked."""
+    """`HOST:PORT` for --metrics-listen (or CNM_SHIM_METRICS_LISTEN), checked:
+    an IP address of this host named outright, loopback or another; never the
+    wildcard, as the metrics carry no authentication and the managed plug-in
+    shares the host's network."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
         number = int(port)
     except ValueError:
-        number = -1
+        address, number = None, -1
+    where = f"--metrics-listen ({LISTEN_ENV}) {text!r} is not valid"
     if not sep or not 1 <= number <= 65535:
-        raise SystemExit(f"--metrics-listen {text!r} is not valid: an IP address and a port, "
-                         "e.g. 127.0.0.1:9614 or [::1]:9614")
+        raise SystemExit(f"{where}: an IP address and a port, e.g. 127.0.0.1:9614 or [::1]:9614")
+    if address.is_unspecified:
+        raise SystemExit(f"{where}: name the address to listen on (loopback, e.g. 127.0.0.1:9614, or one of this "
+                         "host's addresses), not every address: the metrics are served without authentication")
     return host, number
 
 
