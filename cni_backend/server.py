@@ -303,9 +303,9 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None, max_workers: int = MAX_WO
                 if not _permitted(conn):
                     conn.close()
                     continue
+                if watch is not None:  # before the fork: counted before the caller can have its answer
+                    _tell(watch, len(workers) + 1, max_workers, 1)
                 workers.add(_fork_worker(conn, listener, timeout, () if lock_fd is None else (lock_fd,)))
-                if watch is not None:
-                    _tell(watch, len(workers), max_workers, 1)
     finally:
         signal.set_wakeup_fd(-1)
         os.close(wakeup_read)
