@@ -408,7 +408,7 @@ def report(cni: dict, dock: dict) -> str:
                          f"{ours['p95_ms'] / ref['p95_ms']:5.2f} {rss['shim']:5.1f} MiB {rss['dockerd']:8.1f} MiB")
         if dock["api_join"]:
             first, last = dock["api_join"]
-            lines.append(f"Join through the HTTP API (CNI ADD in a staging netns): endpoints {first['from']}-"
+            lines.append(f"Join through the HTTP API (CNI ADD, the interface handed over in the host): endpoints {first['from']}-"
                          f"{first['to']} p50 {first['p50_ms']:.0f}ms p95 {first['p95_ms']:.0f}ms, "
                          f"{last['from']}-{last['to']} p50 {last['p50_ms']:.0f}ms p95 {last['p95_ms']:.0f}ms "
                          f"(after the first {m} containers' endpoints)")

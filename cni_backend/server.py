@@ -233,12 +233,22 @@ def _file_identity(path: str) -> tuple | None:
     return st.st_dev, st.st_ino
 
 
+def _tell(watch, busy: int, limit: int, started: int) -> None:
+    try:
+        watch(busy, limit, started)
+    except Exception:  # noqa: BLE001 - counting never stops the daemon
+        log.exception("the workers' watcher failed")
+
+
 def serve(path: str = wire.DEFAULT_SOCKET, ready=None, max_workers: int = MAX_WORKERS,
-          timeout: float = RECEIVE_TIMEOUT_S, lock_fd: int | None = None) -> None:
+          timeout: float = RECEIVE_TIMEOUT_S, lock_fd: int | None = None, watch=None) -> None:
     """Serve until SIGTERM/SIGINT; removes the socket on the way out (if it is
     still ours). With `lock_fd` (an auto-started daemon's start lock), also
     until the socket file is removed or replaced, or a newer executable calls
-    (SIGUSR1 from the worker that declined it)."""
+    (SIGUSR1 from the worker that declined it). `watch(busy, limit, started)`,
+    if given, is called in this process when the count of busy workers
+    changes (`started`: 1 when a worker was just forked for a call, else 0);
+    `cnm-shim serve`'s daemon exports it (cnm_shim/metrics.py)."""
     if max_workers < 1 or not timeout > 0:
         raise ValueError(f"max_workers must be at least 1 and timeout above 0, got {max_workers} and {timeout}")
     _preload()
@@ -259,6 +269,8 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None, max_workers: int = MAX_WO
     log.info("rancher-cni daemon listening on %s", path)
     if ready:
         ready()
+    if watch is not None:
+        _tell(watch, 0, max_workers, 0)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     selector.register(wakeup_read, selectors.EVENT_READ)
@@ -268,7 +280,10 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None, max_workers: int = MAX_WO
             if lock_fd is not None and _file_identity(path) != ours:
                 log.warning("the socket file %s was removed or replaced: this auto-started daemon ends", path)
                 break
+            before = len(workers)
             _reap(workers)
+            if watch is not None and len(workers) != before:
+                _tell(watch, len(workers), max_workers, 0)
             if accepting != (len(workers) < max_workers):  # at the cap, callers wait in the backlog
                 accepting = not accepting
                 if accepting:
@@ -288,6 +303,8 @@ def serve(path: str = wire.DEFAULT_SOCKET, ready=None, max_workers: int = MAX_WO
                 if not _permitted(conn):
                     conn.close()
                     continue
+                if watch is not None:  # before the fork: counted before the caller can have its answer
+                    _tell(watch, len(workers) + 1, max_workers, 1)
                 workers.add(_fork_worker(conn, listener, timeout, () if lock_fd is None else (lock_fd,)))
     finally:
         signal.set_wakeup_fd(-1)

@@ -9,7 +9,7 @@ import time
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from cni_backend import logfmt
+from cni_backend import logfmt, runtime
 
 from . import api, backends, metrics
 from .errors import DriverError, docker_answer
@@ -96,6 +96,7 @@ def _error(exc: Exception):
 
 def create_app(config: dict | None = None) -> Flask:
     app = Flask("cnm_shim")
+    runtime.set_observer(metrics.CALLS.observe_cni)  # every CNI execution counted (under serve)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     config = dict(config or {})
     sockets = config.pop("sockets", None) or {f"{name}.sock": name for name in DRIVERS}

@@ -75,11 +75,18 @@ def cmd_cni_server(opts) -> int:
         from .children import Children
         agents = Children()
         agents.start(ipsec_agent_argv(opts.ipsec_state_dir, opts.ipsec_agent_interval))
+    watch = None
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # serve's child: its workers are exported (metrics.py)
+        from . import metrics
+        watch = metrics.DaemonWorkers().watch
     try:
-        server.serve(opts.socket, **{k: v for k, v in limits.items() if v is not None})
+        server.serve(opts.socket, **{k: v for k, v in limits.items() if v is not None}, watch=watch)
     finally:
         if agents is not None:
             agents.stop(5)
+        if watch is not None:
+            from prometheus_client import multiprocess
+            multiprocess.mark_process_dead(os.getpid())  # its gauges end with it
     return 0
 
 
@@ -339,9 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_etcd_tls_options(serve)
     serve.add_argument("--metrics-socket", help="where the Prometheus metrics are served "
                        f"(default RUN_DIR/metrics.sock, {paths.RUN_DIR}/metrics.sock)")
-    serve.add_argument("--metrics-listen", default=os.environ.get("RANCHER_METRICS_LISTEN") or None,
-                       metavar="HOST:PORT", help="serve the metrics on this TCP address too (none unless asked), "
-                                                 "e.g. 127.0.0.1:9614")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       default=os.environ.get("CNM_SHIM_METRICS_LISTEN") or os.environ.get("RANCHER_METRICS_LISTEN")
+                       or None,
+                       help="serve the metrics on this TCP address too (none unless asked), e.g. 127.0.0.1:9614 "
+                            "(env CNM_SHIM_METRICS_LISTEN; the managed plug-in's setting)")
     serve.add_argument("--access-log", action="store_true", help="gunicorn's access log, one line per Docker "
                        "request on stdout (off by default; our own log has a line per call that changes something)")
     add_log_format(serve)

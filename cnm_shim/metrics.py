@@ -14,11 +14,18 @@ at every scrape. A worker that dies keeps its counts (its files stay).
 What:
   cnm_docker_calls_total{verb,backend,result}  Docker's calls; result ok|error
   cnm_docker_call_seconds{verb,backend}        their latency (histogram)
+  cnm_cni_calls_total{command,plugin,result}   CNI plug-in executions the shim made for them
+  cnm_cni_call_seconds{command,plugin}         their latency (histogram)
+  cnm_cni_daemon_workers_busy, _limit         the CNI daemon's workers serving a call, and how many may
+                                               (when the daemon is serve's child)
+  cnm_cni_daemon_calls_total                   calls the CNI daemon took (one worker forked for each)
   cnm_endpoints{network,driver}                endpoints per network, from state.db
   cnm_ipam_pool_addresses{network,pool,kind}   size, used, free of each network's address range
                                                (used: its endpoints' addresses and the gateway)
-  cnm_firewall_rules{family}                   iptables rules the plug-in owns (its chains' rules and
-                                               its jumps), counted with iptables-save at each scrape
+  cnm_firewall_rules{family}                   firewall rules the plug-in owns, counted at each scrape:
+                                               ipv4/ipv6, iptables (its chains' rules and its jumps, by
+                                               iptables-save); nft, the rules of its nftables tables
+                                               (bridge rancher_cni, netdev rancher_flat_*; nft -j list ruleset)
   cnm_vxlan_vtep_up{network}                   1 when the network's VTEP is up and on its bridge
   cnm_vxlan_flood_peers{network}               the VTEP's flood peers (the other hosts it sends to)
   cnm_ipsec_charon_running{network}            1 when the network's charon runs
@@ -54,6 +61,7 @@ VERBS = ("Plugin.Activate", "NetworkDriver.GetCapabilities", "NetworkDriver.Crea
          "NetworkDriver.ProgramExternalConnectivity", "NetworkDriver.RevokeExternalConnectivity",
          "IpamDriver.GetCapabilities", "IpamDriver.GetDefaultAddressSpaces", "IpamDriver.RequestPool",
          "IpamDriver.ReleasePool", "IpamDriver.RequestAddress", "IpamDriver.ReleaseAddress")
+CNI_COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -88,18 +96,54 @@ class Calls:
             self._made = (Counter("cnm_docker_calls", "Docker's calls to the plug-in, by verb, backend and result",
                                   ["verb", "backend", "result"]),
                           Histogram("cnm_docker_call_seconds", "How long the plug-in took to answer Docker's calls",
-                                    ["verb", "backend"], buckets=BUCKETS))
+                                    ["verb", "backend"], buckets=BUCKETS),
+                          Counter("cnm_cni_calls", "CNI plug-in executions the shim made, by command, plug-in "
+                                  "type and result", ["command", "plugin", "result"]),
+                          Histogram("cnm_cni_call_seconds", "How long a CNI plug-in execution took",
+                                    ["command", "plugin"], buckets=BUCKETS))
         return self._made
 
     def observe(self, verb: str, backend: str, ok: bool, seconds: float) -> None:
         if ENV not in os.environ:  # not under serve (the app in tests, a one-off): nothing to export to
             return
-        counter, histogram = self._metrics()
+        counter, histogram = self._metrics()[:2]
         counter.labels(verb, backend, "ok" if ok else "error").inc()
         histogram.labels(verb, backend).observe(seconds)
 
+    def observe_cni(self, command: str, plugin: str, ok: bool, seconds: float) -> None:
+        """One CNI plug-in execution (cni_backend/invoke/api.py's observer),
+        counted in the calling worker: our own plug-ins run in a fork of it,
+        which ends at once, third-party ones are exec'd."""
+        if ENV not in os.environ:
+            return
+        counter, histogram = self._metrics()[2:]
+        command = command if command in CNI_COMMANDS else "other"
+        counter.labels(command, plugin[:64], "ok" if ok else "error").inc()
+        histogram.labels(command, plugin[:64]).observe(seconds)
+
 
 CALLS = Calls()
+
+
+class DaemonWorkers:
+    """The CNI daemon's workers, when the daemon is `serve`'s child (it
+    inherits the multiprocess folder): recorded by the daemon's parent process
+    only, never by its forked workers, so no file per call."""
+
+    def __init__(self):
+        from prometheus_client import Counter, Gauge
+        self.busy = Gauge("cnm_cni_daemon_workers_busy", "CNI daemon workers serving a call now",
+                          multiprocess_mode="livesum")
+        self.limit = Gauge("cnm_cni_daemon_workers_limit", "CNI daemon workers allowed at once (more calls wait)",
+                           multiprocess_mode="livesum")
+        self.calls = Counter("cnm_cni_daemon_calls", "Calls the CNI daemon took (a worker forked for each), "
+                             "from CNI runtimes and from other executables of ours")
+
+    def watch(self, busy: int, limit: int, started: int) -> None:
+        self.busy.set(busy)
+        self.limit.set(limit)
+        if started:
+            self.calls.inc(started)
 
 
 def range_size(rng: dict) -> int:
@@ -188,17 +232,40 @@ def owned_rules(save_output: str) -> int:
     return count
 
 
+# nftables tables of ours: the anti-spoofing bridge table (cni_backend/net/firewall.py
+# NFT_TABLE) and flat's fast path, one netdev table per network (flat_fastpath.py)
+OUR_NFT_TABLES = (("bridge", "rancher_cni"),)
+OUR_NFT_PREFIXES = (("netdev", "rancher_flat_"),)
+
+
+def owned_nft_rules(listing: dict) -> int:
+    """Rules in our nftables tables, from `nft -j list ruleset`."""
+    count = 0
+    for item in listing.get("nftables") or []:
+        rule = item.get("rule") if isinstance(item, dict) else None
+        if not isinstance(rule, dict):
+            continue
+        family, table = rule.get("family"), str(rule.get("table", ""))
+        if (family, table) in OUR_NFT_TABLES or any(family == f and table.startswith(p)
+                                                    for f, p in OUR_NFT_PREFIXES):
+            count += 1
+    return count
+
+
 class FirewallCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
-        found = GaugeMetricFamily("cnm_firewall_rules", "iptables rules the plug-in owns (its chains and jumps)",
+        found = GaugeMetricFamily("cnm_firewall_rules", "Firewall rules the plug-in owns: iptables (its chains and "
+                                  "jumps) by family ipv4/ipv6, and its nftables tables' rules as family nft",
                                   labels=["family"])
-        for family, tool in (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save")):
+        for family, tool in (("ipv4", ["iptables-save"]), ("ipv6", ["ip6tables-save"]),
+                             ("nft", ["nft", "-j", "list", "ruleset"])):
             try:
-                done = subprocess.run([tool], capture_output=True, text=True, timeout=20, check=True)
-            except (OSError, subprocess.SubprocessError):
+                done = subprocess.run(tool, capture_output=True, text=True, timeout=20, check=True)
+                value = owned_nft_rules(json.loads(done.stdout)) if family == "nft" else owned_rules(done.stdout)
+            except (OSError, subprocess.SubprocessError, ValueError, AttributeError):
                 continue  # not root, or the tool is missing: no figure rather than a wrong one
-            found.add_metric([family], owned_rules(done.stdout))
+            found.add_metric([family], value)
         yield found
 
 
@@ -332,18 +399,27 @@ class _TCPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
 
+LISTEN_ENV = "CNM_SHIM_METRICS_LISTEN"  # the managed plug-in's setting (plugin.json)
+
+
 def parse_listen(text: str) -> tuple:
-    """`HOST:PORT` for --metrics-listen, checked."""
+    """`HOST:PORT` for --metrics-listen (or CNM_SHIM_METRICS_LISTEN), checked:
+    an IP address of this host named outright, loopback or another; never the
+    wildcard, as the metrics carry no authentication and the managed plug-in
+    shares the host's network."""
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
         number = int(port)
     except ValueError:
-        number = -1
+        address, number = None, -1
+    where = f"--metrics-listen ({LISTEN_ENV}) {text!r} is not valid"
     if not sep or not 1 <= number <= 65535:
-        raise SystemExit(f"--metrics-listen {text!r} is not valid: an IP address and a port, "
-                         "e.g. 127.0.0.1:9614 or [::1]:9614")
+        raise SystemExit(f"{where}: an IP address and a port, e.g. 127.0.0.1:9614 or [::1]:9614")
+    if address.is_unspecified:
+        raise SystemExit(f"{where}: name the address to listen on (loopback, e.g. 127.0.0.1:9614, or one of this "
+                         "host's addresses), not every address: the metrics are served without authentication")
     return host, number
 
 

@@ -174,8 +174,6 @@ def metrics_socket(opts) -> str:
 def start_metrics_exporter(children: Children, folder: str, opts) -> None:
     """The exporter (cnm_shim/metrics.py) as a child: it sums the workers'
     files at each scrape, on the Unix socket and --metrics-listen."""
-    if opts.metrics_listen:
-        metrics.parse_listen(opts.metrics_listen)  # a bad address stops serve here, with its reason
     path = metrics_socket(opts)
     argv = [sys.executable, "-m", "cnm_shim.cli", "metrics-exporter", "--socket", path, "--dir", folder,
             "--state-dir", opts.state_dir] + (["--listen", opts.metrics_listen] if opts.metrics_listen else [])
@@ -205,6 +203,8 @@ def serve(opts) -> int:
                   "etcd_insecure": opts.insecure_etcd,
                   "etcd_tls": etcd_client_settings(opts) or None}
     app_config["sockets"] = sockets(opts.backend, opts.socket)
+    if opts.metrics_listen:  # a bad address stops serve before any socket is there (the plug-in's enable fails)
+        metrics.parse_listen(opts.metrics_listen)
     # First, before anything is started: refuse if another server answers on
     # our sockets. Listening from here on, Docker's calls queue until a worker
     # is ready instead of failing.
@@ -212,9 +212,9 @@ def serve(opts) -> int:
     children = Children()
     master = os.getpid()
     try:
+        folder = metrics.prepare(opts.run_dir)  # before a worker records a call (the CNI daemon's too)
         if not opts.no_cni_daemon:
             start_cni_daemon(children, opts.cni_socket)
-        folder = metrics.prepare(opts.run_dir)  # before a worker records a call
         start_metrics_exporter(children, folder, opts)
         stale = staging.remove_all(os.path.join(opts.run_dir, "staging"))  # before any worker stages anew
         if stale:

@@ -7,11 +7,24 @@ and CHECK run against the config the attachment was made with.
 
 import dataclasses
 import os
+import time
 
 from .. import logfmt, version
 from ..errors import CHECK_FAILED, CNIError
 from . import cache, conflist as conflists
 from .execute import exec_plugin, run_process
+
+# Who is told of every plug-in execution: observer(command, plugin type, ok,
+# seconds), called in the calling process once the plug-in has answered. None
+# by default; the Docker side sets it to count the calls (cnm_shim/metrics.py),
+# so this package never imports a metrics library. An observer that fails
+# changes nothing for the call.
+_observer = None
+
+
+def set_observer(observer) -> None:
+    global _observer
+    _observer = observer
 
 
 @dataclasses.dataclass
@@ -50,14 +63,23 @@ class CNI:
         config = conflists.plugin_config(conf, plugin, prev, runtime)
         if extra:
             config.update(extra)
+        observer, started, ok = _observer, time.monotonic(), False
         try:
-            return exec_plugin(plugin["type"], self._env(command, att), config, self.runner)
+            output = exec_plugin(plugin["type"], self._env(command, att), config, self.runner)
+            ok = True
+            return output
         except CNIError as exc:
             if plugin is conf["plugins"][0] or exc.msg.startswith(plugin["type"]):
                 raise
             # a plug-in chained after the first says what went wrong, not who
             # said it ("Rate doesn't match"): name it
             raise CNIError(exc.code, f"{plugin['type']}: {exc.msg}", exc.details) from None
+        finally:
+            if observer is not None:
+                try:
+                    observer(command, str(plugin["type"]), ok, time.monotonic() - started)
+                except Exception:  # noqa: BLE001 - counting never fails a call
+                    pass
 
     def add(self, conf: dict, raw: bytes, att: Attachment, prev_result: dict | None = None) -> dict:
         """ADD through the whole list; `prev_result` seeds the chain (a list that

@@ -7,14 +7,17 @@ run by the plug-in itself."""
 import json
 import os
 import re
+import socket
 import time
+import urllib.request
 
 import pytest
 
+from cnm_shim import metrics
 from tests.conftest import host_state, ping, run, unique
 from tests.engine.dockerd import Dockerd
 from tests.engine.helpers import address, can_ping, container, network
-from tests.engine.managed import ManagedPlugin, Registry, build_bundle
+from tests.engine.managed import ManagedPlugin, Registry, build_bundle, free_port
 from tests.engine.test_docker_conflist import reference_bridge  # noqa: F401 (a fixture)
 from tests.engine.test_docker_flat import LINK_IP, ROUTER, SUBNET, rig  # noqa: F401 (a fixture)
 
@@ -117,6 +120,49 @@ def test_json_logs_from_the_plugins_env_with_one_request_id_from_join_to_add(doc
         docker("plugin", "disable", docker.name)
         docker("plugin", "set", docker.name, "CNM_SHIM_LOG_FORMAT=text")
         docker("plugin", "enable", docker.name)
+
+
+def test_metrics_on_the_hosts_socket_and_on_tcp_when_set(docker):
+    """The plug-in's metrics socket is in the directory Docker shares with the
+    host for the plug-in's socket (/run/docker/plugins/<id>/); CNM_SHIM_METRICS_LISTEN adds a TCP
+    listener on the host's network; a wildcard address is refused, with the
+    reason in the plug-in's log, and the plug-in does not run."""
+    plugin_id = docker("plugin", "inspect", "-f", "{{.Id}}", docker.name).stdout.strip()
+    folder = os.path.join("/run/docker/plugins", plugin_id)  # dockerd's plug-in exec root, whatever --exec-root
+    net = network(docker, "--subnet", "10.87.0.0/24", driver=docker.driver)
+    container(docker, net)
+    assert os.path.exists(os.path.join(folder, metrics.SOCKET_NAME)), (os.listdir(folder), docker.dockerd.log_tail())
+    text = metrics.scrape(os.path.join(folder, metrics.SOCKET_NAME))
+    assert 'cnm_cni_calls_total{command="ADD",plugin="rancher-bridge",result="ok"} 1.0' in text, text
+    assert "cnm_cni_daemon_workers_limit 16.0" in text
+    docker.clean()
+    port = free_port()
+    docker("plugin", "disable", docker.name)
+    try:
+        docker("plugin", "set", docker.name, f"CNM_SHIM_METRICS_LISTEN=127.0.0.1:{port}")
+        docker("plugin", "enable", docker.name)
+        deadline = time.monotonic() + 30
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:  # the exporter starts beside gunicorn
+            assert time.monotonic() < deadline, docker.dockerd.log_tail()
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+            assert answer.status == 200 and "cnm_docker_calls_total" in answer.read().decode()
+        docker("plugin", "disable", docker.name)
+        docker("plugin", "set", docker.name, "CNM_SHIM_METRICS_LISTEN=0.0.0.0:9614")
+        refused = docker("plugin", "enable", docker.name, check=False)
+        with open(os.path.join(docker.dockerd.root, "dockerd.log")) as f:
+            assert "name the address to listen on" in f.read(), docker.dockerd.log_tail()
+        assert not socket.socket().connect_ex(("127.0.0.1", 9614)) == 0
+    finally:
+        docker("plugin", "disable", "-f", docker.name, check=False)
+        docker("plugin", "set", docker.name, "CNM_SHIM_METRICS_LISTEN=")
+        deadline = time.monotonic() + 60
+        while (again := docker("plugin", "enable", docker.name, check=False)).returncode != 0 \
+                and "already enabled" not in again.stderr:
+            # dockerd keeps the exited plug-in's containerd container a while ("id already in use")
+            assert time.monotonic() < deadline, again.stderr
+            time.sleep(1)
+    assert refused.returncode != 0, refused.stdout
 
 
 def test_containers_come_back_after_a_daemon_restart(docker):

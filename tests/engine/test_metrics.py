@@ -39,6 +39,29 @@ def calls(found: dict, verb: str, result: str) -> float:
                                                            ("result", result)})), 0.0)
 
 
+def cni_calls(found: dict, command: str, result: str) -> dict:
+    """plug-in type -> count of the CNI executions with this command and result."""
+    return {dict(labels)["plugin"]: value for (name, labels), value in found.items()
+            if name == "cnm_cni_calls_total" and ("command", command) in labels and ("result", result) in labels}
+
+
+def cni_observed(found: dict, command: str) -> dict:
+    return {dict(labels)["plugin"]: value for (name, labels), value in found.items()
+            if name == "cnm_cni_call_seconds_count" and ("command", command) in labels}
+
+
+def delta(after: dict, before: dict) -> dict:
+    return {key: value - before.get(key, 0.0) for key, value in after.items() if value - before.get(key, 0.0)}
+
+
+def plain(text: str, name: str) -> float:
+    """A sample without labels."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in\n{text}")
+
+
 def observed(found: dict, verb: str) -> float:
     return found.get(("cnm_docker_call_seconds_count", frozenset({("verb", verb), ("backend", "bridge")})), 0.0)
 
@@ -53,8 +76,20 @@ def ours_in_iptables() -> int:
                if r.startswith("-A ") and ("rcni" in r or "RANCHER-CNI" in r))
 
 
+def ours_in_nft() -> int:
+    """Rules of our anti-spoofing table, read from nft's text listing with
+    handles: a rule's line ends in its handle, a block's opening line in `{`
+    before it (no flat network here, so no rancher_flat_* table)."""
+    listing = run("nft", "-a", "list", "table", "bridge", "rancher_cni", check=False)
+    if listing.returncode != 0:
+        return 0  # no table: nothing of ours
+    return sum(1 for line in listing.stdout.splitlines()
+               if re.search(r"# handle \d+$", line) and not re.search(r"\{ # handle \d+$", line))
+
+
 def workers(shim) -> list:
-    """The gunicorn workers: the pids that left a multiprocess file, children of serve."""
+    """The gunicorn workers: the pids that left a multiprocess file, children
+    of serve, but for the CNI daemon."""
     folder = shim.root / "run" / metrics.DIR_NAME
     pids = {int(m.group(1)) for m in (re.search(r"_(\d+)\.db$", n) for n in os.listdir(folder)) if m}
     alive = []
@@ -62,9 +97,11 @@ def workers(shim) -> list:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                daemon = b"cni-server" in f.read()  # serve's CNI daemon records its workers too
         except (OSError, ValueError):
             continue
-        if ppid == shim.process.pid:
+        if ppid == shim.process.pid and not daemon:
             alive.append(pid)
     return alive
 
@@ -82,7 +119,8 @@ def test_metrics_match_the_calls_across_workers_while_containers_start_and_stop(
     bad = docker("network", "create", "-d", "rancher-bridge", "--subnet", "10.141.0.0/24", "-o", "mtuu=1",
                  unique("n"), check=False)
     assert bad.returncode != 0
-    net = network(docker, "--subnet", "10.141.0.0/24")
+    # macspoofchk: each container gets its anti-spoofing chain in our nftables table
+    net = network(docker, "--subnet", "10.141.0.0/24", "-o", "macspoofchk=true")
     net_id = json.loads(docker("network", "inspect", net).stdout)[0]["Id"]
     count = 6
     scrapes = []
@@ -101,6 +139,12 @@ def test_metrics_match_the_calls_across_workers_while_containers_start_and_stop(
     assert size == 254 and used == count + 1 and free == size - used  # the containers and the gateway
     assert gauge(running, "cnm_firewall_rules", family="ipv4") == ours_in_iptables() > \
         gauge(before, "cnm_firewall_rules", family="ipv4")
+    assert gauge(running, "cnm_firewall_rules", family="nft") == ours_in_nft() >= \
+        gauge(before, "cnm_firewall_rules", family="nft") + count  # a chain of rules for each container
+    # one ADD of each plug-in of the network's list per container, none failed
+    adds = delta(cni_calls(running, "ADD", "ok"), cni_calls(before, "ADD", "ok"))
+    assert "rancher-bridge" in adds and set(adds.values()) == {count}, adds
+    assert delta(cni_observed(running, "ADD"), cni_observed(before, "ADD")) == adds
     joins = [calls(s, "NetworkDriver.Join", "ok") for s in [before, *scrapes, running]]
     assert joins == sorted(joins), "a counter never goes back"
 
@@ -132,6 +176,14 @@ def test_metrics_match_the_calls_across_workers_while_containers_start_and_stop(
     assert gauge(after, "cnm_endpoints", network=net_id[:12], driver="rancher-bridge") == 0
     assert gauge(after, "cnm_firewall_rules", family="ipv4") == ours_in_iptables() < \
         gauge(running, "cnm_firewall_rules", family="ipv4")
+    assert gauge(after, "cnm_firewall_rules", family="nft") == ours_in_nft() == \
+        gauge(before, "cnm_firewall_rules", family="nft")
+    # one DEL of each plug-in per container removed, the ADDs unchanged, no CNI error at all
+    assert delta(cni_calls(after, "DEL", "ok"), cni_calls(before, "DEL", "ok")) == adds
+    assert delta(cni_observed(after, "DEL"), cni_observed(before, "DEL")) == adds
+    assert delta(cni_calls(after, "ADD", "ok"), cni_calls(before, "ADD", "ok")) == adds
+    assert not any(cni_calls(after, command, "error") != cni_calls(before, command, "error")
+                   for command in ("ADD", "DEL", "CHECK"))
     bucket = [v for (n, labels), v in after.items() if n == "cnm_docker_call_seconds_bucket"
               and ("verb", "NetworkDriver.Join") in labels and ("le", "+Inf") in labels]
     assert bucket and bucket[0] == observed(after, "NetworkDriver.Join")
@@ -174,3 +226,25 @@ def test_vxlan_peers_are_exported_and_the_networks_lock_goes_with_it(docker, oth
     docker("network", "rm", net)
     docker.made["networks"].remove(net)
     assert not os.path.exists(lock), "the network's lock file goes with the network"
+
+
+def test_the_cni_daemons_workers_are_exported(docker):
+    """The CNI daemon `serve` runs for CNI runtimes: its limit, its busy
+    workers, and the calls it took, here one call of our executable as a
+    runtime makes it."""
+    shim = docker.shim
+    sock = str(shim.root / "run" / metrics.SOCKET_NAME)
+    text = metrics.scrape(sock)
+    assert plain(text, "cnm_cni_daemon_workers_limit") == 16
+    assert plain(text, "cnm_cni_daemon_workers_busy") == 0
+    taken = plain(text, "cnm_cni_daemon_calls_total")
+    env = dict(os.environ, CNI_COMMAND="VERSION", RANCHER_CNI_SOCKET=shim.cni_socket)
+    done = run(str(shim.bin / "rancher-bridge"), input='{"cniVersion": "1.0.0"}', env=env)
+    assert "supportedVersions" in done.stdout
+    text = metrics.scrape(sock)
+    assert plain(text, "cnm_cni_daemon_calls_total") == taken + 1
+    deadline = time.monotonic() + 30
+    while plain(text, "cnm_cni_daemon_workers_busy") != 0:  # its worker ends once it answered
+        assert time.monotonic() < deadline, text
+        time.sleep(0.1)
+        text = metrics.scrape(sock)

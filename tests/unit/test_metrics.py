@@ -146,3 +146,103 @@ def test_peer_samples_from_a_vxlan_and_an_ipsec_data_path():
                                            ("cnm_ipsec_peer_up", ("c" * 12, "10.0.0.8"), 0),
                                            ("cnm_ipsec_peer_up", ("c" * 12, "10.0.0.9"), 1)]
     assert metrics.peer_samples({"network": "d", "path": "unknown", "summary": "cannot tell"}) == []
+
+
+CNI_CALLS = """
+import json, os, sys
+from cni_backend import runtime
+from cni_backend.errors import CNIError
+from cnm_shim import metrics
+runtime.set_observer(metrics.CALLS.observe_cni)
+cni = runtime.CNI([sys.argv[1]], cache_dir=sys.argv[2])
+good = {"cniVersion": "1.0.0", "name": "good", "plugins": [{"type": "okplug"}, {"type": "okplug"}]}
+bad = {"cniVersion": "1.0.0", "name": "bad", "plugins": [{"type": "failplug"}]}
+for n in range(int(sys.argv[3])):
+    att = runtime.Attachment(f"c{n}", "/proc/self/ns/net")
+    cni.add(good, json.dumps(good).encode(), att)
+    cni.delete(good, json.dumps(good).encode(), runtime.Attachment(f"c{n}", "/proc/self/ns/net"))
+    try:
+        cni.add(bad, json.dumps(bad).encode(), runtime.Attachment(f"b{n}", "/proc/self/ns/net"))
+    except CNIError:
+        pass
+"""
+OKPLUG = """#!/bin/sh
+cat >/dev/null
+[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion": "1.0.0", "interfaces": [], "ips": []}'
+exit 0
+"""
+FAILPLUG = """#!/bin/sh
+cat >/dev/null
+echo '{"cniVersion": "1.0.0", "code": 11, "msg": "no"}'
+exit 1
+"""
+
+
+def test_every_cni_execution_is_counted_in_the_calling_process_by_command_plugin_and_result(tmp_path):
+    """Plug-ins really executed: each execution counted once, with its
+    result, summed over two calling processes (two workers)."""
+    bin_dir, folder = tmp_path / "bin", tmp_path / "metrics"
+    bin_dir.mkdir()
+    folder.mkdir()
+    for name, text in (("okplug", OKPLUG), ("failplug", FAILPLUG)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, **{metrics.ENV: str(folder)})
+    for n in (2, 3):
+        subprocess.run([sys.executable, "-c", CNI_CALLS, str(bin_dir), str(tmp_path / "cache"), str(n)], env=env,
+                       check=True, timeout=120)
+    text = metrics.exposition(str(folder), str(tmp_path / "state")).decode()
+    assert _sample(text, "cnm_cni_calls_total", command="ADD", plugin="okplug", result="ok") == 10  # 2 a list
+    assert _sample(text, "cnm_cni_calls_total", command="DEL", plugin="okplug", result="ok") == 10
+    assert _sample(text, "cnm_cni_calls_total", command="ADD", plugin="failplug", result="error") == 5
+    assert 'cnm_cni_calls_total{command="ADD",plugin="failplug",result="ok"}' not in text
+    assert _sample(text, "cnm_cni_call_seconds_count", command="ADD", plugin="okplug") == 10
+    assert _sample(text, "cnm_cni_call_seconds_bucket", command="DEL", plugin="okplug", le="+Inf") == 10
+    assert sorted(os.listdir(folder)) == sorted(set(os.listdir(folder))) and len(os.listdir(folder)) == 4, \
+        "one counter and one histogram file per calling process, none per call"
+
+
+def test_the_cni_side_stays_free_of_the_metrics_library():
+    """The executables' front and the runtime door never import prometheus_client:
+    the shim hands them an observer instead."""
+    done = subprocess.run([sys.executable, "-c", "import sys, cni_backend.front, cni_backend.runtime, "
+                           "cni_backend.server; print('prometheus_client' in sys.modules)"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_owned_nft_rules_are_the_rules_of_our_tables_only():
+    listing = {"nftables": [
+        {"metainfo": {"json_schema_version": 1}},
+        {"table": {"family": "bridge", "name": "rancher_cni"}},
+        {"rule": {"family": "bridge", "table": "rancher_cni", "chain": "rcni1"}},
+        {"rule": {"family": "bridge", "table": "rancher_cni", "chain": "rcni2"}},
+        {"rule": {"family": "netdev", "table": "rancher_flat_ab12", "chain": "uplink"}},
+        {"rule": {"family": "ip", "table": "rancher_flat_ab12", "chain": "x"}},  # another family: not ours
+        {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD"}},
+        {"rule": {"family": "bridge", "table": "rancher_cni_not", "chain": "x"}}]}
+    assert metrics.owned_nft_rules(listing) == 3
+    assert metrics.owned_nft_rules({}) == 0
+
+
+@pytest.mark.parametrize("text", ["0.0.0.0:9614", "[::]:9614"])
+def test_a_wildcard_listen_address_is_refused(text):
+    with pytest.raises(SystemExit, match="name the address to listen on"):
+        metrics.parse_listen(text)
+
+
+def test_serve_takes_the_listen_address_from_the_plugins_setting(monkeypatch):
+    from cnm_shim import cli
+    monkeypatch.setenv(metrics.LISTEN_ENV, "127.0.0.1:9615")
+    assert cli.build_parser().parse_args(["serve"]).metrics_listen == "127.0.0.1:9615"
+    monkeypatch.setenv(metrics.LISTEN_ENV, "")
+    assert cli.build_parser().parse_args(["serve"]).metrics_listen is None
+
+
+def test_the_managed_plugin_declares_the_listen_setting_empty_by_default():
+    import json
+    import pathlib
+    manifest = json.loads((pathlib.Path(__file__).resolve().parents[2] / "plugin.json").read_text())
+    setting = [e for e in manifest["env"] if e["name"] == metrics.LISTEN_ENV]
+    assert setting and setting[0]["value"] == "" and setting[0]["settable"] == ["value"]
+    assert manifest["network"]["type"] == "host", "a listener on the host's loopback is the host's to scrape"
