@@ -34,6 +34,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 import traceback
 
@@ -107,6 +108,7 @@ def _child(plugin: str, env: dict, stdin: bytes, out_fd: int, parent: int) -> No
         view = memoryview(data)
         while view:
             view = view[os.write(out_fd, view):]
+        os.close(out_fd)  # the caller's EOF now, not after this process's teardown
     except BaseException:  # noqa: BLE001 - the child never returns into the caller's code
         try:
             os.write(2, traceback.format_exc().encode(errors="replace"))
@@ -140,19 +142,31 @@ def run_forked(plugin: str, env: dict, stdin: bytes, timeout: float = PLUGIN_TIM
             if not chunk:
                 break
             chunks.append(chunk)
+    except BaseException:
+        if pid:  # a signal's exception mid-read: the child ends its call, as a caller of an executable waits
+            os.waitpid(pid, 0)
+        raise
     finally:
         os.close(read_fd)
-        if pid:
-            _, status = os.waitpid(pid, 0)
     try:
         exit_code, stdout, stderr = json.loads(b"".join(chunks))
-        return exit_code, stdout.encode(), stderr.encode()
     except (ValueError, TypeError):
+        _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):
             what = f"was killed by signal {os.WTERMSIG(status)}"
         else:
             what = f"ended with exit code {os.waitstatus_to_exitcode(status)} and no answer"
         return 1, b"", f"the forked {plugin} {what}".encode()
+    _reap_later(pid)
+    return exit_code, stdout.encode(), stderr.encode()
+
+
+def _reap_later(pid: int) -> None:
+    """Reap a child that answered. Its exit (unmapping a copy of the
+    worker's memory, closing its sockets) takes a few milliseconds the
+    caller need not wait for: a thread waits for it instead."""
+    if os.waitpid(pid, os.WNOHANG)[0] == 0:
+        threading.Thread(target=os.waitpid, args=(pid, 0), name=f"reap-{pid}", daemon=True).start()
 
 
 def runner(path: str, env: dict, stdin: bytes) -> tuple:

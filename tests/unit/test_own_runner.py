@@ -109,3 +109,25 @@ def test_third_party_plugins_are_executed(tmp_path):
     script.chmod(0o755)
     code, stdout, _ = own.runner(str(script), VERSION_ENV, b"")
     assert code == 0 and int(stdout) != os.getpid()
+
+
+def test_the_caller_has_the_answer_before_the_child_has_exited_and_the_child_is_reaped(monkeypatch):
+    """The child's teardown is off the caller's path: the answer comes back
+    while the child is still exiting (here, held up on purpose), and the
+    child is reaped once it has."""
+    real_exit = os._exit
+
+    def slow_exit(code):
+        time.sleep(2)
+        real_exit(code)
+    monkeypatch.setattr(skel, "dispatch", lambda *a, **k: ('{"ok": 1}', 0, ""))
+    monkeypatch.setattr(os, "_exit", slow_exit)  # inherited by the fork
+    before = _children()
+    code, stdout, _ = own.run_forked("rancher-bridge", VERSION_ENV, STDIN)
+    monkeypatch.setattr(os, "_exit", real_exit)
+    assert (code, json.loads(stdout)) == (0, {"ok": 1})
+    assert _children() - before, "the call waited for the child's exit"
+    deadline = time.monotonic() + 20
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _children() - before, "the child was never reaped (a zombie stays)"
