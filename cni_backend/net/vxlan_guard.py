@@ -10,7 +10,7 @@ header), so each VNI has its own peers and a network this module does not
 guard (another VNI on the same port) is not touched. Every rule carries the
 VNI's tag (`tags.for_vtep`), so the leak guard and `iptables-save` show whose
 it is; the set is replaced in one `iptables-restore --noflush` under the
-firewall's host lock. VTEPs are IPv4 here (vxlannet), so only iptables (v4).
+firewall's lock. VTEPs are IPv4 here (vxlannet), so only iptables (v4).
 
 The VXLAN agent changes the set as hosts come and go with `update`: the
 rules of the peers that left deleted and the new peers' inserted at the head,
@@ -22,7 +22,6 @@ them. `ensure` lists and rewrites the whole set when it is not right.
 import ipaddress
 import re
 
-from .. import locks
 from . import iptables, tags, tools
 
 _SOURCE = re.compile(r" -s (\S+?)(?:/32)? ")
@@ -102,7 +101,7 @@ def update(vni: int, port: int, old, new, lock_wait: float | None = None) -> boo
     script = ["*filter", *("-D" + line[2:] for line in gone),
               *(f"-I INPUT 1 {line[len('-A INPUT '):]}" for line in added), "COMMIT"]
     try:
-        with locks.held(iptables.LOCK_PATH, timeout=lock_wait):
+        with iptables.host_lock(timeout=lock_wait):
             if tools.run(["iptables-restore", "-w", "--noflush"], "\n".join(script) + "\n", check=False) is not None:
                 return True
     except TimeoutError:

@@ -330,13 +330,15 @@ def test_the_firewall_lock_held_elsewhere_does_not_cost_the_agent_its_lease(rig)
     the newcomers while their guard rules cannot be written, and once the
     lock is free its guard and tables are exactly the registry's."""
     from cni_backend import locks
-    from cni_backend.net import iptables
     rig.add(0, 1)
     rig.start(0)
     _until(lambda: f"{ROOT}{rig.vteps[0]}/{VNI}/vtep" in rig.registry() and rig.kernel(0) == rig.wanted(0, rig.registry()),
            30, "host 0's agent did not start")
     arriving = [f"10.98.2.{i}" for i in range(1, 4)]
-    with locks.held(iptables.LOCK_PATH):
+    # the lock of host 0's namespace, whose rules its agent changes
+    lock = ns_exec(rig.hosts[0], sys.executable, "-c",
+                   "from cni_backend.net import iptables; print(iptables.lock_path())").stdout.strip()
+    with locks.held(lock):
         ns_exec(rig.hub, sys.executable, "-c", _ARRIVE, rig.etcd.endpoints[0], ROOT, ",".join(arriving), "0")
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:
