@@ -5,7 +5,7 @@ is used. No imports: the executables' front reads it too."""
 
 STATE_DIR = "/var/lib/rancher-cni"          # IPAM store, flat and VXLAN network records
 RUN_DIR = "/run/rancher-cni"                # locks, the kernel feature cache
-FIREWALL_LOCK = f"{RUN_DIR}/firewall.lock"
+FIREWALL_DIR = f"{RUN_DIR}/firewall"       # per network namespace: our rules' records and lock
 DAEMON_SOCKET = f"{RUN_DIR}/cni.sock"       # cnm-shim cni-server
 TRACE_CONTROL = f"{RUN_DIR}/trace"
 CNI_CACHE_DIR = "/var/lib/cni"              # libcni's results cache, shared with other runtimes

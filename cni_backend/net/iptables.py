@@ -29,7 +29,6 @@ LOCALNET_CHAIN = "RANCHER-CNI-LOCALNET"
 BRIDGE_PREFIX = "rcnibr-"
 STATIC_TAG = "rcni-isolation"
 DOCKER_BRIDGES = ("docker0", "br-+")  # Docker's own bridge networks
-LOCK_PATH = paths.FIREWALL_LOCK
 _TOOLS = {4: ("iptables-save", "iptables-restore"), 6: ("ip6tables-save", "ip6tables-restore")}
 _NOTE = "-m comment --comment rancher-cni"
 
@@ -75,18 +74,12 @@ def host_lock(timeout: float | None = None):
 
 
 def lock_path() -> str:
-    """The lock over our rules in the calling thread's network namespace.
-    The rules are the namespace's, so changes in two namespaces need not
-    wait for each other (a CNI runtime's scratch hosts; the 200 simulated
-    hosts of bench/control_plane.py, which would otherwise queue for one
-    lock). The host's own namespace (PID 1's) keeps the one path every
-    version of the plug-in takes."""
-    try:
-        mine, init = os.stat("/proc/thread-self/ns/net"), os.stat("/proc/1/ns/net")
-    except OSError:
-        return LOCK_PATH
-    if (mine.st_dev, mine.st_ino) == (init.st_dev, init.st_ino):
-        return LOCK_PATH
+    """The lock over our rules in the calling thread's network namespace,
+    named by the namespace (as the records are, `_records`), so every process
+    there takes the same one whatever its mount or PID namespace. The rules
+    are the namespace's: changes in two namespaces need not wait for each
+    other (a CNI runtime's scratch hosts; the 200 simulated hosts of
+    bench/control_plane.py, which queued for one host-wide lock)."""
     return f"{_records()}.lock"
 
 
@@ -216,7 +209,7 @@ def _physical_table(section: list, where: dict, jumps: dict) -> list:
     return header + body + tail
 
 
-_RECORDS = f"{paths.RUN_DIR}/firewall"
+_RECORDS = paths.FIREWALL_DIR
 _RESOURCE = re.compile(r"^[46]\.[a-z]+\.[\w.+-]+$")  # what _resources names: it becomes a file name
 
 

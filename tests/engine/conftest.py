@@ -29,7 +29,7 @@ DRIVER = "rancher-bridge"
 class Shim:
     """`cnm-shim serve` with its state in a temp dir; can be killed and restarted."""
 
-    def __init__(self, root, plugin_dir=PLUGIN_DIR, docker_host="", cni_socket=None):
+    def __init__(self, root, plugin_dir=PLUGIN_DIR, docker_host="", cni_socket=None, log_level="DEBUG"):
         require_sandbox("the test plug-in (cnm-shim serve on /run/docker/plugins)")
         self.root = root
         self.bin = root / "bin"
@@ -41,6 +41,7 @@ class Shim:
         self.ipam_dir = root / "ipam"
         self.state_dir = root / "state"
         self.docker_host = docker_host  # the engine whose stranded containers serve() restarts; none until set
+        self.log_level = log_level  # DEBUG for the tests' logs; a benchmark runs at the default, INFO
         self.process = None
         self.start()
 
@@ -51,7 +52,7 @@ class Shim:
                 "--cni-socket", self.cni_socket, "--cni-path", f"{self.bin}:/usr/lib/cni", "--workers", "3",
                 "--docker-host", self.docker_host]
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.root / "shim.log", "a"),
-                                        start_new_session=True, env=dict(os.environ, CNM_SHIM_LOG_LEVEL="DEBUG"))
+                                        start_new_session=True, env=dict(os.environ, CNM_SHIM_LOG_LEVEL=self.log_level))
         long_lived(self.process.pid)  # restarted by tests, stopped by its fixture
         deadline = time.monotonic() + 30
         while not (self._listener_is_ours() and self._answers() and os.path.exists(self.cni_socket)):
