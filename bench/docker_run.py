@@ -94,9 +94,28 @@ def networks(links: dict) -> dict:
                            "--ip-range", "192.168.88.128/25", "-o", f"parent={links['flat']}"],
         f"{PREFIX}-macvlan": ["-d", "macvlan", "--subnet", MACVLAN_SUBNET, "--gateway", MACVLAN_GW,
                               "--ip-range", "192.168.89.128/25", "-o", f"parent={links['macvlan']}"],
+        f"{PREFIX}-floor": ["-d", FLOOR_DRIVER, "--subnet", "10.234.0.0/24"],
         f"{PREFIX}-vxlan": ["-d", "rancher-vxlan", "--subnet", "10.233.0.0/24", "-o", "vni=1077",
                             "-o", f"vtep_dev={links['underlay']}", "-o", "peers=10.97.0.2"],
     }
+
+
+# bench/floor_driver.py: what the remote-driver protocol costs by itself, served as ours is
+FLOOR_DRIVER = f"{PREFIX}-floor"
+FLOOR_ROW = "floor: a minimal Python remote driver (veth + bridge port only) vs bridge"
+
+
+def start_floor_driver(plugin_dir: str) -> subprocess.Popen:
+    socket_path = os.path.join(plugin_dir, f"{FLOOR_DRIVER}.sock")
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "--chdir", str(REPO), "--workers", "3",
+                                "--bind", f"unix:{socket_path}", "bench.floor_driver:app"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(socket_path):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("bench/floor_driver.py did not start")
+        time.sleep(0.05)
+    return process
 
 
 ROWS = [  # (label, ours, reference)
@@ -104,6 +123,7 @@ ROWS = [  # (label, ours, reference)
     ("rancher-bridge, our IPAM vs bridge", f"{PREFIX}-bridge-ipam", f"{PREFIX}-ref"),
     ("rancher-flat vs macvlan (same kind of parent)", f"{PREFIX}-flat", f"{PREFIX}-macvlan"),
     ("rancher-vxlan vs bridge", f"{PREFIX}-vxlan", f"{PREFIX}-ref"),
+    (FLOOR_ROW, f"{PREFIX}-floor", f"{PREFIX}-ref"),
 ]
 
 
@@ -169,8 +189,8 @@ def main() -> int:
     from tests.engine.dockerd import Dockerd
 
     root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-shim."))
-    links, made, dockerd = {}, [], None
-    shim = Shim(root)
+    links, made, dockerd, floor = {}, [], None, None
+    shim = Shim(root, log_level="INFO")  # as installed: the tests' DEBUG log costs time per call
     try:
         dockerd = Dockerd()
         shim.docker_host = f"unix://{dockerd.socket}"
@@ -181,6 +201,7 @@ def main() -> int:
                 raise RuntimeError(f"docker {' '.join(argv)}: {done.stderr}\n{shim.log()}")
             return done.stdout
 
+        floor = start_floor_driver(shim.plugin_dir)
         links = make_links()
         for name, argv in networks(links).items():
             docker("network", "create", *argv, name)
@@ -197,6 +218,9 @@ def main() -> int:
                 dockerd.cli("network", "rm", name)
             dockerd.close()
         shim.stop()
+        if floor is not None:
+            floor.terminate()
+            floor.wait(timeout=30)
         remove_links(links) if links else None
         for ns in (ROUTER_NS, UNDERLAY_NS):
             sh("ip", "netns", "del", ns, check=False)

@@ -253,7 +253,7 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
     from tests.engine.dockerd import Dockerd
 
     root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-shim."))
-    shim = Shim(root)
+    shim = Shim(root, log_level="INFO")  # as installed: the tests' DEBUG log costs time per call
     dockerd = None
     api_net = f"{PREFIX}api" + secrets.token_hex(20)
     extra = []

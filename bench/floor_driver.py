@@ -1,0 +1,99 @@
+"""The least a remote network driver in Python can do: bench/docker_run.py's floor.
+
+Served as ours is (gunicorn's sync workers, Flask, pyroute2 loaded once per
+worker, a Unix socket in /run/docker/plugins), it does the netlink work of
+Docker's bridge driver and nothing else: a Linux bridge with the gateway
+address per network; per endpoint, at Join, a veth pair with the host end a
+port of the bridge; the veth deleted at DeleteEndpoint. No firewall rule, no
+state on disk, no CNI, no validation: not a driver to use, only a measure of
+what Docker's remote-driver protocol costs by itself (the HTTP round trips,
+the interface handed over by name) against a built-in driver.
+
+    gunicorn --chdir REPO --workers 3 --bind unix:/run/docker/plugins/NAME.sock bench.floor_driver:app
+"""
+
+import ipaddress
+import json
+
+from flask import Flask, request
+from pyroute2 import IPRoute
+
+app = Flask(__name__)
+ipr = IPRoute()
+
+
+def _body() -> dict:
+    data = request.get_data()  # Docker sends JSON without a Content-Type, sometimes no body at all
+    return json.loads(data) if data else {}
+
+
+def _bridge(network_id: str) -> str:
+    return "flbr" + network_id[:10]
+
+
+def _host_end(endpoint_id: str) -> str:
+    return "flh" + endpoint_id[:11]
+
+
+def _container_end(endpoint_id: str) -> str:
+    return "flc" + endpoint_id[:11]
+
+
+@app.post("/Plugin.Activate")
+def activate():
+    return {"Implements": ["NetworkDriver"]}
+
+
+@app.post("/NetworkDriver.GetCapabilities")
+def capabilities():
+    return {"Scope": "local", "ConnectivityScope": "local"}
+
+
+@app.post("/NetworkDriver.CreateNetwork")
+def create_network():
+    body = _body()
+    gateway = ipaddress.ip_interface(body["IPv4Data"][0]["Gateway"])
+    name = _bridge(body["NetworkID"])
+    ipr.link("add", ifname=name, kind="bridge")
+    index = ipr.link_lookup(ifname=name)[0]
+    ipr.addr("add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
+    ipr.link("set", index=index, state="up")
+    return {}
+
+
+@app.post("/NetworkDriver.DeleteNetwork")
+def delete_network():
+    for index in ipr.link_lookup(ifname=_bridge(_body()["NetworkID"])):
+        ipr.link("del", index=index)
+    return {}
+
+
+@app.post("/NetworkDriver.Join")
+def join():
+    body = _body()
+    bridge = ipr.link_lookup(ifname=_bridge(body["NetworkID"]))[0]
+    host, container = _host_end(body["EndpointID"]), _container_end(body["EndpointID"])
+    ipr.link("add", ifname=host, kind="veth", peer=container, master=bridge, state="up")
+    gateway = ipr.get_addr(index=bridge, family=2)[0].get_attr("IFA_ADDRESS")
+    return {"InterfaceName": {"SrcName": container, "DstPrefix": "eth"}, "Gateway": gateway}
+
+
+@app.post("/NetworkDriver.DeleteEndpoint")
+def delete_endpoint():
+    for index in ipr.link_lookup(ifname=_host_end(_body()["EndpointID"])):
+        ipr.link("del", index=index)
+    return {}
+
+
+@app.post("/NetworkDriver.EndpointOperInfo")
+def endpoint_info():
+    return {"Value": {}}
+
+
+def _nothing():
+    return {}
+
+
+for verb in ("CreateEndpoint", "Leave", "ProgramExternalConnectivity", "RevokeExternalConnectivity",
+             "DiscoverNew", "DiscoverDelete"):
+    app.add_url_rule(f"/NetworkDriver.{verb}", verb, _nothing, methods=["POST"])
