@@ -80,7 +80,7 @@ def worker(spec: dict) -> None:
     ready = threading.Barrier(len(spec["hosts"]) + 1)
     endpoint = spec["etcd"]
 
-    def agent(name: str, vtep: str, state: str) -> None:
+    def agent(name: str, vtep: str, state: str, offset: float) -> None:
         fd = netns.open_netns(f"/run/netns/{name}")
         netns._setns(fd)  # this thread only
         os.close(fd)
@@ -89,6 +89,7 @@ def worker(spec: dict) -> None:
                                               peers=(), state_dir=state, registry=True, subnets=subnets))
         running = vxlan_registry.Agent(lambda: client_for(endpoint), PREFIX, VNI, vtep, state, ttl=10)
         ready.wait()
+        time.sleep(max(0.0, spec["start"] + offset - time.time()))   # --ramp: hosts join as a cluster grows
         if spec.get("profile") and name == spec["hosts"][0][0]:   # one agent thread, profiled
             import cProfile
             clock = time.thread_time if spec.get("profile_clock") == "cpu" else time.monotonic
@@ -100,7 +101,8 @@ def worker(spec: dict) -> None:
             return
         running.run(interval=spec["interval"], stop=stop.is_set)
 
-    threads = [threading.Thread(target=agent, args=tuple(h), daemon=True) for h in spec["hosts"]]
+    threads = [threading.Thread(target=agent, args=(*h, offset), daemon=True)
+               for h, offset in zip(spec["hosts"], spec["offsets"])]
     for thread in threads:
         thread.start()
     ready.wait()
@@ -334,20 +336,22 @@ def run(hosts: int, args, root: pathlib.Path) -> dict:
                 add(i)
         initial = len(monitor.pending)
         t_start = time.monotonic()
+        start = time.time() + 5   # the workers' agents start from here, at --ramp hosts a second
         workers = []
         per = -(-hosts // args.workers)
         for w in range(args.workers):
             mine = [(host_name(i), host_address(i), str(states[i])) for i in range(w * per, min(hosts, (w + 1) * per))]
             if not mine:
                 continue
+            offsets = [i / args.ramp if args.ramp else 0.0 for i in range(w * per, w * per + len(mine))]
             spec = {"hosts": mine, "etcd": endpoint, "interval": args.interval, "profile": args.profile,
-                    "profile_clock": args.profile_clock}
+                    "profile_clock": args.profile_clock, "start": start, "offsets": offsets}
             code = ["--code", args.code] if args.code else []
             workers.append(subprocess.Popen([sys.executable, __file__, *code, "--worker", json.dumps(spec)],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         for process in workers:
             assert process.stdout.readline().strip() == "ready", "a worker did not start"
-        deadline = time.monotonic() + args.settle
+        deadline = time.monotonic() + args.settle + (hosts / args.ramp if args.ramp else 0)
         while monitor.pending and time.monotonic() < deadline:
             time.sleep(0.2)
         first = {"initial_endpoints": initial, "initial_unconverged": len(monitor.pending),
@@ -373,7 +377,7 @@ def run(hosts: int, args, root: pathlib.Path) -> dict:
         while monitor.pending and time.monotonic() < deadline:
             time.sleep(0.2)
         times = [s for _, s in monitor.done]
-        return {"hosts": hosts, "endpoints_per_host": args.endpoints, "interval_s": args.interval,
+        return {"hosts": hosts, "endpoints_per_host": args.endpoints, "interval_s": args.interval, "ramp_per_s": args.ramp,
                 **first, "changes": changes, "rate_per_s": args.rate,
                 "converged": len(times), "unconverged": len(monitor.pending), "withdrawn": monitor.withdrawn,
                 "convergence_p50_s": round(statistics.median(times), 3) if times else None,
@@ -419,6 +423,9 @@ def main() -> None:
     parser.add_argument("--churn-seconds", type=float, default=20.0)
     parser.add_argument("--settle", type=float, default=60.0, help="at most this long to wait for convergence")
     parser.add_argument("--interval", type=float, default=1.0, help="the agent's --interval")
+    parser.add_argument("--ramp", type=float, default=0.0,
+                        help="hosts started a second (0: all at once); the settle time after the start grows by "
+                             "the ramp's length")
     parser.add_argument("--workers", type=int, default=2, help="processes the agents' threads are spread over")
     parser.add_argument("--label", default="", help="names the agent in the table (e.g. polling, watch)")
     parser.add_argument("--json", help="also write the results here")
