@@ -56,7 +56,31 @@ def test_a_power_loss_cannot_roll_back_the_drivers_state(tmp_path, connections):
     state.put(NETWORK, "n1", {"id": "n1"})
     assert state.get(NETWORK, "n1") == {"id": "n1"} and state.all(NETWORK) == [{"id": "n1"}]
     state.delete(NETWORK, "n1")
-    assert len(connections) >= 5 and set(connections) == {(FULL, "wal")}, connections
+    state._drop_connection()  # the connection kept from call to call, closed (and so recorded) here
+    assert len(connections) >= 2 and set(connections) == {(FULL, "wal")}, connections
+
+
+def test_the_state_connection_is_kept_but_never_crosses_a_fork_or_a_replaced_file(tmp_path):
+    state = State(str(tmp_path))
+    state.put(NETWORK, "n1", {"id": "n1"})
+    kept = state._kept_connection()
+    assert state.get(NETWORK, "n1") == {"id": "n1"} and state._kept_connection() is kept
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a forked child (a gunicorn worker, a forked CNI call): a connection of its own
+        ok = state._kept_connection() is not kept and state.get(NETWORK, "n1") == {"id": "n1"}
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    os.close(read), os.close(write)
+    assert state.get(NETWORK, "n1") == {"id": "n1"}, "the parent's connection still serves after the child's exit"
+    os.unlink(tmp_path / "state.db")  # another file at the path (restored, recreated): opened anew
+    for leftover in tmp_path.glob("state.db-*"):
+        leftover.unlink()
+    other = State(str(tmp_path))
+    other.put(NETWORK, "n2", {"id": "n2"})
+    assert state.all(NETWORK) == [{"id": "n2"}] and state._kept_connection() is not kept
 
 
 # -- write_atomic ---------------------------------------------------------------
