@@ -294,6 +294,7 @@ class Agent(LeasedKeys):
     local records' directory (one stat, at most every 0.25 s); the
     network's subnets are read again when those records change."""
 
+    # the per-peer rules' guard only (no ipset): the ipset's takes no lock and has no exec
     GUARD_SPACING = 0.5   # seconds: new peers enter the UDP guard at most this often
     GUARD_LOCK_WAIT = 0.2  # seconds: the firewall lock is waited for at most this long per try
 
@@ -470,10 +471,12 @@ class Agent(LeasedKeys):
         """The kernel's VTEP tables made equal to what the registry says:
         dumped and reconciled after a resync, else only the differences from
         what was last programmed, written in one netlink batch. The UDP guard
-        follows the set of peers: a peer that left is taken out at once, new
-        ones are let in at once unless the guard was rewritten less than
-        GUARD_SPACING ago (a burst of arrivals, as when many hosts start,
-        is then one rewrite, not one per host). A peer is given its flood
+        follows the set of peers: a peer that left is taken out at once, and
+        so are new ones where the guard's peers are an ipset (a netlink
+        element add each); with one iptables rule per peer instead, new ones
+        wait until the guard was rewritten GUARD_SPACING ago (a burst of
+        arrivals, as when many hosts start, is then one rewrite, not one per
+        host). A peer is given its flood
         entry and its endpoints' entries only once the guard lets it in,
         so nothing is programmed that could not answer."""
         index = self._vtep_index()
@@ -506,22 +509,23 @@ class Agent(LeasedKeys):
         view = self.current[0]
         peers = (view.vteps | self.static_peers) - {self.vtep_ip}
         now = time.monotonic()
+        spacing = 0.0 if vxlan_guard.uses_set() else self.GUARD_SPACING
         if self.programmed is None:
             vxlan_guard.ensure(self.vni, self.port, peers)  # before the entries: only these may send to us
             guarded, self.guard_at = set(peers), now
             current, current_fdb, present = dumped
         else:
             _, current, current_fdb, present, guarded = self.programmed
-            if guarded - peers or (peers - guarded and now >= self.guard_at + self.GUARD_SPACING):
+            if guarded - peers or (peers - guarded and now >= self.guard_at + spacing):
                 # not waiting long for the host's firewall lock: this thread also renews the lease
                 if vxlan_guard.update(self.vni, self.port, guarded, peers, lock_wait=self.GUARD_LOCK_WAIT) is None:
-                    self.guard_at = now - self.GUARD_SPACING + self.GUARD_LOCK_WAIT   # busy: again shortly
+                    self.guard_at = now - spacing + self.GUARD_LOCK_WAIT   # busy: again shortly
                 else:
                     guarded, self.guard_at = set(peers), now
         # a peer not yet in the guard gets no entries yet either: whatever the
         # kernel says is reachable can also answer
         flood = peers & guarded
-        self.guard_due = self.guard_at + self.GUARD_SPACING if guarded != peers else None
+        self.guard_due = self.guard_at + spacing if guarded != peers else None
         remote = {ip: e for ip, e in view.endpoints.items() if e.vtep in flood}
         wanted_fdb = {e.mac: e.vtep for e in remote.values()}
         wanted_neigh = {ip: e.mac for ip, e in remote.items()}

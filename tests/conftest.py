@@ -64,6 +64,18 @@ def _firewall_lines() -> list:
     return found
 
 
+def ipsets() -> list:
+    """Our ipsets (the VXLAN guard's peer sets), by name; none where the
+    kernel has no ipset."""
+    from pyroute2.ipset import IPSet
+    try:
+        with IPSet() as ipset:
+            names = {msg.get_attr("IPSET_ATTR_SETNAME") for msg in ipset.list()}
+    except Exception:   # no ip_set module: nothing to leak
+        return []
+    return sorted(name for name in names if name and name.startswith("rcni"))
+
+
 def host_state() -> dict:
     links = run("ip", "-o", "link", "show").stdout.splitlines()
     nft = run("nft", "list", "tables", check=False).stdout
@@ -72,6 +84,7 @@ def host_state() -> dict:
         "links": sorted(line.split(": ")[1].split("@")[0] for line in links),
         "firewall rules": sorted(_firewall_lines()),
         "nft tables": sorted(line for line in nft.splitlines() if "rancher" in line),
+        "ipsets": ipsets(),
         "mounts": mount_points(),
     }
 
@@ -116,6 +129,12 @@ def remove_leaks(leaked: dict) -> None:
             run(tool, *wait, "-t", table, "-X", chain, check=False)
     for line in leaked.get("nft tables", []):
         run("nft", "delete", *line.split(), check=False)
+    if leaked.get("ipsets"):   # after the rules: a set a rule refers to cannot be destroyed
+        from pyroute2.ipset import IPSet
+        with IPSet() as ipset:
+            for name in leaked["ipsets"]:
+                with contextlib.suppress(Exception):
+                    ipset.destroy(name)
 
 
 FORWARDING_SYSCTLS = ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding")
@@ -311,3 +330,55 @@ def cni_daemon_env(tmp_path, leak_guard):
     yield env
     env.close()
     assert env.allocations() == [], "IPAM entries left behind"
+
+
+# -- the VXLAN UDP guard, read from the kernel ----------------------------
+
+_GUARD_VIEW = r'''
+import json, re, subprocess, sys
+from pyroute2.ipset import IPSet
+vni = sys.argv[1]
+lines = [l for l in subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True,
+                                   check=True).stdout.splitlines() if "-vtep" in l and f"=0x{int(vni):x}" in l]
+peers, shape = set(), []
+for line in lines:
+    source = re.search(r" -s (\S+?)/32 ", line + " ")
+    match_set = re.search(r" --match-set (\S+) src ", line + " ")
+    target = line.rsplit(" -j ", 1)[-1]
+    shape.append(target)
+    if target == "ACCEPT" and source:
+        peers.add(source.group(1))
+    elif target == "ACCEPT" and match_set:
+        with IPSet() as ipset:
+            for msg in ipset.list(match_set.group(1)):
+                adt = msg.get_attr("IPSET_ATTR_ADT")
+                for data in adt.get_attrs("IPSET_ATTR_DATA") if adt else ():
+                    peers.add(data.get_attr("IPSET_ATTR_IP_FROM").get_attr("IPSET_ATTR_IPADDR_IPV4"))
+print(json.dumps({"peers": sorted(peers), "shape": shape}))
+'''
+
+
+def vxlan_guard(netns: str, vni: int) -> tuple:
+    """(the addresses host `netns` accepts VNI `vni`'s VXLAN from, whether
+    the rules end in the DROP of everyone else): per-peer ACCEPT rules or
+    the elements of the set an ACCEPT rule matches, read with iptables and
+    netlink, not with the code under test."""
+    found = json.loads(ns_exec(netns, sys.executable, "-c", _GUARD_VIEW, str(vni)).stdout)
+    return set(found["peers"]), bool(found["shape"]) and found["shape"][-1] == "DROP"
+
+
+@pytest.fixture(params=["ipset", "rules"])
+def guard_path(request):
+    """Each VXLAN guard path in turn: the ipset where the kernel has it, and
+    one rule per peer with the feature cached as missing (as on a kernel
+    without ip_set) for every process of the test."""
+    from cni_backend.net import features
+    features.forget()
+    if request.param == "ipset":
+        if not features.has("ipset"):
+            pytest.skip("this kernel has no ipset")
+    else:
+        features._memo["ipset"] = False
+        features._write_cache(dict(features._memo))
+    yield request.param
+    features.forget()

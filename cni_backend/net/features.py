@@ -14,6 +14,7 @@ ebtables_filter  flat metadata link policy      CNI error 106 when a metadata li
 vxlan            rancher-vxlan VTEP             CNI error 106 naming CONFIG_VXLAN
 vlan             flat "vlan" option             CNI error 106 naming 802.1q (netlink.create_vlan)
 vlan_filtering   bridge "vlan" option           CNI error 106 (netlink.enable_vlan_filtering)
+ipset            VXLAN UDP guard's peer set     one iptables rule per peer (vxlan_guard, logged)
 
 The article's ebtables broute table is not used: the filter table carries its
 policy on every kernel (docs/user-guide.md maps the rules).
@@ -22,6 +23,7 @@ policy on every kernel (docs/user-guide.md maps the rules).
 import json
 import logging
 import os
+import subprocess
 
 from .. import files, paths
 from ..errors import CNIError, KERNEL_FEATURE_MISSING
@@ -55,6 +57,26 @@ def _esp_state() -> bool:
     return True
 
 
+def _ipset() -> bool:
+    """Create a scratch hash:ip set over netlink (ip_set and ip_set_hash_ip
+    load on demand), ask iptables whether a rule matching it is in INPUT (it
+    is not: exit 1 says the set match loaded and found the set; 2 says it
+    could not), and destroy the set again."""
+    from pyroute2.ipset import IPSet   # only here: the other probes do not need it
+    name = f"rcni-probe-{os.getpid()}"
+    try:
+        with IPSet() as ipset:
+            ipset.create(name, stype="hash:ip", exclusive=False)
+            try:
+                check = subprocess.run(["iptables", "-w", "-C", "INPUT", "-m", "set", "--match-set", name, "src",
+                                        "-j", "ACCEPT"], capture_output=True, timeout=10)
+            finally:
+                ipset.destroy(name)
+    except Exception:   # no ip_set in the kernel, no netlink family for it, no iptables
+        return False
+    return check.returncode == 1
+
+
 PROBES = {
     # a regular chain: the rule is validated and its module loaded, no hook is installed
     "nft_netdev_fwd": lambda: _nft_transaction("netdev", "c", 'fwd to "lo"'),
@@ -62,6 +84,7 @@ PROBES = {
         "bridge", "c { type filter hook forward priority 0; }", "ether saddr 02:00:00:00:00:01 drop"),
     "ebtables_filter": lambda: tools.succeeds(["ebtables", "-t", "filter", "-L"]),
     "esp_xfrm": _esp_state,
+    "ipset": _ipset,
 }
 
 # what to tell the operator when a feature is missing
@@ -71,6 +94,8 @@ REMEDY = {
     "ebtables_filter": "kernel option CONFIG_BRIDGE_EBT_T_FILTER (ebtables filter table) and the ebtables package",
     "esp_xfrm": "kernel options CONFIG_XFRM_USER and CONFIG_INET_ESP (without them rancher-ipsec runs ESP in "
                 "user space, kernel-libipsec over TUN)",
+    "ipset": "kernel options CONFIG_IP_SET and CONFIG_IP_SET_HASH_IP, and the iptables set match "
+             "(CONFIG_NETFILTER_XT_SET); without them the VXLAN guard has one iptables rule per peer",
 }
 
 

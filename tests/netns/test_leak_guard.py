@@ -26,6 +26,11 @@ def test_fails_after_making_everything(leak_guard, tmp_path):
     run("ebtables", "-N", "RFLAT-leak-IN", "-P", "DROP")
     run("ebtables", "-A", "FORWARD", "-i", "rcnitleak0", "-j", "RFLAT-leak-IN")
     run("nft", "add", "table", "netdev", "rancher_flat_leak")
+    from pyroute2.ipset import IPSet
+    with IPSet() as ipset:
+        ipset.create("rcnitleakset", stype="hash:ip")
+    run("iptables", "-w", "-A", "INPUT", "-m", "set", "--match-set", "rcnitleakset", "src",
+        "-m", "comment", "--comment", "rcni-leakset", "-j", "ACCEPT")
     (tmp_path / "mnt").mkdir()
     run("mount", "-t", "tmpfs", "rcnitleakfs", str(tmp_path / "mnt"))
     sleeper = subprocess.Popen(["sleep", "3600"])
@@ -37,7 +42,8 @@ def test_the_next_test_starts_clean(leak_guard, tmp_path):
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     state = json.dumps(host_state())
     assert "test_fails_after_making_every" not in state, "the tmpfs is still mounted"
-    for made in ("rcnitleakns", "rcnitleak0", "RANCHER-CNI-LEAKTEST", "rcni-leaktest", "RFLAT-leak", "rancher_flat_leak"):
+    for made in ("rcnitleakns", "rcnitleak0", "RANCHER-CNI-LEAKTEST", "rcni-leaktest", "RFLAT-leak", "rancher_flat_leak",
+                 "rcnitleakset", "rcni-leakset"):
         assert made not in state
 '''
 
@@ -52,7 +58,7 @@ def test_a_failing_test_leaves_nothing_for_the_next(tmp_path, leak_guard):
     out = done.stdout
     assert "failing on purpose" in out
     assert "the test left state behind (removed now)" in out, out[-3000:]
-    for kind in ("namespaces", "links", "firewall rules", "nft tables", "processes", "mounts"):
+    for kind in ("namespaces", "links", "firewall rules", "nft tables", "ipsets", "processes", "mounts"):
         assert f"'{kind}'" in out, f"the guard did not report {kind}: {out[-3000:]}"
     # the first fails twice (its body, then the guard at teardown); the second passes
     assert "1 failed, 1 passed, 1 error" in out.splitlines()[-1], out[-3000:]

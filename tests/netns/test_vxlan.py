@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import CNIEnv, ns_exec, ping
+from tests.conftest import CNIEnv, ns_exec, ping, vxlan_guard
 from tests.etcd_cluster import EtcdCluster
 
 pytestmark = pytest.mark.netns
@@ -45,9 +45,7 @@ def test_containers_on_two_hosts_share_one_subnet(tmp_path, make_netns):
     assert json.loads(ns_exec(a, "ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == 1450
     fdb = ns_exec(host_a, "bridge", "fdb", "show", "dev", "vtep1042").stdout
     assert "00:00:00:00:00:00 dst 10.99.0.2" in fdb
-    guard = [r for r in ns_exec(host_a, "iptables-save", "-t", "filter").stdout.splitlines() if "--dport 4789" in r]
-    assert [(r.split(" -s ")[-1].split()[0] if " -s " in r else None, r.split()[-1]) for r in guard] == \
-        [("10.99.0.2/32", "ACCEPT"), (None, "DROP")], "only the static peer may send VXLAN to host A"
+    assert vxlan_guard(host_a, 1042) == ({"10.99.0.2"}, True), "only the static peer may send VXLAN to host A"
     # a full-size packet crosses without fragmentation (DF set)
     assert ns_exec(a, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1422", ip_b, check=False).returncode == 0
     for env, config, container, host, container_id, result in attached:

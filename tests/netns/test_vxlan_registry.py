@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.conftest import CNIEnv, ns_exec, ping
+from tests.conftest import CNIEnv, ns_exec, ping, vxlan_guard
 from tests.etcd_cluster import EtcdCluster
 from tests.netns.test_vxlan import _agent, _until, vxlan_config
 from tests.packets import capture, ipv4_from
@@ -158,50 +158,54 @@ def _inner_frame(dst_mac: str, dst_ip: str, src_ip: str) -> str:
     return (ethernet + header + icmp).hex()
 
 
-def _counter(lines: list, source: str | None, target: str) -> int:
-    """Packets counted by the guard's rule for `source` (None: the DROP)."""
-    for line in lines:
-        has_source = f"-s {source}/32 " in line if source else " -s " not in line
-        if has_source and line.endswith(f"-j {target}"):
-            return int(line.split("]")[0].lstrip("[").split(":")[0])
-    raise AssertionError(f"no {target} rule for {source}: {lines}")
+def _counter(lines: list, target: str) -> int:
+    """Packets counted by the guard's ACCEPT (of the peers, whether one rule
+    per peer or the set's) or its DROP."""
+    counts = [int(line.split("]")[0].lstrip("[").split(":")[0]) for line in lines if line.endswith(f"-j {target}")]
+    if not counts:
+        raise AssertionError(f"no {target} rule: {lines}")
+    return sum(counts)
 
 
-def test_vxlan_from_a_non_peer_address_is_dropped_and_from_a_peer_it_passes(tmp_path, make_netns):
+def test_vxlan_from_a_non_peer_address_is_dropped_and_from_a_peer_it_passes(tmp_path, make_netns, guard_path):
     with two_hosts(tmp_path, make_netns) as rig:
         ns_exec(rig.b, "ip", "addr", "add", f"{ROGUE}/24", "dev", "underlay")  # a host that is no peer
-        _until(lambda: any(f"-s {B_VTEP}/32" in line for line in rig.guard_a()), 10, "no guard on host A")
+        _until(lambda: vxlan_guard(rig.a, VNI) == ({B_VTEP}, True), 10, "no guard on host A")
         guard = rig.guard_a()
-        assert [(" -s " in line, line.rsplit(" ", 1)[-1]) for line in guard] == [(True, "ACCEPT"), (False, "DROP")]
+        assert [line.rsplit(" ", 1)[-1] for line in guard] == ["ACCEPT", "DROP"]
         assert all(f"-m comment --comment rcni-" in line and "-vtep" in line for line in guard)
+        assert ("--match-set" in guard[0]) == (guard_path == "ipset")
         inner = _inner_frame(rig.mac_a, rig.ip_a, "10.42.9.9")
         for source, decapsulated in ((ROGUE, False), (B_VTEP, True)):
-            dropped_before, accepted_before = _counter(rig.guard_a(), None, "DROP"), _counter(rig.guard_a(), B_VTEP, "ACCEPT")
+            dropped_before, accepted_before = _counter(rig.guard_a(), "DROP"), _counter(rig.guard_a(), "ACCEPT")
             with capture(rig.container_a, "eth0", seconds=3) as frames:
                 ns_exec(rig.b, sys.executable, "-c", _SEND, source, A_VTEP, str(VNI), inner, "3")
             arrived = ipv4_from(frames, "10.42.9.9")
             if decapsulated:
                 assert arrived, "VXLAN from the registered peer reaches the container"
-                assert _counter(rig.guard_a(), B_VTEP, "ACCEPT") >= accepted_before + 3
+                assert _counter(rig.guard_a(), "ACCEPT") >= accepted_before + 3
             else:
                 assert arrived == [], "VXLAN from an address no host registered was decapsulated"
-                assert _counter(rig.guard_a(), None, "DROP") == dropped_before + 3
+                assert _counter(rig.guard_a(), "DROP") == dropped_before + 3
         assert ping(rig.container_a, rig.ip_b), "the peers' own traffic passes"
 
         # peers come and go: B's lease runs out, its address leaves the guard; it comes back
         rig.agents[rig.b].kill()
         rig.agents[rig.b].wait()
-        _until(lambda: not any(B_VTEP in line for line in rig.guard_a()), 15, "B stayed in A's guard")
-        assert [line.rsplit(" ", 1)[-1] for line in rig.guard_a()] == ["DROP"]
+        _until(lambda: vxlan_guard(rig.a, VNI) == (set(), True), 15, "B stayed in A's guard")
+        with capture(rig.container_a, "eth0", seconds=3) as frames:
+            ns_exec(rig.b, sys.executable, "-c", _SEND, B_VTEP, A_VTEP, str(VNI), inner, "3")
+        assert ipv4_from(frames, "10.42.9.9") == [], "VXLAN from a host that left was decapsulated"
         rig.agents[rig.b] = _agent(rig.b, rig.etcd.endpoints, rig.attached[1][0].state, ttl=3)
-        _until(lambda: any(f"-s {B_VTEP}/32" in line for line in rig.guard_a()), 15, "B did not come back")
+        _until(lambda: vxlan_guard(rig.a, VNI) == ({B_VTEP}, True), 15, "B did not come back")
 
-        # the guard goes with the network
+        # the guard goes with the network: its rules and its set
         rig.agents[rig.a].terminate()
         rig.agents[rig.a].wait()
         ns_exec(rig.a, sys.executable, "-c", "from cni_backend import vxlannet; vxlannet.remove(vxlannet.VxlanNetwork("
                 f"bridge='vxbr{VNI}', vni={VNI}, port=4789, vtep_dev='underlay', peers=()))")
         assert rig.guard_a() == [] and "-vtep " not in ns_exec(rig.a, "iptables-save").stdout
+        assert "rcni" not in ns_exec(rig.a, sys.executable, "-c", "from tests.conftest import ipsets; print(ipsets())").stdout
 
 
 def test_a_plain_http_etcd_is_refused_by_the_agent_without_insecure_etcd(tmp_path, make_netns):

@@ -217,6 +217,27 @@ def test_the_port_guard_accepts_each_peer_then_drops_the_rest_of_the_vni():
             vxlan_guard.rules(VNI, 4789, bad)
 
 
+def test_with_an_ipset_the_port_guard_is_one_accept_on_the_vnis_set_then_the_drop():
+    lines = vxlan_guard.set_rules(VNI, 4789)
+    tag = str(tags.for_vtep(VNI))
+    assert [line.split(" -j ")[-1] for line in lines] == ["ACCEPT", "DROP"]
+    assert "-m set --match-set rcni-vtep-1042 src " in lines[0] and " -s " not in lines[0]
+    assert all("--dport 4789 " in line and "=1042 " in line and f"--comment {tag} " in line for line in lines)
+    assert vxlan_guard.set_name(16777215) == "rcni-vtep-16777215"
+    for vni in (0, 16777216, "1042; x"):
+        with pytest.raises(ValueError):
+            vxlan_guard.set_name(vni)
+
+
+@pytest.mark.parametrize("bad", ["10.99.0.2 -j ACCEPT", "fd00::1", "10.99.0.2\n*filter", "10.99.0.256"])
+def test_a_bad_peer_address_is_refused_before_the_guard_reaches_the_kernel(bad):
+    # refused before the feature is even asked for: nothing needs root here
+    for call in (lambda: vxlan_guard.update(VNI, 4789, [], [bad]), lambda: vxlan_guard.update(VNI, 4789, [bad], []),
+                 lambda: vxlan_guard.ensure(VNI, 4789, [bad])):
+        with pytest.raises(ValueError):
+            call()
+
+
 # -- plain http etcd -------------------------------------------------------------------------
 
 def test_plain_http_etcd_is_refused_without_insecure_etcd():
