@@ -339,7 +339,7 @@ import json, re, subprocess, sys
 from pyroute2.ipset import IPSet
 vni = sys.argv[1]
 lines = [l for l in subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True,
-                                   check=True).stdout.splitlines() if "-vtep" in l and f"=0x{int(vni):x}" in l]
+                                   check=True).stdout.splitlines() if "-vtep" in l and f"=0x{int(vni):x}\"" in l]
 peers, shape = set(), []
 for line in lines:
     source = re.search(r" -s (\S+?)/32 ", line + " ")
