@@ -180,9 +180,12 @@ class State(Records):
         gunicorn worker, a forked CNI call must not share the parent's) or
         when the file at the path is another than the one open."""
         kept = getattr(self._local, "kept", None)
-        st = os.stat(self.path)
-        identity = (os.getpid(), st.st_dev, st.st_ino)
-        if kept is not None and kept[0] == identity:
+        try:
+            st = os.stat(self.path)
+            identity = (os.getpid(), st.st_dev, st.st_ino)
+        except FileNotFoundError:  # removed under us: opened (and made) anew, as before
+            identity = None
+        if kept is not None and identity is not None and kept[0] == identity:
             return kept[1]
         self._drop_connection()
         db = sqlite_file.open_db(self.path, _BUSY_TIMEOUT_S)  # synchronous=FULL: commits survive a power loss
