@@ -32,9 +32,12 @@ the rules of the other path (an earlier version, or the feature gone);
 destroyed).
 """
 
+import contextlib
 import ipaddress
 import logging
+import os
 import re
+import threading
 
 from . import features, iptables, tags, tools
 
@@ -130,9 +133,31 @@ def _same(current: list, wanted: list) -> bool:
 
 # -- the set, over netlink ------------------------------------------------------------------
 
+_sockets = threading.local()   # per thread: ((pid, netns inode), the IPSet socket opened there)
+
+
+@contextlib.contextmanager
 def _ipset():
-    from pyroute2.ipset import IPSet   # only on the ipset path
-    return IPSet()
+    """An IPSet socket in this thread's network namespace, kept for the next
+    call (opening one, with its asyncio loop, costs about as much as the
+    element changes of a whole arrival): the agent's thread stays in its
+    host's namespace, and a thread that moves to another gets a new socket.
+    A socket that failed other than with a kernel's answer is not kept."""
+    from pyroute2.ipset import IPSet, IPSetError   # only on the ipset path
+    where = (os.getpid(), os.stat("/proc/thread-self/ns/net").st_ino)
+    kept = getattr(_sockets, "kept", None)
+    if kept is None or kept[0] != where:
+        if kept is not None and kept[0][0] == where[0]:
+            kept[1].close()   # (a forked child leaves its parent's socket alone)
+        _sockets.kept = kept = (where, IPSet())
+    try:
+        yield kept[1]
+    except IPSetError:
+        raise   # the kernel answered: the socket is fine
+    except BaseException:
+        _sockets.kept = None
+        kept[1].close()
+        raise
 
 
 def _no_such_set(exc: Exception) -> bool:
