@@ -24,6 +24,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 
 try:
     from etcd3gw.lease import Lease
@@ -51,8 +52,11 @@ def entry_object(value, max_bytes: int) -> dict:
 
 class LeasedKeys:
     """One lease per agent process (per host, for what that agent registers):
-    granted once, renewed every third of its TTL by the agent's own loop, and
-    attached to every key the agent writes. Every timer here counts on
+    granted once, renewed every third of its TTL, and attached to every key
+    the agent writes. The renewal runs in a thread of its own (`_keep_alive`,
+    on a client of its own), so an agent busy for longer than the TTL (a full
+    resync on a starved CPU, a long netlink batch) does not lose its keys;
+    the agent's loop renews too, as a second line, when that thread could not. Every timer here counts on
     time.monotonic(); the expiry itself is etcd's (server side), so a wall
     clock set forward or back changes nothing.
 
@@ -72,8 +76,9 @@ class LeasedKeys:
         self.connect, self.client, self.ttl = connect, client, ttl
         self.lease = None
         self.registered = {}    # key -> value as last written under the current lease
-        self.renewed = 0.0      # time.monotonic() of the last renewal
+        self.renewed = 0.0      # time.monotonic() of the last renewal (by the agent or the keep-alive thread)
         self.leases = 0         # leases granted so far (the first, then one per loss)
+        self.keeping = None     # the lease ID the keep-alive thread renews; None stops it
 
     def _ensure_lease(self) -> None:
         """Renewed every third of the TTL; a new one (and every key written
@@ -88,12 +93,52 @@ class LeasedKeys:
         self.renewed = time.monotonic()
         self.registered = {}
         self.leases += 1
+        self.keeping = self.lease.id
+        threading.Thread(target=self._keep_alive, args=(weakref.ref(self), self.lease.id), daemon=True,
+                         name=f"lease-{self.lease.id}").start()
         if old is None and self.leases == 1:
             log.info("%s: lease %s (ttl %ss)", self.LABEL, self.lease.id, self.ttl)
         else:
             log.warning("%s: lease %s was gone (this host was cut off from etcd or stalled for longer than its "
                         "ttl of %ss, so its keys expired): registering again under lease %s",
                         self.LABEL, old.id if old is not None else "?", self.ttl, self.lease.id)
+
+    @staticmethod
+    def _keep_alive(ref, lease_id) -> None:
+        """Renew `lease_id` every third of the TTL until it is no longer the
+        lease kept (a new one replaced it, `stop_keep_alive`, the agent is
+        gone: `ref` is a weak reference to it) or etcd says it is gone: then
+        the agent's next `_ensure_lease` finds it so and registers again. A
+        failed renewal is tried again a second later on a client for the
+        next member; nothing here writes a key."""
+        client, retry = None, False
+        while True:
+            agent = ref()
+            if agent is None or agent.keeping != lease_id:
+                return
+            due = 1.0 if retry else agent.renewed + agent.ttl / 3 - time.monotonic()
+            del agent   # not kept alive by its own keep-alive while it sleeps
+            time.sleep(max(0.0, due))
+            agent = ref()
+            if agent is None or agent.keeping != lease_id:
+                return
+            try:
+                client = client or agent.connect()
+                left = Lease(lease_id, client).refresh()
+            except Exception as exc:  # noqa: BLE001 - etcd away: the next member, a second later
+                log.debug("%s: renewing lease %s: %s: %s", agent.LABEL, lease_id, type(exc).__name__, exc)
+                client, retry = None, True
+                continue
+            if agent.keeping != lease_id:
+                return
+            if left <= 0:
+                agent.renewed = 0.0   # the agent's next round renews, finds it gone and registers again
+                return
+            agent.renewed, retry = time.monotonic(), False
+
+    def stop_keep_alive(self) -> None:
+        """The keep-alive thread ends (at its next wake-up); the lease then runs out unless renewed."""
+        self.keeping = None
 
     def _publish(self, wanted: dict, stale=()) -> None:
         """Exactly `wanted` ({key: value}) under our lease: changed ones

@@ -587,6 +587,12 @@ class Agent(LeasedKeys):
             self.program()
 
     def run(self, interval: float = 1.0, stop=lambda: False) -> None:
+        try:
+            self._run(interval, stop)
+        finally:
+            self.stop_keep_alive()
+
+    def _run(self, interval: float, stop) -> None:
         while not stop():
             try:
                 self.step()

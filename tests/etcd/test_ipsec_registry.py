@@ -140,7 +140,9 @@ def test_a_host_whose_lease_expires_is_no_longer_a_peer(etcd, prefix, tmp_path):
         agent.register([records[host]])
     assert agents[A].peers([records[A]]) == {"secure": [B]}
     assert agents[B].peers([records[B]]) == {"secure": [A]}
-    # B stops renewing (its agent died): its entry goes with its lease, A's stays while A renews
+    # B stops renewing (its agent died, and its keep-alive thread with it): its entry goes with its lease,
+    # A's stays while A renews
+    agents[B].stop_keep_alive()
     deadline = time.monotonic() + 20
     while agents[A].peers([records[A]]) != {"secure": []}:
         assert time.monotonic() < deadline, "B's entry outlived its lease"
