@@ -140,6 +140,13 @@ class LeasedKeys:
         """The keep-alive thread ends (at its next wake-up); the lease then runs out unless renewed."""
         self.keeping = None
 
+    def run(self, interval: float = 1.0, stop=lambda: False) -> None:
+        """The agent's loop (`_run`, the subclass's) until `stop()`; its lease's keep-alive ends with it."""
+        try:
+            self._run(interval, stop)
+        finally:
+            self.stop_keep_alive()
+
     def _publish(self, wanted: dict, stale=()) -> None:
         """Exactly `wanted` ({key: value}) under our lease: changed ones
         written, ones no longer wanted deleted, and so are `stale` ones (this

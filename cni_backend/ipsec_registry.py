@@ -362,12 +362,6 @@ class Agent(LeasedKeys):
         if changes or records != self.applied:
             self._set_peers(records)
 
-    def run(self, interval: float = 1.0, stop=lambda: False) -> None:
-        try:
-            self._run(interval, stop)
-        finally:
-            self.stop_keep_alive()
-
     def _run(self, interval: float, stop) -> None:
         while not stop():
             try:

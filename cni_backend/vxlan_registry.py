@@ -517,7 +517,7 @@ class Agent(LeasedKeys):
         else:
             _, current, current_fdb, present, guarded = self.programmed
             if guarded - peers or (peers - guarded and now >= self.guard_at + spacing):
-                # not waiting long for the host's firewall lock: this thread also renews the lease
+                # not waiting long for the firewall's lock (per-peer rules only): the loop goes on meanwhile
                 if vxlan_guard.update(self.vni, self.port, guarded, peers, lock_wait=self.GUARD_LOCK_WAIT) is None:
                     self.guard_at = now - spacing + self.GUARD_LOCK_WAIT   # busy: again shortly
                 else:
@@ -585,12 +585,6 @@ class Agent(LeasedKeys):
         if changes or changed or self.programmed is None or (
                 self.guard_due is not None and time.monotonic() >= self.guard_due):
             self.program()
-
-    def run(self, interval: float = 1.0, stop=lambda: False) -> None:
-        try:
-            self._run(interval, stop)
-        finally:
-            self.stop_keep_alive()
 
     def _run(self, interval: float, stop) -> None:
         while not stop():

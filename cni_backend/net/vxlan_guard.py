@@ -305,8 +305,7 @@ def remove(vni: int) -> None:
     with iptables.host_lock():
         current = present(vni)
         if current:
-            script = ["*filter", *("-D" + line[2:] for line in current), "COMMIT"]
-            tools.run(["iptables-restore", "-w", "--noflush"], "\n".join(script) + "\n")
+            _rewrite(current, [])
         names = _referenced_sets(current) | ({set_name(vni)} if features.has("ipset") else set())
         if names:
             _destroy(names)
