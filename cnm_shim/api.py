@@ -27,10 +27,10 @@ import time
 
 from flask import Blueprint, current_app, g, jsonify, request
 
-from cni_backend import trace
+from cni_backend import logfmt, trace
 
 from . import backends, cnm
-from .errors import DriverError
+from .errors import DriverError, docker_answer
 
 log = logging.getLogger("cnm-shim")
 plugin_api = Blueprint("plugin", __name__)
@@ -169,8 +169,32 @@ def delete_endpoint():
     # hands it out again, and doctor reports the rest.
     if released_nothing_if_resent():
         return jsonify({})
-    services().translator.delete_endpoint(cnm.EndpointRequest.from_wire(body()))
-    return jsonify({})
+    teardown = services().translator.endpoint_teardown(cnm.EndpointRequest.from_wire(body()))
+    response = jsonify({})
+    if teardown is not None:
+        response.call_on_close(after_answer(teardown, "the endpoint's teardown after DeleteEndpoint"))
+    return response
+
+
+def after_answer(work, what: str):
+    """`work` for `call_on_close`: gunicorn's worker calls it once the whole
+    answer is written to Docker, before it takes its next request (Flask's
+    request context is gone by then). Docker has what it asked for, so a
+    failure can only be logged, with the message Docker would have had (a
+    traceback only for a bug): `cnm-shim doctor` reports what it left."""
+    request_id, driver = logfmt.current(), driver_name()  # the request's, on the work's lines too
+
+    def run():
+        with logfmt.request(request_id):
+            try:
+                work()
+            except Exception as exc:  # noqa: BLE001 - nobody is left to answer
+                answer = docker_answer(exc, driver)
+                if answer is None:
+                    log.exception("%s failed; `cnm-shim doctor` reports what is left", what)
+                else:
+                    log.warning("%s failed: %s; `cnm-shim doctor` reports what is left", what, answer[1])
+    return run
 
 
 @network_api.post("/NetworkDriver.Join")

@@ -25,6 +25,7 @@ from .ipam_driver import ADDRESS_SPACES, IpamDriver
 from .state import NETWORK, Endpoint, Network, State
 
 log = logging.getLogger("cnm-shim")
+TEARDOWN_DIR = "teardown"  # in the state dir: an endpoint's lock while it is torn down (delete_endpoint)
 CONTAINER_IFNAME = "eth0"  # inside the staging namespace; Docker renames it in the sandbox
 
 
@@ -296,6 +297,9 @@ class Translator:
         if net is None:
             return
         for ep in self.state.endpoints(network_id):
+            ep = self._torn_down(net, ep)
+            if ep is None:
+                continue  # DeleteEndpoint's teardown, after its answer, took it
             self._cni_del(net, ep)
             self.ports.release(ep.key)
             self.state.forget(ep)
@@ -491,8 +495,10 @@ class Translator:
             if holder is None or holder.network != net.cni_name or holder.container_id == ep.endpoint_id:
                 continue
             stale = self.state.endpoint(net.id, holder.container_id)
+            if stale is not None:
+                stale = self._torn_down(net, stale)  # a teardown under way releases the address itself
             if stale is None:
-                continue  # a CNI runtime's container: ADD will report the clash
+                continue  # a CNI runtime's container (ADD will report the clash), or torn down now
             log.warning("endpoint %s reclaims %s from stale endpoint %s", ep.endpoint_id[:12],
                         iface.ip, holder.container_id[:12])
             self._revoke_ports(net, stale)
@@ -504,10 +510,54 @@ class Translator:
         Leave and only then calls DeleteEndpoint, where CNI DEL runs."""
 
     def delete_endpoint(self, request: cnm.EndpointRequest) -> None:
+        teardown = self.endpoint_teardown(request)
+        if teardown is not None:
+            teardown()
+
+    def endpoint_teardown(self, request: cnm.EndpointRequest):
+        """DeleteEndpoint's work as a function to call once Docker has its
+        answer (None: nothing to tear down). Docker forgets the endpoint
+        whatever DeleteEndpoint answers (an error is only logged), and the
+        teardown's kernel work (a veth's deletion, a firewall commit that
+        deletes: each waits ~20 ms for an RCU grace period) need not delay it.
+
+        The endpoint's teardown lock is taken here, before the answer, and
+        held until the teardown has ended: whatever else would tear the
+        endpoint down, or must see it gone (DeleteNetwork, a Join reclaiming
+        its address), waits for it (`_torn_down`). The endpoint stays in the
+        state until its DEL is done, so a shim killed in between leaves it
+        where doctor finds it, as a DeleteEndpoint that never arrived."""
         net = self.state.network(request.network_id)
-        ep = self.state.endpoint(request.network_id, request.endpoint_id)
-        if net is None or ep is None:
-            return  # Docker cleans up endpoints we never saw or forgot: success
+        if net is None or self.state.endpoint(request.network_id, request.endpoint_id) is None:
+            return None  # Docker cleans up endpoints we never saw or forgot: success
+        held = contextlib.ExitStack()
+        lock = held.enter_context(hostnet.held_lock(self._teardown_lock_path(request.endpoint_id)))
+        ep = self.state.endpoint(request.network_id, request.endpoint_id)  # as it is once no teardown runs
+        if ep is None:
+            lock.discard()
+            held.close()
+            return None
+
+        def teardown() -> None:
+            with held:
+                try:
+                    self._delete_endpoint(net, ep)
+                finally:
+                    lock.discard()
+        return teardown
+
+    def _teardown_lock_path(self, endpoint_id: str) -> str:
+        return os.path.join(self.settings.state_dir, TEARDOWN_DIR, f"{endpoint_id}.lock")
+
+    def _torn_down(self, net: Network, ep: Endpoint) -> Endpoint | None:
+        """`ep` as the state holds it once no teardown of it is under way;
+        None when one (DeleteEndpoint's, after its answer) removed it."""
+        with hostnet.held_lock(self._teardown_lock_path(ep.endpoint_id)) as lock:
+            current = self.state.endpoint(net.id, ep.endpoint_id)
+            lock.discard()
+        return current
+
+    def _delete_endpoint(self, net: Network, ep: Endpoint) -> None:
         self._revoke_ports(net, ep)
         if backends.get(net.backend).takes_conflist and ep.result:
             self._cni_del_as_joined(net, ep)

@@ -14,6 +14,8 @@ PHASES = {  # phase -> what it measures
     "docker->shim": "Docker's requests to the shim, as long as the shim's handlers took (sum per container)",
     "shim own": "docker->shim minus the CNI executions the shim made",
     "outside shim": "total minus docker->shim: dockerd, containerd, runc",
+    "after answer": "CNI executions the shim made after answering Docker (DeleteEndpoint's DEL), "
+                    "which Docker did not wait for",
     "cni exec": "plug-in executions seen by the runtime-side caller (process start included; the shim forks its worker for our own plug-ins)",
     "plug-in": "the plug-ins' own work (in the CNI daemon's worker, or the shim worker's fork)",
     "netlink": "netlink requests and dumps (plug-ins and the shim's staging moves)",

@@ -17,7 +17,7 @@ from cni_backend import install
 from cnm_shim.app import DRIVERS
 from tests.conftest import host_state, ipam_rows, run
 from tests.engine.dockerd import Dockerd
-from tests.engine.helpers import post_unix
+from tests.engine.helpers import post_unix, wait_for_teardowns
 from tests.isolation import require_sandbox
 from tests.processes import long_lived, process_tree
 from tests.interop.containerd import Containerd
@@ -113,17 +113,24 @@ class Shim:
             if os.path.exists(path):
                 os.unlink(path)
 
+    def settled(self) -> None:
+        """Once no endpoint teardown runs (helpers.wait_for_teardowns)."""
+        wait_for_teardowns(self.state_dir)
+
     def allocations(self):
+        self.settled()
         return ipam_rows(self.ipam_dir, "network, container_id, ip")
 
     def endpoints(self) -> list:
-        """The endpoint records in the shim's state."""
+        """The endpoint records in the shim's state, once no teardown runs."""
+        self.settled()
         import json
         import sqlite3
         with sqlite3.connect(self.state_dir / "state.db") as db:
             return [json.loads(v) for (v,) in db.execute("SELECT value FROM objects WHERE kind = 'endpoint'")]
 
     def state_entries(self):
+        self.settled()
         import sqlite3
         with sqlite3.connect(self.state_dir / "state.db") as db:
             return db.execute("SELECT kind, key FROM objects WHERE kind != 'pool'").fetchall()
@@ -139,6 +146,7 @@ def engine(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine")
     shim = Shim(root)
     dockerd = Dockerd()
+    dockerd.after_cli = shim.settled  # what a `docker rm` tore down is gone when the test looks
     shim.docker_host = f"unix://{dockerd.socket}"
     yield dockerd, shim
     dockerd.close()

@@ -132,6 +132,7 @@ class Dockerd:
         self.start_timeout = start_timeout
         self.cgroup_parent = "rcnit-" + hashlib.sha256(self.root.encode()).hexdigest()[:8]
         self.client = None
+        self.after_cli = None  # called after each `cli`: e.g. wait for the plug-in's work after its answers
         self.dockerd = self.containerd = None
         self.sessions = set()  # our daemons' session ids: their shims and docker-proxy keep them
         self.crashed = False  # kill() was called: close() lets a new dockerd clean up
@@ -229,8 +230,11 @@ class Dockerd:
         """`docker ARGS` with the 20.10 client against this daemon; text output."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
         env["DOCKER_CONFIG"] = self._path("cli")  # not the user's ~/.docker (credential helpers, contexts)
-        return subprocess.run([CLI, "-H", f"unix://{self.socket}", *args], capture_output=True, text=True,
+        done = subprocess.run([CLI, "-H", f"unix://{self.socket}", *args], capture_output=True, text=True,
                               env=env, check=check, timeout=timeout)
+        if self.after_cli is not None:
+            self.after_cli()
+        return done
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(_tail(self._path(f"{name}.log"), lines) for name in ("containerd", "dockerd"))

@@ -16,6 +16,7 @@ import sys
 import time
 
 from tests.conftest import ipam_rows
+from tests.engine.helpers import wait_for_teardowns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGING = os.path.join(ROOT, "packaging")
@@ -68,6 +69,8 @@ class ManagedPlugin:
         self.made = {"containers": [], "networks": []}
         for sub in ("ipam", "cnm", "net.d"):
             os.makedirs(os.path.join(state, sub), exist_ok=True)
+        # the plug-in's state dir is the driver-state mount: wait for its teardowns after each docker call
+        dockerd.after_cli = lambda: wait_for_teardowns(os.path.join(state, "cnm"))
 
     def settings(self, backend: str | None = None) -> list:
         """`docker plugin set/install` arguments: every mount source is the test's."""

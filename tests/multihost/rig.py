@@ -17,6 +17,7 @@ import time
 from cni_backend import install
 from tests.conftest import ns_exec, run
 from tests.engine.dockerd import Dockerd
+from tests.engine.helpers import wait_for_teardowns
 from tests.etcd_cluster import EtcdCluster
 from tests.processes import long_lived
 
@@ -44,6 +45,7 @@ class Host:
         self.etcd_endpoints = etcd_endpoints
         self.start_plugin()
         self.dockerd = Dockerd(root=os.path.join(self.root, "docker"), enter=self.enter)
+        self.dockerd.after_cli = lambda: wait_for_teardowns(os.path.join(self.root, "state"))
 
     def _mount_namespace(self) -> list:
         """A process that holds the host's mounts; others join it with nsenter."""

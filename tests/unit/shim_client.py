@@ -24,7 +24,10 @@ class Client:
     def post(self, path: str, body) -> tuple:
         """`body` is sent as JSON, or as it is when it is bytes: (status, answer)."""
         reply = self.client.post(path, data=body if isinstance(body, bytes) else json.dumps(body))
-        return reply.status_code, reply.get_json()
+        try:
+            return reply.status_code, reply.get_json()
+        finally:
+            reply.close()  # as gunicorn's worker closes it, once written: the work after the answer runs
 
     __call__ = post  # a fixture may hand out the client as its `post`
 

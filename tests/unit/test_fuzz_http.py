@@ -161,7 +161,8 @@ class Shim:
     def post(self, path: str, raw: bytes, driver: str = "rancher-bridge"):
         reply = self.client.post(path, data=raw, headers={"Accept": "application/vnd.docker.plugins.v1.2+json"},
                                  environ_overrides={"rancher.driver": driver})
-        return reply.status_code, reply.mimetype, reply.get_data()
+        with reply:  # closed, as gunicorn's worker closes it: the work after the answer runs
+            return reply.status_code, reply.mimetype, reply.get_data()
 
     def seed(self) -> None:
         """The known network (with one endpoint) and pool, made again if a fuzzed call removed them."""
@@ -388,7 +389,8 @@ def _port_shim(root: str):
 
     def post(path, body):
         reply = client.post(path, data=json.dumps(body))
-        return reply.status_code, reply.mimetype, reply.get_data()
+        with reply:
+            return reply.status_code, reply.mimetype, reply.get_data()
 
     assert post("/NetworkDriver.CreateNetwork", {"NetworkID": KNOWN_NET, "Options": {"com.docker.network.generic": {
         "bridge": "rcnitfzpt"}}, "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.79.0.0/24",

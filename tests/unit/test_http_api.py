@@ -21,7 +21,8 @@ def post(client, path, body=None, raw=None):
     """As Docker posts: no Content-Type header, maybe no body at all."""
     data = raw if raw is not None else (json.dumps(body) if body is not None else b"")
     reply = client.post(path, data=data, headers={"Accept": "application/vnd.docker.plugins.v1.2+json"})
-    return reply.status_code, reply.get_json()
+    with reply:  # closed, as gunicorn's worker closes it: the work after the answer runs
+        return reply.status_code, reply.get_json()
 
 
 @pytest.mark.parametrize("path,answer", [

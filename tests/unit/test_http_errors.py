@@ -132,11 +132,6 @@ CNI_SIDE_FAILURES = [
     ("/NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP2}, "add",
      f"rancher-bridge: CNI ADD on {CNI_NAME} failed: "),
     ("/NetworkDriver.Join", {"NetworkID": NET, "EndpointID": EP2}, "store", "rancher-bridge: "),  # stale holders
-    ("/NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP2}, "delete",
-     f"rancher-bridge: CNI DEL on {CNI_NAME} failed: "),
-    ("/NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP1}, "delete",
-     "rancher-bridge: removing published ports failed: "),
-    ("/NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP2}, "host", "rancher-bridge: "),
     ("/NetworkDriver.ProgramExternalConnectivity", {"NetworkID": NET, "EndpointID": EP1, "Options": {
         "com.docker.network.portmap": [{"Proto": 6, "Port": 80, "HostPort": 8081}]}}, "add",
      "rancher-bridge: publishing ports failed: "),
@@ -171,6 +166,34 @@ def test_a_cni_side_failure_reaches_docker_as_its_message(shim, caplog, path, bo
     message = _checked(got, answer, path, caplog)
     assert got == status
     assert message == f"{prefix}{error.msg} ({error.details})"
+
+
+# DeleteEndpoint's teardown runs after its answer (translate.endpoint_teardown): (endpoint, what fails, message)
+TEARDOWN_FAILURES = [
+    (EP2, "delete", f"rancher-bridge: CNI DEL on {CNI_NAME} failed: "),
+    (EP1, "delete", "rancher-bridge: removing published ports failed: "),
+    (EP2, "host", "rancher-bridge: "),
+]
+
+
+@pytest.mark.parametrize("error", [TRY_AGAIN, FAILED], ids=["try-again", "failed"])
+@pytest.mark.parametrize("endpoint,where,prefix", TEARDOWN_FAILURES,
+                         ids=[f"{c[1]}-{n}" for n, c in enumerate(TEARDOWN_FAILURES)])
+def test_a_failed_teardown_after_delete_endpoint_is_logged_with_its_message(shim, caplog, endpoint, where,
+                                                                              prefix, error):
+    """Docker forgets the endpoint whatever DeleteEndpoint answers: it has its
+    answer at once, and the teardown's failure, after it, is logged with the
+    message it would have had (no traceback: not a bug). The endpoint stays
+    in the state, where doctor finds it."""
+    error = error()
+    shim.fail(where, error)
+    with caplog.at_level(logging.WARNING, logger="cnm-shim"):
+        assert shim.post("/NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": endpoint}) == (200, {})
+    failures = [r.getMessage() for r in caplog.records if "teardown after DeleteEndpoint failed" in r.getMessage()]
+    assert failures == [f"the endpoint's teardown after DeleteEndpoint failed: {prefix}{error.msg} ({error.details}); "
+                        "`cnm-shim doctor` reports what is left"], caplog.text
+    assert not any(record.exc_info for record in caplog.records), "a domain error logged a traceback"
+    assert shim.services.state.endpoint(NET, endpoint) is not None
 
 
 @pytest.mark.parametrize("path,body", [
