@@ -231,7 +231,8 @@ def _ensure_gateway(host, bridge: dict, ips: list, force: bool) -> None:
                 raise CNIError(INVALID_CONFIG, f"bridge {bridge['name']} already has address {other}, not {wanted}",
                                "set forceAddress to replace it, or use another bridge")
             netlink.delete_address(host, bridge["index"], str(other))
-        netlink.add_address(host, bridge["index"], str(wanted))
+        if wanted not in present:  # after the first container, the network's later ones find it there
+            netlink.add_address(host, bridge["index"], str(wanted))
         sysctls.ensure_forwarding(wanted.version, f"{bridge['name']} is the gateway of {wanted.network}: "
                                                   "its containers' traffic is routed by this host")
 
