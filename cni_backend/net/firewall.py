@@ -293,11 +293,12 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
     nft.script(chain, **values)  # refused before the table is made
     with iptables.host_lock():
         if tools.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) is None:
-            _nft(f"""table bridge {NFT_TABLE} {{
+            # the table in the chain's transaction: one nft run, one commit
+            chain = f"""table bridge {NFT_TABLE} {{
   map ports {{ type ifname : verdict; }}
   chain prerouting {{ type filter hook prerouting priority -300; iifname vmap @ports; }}
 }}
-""", names=[NFT_TABLE])
+""" + chain
         _nft(chain, **values)
 
 

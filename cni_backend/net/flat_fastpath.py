@@ -48,18 +48,28 @@ def _nft(script: str, **values) -> None:
     nft.run(script, **values)
 
 
-def _listing(table: str) -> list | None:
-    """The table's objects as nft's JSON gives them; None when it does not exist."""
-    out = tools.run(["nft", "-j", "list", "table", "netdev", table], check=False)
+def listing_argv(suffix: str) -> list:
+    """The command `_listing` runs for the network's table (to run it beside others: ensure_network)."""
+    return ["nft", "-j", "list", "table", "netdev", table_name(suffix)]
+
+
+def _parsed(out: str | None) -> list | None:
     return None if out is None else json.loads(out)["nftables"]
 
 
-def ensure_network(suffix: str, uplink: str, bridge_mac: str) -> None:
+def _listing(table: str) -> list | None:
+    """The table's objects as nft's JSON gives them; None when it does not exist."""
+    return _parsed(tools.run(["nft", "-j", "list", "table", "netdev", table], check=False))
+
+
+def ensure_network(suffix: str, uplink: str, bridge_mac: str, listed=tools.LIST_NOW) -> None:
     """The network's table, rewritten only when it is not in line: every ADD
     calls this, and a rewrite flushes rules, which makes nftables' commit wait
     for an RCU grace period (~15 ms here, serialised with every other commit
     of the host), where the listing that shows it in line costs ~3 ms. It
-    also keeps the uplink counter counting."""
+    also keeps the uplink counter counting. `listed`: the output of
+    `listing_argv`, run by the caller beside its other listings (None: the
+    table does not exist)."""
     table = table_name(suffix)
     script = nft.script(f"""table netdev {table} {{
   set local {{ type ether_addr; }}
@@ -73,7 +83,8 @@ flush chain netdev {table} uplink
 add rule netdev {table} uplink ether daddr @ports counter fwd to ether daddr map @ports
 add element netdev {table} local {{ {bridge_mac} }}
 """, names=[table], ifnames=[uplink], macs=[bridge_mac])  # refused here, before anything is read or run
-    if not _network_in_line(_listing(table), uplink, bridge_mac):
+    listing = _listing(table) if listed is tools.LIST_NOW else _parsed(listed)
+    if not _network_in_line(listing, uplink, bridge_mac):
         _nft(script, names=[table], ifnames=[uplink], macs=[bridge_mac])
 
 

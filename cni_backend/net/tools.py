@@ -9,6 +9,7 @@ import subprocess
 from .. import trace
 from ..errors import CNIError, FIREWALL_FAILURE
 
+LIST_NOW = object()  # a listing argument's default (see outputs_side_by_side): the callee lists itself
 PACKAGES = {"ebtables": "ebtables", "ebtables-save": "ebtables"}  # the rest come with iptables / nftables
 
 
@@ -45,6 +46,21 @@ def run_all(argvs: list, label: str) -> bool:
             return all([process.wait() == 0 for process in started])
     except FileNotFoundError:
         raise CNIError(FIREWALL_FAILURE, f"{tool} not found", _remedy(tool)) from None
+
+
+def outputs_side_by_side(argvs: list, label: str) -> list:
+    """Read-only commands (listings) run side by side: [stdout, or None when
+    it exited non-zero] in their order. A missing tool is an error, as in
+    `run`. `label` names them in the trace."""
+    try:
+        with trace.span("firewall", tool=label):
+            started = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                       for argv in argvs]
+            outputs = [process.communicate()[0] for process in started]
+    except FileNotFoundError as exc:
+        tool = exc.filename or argvs[0][0]
+        raise CNIError(FIREWALL_FAILURE, f"{tool} not found", _remedy(tool)) from None
+    return [out if process.returncode == 0 else None for process, out in zip(started, outputs)]
 
 
 def succeeds(argv: list, stdin: str | None = None, timeout: float = 10) -> bool:

@@ -104,3 +104,17 @@ def test_flat_rebuilds_nothing_when_ebtables_save_lists_every_rule(bin_dir, tmp_
     flatnet._ensure_ebtables(flat, "eth9")
     assert not os.path.exists(calls)
 
+
+
+def test_listings_side_by_side_give_each_output_or_none_in_order(bin_dir):
+    fake_tool(bin_dir, "ebtables-save", 'echo "*filter"')
+    fake_tool(bin_dir, "nft", 'echo "listed $*"; [ "$1" = list ]')
+    assert tools.outputs_side_by_side([["nft", "list", "a"], ["ebtables-save"], ["nft", "-j", "x"]], "probe") == \
+        ["listed list a\n", "*filter\n", None]
+
+
+def test_a_missing_tool_among_listings_side_by_side_is_a_firewall_error(bin_dir):
+    fake_tool(bin_dir, "nft", "true")
+    with pytest.raises(CNIError) as caught:
+        tools.outputs_side_by_side([["nft", "list"], ["ebtables-save"]], "probe")
+    assert caught.value.code == FIREWALL_FAILURE and "ebtables-save not found" in caught.value.msg
