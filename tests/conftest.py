@@ -2,6 +2,7 @@
 recognisable prefix, and a guard that fails any test leaving state behind."""
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -33,6 +34,21 @@ REFERENCE_PLUGINS = "/usr/lib/cni"
 
 def run(*argv, check=True, **kw):
     return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
+
+
+def is_locked(path) -> bool:
+    """Whether some process holds an flock on `path` (a missing file: no)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def unique(kind: str) -> str:

@@ -1,12 +1,11 @@
 """Docker CLI helpers for engine tests (used with the `docker` fixture)."""
 
-import fcntl
 import json
 import os
 import pathlib
 import time
 
-from tests.conftest import unique
+from tests.conftest import is_locked, unique
 
 
 def network(docker, *args, name=None, driver="rancher-bridge"):
@@ -48,21 +47,6 @@ def post_unix(socket_path, call, body=b"", timeout=30):
     return int(head.split()[1]), json.loads(payload)
 
 
-def _is_locked(path) -> bool:
-    """Whether some process holds an flock on `path` (gone: not locked)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
 def wait_for_teardowns(state_dir, timeout: float = 20) -> None:
     """Wait until no endpoint teardown of the shim with `state_dir` is under
     way. Docker has DeleteEndpoint's answer before the teardown runs (it runs
@@ -72,7 +56,7 @@ def wait_for_teardowns(state_dir, timeout: float = 20) -> None:
     shim's) does not count."""
     folder = pathlib.Path(state_dir) / "teardown"
     deadline = time.monotonic() + timeout
-    while any(_is_locked(path) for path in (folder.iterdir() if folder.is_dir() else ())):
+    while any(is_locked(path) for path in (folder.iterdir() if folder.is_dir() else ())):
         if time.monotonic() > deadline:
             raise TimeoutError(f"an endpoint teardown in {folder} still runs after {timeout} s")
         time.sleep(0.01)

@@ -28,7 +28,7 @@ import time
 import pytest
 
 from cni_backend import install, trace, wire
-from tests.conftest import ipam_rows, run, unique
+from tests.conftest import ipam_rows, is_locked, run, unique
 from tests.isolation import in_private_namespaces
 from tests.processes import process_tree
 
@@ -100,14 +100,7 @@ def wait_for(what: str, check, timeout: float = 60):
 
 
 def lock_is_held() -> bool:
-    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return is_locked(LOCK)
 
 
 def stop(pid: int, sig=15) -> None:

@@ -1,22 +1,11 @@
 """The one flock helper (cni_backend/locks.py)."""
 
-import fcntl
 import os
 
 import pytest
 
 from cni_backend import locks
-
-
-def is_locked(path) -> bool:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+from tests.conftest import is_locked
 
 
 def test_the_lock_makes_its_folder_and_is_held_only_inside_the_block(tmp_path):
