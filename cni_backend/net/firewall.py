@@ -279,12 +279,16 @@ def mac_filter_rules(tag: tags.Tag, mac: str, cidrs=()) -> list:
     return rules
 
 
-def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
+def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=(), also=None) -> None:
     """Frames from the container's veth must carry its MAC, and, with `cidrs`,
     its IP addresses (IPv4, ARP sender, IPv6 but link-local) and pass
     `container_guard` (untagged, no router's messages). One chain per
     attachment, reached through a verdict map keyed by the veth: each frame
-    costs one lookup, however many containers the host has."""
+    costs one lookup, however many containers the host has.
+    `also`: another writer's (script, values, fallback) to add in the same nft
+    transaction (flat's fast path: flat_fastpath.fresh_attachment), one nft
+    run instead of two; when that transaction fails, the chain is added on
+    its own and then `fallback()` runs."""
     rules = mac_filter_rules(tag, mac, cidrs)
     chain = (f"add chain bridge {NFT_TABLE} {tag}\nflush chain bridge {NFT_TABLE} {tag}\n"
              + "".join(f"add rule bridge {NFT_TABLE} {tag} {rule}\n" for rule in rules)
@@ -299,7 +303,14 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=()) -> None:
   chain prerouting {{ type filter hook prerouting priority -300; iifname vmap @ports; }}
 }}
 """ + chain
+        if also is not None:
+            other, other_values, fallback = also
+            both = {key: [*values.get(key, ()), *other_values.get(key, ())] for key in {*values, *other_values}}
+            if nft.succeeds(chain + other, **both):
+                return
         _nft(chain, **values)
+    if also is not None:
+        fallback()  # outside the lock: the other writer takes what it needs itself
 
 
 def mac_filter_size(tag: tags.Tag, host_ifname: str) -> int | None:

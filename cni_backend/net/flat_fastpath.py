@@ -135,6 +135,18 @@ def attachment_rules(mac: str, cidrs: list, metadata_ip: str | None) -> list:
 
 
 def add_attachment(suffix: str, tag: tags.Tag, host_ifname: str, mac: str, cidrs: list, metadata_ip: str | None) -> None:
+    fresh, values, fallback = fresh_attachment(suffix, tag, host_ifname, mac, cidrs, metadata_ip)
+    if not nft.succeeds(fresh, **values):
+        fallback()
+
+
+def fresh_attachment(suffix: str, tag: tags.Tag, host_ifname: str, mac: str, cidrs: list,
+                     metadata_ip: str | None) -> tuple:
+    """(script, values, fallback) for adding the attachment: `script` (nft
+    checked with `values`) makes it where nothing of it exists yet, and may
+    run in another writer's nft transaction (the anti-spoofing chain's:
+    `firewall.add_mac_filter`); when that transaction failed, `fallback()`
+    adds it whatever is there."""
     table = table_name(suffix)
     rules = attachment_rules(mac, cidrs, metadata_ip)
     # One transaction, idempotent without reading the table first: the chain
@@ -163,13 +175,14 @@ def add_attachment(suffix: str, tag: tags.Tag, host_ifname: str, mac: str, cidrs
              + "".join(f"add rule netdev {table} {tag} {rule}\n" for rule in rules)
              + f'create element netdev {table} local {{ {mac} comment "{tag}" }}\n'
              f'create element netdev {table} ports {{ {mac} comment "{tag}" : "{host_ifname}" }}\n')
-    if nft.succeeds(fresh, **values):
-        return
-    try:
-        _nft(script, **values)
-    except CNIError:
-        remove_attachment(suffix, tag, mac)
-        _nft(script, **values)
+
+    def fallback() -> None:
+        try:
+            _nft(script, **values)
+        except CNIError:
+            remove_attachment(suffix, tag, mac)
+            _nft(script, **values)
+    return nft.script(fresh, **values), values, fallback
 
 
 def _elements(listing: list, name: str) -> list:

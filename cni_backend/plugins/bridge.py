@@ -116,10 +116,14 @@ def _handover_name(req) -> str | None:
     return name
 
 
-def attach(req, conf: BridgeConf) -> dict:
+def attach(req, conf: BridgeConf, nft_also=None) -> dict:
     """A veth from the sandbox to `conf.bridge`, addressed by IPAM; all or
     nothing. With HANDOVER_ARG, the sandbox's end is made unconfigured in
-    our own namespace instead (_handover_name)."""
+    our own namespace instead (_handover_name). `nft_also(host veth,
+    container MAC, addresses)`: another writer's nft addition for the
+    anti-spoofing chain's transaction (flat's fast path; see
+    firewall.add_mac_filter), made once the veth exists; the caller undoes
+    it if it fails later."""
     handover = _handover_name(req)  # refused before anything is made
     sandbox = req.netns_path_for_use()
     if conf.macspoofchk or conf.ip_spoof_check:
@@ -152,10 +156,16 @@ def attach(req, conf: BridgeConf) -> dict:
                     _ensure_gateway(host, bridge, ipam["ips"], conf.force_address)
                 rollback.callback(firewall.remove_rules, _tag(req))
                 firewall.add_rules(_tag(req), _rules(req, conf, ipam["ips"]))
+                addresses = [ip["address"] for ip in ipam["ips"]]
+                also = nft_also(host_name, container["mac"], addresses) if nft_also else None
                 if conf.macspoofchk or conf.ip_spoof_check:
                     rollback.callback(firewall.remove_mac_filter, _spoof_tag(req))
                     firewall.add_mac_filter(_spoof_tag(req), host_name, container["mac"],
-                                            [ip["address"] for ip in ipam["ips"]] if conf.ip_spoof_check else ())
+                                            addresses if conf.ip_spoof_check else (), also=also)
+                elif also:
+                    script, values, fallback = also
+                    if not nft.succeeds(script, **values):
+                        fallback()
                 rollback.pop_all()
             bridge = netlink.describe(netlink.link_by_index(host, bridge["index"]))
     interfaces = [

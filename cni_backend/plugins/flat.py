@@ -111,10 +111,16 @@ def add(req) -> dict:
     flat = load_network(req.config)
     flatnet.ensure(flat)
     req = _with_link_excluded(req, flat)
-    result = bridge_plugin.attach(req, _bridge_conf(req, flat))
+    fast_path = flatnet.fast_path_usable(flat)
+    # the fast path's entries go in the anti-spoofing chain's nft transaction
+    result = bridge_plugin.attach(req, _bridge_conf(req, flat), nft_also=(
+        lambda host_veth, mac, cidrs: flat_fastpath.fresh_attachment(
+            flat.suffix, _tag(req), host_veth, mac, cidrs, flat.metadata.ip if flat.metadata else None))
+        if fast_path else None)
     try:
         _set_metadata_neighbours(flat, result, present=True)
-        _add_fast_path(req, flat, result)
+        if fast_path:
+            _pin_to_its_veth(result, flat)
     except CNIError:
         flat_fastpath.remove_attachment(flat.suffix, _tag(req))
         bridge_plugin.detach(req, _bridge_conf(req, flat))
@@ -127,16 +133,23 @@ def _tag(req) -> tags.Tag:
 
 
 def _add_fast_path(req, flat: flatnet.FlatNetwork, result: dict) -> None:
-    if not flatnet.fast_path_usable(flat):
-        return
+    """The attachment's fast path on its own (repair; ADD makes it in the
+    anti-spoofing chain's transaction), and its pinned bridge entry."""
     host_veth = next(i["name"] for i in result["interfaces"] if not i.get("sandbox") and i["name"] != flat.bridge)
     container = next(i for i in result["interfaces"] if i.get("sandbox"))
     flat_fastpath.add_attachment(flat.suffix, _tag(req), host_veth, container["mac"],
                                  [ip["address"] for ip in result["ips"]],
                                  flat.metadata.ip if flat.metadata else None)
-    # The bridge no longer sees the container's unicast to the uplink, so the
-    # entry it learned would age out and frames from the host to the
-    # container would then flood every port. A static entry goes with the veth.
+    _pin_to_its_veth(result, flat)
+
+
+def _pin_to_its_veth(result: dict, flat: flatnet.FlatNetwork) -> None:
+    """With the fast path, the bridge no longer sees the container's unicast
+    to the uplink, so the entry it learned would age out and frames from the
+    host to the container would then flood every port. A static entry goes
+    with the veth."""
+    host_veth = next(i["name"] for i in result["interfaces"] if not i.get("sandbox") and i["name"] != flat.bridge)
+    container = next(i for i in result["interfaces"] if i.get("sandbox"))
     with netlink.socket_in() as host:
         netlink.pin_bridge_fdb(host, netlink.link(host, host_veth)["index"], container["mac"])
 
