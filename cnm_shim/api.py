@@ -170,18 +170,20 @@ def delete_endpoint():
     if released_nothing_if_resent():
         return jsonify({})
     teardown = services().translator.endpoint_teardown(cnm.EndpointRequest.from_wire(body()))
-    response = jsonify({})
     if teardown is not None:
-        response.call_on_close(after_answer(teardown, "the endpoint's teardown after DeleteEndpoint"))
-    return response
+        after_answer(teardown, "the endpoint's teardown after DeleteEndpoint")
+    return jsonify({})
 
 
-def after_answer(work, what: str):
-    """`work` for `call_on_close`: gunicorn's worker calls it once the whole
-    answer is written to Docker, before it takes its next request (Flask's
-    request context is gone by then). Docker has what it asked for, so a
-    failure can only be logged, with the message Docker would have had (a
-    traceback only for a bug): `cnm-shim doctor` reports what it left."""
+AFTER_ANSWER = "rancher.after_answer"  # the WSGI environ's list of work for app.AfterAnswer
+
+
+def after_answer(work, what: str) -> None:
+    """Queue `work` to run once the whole answer is written to Docker, before
+    the worker takes its next request (app.AfterAnswer; Flask's request
+    context is gone by then), whatever the answer. Docker has what it asked
+    for, so a failure can only be logged, with the message Docker would have
+    had (a traceback only for a bug): `cnm-shim doctor` reports what it left."""
     request_id, driver = logfmt.current(), driver_name()  # the request's, on the work's lines too
 
     def run():
@@ -194,7 +196,7 @@ def after_answer(work, what: str):
                     log.exception("%s failed; `cnm-shim doctor` reports what is left", what)
                 else:
                     log.warning("%s failed: %s; `cnm-shim doctor` reports what is left", what, answer[1])
-    return run
+    request.environ.setdefault(AFTER_ANSWER, []).append(run)
 
 
 @network_api.post("/NetworkDriver.Join")

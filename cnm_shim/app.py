@@ -8,6 +8,7 @@ import time
 
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.wsgi import ClosingIterator
 
 from cni_backend import logfmt, runtime
 
@@ -68,6 +69,31 @@ class DriverFromSocket:
         return self.app(environ, start_response)
 
 
+class AfterAnswer:
+    """WSGI middleware: the work a handler queued with `api.after_answer`
+    runs once the answer has been written, whatever answer Flask ended up
+    giving (an error handler's, or a hook's that failed): gunicorn's sync
+    worker closes the response iterable after sending the body, before the
+    socket is closed and before its next accept."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        queued = environ.setdefault(api.AFTER_ANSWER, [])
+        try:
+            answer = self.app(environ, start_response)
+        except BaseException:
+            _run_queued(queued)
+            raise
+        return ClosingIterator(answer, lambda: _run_queued(queued)) if queued else answer
+
+
+def _run_queued(queued: list) -> None:
+    while queued:
+        queued.pop(0)()
+
+
 def _error(exc: Exception):
     """Every failure as Docker reads it: `Err` for the network driver, `Error`
     for IPAM. The one place an error becomes an answer (errors.docker_answer)."""
@@ -112,7 +138,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.before_request(_started)
     app.after_request(_answered)
     app.teardown_request(_finished)
-    app.wsgi_app = DriverFromSocket(app.wsgi_app, sockets)
+    app.wsgi_app = DriverFromSocket(AfterAnswer(app.wsgi_app), sockets)
     return app
 
 

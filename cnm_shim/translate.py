@@ -296,13 +296,13 @@ class Translator:
         net = self.state.network(network_id)
         if net is None:
             return
-        for ep in self.state.endpoints(network_id):
-            ep = self._torn_down(net, ep)
-            if ep is None:
-                continue  # DeleteEndpoint's teardown, after its answer, took it
-            self._cni_del(net, ep)
-            self.ports.release(ep.key)
-            self.state.forget(ep)
+        for listed in self.state.endpoints(network_id):
+            with self._tearing_down(net, listed) as ep:
+                if ep is None:
+                    continue  # DeleteEndpoint's teardown, after its answer, took it
+                self._cni_del(net, ep)
+                self.ports.release(ep.key)
+                self.state.forget(ep)
         backends.get(net.backend).host.remove(net)
         main, ports_list = ownership.own_names(net.to_dict(), self.state.all(NETWORK))
         hostnet.forget(main, self.settings.store(), ports_list=ports_list)
@@ -494,16 +494,17 @@ class Translator:
             holder = hostnet.holder_of(self.settings.store(), str(iface.network), str(iface.ip))
             if holder is None or holder.network != net.cni_name or holder.container_id == ep.endpoint_id:
                 continue
-            stale = self.state.endpoint(net.id, holder.container_id)
-            if stale is not None:
-                stale = self._torn_down(net, stale)  # a teardown under way releases the address itself
-            if stale is None:
-                continue  # a CNI runtime's container (ADD will report the clash), or torn down now
-            log.warning("endpoint %s reclaims %s from stale endpoint %s", ep.endpoint_id[:12],
-                        iface.ip, holder.container_id[:12])
-            self._revoke_ports(net, stale)
-            self._cni_del(net, stale)
-            self.state.forget(stale)
+            listed = self.state.endpoint(net.id, holder.container_id)
+            if listed is None:
+                continue  # a CNI runtime's container: ADD will report the clash
+            with self._tearing_down(net, listed) as stale:
+                if stale is None:
+                    continue  # its DeleteEndpoint's teardown, after the answer, released the address
+                log.warning("endpoint %s reclaims %s from stale endpoint %s", ep.endpoint_id[:12],
+                            iface.ip, holder.container_id[:12])
+                self._revoke_ports(net, stale)
+                self._cni_del(net, stale)
+                self.state.forget(stale)
 
     def leave(self, request: cnm.EndpointRequest) -> None:
         """Nothing to undo yet: Docker moves the interface back to the host after
@@ -524,7 +525,7 @@ class Translator:
         The endpoint's teardown lock is taken here, before the answer, and
         held until the teardown has ended: whatever else would tear the
         endpoint down, or must see it gone (DeleteNetwork, a Join reclaiming
-        its address), waits for it (`_torn_down`). The endpoint stays in the
+        its address), waits for it (`_tearing_down`). The endpoint stays in the
         state until its DEL is done, so a shim killed in between leaves it
         where doctor finds it, as a DeleteEndpoint that never arrived."""
         net = self.state.network(request.network_id)
@@ -532,7 +533,11 @@ class Translator:
             return None  # Docker cleans up endpoints we never saw or forgot: success
         held = contextlib.ExitStack()
         lock = held.enter_context(hostnet.held_lock(self._teardown_lock_path(request.endpoint_id)))
-        ep = self.state.endpoint(request.network_id, request.endpoint_id)  # as it is once no teardown runs
+        try:
+            ep = self.state.endpoint(request.network_id, request.endpoint_id)  # as it is once no teardown runs
+        except BaseException:
+            held.close()
+            raise
         if ep is None:
             lock.discard()
             held.close()
@@ -549,13 +554,15 @@ class Translator:
     def _teardown_lock_path(self, endpoint_id: str) -> str:
         return os.path.join(self.settings.state_dir, TEARDOWN_DIR, f"{endpoint_id}.lock")
 
-    def _torn_down(self, net: Network, ep: Endpoint) -> Endpoint | None:
-        """`ep` as the state holds it once no teardown of it is under way;
-        None when one (DeleteEndpoint's, after its answer) removed it."""
+    @contextlib.contextmanager
+    def _tearing_down(self, net: Network, ep: Endpoint):
+        """Hold `ep`'s teardown lock for a block that tears it down; yields
+        the endpoint as the state holds it once no other teardown of it is
+        under way (DeleteEndpoint's, after its answer), None when that one
+        removed it."""
         with hostnet.held_lock(self._teardown_lock_path(ep.endpoint_id)) as lock:
-            current = self.state.endpoint(net.id, ep.endpoint_id)
+            yield self.state.endpoint(net.id, ep.endpoint_id)
             lock.discard()
-        return current
 
     def _delete_endpoint(self, net: Network, ep: Endpoint) -> None:
         self._revoke_ports(net, ep)

@@ -52,14 +52,20 @@ def outputs_side_by_side(argvs: list, label: str) -> list:
     """Read-only commands (listings) run side by side: [stdout, or None when
     it exited non-zero] in their order. A missing tool is an error, as in
     `run`. `label` names them in the trace."""
+    started = []
     try:
         with trace.span("firewall", tool=label):
-            started = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                       for argv in argvs]
+            for argv in argvs:
+                started.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
             outputs = [process.communicate()[0] for process in started]
     except FileNotFoundError as exc:
         tool = exc.filename or argvs[0][0]
         raise CNIError(FIREWALL_FAILURE, f"{tool} not found", _remedy(tool)) from None
+    finally:
+        for process in started:  # those a failure left running: none is left behind
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     return [out if process.returncode == 0 else None for process, out in zip(started, outputs)]
 
 

@@ -6,8 +6,10 @@ The Flask test client runs the work after the answer when the response is
 closed, as gunicorn's worker does once it has written it: a response left
 open is a teardown still under way."""
 
+import os
 import threading
 
+from tests.conftest import is_locked
 from tests.unit.test_http_errors import EP1, EP2, NET, shim  # noqa: F401 - shim is the fixture used below
 
 
@@ -59,3 +61,18 @@ def test_a_repeated_delete_endpoint_waits_for_the_first_and_finds_nothing_left(s
     first.close()
     second.join(timeout=30)
     assert answers == [(200, {})] and deleted == [EP2]
+
+
+def test_the_teardown_runs_and_lets_go_of_its_lock_whatever_answer_flask_gave(shim, monkeypatch):  # noqa: F811
+    """A hook failing after the handler queued the teardown (here, counting
+    the call) changes the answer Flask gives, not the teardown after it."""
+    from cnm_shim import metrics
+    deleted = _recording_deletes(shim)
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("counting the call failed")
+    monkeypatch.setattr(metrics.CALLS, "observe", broken)
+    shim.post("/NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP2})
+    assert deleted == [EP2] and shim.services.state.endpoint(NET, EP2) is None
+    teardown_dir = os.path.join(shim.services.translator.settings.state_dir, "teardown")
+    assert not any(is_locked(os.path.join(teardown_dir, name)) for name in os.listdir(teardown_dir))
