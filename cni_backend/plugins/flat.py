@@ -120,7 +120,8 @@ def add(req) -> dict:
     try:
         _set_metadata_neighbours(flat, result, present=True)
         if fast_path:
-            _pin_to_its_veth(result, flat)
+            host_veth, container = _ends(result, flat)
+            _pin_to_its_veth(host_veth, container["mac"])
     except CNIError:
         flat_fastpath.remove_attachment(flat.suffix, _tag(req))
         bridge_plugin.detach(req, _bridge_conf(req, flat))
@@ -132,26 +133,29 @@ def _tag(req) -> tags.Tag:
     return tags.of(tags.FLAT, req.network, req.container_id, req.ifname)
 
 
+def _ends(result: dict, flat: flatnet.FlatNetwork) -> tuple:
+    """(the host veth's name, the container's interface) in an ADD result."""
+    host_veth = next(i["name"] for i in result["interfaces"] if not i.get("sandbox") and i["name"] != flat.bridge)
+    return host_veth, next(i for i in result["interfaces"] if i.get("sandbox"))
+
+
 def _add_fast_path(req, flat: flatnet.FlatNetwork, result: dict) -> None:
     """The attachment's fast path on its own (repair; ADD makes it in the
     anti-spoofing chain's transaction), and its pinned bridge entry."""
-    host_veth = next(i["name"] for i in result["interfaces"] if not i.get("sandbox") and i["name"] != flat.bridge)
-    container = next(i for i in result["interfaces"] if i.get("sandbox"))
+    host_veth, container = _ends(result, flat)
     flat_fastpath.add_attachment(flat.suffix, _tag(req), host_veth, container["mac"],
                                  [ip["address"] for ip in result["ips"]],
                                  flat.metadata.ip if flat.metadata else None)
-    _pin_to_its_veth(result, flat)
+    _pin_to_its_veth(host_veth, container["mac"])
 
 
-def _pin_to_its_veth(result: dict, flat: flatnet.FlatNetwork) -> None:
+def _pin_to_its_veth(host_veth: str, mac: str) -> None:
     """With the fast path, the bridge no longer sees the container's unicast
     to the uplink, so the entry it learned would age out and frames from the
     host to the container would then flood every port. A static entry goes
     with the veth."""
-    host_veth = next(i["name"] for i in result["interfaces"] if not i.get("sandbox") and i["name"] != flat.bridge)
-    container = next(i for i in result["interfaces"] if i.get("sandbox"))
     with netlink.socket_in() as host:
-        netlink.pin_bridge_fdb(host, netlink.link(host, host_veth)["index"], container["mac"])
+        netlink.pin_bridge_fdb(host, netlink.link(host, host_veth)["index"], mac)
 
 
 def delete(req) -> None:
