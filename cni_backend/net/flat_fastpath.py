@@ -135,9 +135,7 @@ def attachment_rules(mac: str, cidrs: list, metadata_ip: str | None) -> list:
 
 
 def add_attachment(suffix: str, tag: tags.Tag, host_ifname: str, mac: str, cidrs: list, metadata_ip: str | None) -> None:
-    fresh, values, fallback = fresh_attachment(suffix, tag, host_ifname, mac, cidrs, metadata_ip)
-    if not nft.succeeds(fresh, **values):
-        fallback()
+    nft.run_fresh(fresh_attachment(suffix, tag, host_ifname, mac, cidrs, metadata_ip))
 
 
 def fresh_attachment(suffix: str, tag: tags.Tag, host_ifname: str, mac: str, cidrs: list,

@@ -71,3 +71,11 @@ def run(text: str, **values) -> str:
 def succeeds(text: str, **values) -> bool:
     """As `run`, for a probe: whether nft accepted it (a refused script raises)."""
     return tools.succeeds(["nft", "-f", "-"], script(text, **values))
+
+
+def run_fresh(fresh: tuple) -> None:
+    """A writer's (script, values, fallback) on its own: the create-only
+    script, or `fallback()` when nft refuses it (see flat_fastpath.fresh_attachment)."""
+    script, values, fallback = fresh
+    if not succeeds(script, **values):
+        fallback()

@@ -163,9 +163,7 @@ def attach(req, conf: BridgeConf, nft_also=None) -> dict:
                     firewall.add_mac_filter(_spoof_tag(req), host_name, container["mac"],
                                             addresses if conf.ip_spoof_check else (), also=also)
                 elif also:
-                    script, values, fallback = also
-                    if not nft.succeeds(script, **values):
-                        fallback()
+                    nft.run_fresh(also)
                 rollback.pop_all()
             bridge = netlink.describe(netlink.link_by_index(host, bridge["index"]))
     interfaces = [
