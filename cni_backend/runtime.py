@@ -15,18 +15,20 @@ from .invoke import cache
 from .invoke.api import CNI, Attachment, set_observer
 from .invoke.conflist import named as named_conflist, parse as parse_conflist
 from .invoke.execute import find_plugin
-from .invoke.own import own_plugin, runner as own_runner, warm as warm_own_plugins
+from .invoke.own import own_plugin, runner as own_runner, set_on_stuck, warm as warm_own_plugins
 from .plugins.bridge import HANDOVER_ARG, SANDBOX_IFNAME_ARG
 from .plugins.ipam import RESERVED_ARG
 
 __all__ = ["CNI", "Attachment", "CNIError", "CHECK_FAILED", "IO_FAILURE", "errors", "parse_conflist",
            "cached", "cached_attachments", "HANDOVER_ARG", "RESERVED_ARG", "SANDBOX_IFNAME_ARG", "write_atomic",
            "find_plugin", "named_conflist", "own_runner", "own_plugin", "warm_own_plugins",
-           "set_observer"]
+           "set_observer", "set_on_stuck"]
 # set_observer(f): f(command, plugin type, ok, seconds) after every plug-in execution
 # (the shim's metrics count them; cnm_shim/metrics.py)
-# own_runner: the runner the Docker side gives CNI: our own executables run as a
-# fork of the caller (which has them loaded), anything else executed (invoke/own.py)
+# own_runner: the runner the Docker side gives CNI: our own executables run in the
+# caller (which has them loaded), on a thread of their own; anything else executed
+# (invoke/own.py); set_on_stuck(f): f(plug-in name) when such a call outlives its
+# timeout (the thread cannot be stopped: the shim's worker retires)
 # write_atomic(path, data, mode): how a conflist is exported where CNI runtimes
 # read it (temp file, fsync, rename): a runtime never reads half a file
 

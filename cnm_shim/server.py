@@ -16,6 +16,7 @@ GRACEFUL_TIMEOUT + CHILD_GRACE seconds at most. SIGQUIT stops at once.
 
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -181,9 +182,21 @@ def start_metrics_exporter(children: Children, folder: str, opts) -> None:
 
 
 def _warm_worker(worker) -> None:
-    """A worker forks our own plug-ins for Docker's calls (invoke/own.py):
-    what they need is loaded once here, not in every fork."""
+    """A worker runs our own plug-ins for Docker's calls (invoke/own.py):
+    what they need is loaded once here, not in its first call."""
     runtime.warm_own_plugins()
+    runtime.set_on_stuck(retire_stuck_worker)
+
+
+def retire_stuck_worker(plugin: str) -> None:
+    """A plug-in call outlived its timeout on a thread of this worker, which
+    cannot stop it: the worker answers the call (the timeout error), then
+    exits as on SIGTERM (worker.py: it serves what is queued first), which
+    ends the thread and releases what it holds (locks, sockets), and gunicorn
+    starts another worker."""
+    log.error("%s still running after its timeout in worker %d: the worker retires after this call",
+              plugin, os.getpid())
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _worker_gone(server, worker) -> None:

@@ -3,21 +3,34 @@
 The Docker side (the shim's gunicorn workers) runs CNI as a runtime does,
 through `invoke.api.CNI`: same config per plug-in, same env, same cache, same
 results. What an exec of one of our executables would do (start an
-interpreter, hand the call to the CNI daemon, which forks a worker) is done
-here by a fork of the calling process, which has pyroute2 and the plug-ins
-imported: the child runs `skel.dispatch`, as the daemon's worker does, and
-hands back (exit code, stdout, stderr) through a pipe.
+interpreter, hand the call to the CNI daemon, whose worker runs it) is done
+here, in the calling process, which has pyroute2 and the plug-ins imported:
+`skel.dispatch`, as the daemon's worker runs it, on a thread of its own
+(`dispatch_on_a_thread`, which the daemon's workers use too).
 
-Why a child and not the calling process itself:
-- a plug-in enters namespaces (setns(2)); a child is single-threaded, and
-  whatever it leaves behind (a namespace, an fd, a signal handler) ends with it;
-- a crash (an exception that escapes, a signal, os._exit in library code)
-  takes only the child: the caller gets the plug-in failure as a CNIError and
-  Docker its message, never a dead worker mid-request;
-- the timeout holds as for an executable: the child is killed after it.
-The child dies with its caller (PR_SET_PDEATHSIG), as the daemon's worker
-dies with a caller that went away: a killed shim worker leaves no plug-in
-running on after the DEL that follows.
+In the caller, not in a fork of it: a fresh fork pays for every page it and
+its parent write afterwards (copy on write, ~1,200 pages for a bridge ADD):
+~11 ms of that ADD's ~27, where it takes ~16 on a thread. What the fork
+gave, the thread keeps:
+- setns(2) moves only the calling thread: the plug-in's thread enters
+  namespaces, and whatever namespace it is left in ends with it; the caller's
+  own thread never moves;
+- an exception that escapes the plug-in (a bug: `skel.dispatch` answers every
+  error as CNI error JSON) is the plug-in failure, exit code 70 and its
+  traceback, as a crashed child's, never an exception in the caller;
+- the timeout holds: a call still running after it is answered as a timeout,
+  and `on_stuck` is told, so that the caller retires (the shim's worker exits
+  after its answer, releasing whatever the thread holds, and gunicorn starts
+  another), since a thread cannot be killed.
+The plug-ins keep no state between calls in the process (no module caches of
+the host's state; each call opens its own netlink sockets, store and locks,
+`tests/netns/test_in_process.py` counts fds, threads and namespaces over many
+calls), and a Docker worker makes one call at a time.
+
+rancher-ipsec still runs in a forked child (`FORKED`): it starts and stops
+charon daemons, which must not become children of the caller. The child
+dies with its caller (PR_SET_PDEATHSIG), as the daemon's worker dies with a
+caller that went away.
 
 Only an executable that would run this very code takes the short cut: a
 wrapper `install.write_executables` wrote for one of `plugins.PLUGINS` that
@@ -41,6 +54,9 @@ import traceback
 from .execute import PLUGIN_TIMEOUT_S, run_process
 
 PR_SET_PDEATHSIG = 1
+# Plug-ins run in a forked child even here: they start processes that must
+# not be the caller's children (rancher-ipsec's charon daemons).
+FORKED = frozenset({"rancher-ipsec"})
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _WRAPPER_CALL = "from cni_backend.front import main; sys.exit(main({plugin!r}))"
 # the gunicorn worker's handlers: a child takes the defaults back
@@ -48,12 +64,22 @@ _RESET = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWI
           "SIGTTOU", "SIGPIPE", "SIGIO", "SIGALRM")
 
 
+# Told (with the plug-in's name) when a call outlives its timeout: the process
+# holds a thread it cannot stop. The shim's workers retire (cnm_shim/server.py).
+_on_stuck = None
+
+
+def set_on_stuck(hook) -> None:
+    global _on_stuck
+    _on_stuck = hook
+
+
 def warm() -> None:
     """Import every plug-in of ours and build pyroute2's message parsers,
     which it builds on first use (~10 ms of a call's first netlink request),
-    in the process whose forks run the plug-ins: once, not in every fork.
-    Then freeze what is loaded, so the forks' collections leave those
-    objects (and the pages they share with this process) alone."""
+    in the process that runs the plug-ins: once, not in its first call.
+    Then freeze what is loaded, so the collections leave those objects (and
+    the pages a fork shares with this process) alone."""
     from ..net import netlink
     from ..plugins import PLUGINS, load
     for name in PLUGINS:
@@ -169,9 +195,51 @@ def _reap_later(pid: int) -> None:
         threading.Thread(target=os.waitpid, args=(pid, 0), name=f"reap-{pid}", daemon=True).start()
 
 
+def dispatch_on_a_thread(plugin: str, env: dict, stdin: bytes, netns_fd=None, timeout: float | None = None) -> tuple:
+    """`skel.dispatch` of `plugin` on a thread of its own: (stdout, exit code,
+    stderr) as it gives them, or None when it is still running after `timeout`
+    seconds (None: no limit; signal handlers still run meanwhile). An
+    exception that escapes it is answered as a crashed child's: exit code 70."""
+    answer = []
+
+    def call():
+        try:
+            from .. import skel
+            from ..plugins import load
+            answer.append(skel.dispatch(load(plugin), env, stdin, netns_fd))
+        except BaseException:  # noqa: BLE001 - a bug in the plug-in, answered as a crashed child's
+            answer.append(("", 70, traceback.format_exc()))
+
+    thread = threading.Thread(target=call, name=f"cni-{plugin}", daemon=True)
+    thread.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while thread.is_alive():
+        left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+        if left <= 0:
+            return None
+        thread.join(left)
+    return answer[0]
+
+
+def run_in_thread(plugin: str, env: dict, stdin: bytes, timeout: float = PLUGIN_TIMEOUT_S) -> tuple:
+    """(exit code, stdout, stderr) of `plugin` run on a thread of the calling
+    process, as run_process gives them; see the module's docstring."""
+    answer = dispatch_on_a_thread(plugin, env, stdin, timeout=timeout)
+    if answer is None:
+        if _on_stuck is not None:
+            _on_stuck(plugin)
+        raise subprocess.TimeoutExpired([plugin], timeout)
+    stdout, exit_code, stderr = answer
+    return exit_code, stdout.encode(), stderr.encode()
+
+
 def runner(path: str, env: dict, stdin: bytes) -> tuple:
-    """A runner for `invoke.api.CNI`: ours forked, anything else executed."""
+    """A runner for `invoke.api.CNI`: ours in this process (or forked, for
+    `FORKED`), anything else executed. Traced as `cni.exec` by the caller,
+    like an execution."""
     plugin = own_plugin(path)
     if plugin is None:
         return run_process(path, env, stdin)
-    return run_forked(plugin, env, stdin)  # traced as `cni.exec` by the caller, like an execution
+    if plugin in FORKED:
+        return run_forked(plugin, env, stdin)
+    return run_in_thread(plugin, env, stdin)

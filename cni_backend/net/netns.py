@@ -1,8 +1,9 @@
 """Entering network namespaces, with the standard library only.
 
-`entered()` moves the whole process with setns(2), which is only safe in a
-single-threaded process: our CNI executables and the daemon's forked workers
-are; a threaded server must call the executables instead.
+`entered()` moves the calling thread with setns(2) (a network namespace is
+per thread), and back: our CNI executables and the daemon's forked workers
+are single-threaded; the shim runs each plug-in call on a thread of its own
+(invoke/own.py), so whatever namespace it is left in ends with that thread.
 """
 
 import contextlib
@@ -38,7 +39,7 @@ def open_netns(path: str) -> int:
 def entered(path: str):
     """Run the body inside the namespace at `path`, then come back."""
     target = open_netns(path)
-    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # this thread's, not the main one's
     try:
         try:
             _setns(target)

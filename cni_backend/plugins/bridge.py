@@ -107,7 +107,7 @@ def _handover_name(req) -> str | None:
         raise CNIError(INVALID_CONFIG, f"{HANDOVER_ARG}={name!r} is not an interface name",
                        f"{ifnames.RULE}; not 'all' or 'default'")
     try:
-        own, target = os.stat("/proc/self/ns/net"), os.stat(req.netns_path_for_use())
+        own, target = os.stat("/proc/thread-self/ns/net"), os.stat(req.netns_path_for_use())
     except OSError:
         own = target = None
     if own is None or (own.st_dev, own.st_ino) != (target.st_dev, target.st_ino):

@@ -16,8 +16,9 @@ PHASES = {  # phase -> what it measures
     "outside shim": "total minus docker->shim: dockerd, containerd, runc",
     "after answer": "CNI executions the shim made after answering Docker (DeleteEndpoint's DEL), "
                     "which Docker did not wait for",
-    "cni exec": "plug-in executions seen by the runtime-side caller (process start included; the shim forks its worker for our own plug-ins)",
-    "plug-in": "the plug-ins' own work (in the CNI daemon's worker, or the shim worker's fork)",
+    "cni exec": "plug-in executions seen by the runtime-side caller (process start included; the shim runs "
+                "our own plug-ins on a thread of its worker)",
+    "plug-in": "the plug-ins' own work (in the CNI daemon's worker, or on a thread of the shim's worker)",
     "netlink": "netlink requests and dumps (plug-ins and the shim's staging moves)",
     "firewall": "iptables-restore / nft runs",
 }

@@ -2,10 +2,10 @@
 
 The shim runs with `CNM_SHIM_LOG_FORMAT=json` (what the managed plug-in's env
 sets): every line in its log, from the master, gunicorn's error log, the
-workers, the forked plug-ins and the CNI daemon it started, is one JSON
+workers, the plug-ins they run and the CNI daemon it started, is one JSON
 object. The shim makes an ID for Docker's Join, logs it on the Join's line,
 and hands it to the CNI calls it makes for it:
-- rancher-bridge: our plug-in, forked from the worker, logs its ADD with it;
+- rancher-bridge: our plug-in, run in the worker on a thread of its own, logs its ADD with it;
 - a conflist network whose reference bridge plug-in (a third-party
   executable) calls our rancher-ipam executable for its addresses: the
   executable hands the call to the CNI daemon, whose worker logs the ADD
@@ -66,7 +66,7 @@ def test_every_line_is_our_json_and_gunicorn_logs_through_it(docker):
     assert not any(e["logger"] == "gunicorn.access" for e in entries), "no access log by default"
 
 
-def test_a_docker_run_request_id_reaches_the_forked_plugin(docker):
+def test_a_docker_run_request_id_reaches_the_plugin_run_in_the_worker(docker):
     net = network(docker, "--subnet", "10.151.0.0/24")
     name = container(docker, net)
     entries = log_entries(docker.shim)
@@ -74,7 +74,8 @@ def test_a_docker_run_request_id_reaches_the_forked_plugin(docker):
     same = [e for e in entries if e["request_id"] == join["request_id"]]
     adds = [e for e in same if e["logger"] == "rancher-cni" and e.get("command") == "ADD"]
     assert [(e["plugin"], e["ok"]) for e in adds] == [("rancher-bridge", True)], same
-    assert adds[0]["pid"] != join["pid"], "the ADD ran in the forked child, not in the worker"
+    # our plug-ins run in the worker that took Docker's call, on a thread of their own (invoke/own.py)
+    assert adds[0]["pid"] == join["pid"], "the ADD ran in another process than the worker"
     creates = [e for e in entries if e.get("verb") == "NetworkDriver.CreateEndpoint"]
     assert creates and all(e["request_id"] != join["request_id"] for e in creates), "one ID per Docker request"
 

@@ -1,12 +1,14 @@
 """The Docker side's runner (cni_backend/invoke/own.py): our own executables run
-as a fork of the caller, anything else is executed; a child that crashes or
-hangs becomes a CNI error for the caller, never a dead or stuck caller."""
+in the caller, on a thread of their own (rancher-ipsec in a fork of it),
+anything else is executed; a call that crashes or hangs becomes a CNI error
+for the caller, never a dead or stuck caller."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -27,7 +29,7 @@ def bindir(tmp_path):
     return tmp_path
 
 
-def test_only_our_wrappers_running_this_package_are_forked(bindir, tmp_path):
+def test_only_our_wrappers_running_this_package_are_run_in_the_caller(bindir, tmp_path):
     assert own.own_plugin(str(bindir / "rancher-bridge")) == "rancher-bridge"
     assert own.own_plugin(str(bindir / "rancher-ipam")) == "rancher-ipam"
     other = tmp_path / "elsewhere"
@@ -44,22 +46,39 @@ def test_only_our_wrappers_running_this_package_are_forked(bindir, tmp_path):
     assert own.own_plugin(str(other / "missing")) is None
 
 
-def test_a_forked_call_answers_as_the_executable_does(bindir):
-    code, stdout, stderr = own.runner(str(bindir / "rancher-bridge"), VERSION_ENV, STDIN)
-    done = subprocess.run([str(bindir / "rancher-bridge")], input=STDIN, env=VERSION_ENV, capture_output=True,
-                          check=False)
+# one plug-in of each way the runner takes: on a thread of the caller, in a forked child
+WAYS = ["rancher-bridge", "rancher-ipsec"]
+
+
+@pytest.mark.parametrize("plugin", WAYS)
+def test_a_call_answers_as_the_executable_does(bindir, plugin):
+    code, stdout, stderr = own.runner(str(bindir / plugin), VERSION_ENV, STDIN)
+    done = subprocess.run([str(bindir / plugin)], input=STDIN, env=VERSION_ENV, capture_output=True, check=False)
     assert (code, json.loads(stdout)) == (done.returncode, json.loads(done.stdout))
 
 
-def test_a_plugin_error_comes_back_as_the_executables_error_json(bindir):
-    env = dict(VERSION_ENV, CNI_COMMAND="ADD")  # no CNI_CONTAINERID: the skel refuses
-    with pytest.raises(CNIError) as forked:
-        execute.exec_plugin("rancher-bridge", dict(env, CNI_PATH=str(bindir)), {"cniVersion": "1.0.0", "name": "n",
-                                                                               "type": "rancher-bridge"}, own.runner)
+@pytest.mark.parametrize("plugin", WAYS)
+def test_a_plugin_error_comes_back_as_the_executables_error_json(bindir, plugin):
+    env = dict(VERSION_ENV, CNI_COMMAND="ADD", CNI_PATH=str(bindir))  # no CNI_CONTAINERID: the skel refuses
+    config = {"cniVersion": "1.0.0", "name": "n", "type": plugin}
+    with pytest.raises(CNIError) as ran:
+        execute.exec_plugin(plugin, env, config, own.runner)
     with pytest.raises(CNIError) as executed:
-        execute.exec_plugin("rancher-bridge", dict(env, CNI_PATH=str(bindir)), {"cniVersion": "1.0.0", "name": "n",
-                                                                               "type": "rancher-bridge"})
-    assert (forked.value.code, forked.value.msg) == (executed.value.code, executed.value.msg)
+        execute.exec_plugin(plugin, env, config)
+    assert (ran.value.code, ran.value.msg) == (executed.value.code, executed.value.msg)
+
+
+def test_our_plugins_run_in_the_caller_but_ipsec_in_a_fork(bindir, monkeypatch):
+    ran_in = {}
+
+    def where(plugin, *_args):
+        ran_in[plugin.__name__.rsplit(".", 1)[1]] = os.getpid()
+        return '{"cniVersion": "1.0.0"}', 0, ""
+    monkeypatch.setattr(skel, "dispatch", where)
+    for plugin in WAYS:
+        assert own.runner(str(bindir / plugin), VERSION_ENV, STDIN)[0] == 0
+    assert ran_in["bridge"] == os.getpid()
+    assert "ipsec" not in ran_in, "recorded in the fork, not here"
 
 
 def _children() -> set:
@@ -79,18 +98,19 @@ def test_a_child_killed_mid_call_is_a_plugin_error_for_the_caller(bindir, monkey
     monkeypatch.setattr(skel, "dispatch", lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
     before = _children()
     with pytest.raises(CNIError) as failed:
-        execute.exec_plugin("rancher-bridge", dict(VERSION_ENV, CNI_PATH=str(bindir)), {}, own.runner)
+        execute.exec_plugin("rancher-ipsec", dict(VERSION_ENV, CNI_PATH=str(bindir)), {}, own.runner)
     assert "killed by signal 9" in failed.value.details
     assert _children() == before, "the child was reaped"
 
 
-def test_a_child_that_raises_out_of_dispatch_is_a_plugin_error(bindir, monkeypatch):
+@pytest.mark.parametrize("plugin", WAYS)
+def test_a_call_that_raises_out_of_dispatch_is_a_plugin_error(bindir, monkeypatch, plugin):
     def boom(*_a, **_k):
         raise SystemExit(3)  # what no plug-in may do, and the caller must survive
     monkeypatch.setattr(skel, "dispatch", boom)
     with pytest.raises(CNIError) as failed:
-        execute.exec_plugin("rancher-bridge", dict(VERSION_ENV, CNI_PATH=str(bindir)), {}, own.runner)
-    assert "exit code 70" in failed.value.details
+        execute.exec_plugin(plugin, dict(VERSION_ENV, CNI_PATH=str(bindir)), {}, own.runner)
+    assert "exit code 70" in failed.value.msg + failed.value.details
 
 
 def test_a_hanging_child_is_killed_at_the_timeout(monkeypatch):
@@ -101,6 +121,30 @@ def test_a_hanging_child_is_killed_at_the_timeout(monkeypatch):
         own.run_forked("rancher-bridge", VERSION_ENV, STDIN, timeout=0.5)
     assert time.monotonic() - started < 30
     assert _children() == before, "the child was killed and reaped"
+
+
+def test_a_hanging_call_in_the_caller_is_a_timeout_and_its_process_is_told(monkeypatch):
+    """A thread cannot be killed: the caller gets the timeout, as from a
+    child, and the on_stuck hook (the shim's worker retires) the plug-in."""
+    release = threading.Event()
+    monkeypatch.setattr(skel, "dispatch", lambda *a, **k: release.wait(60))
+    told = []
+    monkeypatch.setattr(own, "_on_stuck", told.append)
+    started = time.monotonic()
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            own.run_in_thread("rancher-bridge", VERSION_ENV, STDIN, timeout=0.5)
+        assert time.monotonic() - started < 30
+        assert told == ["rancher-bridge"]
+    finally:
+        release.set()
+
+
+def test_a_call_that_answers_in_time_tells_nobody(monkeypatch):
+    told = []
+    monkeypatch.setattr(own, "_on_stuck", told.append)
+    assert own.run_in_thread("rancher-bridge", VERSION_ENV, STDIN)[0] == 0
+    assert told == []
 
 
 def test_third_party_plugins_are_executed(tmp_path):
