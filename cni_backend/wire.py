@@ -119,12 +119,25 @@ def send_request(sock, plugin: str, env: dict, stdin: bytes, netns_fd=None, vers
 
 def receive_request(sock):
     """(plugin, env, stdin, netns fd or None, the caller's version or "" from
-    a caller before the handshake); None when the peer sent nothing whole."""
+    a caller before the handshake); None when the peer sent nothing whole.
+    The fd is the caller's to close; when there is no request to give it
+    with (nothing whole, an error), it is closed here: the daemon's workers
+    serve many calls."""
     header, ancillary, _, _ = sock.recvmsg(_REQUEST.size, _socket.CMSG_SPACE(_FD.size))
     fd = None
     for level, kind, payload in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(payload) >= _FD.size:
             fd = _FD.unpack_from(payload)[0]
+    request = None
+    try:
+        request = _rest_of_request(sock, header, fd)
+        return request
+    finally:
+        if request is None and fd is not None:
+            os.close(fd)
+
+
+def _rest_of_request(sock, header: bytes, fd):
     if len(header) < _REQUEST.size:
         rest = _read_exactly(sock, _REQUEST.size - len(header))
         if rest is None:

@@ -69,7 +69,7 @@ def cmd_cni(opts) -> int:
 
 def cmd_cni_server(opts) -> int:
     from cni_backend import server
-    limits = {"max_workers": opts.max_workers, "timeout": opts.receive_timeout}
+    limits = {"max_workers": opts.max_workers, "timeout": opts.receive_timeout, "idle": opts.idle_timeout}
     agents = None
     if opts.ipsec_state_dir:  # hosts without Docker: the daemon keeps charon watched
         from .children import Children
@@ -310,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     daemon = sub.add_parser("cni-server", help="run the daemon the CNI executables hand their work to")
     daemon.add_argument("--socket", default=os.environ.get("RANCHER_CNI_SOCKET", paths.CNI_SOCKET))
     daemon.add_argument("--max-workers", type=int,
-                        help="calls served at once; more wait for a worker to end (default 16)")
+                        help="calls served at once; more wait for a worker to be free (default 16)")
+    daemon.add_argument("--idle-timeout", type=float,
+                        help="seconds a free worker is kept for the next call before it exits (default 60)")
     daemon.add_argument("--receive-timeout", type=float,
                         help="seconds a caller has to send its request and take the reply (default 10)")
     daemon.add_argument("--ipsec-state-dir", default=os.environ.get("RANCHER_IPSEC_STATE_DIR") or None,

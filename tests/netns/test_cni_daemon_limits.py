@@ -1,6 +1,6 @@
 """The CNI daemon's bounds (issue 15, item 8): callers that connect and say
-nothing cannot keep more than `--max-workers` root workers alive, nor keep any
-beyond `--receive-timeout`; a caller that is not root gets the spec's error
+nothing cannot keep more than `--max-workers` root workers busy, nor keep any
+beyond `--receive-timeout`, and a free worker exits after `--idle-timeout`; a caller that is not root gets the spec's error
 JSON (from the executable when the socket's mode keeps it out, from the daemon
 when the mode was loosened), never a traceback and never a served call; a
 caller's `RANCHER_TRACE` does not make the root worker write where it says.
@@ -27,7 +27,7 @@ from tests.processes import process_tree
 pytestmark = pytest.mark.netns
 
 NOBODY = 65534
-MAX_WORKERS, TIMEOUT_S = 3, 2
+MAX_WORKERS, TIMEOUT_S, IDLE_S = 3, 2, 2
 
 
 @pytest.fixture
@@ -87,7 +87,8 @@ def closed_by_peer(conn: socket.socket) -> bool:
 
 
 def test_idle_connections_keep_at_most_max_workers_and_are_closed_after_the_timeout(world):
-    daemon, sock = world("--max-workers", str(MAX_WORKERS), "--receive-timeout", str(TIMEOUT_S))
+    daemon, sock = world("--max-workers", str(MAX_WORKERS), "--receive-timeout", str(TIMEOUT_S),
+                         "--idle-timeout", str(IDLE_S))
     idle = []
     try:
         for _ in range(4 * MAX_WORKERS):
@@ -113,6 +114,25 @@ def test_idle_connections_keep_at_most_max_workers_and_are_closed_after_the_time
         time.sleep(0.05)
     code, out, err = world.call(sock)  # and it still serves
     assert code == 0, (out, err)
+
+
+def test_consecutive_calls_are_served_by_one_worker_kept_for_the_next(world):
+    """A worker serves one call at a time and stays for the next one (its
+    pages are the warm ones: a fresh fork's first call pays its copy-on-write),
+    keeping nothing of the calls it served."""
+    daemon, sock = world("--idle-timeout", "60")
+    seen = set()
+    for _ in range(5):
+        code, out, err = world.call(sock)
+        assert code == 0, (out, err)
+        seen |= set(process_tree(daemon.pid)) - {daemon.pid}
+    assert len(seen) == 1, f"five calls one after the other took {len(seen)} workers"
+    worker = seen.pop()
+    fds = len(os.listdir(f"/proc/{worker}/fd"))
+    for _ in range(10):  # each with a namespace fd passed along (the executable opens CNI_NETNS)
+        assert world.call(sock, extra_env={"CNI_NETNS": "/proc/self/ns/net"})[0] == 0
+    assert set(process_tree(daemon.pid)) - {daemon.pid} == {worker}
+    assert len(os.listdir(f"/proc/{worker}/fd")) == fds, "the worker keeps fds of the calls it served"
 
 
 def test_a_caller_that_is_not_root_gets_the_cni_error_json_from_the_executable(world):
