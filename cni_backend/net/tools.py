@@ -36,16 +36,32 @@ def run(argv: list, stdin: str | None = None, check: bool = True) -> str | None:
 def run_all(argvs: list, label: str) -> bool:
     """Run the commands side by side, output discarded: True when all exit 0
     (or when there are none). `label` names them in the trace."""
-    if not argvs:
-        return True
-    tool = argvs[0][0]
+    return all(exits_side_by_side(argvs, label))
+
+
+def exits_side_by_side(argvs: list, label: str, stdin: str | None = None) -> list:
+    """Run the commands side by side, output discarded, `stdin` (if given)
+    written to the first one's: [whether it exited 0] for each, in their
+    order. A missing tool is an error, as in `run`. `label` names them in
+    the trace."""
+    started = []
     try:
         with trace.span("firewall", tool=label):
-            started = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                       for argv in argvs]
-            return all([process.wait() == 0 for process in started])
-    except FileNotFoundError:
+            for n, argv in enumerate(argvs):
+                feed = subprocess.PIPE if n == 0 and stdin is not None else subprocess.DEVNULL
+                started.append(subprocess.Popen(argv, stdin=feed, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL, text=True))
+            if stdin is not None and started:
+                started[0].communicate(stdin)
+            return [process.wait() == 0 for process in started]
+    except FileNotFoundError as exc:
+        tool = exc.filename or argvs[0][0]
         raise CNIError(FIREWALL_FAILURE, f"{tool} not found", _remedy(tool)) from None
+    finally:
+        for process in started:  # those a failure left running: none is left behind
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def outputs_side_by_side(argvs: list, label: str) -> list:

@@ -118,3 +118,20 @@ def test_the_last_del_removes_its_chains_and_the_shared_rules_in_one_restore(net
     firewall.remove_rules(tag, (4,))
     assert [tool for tool, _ in counted()] == ["iptables-save", "iptables-restore"]
     assert ours() == []
+
+
+@pytest.mark.parametrize("table,jump", [("filter", iptables.CHAINS["filter"][FORWARD_CHAIN][0]),
+                                        ("nat", iptables.CHAINS["nat"][MASQ_CHAIN][0])])
+def test_an_add_puts_back_a_jump_someone_deleted_with_its_rules_once(network, table, jump):
+    """The fast path appends and checks the jumps side by side: when a check
+    fails (an admin's `iptables -D`, a firewall reload), the listing's plan
+    puts the jump back and replaces what the append made, not doubles it."""
+    name, made = network
+    made += [attach(name, n) for n in range(2)]
+    run("iptables", "-t", table, "-D", *jump.split())
+    tag = attach(name, 2)
+    made.append(tag)
+    rules = run("iptables-save", "-t", table).stdout.splitlines()
+    assert f"-A {jump}" in rules, f"the jump was not put back: {rules}"
+    mine = [line for line in rules if line.startswith("-A") and str(tag) in line]
+    assert mine and len(mine) == len(set(mine)), f"the new attachment's rules, each once: {mine}"

@@ -64,6 +64,18 @@ def test_run_all_is_true_only_when_every_command_succeeds(bin_dir):
     assert raised.value.code == FIREWALL_FAILURE
 
 
+def test_side_by_side_exits_feed_the_first_its_input_and_say_each_ones_outcome(bin_dir):
+    # fails unless it reads the script (shell builtins only: PATH has nothing else)
+    fake_tool(bin_dir, "iptables-restore", 'while read -r line; do [ "$line" = COMMIT ] && exit 0; done; exit 1')
+    fake_tool(bin_dir, "iptables", '[ "$1" = ok ]')
+    assert tools.exits_side_by_side([["iptables-restore"], ["iptables", "ok"], ["iptables", "no"]], "restore + checks",
+                                    stdin="*filter\nCOMMIT\n") == [True, True, False]
+    assert tools.exits_side_by_side([["iptables-restore"]], "restore", stdin="*filter\n") == [False]
+    with pytest.raises(CNIError) as raised:
+        tools.exits_side_by_side([["iptables-restore"], ["ip6tables", "ok"]], "restore + checks", stdin="COMMIT\n")
+    assert raised.value.code == FIREWALL_FAILURE
+
+
 def test_a_probe_never_raises(bin_dir):
     fake_tool(bin_dir, "nft", "exit 1")
     fake_tool(bin_dir, "slow", "exec /bin/sleep 5")
