@@ -20,6 +20,7 @@ from .. import trace
 from ..errors import CNIError, INTERFACE_EXISTS, KERNEL_FEATURE_MISSING, NETLINK_FAILURE
 from . import netns
 
+IFF_UP = 0x1
 IFF_PROMISC = 0x100
 NUD_NOARP = 0x40      # a bridge FDB entry that never ages ("static")
 NUD_PERMANENT = 0x80
@@ -114,7 +115,8 @@ def ensure_bridge(ipr, name: str, mtu: int | None, promisc: bool) -> dict:
     try:
         if promisc:
             ipr.link("set", index=index, flags=IFF_PROMISC, change=IFF_PROMISC)
-        ipr.link("set", index=index, state="up")
+        if not existing["flags"] & IFF_UP:  # after the first container, the network's later ones find it up
+            ipr.link("set", index=index, state="up")
     except NetlinkError as exc:
         raise _fail(f"setting up bridge {name}", exc) from None
     return describe(existing)
@@ -170,10 +172,12 @@ def configure_port(ipr, name: str, bridge_index: int, hairpin: bool) -> dict:
     """Enslave the host end to the bridge and bring it up."""
     port = describe(link(ipr, name))
     try:
-        ipr.link("set", index=port["index"], master=bridge_index)
-        if hairpin:
+        if hairpin:  # a bridge port's setting: set once it is one, before it is up
+            ipr.link("set", index=port["index"], master=bridge_index)
             ipr.brport("set", index=port["index"], mode=1)
-        ipr.link("set", index=port["index"], state="up")
+            ipr.link("set", index=port["index"], state="up")
+        else:  # one request: the kernel enslaves it, then brings it up
+            ipr.link("set", index=port["index"], master=bridge_index, state="up")
     except NetlinkError as exc:
         raise _fail(f"attaching {name} to the bridge", exc) from None
     return dict(port, master=bridge_index, up=True)

@@ -134,7 +134,9 @@ def attach(req, conf: BridgeConf, nft_also=None) -> dict:
         except netns.NetnsGone:
             raise CNIError(UNKNOWN_CONTAINER, f"network namespace {req.netns} does not exist") from None
         undo.callback(os.close, netns_fd)
-        with netlink.socket_in() as host, netlink.socket_in(sandbox) as inside:
+        # handed over, the container's end is made in our own namespace: one socket serves both
+        with netlink.socket_in() as host, \
+                (contextlib.nullcontext(host) if handover else netlink.socket_in(sandbox)) as inside:
             bridge = netlink.ensure_bridge(host, conf.bridge, conf.mtu, conf.promisc)
             if conf.vlan:
                 netlink.enable_vlan_filtering(host, bridge["index"], conf.bridge)
