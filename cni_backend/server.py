@@ -43,10 +43,10 @@ import socket
 import struct
 import time
 
-from . import logfmt, skel, trace, wire
+from . import logfmt, trace, wire
 from .invoke import own
 from .errors import CNIError, IO_FAILURE
-from .plugins import PLUGINS, load
+from .plugins import PLUGINS
 
 log = logging.getLogger("rancher-cni")
 
