@@ -341,6 +341,16 @@ def cni_env(request, tmp_path, leak_guard):
 
 
 @pytest.fixture
+def direct_env(tmp_path, leak_guard):
+    """The executables run in the namespace they are started in (no daemon,
+    which would run them in its own)."""
+    env = CNIEnv(tmp_path, daemon=False)
+    yield env
+    env.close()
+    assert env.allocations() == [], "IPAM entries left behind"
+
+
+@pytest.fixture
 def cni_daemon_env(tmp_path, leak_guard):
     env = CNIEnv(tmp_path, daemon=True)
     yield env

@@ -523,8 +523,7 @@ def append_fast(family: int, new_rules: dict) -> bool:
     if not _all_recorded(family, new_rules):
         return False
     restore = [_TOOLS[family][1], "-w", "--noflush"]
-    exits = tools.exits_side_by_side([restore] + _check_argvs(family, checks),
-                                     f"{os.path.basename(restore[0])} + checks", stdin=text)
+    exits = tools.exits_side_by_side([restore] + _check_argvs(family, checks), f"{restore[0]} + checks", stdin=text)
     return all(exits)
 
 

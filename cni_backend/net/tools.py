@@ -33,12 +33,6 @@ def run(argv: list, stdin: str | None = None, check: bool = True) -> str | None:
     return done.stdout
 
 
-def run_all(argvs: list, label: str) -> bool:
-    """Run the commands side by side, output discarded: True when all exit 0
-    (or when there are none). `label` names them in the trace."""
-    return all(exits_side_by_side(argvs, label))
-
-
 def exits_side_by_side(argvs: list, label: str, stdin: str | None = None) -> list:
     """Run the commands side by side, output discarded, `stdin` (if given)
     written to the first one's: [whether it exited 0] for each, in their

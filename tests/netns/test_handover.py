@@ -10,21 +10,11 @@ import json
 import pytest
 
 from cni_backend.plugins.bridge import HANDOVER_ARG
-from tests.conftest import CNIEnv, ns_exec
+from tests.conftest import ns_exec
 
 pytestmark = pytest.mark.netns
 
 MAC = "02:42:0a:7b:00:09"
-
-
-@pytest.fixture
-def direct_env(tmp_path, leak_guard):
-    """The executables run in the namespace they are started in (no daemon,
-    which would run them in its own)."""
-    env = CNIEnv(tmp_path, daemon=False)
-    yield env
-    env.close()
-    assert env.allocations() == [], "IPAM entries left behind"
 
 
 def links(netns: str) -> dict:

@@ -16,7 +16,7 @@ import pytest
 
 from cni_backend import skel
 from cni_backend.invoke import execute, own
-from tests.conftest import CNIEnv, ns_exec
+from tests.conftest import ns_exec
 
 pytestmark = pytest.mark.netns
 
@@ -61,14 +61,6 @@ def _process_state() -> dict:
         time.sleep(0.01)
     return {"fds": sorted(os.listdir("/proc/self/fd")), "threads": len(os.listdir("/proc/self/task")),
             "python threads": sorted(t.name for t in threading.enumerate()), "netns": _netns_of_this_thread()}
-
-
-@pytest.fixture
-def direct_env(tmp_path, leak_guard):
-    env = CNIEnv(tmp_path, daemon=False)
-    yield env
-    env.close()
-    assert env.allocations() == [], "IPAM entries left behind"
 
 
 def test_many_calls_leave_no_fd_thread_or_namespace_of_theirs(direct_env, make_netns):

@@ -54,13 +54,13 @@ def test_a_failing_tool_raises_with_its_stderr_or_answers_none_unchecked(bin_dir
     assert tools.run(["iptables", "-S"], check=False) is None
 
 
-def test_run_all_is_true_only_when_every_command_succeeds(bin_dir):
+def test_side_by_side_exits_are_all_true_only_when_every_command_succeeds(bin_dir):
     fake_tool(bin_dir, "iptables", '[ "$1" = ok ]')
-    assert tools.run_all([["iptables", "ok"], ["iptables", "ok"]], "iptables -C")
-    assert not tools.run_all([["iptables", "ok"], ["iptables", "no"]], "iptables -C")
-    assert tools.run_all([], "iptables -C")
+    assert all(tools.exits_side_by_side([["iptables", "ok"], ["iptables", "ok"]], "iptables -C"))
+    assert not all(tools.exits_side_by_side([["iptables", "ok"], ["iptables", "no"]], "iptables -C"))
+    assert all(tools.exits_side_by_side([], "iptables -C"))
     with pytest.raises(CNIError) as raised:
-        tools.run_all([["ip6tables", "ok"]], "ip6tables -C")
+        tools.exits_side_by_side([["ip6tables", "ok"]], "ip6tables -C")
     assert raised.value.code == FIREWALL_FAILURE
 
 
