@@ -41,7 +41,7 @@ def _reserve_requested(txn, conf, range_set, ip, owner):
     if rng.is_reserved_by_subnet(ip) or conf.is_excluded(ip):
         raise CNIError(ADDRESS_IN_USE, f"requested address {ip} is reserved in {rng.subnet}",
                        "the network address, broadcast, gateway and 'exclude' entries are never assigned")
-    holder = txn.allocated(rng.pool).get(str(ip))
+    holder = txn.holder(rng.pool, str(ip))
     if holder is not None:
         raise CNIError(ADDRESS_IN_USE, f"requested address {ip} is already in use",
                        f"held by container {holder.container_id} interface {holder.ifname}")
@@ -86,10 +86,33 @@ def _first_free(low: int, high: int, blocked: list) -> int | None:
     return candidate if candidate <= high else None
 
 
-def _next_free(txn, conf, rng, taken):
+# How many taken addresses the round-robin steps over by point lookups
+# before it reads the whole pool: right after the cursor, an address is
+# usually free (the cursor only moves forward), so an ADD's cost does not
+# grow with the allocations the pool holds.
+_PROBES = 8
+
+
+def _probe(txn, rng, low: int, high: int, static: list):
+    """The first address in [low, high] that is neither blocked by `static`
+    nor held, if one of the first _PROBES candidates is; else None."""
+    for _ in range(_PROBES):
+        found = _first_free(low, high, static)
+        if found is None:
+            return None
+        ip = type(rng.start)(found)
+        if txn.holder(rng.pool, str(ip)) is None:
+            return ip
+        low = found + 1
+    return None
+
+
+def _next_free(txn, conf, rng):
     """Round-robin from after the last address handed out, jumping over
     blocked intervals: the work grows with the allocations and 'exclude'
-    entries, never with the size of the range (a /8 excluded is one step)."""
+    entries, never with the size of the range (a /8 excluded is one step).
+    A few point lookups after the cursor answer first (`_probe`); the whole
+    pool is read only when they do not."""
     start, end = int(rng.start), int(rng.end)
     resume = start
     cursor = txn.cursor(rng.pool)
@@ -97,7 +120,10 @@ def _next_free(txn, conf, rng, taken):
         last = ipaddress.ip_address(cursor)
         if last.version == rng.start.version and rng.start <= last < rng.end:
             resume = int(last) + 1
-    blocked = _blocked(conf, rng, taken)
+    quick = _probe(txn, rng, resume, end, _blocked(conf, rng, ()))
+    if quick is not None:
+        return quick
+    blocked = _blocked(conf, rng, txn.allocated(rng.pool))
     found = _first_free(resume, end, blocked)
     if found is None and resume > start:
         found = _first_free(start, resume - 1, blocked)
@@ -106,7 +132,7 @@ def _next_free(txn, conf, rng, taken):
 
 def _reserve_dynamic(txn, conf, range_set, owner):
     for rng in range_set:
-        ip = _next_free(txn, conf, rng, txn.allocated(rng.pool))
+        ip = _next_free(txn, conf, rng)
         if ip is not None:
             txn.set_cursor(rng.pool, str(ip))
             return Allocation(rng.pool, str(ip), *owner)

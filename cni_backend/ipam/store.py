@@ -37,6 +37,11 @@ class Transaction(abc.ABC):
     def allocated(self, pool: str) -> dict:
         """ip -> Allocation for every address held in `pool`."""
 
+    def holder(self, pool: str, ip: str) -> Allocation | None:
+        """The allocation of one address, None when it is free. A store that
+        can look up one row without reading the pool says so here."""
+        return self.allocated(pool).get(ip)
+
     @abc.abstractmethod
     def held_by(self, network: str, container_id: str, ifname: str) -> list:
         ...
@@ -91,6 +96,10 @@ class _SQLiteTransaction(Transaction):
 
     def allocated(self, pool):
         return {a.ip: a for a in self._rows("WHERE pool = ?", (pool,))}
+
+    def holder(self, pool, ip):
+        found = self._rows("WHERE pool = ? AND ip = ?", (pool, ip))
+        return found[0] if found else None
 
     def held_by(self, network, container_id, ifname):
         return self._rows("WHERE network = ? AND container_id = ? AND ifname = ?",

@@ -142,6 +142,86 @@ def test_allocations_are_always_distinct_inside_the_range_and_sticky(tmp_path_fa
         assert len(set(held.values())) == len(held)
 
 
+class _CountingReads:
+    """A transaction that counts the whole-pool reads (`allocated`) it serves."""
+
+    def __init__(self, txn):
+        self.txn, self.pool_reads = txn, 0
+
+    def allocated(self, pool):
+        self.pool_reads += 1
+        return self.txn.allocated(pool)
+
+    def __getattr__(self, name):
+        return getattr(self.txn, name)
+
+
+def test_an_allocation_after_hundreds_looks_up_addresses_without_reading_the_pool(tmp_path):
+    c = conf(tmp_path, ranges=[[{"subnet": "10.9.0.0/22"}]])
+    store = SQLiteStore(str(tmp_path))
+    for i in range(300):
+        alloc(store, c, ("n", f"c{i}", "eth0"))
+    # the next two after the cursor are taken: the probes step over them
+    for ip in ("10.9.1.46", "10.9.1.47"):
+        alloc(store, c, ("n", f"asked-{ip}", "eth0"), [ip])
+    counted = []
+
+    def allocate(txn):
+        counted.append(_CountingReads(txn))
+        return allocator.allocate(counted[0], c, ("n", "next", "eth0"), [])
+
+    assert store.run(allocate)[0].ip == "10.9.1.48"
+    assert counted[0].pool_reads == 0
+
+
+def test_a_long_taken_run_after_the_cursor_is_found_by_reading_the_pool(tmp_path):
+    c = conf(tmp_path, ranges=[[{"subnet": "10.9.0.0/24"}]])
+    store = SQLiteStore(str(tmp_path))
+    assert alloc(store, c, ("n", "first", "eth0"))[0].ip == "10.9.0.2"
+    taken = [f"10.9.0.{i}" for i in range(3, 3 + allocator._PROBES + 4)]
+    for ip in taken:
+        alloc(store, c, ("n", f"asked-{ip}", "eth0"), [ip])
+    assert alloc(store, c, ("n", "next", "eth0"))[0].ip == f"10.9.0.{3 + allocator._PROBES + 4}"
+
+
+def _round_robin_model(rng, held: set, cursor):
+    """What the allocator must hand out: the first free host after `cursor`, wrapping."""
+    hosts = [ip for ip in rng.subnet.hosts() if not rng.is_reserved_by_subnet(ip)]
+    after = [ip for ip in hosts if cursor is None or ip > cursor]
+    return next((str(ip) for ip in after + hosts if str(ip) not in held), None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=st.lists(st.tuples(st.sampled_from(["add", "ask", "del"]), st.integers(min_value=0, max_value=28)),
+                           max_size=80))
+def test_every_dynamic_allocation_is_the_first_free_address_after_the_last_one(tmp_path_factory, operations):
+    tmp = tmp_path_factory.mktemp("rr")
+    c = config.load({"ranges": [[{"subnet": "10.21.0.0/27"}]], "dataDir": str(tmp)}, {})
+    store, rng, held, cursor = SQLiteStore(str(tmp)), c.range_sets[0][0], {}, None
+    for op, n in operations:
+        owner = ("n", f"c{n}", "eth0")
+        if op == "del":
+            store.run(lambda txn, owner=owner: allocator.release(txn, owner))
+            held.pop(n, None)
+            continue
+        if n in held:
+            continue
+        if op == "ask":
+            ip = str(rng.subnet.network_address + 2 + n)
+            if ip in held.values():
+                continue
+            held[n] = alloc(store, c, owner, [ip])[0].ip
+            continue
+        expected = _round_robin_model(rng, set(held.values()), cursor)
+        if expected is None:
+            with pytest.raises(CNIError):
+                alloc(store, c, owner)
+            continue
+        held[n] = alloc(store, c, owner)[0].ip
+        assert held[n] == expected
+        cursor = ipaddress.ip_address(expected)
+
+
 # Child processes come from a fork server: forking pytest itself could copy a
 # lock some other thread holds and hang the child. Any hang here fails the
 # test after CHILD_TIMEOUT_S instead of stalling the run.
