@@ -494,11 +494,28 @@ def apply(family: int, is_stale, new_rules: dict) -> None:
         tools.run([_TOOLS[family][1], "-w", "--noflush"], script_text(physical(script, chain_of, jumps)))
 
 
-def _check_argvs(family: int, specs: list) -> list:
-    """`iptables -C` of each rule spec. A check of one rule lists only its
-    chain, so it costs ~3 ms however many rules other chains hold."""
+def _listed(family: int, checks: list) -> tuple:
+    """The chains the `checks`' rules live in, each once, and the
+    `iptables -S CHAIN` listing each."""
     tool = _TOOLS[family][0].replace("-save", "")
-    return [[tool, "-w", "-t", table, "-C", *spec.split()] for table, spec in specs]
+    chains = sorted({(table, spec.split()[0]) for table, spec in checks})
+    return chains, [[tool, "-w", "-t", table, "-S", chain] for table, chain in chains]
+
+
+def _in_place(checks: list, chains: list, listings: list) -> bool:
+    """Whether each checked rule is in its chain's listing, word for word as
+    iptables prints it (as `-C` would find it), and no foreign jump of
+    KEEP_ABOVE comes before it."""
+    rules = {}
+    for chain, listing in zip(chains, listings):
+        if listing is None:
+            return False
+        rules[chain] = [line for line in listing.splitlines() if line.startswith("-A ")]
+    for table, spec in checks:
+        in_chain = rules[(table, spec.split()[0])]
+        if f"-A {spec}" not in in_chain or _moved_above(in_chain, spec):
+            return False
+    return True
 
 
 def append_fast(family: int, new_rules: dict) -> bool:
@@ -508,13 +525,16 @@ def append_fast(family: int, new_rules: dict) -> bool:
 
     Any -D or -C inside iptables-restore makes iptables-nft load every rule of
     the table (~50 ms per call at 1,000 containers, growing with their number),
-    so the script only appends, which fails as a whole when a chain is missing,
-    and the jumps are checked with `iptables -C` in the small built-in chains.
-    The checks run beside the restore, not before it (~3 ms less per ADD):
+    so the script only appends, which fails as a whole when a chain is missing.
+    The jumps are looked for in listings of the small built-in chains
+    (`iptables -S FORWARD`, ~1.5 ms whatever the table holds), not with
+    `iptables -C`, which loads the rules of the chain it jumps to: 13 ms
+    at 3,000 attachments.
+    The listings run beside the restore, not before it (~3 ms less per ADD):
     the restore changes none of the rules they look for, and until this ADD
     returns, no packet of the attachment's has been sent to miss a jump.
     A bridge's isolation jump lives in our large attachment chain, where a
-    check would cost as much; it is made and removed in the same restore as
+    listing would cost as much; it is made and removed in the same restore as
     the bridge's DROP in the small isolation chain, so that DROP stands for both."""
     checks, script = fast_append_plan(new_rules)
     if not script:
@@ -523,8 +543,9 @@ def append_fast(family: int, new_rules: dict) -> bool:
     if not _all_recorded(family, new_rules):
         return False
     restore = [_TOOLS[family][1], "-w", "--noflush"]
-    exits = tools.exits_side_by_side([restore] + _check_argvs(family, checks), f"{restore[0]} + checks", stdin=text)
-    return all(exits)
+    chains, listings = _listed(family, checks)
+    outputs = tools.outputs_side_by_side([restore] + listings, f"{restore[0]} + listings", stdin=text)
+    return outputs[0] is not None and _in_place(checks, chains, outputs[1:])
 
 
 def _all_recorded(family: int, new_rules: dict) -> bool:

@@ -33,41 +33,19 @@ def run(argv: list, stdin: str | None = None, check: bool = True) -> str | None:
     return done.stdout
 
 
-def exits_side_by_side(argvs: list, label: str, stdin: str | None = None) -> list:
-    """Run the commands side by side, output discarded, `stdin` (if given)
-    written to the first one's: [whether it exited 0] for each, in their
-    order. A missing tool is an error, as in `run`. `label` names them in
-    the trace."""
+def outputs_side_by_side(argvs: list, label: str, stdin: str | None = None) -> list:
+    """The commands run side by side, `stdin` (if given) written to the
+    first one's: [its stdout, or None when it exited non-zero] for each, in
+    their order. A missing tool is an error, as in `run`. `label` names them
+    in the trace."""
     started = []
     try:
         with trace.span("firewall", tool=label):
             for n, argv in enumerate(argvs):
                 feed = subprocess.PIPE if n == 0 and stdin is not None else subprocess.DEVNULL
-                started.append(subprocess.Popen(argv, stdin=feed, stdout=subprocess.DEVNULL,
+                started.append(subprocess.Popen(argv, stdin=feed, stdout=subprocess.PIPE,
                                                 stderr=subprocess.DEVNULL, text=True))
-            if stdin is not None and started:
-                started[0].communicate(stdin)
-            return [process.wait() == 0 for process in started]
-    except FileNotFoundError as exc:
-        tool = exc.filename or argvs[0][0]
-        raise CNIError(FIREWALL_FAILURE, f"{tool} not found", _remedy(tool)) from None
-    finally:
-        for process in started:  # those a failure left running: none is left behind
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
-def outputs_side_by_side(argvs: list, label: str) -> list:
-    """Read-only commands (listings) run side by side: [stdout, or None when
-    it exited non-zero] in their order. A missing tool is an error, as in
-    `run`. `label` names them in the trace."""
-    started = []
-    try:
-        with trace.span("firewall", tool=label):
-            for argv in argvs:
-                started.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
-            outputs = [process.communicate()[0] for process in started]
+            outputs = [process.communicate(stdin if n == 0 else None)[0] for n, process in enumerate(started)]
     except FileNotFoundError as exc:
         tool = exc.filename or argvs[0][0]
         raise CNIError(FIREWALL_FAILURE, f"{tool} not found", _remedy(tool)) from None

@@ -2,7 +2,7 @@
 work of an ADD or a DEL does not grow with the attachments the host holds.
 
 The firewall module is called as the plug-ins call it, against the sandbox's
-real iptables; iptables-save and iptables-restore are reached through
+real iptables; iptables-save, iptables and iptables-restore are reached through
 wrappers on PATH that count the lines each one reads or prints."""
 
 import os
@@ -32,12 +32,13 @@ RESTORE = 'cat > "$t"; "{real}" "$@" < "$t"'
 
 @pytest.fixture
 def counted(tmp_path, monkeypatch):
-    """The lines each iptables-save printed and each iptables-restore read, as
-    [(tool, lines)], since the last call of the returned function."""
+    """The lines each iptables-save or iptables (a listing) printed and each
+    iptables-restore read, as [(tool, lines)], since the last call of the
+    returned function."""
     log = tmp_path / "calls"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, body in (("iptables-save", SAVE), ("iptables-restore", RESTORE)):
+    for name, body in (("iptables-save", SAVE), ("iptables", SAVE), ("iptables-restore", RESTORE)):
         real = shutil.which(name)
         path = bin_dir / name
         path.write_text(WRAPPER.format(body=body.format(real=real), name=name, log=log))
@@ -96,9 +97,9 @@ def test_add_and_del_touch_as_many_lines_at_200_attachments_as_at_2(network, cou
     def cycle(n: int) -> tuple:
         counted()
         tag = attach(name, n)
-        added = counted()
+        added = sorted(counted())  # the listings and the restore run side by side, in any order
         firewall.remove_rules(tag, (4,))
-        return added, counted()
+        return added, sorted(counted())
 
     few = cycle(900)
     made += [attach(name, n) for n in range(2, 200)]
@@ -135,3 +136,22 @@ def test_an_add_puts_back_a_jump_someone_deleted_with_its_rules_once(network, ta
     assert f"-A {jump}" in rules, f"the jump was not put back: {rules}"
     mine = [line for line in rules if line.startswith("-A") and str(tag) in line]
     assert mine and len(mine) == len(set(mine)), f"the new attachment's rules, each once: {mine}"
+
+
+def test_an_add_puts_our_jump_back_above_a_foreign_one_inserted_before_it(network):
+    """The reference firewall inserts its CNI-FORWARD first in FORWARD, where it
+    would accept before our isolation decides. The fast path's listing of
+    FORWARD sees it above our jump (as `iptables -C` would not), so the
+    ADD's plan moves ours back first."""
+    name, made = network
+    made.append(attach(name, 0))
+    ours_first = f"-A {iptables.CHAINS['filter'][FORWARD_CHAIN][0]}"
+    run("iptables", "-N", "CNI-FORWARD")
+    try:
+        run("iptables", "-I", "FORWARD", "1", "-j", "CNI-FORWARD")
+        made.append(attach(name, 1))
+        forward = [line for line in run("iptables", "-S", "FORWARD").stdout.splitlines() if line.startswith("-A ")]
+        assert forward[:2] == [ours_first, "-A FORWARD -j CNI-FORWARD"], forward
+    finally:
+        run("iptables", "-D", "FORWARD", "-j", "CNI-FORWARD", check=False)
+        run("iptables", "-X", "CNI-FORWARD")

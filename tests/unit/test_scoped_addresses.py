@@ -63,7 +63,7 @@ def test_the_restore_writer_refuses_a_line_with_whitespace_or_control_characters
 
 
 def test_the_restore_writer_refuses_before_running_anything():
-    """append_fast writes the script before its first `iptables -C`: without
+    """append_fast writes the script before it starts any command: without
     root, any command run would fail differently; the refusal comes first."""
     with pytest.raises(CNIError) as err:
         iptables.append_fast(6, {"nat": ["-A RANCHER-CNI-HOSTPORT -d ::1%lo\nCOMMIT\n*filter\n-P INPUT ACCEPT"]})
