@@ -148,6 +148,13 @@ def attach(req, conf: BridgeConf, nft_also=None) -> dict:
                 rollback.callback(netlink.delete_link, host, host_name)
                 ipam = delegate.add(req)
                 rollback.callback(delegate.delete, req)
+                # The rules need only the addresses: iptables-restore (~5 ms,
+                # more with many rules in the tables) runs while the links
+                # are configured. On a failure, the rollback waits for it
+                # before removing what it made.
+                rollback.callback(firewall.remove_rules, _tag(req))
+                rules_added = _beside("add-rules", firewall.add_rules, _tag(req), _rules(req, conf, ipam["ips"]))
+                rollback.callback(rules_added)
                 port = netlink.configure_port(host, host_name, bridge["index"], conf.hairpin)
                 if conf.vlan:
                     netlink.set_port_vlan(host, port["index"], conf.vlan)
@@ -156,8 +163,8 @@ def attach(req, conf: BridgeConf, nft_also=None) -> dict:
                              _configure_sandbox(inside, sandbox, req.ifname, conf.mac, ipam["ips"], routes))
                 if conf.is_gateway:
                     _ensure_gateway(host, bridge, ipam["ips"], conf.force_address)
-                rollback.callback(firewall.remove_rules, _tag(req))
-                firewall.add_rules(_tag(req), _rules(req, conf, ipam["ips"]))
+                if (error := rules_added()) is not None:
+                    raise error
                 addresses = [ip["address"] for ip in ipam["ips"]]
                 also = nft_also(host_name, container["mac"], addresses) if nft_also else None
                 if conf.macspoofchk or conf.ip_spoof_check:
@@ -263,8 +270,7 @@ def detach(req, conf: BridgeConf, nft_also=None) -> None:
     container's traffic is no longer accepted, and its links go either way.
     `nft_also`: a function giving another nft removal (script, names) of the
     attachment's, run in the anti-spoofing chain's transaction (flat's fast path)."""
-    rules = threading.Thread(target=_remove_rules, args=(req, errors := []), name="remove-rules")
-    rules.start()
+    rules_removed = _beside("remove-rules", firewall.remove_rules, _tag(req), _families(req.prev_result))
     try:
         with netlink.socket_in() as host:
             if req.netns:
@@ -276,9 +282,9 @@ def detach(req, conf: BridgeConf, nft_also=None) -> None:
             for iface in _host_interfaces(req.prev_result, conf):
                 netlink.delete_link(host, iface)
     finally:
-        rules.join()
-    if errors:
-        raise errors[0]
+        error = rules_removed()
+    if error is not None:
+        raise error
     if conf.macspoofchk or conf.ip_spoof_check:
         firewall.remove_mac_filter(_spoof_tag(req), also=nft_also)
     elif nft_also:
@@ -288,11 +294,25 @@ def detach(req, conf: BridgeConf, nft_also=None) -> None:
     delegate.delete(req)
 
 
-def _remove_rules(req, errors: list) -> None:
-    try:
-        firewall.remove_rules(_tag(req), _families(req.prev_result))
-    except BaseException as exc:  # noqa: BLE001 - handed to detach, which raises it
-        errors.append(exc)
+def _beside(name: str, fn, *args):
+    """Start fn(*args) on a thread of its own, beside the caller's work, in
+    the caller's network namespace (a new thread starts in its creator's).
+    The function returned waits for it and gives what it raised, or None."""
+    raised = []
+
+    def run():
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+
+    def finished():
+        thread.join()
+        return raised[0] if raised else None
+    return finished
 
 
 def _families(prev: dict | None) -> tuple:
