@@ -16,10 +16,11 @@ import os
 import re
 import socket
 import struct
+import threading
 
 from .. import locks, paths
 from ..errors import CNIError, INTERNAL
-from . import tags, tools
+from . import nft_generation, tags, tools
 
 FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
 ISOLATION_CHAIN = "RANCHER-CNI-ISOLATION"
@@ -533,6 +534,8 @@ def append_fast(family: int, new_rules: dict) -> bool:
     The listings run beside the restore, not before it (~3 ms less per ADD):
     the restore changes none of the rules they look for, and until this ADD
     returns, no packet of the attachment's has been sent to miss a jump.
+    They are skipped when no commit but ours came since they last found
+    what this ADD needs (`_Verified`).
     A bridge's isolation jump lives in our large attachment chain, where a
     listing would cost as much; it is made and removed in the same restore as
     the bridge's DROP in the small isolation chain, so that DROP stands for both."""
@@ -543,9 +546,67 @@ def append_fast(family: int, new_rules: dict) -> bool:
     if not _all_recorded(family, new_rules):
         return False
     restore = [_TOOLS[family][1], "-w", "--noflush"]
-    chains, listings = _listed(family, checks)
-    outputs = tools.outputs_side_by_side([restore] + listings, f"{restore[0]} + listings", stdin=text)
-    return outputs[0] is not None and _in_place(checks, chains, outputs[1:])
+    verified = _Verified.read()
+    needed = {f"{family} {table} {spec}" for table, spec in checks}
+    if needed <= verified.lines:
+        done = tools.outputs_side_by_side([restore], restore[0], stdin=text)[0] is not None
+    else:
+        chains, listings = _listed(family, checks)
+        outputs = tools.outputs_side_by_side([restore] + listings, f"{restore[0]} + listings", stdin=text)
+        done = outputs[0] is not None and _in_place(checks, chains, outputs[1:])
+        verified = _Verified(verified.generation, verified.lines | needed if done else set())
+    if done:
+        verified.carry(script.count("COMMIT"))
+    return done
+
+
+class _Verified:
+    """What the last listings found in place (lines `family table spec`)
+    and the nftables generation they hold at; the file of the namespace's
+    records keeps it between calls. A generation moved by commits other than
+    our own restores (anyone's change, to any table) makes it hold nothing.
+
+    The kernel adds one to the generation per commit, and an iptables-restore
+    commits once per table; so after a restore of N tables, a generation
+    N ahead of the one before means no one else committed in between.
+    Only restores that append attachment rules or remove an attachment's
+    chains carry it forward: neither touches what the listings look for."""
+
+    def __init__(self, generation: int | None, lines: set):
+        self.generation, self.lines = generation, lines
+
+    @staticmethod
+    def path() -> str:
+        return f"{_records()}/verified"
+
+    @classmethod
+    def read(cls) -> "_Verified":
+        now = nft_generation.current()
+        try:
+            with open(cls.path()) as f:
+                first, *rest = f.read().splitlines()
+        except (OSError, ValueError):
+            return cls(now, set())
+        return cls(now, set(rest) if now is not None and first == str(now) else set())
+
+    def carry(self, commits: int) -> None:
+        """After our restore of `commits` tables: keep what was found, at the
+        generation now, when no one else committed; else forget it. (After
+        a failed restore nothing is carried: if it committed nothing, the
+        generation still matches what the record holds.)"""
+        now = nft_generation.current()
+        keep = self.generation is not None and now == (self.generation + commits) % 2 ** 32 and self.lines
+        try:
+            if not keep:
+                os.unlink(self.path())
+                return
+            os.makedirs(_records(), mode=0o700, exist_ok=True)
+            tmp = f"{self.path()}.{os.getpid()}.{threading.get_ident()}"
+            with open(tmp, "w") as f:
+                f.write("\n".join([str(now), *sorted(self.lines)]) + "\n")
+            os.replace(tmp, self.path())
+        except OSError:
+            pass  # no record: the next ADD lists again
 
 
 def _all_recorded(family: int, new_rules: dict) -> bool:
@@ -588,7 +649,12 @@ def remove_fast(family: int, tag: str) -> bool:
             script += ["COMMIT"]
     if not script:
         return True
-    return tools.run([_TOOLS[family][1], "-w", "--noflush"], script_text(script), check=False) is not None
+    verified = _Verified.read()
+    restore = [_TOOLS[family][1], "-w", "--noflush"]
+    done = tools.outputs_side_by_side([restore], restore[0], stdin=script_text(script))[0] is not None
+    if done:
+        verified.carry(script.count("COMMIT"))
+    return done
 
 
 def add(per_family: dict, tag: str) -> None:

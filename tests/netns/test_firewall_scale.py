@@ -155,3 +155,27 @@ def test_an_add_puts_our_jump_back_above_a_foreign_one_inserted_before_it(networ
     finally:
         run("iptables", "-D", "FORWARD", "-j", "CNI-FORWARD", check=False)
         run("iptables", "-X", "CNI-FORWARD")
+
+
+def test_the_listings_are_skipped_until_someone_else_commits(network, counted):
+    """An ADD lists the built-in chains once; later ones, after only our own
+    appends and removals, restore alone. Any other commit (here a chain made
+    by hand, which touches none of our rules) moves the nftables generation
+    past ours, and the next ADD lists again."""
+    name, made = network
+    made += [attach(name, n) for n in range(2)]   # the first makes the chains; the second lists
+    counted()
+    made.append(attach(name, 2))
+    assert [tool for tool, _ in counted()] == ["iptables-restore"]
+    firewall.remove_rules(made.pop(), (4,))
+    made.append(attach(name, 3))
+    assert [tool for tool, _ in counted()] == ["iptables-restore", "iptables-restore"]
+    run("iptables", "-N", "SOMEONE-ELSE")
+    try:
+        counted()
+        made.append(attach(name, 4))
+        assert sorted(tool for tool, _ in counted()) == ["iptables"] * 3 + ["iptables-restore"]
+        made.append(attach(name, 5))
+        assert [tool for tool, _ in counted()] == ["iptables-restore"]
+    finally:
+        run("iptables", "-X", "SOMEONE-ELSE")

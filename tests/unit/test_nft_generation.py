@@ -1,0 +1,37 @@
+"""Reading the nftables generation's reply (cni_backend/net/nft_generation.py):
+anything but a whole NFT_MSG_NEWGEN with its id is None, never a number."""
+
+import struct
+
+from cni_backend.net import nft_generation as gen
+
+
+def message(kind: int, attributes: bytes, length: int | None = None) -> bytes:
+    body = struct.pack("=BBH", 0, 0, 0) + attributes
+    return struct.pack("=IHHII", length or 16 + len(body), kind, 0, 1, 0) + body
+
+
+def attribute(kind: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+NEWGEN = (gen.NFNL_SUBSYS_NFTABLES << 8) | gen.NFT_MSG_NEWGEN
+
+
+def test_the_id_is_read_whatever_comes_around_it():
+    name = attribute(3, b"iptables-restor\0")
+    reply = message(NEWGEN, attribute(2, struct.pack("!I", 77)) + name + attribute(gen.NFTA_GEN_ID, struct.pack("!I", 4242)))
+    assert gen.parse_reply(reply) == 4242
+
+
+def test_anything_else_is_none():
+    good = attribute(gen.NFTA_GEN_ID, struct.pack("!I", 9))
+    assert gen.parse_reply(message(NEWGEN, good)) == 9
+    assert gen.parse_reply(message(2, good)) is None                        # NLMSG_ERROR
+    assert gen.parse_reply(message(NEWGEN, b"")) is None                    # no id
+    assert gen.parse_reply(message(NEWGEN, good)[:20]) is None              # cut short
+    assert gen.parse_reply(message(NEWGEN, good, length=200)) is None       # claims more than came
+    assert gen.parse_reply(message(NEWGEN, attribute(gen.NFTA_GEN_ID, b"\1\2"))) is None   # not 4 bytes
+    assert gen.parse_reply(message(NEWGEN, struct.pack("=HH", 2, 1) + good)) is None      # a zero-length loop
+    assert gen.parse_reply(b"") is None
