@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import os
 import threading
+import time
 
 from .. import delegate, ifnames
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG, UNKNOWN_CONTAINER
@@ -297,7 +298,8 @@ def detach(req, conf: BridgeConf, nft_also=None) -> None:
 def _beside(name: str, fn, *args):
     """Start fn(*args) on a thread of its own, beside the caller's work, in
     the caller's network namespace (a new thread starts in its creator's).
-    The function returned waits for it and gives what it raised, or None."""
+    The function returned waits for it and gives what it raised, or None.
+    Worth it for work that waits for another process or the kernel."""
     raised = []
 
     def run():
@@ -308,6 +310,10 @@ def _beside(name: str, fn, *args):
 
     thread = threading.Thread(target=run, name=name)
     thread.start()
+    # Hand it the GIL now: it then runs its Python up to its first blocking
+    # call (the iptables-restore it waits for) while we wait, instead of
+    # waiting for us in between our netlink requests (~2 ms later per ADD).
+    time.sleep(0)
 
     def finished():
         thread.join()
