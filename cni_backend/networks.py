@@ -102,4 +102,4 @@ def conflist_names(conf_dir: str) -> list:
 
 def holder_of(store, subnet: str, ip: str):
     """The allocation holding `ip` in the pool of `subnet`, or None."""
-    return store.run(lambda txn: txn.allocated(subnet).get(ip))
+    return store.run(lambda txn: txn.holder(subnet, ip))

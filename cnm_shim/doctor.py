@@ -378,7 +378,7 @@ class Doctor:
         def release(txn):
             # Inside the store's transaction no ADD allocates; an endpoint's record
             # exists before its ADD, so read here, the owner list is complete.
-            current = txn.allocated(allocation.pool).get(allocation.ip)
+            current = txn.holder(allocation.pool, allocation.ip)
             if current is None or (current.container_id, current.ifname) in self._valid_attachments(net):
                 return False
             txn.remove(current)

@@ -231,7 +231,7 @@ class IpamDriver:
         gateway = Allocation(pool.subnet, str(ip), DOCKER_OWNER, str(Holder(pool.id)), "gateway")
 
         def reserve(txn):
-            holder = txn.allocated(pool.subnet).get(str(ip))
+            holder = txn.holder(pool.subnet, str(ip))
             if holder is not None and holder != gateway:
                 raise DriverError(f"gateway {ip} is already in use (by {holder.container_id})")
             if holder is None:
@@ -246,7 +246,7 @@ class IpamDriver:
         if pool is None:
             raise DriverError(f"no pool for subnet {subnet}")
         def reserve(txn):
-            holder = txn.allocated(subnet).get(ip)
+            holder = txn.holder(subnet, ip)
             if holder is None:
                 txn.add(Allocation(subnet, ip, DOCKER_OWNER, str(Holder(pool.id)), "metadata-link"))
             elif holder.network != DOCKER_OWNER or Holder.parse(holder.container_id).pool != pool.id:
@@ -263,7 +263,7 @@ class IpamDriver:
         ip = request.address.split("/")[0]
 
         def release(txn):
-            held = txn.allocated(pool.subnet).get(ip)
+            held = txn.holder(pool.subnet, ip)
             if held is not None and held.network == DOCKER_OWNER:
                 txn.remove(held)
 

@@ -44,7 +44,7 @@ def _docker_reservations(txn, conf, wanted) -> list:
     found = []
     for ip in wanted:
         _prefix_of(conf, str(ip))
-        holder = next((txn.allocated(r.pool).get(str(ip)) for s in conf.range_sets for r in s
+        holder = next((txn.holder(r.pool, str(ip)) for s in conf.range_sets for r in s
                        if r.in_subnet(ip)), None)
         if holder is None or holder.network != DOCKER_OWNER:
             raise CNIError(CHECK_FAILED, f"address {ip} is not reserved by the Docker IPAM driver")
