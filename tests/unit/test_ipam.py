@@ -21,6 +21,18 @@ def alloc(store, c, owner, wanted=()):
     return store.run(lambda txn: allocator.allocate(txn, c, owner, [ipaddress.ip_address(w) for w in wanted]))
 
 
+def fresh_pool(tmp_path_factory, subnet: str) -> tuple:
+    """(config, store, range) of one subnet in a new data dir."""
+    tmp = tmp_path_factory.mktemp("pool")
+    c = config.load({"ranges": [[{"subnet": subnet}]], "dataDir": str(tmp)}, {})
+    return c, SQLiteStore(str(tmp)), c.range_sets[0][0]
+
+
+def release(store, held: dict, n: int) -> None:
+    store.run(lambda txn: allocator.release(txn, ("n", f"c{n}", "eth0")))
+    held.pop(n, None)
+
+
 def test_small_subnet_hands_out_every_host_but_gateway_then_is_exhausted(tmp_path):
     c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
     got = [alloc(store, c, ("n", f"c{i}", "eth0"))[0].ip for i in range(5)]
@@ -122,14 +134,12 @@ def test_requested_ips_come_from_all_three_sources():
 @given(prefix=st.integers(min_value=24, max_value=29), operations=st.lists(
     st.tuples(st.sampled_from(["add", "del"]), st.integers(min_value=0, max_value=40)), max_size=60))
 def test_allocations_are_always_distinct_inside_the_range_and_sticky(tmp_path_factory, prefix, operations):
-    tmp = tmp_path_factory.mktemp("prop")
-    c = config.load({"ranges": [[{"subnet": f"10.20.0.0/{prefix}"}]], "dataDir": str(tmp)}, {})
-    store, rng, held = SQLiteStore(str(tmp)), c.range_sets[0][0], {}
+    c, store, rng = fresh_pool(tmp_path_factory, f"10.20.0.0/{prefix}")
+    held = {}
     for op, n in operations:
         owner = ("n", f"c{n}", "eth0")
         if op == "del":
-            store.run(lambda txn, owner=owner: allocator.release(txn, owner))
-            held.pop(n, None)
+            release(store, held, n)
             continue
         try:
             ip = alloc(store, c, owner)[0].ip
@@ -195,14 +205,12 @@ def _round_robin_model(rng, held: set, cursor):
 @given(operations=st.lists(st.tuples(st.sampled_from(["add", "ask", "del"]), st.integers(min_value=0, max_value=28)),
                            max_size=80))
 def test_every_dynamic_allocation_is_the_first_free_address_after_the_last_one(tmp_path_factory, operations):
-    tmp = tmp_path_factory.mktemp("rr")
-    c = config.load({"ranges": [[{"subnet": "10.21.0.0/27"}]], "dataDir": str(tmp)}, {})
-    store, rng, held, cursor = SQLiteStore(str(tmp)), c.range_sets[0][0], {}, None
+    c, store, rng = fresh_pool(tmp_path_factory, "10.21.0.0/27")
+    held, cursor = {}, None
     for op, n in operations:
         owner = ("n", f"c{n}", "eth0")
         if op == "del":
-            store.run(lambda txn, owner=owner: allocator.release(txn, owner))
-            held.pop(n, None)
+            release(store, held, n)
             continue
         if n in held:
             continue
