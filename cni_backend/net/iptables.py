@@ -11,6 +11,7 @@ per family, under a host-wide lock, so parallel ADD/DEL never see or leave
 half a rule set.
 """
 
+import functools
 import hashlib
 import os
 import re
@@ -546,7 +547,7 @@ def append_fast(family: int, new_rules: dict) -> bool:
     if not _all_recorded(family, new_rules):
         return False
     restore = [_TOOLS[family][1], "-w", "--noflush"]
-    verified = _Verified.read()
+    verified = _Verified.read(family)
     needed = {f"{family} {table} {spec}" for table, spec in checks}
     if needed <= verified.lines:
         done = tools.outputs_side_by_side([restore], restore[0], stdin=text)[0] is not None
@@ -558,6 +559,15 @@ def append_fast(family: int, new_rules: dict) -> bool:
     if done:
         verified.carry(script.count("COMMIT"))
     return done
+
+
+@functools.lru_cache(maxsize=None)
+def _nft_backed(family: int) -> bool:
+    """Whether this host's iptables-restore is iptables-nft ("v1.8.9
+    (nf_tables)"), whose commits the nftables generation counts; the legacy
+    one's it does not. Asked once per process."""
+    version = tools.run([_TOOLS[family][1], "--version"], check=False) or ""
+    return "(nf_tables)" in version
 
 
 class _Verified:
@@ -580,8 +590,8 @@ class _Verified:
         return f"{_records()}/verified"
 
     @classmethod
-    def read(cls) -> "_Verified":
-        now = nft_generation.current()
+    def read(cls, family: int) -> "_Verified":
+        now = nft_generation.current() if _nft_backed(family) else None
         try:
             with open(cls.path()) as f:
                 first, *rest = f.read().splitlines()
@@ -649,7 +659,7 @@ def remove_fast(family: int, tag: str) -> bool:
             script += ["COMMIT"]
     if not script:
         return True
-    verified = _Verified.read()
+    verified = _Verified.read(family)
     done = tools.run([_TOOLS[family][1], "-w", "--noflush"], script_text(script), check=False) is not None
     if done:
         verified.carry(script.count("COMMIT"))

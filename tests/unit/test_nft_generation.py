@@ -1,9 +1,13 @@
 """Reading the nftables generation's reply (cni_backend/net/nft_generation.py):
-anything but a whole NFT_MSG_NEWGEN with its id is None, never a number."""
+anything but a whole NFT_MSG_NEWGEN with its id is None, never a number; and
+the firewall takes the generation as counting its restores only with
+iptables-nft."""
 
 import struct
 
-from cni_backend.net import nft_generation as gen
+import pytest
+
+from cni_backend.net import iptables, nft_generation as gen
 
 
 def message(kind: int, attributes: bytes, length: int | None = None) -> bytes:
@@ -35,3 +39,19 @@ def test_anything_else_is_none():
     assert gen.parse_reply(message(NEWGEN, attribute(gen.NFTA_GEN_ID, b"\1\2"))) is None   # not 4 bytes
     assert gen.parse_reply(message(NEWGEN, struct.pack("=HH", 2, 1) + good)) is None      # a zero-length loop
     assert gen.parse_reply(b"") is None
+
+
+@pytest.mark.parametrize("version,counted", [("iptables-restore v1.8.9 (nf_tables)", True),
+                                             ("iptables-restore v1.8.9 (legacy)", False), ("", False)])
+def test_only_iptables_nft_restores_are_taken_as_counted_by_the_generation(tmp_path, monkeypatch, version, counted):
+    """With iptables-legacy our restores commit nothing the generation counts:
+    the fast path must then always list (no generation is read at all)."""
+    for tool in ("iptables-restore", "ip6tables-restore"):
+        (tmp_path / tool).write_text(f"#!/bin/sh\necho '{version}'\n")
+        (tmp_path / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/bin:/usr/bin")
+    iptables._nft_backed.cache_clear()
+    try:
+        assert iptables._nft_backed(4) is counted and iptables._nft_backed(6) is counted
+    finally:
+        iptables._nft_backed.cache_clear()
