@@ -295,7 +295,7 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=(), also=Non
              + f'add element bridge {NFT_TABLE} ports {{ "{host_ifname}" : jump {tag} }}\n')
     values = dict(names=[NFT_TABLE, str(tag)], ifnames=[host_ifname], macs=[mac], addresses=list(cidrs))
     nft.script(chain, **values)  # refused before the table is made
-    with iptables.host_lock():
+    with iptables.host_lock(), iptables.keeping_listings():  # one commit below, whichever way
         if tools.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) is None:
             # the table in the chain's transaction: one nft run, one commit
             chain = f"""table bridge {NFT_TABLE} {{
@@ -361,7 +361,7 @@ def remove_mac_filter(tag: tags.Tag, also=None) -> None:
 
 
 def _remove_mac_filter_chains(names, also=None) -> None:
-    with iptables.host_lock():
+    with iptables.host_lock(), iptables.keeping_listings():  # at most one commit below
         other, other_names = also() if also else ("", [])
         listing = tools.run(["nft", "list", "map", "bridge", NFT_TABLE, "ports"], check=False)
         script, mine = "", []

@@ -11,6 +11,7 @@ per family, under a host-wide lock, so parallel ADD/DEL never see or leave
 half a rule set.
 """
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -605,6 +606,8 @@ class _Verified:
         a failed restore nothing is carried: if it committed nothing, the
         generation still matches what the record holds.)"""
         now = nft_generation.current()
+        if self.generation is not None and now == self.generation:
+            return  # nothing was committed: what the record holds still holds
         keep = self.generation is not None and now == (self.generation + commits) % 2 ** 32 and self.lines
         try:
             if not keep:
@@ -617,6 +620,17 @@ class _Verified:
             os.replace(tmp, self.path())
         except OSError:
             pass  # no record: the next ADD lists again
+
+
+@contextlib.contextmanager
+def keeping_listings():
+    """Around at most one `nft -f` run of ours (one commit), under host_lock,
+    that changes none of the rules the fast path's listings look for (our
+    bridge-family table): what they last found still holds after it.
+    Nothing is carried when the block raises."""
+    verified = _Verified.read(4)
+    yield
+    verified.carry(1)
 
 
 def _all_recorded(family: int, new_rules: dict) -> bool:

@@ -179,3 +179,22 @@ def test_the_listings_are_skipped_until_someone_else_commits(network, counted):
         assert [tool for tool, _ in counted()] == ["iptables-restore"]
     finally:
         run("iptables", "-X", "SOMEONE-ELSE")
+
+
+def test_our_own_nft_commits_keep_the_listings_skipped(network, counted):
+    """An attachment's macspoofchk chain (our bridge-family nftables table) is
+    one nft commit of ours, touching nothing the listings look for: the ADD
+    after it still restores alone, and so does the one after its removal."""
+    name, made = network
+    made += [attach(name, n) for n in range(2)]
+    spoof = tags.of(tags.SPOOF, name, "c1", "eth0")
+    firewall.add_mac_filter(spoof, "vethscale1", "02:42:0a:84:00:03", ["10.132.0.3/22"])
+    try:
+        counted()
+        made.append(attach(name, 2))
+        assert [tool for tool, _ in counted()] == ["iptables-restore"]
+    finally:
+        firewall.remove_mac_filter(spoof)
+    made.append(attach(name, 3))
+    assert [tool for tool, _ in counted()] == ["iptables-restore"]
+    assert run("nft", "list", "table", "bridge", firewall.NFT_TABLE, check=False).returncode != 0
