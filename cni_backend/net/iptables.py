@@ -550,12 +550,12 @@ def append_fast(family: int, new_rules: dict) -> bool:
     restore = [_TOOLS[family][1], "-w", "--noflush"]
     verified = _Verified.read(family)
     needed = {f"{family} {table} {spec}" for table, spec in checks}
-    if needed <= verified.lines:
-        done = tools.outputs_side_by_side([restore], restore[0], stdin=text)[0] is not None
-    else:
-        chains, listings = _listed(family, checks)
-        outputs = tools.outputs_side_by_side([restore] + listings, f"{restore[0]} + listings", stdin=text)
-        done = outputs[0] is not None and _in_place(checks, chains, outputs[1:])
+    chains, listings = ([], []) if needed <= verified.lines else _listed(family, checks)
+    label = f"{restore[0]} + listings" if listings else restore[0]
+    outputs = tools.outputs_side_by_side([restore] + listings, label, stdin=text)
+    done = outputs[0] is not None
+    if listings:
+        done = done and _in_place(checks, chains, outputs[1:])
         verified = _Verified(verified.generation, verified.lines | needed if done else set())
     if done:
         verified.carry(script.count("COMMIT"))
@@ -601,10 +601,8 @@ class _Verified:
         return cls(now, set(rest) if now is not None and first == str(now) else set())
 
     def carry(self, commits: int) -> None:
-        """After our restore of `commits` tables: keep what was found, at the
-        generation now, when no one else committed; else forget it. (After
-        a failed restore nothing is carried: if it committed nothing, the
-        generation still matches what the record holds.)"""
+        """After our change of `commits` commits: keep what was found, at the
+        generation now, when no one else committed; else forget it."""
         now = nft_generation.current()
         if self.generation is not None and now == self.generation:
             return  # nothing was committed: what the record holds still holds
@@ -623,14 +621,16 @@ class _Verified:
 
 
 @contextlib.contextmanager
-def keeping_listings():
-    """Around at most one `nft -f` run of ours (one commit), under host_lock,
-    that changes none of the rules the fast path's listings look for (our
-    bridge-family table): what they last found still holds after it.
-    Nothing is carried when the block raises."""
-    verified = _Verified.read(4)
+def keeping_listings(commits: int = 1, family: int = 4):
+    """Around a change of ours, under host_lock, of at most `commits` commits
+    (one `nft -f` run: one; an iptables-restore: one per table) that changes
+    none of the rules the fast path's listings look for: what they last
+    found still holds after it. Nothing is carried when the block raises;
+    a block that committed nothing leaves the record as it was, one that
+    committed part of its tables (a failed restore) forgets it."""
+    verified = _Verified.read(family)
     yield
-    verified.carry(1)
+    verified.carry(commits)
 
 
 def _all_recorded(family: int, new_rules: dict) -> bool:
@@ -673,11 +673,8 @@ def remove_fast(family: int, tag: str) -> bool:
             script += ["COMMIT"]
     if not script:
         return True
-    verified = _Verified.read(family)
-    done = tools.run([_TOOLS[family][1], "-w", "--noflush"], script_text(script), check=False) is not None
-    if done:
-        verified.carry(script.count("COMMIT"))
-    return done
+    with keeping_listings(script.count("COMMIT"), family):  # it removes the attachment's chains only
+        return tools.run([_TOOLS[family][1], "-w", "--noflush"], script_text(script), check=False) is not None
 
 
 def add(per_family: dict, tag: str) -> None:
