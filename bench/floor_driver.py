@@ -12,11 +12,13 @@ the interface handed over by name) against a built-in driver.
     gunicorn --chdir REPO --workers 3 --bind unix:/run/docker/plugins/NAME.sock bench.floor_driver:app
 """
 
+import errno
 import ipaddress
 import json
 
 from flask import Flask, request
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 app = Flask(__name__)
 ipr = IPRoute()
@@ -81,7 +83,11 @@ def join():
 @app.post("/NetworkDriver.DeleteEndpoint")
 def delete_endpoint():
     for index in ipr.link_lookup(ifname=_host_end(_body()["EndpointID"])):
-        ipr.link("del", index=index)
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as exc:  # gone with the container's namespace meanwhile: so much the better
+            if exc.code != errno.ENODEV:
+                raise
     return {}
 
 

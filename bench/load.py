@@ -13,7 +13,10 @@
    first and last window) and a check that nothing is left.
 2. Docker: M containers (200; --quick 40) on one rancher-bridge network of a
    private engine (tests/engine: Dockerd + Shim), interleaved with M on a
-   network of Docker's built-in bridge driver; `docker run -d` p50/p95 at
+   network of Docker's built-in bridge driver and with M on one of
+   bench/floor_driver.py (the least a remote driver in Python does: what
+   Docker's remote-driver protocol costs by itself, bench/docker_run.py's
+   floor row); `docker run -d` p50/p95 at
    25 %, 50 %, 100 % of M; the shim's RSS (gunicorn master + workers + CNI
    daemon) and dockerd's at those points. Then the shim is killed (SIGKILL,
    every process) and started again: seconds until its socket answers, until
@@ -46,6 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import docker_run  # noqa: E402
 from cni_backend import install  # noqa: E402
 from cni_backend.invoke import api as cni_api, conflist as conflists  # noqa: E402
 from cni_backend.invoke.execute import PLUGIN_TIMEOUT_S  # noqa: E402
@@ -254,7 +258,7 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
 
     root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-shim."))
     shim = Shim(root, log_level="INFO")  # as installed: the tests' DEBUG log costs time per call
-    dockerd = None
+    dockerd = floor = None
     api_net = f"{PREFIX}api" + secrets.token_hex(20)
     extra = []
     figures = {}
@@ -274,9 +278,11 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
         def dockerd_rss():
             return rss_mib([dockerd.dockerd.pid])
 
+        floor = docker_run.start_floor_driver(shim.plugin_dir)
         docker("network", "create", "-d", "rancher-bridge", "--subnet", "10.220.0.0/22", f"{PREFIX}-ours")
         docker("network", "create", "-d", "bridge", "--subnet", "10.224.0.0/22", f"{PREFIX}-ref")
-        nets = {"ours": f"{PREFIX}-ours", "reference": f"{PREFIX}-ref"}
+        docker("network", "create", "-d", docker_run.FLOOR_DRIVER, "--subnet", "10.232.0.0/22", f"{PREFIX}-floor")
+        nets = {"ours": f"{PREFIX}-ours", "reference": f"{PREFIX}-ref", "floor": f"{PREFIX}-floor"}
         probes = []
 
         def reload(label: str) -> dict:
@@ -305,7 +311,7 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
         rss = {0: {"shim": shim_rss(), "dockerd": dockerd_rss()}}
         started = time.monotonic()
         for i in range(m):
-            order = list(nets) if i % 2 == 0 else list(reversed(nets))
+            order = list(nets)[i % len(nets):] + list(nets)[:i % len(nets)]  # each kind first in turn
             for kind in order:
                 t0 = time.perf_counter()
                 docker("run", "-d", "--name", f"{PREFIX}-{kind[:3]}{i}", "--network", nets[kind], image,
@@ -370,6 +376,9 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
         if dockerd:
             dockerd.close()
         shim.stop()
+        if floor is not None:
+            floor.terminate()
+            floor.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
     return figures
 
@@ -398,14 +407,15 @@ def report(cni: dict, dock: dict) -> str:
         lines.append("left behind: " + ("nothing" if not cni["left_behind"] else "; ".join(cni["left_behind"][:10])))
     if dock:
         m = dock["containers"]
-        lines += ["", f"docker run -d, {m} containers per network, interleaved",
+        lines += ["", f"docker run -d, {m} containers per network, interleaved; floor: {docker_run.FLOOR_ROW}",
                   f"{'containers':>14} {'ours p50':>9} {'p95':>8} {'bridge p50':>10} {'p95':>7} {'ratio p50':>10} "
-                  f"{'p95':>5} {'shim RSS':>9} {'dockerd RSS':>12}"]
-        for ours, ref in zip(dock["run"]["ours"], dock["run"]["reference"]):
+                  f"{'p95':>5} {'floor p50':>10} {'ratio':>6} {'shim RSS':>9} {'dockerd RSS':>12}"]
+        for ours, ref, floor in zip(dock["run"]["ours"], dock["run"]["reference"], dock["run"]["floor"]):
             rss = dock["rss_mib"][ours["to"]]
             lines.append(f"{ours['from']:>7}-{ours['to']:<6} {ours['p50_ms']:7.0f}ms {ours['p95_ms']:6.0f}ms "
                          f"{ref['p50_ms']:8.0f}ms {ref['p95_ms']:5.0f}ms {ours['p50_ms'] / ref['p50_ms']:10.2f} "
-                         f"{ours['p95_ms'] / ref['p95_ms']:5.2f} {rss['shim']:5.1f} MiB {rss['dockerd']:8.1f} MiB")
+                         f"{ours['p95_ms'] / ref['p95_ms']:5.2f} {floor['p50_ms']:8.0f}ms "
+                         f"{floor['p50_ms'] / ref['p50_ms']:6.2f} {rss['shim']:5.1f} MiB {rss['dockerd']:8.1f} MiB")
         if dock["api_join"]:
             first, last = dock["api_join"]
             lines.append(f"Join through the HTTP API (CNI ADD, the interface handed over in the host): endpoints {first['from']}-"
