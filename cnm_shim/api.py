@@ -146,7 +146,11 @@ def create_endpoint():
     # Resent without a body: refused; it names no endpoint and no address.
     refuse_if_resent("it names no endpoint, so none was created: start the container again")
     request = cnm.CreateEndpointRequest.from_wire(body())
-    return jsonify(services().translator.create_endpoint(request).to_wire())
+    answer = services().translator.create_endpoint(request)
+    attach = services().translator.attach_ahead(request)
+    if attach is not None:
+        after_answer(attach, "the endpoint's ADD after CreateEndpoint", then="its Join runs it again")
+    return jsonify(answer.to_wire())
 
 
 @network_api.post("/NetworkDriver.EndpointOperInfo")
@@ -178,12 +182,12 @@ def delete_endpoint():
 AFTER_ANSWER = "rancher.after_answer"  # the WSGI environ's list of work for app.AfterAnswer
 
 
-def after_answer(work, what: str) -> None:
+def after_answer(work, what: str, then: str = "`cnm-shim doctor` reports what is left") -> None:
     """Queue `work` to run once the whole answer is written to Docker, before
     the worker takes its next request (app.AfterAnswer; Flask's request
     context is gone by then), whatever the answer. Docker has what it asked
     for, so a failure can only be logged, with the message Docker would have
-    had (a traceback only for a bug): `cnm-shim doctor` reports what it left."""
+    had (a traceback only for a bug), and `then`: what comes of it."""
     request_id, driver = logfmt.current(), driver_name()  # the request's, on the work's lines too
 
     def run():
@@ -193,9 +197,9 @@ def after_answer(work, what: str) -> None:
             except Exception as exc:  # noqa: BLE001 - nobody is left to answer
                 answer = docker_answer(exc, driver)
                 if answer is None:
-                    log.exception("%s failed; `cnm-shim doctor` reports what is left", what)
+                    log.exception("%s failed; %s", what, then)
                 else:
-                    log.warning("%s failed: %s; `cnm-shim doctor` reports what is left", what, answer[1])
+                    log.warning("%s failed: %s; %s", what, answer[1], then)
     request.environ.setdefault(AFTER_ANSWER, []).append(run)
 
 

@@ -2,9 +2,11 @@
 
   CreateNetwork   validate the -o options, render the network's conflist,
                   create the bridge, optionally export the conflist
-  CreateEndpoint  record the addresses Docker's IPAM chose; pick a MAC if none
-  Join            CNI ADD into a staging namespace (the sandbox may not exist
-                  yet), move the interface to the host for Docker to take
+  CreateEndpoint  record the addresses Docker's IPAM chose; pick a MAC if none;
+                  with only our plug-ins, CNI ADD right after the answer, the
+                  interface made in the host for Docker to take (attach_ahead)
+  Join            otherwise CNI ADD into a staging namespace (the sandbox may
+                  not exist yet), and the interface moved to the host
   DeleteEndpoint  CNI DEL with the config and result cached at ADD
   DeleteNetwork   remove what CreateNetwork made and anything left behind
 """
@@ -25,7 +27,10 @@ from .ipam_driver import ADDRESS_SPACES, IpamDriver
 from .state import NETWORK, Endpoint, Network, State
 
 log = logging.getLogger("cnm-shim")
-TEARDOWN_DIR = "teardown"  # in the state dir: an endpoint's lock while it is torn down (delete_endpoint)
+# in the state dir: an endpoint's lock while work on it runs after Docker has
+# an answer: its ADD after CreateEndpoint's (attach_ahead), its teardown after
+# DeleteEndpoint's (endpoint_teardown)
+TEARDOWN_DIR = "teardown"
 CONTAINER_IFNAME = "eth0"  # inside the staging namespace; Docker renames it in the sandbox
 
 
@@ -395,9 +400,57 @@ class Translator:
                 args.append(("MAC", ep.mac))
         return runtime.Attachment(ep.endpoint_id, netns, CONTAINER_IFNAME, args=args, capability_args=caps)
 
-    def join(self, request: cnm.JoinRequest) -> cnm.JoinResponse:
+    def attach_ahead(self, request: cnm.CreateEndpointRequest):
+        """The endpoint's ADD as a function to run once Docker has
+        CreateEndpoint's answer, or None when it waits for Join. An ADD that
+        makes the interface right in the host (_hands_over) needs nothing Join
+        brings, so it runs while dockerd stores the endpoint and sends the
+        Join, not after. The endpoint's lock is taken here, before the answer,
+        and held until the ADD has ended: the Join waits for it (on any
+        worker, _endpoint_as_left), as a DeleteEndpoint or DeleteNetwork
+        does. A failed ADD has undone itself and is only logged: the Join runs
+        it again, and Docker gets that one's error."""
+        net = self.state.network(request.network_id)
+        ep = net and self.state.endpoint(net.id, request.endpoint_id)
+        if not ep or ep.result or backends.get(net.backend).takes_conflist or not self._hands_over(net.conflist):
+            return None  # Docker retried an attached endpoint, or Join adds it
+        held = contextlib.ExitStack()
+        lock = held.enter_context(hostnet.held_lock(self._endpoint_lock_path(request.endpoint_id)))
+        try:
+            ep = self.state.endpoint(request.network_id, request.endpoint_id)
+        except BaseException:
+            held.close()
+            raise
+        if ep is None or ep.result:  # as the state has it now, under the lock
+            lock.discard()
+            held.close()
+            return None
+
+        def attach() -> None:
+            with held:
+                try:
+                    self._add_handed_over(net, ep)
+                finally:
+                    lock.discard()
+        return attach
+
+    def _endpoint_as_left(self, request) -> tuple:
+        """The network and endpoint once no work on it runs after an answer
+        (attach_ahead's ADD): the lock file exists from before that answer
+        until the work has ended, so without it there is nothing to wait for."""
         net, ep = self._endpoint(request)
+        if os.path.exists(self._endpoint_lock_path(ep.endpoint_id)):
+            with self._tearing_down(net, ep) as ep:
+                if ep is None:
+                    raise DriverError(f"endpoint {request.endpoint_id[:12]} is unknown to this driver")
+        return net, ep
+
+    def join(self, request: cnm.JoinRequest) -> cnm.JoinResponse:
+        net, ep = self._endpoint_as_left(request)
         if ep.result and ep.src_name:  # a repeated Join: the interface exists already
+            if not ep.sandbox_key:  # attached at CreateEndpoint's answer (attach_ahead): joined now
+                ep.sandbox_key, ep.ports_at_join = request.sandbox_key, _port_requests(request)
+                self.state.save(ep)
             return join_answer(ep.result, ep.src_name)
         if ep.result:  # attached at CreateEndpoint (_attach_at_create): out of its staging namespace now
             src_name = host_name(ep)
@@ -410,26 +463,32 @@ class Translator:
             self.state.save(ep)
             return join_answer(ep.result, src_name)
         requested = _port_requests(request)  # checked before anything is made
+        if not backends.get(net.backend).takes_conflist and self._hands_over(net.conflist):
+            self._add_handed_over(net, ep)
+        else:
+            self._reclaim_from_stale_endpoints(net, ep)
+            ep.src_name = host_name(ep)
+            ep.result = self._add_in_staging(net, ep, net.conflist, _raw(net.conflist), ep.src_name)
+        ep.sandbox_key, ep.ports_at_join = request.sandbox_key, requested
+        self.state.save(ep)
+        return join_answer(ep.result, ep.src_name)
+
+    def _add_handed_over(self, net: Network, ep: Endpoint) -> None:
+        """ADD with the container's interface made in the host, where Docker
+        takes it (_hands_over); the result is recorded."""
         self._reclaim_from_stale_endpoints(net, ep)
         src_name = host_name(ep)
-        conf = net.conflist
-        raw = _raw(conf)
-        if not backends.get(net.backend).takes_conflist and self._hands_over(conf):
-            try:
-                with step(f"{net.driver}: CNI ADD on {net.cni_name} failed"):
-                    att = self._attachment(net, ep, f"/proc/{os.getpid()}/ns/net")
-                    att.args.append((runtime.HANDOVER_ARG, src_name))
-                    result = self.cni.add(conf, raw, att)
-                    _same_addresses_as_docker(net, ep, result)
-            except runtime.CNIError:
-                self._cni_del(net, ep, quiet=True)
-                raise
-        else:
-            result = self._add_in_staging(net, ep, conf, raw, src_name)
-        ep.result, ep.src_name, ep.sandbox_key = result, src_name, request.sandbox_key
-        ep.ports_at_join = requested
+        try:
+            with step(f"{net.driver}: CNI ADD on {net.cni_name} failed"):
+                att = self._attachment(net, ep, f"/proc/{os.getpid()}/ns/net")
+                att.args.append((runtime.HANDOVER_ARG, src_name))
+                result = self.cni.add(net.conflist, _raw(net.conflist), att)
+                _same_addresses_as_docker(net, ep, result)
+        except runtime.CNIError:
+            self._cni_del(net, ep, quiet=True)
+            raise
+        ep.result, ep.src_name = result, src_name
         self.state.save(ep)
-        return join_answer(result, src_name)
 
     def _hands_over(self, conf: dict) -> bool:
         """Whether the ADD can make the container's interface right in the host,
@@ -532,7 +591,7 @@ class Translator:
         if net is None or self.state.endpoint(request.network_id, request.endpoint_id) is None:
             return None  # Docker cleans up endpoints we never saw or forgot: success
         held = contextlib.ExitStack()
-        lock = held.enter_context(hostnet.held_lock(self._teardown_lock_path(request.endpoint_id)))
+        lock = held.enter_context(hostnet.held_lock(self._endpoint_lock_path(request.endpoint_id)))
         try:
             ep = self.state.endpoint(request.network_id, request.endpoint_id)  # as it is once no teardown runs
         except BaseException:
@@ -551,16 +610,16 @@ class Translator:
                     lock.discard()
         return teardown
 
-    def _teardown_lock_path(self, endpoint_id: str) -> str:
+    def _endpoint_lock_path(self, endpoint_id: str) -> str:
         return os.path.join(self.settings.state_dir, TEARDOWN_DIR, f"{endpoint_id}.lock")
 
     @contextlib.contextmanager
     def _tearing_down(self, net: Network, ep: Endpoint):
-        """Hold `ep`'s teardown lock for a block that tears it down; yields
-        the endpoint as the state holds it once no other teardown of it is
-        under way (DeleteEndpoint's, after its answer), None when that one
-        removed it."""
-        with hostnet.held_lock(self._teardown_lock_path(ep.endpoint_id)) as lock:
+        """Hold `ep`'s lock for a block that tears it down; yields the
+        endpoint as the state holds it once no work on it after an answer is
+        under way (attach_ahead's ADD, DeleteEndpoint's teardown), None when
+        that teardown removed it."""
+        with hostnet.held_lock(self._endpoint_lock_path(ep.endpoint_id)) as lock:
             yield self.state.endpoint(net.id, ep.endpoint_id)
             lock.discard()
 
