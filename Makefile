@@ -100,7 +100,7 @@ bench: deps $(TEST_VENV)/.installed  ## ours against the references, same run, e
 	$(SANDBOX) $(TEST_VENV)/bin/python bench/docker_run.py
 	$(SANDBOX) $(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 20
 	$(SANDBOX) $(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 10 --congestion cubic
-	$(SANDBOX) $(TEST_VENV)/bin/python bench/vxlan_throughput.py --rounds 5
+	$(SANDBOX) $(TEST_VENV)/bin/python bench/vxlan_throughput.py --rounds 10
 	$(SANDBOX) $(TEST_VENV)/bin/python bench/ipsec_throughput.py --rounds 6
 	$(SANDBOX) $(TEST_VENV)/bin/python bench/load.py
 
