@@ -414,25 +414,34 @@ class Translator:
         ep = net and self.state.endpoint(net.id, request.endpoint_id)
         if not ep or ep.result or backends.get(net.backend).takes_conflist or not self._hands_over(net.conflist):
             return None  # Docker retried an attached endpoint, or Join adds it
+        return self._work_after_answer(net, request.endpoint_id, lambda ep: self._add_handed_over(net, ep),
+                                       wanted=lambda ep: not ep.result)
+
+    def _work_after_answer(self, net: Network, endpoint_id: str, work, wanted=lambda ep: True):
+        """work(endpoint) as a function to run once Docker has its answer,
+        or None when the endpoint, as the state has it under its lock, is
+        gone or not `wanted`. The endpoint's lock is taken now, before the
+        answer, and held until the work has ended: whatever must see the
+        endpoint as the work leaves it waits for it (_tearing_down)."""
         held = contextlib.ExitStack()
-        lock = held.enter_context(hostnet.held_lock(self._endpoint_lock_path(request.endpoint_id)))
+        lock = held.enter_context(hostnet.held_lock(self._endpoint_lock_path(endpoint_id)))
         try:
-            ep = self.state.endpoint(request.network_id, request.endpoint_id)
+            ep = self.state.endpoint(net.id, endpoint_id)
         except BaseException:
             held.close()
             raise
-        if ep is None or ep.result:  # as the state has it now, under the lock
+        if ep is None or not wanted(ep):
             lock.discard()
             held.close()
             return None
 
-        def attach() -> None:
+        def run() -> None:
             with held:
                 try:
-                    self._add_handed_over(net, ep)
+                    work(ep)
                 finally:
                     lock.discard()
-        return attach
+        return run
 
     def _endpoint_as_left(self, request) -> tuple:
         """The network and endpoint once no work on it runs after an answer
@@ -590,25 +599,7 @@ class Translator:
         net = self.state.network(request.network_id)
         if net is None or self.state.endpoint(request.network_id, request.endpoint_id) is None:
             return None  # Docker cleans up endpoints we never saw or forgot: success
-        held = contextlib.ExitStack()
-        lock = held.enter_context(hostnet.held_lock(self._endpoint_lock_path(request.endpoint_id)))
-        try:
-            ep = self.state.endpoint(request.network_id, request.endpoint_id)  # as it is once no teardown runs
-        except BaseException:
-            held.close()
-            raise
-        if ep is None:
-            lock.discard()
-            held.close()
-            return None
-
-        def teardown() -> None:
-            with held:
-                try:
-                    self._delete_endpoint(net, ep)
-                finally:
-                    lock.discard()
-        return teardown
+        return self._work_after_answer(net, request.endpoint_id, lambda ep: self._delete_endpoint(net, ep))
 
     def _endpoint_lock_path(self, endpoint_id: str) -> str:
         return os.path.join(self.settings.state_dir, TEARDOWN_DIR, f"{endpoint_id}.lock")

@@ -36,15 +36,22 @@ def handing_over(shim, monkeypatch):  # noqa: F811 - the fixture's value
     return shim
 
 
+def waiting_call(shim, path: str, body: dict) -> tuple:
+    """`path` posted on a thread of its own, checked to be still waiting a
+    second later: (the thread, the list its (status, answer) goes to)."""
+    answers = []
+    call = threading.Thread(target=lambda: answers.append(shim.post(path, body)))
+    call.start()
+    call.join(timeout=1)
+    assert call.is_alive() and answers == [], f"{path} went on while the ADD after CreateEndpoint was under way"
+    return call, answers
+
+
 def test_the_add_runs_after_the_answer_and_the_join_waits_for_it_without_repeating_it(handing_over):
     shim = handing_over
     reply = shim.client.post("/NetworkDriver.CreateEndpoint", json=CREATE)
     assert reply.status_code == 200 and shim.adds == []
-    answers = []
-    join = threading.Thread(target=lambda: answers.append(shim.post("/NetworkDriver.Join", JOIN)))
-    join.start()
-    join.join(timeout=1)
-    assert join.is_alive() and answers == [], "the Join went on while the ADD after CreateEndpoint was under way"
+    join, answers = waiting_call(shim, "/NetworkDriver.Join", JOIN)
     reply.close()
     join.join(timeout=30)
     assert shim.adds == [(EP, "rc" + EP[:12])]  # one ADD, the interface made in the host under Join's name
@@ -71,12 +78,7 @@ def test_an_endpoint_deleted_before_any_join_is_torn_down_after_its_add(handing_
     deleted = []
     shim.cni.delete = lambda conf, raw, att: deleted.append(att.container_id)
     reply = shim.client.post("/NetworkDriver.CreateEndpoint", json=CREATE)
-    answers = []
-    delete = threading.Thread(target=lambda: answers.append(shim.post("/NetworkDriver.DeleteEndpoint",
-                                                                      {"NetworkID": NET, "EndpointID": EP})))
-    delete.start()
-    delete.join(timeout=1)
-    assert delete.is_alive(), "DeleteEndpoint went on while the ADD after CreateEndpoint was under way"
+    delete, answers = waiting_call(shim, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NET, "EndpointID": EP})
     reply.close()
     delete.join(timeout=30)
     assert answers == [(200, {})] and shim.adds == [(EP, "rc" + EP[:12])] and deleted == [EP]
