@@ -14,8 +14,8 @@ PHASES = {  # phase -> what it measures
     "docker->shim": "Docker's requests to the shim, as long as the shim's handlers took (sum per container)",
     "shim own": "docker->shim minus the CNI executions the shim made",
     "outside shim": "total minus docker->shim: dockerd, containerd, runc",
-    "after answer": "CNI executions the shim made after answering Docker (DeleteEndpoint's DEL), "
-                    "which Docker did not wait for",
+    "after answer": "CNI executions the shim made after answering Docker: CreateEndpoint's ADD (the Join "
+                    "waits for it, and counts the wait), DeleteEndpoint's DEL (nothing waits for it)",
     "cni exec": "plug-in executions seen by the runtime-side caller (process start included; the shim runs "
                 "our own plug-ins on a thread of its worker)",
     "plug-in": "the plug-ins' own work (in the CNI daemon's worker, or on a thread of the shim's worker)",

@@ -100,9 +100,10 @@ def plugin_log(dockerd) -> list:
     return entries
 
 
-def test_json_logs_from_the_plugins_env_with_one_request_id_from_join_to_add(docker):
+def test_json_logs_from_the_plugins_env_with_one_request_id_from_create_endpoint_to_add(docker):
     """CNM_SHIM_LOG_FORMAT=json set on the plug-in: its lines reach dockerd's
-    log as JSON, and a docker run's Join and the ADD it made share one ID."""
+    log as JSON, and a docker run's CreateEndpoint and the ADD it made right
+    after its answer (translate.attach_ahead) share one ID."""
     docker("plugin", "disable", docker.name)
     docker("plugin", "set", docker.name, "CNM_SHIM_LOG_FORMAT=json")
     docker("plugin", "enable", docker.name)
@@ -111,9 +112,10 @@ def test_json_logs_from_the_plugins_env_with_one_request_id_from_join_to_add(doc
         name = container(docker, net)
         endpoint = json.loads(docker("inspect", name).stdout)[0]["NetworkSettings"]["Networks"][net]["EndpointID"]
         entries = plugin_log(docker.dockerd)
-        joins = [e for e in entries if e.get("verb") == "NetworkDriver.Join" and e.get("endpoint") == endpoint]
-        assert len(joins) == 1, docker.dockerd.log_tail()
-        adds = [e for e in entries if e.get("command") == "ADD" and e["request_id"] == joins[0]["request_id"]]
+        creates = [e for e in entries
+                   if e.get("verb") == "NetworkDriver.CreateEndpoint" and e.get("endpoint") == endpoint]
+        assert len(creates) == 1, docker.dockerd.log_tail()
+        adds = [e for e in entries if e.get("command") == "ADD" and e["request_id"] == creates[0]["request_id"]]
         assert [(e["plugin"], e["ok"]) for e in adds] == [("rancher-bridge", True)], entries[-20:]
     finally:
         docker.clean()

@@ -3,13 +3,15 @@
 The shim runs with `CNM_SHIM_LOG_FORMAT=json` (what the managed plug-in's env
 sets): every line in its log, from the master, gunicorn's error log, the
 workers, the plug-ins they run and the CNI daemon it started, is one JSON
-object. The shim makes an ID for Docker's Join, logs it on the Join's line,
-and hands it to the CNI calls it makes for it:
-- rancher-bridge: our plug-in, run in the worker on a thread of its own, logs its ADD with it;
+object. The shim makes an ID for each of Docker's calls, logs it on the
+call's line, and hands it to the CNI calls it makes for it:
+- rancher-bridge: our plug-in, run in the worker on a thread of its own right
+  after CreateEndpoint's answer (translate.attach_ahead), logs its ADD with
+  CreateEndpoint's ID;
 - a conflist network whose reference bridge plug-in (a third-party
-  executable) calls our rancher-ipam executable for its addresses: the
-  executable hands the call to the CNI daemon, whose worker logs the ADD
-  with the same ID, two executions away from the shim.
+  executable) calls our rancher-ipam executable for its addresses: the ADD
+  runs at Join, and the executable hands the call to the CNI daemon, whose
+  worker logs the ADD with the Join's ID, two executions away from the shim.
 """
 
 import json
@@ -47,13 +49,13 @@ def endpoint_of(docker, name: str, net: str) -> str:
     return json.loads(docker("inspect", name).stdout)[0]["NetworkSettings"]["Networks"][net]["EndpointID"]
 
 
-def join_line(entries: list, endpoint: str) -> dict:
-    joins = [e for e in entries if e.get("verb") == "NetworkDriver.Join" and e.get("endpoint") == endpoint]
-    assert len(joins) == 1, f"one Join line for endpoint {endpoint}: {joins}"
-    join = joins[0]
-    assert join["logger"] == "cnm-shim" and join["level"] == "INFO" and join["ok"] is True, join
-    assert logfmt.valid_id(join["request_id"]), join
-    return join
+def call_line(entries: list, endpoint: str, verb: str = "NetworkDriver.Join") -> dict:
+    calls = [e for e in entries if e.get("verb") == verb and e.get("endpoint") == endpoint]
+    assert len(calls) == 1, f"one {verb} line for endpoint {endpoint}: {calls}"
+    call = calls[0]
+    assert call["logger"] == "cnm-shim" and call["level"] == "INFO" and call["ok"] is True, call
+    assert logfmt.valid_id(call["request_id"]), call
+    return call
 
 
 def test_every_line_is_our_json_and_gunicorn_logs_through_it(docker):
@@ -70,14 +72,14 @@ def test_a_docker_run_request_id_reaches_the_plugin_run_in_the_worker(docker):
     net = network(docker, "--subnet", "10.151.0.0/24")
     name = container(docker, net)
     entries = log_entries(docker.shim)
-    join = join_line(entries, endpoint_of(docker, name, net))
-    same = [e for e in entries if e["request_id"] == join["request_id"]]
+    endpoint = endpoint_of(docker, name, net)
+    create = call_line(entries, endpoint, "NetworkDriver.CreateEndpoint")
+    assert call_line(entries, endpoint)["request_id"] != create["request_id"], "one ID per Docker request"
+    same = [e for e in entries if e["request_id"] == create["request_id"]]
     adds = [e for e in same if e["logger"] == "rancher-cni" and e.get("command") == "ADD"]
     assert [(e["plugin"], e["ok"]) for e in adds] == [("rancher-bridge", True)], same
     # our plug-ins run in the worker that took Docker's call, on a thread of their own (invoke/own.py)
-    assert adds[0]["pid"] == join["pid"], "the ADD ran in another process than the worker"
-    creates = [e for e in entries if e.get("verb") == "NetworkDriver.CreateEndpoint"]
-    assert creates and all(e["request_id"] != join["request_id"] for e in creates), "one ID per Docker request"
+    assert adds[0]["pid"] == create["pid"], "the ADD ran in another process than the worker"
 
 
 def test_a_docker_run_request_id_reaches_the_cni_daemon_worker(docker, reference_bridge, tmp_path):  # noqa: F811
@@ -89,7 +91,7 @@ def test_a_docker_run_request_id_reaches_the_cni_daemon_worker(docker, reference
     net = network(docker, "--subnet", "10.152.0.0/24", "-o", f"cni.conflist={cni_name}", driver="rancher-conflist")
     name = container(docker, net)
     entries = log_entries(docker.shim)
-    join = join_line(entries, endpoint_of(docker, name, net))
+    join = call_line(entries, endpoint_of(docker, name, net))
     served = [e for e in entries if e["request_id"] == join["request_id"] and e["logger"] == "rancher-cni"
               and e.get("command") == "ADD"]
     assert [(e["plugin"], e["network"], e["ok"]) for e in served] == [("rancher-ipam", cni_name, True)], served
