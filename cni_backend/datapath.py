@@ -112,7 +112,7 @@ def _metadata_link(net: flatnet.FlatNetwork) -> dict:
 
 def vxlan(net: vxlannet.VxlanNetwork) -> dict:
     with netlink.socket_in() as host:
-        vtep, br = netlink.link(host, net.vtep), netlink.link(host, net.bridge)
+        vtep, br = netlink.link(host, net.vtep, full=True), netlink.link(host, net.bridge)  # the VTEP's counters
         path = _bridge_path(_port_frames(host, br))
         peers = sorted(netlink.flood_peers(host, vtep["index"])) if vtep is not None else []
         learned = len(netlink.fdb_entries(host, vtep["index"])) if vtep is not None else 0

@@ -99,7 +99,7 @@ def _rtnl(sock):
 def link(ipr, name: str, full: bool = False):
     """The link message for `name`, or None: rtnl's (rtnl.Link: index,
     flags, name, MAC, MTU, master, kind), or with `full` pyroute2's, with
-    the kind's own data (("linkinfo", "data"))."""
+    the kind's own data (("linkinfo", "data")) and the counters ("stats64")."""
     try:
         raw = None if full else _rtnl(ipr)
         return raw.get_link(name=name) if raw else ipr.link("get", ifname=name)[0]
