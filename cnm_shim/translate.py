@@ -412,7 +412,7 @@ class Translator:
         it again, and Docker gets that one's error."""
         net = self.state.network(request.network_id)
         ep = net and self.state.endpoint(net.id, request.endpoint_id)
-        if not ep or ep.result or backends.get(net.backend).takes_conflist or not self._hands_over(net.conflist):
+        if not ep or ep.result or not self._adds_in_host(net):
             return None  # Docker retried an attached endpoint, or Join adds it
         return self._work_after_answer(net, request.endpoint_id, lambda ep: self._add_handed_over(net, ep),
                                        wanted=lambda ep: not ep.result)
@@ -472,7 +472,7 @@ class Translator:
             self.state.save(ep)
             return join_answer(ep.result, src_name)
         requested = _port_requests(request)  # checked before anything is made
-        if not backends.get(net.backend).takes_conflist and self._hands_over(net.conflist):
+        if self._adds_in_host(net):
             self._add_handed_over(net, ep)
         else:
             self._reclaim_from_stale_endpoints(net, ep)
@@ -498,6 +498,10 @@ class Translator:
             raise
         ep.result, ep.src_name = result, src_name
         self.state.save(ep)
+
+    def _adds_in_host(self, net: Network) -> bool:
+        """Whether the network's ADD makes the interface in the host (_add_handed_over)."""
+        return not backends.get(net.backend).takes_conflist and self._hands_over(net.conflist)
 
     def _hands_over(self, conf: dict) -> bool:
         """Whether the ADD can make the container's interface right in the host,

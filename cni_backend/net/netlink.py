@@ -53,10 +53,11 @@ def _fail(what: str, exc: NetlinkError) -> CNIError:
 
 class Socket:
     """Netlink in one namespace. The requests every ADD and DEL makes (a link
-    by name or index, a veth, enslaving a port, a link's addresses) go over
-    `rtnl`, a raw socket: ~0.1 ms each, the kernel's own time. Anything else
-    is an IPRoute's (pyroute2 spends ~0.3 ms making one and ~0.3-0.9 ms of
-    Python per request), made in the same namespace on first use."""
+    by name or index, a veth, enslaving a port, deleting a link, a link's
+    addresses) go over `rtnl`, a raw socket: ~0.1 ms each, the kernel's own
+    time. Anything else is an IPRoute's (pyroute2 spends ~0.3 ms making one
+    and ~0.3-0.9 ms of Python per request), made in the same namespace on
+    first use."""
 
     def __init__(self, netns_path: str | None):
         self._netns_path, self._ipr = netns_path, None
