@@ -212,9 +212,7 @@ class Tunnel:
             # not set up yet) for longer than one try (5 retransmits, 165 s)
             # only answers when it comes, it never initiates itself
             "keyingtries": "0" if self.initiator else "1",
-            "rekey_time": f"{self.ike_rekey}s",
-            "rand_time": f"{self.ike_rekey // 10}s",
-            "over_time": f"{_margin(self.ike_rekey)}s",
+            **self._rekey_timers(self.ike_rekey, "over_time"),
             # a peer whose charon was restarted makes a new IKE_SA with the same
             # identities: it replaces the one the dead charon had
             "unique": "replace",
@@ -225,14 +223,34 @@ class Tunnel:
                 "local_ts": list(self.local_subnets),
                 "remote_ts": list(self.remote_subnets),
                 "esp_proposals": [self.esp_proposal],
-                "rekey_time": f"{self.child_rekey}s",
-                "rand_time": f"{self.child_rekey // 10}s",
-                "life_time": f"{self.child_rekey + _margin(self.child_rekey)}s",
+                **self._rekey_timers(self.child_rekey, "life_time"),
                 "start_action": "start" if self.initiator else "none",
                 "dpd_action": "restart" if self.initiator else "clear",
                 "close_action": "start" if self.initiator else "none",
             }},
         }}
+
+    def _rekey_timers(self, rekey: int, lifetime_key: str) -> dict:
+        """When this side rekeys an SA, and when the SA dies unrekeyed.
+
+        The initiator rekeys first: at `rekey` less up to a tenth. The other
+        side's timer runs half the margin later, so it fires only when the
+        initiator failed to rekey in time. With equal timers, two hosts that
+        made their SAs together rekeyed them together: collisions, which
+        IKEv2 resolves by making and deleting redundant SAs (a rekey can
+        cross a delete, an IKE_SA rekey another). That is the one path on
+        which a rekey test lost traffic: about a second, with table 220's
+        route to the peer missing, once in many runs.
+
+        Both sides' SAs die at the same time, `rekey` plus the margin:
+        a CHILD_SA's `life_time` is absolute, an IKE_SA's `over_time` counts
+        from its rekey time."""
+        margin = _margin(rekey)
+        later = 0 if self.initiator else margin // 2
+        lifetime = rekey + margin if lifetime_key == "life_time" else margin - later
+        return {"rekey_time": f"{rekey + later}s",
+                "rand_time": f"{rekey // 10 if self.initiator else 0}s",
+                lifetime_key: f"{lifetime}s"}
 
 
 def _margin(rekey: int) -> int:

@@ -144,14 +144,22 @@ def test_doctor_names_a_dead_charon_and_repair_brings_it_back(hosts, make_netns)
     until("doctor finds nothing", lambda: doctor(host_b, envs[1], "check") == [])
 
 
+def sa_events(log: str) -> list:
+    """charon's IKE lines without its packets and their parsing: what a rekey did."""
+    return [line for line in log.splitlines() if "[IKE]" in line]
+
+
 def test_rekeys_lose_no_packet(hosts, make_netns):
+    """The initiator (A, the lower underlay address) rekeys every SA first; the
+    other side's timers are later, so no rekey collides with another."""
     (host_a, host_b), envs, psk = hosts
     configs = [dict(ipsec_config(envs[n], n, psk), childRekeyTime=6, ikeRekeyTime=15) for n in range(2)]
     (a, ip_a), (b, ip_b) = attach_both(hosts, make_netns, configs)
     charon_a = charon_of(envs[0])
     child = ipsec.load_network(configs[0]).connection(UNDERLAY[1])
     wait_child(charon_a, child)
-    pinger = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-i", "0.1", "-c", "250", "-W", "2", ip_b],
+    # -D -O: each line timed, and a missing reply named as it is missed
+    pinger = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-D", "-O", "-i", "0.1", "-c", "250", "-W", "2", ip_b],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     child_ids, ike_ids = set(), set()
     try:
@@ -167,12 +175,21 @@ def test_rekeys_lose_no_packet(hosts, make_netns):
     assert pinger.returncode == 0, out
     sent, received = (int(n) for n in re.search(r"(\d+) packets transmitted, (\d+) received", out).groups())
     logs = [open(charon_of(env).log_file).read() for env in envs]
-    rekeys = sum(log.count("creating rekey job for CHILD_SA") for log in logs)
-    assert rekeys >= 1 and len(child_ids) >= 2, f"at least one CHILD_SA rekey while pinging: {child_ids}"
-    assert not [line for log in logs for line in log.splitlines() if "closing expired CHILD_SA" in line], \
-        "every CHILD_SA was replaced by a rekey, none reached its hard expiry"
-    assert sent == received == 250, f"no packet lost across {rekeys} CHILD_SA rekeys: {out}"
-    print(f"{rekeys} CHILD_SA rekeys ({len(child_ids)} CHILD_SAs seen on A), {len(ike_ids)} IKE_SAs seen, "
+    events = "\n".join(f"{host}: {line}" for host, log in zip("AB", logs) for line in sa_events(log))
+    # the side that rekeys a CHILD_SA logs "establishing CHILD_SA <name>{n} reqid r"
+    # (the first one has no reqid yet); kernel-libipsec's "creating rekey job"
+    # also comes for SAs already replaced, so it counts no rekeys
+    rekeys = [len(re.findall(r"establishing CHILD_SA \S+ reqid", log)) for log in logs]
+    assert rekeys[0] >= 1 and len(child_ids) >= 2, f"at least one CHILD_SA rekey while pinging: {child_ids}"
+    ike_rekeys = logs[0].count("initiating IKE_SA") - 1  # the first one made it
+    assert ike_rekeys >= 1, f"A rekeyed the IKE_SA:\n{events}"
+    assert rekeys[1] == logs[1].count("initiating IKE_SA") == 0, f"B rekeyed nothing:\n{events}"
+    assert "collision" not in logs[0] + logs[1], f"no rekey collided with another:\n{events}"
+    assert "closing expired CHILD_SA" not in logs[0] + logs[1], \
+        f"every CHILD_SA was replaced by a rekey, none reached its hard expiry:\n{events}"
+    lost = "\n".join(line for line in out.splitlines() if "bytes from" not in line)
+    assert sent == received == 250, f"no packet lost across {rekeys[0]} CHILD_SA rekeys:\n{lost}\n{events}"
+    print(f"{rekeys[0]} CHILD_SA and {ike_rekeys} IKE_SA rekeys ({len(child_ids)} CHILD_SAs, {len(ike_ids)} IKE_SAs seen on A), "
           f"{sent} pings, none lost")
 
 

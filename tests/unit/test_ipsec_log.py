@@ -83,3 +83,21 @@ def test_the_plug_in_config_names_the_bad_rekey_setting(tmp_path):
         remote_subnets=["10.43.0.0/16"], psk_file="/etc/psk", child_rekey=6).vici_connection()
     # kernel-libipsec counts lifetimes in whole seconds: a short SA still lives 10 s past its rekey time
     assert short["peer-x"]["children"]["peer-x"]["life_time"] == "16s"
+
+
+def test_the_initiator_rekeys_first_and_both_sides_sas_die_together():
+    def timers(local, remote):
+        vici = ipsec_tunnels.Tunnel.from_config(
+            name="peer-x", local_address=local, remote_address=remote, local_subnets=["10.43.1.0/24"],
+            remote_subnets=["10.43.0.0/16"], psk_file="/etc/psk", ike_rekey=7200, child_rekey=600).vici_connection()
+        ike, child = vici["peer-x"], vici["peer-x"]["children"]["peer-x"]
+        return ({key: int(ike[key].rstrip("s")) for key in ("rekey_time", "rand_time", "over_time")},
+                {key: int(child[key].rstrip("s")) for key in ("rekey_time", "rand_time", "life_time")})
+
+    (ike_i, child_i), (ike_r, child_r) = timers("10.99.9.1", "10.99.9.2"), timers("10.99.9.2", "10.99.9.1")
+    # the responder's earliest rekey comes after the initiator's latest
+    assert ike_r["rekey_time"] - ike_r["rand_time"] > ike_i["rekey_time"]
+    assert child_r["rekey_time"] - child_r["rand_time"] > child_i["rekey_time"]
+    # an SA that nobody rekeyed dies at the same time on both sides
+    assert ike_i["rekey_time"] + ike_i["over_time"] == ike_r["rekey_time"] + ike_r["over_time"] == 7200 + 720
+    assert child_i["life_time"] == child_r["life_time"] == 660
