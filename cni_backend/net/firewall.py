@@ -296,7 +296,7 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=(), also=Non
     values = dict(names=[NFT_TABLE, str(tag)], ifnames=[host_ifname], macs=[mac], addresses=list(cidrs))
     nft.script(chain, **values)  # refused before the table is made
     with iptables.host_lock(), iptables.keeping_listings():  # one commit below, whichever way
-        if tools.run(["nft", "list", "table", "bridge", NFT_TABLE], check=False) is None:
+        if not _mac_filter_table_exists():
             # the table in the chain's transaction: one nft run, one commit
             chain = f"""table bridge {NFT_TABLE} {{
   map ports {{ type ifname : verdict; }}
@@ -311,6 +311,13 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=(), also=Non
         _nft(chain, **values)
     if also is not None:
         fallback()  # outside the lock: the other writer takes what it needs itself
+
+
+def _mac_filter_table_exists() -> bool:
+    # the host's bridge tables by name: listing ours would read every
+    # attachment's chain and rules, a cost that grows with them
+    listing = tools.run(["nft", "list", "tables", "bridge"], check=False) or ""
+    return f"table bridge {NFT_TABLE}" in listing.splitlines()
 
 
 def mac_filter_size(tag: tags.Tag, host_ifname: str) -> int | None:
