@@ -314,10 +314,10 @@ def add_mac_filter(tag: tags.Tag, host_ifname: str, mac: str, cidrs=(), also=Non
 
 
 def _mac_filter_table_exists() -> bool:
-    # the host's bridge tables by name: listing ours would read every
-    # attachment's chain and rules, a cost that grows with them
-    listing = tools.run(["nft", "list", "tables", "bridge"], check=False) or ""
-    return f"table bridge {NFT_TABLE}" in listing.splitlines()
+    # its map, made with it: listing the table would read every attachment's
+    # chain and rules (a cost that grows with them), and libnftables lists
+    # `tables` from a cache of every table's content (~7 ms beside iptables-nft's)
+    return tools.run(["nft", "list", "map", "bridge", NFT_TABLE, "ports"], check=False) is not None
 
 
 def mac_filter_size(tag: tags.Tag, host_ifname: str) -> int | None:
