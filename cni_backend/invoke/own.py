@@ -77,10 +77,12 @@ def set_on_stuck(hook) -> None:
 def warm() -> None:
     """Import every plug-in of ours and build pyroute2's message parsers,
     which it builds on first use (~10 ms of a call's first netlink request),
-    in the process that runs the plug-ins: once, not in its first call.
-    Then freeze what is loaded, so the collections leave those objects (and
-    the pages a fork shares with this process) alone."""
-    from ..net import netlink
+    and load libnftables (~1 ms), in the process that runs the plug-ins:
+    once, not in its first call. Then freeze what is loaded, so the
+    collections leave those objects (and the pages a fork shares with this
+    process) alone."""
+    from ..net import libnft, netlink
+    libnft.available()
     from ..plugins import PLUGINS, load
     for name in PLUGINS:
         load(name)
