@@ -25,9 +25,9 @@ import json
 import os
 import re
 
-from . import files, locks, paths
+from . import beside, files, locks, paths
 from .errors import CNIError, FIREWALL_FAILURE, INVALID_CONFIG, NETLINK_FAILURE
-from .net import features, flat_fastpath, netlink, nft, sysctls, tools
+from .net import features, flat_fastpath, iptables, netlink, nft, sysctls, tools
 
 LOCK_DIR = paths.RUN_DIR
 RULE_PRIORITY = 30000
@@ -93,8 +93,41 @@ def _read_record(flat: FlatNetwork) -> dict | None:
 # -- ensure -------------------------------------------------------------------
 
 def ensure(flat: FlatNetwork) -> None:
+    """The network's host side in place: the bridge with the uplink and its
+    addresses, the metadata link, the ebtables policy, NOTRACK and the fast
+    path's table. Every ADD calls it; each part is changed only when it is
+    not as it should be."""
+    error = ensure_beside(flat)()
+    if error is not None:
+        raise error
+
+
+def ensure_beside(flat: FlatNetwork):
+    """`ensure`, its firewall half (the listings, the ebtables policy,
+    NOTRACK, the fast path's table) left running on a thread beside the
+    caller, who may meanwhile attach a container: that half needs only the
+    links the first half made, and an attachment needs none of it until its
+    fast path's entries go into the fast path's table. The function returned
+    waits for that half and gives what it raised, or None. The network's
+    lock is held until that half is done."""
     features.require("nft_bridge", "a flat network's anti-spoofing")  # before anything is changed
-    with _locked(flat), netlink.socket_in() as host:
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(_locked(flat))
+        uplink, bridge_mac = _ensure_links(flat)
+    except BaseException:
+        held.close()
+        raise
+
+    def firewall_half():
+        with held:
+            _ensure_firewall(flat, uplink, bridge_mac)
+    return beside.start("flat-firewall", firewall_half)
+
+
+def _ensure_links(flat: FlatNetwork) -> tuple:
+    """The links, addresses, sysctls and metadata link; (uplink, bridge MAC)."""
+    with netlink.socket_in() as host:
         record = _read_record(flat)
         uplink = _ensure_uplink(host, flat, record)
         bridge = netlink.ensure_bridge(host, flat.bridge, flat.mtu, promisc=False)
@@ -117,15 +150,19 @@ def ensure(flat: FlatNetwork) -> None:
             sysctls.ensure_forwarding(4, f"{flat.bridge}: metadata requests are routed from the flat bridge "
                                          f"to {flat.metadata.bridge} and back")
             _ensure_metadata_link(host, flat, bridge)
-        # what the three checks read, listed side by side (~3 ms each, one after the other)
-        fast_path = fast_path_usable(flat)
-        ebtables, notrack, *fast = tools.outputs_side_by_side(
-            [["ebtables-save"], _notrack_listing_argv(flat)]
-            + ([flat_fastpath.listing_argv(flat.suffix)] if fast_path else []), "flat listings")
-        _ensure_ebtables(flat, uplink, ebtables)  # None: listed again, a failure raising with its message
-        _ensure_notrack(flat, bridge_mac, notrack)
-        if fast_path:
-            flat_fastpath.ensure_network(flat.suffix, uplink, bridge_mac, listed=fast[0])
+    return uplink, bridge_mac
+
+
+def _ensure_firewall(flat: FlatNetwork, uplink: str, bridge_mac: str) -> None:
+    # what the three checks read, listed side by side (~3 ms each, one after the other)
+    fast_path = fast_path_usable(flat)
+    ebtables, notrack, *fast = tools.outputs_side_by_side(
+        [["ebtables-save"], _notrack_listing_argv(flat)]
+        + ([flat_fastpath.listing_argv(flat.suffix)] if fast_path else []), "flat listings")
+    _ensure_ebtables(flat, uplink, ebtables)  # None: listed again, a failure raising with its message
+    _ensure_notrack(flat, bridge_mac, notrack)
+    if fast_path:
+        flat_fastpath.ensure_network(flat.suffix, uplink, bridge_mac, listed=fast[0])
 
 
 def fast_path_usable(flat: FlatNetwork) -> bool:
@@ -210,6 +247,9 @@ def _ensure_metadata_link(host, flat: FlatNetwork, bridge: dict) -> None:
 
 # -- ebtables -----------------------------------------------------------------
 
+EBTABLES_ATTEMPTS = 3
+
+
 def _ebtables(*argv, check=True) -> bool:
     """True when ebtables succeeded; a failure raises unless check=False.
     A missing ebtables raises either way."""
@@ -283,6 +323,22 @@ def _ensure_ebtables(flat: FlatNetwork, uplink: str, saved: str | None = None) -
         wanted.setdefault((table, chain), []).append(frozenset(rule.split()))
     if _already_installed(installed, wanted):
         return
+    # ebtables-nft (1.8.9) fails a command whose commit meets another
+    # commit, anyone's: "RULE_DELETE failed (No such file or directory)" (4 of
+    # 240 commands beside a loop of iptables-restore). Under the firewall's
+    # lock ours (an ADD's rules, made beside this) wait; the rebuild, which
+    # starts from whatever the kernel holds, is tried again for the others.
+    with iptables.host_lock():
+        for attempt in range(EBTABLES_ATTEMPTS):
+            try:
+                _rebuild_ebtables(rules)
+                return
+            except CNIError:
+                if attempt == EBTABLES_ATTEMPTS - 1:
+                    raise
+
+
+def _rebuild_ebtables(rules: list) -> None:
     _remove_jumps(rules)
     for table, chain in _own_chains(rules):
         if not _ebtables("-t", table, "-F", chain, check=False):

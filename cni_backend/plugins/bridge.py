@@ -10,10 +10,8 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
-import threading
-import time
 
-from .. import delegate, ifnames
+from .. import beside, delegate, ifnames
 from ..errors import CHECK_FAILED, CNIError, INVALID_CONFIG, UNKNOWN_CONTAINER
 from ..net import features, firewall, netlink, netns, nft, sysctls, tags
 from ..version import CURRENT
@@ -154,7 +152,7 @@ def attach(req, conf: BridgeConf, nft_also=None) -> dict:
                 # are configured. On a failure, the rollback waits for it
                 # before removing what it made.
                 rollback.callback(firewall.remove_rules, _tag(req))
-                rules_added = _beside("add-rules", firewall.add_rules, _tag(req), _rules(req, conf, ipam["ips"]))
+                rules_added = beside.start("add-rules", firewall.add_rules, _tag(req), _rules(req, conf, ipam["ips"]))
                 rollback.callback(rules_added)
                 port = netlink.configure_port(host, host_name, bridge["index"], conf.hairpin)
                 if conf.vlan:
@@ -271,7 +269,7 @@ def detach(req, conf: BridgeConf, nft_also=None) -> None:
     container's traffic is no longer accepted, and its links go either way.
     `nft_also`: a function giving another nft removal (script, names) of the
     attachment's, run in the anti-spoofing chain's transaction (flat's fast path)."""
-    rules_removed = _beside("remove-rules", firewall.remove_rules, _tag(req), _families(req.prev_result))
+    rules_removed = beside.start("remove-rules", firewall.remove_rules, _tag(req), _families(req.prev_result))
     try:
         with netlink.socket_in() as host:
             if req.netns:
@@ -293,32 +291,6 @@ def detach(req, conf: BridgeConf, nft_also=None) -> None:
         if script:
             nft.run(script, names=names)
     delegate.delete(req)
-
-
-def _beside(name: str, fn, *args):
-    """Start fn(*args) on a thread of its own, beside the caller's work, in
-    the caller's network namespace (a new thread starts in its creator's).
-    The function returned waits for it and gives what it raised, or None.
-    Worth it for work that waits for another process or the kernel."""
-    raised = []
-
-    def run():
-        try:
-            fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
-            raised.append(exc)
-
-    thread = threading.Thread(target=run, name=name)
-    thread.start()
-    # Hand it the GIL now: it then runs its Python up to its first blocking
-    # call (the iptables-restore it waits for) while we wait, instead of
-    # waiting for us in between our netlink requests (~2 ms later per ADD).
-    time.sleep(0)
-
-    def finished():
-        thread.join()
-        return raised[0] if raised else None
-    return finished
 
 
 def _families(prev: dict | None) -> tuple:

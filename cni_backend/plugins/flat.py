@@ -109,24 +109,44 @@ def _set_metadata_neighbours(flat, result: dict, present: bool) -> None:
 
 def add(req) -> dict:
     flat = load_network(req.config)
-    flatnet.ensure(flat)
+    # the network's firewall is checked while the container is attached
+    firewall_checked = flatnet.ensure_beside(flat)
     req = _with_link_excluded(req, flat)
     fast_path = flatnet.fast_path_usable(flat)
-    # the fast path's entries go in the anti-spoofing chain's nft transaction
-    result = bridge_plugin.attach(req, _bridge_conf(req, flat), nft_also=(
-        lambda host_veth, mac, cidrs: flat_fastpath.fresh_attachment(
-            flat.suffix, _tag(req), host_veth, mac, cidrs, flat.metadata.ip if flat.metadata else None))
-        if fast_path else None)
+
+    def fast_path_entries(host_veth, mac, cidrs):
+        # they go into the network's fast path table: once it is in place
+        _raise_if_any(firewall_checked())
+        return flat_fastpath.fresh_attachment(flat.suffix, _tag(req), host_veth, mac, cidrs,
+                                              flat.metadata.ip if flat.metadata else None)
     try:
+        # the fast path's entries go in the anti-spoofing chain's nft transaction
+        result = bridge_plugin.attach(req, _bridge_conf(req, flat), nft_also=fast_path_entries if fast_path else None)
+    finally:
+        error = firewall_checked()  # waited for even when the attachment failed (it undid itself)
+    try:
+        _raise_if_any(error)
         _set_metadata_neighbours(flat, result, present=True)
         if fast_path:
             host_veth, container = _ends(result, flat)
             _pin_to_its_veth(host_veth, container["mac"])
     except CNIError:
-        flat_fastpath.remove_attachment(flat.suffix, _tag(req))
-        bridge_plugin.detach(req, _bridge_conf(req, flat))
+        _detach_made(req, flat, result)
         raise
     return result
+
+
+def _raise_if_any(error) -> None:
+    if error is not None:
+        raise error
+
+
+def _detach_made(req, flat: flatnet.FlatNetwork, result: dict) -> None:
+    """Undo an attachment this ADD made, as its DEL would: the result names
+    the host's veth (also when the container's end was handed over)."""
+    req.config = dict(req.config, prevResult=result)
+    flat_fastpath.remove_attachment(flat.suffix, _tag(req))
+    bridge_plugin.detach(req, _bridge_conf(req, flat))
 
 
 def _tag(req) -> tags.Tag:

@@ -153,6 +153,37 @@ def test_bad_flat_options_fail_clearly_and_change_nothing(cni_env, make_netns, r
     assert uplink_state(rig["uplink"]) == before and cni_env.allocations() == []
 
 
+def host_side(bridge: str) -> tuple:
+    """The bridge's ports and every nftables rule (counters blanked)."""
+    ports = sorted(line.split(":")[1].strip() for line in run("ip", "-o", "link", "show", "master", bridge)
+                   .stdout.splitlines())
+    ruleset = re.sub(r"counter packets \d+ bytes \d+", "counter", run("nft", "list", "ruleset").stdout)
+    return ports, ruleset
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_an_add_whose_firewall_check_fails_beside_the_attachment_leaves_nothing(direct_env, make_netns, rig,
+                                                                                 tmp_path, fast_path):
+    """The network's firewall half is checked while the container is attached:
+    when it fails (ebtables-save failing, a tool outside the project), the
+    attachment made meanwhile is undone."""
+    config = flat_config(direct_env, rig, fastPath=fast_path)
+    first = make_netns()
+    code, result = direct_env.exec("ADD", config, first, container_id="c1")
+    assert code == 0, result
+    before, allocations = host_side(config["bridge"]), direct_env.allocations()
+    fake = tmp_path / "fake-bin"
+    fake.mkdir()
+    (fake / "ebtables-save").write_text("#!/bin/sh\necho 'table busy' >&2\nexit 1\n")
+    (fake / "ebtables-save").chmod(0o755)
+    code, error = direct_env.exec("ADD", config, make_netns(), container_id="c2",
+                                  env={"PATH": f"{fake}:{os.environ['PATH']}"})
+    assert code != 0 and error["code"] == 105 and "table busy" in error["details"], error
+    assert host_side(config["bridge"]) == before and direct_env.allocations() == allocations
+    assert direct_env.exec("DEL", dict(config, prevResult=result), first, container_id="c1")[0] == 0
+    flatnet.remove(load_network(config))
+
+
 def test_a_parent_serves_one_flat_network(cni_daemon_env, make_netns, rig):
     first = flat_config(cni_daemon_env, rig)
     netns = make_netns()

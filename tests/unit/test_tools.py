@@ -120,3 +120,26 @@ def test_a_missing_tool_among_listings_side_by_side_is_a_firewall_error(bin_dir)
     with pytest.raises(CNIError) as caught:
         tools.outputs_side_by_side([["nft", "list"], ["ebtables-save"]], "probe")
     assert caught.value.code == FIREWALL_FAILURE and "ebtables-save not found" in caught.value.msg
+
+
+def test_flat_rebuilds_ebtables_again_when_a_command_meets_another_commit(bin_dir, tmp_path):
+    """ebtables-nft fails a command whose commit meets another's ("RULE_DELETE
+    failed"): the rebuild starts over, and a failure that stays is raised."""
+    calls, failed_once = tmp_path / "ebtables.calls", tmp_path / "failed-once"
+    fake_tool(bin_dir, "ebtables-save", "exit 0")
+    fake_tool(bin_dir, "ebtables", f'''echo "$*" >> {calls}
+case "$*" in *"-A RFLAT-"*"-IN -j DROP"*)
+  [ -e {failed_once} ] || {{ : > {failed_once}; echo "RULE_DELETE failed (No such file or directory)" >&2; exit 4; }};;
+esac
+case "$*" in *" -D "*|*" -F "*) exit 1;; esac''')
+    flatnet._ensure_ebtables(flat_with_metadata(), "eth9")
+    lines = calls.read_text().splitlines()
+    rules = flatnet._ebtables_rules(flat_with_metadata(), "eth9")
+    appended = [line for line in lines if " -A " in line]
+    assert len(appended) == len(rules) + 3, "the rebuild ran again from the start after the failed append"
+    assert sum(" -N RFLAT-" in line for line in lines) == 4, "its chains made once per attempt"
+
+    fake_tool(bin_dir, "ebtables", 'case "$*" in *" -A "*) echo "RULE_DELETE failed" >&2; exit 4;; *" -D "*|*" -F "*) exit 1;; esac')
+    with pytest.raises(CNIError) as raised:
+        flatnet._ensure_ebtables(flat_with_metadata(), "eth9")
+    assert raised.value.code == FIREWALL_FAILURE and "RULE_DELETE failed" in raised.value.details
