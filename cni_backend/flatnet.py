@@ -103,30 +103,30 @@ def ensure(flat: FlatNetwork) -> None:
 
 
 def ensure_beside(flat: FlatNetwork):
-    """`ensure`, its firewall half (the listings, the ebtables policy,
-    NOTRACK, the fast path's table) left running on a thread beside the
-    caller, who may meanwhile attach a container: that half needs only the
-    links the first half made, and an attachment needs none of it until its
-    fast path's entries go into the fast path's table. The function returned
-    waits for that half and gives what it raised, or None. The network's
-    lock is held until that half is done."""
+    """`ensure`, its second half (the metadata link, then the firewall: the
+    listings, the ebtables policy, NOTRACK, the fast path's table) left
+    running on a thread beside the caller, who may meanwhile attach a
+    container: that half needs only the bridge the first half made, and an
+    attachment needs none of it until its fast path's entries go into the
+    fast path's table. The function returned waits for that half and gives
+    what it raised, or None. The network's lock is held until it is done."""
     features.require("nft_bridge", "a flat network's anti-spoofing")  # before anything is changed
     held = contextlib.ExitStack()
     try:
         held.enter_context(_locked(flat))
-        uplink, bridge_mac = _ensure_links(flat)
+        ends = _ensure_links(flat)
     except BaseException:
         held.close()
         raise
 
-    def firewall_half():
+    def second_half():
         with held:
-            _ensure_firewall(flat, uplink, bridge_mac)
-    return beside.start("flat-firewall", firewall_half)
+            _ensure_beside_attachment(flat, *ends)
+    return beside.start("flat-ensure", second_half)
 
 
 def _ensure_links(flat: FlatNetwork) -> tuple:
-    """The links, addresses, sysctls and metadata link; (uplink, bridge MAC)."""
+    """The bridge with the uplink and its addresses, the sysctls; (uplink, bridge, bridge MAC)."""
     with netlink.socket_in() as host:
         record = _read_record(flat)
         uplink = _ensure_uplink(host, flat, record)
@@ -149,11 +149,14 @@ def _ensure_links(flat: FlatNetwork) -> tuple:
             features.require("ebtables_filter", "the metadata link's policy")
             sysctls.ensure_forwarding(4, f"{flat.bridge}: metadata requests are routed from the flat bridge "
                                          f"to {flat.metadata.bridge} and back")
+    return uplink, bridge, bridge_mac
+
+
+def _ensure_beside_attachment(flat: FlatNetwork, uplink: str, bridge: dict, bridge_mac: str) -> None:
+    """The metadata link and the firewall (ensure_beside's second half)."""
+    if flat.metadata:
+        with netlink.socket_in() as host:
             _ensure_metadata_link(host, flat, bridge)
-    return uplink, bridge_mac
-
-
-def _ensure_firewall(flat: FlatNetwork, uplink: str, bridge_mac: str) -> None:
     # what the three checks read, listed side by side (~3 ms each, one after the other)
     fast_path = fast_path_usable(flat)
     ebtables, notrack, *fast = tools.outputs_side_by_side(
