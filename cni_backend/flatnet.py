@@ -128,6 +128,8 @@ def ensure_beside(flat: FlatNetwork):
 def _ensure_links(flat: FlatNetwork) -> tuple:
     """The bridge with the uplink and its addresses, the sysctls; (uplink, bridge, bridge MAC)."""
     with netlink.socket_in() as host:
+        if flat.metadata:
+            _metadata_bridge(host, flat)  # refused before the uplink is touched
         record = _read_record(flat)
         uplink = _ensure_uplink(host, flat, record)
         bridge = netlink.ensure_bridge(host, flat.bridge, flat.mtu, promisc=False)
@@ -230,12 +232,17 @@ def _move_addresses(host, from_index: int, to_index: int, record: dict) -> None:
         netlink.delete_address(host, from_index, cidr)
 
 
+def _metadata_bridge(host, flat: FlatNetwork) -> dict:
+    md_bridge = netlink.link(host, flat.metadata.bridge)
+    if md_bridge is None or netlink.kind(md_bridge) != "bridge":
+        raise CNIError(INVALID_CONFIG, f"metadata bridge {flat.metadata.bridge} does not exist or is not a bridge",
+                       "set metadata_bridge to the bridge the metadata service is on")
+    return md_bridge
+
+
 def _ensure_metadata_link(host, flat: FlatNetwork, bridge: dict) -> None:
     md = flat.metadata
-    md_bridge = netlink.link(host, md.bridge)
-    if md_bridge is None or netlink.kind(md_bridge) != "bridge":
-        raise CNIError(INVALID_CONFIG, f"metadata bridge {md.bridge} does not exist or is not a bridge",
-                       "set metadata_bridge to the bridge the metadata service is on")
+    md_bridge = _metadata_bridge(host, flat)
     cni_end, doc_end = flat.link_names
     netlink.create_veth_pair(host, cni_end, doc_end)
     netlink.set_master(host, cni_end, bridge["index"])

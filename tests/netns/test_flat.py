@@ -144,6 +144,7 @@ def test_flat_network_end_to_end(fresh_host_sysctls, cni_daemon_env, make_netns,
 @pytest.mark.parametrize("change,fragment", [
     ({"parent": "rcnitnosuch0"}, "does not exist"),
     ({"metadata": {"linkIP": "10.9.9.9", "bridge": "x"}}, "outside the subnet"),
+    ({"metadata": {"ip": MD_IP, "linkIP": LINK_IP, "bridge": "rcnitnomd0"}}, "rcnitnomd0 does not exist"),
 ])
 def test_bad_flat_options_fail_clearly_and_change_nothing(cni_env, make_netns, rig, change, fragment):
     before = uplink_state(rig["uplink"])
