@@ -109,7 +109,7 @@ def _set_metadata_neighbours(flat, result: dict, present: bool) -> None:
 
 def add(req) -> dict:
     flat = load_network(req.config)
-    # the network's firewall is checked while the container is attached
+    # the network's metadata link and firewall are checked while the container is attached
     firewall_checked = flatnet.ensure_beside(flat)
     req = _with_link_excluded(req, flat)
     fast_path = flatnet.fast_path_usable(flat)
@@ -130,7 +130,7 @@ def add(req) -> dict:
         if fast_path:
             host_veth, container = _ends(result, flat)
             _pin_to_its_veth(host_veth, container["mac"])
-    except CNIError:
+    except BaseException:  # whatever the other thread raised, too
         _detach_made(req, flat, result)
         raise
     return result
