@@ -238,9 +238,9 @@ class Tunnel:
         initiator failed to rekey in time. With equal timers, two hosts that
         made their SAs together rekeyed them together: collisions, which
         IKEv2 resolves by making and deleting redundant SAs (a rekey can
-        cross a delete, an IKE_SA rekey another). That is the one path on
-        which a rekey test lost traffic: about a second, with table 220's
-        route to the peer missing, once in many runs.
+        cross a delete, an IKE_SA rekey another). The rekey test had them
+        in every run, and one run in many lost about a second of traffic,
+        table 220's route to the peer missing; without them, none was lost.
 
         Both sides' SAs die at the same time, `rekey` plus the margin:
         a CHILD_SA's `life_time` is absolute, an IKE_SA's `over_time` counts
