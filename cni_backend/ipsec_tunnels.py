@@ -240,7 +240,8 @@ class Tunnel:
         IKEv2 resolves by making and deleting redundant SAs (a rekey can
         cross a delete, an IKE_SA rekey another). The rekey test had them
         in every run, and one run in many lost about a second of traffic,
-        table 220's route to the peer missing; without them, none was lost.
+        table 220's route to the peer missing. Without them, a soak of
+        3,000 pings across 71 rekeys lost none.
 
         Both sides' SAs die at the same time, `rekey` plus the margin:
         a CHILD_SA's `life_time` is absolute, an IKE_SA's `over_time` counts
