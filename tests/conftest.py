@@ -55,6 +55,15 @@ def unique(kind: str) -> str:
     return f"{PREFIX}{kind}{secrets.token_hex(3)}"
 
 
+def pytest_configure(config):
+    """A run stopped with SIGTERM (a CI timeout, `kill`) still tears its
+    fixtures down: as on Ctrl-C, pytest then runs every finalizer, so the
+    charons, daemons and engines the tests started do not outlive it."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def pytest_collection_modifyitems(config, items):
     if os.geteuid() == 0:
         return
