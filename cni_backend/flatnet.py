@@ -114,14 +114,14 @@ def ensure_beside(flat: FlatNetwork):
     held = contextlib.ExitStack()
     try:
         held.enter_context(_locked(flat))
-        ends = _ensure_links(flat)
+        links = _ensure_links(flat)
     except BaseException:
         held.close()
         raise
 
     def second_half():
         with held:
-            _ensure_beside_attachment(flat, *ends)
+            _ensure_beside_attachment(flat, *links)
     return beside.start("flat-ensure", second_half)
 
 

@@ -75,21 +75,23 @@ def command(args: list, stdin: str | None) -> tuple | None:
     if args[:1] == ["-j"]:
         flags, args = OUTPUT_JSON, args[1:]
     if args == ["-f", "-"]:
-        return (flags, stdin or "") if stdin is not None else None
+        return (flags, stdin) if stdin is not None else None
     if not args or args[0].startswith("-") or stdin is not None:
         return None
     return flags, " ".join(args) + "\n"
 
 
+def serves(args: list, stdin: str | None = None) -> bool:
+    """Whether `run` answers `nft ARGS` in this process."""
+    return available() and command(args, stdin) is not None
+
+
 def run(args: list, stdin: str | None = None) -> tuple | None:
     """(exit code, stdout, stderr) as `nft ARGS` would give them, or None
     when the command has to be run instead (see the module's docstring)."""
-    if not available():
+    if not serves(args, stdin):
         return None
-    parsed = command(args, stdin)
-    if parsed is None:
-        return None
-    flags, text = parsed
+    flags, text = command(args, stdin)
     lib = _library()
     with _lock:
         ctx = lib.nft_ctx_new(0)

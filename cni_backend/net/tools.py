@@ -56,7 +56,7 @@ def outputs_side_by_side(argvs: list, label: str, stdin: str | None = None) -> l
         with trace.span("firewall", tool=label):
             for n, argv in enumerate(argvs):
                 feed = stdin if n == 0 else None
-                if argv[0] == "nft" and libnft.available() and libnft.command(argv[1:], feed) is not None:
+                if argv[0] == "nft" and libnft.serves(argv[1:], feed):
                     continue
                 started[n] = subprocess.Popen(argv, stdin=subprocess.DEVNULL if feed is None else subprocess.PIPE,
                                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
