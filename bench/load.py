@@ -355,7 +355,8 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
         for net in nets.values():  # a refusal is reported with what is left, and the figures are kept
             done = dockerd.cli("network", "rm", net, timeout=300)
             if done.returncode:
-                refused.append(f"dockerd: network rm {net}: {done.stderr.strip()}")
+                refused.append(f"dockerd: network rm {net}: {done.stderr.strip()}; "
+                               f"{_what_dockerd_still_holds(dockerd, net)}")
         print(f"  all removed ({time.monotonic() - t0:.0f} s)", flush=True)
         jsize = max(1, min(size * 2, len(joins) // 4))
         figures = {
@@ -387,6 +388,16 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
 
 
 # -- report -----------------------------------------------------------------------
+
+def _what_dockerd_still_holds(dockerd, net: str) -> str:
+    """What a refused `network rm` leaves to look at: the endpoints dockerd
+    still lists on the network, and its log's errors and warnings."""
+    attached = dockerd.cli("network", "inspect", "-f", "{{len .Containers}}", net, timeout=60).stdout.strip()
+    log = Path(dockerd.root, "dockerd.log")
+    errors = [line for line in log.read_text(errors="replace").splitlines()
+              if "level=error" in line or "level=warn" in line] if log.exists() else []
+    return f"{attached or '?'} endpoints listed; dockerd's last errors: {errors[-5:]}"
+
 
 def report(cni: dict, dock: dict) -> str:
     lines = []

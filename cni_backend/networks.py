@@ -60,6 +60,7 @@ def forget(cni_network: str | None, store, ports_list: str | None = None) -> Non
     if cni_network:
         localnet.release(tags.stale_test(cni_network, {tags.PORTMAP}, ()))  # before the guards go
         firewall.collect_garbage(cni_network, valid_attachments=(), kinds=tags.KINDS)
+        firewall.release_network(cni_network)
         store.run(lambda txn: allocator.collect_garbage(txn, cni_network, valid=set()))
     if ports_list:
         localnet.release(tags.stale_test(ports_list, {tags.PORTMAP}, ()))

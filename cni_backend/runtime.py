@@ -16,11 +16,11 @@ from .invoke.api import CNI, Attachment, set_observer
 from .invoke.conflist import named as named_conflist, parse as parse_conflist
 from .invoke.execute import find_plugin
 from .invoke.own import own_plugin, runner as own_runner, set_on_stuck, warm as warm_own_plugins
-from .plugins.bridge import HANDOVER_ARG, SANDBOX_IFNAME_ARG
+from .plugins.bridge import HANDOVER_ARG, HOLD_ARG, SANDBOX_IFNAME_ARG
 from .plugins.ipam import RESERVED_ARG
 
 __all__ = ["CNI", "Attachment", "CNIError", "CHECK_FAILED", "IO_FAILURE", "errors", "parse_conflist",
-           "cached", "cached_attachments", "HANDOVER_ARG", "RESERVED_ARG", "SANDBOX_IFNAME_ARG", "write_atomic",
+           "cached", "cached_attachments", "HANDOVER_ARG", "HOLD_ARG", "RESERVED_ARG", "SANDBOX_IFNAME_ARG", "write_atomic",
            "find_plugin", "named_conflist", "own_runner", "own_plugin", "warm_own_plugins",
            "set_observer", "set_on_stuck"]
 # set_observer(f): f(command, plugin type, ok, seconds) after every plug-in execution

@@ -627,7 +627,7 @@ class Translator:
             # back with it, while the rules go (bridge.detach); what a Join
             # killed half-way left, or a DEL without its cached result, goes after
             try:
-                self._cni_del(net, ep)
+                self._cni_del(net, ep, network_holds=True)
             finally:
                 self._discard_half_joined(ep)
         self.state.forget(ep)
@@ -658,11 +658,17 @@ class Translator:
         finally:
             hostnet.remove_staging(staging_path)
 
-    def _cni_del(self, net: Network, ep: Endpoint, quiet: bool = False) -> None:
+    def _cni_del(self, net: Network, ep: Endpoint, quiet: bool = False, network_holds: bool = False) -> None:
+        """`network_holds`: the network lives on (a container left it), so
+        the rules its attachments share stay until DeleteNetwork, also when
+        this was its last one (runtime.HOLD_ARG; our plug-ins only)."""
         conf = net.conflist
+        att = self._attachment(net, ep, "")
+        if network_holds and not backends.get(net.backend).takes_conflist:
+            att.args.append((runtime.HOLD_ARG, "true"))
         try:
             with step(f"{net.driver}: CNI DEL on {net.cni_name} failed"):
-                self.cni.delete(conf, _raw(conf), self._attachment(net, ep, ""))
+                self.cni.delete(conf, _raw(conf), att)
         except runtime.CNIError as exc:
             if not quiet:
                 raise

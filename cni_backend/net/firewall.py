@@ -200,9 +200,18 @@ def add_rules(tag: tags.Tag, per_family: dict) -> None:
     iptables.add(per_family, str(tag))
 
 
-def remove_rules(tag: tags.Tag, families=(4, 6)) -> None:
-    """Remove the attachment's rules of `tag`'s kind, legacy-tagged ones too."""
-    iptables.remove(tag.every.__contains__, families, tag=str(tag))
+def remove_rules(tag: tags.Tag, families=(4, 6), network_holds: bool = False) -> None:
+    """Remove the attachment's rules of `tag`'s kind, legacy-tagged ones too.
+    `network_holds`: the rules its network's attachments share stay, also
+    when this is the last of them, until `release_network`."""
+    iptables.remove(tag.every.__contains__, families, tag=str(tag),
+                    holder=tags.holder_of(tag) if network_holds else None)
+
+
+def release_network(network: str) -> None:
+    """The network is gone: the shared rules it held (remove_rules'
+    `network_holds`) go too, unless another network's attachments use them."""
+    iptables.release(tags.holder(network))
 
 
 def rules_of(tag: tags.Tag) -> list:

@@ -89,6 +89,20 @@ def for_ipsec() -> Tag:
     return of(IPSEC, "ipsec:host", "", "charon")
 
 
+HOLDER = r"rcni-[0-9a-f]{8}-held"  # what holder() gives
+
+
+def holder(network: str) -> str:
+    """The name under which `network` itself holds the firewall's shared
+    rules it uses (iptables.remove's `holder`); no attachment's tag has its shape."""
+    return f"{network_prefix(network)}held"
+
+
+def holder_of(tag: Tag) -> str:
+    """`holder` of the network whose attachment `tag` is."""
+    return f"{PREFIX}{tag.network_id}-held"
+
+
 @dataclass(frozen=True)
 class Parsed:
     network_id: str

@@ -25,6 +25,12 @@ SANDBOX_IFNAME_ARG = "RANCHER_SANDBOX_IFNAME"
 # under this name, with no address or route, for the runtime to move where it
 # belongs (see _handover_name)
 HANDOVER_ARG = "RANCHER_HANDOVER_IFNAME"
+# At DEL, "true": the runtime removes the network itself when it is done with
+# it (Docker's DeleteNetwork, networks.forget), so the rules the network's
+# attachments share stay until then, also when this DEL is its last (see
+# iptables.remove). Without it, a network's last DEL takes them, as the CNI
+# model has it: a CNI network lives only in its attachments.
+HOLD_ARG = "RANCHER_NETWORK_HOLDS_RULES"
 
 
 @dataclasses.dataclass
@@ -269,7 +275,8 @@ def detach(req, conf: BridgeConf, nft_also=None) -> None:
     container's traffic is no longer accepted, and its links go either way.
     `nft_also`: a function giving another nft removal (script, names) of the
     attachment's, run in the anti-spoofing chain's transaction (flat's fast path)."""
-    rules_removed = beside.start("remove-rules", firewall.remove_rules, _tag(req), _families(req.prev_result))
+    rules_removed = beside.start("remove-rules", firewall.remove_rules, _tag(req), _families(req.prev_result),
+                                 _network_holds_rules(req))
     try:
         with netlink.socket_in() as host:
             if req.netns:
@@ -291,6 +298,13 @@ def detach(req, conf: BridgeConf, nft_also=None) -> None:
         if script:
             nft.run(script, names=names)
     delegate.delete(req)
+
+
+def _network_holds_rules(req) -> bool:
+    value = req.args.get(HOLD_ARG)
+    if value not in (None, "true"):
+        raise CNIError(INVALID_CONFIG, f"{HOLD_ARG}={value!r} is not understood", f'{HOLD_ARG}=true, or leave it out')
+    return value == "true"
 
 
 def _families(prev: dict | None) -> tuple:

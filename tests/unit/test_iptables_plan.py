@@ -325,6 +325,43 @@ def test_removing_a_bridges_last_attachment_removes_its_isolation_pair():
     assert script == ["*filter", *("-D" + r[2:] for r in db["filter"]), "-D" + jump[2:], "-D" + drop[2:], "COMMIT"]
 
 
+HELD_WEB = frozenset({"filter.RANCHER-CNI-FORWARD", "nat.RANCHER-CNI-MASQ", "bridge.rb-web"})
+
+
+def test_what_a_network_holds_stays_when_its_last_attachment_goes():
+    """A held network (iptables.remove's holder) keeps the chains, jumps and
+    its bridge's isolation pair without attachments; only the attachment's
+    rules go."""
+    rules = c1_rules()
+    script = iptables.restore_script(iptables.parse_saved(attached(("rb-web", rules))), C1.every.__contains__, {},
+                                     HELD_WEB)
+    assert script == ["*filter", *("-D" + r[2:] for r in rules["filter"]), "COMMIT",
+                      "*nat", *("-D" + r[2:] for r in rules["nat"]), "COMMIT"]
+
+
+def test_what_a_network_holds_is_in_line_without_attachments_and_made_when_missing():
+    rules = c1_rules()
+    empty = {table: (chains, [r for r in lines if r not in rules[table]])  # the attachment gone, the rest held
+             for table, (chains, lines) in iptables.parse_saved(attached(("rb-web", rules))).items()}
+    assert iptables.restore_script(empty, nothing_stale, {}, HELD_WEB) == []  # doctor: nothing out of line
+    assert iptables.restore_script(empty, nothing_stale, {}) != []  # without the hold, all of it goes
+    script = iptables.restore_script(iptables.parse_saved(save()), nothing_stale, {}, HELD_WEB)
+    assert f"-I FORWARD 1 {NOTE} -j RANCHER-CNI-FORWARD" in script
+    assert f"-I POSTROUTING 1 {NOTE} -j RANCHER-CNI-MASQ" in script
+
+
+def test_a_held_bridges_isolation_pair_stays_as_it_is_when_another_bridge_goes():
+    db = firewall.bridge_rules(DB1, "rb-db", ["10.2.0.5/24"], masquerade=False)[4]
+    text = attached(("rb-web", c1_rules()), ("rb-db", db))
+    web_gone = iptables.restore_script(iptables.parse_saved(text), lambda t: t in C1.every or t in DB1.every, {},
+                                       HELD_WEB)
+    jump, drop = bridge_isolation("rb-db")
+    assert "-D" + jump[2:] in web_gone and "-D" + drop[2:] in web_gone  # rb-db is not held
+    assert not any("rb-web" in line and line.startswith(("-D", "-F", "-X")) and "rcnibr-" in line
+                   for line in web_gone)
+    assert "-X RANCHER-CNI-FORWARD" not in web_gone and "-X RANCHER-CNI-ISOLATION" not in web_gone
+
+
 def test_a_stale_test_matching_nothing_changes_nothing():
     assert plan(attached(("rb-web", c1_rules())), is_stale=C2.every.__contains__) == []
 
