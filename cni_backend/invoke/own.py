@@ -78,10 +78,13 @@ def warm() -> None:
     """Import every plug-in of ours and build pyroute2's message parsers,
     which it builds on first use (~10 ms of a call's first netlink request),
     and load libnftables (~1 ms), in the process that runs the plug-ins:
-    once, not in its first call. Then freeze what is loaded, so the
-    collections leave those objects (and the pages a fork shares with this
-    process) alone."""
+    once, not in its first call; and from then on keep each IPAM store file
+    its calls use open between them (ipam/store.py, _Keeper). Then freeze
+    what is loaded, so the collections leave those objects (and the pages a
+    fork shares with this process) alone."""
+    from ..ipam import store
     from ..net import libnft, netlink
+    store.keep_files_open()
     libnft.available()
     from ..plugins import PLUGINS, load
     for name in PLUGINS:
