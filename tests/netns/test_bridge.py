@@ -183,9 +183,11 @@ def test_requested_address_from_cni_args_and_a_clash(cni_env, make_netns):
     a, b = make_netns(), make_netns()
     code, result = cni_env.exec("ADD", config, a, container_id="ca", env={"CNI_ARGS": "IgnoreUnknown=1;IP=10.123.0.77"})
     assert code == 0 and result["ips"][0]["address"] == "10.123.0.77/24"
+    rules_of_a = tagged_rules()
     code, error = cni_env.exec("ADD", dict(config, args={"cni": {"ips": ["10.123.0.77"]}}), b, container_id="cb")
     assert code != 0 and error["code"] == 101 and "in use" in error["msg"]
     assert "eth0" not in ns_exec(b, "ip", "-o", "link").stdout
+    assert tagged_rules() == rules_of_a and len(rules_of_a) == 2
     assert cni_env.exec("DEL", config, a, container_id="ca")[0] == 0
 
 
