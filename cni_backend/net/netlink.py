@@ -323,11 +323,18 @@ def move_link(ipr, name: str, new_name: str, target_netns_fd: int) -> None:
 
 
 def set_master(ipr, name: str, master_index: int | None) -> None:
-    """Enslave `name` to `master_index`, or free it with None."""
+    """Enslave `name` to `master_index` (or free it with None), up. What is
+    so already is left alone: a change takes the kernel's RTNL lock, which
+    every other netlink change on the host waits for (a flat ADD checks its
+    metadata link's two ends while its container's veth is made)."""
     found = link(ipr, name)
+    if found is None:
+        raise CNIError(NETLINK_FAILURE, f"setting the master of {name}: it does not exist")
     try:
-        ipr.link("set", index=found["index"], master=master_index or 0)
-        ipr.link("set", index=found["index"], state="up")
+        if (found.get("master") or 0) != (master_index or 0):
+            ipr.link("set", index=found["index"], master=master_index or 0)
+        if not found["flags"] & IFF_UP:
+            ipr.link("set", index=found["index"], state="up")
     except NetlinkError as exc:
         raise _fail(f"setting the master of {name}", exc) from None
 
@@ -417,8 +424,11 @@ def delete_route_spec(ipr, spec: dict, index: int, table: int = RT_TABLE_MAIN) -
 
 def set_neighbour(ipr, index: int, ip: str, mac: str, present: bool) -> None:
     """A permanent neighbour entry (present) or its removal."""
+    raw = _rtnl(ipr)
     try:
-        if present:
+        if raw:
+            raw.set_neighbour(index, ip, mac if present else None, NUD_PERMANENT)
+        elif present:
             ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state="permanent")
         else:
             ipr.neigh("del", dst=ip, ifindex=index)
@@ -514,8 +524,12 @@ def set_fdb(ipr, index: int, mac: str, dst: str | None) -> None:
 
 def pin_bridge_fdb(ipr, port_index: int, mac: str) -> None:
     """A static entry in the bridge's FDB: `mac` lives behind this port."""
+    raw = _rtnl(ipr)
     try:
-        ipr.fdb("replace", ifindex=port_index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER)
+        if raw:
+            raw.replace_bridge_fdb(port_index, mac, NUD_NOARP, NTF_MASTER)
+        else:
+            ipr.fdb("replace", ifindex=port_index, lladdr=mac, state=NUD_NOARP, flags=NTF_MASTER)
     except NetlinkError as exc:
         raise _fail(f"pinning {mac} in the bridge FDB", exc) from None
 

@@ -4,7 +4,7 @@ pyroute2 spends ~0.3-0.9 ms of Python (its asyncio machinery) on each request
 and ~0.3 ms building an IPRoute, where the kernel answers in ~0.05-0.2 ms. This
 module speaks netlink itself for exactly these requests: a link by name or
 index, a veth pair, a link's master and up state, a link's deletion, a
-link's addresses.
+link's addresses, a neighbour entry, a bridge FDB entry.
 Everything else stays with pyroute2 (netlink.py). Errors are pyroute2's
 NetlinkError, so callers catch one class whichever client asked.
 """
@@ -21,20 +21,23 @@ NETLINK_GET_STRICT_CHK = 12  # lets the kernel filter an address dump by ifindex
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x200, 0x400, 0x300
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x100, 0x200, 0x400, 0x300
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_GETADDR = 16, 17, 18, 22
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER = 1, 3, 4, 10
 IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_EXT_MASK = 18, 28, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL = 1, 2
+NDA_DST, NDA_LLADDR = 1, 2
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # a link's counters are most of its message, and unused here
 IFF_UP = 0x1
 
 NLMSGHDR = struct.Struct("=IHHII")    # length, type, flags, seq, port id
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")   # family, prefixlen, flags, scope, index
+NDMSG = struct.Struct("=BxxxiHBB")     # family, index, state, flags, type
 NLATTR = struct.Struct("=HH")         # length, type
 U32 = struct.Struct("=I")
 ERRNO = struct.Struct("=i")
@@ -206,6 +209,24 @@ class Rtnl:
         """Delete the link named `name` (a veth takes its peer with it);
         NetlinkError(ENODEV) if none."""
         self._request(RTM_DELLINK, NLM_F_ACK, _link_request() + _name(IFLA_IFNAME, name))
+
+    def set_neighbour(self, index: int, ip: str, mac: str | None, state: int, flags: int = 0) -> None:
+        """Make (replace) the neighbour entry `ip` -> `mac` on link `index`
+        in `state`; with mac None, remove it (NetlinkError(ENOENT) if none)."""
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        body = NDMSG.pack(family, index, state if mac else 0, flags, 0) + _attr(NDA_DST, socket.inet_pton(family, ip))
+        if mac is None:
+            self._request(RTM_DELNEIGH, NLM_F_ACK, body)
+            return
+        body += _attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
+        self._request(RTM_NEWNEIGH, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, body)
+
+    def replace_bridge_fdb(self, port_index: int, mac: str, state: int, flags: int) -> None:
+        """Make (replace) the bridge FDB entry `mac` behind port `port_index`,
+        as `bridge fdb replace MAC dev PORT master static` sends it."""
+        body = NDMSG.pack(socket.AF_BRIDGE, port_index, state, flags, 0)
+        body += _attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
+        self._request(RTM_NEWNEIGH, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, body)
 
     def addresses(self, index: int, family: int) -> list:
         """(address, prefix length) of link `index` in `family` (AF_INET or

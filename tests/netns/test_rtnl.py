@@ -171,3 +171,38 @@ def test_the_sockets_netlink_hands_out_still_read_a_links_own_data(make_netns):
         with pytest.raises(CNIError, match="exists with VNI 7, not 8"):
             netlink.ensure_vxlan(sock, "rcnitvx0", 8, "10.0.0.1", 4789, netlink.link(sock, "lo")["index"], 1450)
         assert netlink.ensure_vxlan(sock, "rcnitvx0", 7, "10.0.0.1", 4789, 1, 1450)["name"] == "rcnitvx0"
+
+
+def test_a_neighbour_is_made_replaced_and_removed_as_pyroute2_reads_it(scratch):
+    from cni_backend.net.netlink import NUD_PERMANENT
+    name, rtnl, ipr = scratch
+    ns_exec(name, "ip", "link", "add", "rcnitbr0", "type", "bridge")
+    index = rtnl.get_link("rcnitbr0")["index"]
+
+    def entries():
+        return {(m.get("NDA_DST"), m.get("NDA_LLADDR"), m["state"]) for m in ipr.get_neighbours(ifindex=index)}
+    rtnl.set_neighbour(index, "10.123.0.7", PEER_MAC, NUD_PERMANENT)
+    rtnl.set_neighbour(index, "fd00:123::7", PEER_MAC, NUD_PERMANENT)
+    rtnl.set_neighbour(index, "10.123.0.7", "02:42:0a:7b:00:03", NUD_PERMANENT)  # replaced, not refused
+    assert entries() == {("10.123.0.7", "02:42:0a:7b:00:03", NUD_PERMANENT), ("fd00:123::7", PEER_MAC, NUD_PERMANENT)}
+    rtnl.set_neighbour(index, "10.123.0.7", None, 0)
+    rtnl.set_neighbour(index, "fd00:123::7", None, 0)
+    assert entries() == set()
+    with pytest.raises(NetlinkError) as err:
+        rtnl.set_neighbour(index, "10.123.0.7", None, 0)
+    assert err.value.code == errno.ENOENT
+
+
+def test_a_bridge_fdb_entry_is_pinned_to_its_port_as_bridge_fdb_static_does(scratch):
+    from cni_backend.net.netlink import NTF_MASTER, NUD_NOARP
+    name, rtnl, ipr = scratch
+    ns_exec(name, "ip", "link", "add", "rcnitbr0", "type", "bridge")
+    ns_exec(name, "ip", "link", "add", "rcnitv0", "type", "veth", "peer", "name", "rcnitv0p")
+    ns_exec(name, "ip", "link", "add", "rcnitv1", "type", "veth", "peer", "name", "rcnitv1p")
+    for port in ("rcnitv0", "rcnitv1"):
+        ns_exec(name, "ip", "link", "set", port, "master", "rcnitbr0")
+    rtnl.replace_bridge_fdb(rtnl.get_link("rcnitv0")["index"], PEER_MAC, NUD_NOARP, NTF_MASTER)
+    rtnl.replace_bridge_fdb(rtnl.get_link("rcnitv1")["index"], PEER_MAC, NUD_NOARP, NTF_MASTER)  # it moved
+    shown = [line for line in ns_exec(name, "bridge", "fdb", "show", "br", "rcnitbr0").stdout.splitlines()
+             if line.startswith(PEER_MAC)]
+    assert shown == [f"{PEER_MAC} dev rcnitv1 master rcnitbr0 static"], shown
