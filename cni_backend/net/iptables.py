@@ -452,16 +452,16 @@ def _plan_isolation(chains: set, rules: list, remaining: list, declare: list, he
     present = [r[len("-A "):] for r in rules if comment_of(r).startswith(BRIDGE_PREFIX)]
     # a held bridge without attachments keeps its rules as they are (whether
     # it is a LAN follows from attachment rules, and it has none)
-    kept = [r for r in present if comment_of(r)[len(BRIDGE_PREFIX):] in held_bridges - set(needed)]
+    held = [r for r in present if comment_of(r)[len(BRIDGE_PREFIX):] in held_bridges - set(needed)]
     gone = {comment_of(r)[len(BRIDGE_PREFIX):] for r in present if r.startswith(f"{FORWARD_CHAIN} ")} \
         - set(needed) - held_bridges
     return _same_bridge_rules_gone(chains, rules, gone) + _plan_our_isolation(chains, rules, remaining, declare,
-                                                                              needed, present, kept)
+                                                                              needed, present, held)
 
 
 def _plan_our_isolation(chains: set, rules: list, remaining: list, declare: list, needed: dict,
-                        present: list, kept: list) -> list:
-    if not needed and not kept:
+                        present: list, held: list) -> list:
+    if not needed and not held:
         if ISOLATION_CHAIN not in chains:
             return []
         # A rule without a bridge (a published port's) can keep the attachment
@@ -470,7 +470,7 @@ def _plan_our_isolation(chains: set, rules: list, remaining: list, declare: list
         kept = any(_chain_of(r) == FORWARD_CHAIN for r in remaining)
         jumps = [f"-D {rule}" for rule in present if rule.startswith(f"{FORWARD_CHAIN} ")] if kept else []
         return jumps + [f"-F {ISOLATION_CHAIN}", f"-X {ISOLATION_CHAIN}"]
-    wanted = [rule for bridge, lan in needed.items() for rule in _bridge_rules(bridge, lan)] + kept
+    wanted = [rule for bridge, lan in needed.items() for rule in _bridge_rules(bridge, lan)] + held
     lines = []
     if ISOLATION_CHAIN not in chains:
         declare.append(f":{ISOLATION_CHAIN} - [0:0]")
@@ -701,8 +701,8 @@ def remove(is_stale, families=(4, 6), tag: str | None = None, holder: str | None
     attachment shares is recorded as used by the network too, so it stays
     when this is the network's last attachment, and its next first one finds
     it made: a network that comes and goes with its containers (`docker run
-    --rm`) neither removes nor lists and re-plans the shared rules each time
-    (~20 ms less work per container). `release` ends the hold. Anything that
+    --rm`) neither removes nor lists (iptables-save) and re-plans the shared
+    rules at each container's two ends. `release` ends the hold. Anything that
     plans from the listing meanwhile (a GC, another network's last DEL) may
     still remove a held rule no attachment uses; the next ADD finds it
     missing, as its checks would any other, and makes it again."""
