@@ -10,7 +10,7 @@ SOURCES      := setup.cfg pyproject.toml $(shell find cnm_shim cni_backend -name
 DEB_PACKAGES := python3-venv iproute2 iptables nftables iputils-ping busybox-static \
                 docker.io containerd containernetworking-plugins ebtables iperf3 etcd-server \
                 debootstrap docker-registry wget systemd \
-                strongswan-charon strongswan-swanctl libcharon-extra-plugins
+                strongswan-charon strongswan-swanctl libcharon-extra-plugins strace
 PLUGIN       ?= rancher-cni
 PLUGIN_BUILD ?= $(CURDIR)/build/plugin
 REGISTRY     ?= localhost:5000

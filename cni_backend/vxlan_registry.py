@@ -57,13 +57,14 @@ def local_dir(state_dir: str, vni: int) -> str:
     return os.path.join(state_dir, "vxlan", str(vni))
 
 
-def _write(directory: str, name: str, content: dict) -> None:
+def _write(directory: str, name: str, content: dict, durable: bool = True) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    files.write_atomic(os.path.join(directory, name), json.dumps(content), 0o600)
+    files.write_atomic(os.path.join(directory, name), json.dumps(content), 0o600, durable)
 
 
 def record_endpoint(state_dir: str, vni: int, name: str, ips: list, mac: str) -> None:
-    _write(local_dir(state_dir, vni), f"{name}.json", {"ips": ips, "mac": mac})
+    # not synced: a power loss takes the container with it (files.py)
+    _write(local_dir(state_dir, vni), f"{name}.json", {"ips": ips, "mac": mac}, durable=False)
 
 
 def forget_endpoint(state_dir: str, vni: int, name: str) -> None:

@@ -31,6 +31,7 @@ class Record:
     """A state document: its dataclass fields are its JSON keys."""
 
     KIND: ClassVar[str]
+    SYNCED: ClassVar[bool] = True  # State.save's commit is on disk before it returns (by default)
 
     @classmethod
     def from_dict(cls, raw: dict):
@@ -75,6 +76,13 @@ class Endpoint(Record):
     """An endpoint, from CreateEndpoint to DeleteEndpoint; `result` is set at Join."""
 
     KIND: ClassVar[str] = ENDPOINT
+    # Its first save is synced (CreateEndpoint's, before anything is made or
+    # allocated for it), so that after a power loss Docker's cleanup finds it
+    # and its DEL releases what the CNI side holds. The later ones (the ADD's
+    # result, the sandbox, the ports) are not: a power loss that rolls them
+    # back takes the links and rules they describe too, and the DEL needs
+    # none of them (cni_backend/sqlite_file.py). Its removal (forget) is synced.
+    SYNCED: ClassVar[bool] = False
     network_id: str
     endpoint_id: str
     address: str = ""             # ip/len, from Docker's IPAM
@@ -169,8 +177,7 @@ class State(Records):
         try:
             yield db
         except BaseException:
-            if db.in_transaction:  # whatever failed mid-way: the next call starts clean
-                self._drop_connection()
+            self._drop_connection()  # whatever failed mid-way: the next call starts clean
             raise
 
     def _kept_connection(self) -> sqlite3.Connection:
@@ -200,6 +207,11 @@ class State(Records):
                 kept[1].close()
 
     # -- documents, as the JSON objects stored -----------------------------------
+
+    def save(self, record: Record, synced: bool | None = None) -> None:
+        """`synced`: on disk before this returns; by default as Record.SYNCED says."""
+        with self._db() as db, sqlite_file.unsynced(db, not (record.SYNCED if synced is None else synced)):
+            Transaction(db).put(record.KIND, record.key, record.to_dict())
 
     def put(self, kind: str, key: str, value: dict) -> None:
         with self._db() as db:

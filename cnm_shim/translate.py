@@ -344,7 +344,7 @@ class Translator:
             return cnm.CreateEndpointResponse(known.mac if chosen else "")
         mac = iface.mac_address or mac_for(address)
         self.state.save(Endpoint(network_id=net.id, endpoint_id=request.endpoint_id, address=address,
-                                 address6=address6, mac=mac))
+                                 address6=address6, mac=mac), synced=True)  # before the ADD allocates for it
         return cnm.CreateEndpointResponse("" if iface.mac_address else mac)
 
     def _attach_at_create(self, net: Network, request: cnm.CreateEndpointRequest) -> cnm.CreateEndpointResponse:
@@ -357,7 +357,7 @@ class Translator:
         if known is not None:  # Docker retried
             return cnm.CreateEndpointResponse("" if request.interface.mac_address else known.mac, known.address)
         ep = Endpoint(network_id=net.id, endpoint_id=request.endpoint_id, mac=request.interface.mac_address)
-        self.state.save(ep)  # first: a DeleteEndpoint after a crash here finds what to undo
+        self.state.save(ep, synced=True)  # first: a DeleteEndpoint after a crash here finds what to undo
         staging_path = self._staging_path(ep)
         hostnet.create_staging(staging_path)
         try:

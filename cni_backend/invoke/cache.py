@@ -29,7 +29,9 @@ def save(cache_dir: str, att, raw_config: bytes, result: dict) -> None:
     }
     path = _path(cache_dir, att.network, att.container_id, att.ifname)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    files.write_atomic(path, json.dumps(entry), 0o600)  # a crash leaves the old entry or the new
+    # a kill leaves the old entry or the new; not synced: a power loss takes
+    # the attachment with it (files.py), and a DEL needs no entry
+    files.write_atomic(path, json.dumps(entry), 0o600, durable=False)
 
 
 def load(cache_dir: str, network: str, container_id: str, ifname: str):

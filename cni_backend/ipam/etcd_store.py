@@ -210,7 +210,7 @@ class EtcdStore(Store):
         self.prefix = prefix
         self.tls = tls
 
-    def run(self, fn):
+    def run(self, fn, synced: bool = True):  # etcd's commits are on its members' disks either way
         import requests
         from etcd3gw.exceptions import Etcd3Exception
         errors = []

@@ -70,8 +70,10 @@ class Transaction(abc.ABC):
 
 class Store(abc.ABC):
     @abc.abstractmethod
-    def run(self, fn):
-        """fn(txn), atomically; returns what fn returns."""
+    def run(self, fn, synced: bool = True):
+        """fn(txn), atomically; returns what fn returns. Not `synced`: a
+        commit that records only an attachment may wait for the next synced
+        one to reach the disk (sqlite_file.unsynced says which may)."""
 
 
 _SCHEMA = """
@@ -186,26 +188,27 @@ class SQLiteStore(Store):
             raise CNIError(IO_FAILURE, f"cannot open the IPAM store {self.path}", str(exc)) from None
         return db
 
-    def run(self, fn):
-        with self._transaction() as txn:
+    def run(self, fn, synced: bool = True):
+        with self._transaction(synced) as txn:
             return fn(txn)
 
     @contextlib.contextmanager
-    def _transaction(self):
+    def _transaction(self, synced: bool):
         db = self._connect()
         _keeper.keep(self.path)
         try:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise CNIError(TRY_AGAIN_LATER, "the IPAM store is busy, try again",
-                               str(exc)) from None
-            try:
-                yield _SQLiteTransaction(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+            with sqlite_file.unsynced(db, not synced):
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    raise CNIError(TRY_AGAIN_LATER, "the IPAM store is busy, try again",
+                                   str(exc)) from None
+                try:
+                    yield _SQLiteTransaction(db)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
         finally:
             db.close()
 

@@ -57,8 +57,8 @@ def add(req) -> dict:
     wanted = allocator.requested_ips(req.args, req.args_cni, req.runtime_config)
     if _reserved_by_docker(req):
         allocations = _store(conf).run(lambda txn: _docker_reservations(txn, conf, wanted))
-    else:
-        allocations = _store(conf).run(lambda txn: allocator.allocate(txn, conf, _owner(req), wanted))
+    else:  # one container's address: a power loss that rolls it back takes the container too
+        allocations = _store(conf).run(lambda txn: allocator.allocate(txn, conf, _owner(req), wanted), synced=False)
     ips = []
     for allocation in allocations:
         prefix, gateway = _prefix_of(conf, allocation.ip)
