@@ -24,15 +24,18 @@ restart (networks, pools, the IpamDriver's reservations) and every removal
 or release, which nobody would ask for again."""
 
 import contextlib
+import os
 import sqlite3
+import threading
 
 from . import locks
 
 
-def open_db(path: str, timeout: float) -> sqlite3.Connection:
+def open_db(path: str, timeout: float, any_thread: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode to `path` (set up by `connect` before),
-    every commit synced to disk."""
-    db = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    every commit synced to disk; `any_thread`: usable by one thread at a time,
+    any of them (IdleConnections)."""
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=not any_thread)
     try:
         db.execute("PRAGMA synchronous=FULL")
     except BaseException:
@@ -60,10 +63,10 @@ def unsynced(db: sqlite3.Connection, wanted: bool = True):
             raise
 
 
-def connect(path: str, schema: str, timeout: float) -> sqlite3.Connection:
+def connect(path: str, schema: str, timeout: float, any_thread: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode to `path`, in WAL mode with `schema`
     applied, every commit synced to disk."""
-    db = open_db(path, timeout)
+    db = open_db(path, timeout, any_thread)
     try:
         with _setup_lock(path, timeout):
             # Switching a new file to WAL takes an exclusive lock SQLite does
@@ -87,3 +90,68 @@ def _setup_lock(path: str, timeout: float):
             yield
     except TimeoutError as exc:
         raise sqlite3.OperationalError(str(exc)) from None
+
+
+class IdleConnections:
+    """Connections to the file at `path` kept between transactions, for
+    whichever thread of the process needs one next (a plug-in call runs on a
+    thread of its own, invoke/own.py): taken by `connection()`, given back
+    after, one more opened by `opener()` when none is idle. Opening one (the
+    PRAGMAs, the schema check) costs more than the one-row transaction it
+    serves; and while a connection stays open, the last one's close does not
+    checkpoint the log into the file and delete it (two syncs and a
+    truncate). An idle connection holds no read transaction: it blocks no
+    writer and no checkpoint. None crosses a fork (a gunicorn worker, a
+    forked CNI call), none is used once another file has taken the path
+    (removed, restored), and one whose transaction failed is closed."""
+
+    def __init__(self, path: str, opener):
+        self.path, self.opener = path, opener
+        self.lock = threading.Lock()
+        self.owner, self.idle = None, []  # (pid, the file's identity) the idle ones are of
+
+    def _owner(self):
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return os.getpid(), st.st_dev, st.st_ino
+
+    @contextlib.contextmanager
+    def connection(self):
+        owner = self._owner()
+        with self.lock:
+            if owner != self.owner:  # a forked child (the parent's are the parent's), or another file
+                if self.owner is not None and self.owner[0] == os.getpid():
+                    for db in self.idle:
+                        with contextlib.suppress(sqlite3.Error):
+                            db.close()
+                self.idle, self.owner = [], owner
+            db = self.idle.pop() if self.idle else None
+        if db is None:
+            db = self.opener()
+            if owner is None:  # the file was missing: the one this connection made
+                owner = self._owner()
+                with self.lock:
+                    self.owner = self.owner or owner
+        try:
+            yield db
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):  # whatever failed mid-way: not given back
+                db.close()
+            raise
+        with self.lock:
+            if owner is not None and owner == self.owner:
+                self.idle.append(db)
+                return
+        db.close()
+
+    def close_idle(self) -> None:
+        """Close this process's idle connections; the next call opens one."""
+        with self.lock:
+            idle, self.idle = self.idle, []
+            if self.owner is None or self.owner[0] != os.getpid():
+                return
+        for db in idle:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()

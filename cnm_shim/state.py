@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import sqlite3
-import threading
 from typing import ClassVar
 
 from cni_backend import sqlite_file
@@ -159,7 +158,8 @@ class State(Records):
     def __init__(self, state_dir: str, read_only: bool = False):
         self.path = os.path.join(state_dir, "state.db")
         self.read_only = read_only
-        self._local = threading.local()
+        self._connections = sqlite_file.IdleConnections(
+            self.path, lambda: sqlite_file.open_db(self.path, _BUSY_TIMEOUT_S, any_thread=True))
         if not read_only:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
             sqlite_file.connect(self.path, _SCHEMA, _BUSY_TIMEOUT_S).close()
@@ -173,38 +173,9 @@ class State(Records):
             finally:
                 db.close()
             return
-        db = self._kept_connection()
-        try:
+        # kept between calls (a Docker request makes several): synchronous=FULL, every commit survives a power loss
+        with self._connections.connection() as db:
             yield db
-        except BaseException:
-            self._drop_connection()  # whatever failed mid-way: the next call starts clean
-            raise
-
-    def _kept_connection(self) -> sqlite3.Connection:
-        """This thread's connection to state.db, kept from call to call
-        (opening one, with its PRAGMA, costs more than the read it serves,
-        and a Docker request makes several). A new one after a fork (a
-        gunicorn worker, a forked CNI call must not share the parent's) or
-        when the file at the path is another than the one open."""
-        kept = getattr(self._local, "kept", None)
-        try:
-            st = os.stat(self.path)
-            identity = (os.getpid(), st.st_dev, st.st_ino)
-        except FileNotFoundError:  # removed under us: opened (and made) anew, as before
-            identity = None
-        if kept is not None and identity is not None and kept[0] == identity:
-            return kept[1]
-        self._drop_connection()
-        db = sqlite_file.open_db(self.path, _BUSY_TIMEOUT_S)  # synchronous=FULL: commits survive a power loss
-        self._local.kept = (identity, db)
-        return db
-
-    def _drop_connection(self) -> None:
-        kept = getattr(self._local, "kept", None)
-        self._local.kept = None
-        if kept is not None and kept[0][0] == os.getpid():
-            with contextlib.suppress(sqlite3.Error):
-                kept[1].close()
 
     # -- documents, as the JSON objects stored -----------------------------------
 

@@ -129,45 +129,19 @@ class _SQLiteTransaction(Transaction):
         self.db.execute("INSERT OR REPLACE INTO cursors (pool, ip) VALUES (?, ?)", (pool, ip))
 
 
-class _Keeper:
-    """One idle connection per store file, for a long-lived process that
-    opted in (`keep_files_open`). When a WAL file's last connection closes,
-    SQLite checkpoints the log into the file and deletes it: two fsyncs and a
-    truncate, ~1 of the ~1.7 ms a one-row transaction takes here, in every
-    transaction of a process that opens a connection per transaction (as the
-    plug-ins do: they keep nothing between calls). With one connection left
-    open, the log is checkpointed as it grows (every 1,000 pages) instead.
-    The connection reads once, to take its share of the WAL index, and never
-    again: it holds no read transaction, so it blocks no writer and no
-    checkpoint. A forked child opens its own (a connection must not cross a fork)."""
-
-    def __init__(self):
-        self.wanted, self.pid, self.kept, self.lock = False, None, {}, threading.Lock()
-
-    def keep(self, path: str) -> None:
-        if not self.wanted:
-            return
-        if self.pid != os.getpid():  # the parent's connections are its own: left alone
-            self.pid, self.kept, self.lock = os.getpid(), {}, threading.Lock()
-        with self.lock:
-            if path in self.kept:
-                return
-            try:
-                db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            except sqlite3.Error:
-                return  # only speed is lost
-            self.kept[path] = db
-
-
-_keeper = _Keeper()
+# path -> sqlite_file.IdleConnections, in a process that opted in (keep_files_open)
+_idle: dict = {}
+_idle_lock = threading.Lock()
+_keep_open = False
 
 
 def keep_files_open() -> None:
-    """From now on, this process keeps each SQLite store file it uses open
-    between transactions (see _Keeper): for the shim's and the CNI daemon's
-    workers, which make transaction after transaction."""
-    _keeper.wanted = True
+    """From now on, this process keeps its connections to each store file
+    between transactions (sqlite_file.IdleConnections): for the shim's and
+    the CNI daemon's workers, which make transaction after transaction. A
+    one-off plug-in process opens one per transaction and closes it."""
+    global _keep_open
+    _keep_open = True
 
 
 class SQLiteStore(Store):
@@ -179,11 +153,11 @@ class SQLiteStore(Store):
         self.path = os.path.join(data_dir, self.FILENAME)
         self.data_dir = data_dir
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, any_thread: bool = False) -> sqlite3.Connection:
         try:
             os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
             # WAL: readers never block the writer; synchronous=FULL: a commit survives a power loss
-            db = sqlite_file.connect(self.path, _SCHEMA, BUSY_TIMEOUT_S)
+            db = sqlite_file.connect(self.path, _SCHEMA, BUSY_TIMEOUT_S, any_thread)
         except (OSError, sqlite3.Error) as exc:
             raise CNIError(IO_FAILURE, f"cannot open the IPAM store {self.path}", str(exc)) from None
         return db
@@ -193,24 +167,39 @@ class SQLiteStore(Store):
             return fn(txn)
 
     @contextlib.contextmanager
-    def _transaction(self, synced: bool):
+    def _connection(self):
+        """A connection of the process's idle ones (keep_files_open), or one
+        of its own, closed after: the file's last close checkpoints the log
+        into it and deletes it (two syncs and a truncate, ~1 of the ~1.7 ms
+        a one-row transaction took here)."""
+        if _keep_open:
+            with _idle_lock:
+                idle = _idle.setdefault(self.path, sqlite_file.IdleConnections(self.path, self._connect_any_thread))
+            with idle.connection() as db:
+                yield db
+            return
         db = self._connect()
-        _keeper.keep(self.path)
         try:
-            with sqlite_file.unsynced(db, not synced):
-                try:
-                    db.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError as exc:
-                    raise CNIError(TRY_AGAIN_LATER, "the IPAM store is busy, try again",
-                                   str(exc)) from None
-                try:
-                    yield _SQLiteTransaction(db)
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
+            yield db
         finally:
             db.close()
+
+    def _connect_any_thread(self) -> sqlite3.Connection:
+        return self._connect(any_thread=True)
+
+    @contextlib.contextmanager
+    def _transaction(self, synced: bool):
+        with self._connection() as db, sqlite_file.unsynced(db, not synced):
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise CNIError(TRY_AGAIN_LATER, "the IPAM store is busy, try again", str(exc)) from None
+            try:
+                yield _SQLiteTransaction(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
 
 def open_store(data_dir: str, etcd_endpoints=(), etcd_prefix: str = "/rancher-cni", etcd_tls=None) -> Store:

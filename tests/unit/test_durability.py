@@ -20,6 +20,7 @@ from cni_backend.invoke import cache
 from cni_backend.invoke.api import Attachment
 from cni_backend.net import features
 from cnm_shim import translate
+from cni_backend.ipam import store as store_module
 from cni_backend.ipam.store import Allocation, SQLiteStore
 from cnm_shim.state import NETWORK, Endpoint, Network, State
 from tests.unit.test_http_errors import NET, shim  # noqa: F401 - shim is the fixture used below
@@ -60,19 +61,25 @@ def test_a_power_loss_cannot_roll_back_the_drivers_state(tmp_path, connections):
     state.put(NETWORK, "n1", {"id": "n1"})
     assert state.get(NETWORK, "n1") == {"id": "n1"} and state.all(NETWORK) == [{"id": "n1"}]
     state.delete(NETWORK, "n1")
-    state._drop_connection()  # the connection kept from call to call, closed (and so recorded) here
+    state._connections.close_idle()  # the connection kept from call to call, closed (and so recorded) here
     assert len(connections) >= 2 and set(connections) == {(FULL, "wal")}, connections
+
+
+def _taken(state: State) -> sqlite3.Connection:
+    """The connection the state's next call would use."""
+    with state._connections.connection() as db:
+        return db
 
 
 def test_the_state_connection_is_kept_but_never_crosses_a_fork_or_a_replaced_file(tmp_path):
     state = State(str(tmp_path))
     state.put(NETWORK, "n1", {"id": "n1"})
-    kept = state._kept_connection()
-    assert state.get(NETWORK, "n1") == {"id": "n1"} and state._kept_connection() is kept
+    kept = _taken(state)
+    assert state.get(NETWORK, "n1") == {"id": "n1"} and _taken(state) is kept
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # a forked child (a gunicorn worker, a forked CNI call): a connection of its own
-        ok = state._kept_connection() is not kept and state.get(NETWORK, "n1") == {"id": "n1"}
+        ok = _taken(state) is not kept and state.get(NETWORK, "n1") == {"id": "n1"}
         os.write(write, b"1" if ok else b"0")
         os._exit(0)
     os.waitpid(pid, 0)
@@ -84,7 +91,7 @@ def test_the_state_connection_is_kept_but_never_crosses_a_fork_or_a_replaced_fil
         leftover.unlink()
     other = State(str(tmp_path))
     other.put(NETWORK, "n2", {"id": "n2"})
-    assert state.all(NETWORK) == [{"id": "n2"}] and state._kept_connection() is not kept
+    assert state.all(NETWORK) == [{"id": "n2"}] and _taken(state) is not kept
 
 
 # -- write_atomic ---------------------------------------------------------------
@@ -308,7 +315,9 @@ def test_what_only_records_an_attachment_is_committed_without_a_sync(tmp_path, s
     assert _sqlite_syncs(tmp_path, *steps) == 0
 
 
-def test_an_unsynced_commit_leaves_its_connection_syncing_again(tmp_path, connections):
+def test_an_unsynced_commit_leaves_its_connection_syncing_again(tmp_path, connections, monkeypatch):
+    monkeypatch.setattr(store_module, "_idle", {})
+    monkeypatch.setattr(store_module, "_keep_open", True)  # as in a worker: its connections are kept and reused
     state = State(str(tmp_path))
     ep = Endpoint(network_id="n1", endpoint_id="e1")
     state.save(ep)
@@ -316,7 +325,9 @@ def test_an_unsynced_commit_leaves_its_connection_syncing_again(tmp_path, connec
     assert state.endpoint("n1", "e1") == ep
     store = SQLiteStore(str(tmp_path))
     store.run(lambda txn: txn.add(Allocation("10.22.0.0/16", "10.22.0.5", "net", "c1", "eth0")), synced=False)
-    state._drop_connection()
+    state._connections.close_idle()
+    for idle in store_module._idle.values():
+        idle.close_idle()
     assert len(connections) >= 2 and set(connections) == {(FULL, "wal")}, connections
 
 

@@ -315,18 +315,17 @@ def test_a_process_killed_mid_allocation_leaves_the_store_whole(tmp_path):
     assert alloc(store, c, ("n", "next", "eth0"))[0].ip == "10.31.0.2", "the store is usable, its lock released"
 
 
-# -- keeping the store file open between transactions (store._Keeper) ---------
+# -- keeping the store file open between transactions (store.keep_files_open) --
 
 @pytest.fixture
 def keeper(monkeypatch):
-    """A process that opted in (invoke/own.py warm()), with a keeper of this test's own."""
+    """A process that opted in (invoke/own.py warm()): path -> its idle connections, this test's own."""
     from cni_backend.ipam import store as store_module
-    fresh = store_module._Keeper()
-    monkeypatch.setattr(store_module, "_keeper", fresh)
-    store_module.keep_files_open()
-    yield fresh
-    for db in fresh.kept.values():
-        db.close()
+    monkeypatch.setattr(store_module, "_idle", {})
+    monkeypatch.setattr(store_module, "_keep_open", True)
+    yield store_module._idle
+    for idle in store_module._idle.values():
+        idle.close_idle()
 
 
 def _written_by_another_process(path: str) -> None:
@@ -348,27 +347,30 @@ def test_a_kept_connection_leaves_the_log_for_the_next_transaction_and_blocks_no
     c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
     assert alloc(store, c, ("n", "c1", "eth0"))[0].ip == "10.9.0.2"
     assert (tmp_path / "ipam.db-wal").exists(), "the last close checkpointed: no connection was kept"
-    assert list(keeper.kept) == [store.path]
+    assert list(keeper) == [store.path] and len(keeper[store.path].idle) == 1
     process = multiprocessing.get_context("fork").Process(target=_written_by_another_process, args=(store.path,))
     process.start()
     process.join(10)
     assert process.exitcode == 0, "the kept connection held a lock another writer waited for"
     assert alloc(store, c, ("n", "c2", "eth0"))[0].ip == "10.9.0.3"
     assert store.run(lambda txn: txn.cursor("other")) == "10.9.0.7"
-    assert list(keeper.kept) == [store.path], "one connection per file, not one per transaction"
+    assert list(keeper) == [store.path] and len(keeper[store.path].idle) == 1, \
+        "one connection per file, not one per transaction"
 
 
 def _transaction_in_a_fork(path: str, queue) -> None:
     from cni_backend.ipam import store as store_module
-    SQLiteStore(path).run(lambda txn: txn.set_cursor("child", "10.9.0.6"))
-    queue.put((store_module._keeper.pid, len(store_module._keeper.kept)))
+    store = SQLiteStore(path)
+    store.run(lambda txn: txn.set_cursor("child", "10.9.0.6"))
+    idle = store_module._idle[store.path]
+    queue.put((idle.owner[0], len(idle.idle)))
 
 
 def test_a_forked_child_keeps_a_connection_of_its_own(tmp_path, keeper):
     import os
     c, store = conf(tmp_path), SQLiteStore(str(tmp_path))
     alloc(store, c, ("n", "c1", "eth0"))
-    parents = dict(keeper.kept)
+    parents = list(keeper[store.path].idle)
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_transaction_in_a_fork, args=(str(tmp_path), queue))
@@ -376,4 +378,4 @@ def test_a_forked_child_keeps_a_connection_of_its_own(tmp_path, keeper):
     pid, kept = queue.get(timeout=10)
     child.join(10)
     assert (pid, kept) == (child.pid, 1) and pid != os.getpid()
-    assert keeper.kept == parents and keeper.pid == os.getpid()
+    assert keeper[store.path].idle == parents and keeper[store.path].owner[0] == os.getpid()
