@@ -79,7 +79,7 @@ def warm() -> None:
     which it builds on first use (~10 ms of a call's first netlink request),
     and load libnftables (~1 ms), in the process that runs the plug-ins:
     once, not in its first call; and from then on keep each IPAM store file
-    its calls use open between them (ipam/store.py, _Keeper). Then freeze
+    its calls use open between them (ipam/store.py, keep_files_open). Then freeze
     what is loaded, so the collections leave those objects (and the pages a
     fork shares with this process) alone."""
     from ..ipam import store
