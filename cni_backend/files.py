@@ -22,7 +22,7 @@ A kill still leaves one whole version; a power loss may leave the old one, or
 an empty file where there was none, which every reader takes for no record.
 That loses nothing: a power loss takes the attachment itself with it (its
 links, its rules, its namespace), and its DEL works without the record.
-libcni writes its cache entries without a sync too.
+libcni writes its cache entries without a sync too (a plain os.WriteFile).
 """
 
 import contextlib
