@@ -173,7 +173,8 @@ class State(Records):
             finally:
                 db.close()
             return
-        # kept between calls (a Docker request makes several): synchronous=FULL, every commit survives a power loss
+        # kept between calls (a Docker request makes several); every commit synced (synchronous=FULL)
+        # unless a save says otherwise (Record.SYNCED)
         with self._connections.connection() as db:
             yield db
 
