@@ -10,9 +10,9 @@ network, so a rolled-back commit would be an address or a network that Docker
 holds and we have forgotten. FULL syncs the log at every commit.
 
 A commit that only records one attachment (the CNI side's address for one
-container, the shim's later saves of one endpoint) runs `unsynced` (~0.5 ms
-less a commit, more while dockerd syncs its own files; four such commits are
-on a `docker run`'s path). A power loss may roll it back, and takes the
+container, the shim's later saves of one endpoint) runs `synced(db, False)`
+(~0.5 ms less a commit, more while dockerd syncs its own files; four such
+commits are on a `docker run`'s path). A power loss may roll it back, and takes the
 attachment itself with it: its links, rules and namespace. What asks to undo
 it after the restart (Docker's cleanup of the endpoint, the runtime's DEL)
 then finds nothing, which succeeds. The shim's first record of an endpoint is
@@ -31,11 +31,11 @@ import threading
 from . import locks
 
 
-def open_db(path: str, timeout: float, any_thread: bool = False) -> sqlite3.Connection:
+def open_db(path: str, timeout: float) -> sqlite3.Connection:
     """A connection in autocommit mode to `path` (set up by `connect` before),
-    every commit synced to disk; `any_thread`: usable by one thread at a time,
-    any of them (IdleConnections)."""
-    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=not any_thread)
+    every commit synced to disk; usable by one thread at a time, any of them
+    (IdleConnections hands a kept one to the next thread that needs it)."""
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
         db.execute("PRAGMA synchronous=FULL")
     except BaseException:
@@ -45,11 +45,11 @@ def open_db(path: str, timeout: float, any_thread: bool = False) -> sqlite3.Conn
 
 
 @contextlib.contextmanager
-def unsynced(db: sqlite3.Connection, wanted: bool = True):
-    """The commits made inside leave the log to be synced by the next
-    checkpoint or synced commit (synchronous=NORMAL); FULL again after. A
-    connection that cannot be set back is closed, never left syncing less."""
-    if not wanted:
+def synced(db: sqlite3.Connection, wanted: bool):
+    """Unless `wanted`, the commits made inside leave the log to be synced by
+    the next checkpoint or synced commit (synchronous=NORMAL); FULL again
+    after. A connection that cannot be set back is closed, never left syncing less."""
+    if wanted:
         yield db
         return
     db.execute("PRAGMA synchronous=NORMAL")
@@ -63,10 +63,10 @@ def unsynced(db: sqlite3.Connection, wanted: bool = True):
             raise
 
 
-def connect(path: str, schema: str, timeout: float, any_thread: bool = False) -> sqlite3.Connection:
+def connect(path: str, schema: str, timeout: float) -> sqlite3.Connection:
     """A connection in autocommit mode to `path`, in WAL mode with `schema`
     applied, every commit synced to disk."""
-    db = open_db(path, timeout, any_thread)
+    db = open_db(path, timeout)
     try:
         with _setup_lock(path, timeout):
             # Switching a new file to WAL takes an exclusive lock SQLite does

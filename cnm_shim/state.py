@@ -159,7 +159,7 @@ class State(Records):
         self.path = os.path.join(state_dir, "state.db")
         self.read_only = read_only
         self._connections = sqlite_file.IdleConnections(
-            self.path, lambda: sqlite_file.open_db(self.path, _BUSY_TIMEOUT_S, any_thread=True))
+            self.path, lambda: sqlite_file.open_db(self.path, _BUSY_TIMEOUT_S))
         if not read_only:
             os.makedirs(state_dir, mode=0o700, exist_ok=True)
             sqlite_file.connect(self.path, _SCHEMA, _BUSY_TIMEOUT_S).close()
@@ -182,7 +182,7 @@ class State(Records):
 
     def save(self, record: Record, synced: bool | None = None) -> None:
         """`synced`: on disk before this returns; by default as Record.SYNCED says."""
-        with self._db() as db, sqlite_file.unsynced(db, not (record.SYNCED if synced is None else synced)):
+        with self._db() as db, sqlite_file.synced(db, record.SYNCED if synced is None else synced):
             Transaction(db).put(record.KIND, record.key, record.to_dict())
 
     def put(self, kind: str, key: str, value: dict) -> None:

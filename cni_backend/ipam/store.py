@@ -73,7 +73,7 @@ class Store(abc.ABC):
     def run(self, fn, synced: bool = True):
         """fn(txn), atomically; returns what fn returns. Not `synced`: a
         commit that records only an attachment may wait for the next synced
-        one to reach the disk (sqlite_file.unsynced says which may)."""
+        one to reach the disk (sqlite_file says which may)."""
 
 
 _SCHEMA = """
@@ -153,11 +153,11 @@ class SQLiteStore(Store):
         self.path = os.path.join(data_dir, self.FILENAME)
         self.data_dir = data_dir
 
-    def _connect(self, any_thread: bool = False) -> sqlite3.Connection:
+    def _connect(self) -> sqlite3.Connection:
         try:
             os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
             # WAL: readers never block the writer; synchronous=FULL: a commit survives a power loss
-            db = sqlite_file.connect(self.path, _SCHEMA, BUSY_TIMEOUT_S, any_thread)
+            db = sqlite_file.connect(self.path, _SCHEMA, BUSY_TIMEOUT_S)
         except (OSError, sqlite3.Error) as exc:
             raise CNIError(IO_FAILURE, f"cannot open the IPAM store {self.path}", str(exc)) from None
         return db
@@ -174,7 +174,9 @@ class SQLiteStore(Store):
         a one-row transaction took here)."""
         if _keep_open:
             with _idle_lock:
-                idle = _idle.setdefault(self.path, sqlite_file.IdleConnections(self.path, self._connect_any_thread))
+                idle = _idle.get(self.path)
+                if idle is None:
+                    idle = _idle[self.path] = sqlite_file.IdleConnections(self.path, self._connect)
             with idle.connection() as db:
                 yield db
             return
@@ -184,12 +186,9 @@ class SQLiteStore(Store):
         finally:
             db.close()
 
-    def _connect_any_thread(self) -> sqlite3.Connection:
-        return self._connect(any_thread=True)
-
     @contextlib.contextmanager
     def _transaction(self, synced: bool):
-        with self._connection() as db, sqlite_file.unsynced(db, not synced):
+        with self._connection() as db, sqlite_file.synced(db, synced):
             try:
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
