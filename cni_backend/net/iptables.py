@@ -603,6 +603,19 @@ class _Verified:
             return cls(now, set())
         return cls(now, set(rest) if now is not None and first == str(now) else set())
 
+    def holds(self, line: str) -> bool:
+        """Whether `line` was found in place and still is."""
+        return line in self.lines
+
+    def note(self, line: str) -> None:
+        """Record `line`, which a listing of the caller's (under host_lock)
+        found in place after this record was read, unless someone committed
+        since: then the listing may have seen a ruleset that is gone."""
+        if self.generation is None or nft_generation.current() != self.generation or line in self.lines:
+            return
+        self.lines = self.lines | {line}
+        self._write(self.generation)
+
     def carry(self, commits: int) -> None:
         """After our change of `commits` commits: keep what was found, at the
         generation now, when no one else committed; else forget it."""
@@ -610,17 +623,30 @@ class _Verified:
         if self.generation is not None and now == self.generation:
             return  # nothing was committed: what the record holds still holds
         keep = self.generation is not None and now == (self.generation + commits) % 2 ** 32 and self.lines
+        self._write(now if keep else None)
+
+    def _write(self, generation: int | None) -> None:
+        """The record at `generation`; None removes it."""
         try:
-            if not keep:
+            if generation is None:
                 os.unlink(self.path())
                 return
             os.makedirs(_records(), mode=0o700, exist_ok=True)
             tmp = f"{self.path()}.{os.getpid()}.{threading.get_ident()}"
             with open(tmp, "w") as f:
-                f.write("\n".join([str(now), *sorted(self.lines)]) + "\n")
+                f.write("\n".join([str(generation), *sorted(self.lines)]) + "\n")
             os.replace(tmp, self.path())
         except OSError:
             pass  # no record: the next ADD lists again
+
+
+def verified(family: int = 4) -> _Verified:
+    """What listings found in place that still is: no commit came since but
+    those of our attachments' restores (see _Verified). For a caller's own
+    check, under host_lock: `holds(line)` before listing, `note(line)` when
+    the listing found it (the line says what was found, e.g. "4 filter" and a
+    name and the check's parameters; one line per check, no newline)."""
+    return _Verified.read(family)
 
 
 @contextlib.contextmanager

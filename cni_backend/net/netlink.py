@@ -462,7 +462,7 @@ def ensure_vxlan(ipr, name: str, vni: int, local_ip: str, port: int, underlay_in
                  proxy: bool = False) -> dict:
     """A VTEP with learning off (FDB entries are programmed, not learned);
     with `proxy`, ARP for remote endpoints is answered from its neighbour table."""
-    existing = link(ipr, name, full=True)
+    existing = link(ipr, name)
     if existing is None:
         try:
             ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local_ip, vxlan_port=port,
@@ -473,22 +473,41 @@ def ensure_vxlan(ipr, name: str, vni: int, local_ip: str, port: int, underlay_in
                                "build the kernel with CONFIG_VXLAN (module vxlan)") from None
             if exc.code != errno.EEXIST:
                 raise _fail(f"creating VTEP {name} (VNI {vni}, UDP {port})", exc) from None
-        existing = link(ipr, name, full=True)
+        existing = link(ipr, name)
     if kind(existing) != "vxlan":
         raise CNIError(NETLINK_FAILURE, f"{name} already exists and is a {kind(existing) or 'device'}, not a VXLAN device")
-    data = existing.get(("linkinfo", "data"))
-    if data is not None and data.get("vxlan_id") not in (None, vni):
-        raise CNIError(NETLINK_FAILURE, f"{name} exists with VNI {data.get('vxlan_id')}, not {vni}")
+    found = _vni_of(existing)
+    if found not in (None, vni):
+        raise CNIError(NETLINK_FAILURE, f"{name} exists with VNI {found}, not {vni}")
     return describe(existing)
+
+
+def _vni_of(link_msg) -> int | None:
+    """A VXLAN link's VNI, from rtnl's message or pyroute2's."""
+    vni = link_msg.get(("linkinfo", "vxlan_id"))  # rtnl's
+    if vni is None:
+        data = link_msg.get(("linkinfo", "data"))  # pyroute2's
+        vni = data.get("vxlan_id") if data is not None else None
+    return vni
+
+
+def _vtep_fdb(ipr, index: int) -> list:
+    """(MAC, remote) of the VTEP's own FDB entries. The raw socket's dump is
+    filtered by the kernel; pyroute2's asks for every link's entries, which
+    grow with the host's containers (each port's MACs)."""
+    raw = _rtnl(ipr)
+    if raw:
+        try:
+            return raw.vtep_fdb(index)
+        except NetlinkError as exc:
+            raise _fail(f"listing the FDB of link {index}", exc) from None
+    return [(msg.get("NDA_LLADDR"), msg.get("NDA_DST")) for msg in ipr.fdb("dump", ifindex=index)
+            if msg.get("ifindex") == index and msg.get("NDA_LLADDR") and msg.get("NDA_DST")]
 
 
 def flood_peers(ipr, vtep_index: int) -> set:
     """Peers of the all-zero FDB entries (head-end replication of broadcast)."""
-    peers = set()
-    for msg in ipr.fdb("dump", ifindex=vtep_index):
-        if msg.get("NDA_LLADDR") == "00:00:00:00:00:00" and msg.get("NDA_DST"):
-            peers.add(msg.get("NDA_DST"))
-    return peers
+    return {dst for mac, dst in _vtep_fdb(ipr, vtep_index) if mac == "00:00:00:00:00:00"}
 
 
 def set_flood_peer(ipr, vtep_index: int, peer: str, present: bool) -> None:
@@ -502,12 +521,7 @@ def set_flood_peer(ipr, vtep_index: int, peer: str, present: bool) -> None:
 
 def fdb_entries(ipr, index: int) -> dict:
     """Unicast FDB entries of a VTEP: MAC -> remote VTEP address."""
-    found = {}
-    for msg in ipr.fdb("dump", ifindex=index):
-        mac, dst = msg.get("NDA_LLADDR"), msg.get("NDA_DST")
-        if mac and dst and mac != "00:00:00:00:00:00" and msg.get("ifindex") == index:
-            found[mac] = dst
-    return found
+    return {mac: dst for mac, dst in _vtep_fdb(ipr, index) if mac != "00:00:00:00:00:00"}
 
 
 def set_fdb(ipr, index: int, mac: str, dst: str | None) -> None:

@@ -158,16 +158,18 @@ def test_addresses_of_one_link_only(scratch):
     assert rtnl.addresses(ipr.link_lookup(ifname="rcnitv1p")[0], socket.AF_INET) == []
 
 
-def test_the_sockets_netlink_hands_out_still_read_a_links_own_data(make_netns):
-    """netlink.Socket answers link lookups from rtnl, which reads no kind's
-    own data: what checks that data asks pyroute2 (link(full=True)), so a
-    VTEP of another VNI is still refused, not taken."""
+def test_the_sockets_netlink_hands_out_read_a_vteps_vni(make_netns):
+    """netlink.Socket answers link lookups from rtnl, which reads a VXLAN
+    link's VNI as pyroute2 does (link(full=True)), so a VTEP of another VNI
+    is still refused, not taken."""
     from cni_backend.errors import CNIError
     from cni_backend.net import netlink
     name = make_netns()
     ns_exec(name, "ip", "link", "add", "rcnitvx0", "type", "vxlan", "id", "7", "dstport", "4789")
     with netlink.socket_in(path(name)) as sock:
         assert netlink.kind(netlink.link(sock, "rcnitvx0")) == "vxlan"
+        assert sock.rtnl.get_link("rcnitvx0").get(("linkinfo", "vxlan_id")) == 7
+        assert netlink.link(sock, "rcnitvx0", full=True).get(("linkinfo", "data")).get("vxlan_id") == 7
         with pytest.raises(CNIError, match="exists with VNI 7, not 8"):
             netlink.ensure_vxlan(sock, "rcnitvx0", 8, "10.0.0.1", 4789, netlink.link(sock, "lo")["index"], 1450)
         assert netlink.ensure_vxlan(sock, "rcnitvx0", 7, "10.0.0.1", 4789, 1, 1450)["name"] == "rcnitvx0"
@@ -206,3 +208,29 @@ def test_a_bridge_fdb_entry_is_pinned_to_its_port_as_bridge_fdb_static_does(scra
     shown = [line for line in ns_exec(name, "bridge", "fdb", "show", "br", "rcnitbr0").stdout.splitlines()
              if line.startswith(PEER_MAC)]
     assert shown == [f"{PEER_MAC} dev rcnitv1 master rcnitbr0 static"], shown
+
+
+def test_a_vteps_fdb_is_its_own_entries_only_as_bridge_fdb_shows_them(scratch):
+    """The dump the kernel filters by link: the VTEP's own entries (flood and
+    unicast, one per remote; IPv4 or IPv6 remotes), none of another VTEP's, none of
+    the bridge's for the VTEP's port, however many other ports there are."""
+    name, rtnl, _ = scratch
+    ns_exec(name, "ip", "link", "add", "rcnitbr0", "type", "bridge")
+    for vtep, vni, local in (("rcnitvx0", "7", "10.99.0.1"), ("rcnitvx1", "8", "10.99.0.1"), ("rcnitvx6", "9", "fd00:99::1")):
+        ns_exec(name, "ip", "link", "add", vtep, "type", "vxlan", "id", vni, "local", local, "dstport", "0", "nolearning")
+        ns_exec(name, "ip", "link", "set", vtep, "master", "rcnitbr0")
+    for n in range(3):
+        ns_exec(name, "ip", "link", "add", f"rcnitv{n}", "type", "veth", "peer", "name", f"rcnitv{n}p")
+        ns_exec(name, "ip", "link", "set", f"rcnitv{n}", "master", "rcnitbr0")
+    for vtep, mac, dst in (("rcnitvx0", "00:00:00:00:00:00", "10.99.0.2"), ("rcnitvx0", "00:00:00:00:00:00", "10.99.0.3"),
+                           ("rcnitvx0", PEER_MAC, "10.99.0.2"), ("rcnitvx6", "02:42:0a:7b:00:09", "fd00:99::2"),
+                           ("rcnitvx1", "00:00:00:00:00:00", "10.99.0.4")):
+        ns_exec(name, "bridge", "fdb", "append", mac, "dev", vtep, "dst", dst, "self", "permanent")
+    ns_exec(name, "bridge", "fdb", "add", "02:42:0a:7b:00:0a", "dev", "rcnitvx0", "master", "static")  # the bridge's
+    index = rtnl.get_link("rcnitvx0")["index"]
+    assert sorted(rtnl.vtep_fdb(index)) == sorted([
+        ("00:00:00:00:00:00", "10.99.0.2"), ("00:00:00:00:00:00", "10.99.0.3"),
+        (PEER_MAC, "10.99.0.2")])
+    assert rtnl.vtep_fdb(rtnl.get_link("rcnitvx1")["index"]) == [("00:00:00:00:00:00", "10.99.0.4")]
+    assert rtnl.vtep_fdb(rtnl.get_link("rcnitvx6")["index"]) == [("02:42:0a:7b:00:09", "fd00:99::2")]
+    assert rtnl.vtep_fdb(rtnl.get_link("rcnitv0")["index"]) == []  # a port without remotes

@@ -72,3 +72,52 @@ def test_a_bad_address_or_vni_reaches_neither_netlink_nor_the_rules(make_netns):
         assert failed.returncode != 0 and "ValueError" in failed.stderr
     assert vxlan_guard(host, VNI) == ({"10.99.0.2"}, True)
     _step(host, "remove", "ipset")
+
+
+_LISTINGS = r'''
+import json, shlex, subprocess, sys
+from cni_backend.net import features, iptables, tools, vxlan_guard
+features._memo["ipset"] = sys.argv[1] == "ipset"
+listed, present = [], vxlan_guard.present
+vxlan_guard.present = lambda vni: listed.append(vni) or present(vni)
+
+def ensure():
+    before = len(listed)
+    vxlan_guard.ensure(1042, 4789, ["10.99.0.2"])
+    return len(listed) - before
+
+def ours():   # a restore of ours that carries what the listings found (an attachment's)
+    with iptables.host_lock(), iptables.keeping_listings(1):
+        tools.run(["iptables-restore", "-w", "--noflush"], "*filter\n:RCNI-T-SCRATCH - [0:0]\n-A RCNI-T-SCRATCH -j RETURN\nCOMMIT\n")
+
+def foreign(*argv):
+    subprocess.run(["iptables", "-w", *argv], check=True)
+
+steps = {"first (makes it)": ensure(), "again (finds it)": ensure(), "once more": ensure()}
+ours()
+steps["after our restore"] = ensure()
+drop = [l for l in present(1042) if l.endswith("-j DROP")][0]
+foreign("-D", *shlex.split(drop)[1:])
+steps["after the DROP was deleted by hand"] = ensure()
+steps["DROP back"] = any(l.endswith("-j DROP") for l in present(1042))
+steps["again after that (finds it)"] = ensure()
+steps["once more after that"] = ensure()
+foreign("-A", "FORWARD", "-s", "10.1.2.3/32", "-j", "ACCEPT")
+steps["after an unrelated rule of someone else"] = ensure()
+print(json.dumps(steps))
+'''
+
+
+@pytest.mark.parametrize("path", ["ipset", "rules"])
+def test_the_guard_is_listed_again_only_after_a_commit_not_ours(make_netns, path):
+    """Every ADD ensures its network's guard. While no one commits but our
+    attachments' restores, what the last listing found in place still is,
+    and it is not listed again; any other commit, to any rule (the guard's
+    own making too), makes the next one list, and put right what is missing."""
+    host = make_netns()
+    steps = json.loads(ns_exec(host, sys.executable, "-c", _LISTINGS, path).stdout)
+    assert steps == {"first (makes it)": 1, "again (finds it)": 1, "once more": 0, "after our restore": 0,
+                     "after the DROP was deleted by hand": 1, "DROP back": True, "again after that (finds it)": 1,
+                     "once more after that": 0, "after an unrelated rule of someone else": 1}, steps
+    assert vxlan_guard(host, VNI) == ({"10.99.0.2"}, True)
+    _step(host, "remove", path)
