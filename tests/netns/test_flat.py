@@ -327,6 +327,50 @@ def test_an_add_leaves_the_networks_fast_path_rules_alone_when_they_are_in_line(
     flatnet.remove(flat)
 
 
+def test_the_networks_firewall_is_listed_again_only_after_a_commit_not_ours(direct_env, rig, tmp_path, monkeypatch):
+    """Every ADD ensures its network's firewall (ebtables, NOTRACK, the fast
+    path's table). While no one commits but our attachments' restores and
+    anti-spoofing chains, what the last listing found in place still is, and
+    it is not listed again; any other commit, to any rule (the network's own
+    making too), makes the next one list, and put right what is missing."""
+    from cni_backend import trace
+    from cni_backend.net import iptables
+    flat = load_network(flat_config(direct_env, rig))
+    spans = tmp_path / "trace.jsonl"
+    monkeypatch.setenv(trace.ENV, str(spans))  # the listings' own span, as `cnm-shim compare` reads it
+
+    def listings() -> int:
+        before = sum(s.get("tool") == "flat listings" for s in trace.spans(str(spans)))
+        flatnet.ensure(flat)
+        return sum(s.get("tool") == "flat listings" for s in trace.spans(str(spans))) - before
+
+    def ours():  # an attachment's restore, which carries what the listings found
+        with iptables.host_lock(), iptables.keeping_listings(1):
+            run("iptables-restore", "-w", "--noflush",
+                input="*filter\n:RCNI-T-SCRATCH - [0:0]\n-A RCNI-T-SCRATCH -j RETURN\nCOMMIT\n")
+
+    try:
+        steps = {"first (makes it)": listings(), "again (finds it)": listings(), "once more": listings()}
+        ours()
+        steps["after our restore"] = listings()
+        jump = next(line for line in ebtables_rules() if line.startswith("-A FORWARD") and "RFLAT-" in line)
+        run("ebtables", "-D", *jump.split()[1:])
+        steps["after a jump was deleted by hand"] = listings()
+        steps["jump back"] = jump in ebtables_rules()
+        steps["again after that (finds it)"] = listings()
+        steps["once more after that"] = listings()
+        run("nft", "add", "table", "inet", "rcni_t_foreign")
+        steps["after someone else's table"] = listings()
+        assert steps == {"first (makes it)": 1, "again (finds it)": 1, "once more": 0, "after our restore": 0,
+                         "after a jump was deleted by hand": 1, "jump back": True, "again after that (finds it)": 1,
+                         "once more after that": 0, "after someone else's table": 1}, steps
+    finally:
+        run("nft", "delete", "table", "inet", "rcni_t_foreign", check=False)
+        run("iptables", "-w", "-F", "RCNI-T-SCRATCH", check=False)
+        run("iptables", "-w", "-X", "RCNI-T-SCRATCH", check=False)
+        flatnet.remove(flat)
+
+
 def bridge_fdb(bridge: str) -> dict:
     """MAC -> (port, state) of the bridge's entries for its ports."""
     entries = json.loads(run("bridge", "-j", "fdb", "show", "br", bridge).stdout)
