@@ -540,7 +540,7 @@ def append_fast(family: int, new_rules: dict) -> bool:
     the restore changes none of the rules they look for, and until this ADD
     returns, no packet of the attachment's has been sent to miss a jump.
     They are skipped when no commit but ours came since they last found
-    what this ADD needs (`_Verified`).
+    what this ADD needs (`Verified`).
     A bridge's isolation jump lives in our large attachment chain, where a
     listing would cost as much; it is made and removed in the same restore as
     the bridge's DROP in the small isolation chain, so that DROP stands for both."""
@@ -551,7 +551,7 @@ def append_fast(family: int, new_rules: dict) -> bool:
     if not _all_recorded(family, new_rules):
         return False
     restore = [_TOOLS[family][1], "-w", "--noflush"]
-    verified = _Verified.read(family)
+    verified = Verified.read(family)
     needed = {f"{family} {table} {spec}" for table, spec in checks}
     chains, listings = ([], []) if needed <= verified.lines else _listed(family, checks)
     label = f"{restore[0]} + listings" if listings else restore[0]
@@ -559,7 +559,7 @@ def append_fast(family: int, new_rules: dict) -> bool:
     done = outputs[0] is not None
     if listings:
         done = done and _in_place(checks, chains, outputs[1:])
-        verified = _Verified(verified.generation, verified.lines | needed if done else set())
+        verified = Verified(verified.generation, verified.lines | needed if done else set())
     if done:
         verified.carry(script.count("COMMIT"))
     return done
@@ -574,17 +574,22 @@ def _nft_backed(family: int) -> bool:
     return "(nf_tables)" in version
 
 
-class _Verified:
-    """What the last listings found in place (lines `family table spec`)
-    and the nftables generation they hold at; the file of the namespace's
-    records keeps it between calls. A generation moved by commits other than
-    our own restores (anyone's change, to any table) makes it hold nothing.
+class Verified:
+    """What the last listings found in place and the nftables generation they
+    hold at; the file of the namespace's records keeps it between calls. A
+    generation moved by commits other than our own attachments' (anyone's
+    change, to any table) makes it hold nothing. Lines: `family table spec`
+    for the fast path's checks (append_fast); a line of their own for other
+    checks of the host side an ADD makes (the VXLAN guard, a flat network's
+    firewall: see `verified`).
 
     The kernel adds one to the generation per commit, and an iptables-restore
     commits once per table; so after a restore of N tables, a generation
     N ahead of the one before means no one else committed in between.
-    Only restores that append attachment rules or remove an attachment's
-    chains carry it forward: neither touches what the listings look for."""
+    Only changes that touch nothing but one attachment's own rules carry it
+    forward (keeping_listings): appending its rules, removing its chains,
+    its anti-spoofing chain and fast path entries. None of them touches
+    what the listings look for."""
 
     def __init__(self, generation: int | None, lines: set):
         self.generation, self.lines = generation, lines
@@ -594,7 +599,7 @@ class _Verified:
         return f"{_records()}/verified"
 
     @classmethod
-    def read(cls, family: int) -> "_Verified":
+    def read(cls, family: int) -> "Verified":
         now = nft_generation.current() if _nft_backed(family) else None
         try:
             with open(cls.path()) as f:
@@ -640,24 +645,23 @@ class _Verified:
             pass  # no record: the next ADD lists again
 
 
-def verified(family: int = 4) -> _Verified:
-    """What listings found in place that still is: no commit came since but
-    those of our attachments' restores (see _Verified). For a caller's own
-    check, under host_lock: `holds(line)` before listing, `note(line)` when
-    the listing found it (the line says what was found, e.g. "4 filter" and a
-    name and the check's parameters; one line per check, no newline)."""
-    return _Verified.read(family)
+def verified(family: int = 4) -> Verified:
+    """What listings found in place that still is. For a check of the
+    caller's own: `holds(line)` before listing, and `note(line)`, under
+    host_lock, once the listing found what it looks for (the line names
+    the check and everything its wanted rules follow from; no newline)."""
+    return Verified.read(family)
 
 
 @contextlib.contextmanager
 def keeping_listings(commits: int = 1, family: int = 4):
     """Around a change of ours, under host_lock, of at most `commits` commits
     (one `nft -f` run: one; an iptables-restore: one per table) that changes
-    none of the rules the fast path's listings look for: what they last
+    none of the rules the listings look for (Verified): what they last
     found still holds after it. Nothing is carried when the block raises;
     a block that committed nothing leaves the record as it was, one that
     committed part of its tables (a failed restore) forgets it."""
-    verified = _Verified.read(family)
+    verified = Verified.read(family)
     yield
     verified.carry(commits)
 

@@ -89,7 +89,7 @@ class Link:
     """A link, read like pyroute2's ifinfmsg for the keys the code base uses:
     msg["index"], msg["flags"], msg.get("ifname" / "address" / "mtu" /
     "master" / ("linkinfo", "kind")), and a VXLAN link's VNI as
-msg.get(("linkinfo", "vxlan_id"))."""
+    msg.get(("linkinfo", "vxlan_id"))."""
 
     __slots__ = ("_fields",)
 
