@@ -252,12 +252,8 @@ def ensure(vni: int, port: int, peers) -> bool:
     if not uses_set():
         wanted = rules(vni, port, peers)
         with iptables.host_lock():
-            verified, found = iptables.verified(), _found_line(vni, port, peers)
-            if verified.holds(found):
-                return False
-            current = present(vni)
-            if _same(current, wanted) and all(f"--dport {port} " in line for line in current):
-                verified.note(found)
+            current = _unless_in_place(vni, port, wanted, _found_line(vni, port, peers))
+            if current is None:
                 return False
             _rewrite(current, wanted)
             if _referenced_sets(current):   # the ipset path's rules, before the feature went
@@ -271,15 +267,25 @@ def ensure(vni: int, port: int, peers) -> bool:
                 ipset.create(name, stype="hash:ip", exclusive=False)
                 have = set()
             _change(ipset, name, peers - have, have - peers)
-        verified, found = iptables.verified(), _found_line(vni, port, None)
-        if verified.holds(found):
-            return have != peers
-        current = present(vni)
-        if _same(current, wanted) and all(f"--dport {port} " in line for line in current):
-            verified.note(found)
+        current = _unless_in_place(vni, port, wanted, _found_line(vni, port, None))
+        if current is None:
             return have != peers
         _rewrite(current, wanted)
     return True
+
+
+def _unless_in_place(vni: int, port: int, wanted: list, found: str) -> list | None:
+    """None when the VNI's rules are `wanted` (under host_lock): found so by
+    a listing before, with no commit since but our attachments' (`found`,
+    the record's line for it), or by one now; else the rules listed now."""
+    verified = iptables.verified()
+    if verified.holds(found):
+        return None
+    current = present(vni)
+    if _same(current, wanted) and all(f"--dport {port} " in line for line in current):
+        verified.note(found)
+        return None
+    return current
 
 
 def _found_line(vni: int, port: int, peers) -> str:
