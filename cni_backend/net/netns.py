@@ -10,8 +10,11 @@ import contextlib
 import ctypes
 import errno
 import os
+import socket
+import struct
 
 CLONE_NEWNET = 0x40000000
+_SO_NETNS_COOKIE = 71  # Linux 5.14: a number no other network namespace gets until reboot
 _libc = None
 
 
@@ -26,6 +29,17 @@ def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def current_name() -> str:
+    """The calling thread's network namespace, by its cookie, which unlike
+    its inode number is not given to a later namespace ("c<cookie>"; an
+    older kernel's: "i<inode>")."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            return "c%d" % struct.unpack("Q", probe.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8))[0]
+    except OSError:  # an older kernel
+        return "i%d" % os.stat("/proc/thread-self/ns/net").st_ino
 
 
 def open_netns(path: str) -> int:
