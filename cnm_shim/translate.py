@@ -591,8 +591,8 @@ class Translator:
         """DeleteEndpoint's work as a function to call once Docker has its
         answer (None: nothing to tear down). Docker forgets the endpoint
         whatever DeleteEndpoint answers (an error is only logged), and the
-        teardown's kernel work (a veth's deletion, a firewall commit that
-        deletes: each waits ~20 ms for an RCU grace period) need not delay it.
+        teardown's kernel work (a veth's deletion waits ~20 ms for an RCU
+        grace period, as does a firewall command that deletes) need not delay it.
 
         The endpoint's teardown lock is taken here, before the answer, and
         held until the teardown has ended: whatever else would tear the

@@ -79,12 +79,14 @@ def warm() -> None:
     which it builds on first use (~10 ms of a call's first netlink request),
     and load libnftables (~1 ms), in the process that runs the plug-ins:
     once, not in its first call; and from then on keep each IPAM store file
-    its calls use open between them (ipam/store.py, keep_files_open). Then freeze
+    its calls use open between them (ipam/store.py, keep_files_open), and an
+    iptables-restore running for their rules (net/kept_restore.py). Then freeze
     what is loaded, so the collections leave those objects (and the pages a
     fork shares with this process) alone."""
     from ..ipam import store
-    from ..net import libnft, netlink
+    from ..net import kept_restore, libnft, netlink
     store.keep_files_open()
+    kept_restore.enable()
     libnft.available()
     from ..plugins import PLUGINS, load
     for name in PLUGINS:

@@ -16,13 +16,11 @@ import functools
 import hashlib
 import os
 import re
-import socket
-import struct
 import threading
 
 from .. import locks, paths
 from ..errors import CNIError, INTERNAL
-from . import nft_generation, tags, tools
+from . import kept_restore, netns, nft_generation, tags, tools
 
 FORWARD_CHAIN = "RANCHER-CNI-FORWARD"
 ISOLATION_CHAIN = "RANCHER-CNI-ISOLATION"
@@ -217,19 +215,10 @@ _RESOURCE = re.compile(r"^[46]\.[a-z]+\.[\w.+-]+$")  # what _resources names: it
 _HOLDER = re.compile(tags.HOLDER)  # a network's name for itself, beside attachments' tags in the records
 
 
-_SO_NETNS_COOKIE = 71  # Linux 5.14: a number no other network namespace gets until reboot
-
-
 def _records() -> str:
     """Where the attachments' records are kept, one directory per network
-    namespace (the rules are the namespace's): named by its cookie, which,
-    unlike its inode number, is not given to a later namespace."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
-            name = "c%d" % struct.unpack("Q", probe.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8))[0]
-    except OSError:  # an older kernel
-        name = "i%d" % os.stat("/proc/thread-self/ns/net").st_ino
-    return f"{_RECORDS}/{name}"
+    namespace (the rules are the namespace's), named by netns.current_name."""
+    return f"{_RECORDS}/{netns.current_name()}"
 
 
 def _resources(family: int, new_rules: dict) -> list:
@@ -565,6 +554,11 @@ def append_fast(family: int, new_rules: dict) -> bool:
     return done
 
 
+def restores_kept(family: int) -> bool:
+    """Whether this process's restores of `family` go to a kept process (kept_restore)."""
+    return kept_restore.available(_TOOLS[family][1])
+
+
 @functools.lru_cache(maxsize=None)
 def _nft_backed(family: int) -> bool:
     """Whether this host's iptables-restore is iptables-nft ("v1.8.9
@@ -749,8 +743,8 @@ def remove(is_stale, families=(4, 6), tag: str | None = None, holder: str | None
             elif resources is not None:
                 # The last user of something shared: the plan removes the
                 # attachment's chains with the shared rules, in one restore.
-                # Each restore that deletes waits for an RCU grace period at
-                # nftables' commit (~15 ms here), so one, not two.
+                # A restore started to delete waits for an RCU grace period
+                # when it exits (~15 ms here; a kept one does not), so one, not two.
                 families = sorted({int(r[0]) for r in resources} & set(families)) or families
                 for family in families:
                     apply(family, is_stale, {})

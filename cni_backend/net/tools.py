@@ -2,14 +2,16 @@
 as a `firewall` span, and a missing or failing tool becomes a CNIError with
 the firewall code (105), never an uncaught exception (100) or a silently
 empty output. Probes use `succeeds`, which never raises. nft commands are
-given to its library in this process when it is there (`libnft`)."""
+given to its library in this process when it is there (`libnft`), and
+iptables-restore scripts to a process kept running, in a long-lived process
+(`kept_restore`)."""
 
 import os
 import subprocess
 
 from .. import trace
 from ..errors import CNIError, FIREWALL_FAILURE
-from . import libnft
+from . import kept_restore, libnft
 
 LIST_NOW = object()  # a listing argument's default (see outputs_side_by_side): the callee lists itself
 PACKAGES = {"ebtables": "ebtables", "ebtables-save": "ebtables"}  # the rest come with iptables / nftables
@@ -36,8 +38,14 @@ def run(argv: list, stdin: str | None = None, check: bool = True) -> str | None:
 
 
 def _in_process(argv: list, stdin: str | None) -> tuple | None:
-    """(exit code, stdout, stderr) of an nft command run by its library; None otherwise."""
-    return libnft.run(argv[1:], stdin) if argv[0] == "nft" else None
+    """(exit code, stdout, stderr) of an nft command run by its library, or
+    of a restore by a kept process; None otherwise."""
+    return libnft.run(argv[1:], stdin) if argv[0] == "nft" else kept_restore.run(argv, stdin)
+
+
+def _served_here(argv: list, stdin: str | None) -> bool:
+    """Whether _in_process answers the command."""
+    return libnft.serves(argv[1:], stdin) if argv[0] == "nft" else kept_restore.serves(argv, stdin)
 
 
 def _executed(argv: list, stdin: str | None) -> tuple:
@@ -49,21 +57,21 @@ def outputs_side_by_side(argvs: list, label: str, stdin: str | None = None) -> l
     """The commands run side by side, `stdin` (if given) written to the
     first one's: [its stdout, or None when it exited non-zero] for each, in
     their order. A missing tool is an error, as in `run`. `label` names them
-    in the trace. The nft commands its library serves run here, in turn,
-    while the others' processes run."""
+    in the trace. The commands served in this process (_in_process) run
+    here, in turn, while the others' processes run."""
     started, answers = {}, {}
     try:
         with trace.span("firewall", tool=label):
             for n, argv in enumerate(argvs):
                 feed = stdin if n == 0 else None
-                if argv[0] == "nft" and libnft.serves(argv[1:], feed):
+                if _served_here(argv, feed):
                     continue
                 started[n] = subprocess.Popen(argv, stdin=subprocess.DEVNULL if feed is None else subprocess.PIPE,
                                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             for n, argv in enumerate(argvs):
                 if n not in started:
                     feed = stdin if n == 0 else None
-                    code, out, _ = libnft.run(argv[1:], feed) or _executed(argv, feed)
+                    code, out, _ = _in_process(argv, feed) or _executed(argv, feed)
                     answers[n] = out if code == 0 else None
             for n, process in started.items():
                 out = process.communicate(stdin if n == 0 else None)[0]

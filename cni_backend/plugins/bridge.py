@@ -153,12 +153,16 @@ def attach(req, conf: BridgeConf, nft_also=None) -> dict:
                 rollback.callback(netlink.delete_link, host, host_name)
                 ipam = delegate.add(req)
                 rollback.callback(delegate.delete, req)
-                # The rules need only the addresses: iptables-restore (~5 ms,
-                # more with many rules in the tables) runs while the links
-                # are configured. On a failure, the rollback waits for it
-                # before removing what it made.
+                # The rules need only the addresses: an iptables-restore
+                # started for them (~3 ms, more with many rules in the
+                # tables) runs while the links are configured; one a kept
+                # process serves (~0.3 ms, firewall.restores_kept) runs
+                # here. On a failure, the rollback waits for it before
+                # removing what it made.
                 rollback.callback(firewall.remove_rules, _tag(req))
-                rules_added = beside.start("add-rules", firewall.add_rules, _tag(req), _rules(req, conf, ipam["ips"]))
+                rules = _rules(req, conf, ipam["ips"])
+                rules_added = beside.start("add-rules", firewall.add_rules, _tag(req), rules,
+                                           here=firewall.restores_kept(rules))
                 rollback.callback(rules_added)
                 port = netlink.configure_port(host, host_name, bridge["index"], conf.hairpin)
                 if conf.vlan:
@@ -268,9 +272,10 @@ def delete(req) -> None:
 def detach(req, conf: BridgeConf, nft_also=None) -> None:
     """Undo `attach`; fine when any part of it is gone already.
 
-    The rules go while the links do, side by side: both wait in the kernel
-    for an RCU grace period (a veth's unregistering, the commit of an
-    iptables-restore that deletes, ~15 ms each here), and two waits at the
+    The rules go while the links do, side by side: both may wait in the
+    kernel for an RCU grace period (a veth's unregistering; an
+    iptables-restore started to delete, when it exits: ~15 ms each here; a
+    kept one, net/kept_restore.py, does not wait), and two waits at the
     same time cost one. Neither order opens anything: without its rules the
     container's traffic is no longer accepted, and its links go either way.
     `nft_also`: a function giving another nft removal (script, names) of the
