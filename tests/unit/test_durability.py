@@ -229,16 +229,29 @@ def test_a_writer_killed_at_any_moment_leaves_the_old_content_or_the_new(tmp_pat
                    for name in os.listdir(tmp_path))
 
 
-def test_temp_files_left_by_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+def test_temp_files_left_by_a_killed_writer_are_removed_by_the_next_write(tmp_path, monkeypatch):
+    """By the process's first write in the directory, and again once
+    STALE_AFTER_S has passed since: not a listing of the directory at every
+    write (the CNI cache holds an entry per attachment)."""
     target = tmp_path / "net-c1-eth0"
     old, fresh = tmp_path / ".net-c1-eth0.k1ll3d.tmp", tmp_path / ".net-c1-eth0.wr1t1n.tmp"
-    for leftover in (old, fresh):
+    other = tmp_path / ".net-c2-eth0.k1ll3d.tmp"  # another entry's, killed too
+    for leftover in (old, fresh, other):
         leftover.write_text("part")
     past = time.time() - files.STALE_AFTER_S - 60
-    os.utime(old, (past, past))
+    for leftover in (old, other):
+        os.utime(leftover, (past, past))
     files.write_atomic(str(target), "whole")
     # the fresh one may be another process's write in progress: it stays
     assert sorted(os.listdir(tmp_path)) == sorted([target.name, fresh.name])
+    later = tmp_path / ".net-c3-eth0.k1ll3d.tmp"
+    later.write_text("part")
+    os.utime(later, (past, past))
+    files.write_atomic(str(target), "again")
+    assert later.exists(), "listed again at the very next write"
+    monkeypatch.setitem(files._swept, str(tmp_path), time.time() - files.STALE_AFTER_S - 1)  # that long ago
+    files.write_atomic(str(target), "once more")
+    assert not later.exists(), "not removed once STALE_AFTER_S had passed"
 
 
 # SQLite syncs its log itself (fdatasync, in C): counted with strace, between
