@@ -57,6 +57,7 @@ ARGS = ["-w", "--noflush"]
 TIMEOUT_S = 120.0     # an answer later than this: the process is ended, and the call failed
 _COMMITTING = re.compile(r"-[AIRDXN] ")
 _SOL_NETLINK, _NETLINK_ADD_MEMBERSHIP, _NETLINK_DROP_MEMBERSHIP = 270, 1, 2
+_SO_RCVBUFFORCE = 33  # (Python's socket module names none of these)
 
 _UNDONE = object()  # restore's answer when the process ended, by a signal, before committing any of it
 _home = None  # the network namespace `enable` was called in (netns.current_name)
@@ -207,7 +208,7 @@ class _Kept:
         try:
             listener.bind((0, 0))
             with contextlib.suppress(OSError):  # a larger buffer where root may have it
-                listener.setsockopt(socket.SOL_SOCKET, 33, 1 << 22)  # SO_RCVBUFFORCE
+                listener.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 1 << 22)
             listener.setblocking(False)
             # the namespace of this thread; stdout unused; stderr read at its end
             self.process = subprocess.Popen([self.tool, *ARGS], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
