@@ -2,16 +2,22 @@
 of our long-lived processes, fed one script after another.
 
 Each run of the command costs ~2 ms before it reads its first line (the
-process, its libraries, xtables' set-up), and one that deletes anything
-waits again when it exits: closing its netlink socket makes nf_tables
-finish the deletions' clean-up, an RCU grace period (~15-25 ms here). A
-process kept running reads the next script from its stdin and commits
-each table at its COMMIT, as a run of the command does: ~0.3 ms for an
-attachment's two tables, and no wait for a deletion.
+process, its libraries, xtables' set-up). A process kept running reads
+the next script from its stdin and commits each table at its COMMIT, as a
+run of the command does: ~0.3 ms for an attachment's two tables.
+
+A command that deleted anything waits when it exits: closing its netlink
+socket makes nf_tables finish the deletions' clean-up (an RCU grace
+period, ~10-25 ms here), which releases what the deleted rules held: a
+set they matched cannot be destroyed before (ipset: "in use by a kernel
+component"). A kept process does not exit; after a script that deleted
+anything (a deletion among the notifications heard meanwhile), closing a
+netfilter socket of our own waits for the same clean-up, so the answer
+comes when it would have come from the command.
 
 It prints nothing when a commit is done; the kernel says so. At each
 commit nf_tables sends an NFT_MSG_NEWGEN message to the group
-NFNLGRP_NFTABLES naming the committing process (nft_generation.commits_by),
+NFNLGRP_NFTABLES naming the committing process (nft_generation.notified),
 once the commit took effect. A call joins the group, writes its script and
 waits for one message from its process per table. If the process exits
 instead, the script failed (what it printed says where: its line numbers
@@ -172,6 +178,7 @@ class _Kept:
     def __init__(self, tool: str):
         self.tool, self.lock = tool, threading.Lock()
         self.process = self.listener = None
+        self.deleted = False  # the script being answered deleted something (_heard)
         self.lines = 0  # lines the process has read: its error messages count from its first
 
     def ready(self) -> None:
@@ -187,6 +194,7 @@ class _Kept:
         the process ended; _UNDONE when it ended by a signal (or had ended)
         with none of them made: a new process may run the whole script."""
         text = script if script.endswith("\n") else script + "\n"
+        self.deleted = False
         first_line = self.lines + 1
         self.lines += text.count("\n")
         try:
@@ -251,16 +259,27 @@ class _Kept:
                 if chunk == b"" and heard < commits:
                     return self._ended(heard, first_line, said)
                 said += chunk or b""
+        self._cleaned_up()
         return 0, "", said.decode(errors="replace")
 
     def _heard(self) -> int:
-        """The commits of the process among the messages the socket holds."""
+        """The commits of the process among the messages the socket holds;
+        `deleted` set when any of them tells of a deletion."""
         heard = 0
         while True:
             try:
-                heard += nft_generation.commits_by(self.listener.recv(1 << 20), self.process.pid)
+                commits, deleted = nft_generation.notified(self.listener.recv(1 << 20), self.process.pid)
             except (BlockingIOError, InterruptedError):
                 return heard
+            heard, self.deleted = heard + commits, self.deleted or deleted
+
+    def _cleaned_up(self) -> None:
+        """After a deletion: once nf_tables has finished its clean-up, as a
+        command's exit waits for it (see the module's docstring)."""
+        if self.deleted:
+            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                               nft_generation.NETLINK_NETFILTER) as bound:
+                bound.bind((0, 0))  # its release (bound: it has a port id) is what waits
 
     def _ended(self, heard: int, first_line: int, said: bytes):
         """The answer once the process ended with `heard` commits of the
@@ -274,6 +293,7 @@ class _Kept:
         if not heard and (self.process.returncode or 0) < 0:  # killed before committing any of it
             self.end()
             return _UNDONE
+        self._cleaned_up()  # of the tables it committed before failing
         return self._failed(first_line, said.decode(errors="replace"))  # the script failed
 
     def _failed(self, first_line: int, message: str) -> tuple:

@@ -10,7 +10,7 @@ reading (iptables.append_fast).
 One NFT_MSG_GETGEN request on a netlink socket of our own (~0.05 ms; a
 pyroute2 socket costs ~0.6 ms to open). The kernel also sends a NEWGEN
 message to group NFNLGRP_NFTABLES at every commit, naming the process that
-made it (`commits_by`: how kept_restore knows its process committed).
+made it (`notified`: how kept_restore knows its process committed).
 Standard library only.
 """
 
@@ -24,6 +24,7 @@ NFT_MSG_GETGEN = 16
 NFTA_GEN_ID = 1
 NFTA_GEN_PROC_PID = 2
 NFNLGRP_NFTABLES = 7  # the multicast group of nftables' change notifications
+_DELETIONS = {2, 5, 8, 11, 14, 20, 24}  # NFT_MSG_DEL{TABLE,CHAIN,RULE,SET,SETELEM,OBJ,FLOWTABLE}
 NLM_F_REQUEST = 0x1
 _HEADER = struct.Struct("=IHHII")    # nlmsghdr: length, type, flags, sequence, port
 _NFGENMSG = struct.Struct("=BBH")    # family, version, resource id
@@ -67,20 +68,22 @@ def parse_reply(reply: bytes) -> int | None:
     return found[0] if found else None
 
 
-def commits_by(messages: bytes, pid: int) -> int:
-    """How many of the NFT_MSG_NEWGEN notifications among `messages` (what
-    one recv on a socket in group NFNLGRP_NFTABLES gave) name `pid` as the
-    process that committed: the kernel sends one per commit, from the
-    committing process, after the commit took effect."""
-    count, offset = 0, 0
+def notified(messages: bytes, pid: int) -> tuple:
+    """Among `messages` (what one recv on a socket in group NFNLGRP_NFTABLES
+    gave): how many NFT_MSG_NEWGEN notifications name `pid` as the process
+    that committed (the kernel sends one per commit, after the rest of the
+    commit's notifications, once it took effect), and whether any message
+    tells of something deleted (a rule, a chain, a set or its element...)."""
+    count, deleted, offset = 0, False, 0
     while offset + _HEADER.size <= len(messages):
-        length = _HEADER.unpack_from(messages, offset)[0]
+        length, kind = _HEADER.unpack_from(messages, offset)[:2]
         if length < _HEADER.size or offset + length > len(messages):
             break
         found = _newgen(messages[offset:offset + length])
         count += found is not None and found[1] == pid
+        deleted = deleted or (kind >> 8 == NFNL_SUBSYS_NFTABLES and kind & 0xff in _DELETIONS)
         offset += (length + 3) & ~3
-    return count
+    return count, deleted
 
 
 def _newgen(message: bytes) -> tuple | None:

@@ -43,6 +43,14 @@ for line in sys.stdin:
     elif step["op"] == "timeout":
         kept_restore.TIMEOUT_S = step["seconds"]
         answer = True
+    elif step["op"] == "ipset":
+        from pyroute2.ipset import IPSet
+        with IPSet() as ipset:
+            try:
+                getattr(ipset, step["do"])(step["name"], **({"stype": "hash:ip"} if step["do"] == "create" else {}))
+                answer = "done"
+            except Exception as exc:  # noqa: BLE001 - the answer says what the kernel said
+                answer = str(exc)
     elif step["op"] == "exit":
         os._exit(0)
     print(json.dumps(answer), flush=True)
@@ -133,6 +141,18 @@ def test_a_failing_script_answers_as_the_command_and_the_next_one_gets_a_new_pro
     assert saved(kept) == saved(reference), "what committed before the failure stays, as with the command"
     assert d.run(SCRIPTS[1])[0][0] == 0
     assert d.step("pid") not in (None, first)
+
+
+def test_once_a_deletion_is_answered_what_the_deleted_rules_held_is_released(driver):
+    """As a command's exit waits for nf_tables' clean-up: a set the deleted
+    rule matched can be destroyed right after (the VXLAN guard's ipset)."""
+    d = driver()
+    d.step("enable")
+    assert d.step("ipset", do="create", name="rk-set") == "done"
+    assert d.run("*filter\n-A INPUT -m set --match-set rk-set src -j ACCEPT\nCOMMIT\n")[0][0] == 0
+    answer, served = d.run("*filter\n-D INPUT -m set --match-set rk-set src -j ACCEPT\nCOMMIT\n")
+    assert served and answer[0] == 0
+    assert d.step("ipset", do="destroy", name="rk-set") == "done"
 
 
 def test_a_killed_process_is_replaced_at_the_next_script(driver):

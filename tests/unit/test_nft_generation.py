@@ -60,16 +60,23 @@ def test_only_iptables_nft_restores_are_taken_as_counted_by_the_generation(tmp_p
 def test_the_commits_of_one_process_are_counted_among_everyone_elses():
     """What kept_restore waits for: the NEWGEN notifications naming its
     process, in a recv's worth of messages (others' commits, other kinds of
-    message, a torn last one)."""
+    message, a torn last one), and whether anything was deleted."""
     def newgen(generation: int, pid: int) -> bytes:
         return message(NEWGEN, attribute(gen.NFTA_GEN_ID, struct.pack("!I", generation))
                        + attribute(gen.NFTA_GEN_PROC_PID, struct.pack("!I", pid)) + attribute(3, b"x\0"))
-    newrule = message((gen.NFNL_SUBSYS_NFTABLES << 8) | 6, attribute(1, b"filter\0"))
+
+    def notification(kind: int) -> bytes:
+        return message((gen.NFNL_SUBSYS_NFTABLES << 8) | kind, attribute(1, b"filter\0"))
+    newrule, delrule, delchain, delsetelem = (notification(k) for k in (6, 8, 5, 14))
     batch = newrule + newgen(10, 77) + newrule + newgen(11, 78) + newgen(12, 77)
-    assert gen.commits_by(batch, 77) == 2
-    assert gen.commits_by(batch, 78) == 1
-    assert gen.commits_by(batch, 79) == 0
-    assert gen.commits_by(batch + newgen(13, 77)[:30], 77) == 2, "a torn message counts for nothing"
-    assert gen.commits_by(message(NEWGEN, attribute(gen.NFTA_GEN_PROC_PID, struct.pack("!I", 77))), 77) == 0, \
+    assert gen.notified(batch, 77) == (2, False)
+    assert gen.notified(batch, 78) == (1, False)
+    assert gen.notified(batch, 79) == (0, False)
+    assert gen.notified(batch + newgen(13, 77)[:30], 77) == (2, False), "a torn message counts for nothing"
+    assert gen.notified(message(NEWGEN, attribute(gen.NFTA_GEN_PROC_PID, struct.pack("!I", 77))), 77)[0] == 0, \
         "a message without the generation is no commit"
-    assert gen.commits_by(b"", 77) == 0
+    assert gen.notified(b"", 77) == (0, False)
+    for deletion in (delrule, delchain, delsetelem):
+        assert gen.notified(newrule + deletion + newgen(14, 77), 77) == (1, True)
+    ipset_message = struct.pack("=IHHII", 20, (6 << 8) | 8, 0, 1, 0) + b"\0" * 4  # another subsystem's type 8
+    assert gen.notified(ipset_message + newgen(15, 77), 77) == (1, False)
