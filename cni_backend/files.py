@@ -12,8 +12,9 @@ feature cache, flat and VXLAN records. The temp file is named
 `.<name>.<random>.tmp`: hidden, and never with an extension a reader of the
 directory looks for (.conflist, .conf, .json). A writer killed between the
 temp file's creation and the rename leaves it; a process's first write in
-the directory removes such leftovers once they are older than any write
-could take (STALE_AFTER_S), so a write in progress elsewhere keeps its own,
+the directory removes such leftovers (of that shape only: another tool's
+are not ours) once they are older than any write could take
+(STALE_AFTER_S), so a write in progress elsewhere keeps its own,
 and so does every later write of the process once that long has passed
 since: not each write, whose listing of the directory would grow with it
 (~0.5 ms an ADD with 1,000 entries in the CNI cache).
@@ -30,6 +31,7 @@ libcni writes its cache entries without a sync too (a plain os.WriteFile).
 
 import contextlib
 import os
+import re
 import tempfile
 import time
 
@@ -61,6 +63,7 @@ def write_atomic(path: str, data, mode: int = 0o600, durable: bool = True) -> No
 
 
 _swept = {}  # directory -> when this process last removed its leftovers
+_OUR_TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # .<name>.<mkstemp's 8 characters>.tmp
 
 
 def _remove_leftovers(directory: str) -> None:
@@ -72,7 +75,7 @@ def _remove_leftovers(directory: str) -> None:
     _swept[directory] = now
     cutoff = now - STALE_AFTER_S
     for entry in os.listdir(directory):
-        if entry.startswith(".") and entry.endswith(".tmp"):
+        if _OUR_TEMP_FILE.match(entry):
             leftover = os.path.join(directory, entry)
             with contextlib.suppress(OSError):
                 if os.lstat(leftover).st_mtime < cutoff:

@@ -234,17 +234,18 @@ def test_temp_files_left_by_a_killed_writer_are_removed_by_the_next_write(tmp_pa
     STALE_AFTER_S has passed since: not a listing of the directory at every
     write (the CNI cache holds an entry per attachment)."""
     target = tmp_path / "net-c1-eth0"
-    old, fresh = tmp_path / ".net-c1-eth0.k1ll3d.tmp", tmp_path / ".net-c1-eth0.wr1t1n.tmp"
-    other = tmp_path / ".net-c2-eth0.k1ll3d.tmp"  # another entry's, killed too
-    for leftover in (old, fresh, other):
+    old, fresh = tmp_path / ".net-c1-eth0.k1ll3d00.tmp", tmp_path / ".net-c1-eth0.wr1t1ng0.tmp"
+    other = tmp_path / ".net-c2-eth0.k1ll3d00.tmp"  # another entry's, killed too
+    foreign = tmp_path / ".someone-elses.tmp"  # not of the shape ours have: not ours to remove
+    for leftover in (old, fresh, other, foreign):
         leftover.write_text("part")
     past = time.time() - files.STALE_AFTER_S - 60
-    for leftover in (old, other):
+    for leftover in (old, other, foreign):
         os.utime(leftover, (past, past))
     files.write_atomic(str(target), "whole")
     # the fresh one may be another process's write in progress: it stays
-    assert sorted(os.listdir(tmp_path)) == sorted([target.name, fresh.name])
-    later = tmp_path / ".net-c3-eth0.k1ll3d.tmp"
+    assert sorted(os.listdir(tmp_path)) == sorted([target.name, fresh.name, foreign.name])
+    later = tmp_path / ".net-c3-eth0.k1ll3d00.tmp"
     later.write_text("part")
     os.utime(later, (past, past))
     files.write_atomic(str(target), "again")
