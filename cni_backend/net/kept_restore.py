@@ -6,6 +6,19 @@ process, its libraries, xtables' set-up). A process kept running reads
 the next script from its stdin and commits each table at its COMMIT, as a
 run of the command does: ~0.3 ms for an attachment's two tables.
 
+iptables-restore prints nothing when a commit is done; the kernel says so.
+At each commit nf_tables sends an NFT_MSG_NEWGEN message to the group
+NFNLGRP_NFTABLES naming the committing process (nft_generation.notified),
+once the commit took effect. A call joins the group, writes its script and
+waits for one message from its process per table. If the process exits
+instead, the script failed (what it printed says where: its line numbers
+are made the script's own), as a run of the command would have, the tables
+before the failing one committed; the next call starts another process.
+One killed (by a signal, no message) before it committed any of the script
+leaves nothing half done: a new one runs the whole script. The kernel
+sends a commit's message before the commit's system call returns, so once
+the process is gone the socket holds every commit it made.
+
 A command that deleted anything waits when it exits: closing its netlink
 socket makes nf_tables finish the deletions' clean-up (an RCU grace
 period, ~10-25 ms here), which releases what the deleted rules held: a
@@ -14,19 +27,6 @@ component"). A kept process does not exit; after a script that deleted
 anything (a deletion among the notifications heard meanwhile), closing a
 netfilter socket of our own waits for the same clean-up, so the answer
 comes when it would have come from the command.
-
-It prints nothing when a commit is done; the kernel says so. At each
-commit nf_tables sends an NFT_MSG_NEWGEN message to the group
-NFNLGRP_NFTABLES naming the committing process (nft_generation.notified),
-once the commit took effect. A call joins the group, writes its script and
-waits for one message from its process per table. If the process exits
-instead, the script failed (what it printed says where: its line numbers
-are made the script's own), as a run of the command would have, the tables
-before the failing one committed; the next call starts another process.
-One killed (by a signal, no message) before it committed any of the
-script leaves nothing half done: a new one runs the whole script. The
-kernel sends a commit's message before the commit's system call returns,
-so once the process is gone the socket holds every commit it made.
 
 Served here, and only then (`run` answers None: the command runs as before):
 - after `enable()`, in a long-lived process (invoke/own.warm: the shim's
