@@ -93,9 +93,9 @@ def run(argv: list, stdin: str | None) -> tuple | None:
     """(exit code, stdout, stderr) as the command `argv` with input `stdin`
     would give them, or None when it has to be run instead (see the
     module's docstring)."""
-    if not serves(argv, stdin):
+    commits = _taken(argv, stdin)
+    if not commits:
         return None
-    commits = _commits(stdin)
     kept = _kept_for(argv[0])
     with kept.lock:
         for _ in range(2):  # once more with a new process if one was killed before it committed any of it
@@ -112,7 +112,14 @@ def run(argv: list, stdin: str | None) -> tuple | None:
 
 def serves(argv: list, stdin: str | None) -> bool:
     """Whether `run` would answer the command (tools.outputs_side_by_side)."""
-    return bool(argv[1:] == ARGS and argv[0] in TOOLS and _commits(stdin) and available(argv[0]))
+    return _taken(argv, stdin) > 0
+
+
+def _taken(argv: list, stdin: str | None) -> int:
+    """The commits of the script when `run` answers the command, else 0."""
+    if argv[1:] != ARGS or argv[0] not in TOOLS or not available(argv[0]):
+        return 0
+    return _commits(stdin)
 
 
 def available(tool: str) -> bool:
