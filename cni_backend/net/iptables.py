@@ -743,8 +743,9 @@ def remove(is_stale, families=(4, 6), tag: str | None = None, holder: str | None
             elif resources is not None:
                 # The last user of something shared: the plan removes the
                 # attachment's chains with the shared rules, in one restore.
-                # A restore started to delete waits for an RCU grace period
-                # when it exits (~15 ms here; a kept one does not), so one, not two.
+                # A restore that deletes waits for an RCU grace period (the
+                # clean-up, ~15 ms here; kept_restore waits as the command's
+                # exit does), so one, not two.
                 families = sorted({int(r[0]) for r in resources} & set(families)) or families
                 for family in families:
                     apply(family, is_stale, {})

@@ -272,11 +272,10 @@ def delete(req) -> None:
 def detach(req, conf: BridgeConf, nft_also=None) -> None:
     """Undo `attach`; fine when any part of it is gone already.
 
-    The rules go while the links do, side by side: both may wait in the
-    kernel for an RCU grace period (a veth's unregistering; an
-    iptables-restore started to delete, when it exits: ~15 ms each here; a
-    kept one, net/kept_restore.py, does not wait), and two waits at the
-    same time cost one. Neither order opens anything: without its rules the
+    The rules go while the links do, side by side: both wait in the kernel
+    for an RCU grace period (a veth's unregistering; the clean-up after a
+    restore that deletes, at the command's exit or in kept_restore: ~15 ms
+    each here), and two waits at the same time cost one. Neither order opens anything: without its rules the
     container's traffic is no longer accepted, and its links go either way.
     `nft_also`: a function giving another nft removal (script, names) of the
     attachment's, run in the anti-spoofing chain's transaction (flat's fast path)."""
