@@ -39,9 +39,12 @@ def _create_in_host_process(args):
 
 def test_hosts_creating_the_network_at_once_agree_on_one_key(etcd, prefix, tmp_path, caplog):
     paths = [str(tmp_path / f"h{n}" / "ipsec" / "keys" / "k.psk") for n in range(6)]
-    start = time.time() + 1.0
-    with multiprocessing.get_context("fork").Pool(6) as pool:
-        results = pool.map(_create_in_host_process, [(etcd.endpoints, prefix, p, start) for p in paths])
+    start = time.time() + 2.0  # a fork server's worker first imports this module
+    # Workers from a fork server: a worker forked from pytest may copy a lock
+    # another thread holds and hang. A hang fails here instead of stalling the run.
+    with multiprocessing.get_context("forkserver").Pool(6) as pool:
+        results = pool.map_async(_create_in_host_process,
+                                 [(etcd.endpoints, prefix, p, start) for p in paths]).get(timeout=120)
     assert sum(created for _, created in results) == 1, "one host made the key, the others took it"
     keys = {value for value, _ in results}
     assert len(keys) == 1, "every host got the same key"
