@@ -13,3 +13,13 @@ def etcd():
         pytest.skip(str(exc))
     yield cluster
     cluster.close()
+
+
+@pytest.fixture
+def agents():
+    """{host: registry agent}: each agent's lease keep-alive thread stops when
+    the test ends, passed or failed, instead of renewing into later tests."""
+    made = {}
+    yield made
+    for agent in made.values():
+        agent.stop_keep_alive()

@@ -97,9 +97,9 @@ def _agent(etcd, prefix, state_dir, ttl=10):
     return ipsec_registry.Agent(lambda: client_for(etcd.endpoints[0]), prefix, str(state_dir), ttl=ttl)
 
 
-def test_bad_host_entries_are_skipped_with_one_warning_each(etcd, prefix, tmp_path, caplog):
+def test_bad_host_entries_are_skipped_with_one_warning_each(etcd, prefix, tmp_path, caplog, agents):
     record = _record(tmp_path, "secure", A, "10.42.1.0/24")
-    agent = _agent(etcd, prefix, tmp_path)
+    agent = agents[A] = _agent(etcd, prefix, tmp_path)
     agent.client = client_for(etcd.endpoints[0])
     agent.register([record])
     put = agent.client.put
@@ -133,11 +133,11 @@ def test_bad_host_entries_are_skipped_with_one_warning_each(etcd, prefix, tmp_pa
         assert caplog.records == [], "warned once, not every round"
 
 
-def test_a_host_whose_lease_expires_is_no_longer_a_peer(etcd, prefix, tmp_path):
+def test_a_host_whose_lease_expires_is_no_longer_a_peer(etcd, prefix, tmp_path, agents):
     states = {host: tmp_path / host for host in (A, B)}
     records = {A: _record(states[A], "secure", A, "10.42.1.0/24"),
                B: _record(states[B], "secure", B, "10.42.2.0/24")}
-    agents = {host: _agent(etcd, prefix, states[host], ttl=3) for host in (A, B)}
+    agents.update({host: _agent(etcd, prefix, states[host], ttl=3) for host in (A, B)})
     for host, agent in agents.items():
         agent.client = agent.connect()
         agent.register([records[host]])

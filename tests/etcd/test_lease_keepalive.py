@@ -19,10 +19,11 @@ def _keys(etcd, prefix) -> list:
     return sorted(meta["key"].decode() for _, meta in client_for(etcd.endpoints[0]).get_prefix(prefix))
 
 
-def test_an_agent_stalled_longer_than_its_ttl_keeps_its_keys_until_its_keep_alive_stops(etcd, tmp_path):
+def test_an_agent_stalled_longer_than_its_ttl_keeps_its_keys_until_its_keep_alive_stops(etcd, tmp_path, agents):
     prefix = "/test/keepalive"
     vxlan_registry.record_endpoint(str(tmp_path), VNI, "c1-eth0", ["10.42.7.2/16"], "02:42:0a:2a:07:02")
-    agent = vxlan_registry.Agent(lambda: client_for(etcd.endpoints[0]), prefix, VNI, HOST, str(tmp_path), ttl=TTL)
+    agent = agents[HOST] = vxlan_registry.Agent(lambda: client_for(etcd.endpoints[0]), prefix, VNI, HOST,
+                                                str(tmp_path), ttl=TTL)
     agent.register()
     mine = _keys(etcd, prefix)
     assert mine == [f"{prefix}/vxlan/hosts/{HOST}/{VNI}/endpoints/10.42.7.2", f"{prefix}/vxlan/hosts/{HOST}/{VNI}/vtep"]

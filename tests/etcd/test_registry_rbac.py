@@ -93,10 +93,9 @@ def secured(tmp_path):
         cluster.close()
 
 
-def test_a_hosts_etcd_user_writes_its_own_registry_keys_and_no_other_hosts(secured, tmp_path):
+def test_a_hosts_etcd_user_writes_its_own_registry_keys_and_no_other_hosts(secured, tmp_path, agents):
     cluster, settings, _ = secured
     endpoint = cluster.endpoints[0]
-    agents = {}
     for n, host in enumerate((A, B)):
         state = tmp_path / f"state-{n}"
         registry.record_endpoint(str(state), 1042, "c-eth0", [f"10.42.{n + 1}.2/16"], f"02:42:0a:2a:0{n + 1}:02")
@@ -123,7 +122,7 @@ def test_a_hosts_etcd_user_writes_its_own_registry_keys_and_no_other_hosts(secur
 
 
 def test_the_ipsec_key_is_made_by_its_creator_read_by_the_others_and_each_host_writes_its_own_entry(
-        secured, tmp_path):
+        secured, tmp_path, agents):
     from cni_backend import ipsec_registry
     from tests.etcd.test_ipsec_registry import SUBNET, _record
     from etcd3gw.exceptions import Etcd3Exception
@@ -142,7 +141,7 @@ def test_the_ipsec_key_is_made_by_its_creator_read_by_the_others_and_each_host_w
     with pytest.raises(Etcd3Exception) as denied:
         client_for(endpoint, settings[B]).put(key, "A" * 43 + "=")
     assert "permission denied" in denied.value.detail_text
-    agents, records = {}, {}
+    records = {}
     for n, host in enumerate((A, B)):
         records[host] = _record(tmp_path / host, "secure", host, f"10.42.{n + 1}.0/24")
         agents[host] = ipsec_registry.Agent(lambda host=host: client_for(endpoint, settings[host]), "/rancher-cni",
