@@ -447,8 +447,13 @@ class Translator:
         """The network and endpoint once no work on it runs after an answer
         (attach_ahead's ADD): the lock file exists from before that answer
         until the work has ended, so without it there is nothing to wait for."""
+        # The lock first, then the endpoint: the work saves what it did before
+        # it removes the lock, so once the lock is seen gone the state has the
+        # work's result. Read before that look, the endpoint could be from
+        # before the work ended, and its ADD would run again.
+        working = os.path.exists(self._endpoint_lock_path(request.endpoint_id))
         net, ep = self._endpoint(request)
-        if os.path.exists(self._endpoint_lock_path(ep.endpoint_id)):
+        if working:
             with self._tearing_down(net, ep) as ep:
                 if ep is None:
                     raise DriverError(f"endpoint {request.endpoint_id[:12]} is unknown to this driver")

@@ -61,6 +61,26 @@ def test_the_add_runs_after_the_answer_and_the_join_waits_for_it_without_repeati
     assert ep.result == RESULT and ep.sandbox_key == JOIN["SandboxKey"]
 
 
+def test_a_join_that_reads_the_endpoint_just_before_the_add_ahead_ends_does_not_run_it_again(handing_over):
+    """The interleaving `make bench` met: the ADD after CreateEndpoint's
+    answer ended (its result saved, its lock removed) between the Join's
+    read of the endpoint and its look at the lock. The Join ran the ADD
+    again, found the interface made already, and Docker's run failed."""
+    shim = handing_over
+    reply = shim.client.post("/NetworkDriver.CreateEndpoint", json=CREATE)
+    translator, read = shim.services.translator, shim.services.translator._endpoint
+
+    def read_then_the_add_ends(request):
+        found = read(request)
+        reply.close()  # the ADD runs to its end now, right after this read
+        return found
+    translator._endpoint = read_then_the_add_ends
+    status, answer = shim.post("/NetworkDriver.Join", JOIN)
+    assert status == 200 and answer["InterfaceName"]["SrcName"] == "rc" + EP[:12], answer
+    assert shim.adds == [(EP, "rc" + EP[:12])], "the Join ran the ADD again"
+    assert shim.services.state.endpoint(NET, EP).sandbox_key == JOIN["SandboxKey"]
+
+
 def test_a_failed_add_ahead_is_run_again_by_the_join_whose_error_docker_gets(handing_over, caplog):
     shim = handing_over
     shim.fail("add", FAILED())
