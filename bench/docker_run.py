@@ -1,13 +1,14 @@
 """`docker run --rm --network N busybox true`: ours against Docker's own drivers, in one run.
 
-    tests/sandbox.sh .venv/bin/python bench/docker_run.py [--pairs 15] [--warmups 2] [--json FILE]
+    tests/sandbox.sh .venv/bin/python bench/docker_run.py [--pairs 30] [--warmups 2] [--json FILE]
 
 A private engine and shim (tests/engine: Dockerd + Shim, as the engine tests
 start them) in the tests' sandbox, never beside a live plug-in. For each row,
 after the warm-ups, `pairs` interleaved pairs (ours first in even pairs,
 the reference first in odd ones), and per side p50 / p95 of the wall time of
 the whole `docker run` and the ratio of the p50s (with the min and max of the
-per-pair ratios):
+per-pair ratios), and the median of the per-pair ratios with its 95 %
+bootstrap interval: how far the noise of this run leaves the ratio open:
 
   rancher-bridge, Docker's IPAM      vs  Docker's bridge driver
   rancher-bridge, our IPAM           vs  Docker's bridge driver
@@ -26,6 +27,7 @@ It removes everything it made. No assertion on timing: it reports.
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -52,6 +54,18 @@ def sh(*argv, check=True):
 def pct(samples: list, q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def median_interval(ratios: list, level: float = 0.95, resamples: int = 4000) -> tuple:
+    """The median of the per-pair ratios and its percentile bootstrap
+    interval at `level`: the pairs resampled with replacement, the median of
+    each resample, the middle `level` of those medians. Seeded, so the same
+    samples give the same interval."""
+    draw = random.Random(0)
+    medians = sorted(statistics.median(draw.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    tail = (1 - level) / 2
+    return (statistics.median(ratios), medians[int(tail * resamples)],
+            medians[min(resamples - 1, int((1 - tail) * resamples))])
 
 
 def make_links() -> dict:
@@ -148,10 +162,12 @@ def measure(docker, image: str, pairs: int, warmups: int, rows: list) -> dict:
                   for side, v in times.items()}
         figure["ratio"] = round(statistics.median(times["ours"]) / statistics.median(times["reference"]), 2)
         figure["ratio_min"], figure["ratio_max"] = round(min(ratios), 2), round(max(ratios), 2)
+        figure["pairs_median"], *figure["pairs_interval"] = (round(r, 3) for r in median_interval(ratios))
         figures[label] = figure
         print(f"  {label}: ours p50 {figure['ours']['p50_ms']} ms p95 {figure['ours']['p95_ms']} ms, "
               f"reference p50 {figure['reference']['p50_ms']} ms p95 {figure['reference']['p95_ms']} ms, "
-              f"ratio {figure['ratio']} (pairs {figure['ratio_min']}-{figure['ratio_max']})", flush=True)
+              f"ratio {figure['ratio']} (pairs {figure['ratio_min']}-{figure['ratio_max']}, "
+              f"their median {_interval(figure)})", flush=True)
     for _ in range(warmups):
         once("none")
     none = [once("none") for _ in range(pairs)]
@@ -162,22 +178,28 @@ def measure(docker, image: str, pairs: int, warmups: int, rows: list) -> dict:
     return figures
 
 
+def _interval(figure: dict) -> str:
+    low, high = figure["pairs_interval"]
+    return f"{figure['pairs_median']:.2f} [{low:.2f}-{high:.2f}]"
+
+
 def report(figures: dict, pairs: int, warmups: int) -> str:
     lines = [f"docker run --rm --network N busybox true, {pairs} interleaved pairs after {warmups} warm-ups", "",
-             "| what | ours p50 / p95 | reference p50 / p95 | ratio (pairs min-max) |", "|---|---|---|---|"]
+             "| what | ours p50 / p95 | reference p50 / p95 | ratio (pairs min-max) | pairs' median [95 % interval] |",
+             "|---|---|---|---|---|"]
     for label, fig in figures.items():
         if "ours" in fig:
             lines.append(f"| {label} | {fig['ours']['p50_ms']} / {fig['ours']['p95_ms']} ms | "
                          f"{fig['reference']['p50_ms']} / {fig['reference']['p95_ms']} ms | "
-                         f"**{fig['ratio']}** ({fig['ratio_min']}-{fig['ratio_max']}) |")
+                         f"**{fig['ratio']}** ({fig['ratio_min']}-{fig['ratio_max']}) | {_interval(fig)} |")
     none = figures["--network none"]
-    lines.append(f"| --network none, for scale | {none['p50_ms']} / {none['p95_ms']} ms | | |")
+    lines.append(f"| --network none, for scale | {none['p50_ms']} / {none['p95_ms']} ms | | | |")
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=15)
+    parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--warmups", type=int, default=2)
     parser.add_argument("--only", help="rows whose label contains this text")
     parser.add_argument("--json", help="write the figures to this file as JSON")
