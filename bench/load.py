@@ -80,6 +80,15 @@ def window(samples: list, end: int, size: int) -> dict:
             "p95_ms": round(pct(part, 0.95) * 1000, 1)}
 
 
+def paired_window(ours: list, reference: list, end: int, size: int) -> dict:
+    """The median of the containers' own ratios (ours / reference, run side
+    by side) in a window, with its 95 % bootstrap interval."""
+    start = max(0, end - size)
+    ratios = [a / b for a, b in zip(ours[start:end], reference[start:end])]
+    median, low, high = docker_run.median_interval(ratios)
+    return {"median": round(median, 3), "low": round(low, 3), "high": round(high, 3)}
+
+
 def rss_mib(pids: list) -> float:
     total = 0
     for pid in pids:
@@ -365,6 +374,7 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
         figures = {
             "containers": m, "window": size,
             "run": {k: [window(v, mark, size) for mark in marks] for k, v in runs.items()},
+            "paired": [paired_window(runs["ours"], runs["reference"], mark, size) for mark in marks],
             "rss_mib": rss, "reloads": reloads,
             "api_join": [window(joins, jsize, jsize), window(joins, len(joins), jsize)] if joins else [],
             "left_behind": refused + [f"shim state: {e}" for e in shim.state_entries()]
@@ -426,13 +436,16 @@ def report(cni: dict, dock: dict) -> str:
         m = dock["containers"]
         lines += ["", f"docker run -d, {m} containers per network, interleaved; floor: {docker_run.FLOOR_ROW}",
                   f"{'containers':>14} {'ours p50':>9} {'p95':>8} {'bridge p50':>10} {'p95':>7} {'ratio p50':>10} "
-                  f"{'p95':>5} {'floor p50':>10} {'ratio':>6} {'shim RSS':>9} {'dockerd RSS':>12}"]
-        for ours, ref, floor in zip(dock["run"]["ours"], dock["run"]["reference"], dock["run"]["floor"]):
+                  f"{'p95':>5} {'floor p50':>10} {'ratio':>6} {'shim RSS':>9} {'dockerd RSS':>12}"
+                  f"  containers' own ratios: median [95 % interval]"]
+        for ours, ref, floor, paired in zip(dock["run"]["ours"], dock["run"]["reference"], dock["run"]["floor"],
+                                            dock["paired"]):
             rss = dock["rss_mib"][ours["to"]]
             lines.append(f"{ours['from']:>7}-{ours['to']:<6} {ours['p50_ms']:7.0f}ms {ours['p95_ms']:6.0f}ms "
                          f"{ref['p50_ms']:8.0f}ms {ref['p95_ms']:5.0f}ms {ours['p50_ms'] / ref['p50_ms']:10.2f} "
                          f"{ours['p95_ms'] / ref['p95_ms']:5.2f} {floor['p50_ms']:8.0f}ms "
-                         f"{floor['p50_ms'] / ref['p50_ms']:6.2f} {rss['shim']:5.1f} MiB {rss['dockerd']:8.1f} MiB")
+                         f"{floor['p50_ms'] / ref['p50_ms']:6.2f} {rss['shim']:5.1f} MiB {rss['dockerd']:8.1f} MiB"
+                         f"  {paired['median']:.2f} [{paired['low']:.2f}-{paired['high']:.2f}]")
         if dock["api_join"]:
             first, last = dock["api_join"]
             lines.append(f"Join through the HTTP API (CNI ADD, the interface handed over in the host): endpoints {first['from']}-"
