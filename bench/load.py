@@ -434,7 +434,7 @@ def report(cni: dict, dock: dict) -> str:
         lines.append("left behind: " + ("nothing" if not cni["left_behind"] else "; ".join(cni["left_behind"][:10])))
     if dock:
         m = dock["containers"]
-        lines += ["", f"docker run -d, {m} containers per network, interleaved; floor: {docker_run.FLOOR_ROW}",
+        lines += ["", f"docker run -d, {m} containers per network, interleaved; {docker_run.FLOOR_ROW}",
                   f"{'containers':>14} {'ours p50':>9} {'p95':>8} {'bridge p50':>10} {'p95':>7} {'ratio p50':>10} "
                   f"{'p95':>5} {'floor p50':>10} {'ratio':>6} {'shim RSS':>9} {'dockerd RSS':>12}"
                   f"  containers' own ratios: median [95 % interval]"]
