@@ -178,9 +178,13 @@ def measure(docker, image: str, pairs: int, warmups: int, rows: list) -> dict:
     return figures
 
 
+def interval_text(median: float, low: float, high: float) -> str:
+    """A median and its interval as the reports print them: 0.99 [0.96-1.02]."""
+    return f"{median:.2f} [{low:.2f}-{high:.2f}]"
+
+
 def _interval(figure: dict) -> str:
-    low, high = figure["pairs_interval"]
-    return f"{figure['pairs_median']:.2f} [{low:.2f}-{high:.2f}]"
+    return interval_text(figure["pairs_median"], *figure["pairs_interval"])
 
 
 def report(figures: dict, pairs: int, warmups: int) -> str:

@@ -445,7 +445,7 @@ def report(cni: dict, dock: dict) -> str:
                          f"{ref['p50_ms']:8.0f}ms {ref['p95_ms']:5.0f}ms {ours['p50_ms'] / ref['p50_ms']:10.2f} "
                          f"{ours['p95_ms'] / ref['p95_ms']:5.2f} {floor['p50_ms']:8.0f}ms "
                          f"{floor['p50_ms'] / ref['p50_ms']:6.2f} {rss['shim']:5.1f} MiB {rss['dockerd']:8.1f} MiB"
-                         f"  {paired['median']:.2f} [{paired['low']:.2f}-{paired['high']:.2f}]")
+                         f"  {docker_run.interval_text(paired['median'], paired['low'], paired['high'])}")
         if dock["api_join"]:
             first, last = dock["api_join"]
             lines.append(f"Join through the HTTP API (CNI ADD, the interface handed over in the host): endpoints {first['from']}-"
