@@ -98,6 +98,7 @@ rig: deps $(TEST_VENV)/.installed  ## three Docker hosts on this machine until C
 bench: deps $(TEST_VENV)/.installed  ## ours against the references, same run, each in the sandbox
 	$(SANDBOX) $(TEST_VENV)/bin/python bench/cni_add_del.py
 	$(SANDBOX) $(TEST_VENV)/bin/python bench/docker_run.py
+	$(SANDBOX) $(TEST_VENV)/bin/python bench/driver_path.py
 	$(SANDBOX) $(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 20
 	$(SANDBOX) $(TEST_VENV)/bin/python bench/flat_throughput.py --rounds 10 --congestion cubic
 	$(SANDBOX) $(TEST_VENV)/bin/python bench/vxlan_throughput.py --rounds 10

@@ -10,18 +10,37 @@ what Docker's remote-driver protocol costs by itself (the HTTP round trips,
 the interface handed over by name) against a built-in driver.
 
     gunicorn --chdir REPO --workers 3 --bind unix:/run/docker/plugins/NAME.sock bench.floor_driver:app
+
+While tracing is on (cni_backend.trace, as for the shim), each request is
+one `shim` span, as the shim records them: bench/driver_path.py lays the two
+drivers' calls side by side.
 """
 
 import errno
 import ipaddress
 import json
+import time
 
-from flask import Flask, request
+from flask import Flask, g, request
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from cni_backend import trace
+
 app = Flask(__name__)
 ipr = IPRoute()
+
+
+@app.before_request
+def _trace_start():
+    g.trace = trace.target(), time.time(), time.perf_counter()
+
+
+@app.teardown_request
+def _trace_end(_exc):
+    path, t0, start = g.pop("trace", (None, 0, 0))
+    if path:
+        trace.record(path, "shim", t0, time.perf_counter() - start, path=request.path)
 
 
 def _body() -> dict:
