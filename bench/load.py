@@ -295,6 +295,12 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
         probes = []
 
         def reload(label: str) -> dict:
+            # for scale: what starting an interpreter with the server's imports
+            # takes on the machine as it is now (a machine holding many
+            # containers starts any Python program more slowly)
+            t0 = time.monotonic()
+            subprocess.run([sys.executable, "-c", "import flask, gunicorn.app.base, pyroute2"], check=True)
+            imports = time.monotonic() - t0
             shim.kill9()
             t0 = time.monotonic()
             shim.start()
@@ -310,9 +316,10 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
             docker("rm", "-f", name)
             endpoints_now = sum(kind == "endpoint" for kind, _ in shim.state_entries())
             figure = {"endpoints": endpoints_now, "sockets_s": round(sockets, 2), "answers_s": round(answers, 2),
-                      "inspect_s": round(inspect, 2), "new_container_s": round(run, 2), "rss_mib": shim_rss()}
+                      "inspect_s": round(inspect, 2), "new_container_s": round(run, 2), "rss_mib": shim_rss(),
+                      "imports_alone_s": round(imports, 2)}
             print(f"  shim restart with {endpoints_now} endpoints ({label}): answers after {answers:.2f} s, "
-                  f"new container runs after {run:.2f} s", flush=True)
+                  f"new container runs after {run:.2f} s (python + imports alone: {imports:.2f} s)", flush=True)
             return figure
 
         reloads = [reload("network only")]
@@ -453,10 +460,11 @@ def report(cni: dict, dock: dict) -> str:
                          f"{last['from']}-{last['to']} p50 {last['p50_ms']:.0f}ms p95 {last['p95_ms']:.0f}ms "
                          f"(after the first {m} containers' endpoints)")
         lines += ["", "shim restart (SIGKILL, start): seconds from start",
-                  f"{'endpoints':>10} {'answers':>8} {'inspect':>8} {'new container runs':>19} {'RSS after':>10}"]
+                  f"{'endpoints':>10} {'answers':>8} {'inspect':>8} {'new container runs':>19} {'RSS after':>10} "
+                  f"{'python + imports alone, before':>31}"]
         for r in dock["reloads"]:
             lines.append(f"{r['endpoints']:>10} {r['answers_s']:7.2f}s {r['inspect_s']:7.2f}s "
-                         f"{r['new_container_s']:18.2f}s {r['rss_mib']:6.1f} MiB")
+                         f"{r['new_container_s']:18.2f}s {r['rss_mib']:6.1f} MiB {r['imports_alone_s']:30.2f}s")
         lines.append("left behind: " + ("nothing" if not dock["left_behind"] else "; ".join(dock["left_behind"][:10])))
     return "\n".join(lines)
 
