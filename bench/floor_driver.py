@@ -19,7 +19,6 @@ drivers' calls side by side.
 import errno
 import ipaddress
 import json
-import time
 
 from flask import Flask, g, request
 from pyroute2 import IPRoute
@@ -33,14 +32,12 @@ ipr = IPRoute()
 
 @app.before_request
 def _trace_start():
-    g.trace = trace.target(), time.time(), time.perf_counter()
+    g.trace = trace.begin()
 
 
 @app.teardown_request
 def _trace_end(_exc):
-    path, t0, start = g.pop("trace", (None, 0, 0))
-    if path:
-        trace.record(path, "shim", t0, time.perf_counter() - start, path=request.path)
+    trace.end(g.pop("trace", None), "shim", path=request.path)
 
 
 def _body() -> dict:

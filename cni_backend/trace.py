@@ -61,17 +61,27 @@ def record(trace_file: str, span: str, t0: float, seconds: float, **fields) -> N
         pass  # a trace must never fail the call it measures
 
 
+def begin(env=None):
+    """A span started now, for `end`; None while tracing is off. For a span
+    whose start and end are in two places (a web framework's request hooks)."""
+    path = target(env)
+    return None if path is None else (path, time.time(), time.perf_counter())
+
+
+def end(started, name: str, **fields) -> None:
+    """Record the span `begin` started, as `name`; nothing when it gave None."""
+    if started is not None:
+        path, t0, start = started
+        record(path, name, t0, time.perf_counter() - start, **fields)
+
+
 @contextlib.contextmanager
 def span(name: str, env=None, **fields):
-    path = target(env)
-    if path is None:
-        yield
-        return
-    t0, start = time.time(), time.perf_counter()
+    started = begin(env)
     try:
         yield
     finally:
-        record(path, name, t0, time.perf_counter() - start, **fields)
+        end(started, name, **fields)
 
 
 @contextlib.contextmanager

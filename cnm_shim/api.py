@@ -23,7 +23,6 @@ carry a body says what an empty one means, next to its handler:
 
 import json
 import logging
-import time
 
 from flask import Blueprint, current_app, g, jsonify, request
 
@@ -43,15 +42,13 @@ def services():
 
 @plugin_api.before_app_request
 def _trace_start():
-    g.trace = trace.target(), time.time(), time.perf_counter()
+    g.trace = trace.begin()
 
 
 @plugin_api.teardown_app_request
 def _trace_end(_exc):
     """One `shim` span per Docker request, while tracing (cni_backend.trace)."""
-    path, t0, start = g.pop("trace", (None, 0, 0))
-    if path:
-        trace.record(path, "shim", t0, time.perf_counter() - start, path=request.path)
+    trace.end(g.pop("trace", None), "shim", path=request.path)
 
 
 def body() -> dict:
