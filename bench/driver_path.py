@@ -56,16 +56,18 @@ def path_figures(runs: list) -> dict:
     """Medians over `runs` (each creation_calls' list) of each call's time,
     the gap before it and the whole stretch, in ms."""
     def median_ms(values) -> float:
-        return round(statistics.median(values) * 1000, 2)
+        return round(statistics.median(values), 2)
+
+    def after_start_ms(span: dict, first: dict) -> float:
+        return (span["t0"] - first["t0"]) * 1000
 
     figure = {"runs": len(runs), "calls": [], "gaps": []}
     for i, verb in enumerate(CREATION):
-        figure["calls"].append([verb, median_ms([run[i]["ms"] / 1000 for run in runs])])
+        figure["calls"].append([verb, median_ms([run[i]["ms"] for run in runs])])
         if i:
-            figure["gaps"].append(median_ms([run[i]["t0"] - run[i - 1]["t0"] - run[i - 1]["ms"] / 1000
-                                             for run in runs]))
-    figure["in_driver_ms"] = median_ms([sum(s["ms"] for s in run) / 1000 for run in runs])
-    figure["stretch_ms"] = median_ms([run[-1]["t0"] + run[-1]["ms"] / 1000 - run[0]["t0"] for run in runs])
+            figure["gaps"].append(median_ms([after_start_ms(run[i], run[i - 1]) - run[i - 1]["ms"] for run in runs]))
+    figure["in_driver_ms"] = median_ms([sum(s["ms"] for s in run) for run in runs])
+    figure["stretch_ms"] = median_ms([after_start_ms(run[-1], run[0]) + run[-1]["ms"] for run in runs])
     return figure
 
 
@@ -94,6 +96,7 @@ def main() -> int:
     if args.containers < 1 or args.warmups < 0:
         raise SystemExit("--containers must be at least 1 and --warmups 0 or more")
     from bench import docker_run
+    from cni_backend import trace
     from tests.engine.conftest import Shim
     from tests.engine.dockerd import Dockerd
 
@@ -126,7 +129,7 @@ def main() -> int:
                        "sleep", "3600")
                 if i >= args.warmups:
                     windows[side].append((start, time.time()))
-        spans = [json.loads(line) for line in trace_file.read_text().splitlines() if line.strip()]
+        spans = trace.spans(str(trace_file))
         figures = {"run_ms": {}}
         for side, side_windows in windows.items():
             runs = [calls for calls in (creation_calls(spans, *w) for w in side_windows) if calls]
