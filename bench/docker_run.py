@@ -119,11 +119,12 @@ FLOOR_DRIVER = f"{PREFIX}-floor"
 FLOOR_ROW = "floor: a minimal Python remote driver (veth + bridge port only) vs bridge"
 
 
-def start_floor_driver(plugin_dir: str) -> subprocess.Popen:
-    socket_path = os.path.join(plugin_dir, f"{FLOOR_DRIVER}.sock")
+def start_floor_driver(plugin_dir: str, name: str = FLOOR_DRIVER, env: dict | None = None) -> subprocess.Popen:
+    socket_path = os.path.join(plugin_dir, f"{name}.sock")
     process = subprocess.Popen([sys.executable, "-m", "gunicorn", "--chdir", str(REPO), "--workers", "3",
                                 "--bind", f"unix:{socket_path}", "bench.floor_driver:app"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                               env=dict(os.environ, **(env or {})))
     deadline = time.monotonic() + 30
     while not os.path.exists(socket_path):
         if process.poll() is not None or time.monotonic() > deadline:

@@ -16,7 +16,11 @@
    network of Docker's built-in bridge driver and with M on one of
    bench/floor_driver.py (the least a remote driver in Python does: what
    Docker's remote-driver protocol costs by itself, bench/docker_run.py's
-   floor row); `docker run -d` p50/p95 at
+   floor row), with M on one of the floor with its veths made ahead (its
+   Joins only hand one out: a remote driver with no work of its own on the
+   container's path) and M with `--network none` (what the rest of a
+   `docker run -d` takes, for the network's own share); `docker run -d`
+   p50/p95 at
    25 %, 50 %, 100 % of M; the shim's RSS (gunicorn master + workers + CNI
    daemon) and dockerd's at those points. Then the shim is killed (SIGKILL,
    every process) and started again: seconds until its socket answers, until
@@ -57,6 +61,7 @@ from tests.isolation import bench_main_guard  # noqa: E402
 from tests.conftest import process_tree  # noqa: E402
 
 REFERENCE = "/usr/lib/cni"
+AHEAD_DRIVER = f"{docker_run.FLOOR_DRIVER}-ahead"  # bench/floor_driver.py with FLOOR_VETHS_AHEAD
 PREFIX = "rload"
 CLONE_NEWNET = 0x40000000
 DOCS = REPO / "docs" / "performance.md"
@@ -267,7 +272,7 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
 
     root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-shim."))
     shim = Shim(root, log_level="INFO")  # as installed: the tests' DEBUG log costs time per call
-    dockerd = floor = None
+    dockerd = floor = ahead = None
     api_net = f"{PREFIX}api" + secrets.token_hex(20)
     extra = []
     figures = {}
@@ -288,10 +293,17 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
             return rss_mib([dockerd.dockerd.pid])
 
         floor = docker_run.start_floor_driver(shim.plugin_dir)
+        claims = root / "floor-claims"
+        claims.mkdir()
+        ahead = docker_run.start_floor_driver(shim.plugin_dir, AHEAD_DRIVER, {
+            "FLOOR_VETHS_AHEAD": str(m), "FLOOR_CLAIMS_DIR": str(claims)})
         docker("network", "create", "-d", "rancher-bridge", "--subnet", "10.220.0.0/22", f"{PREFIX}-ours")
         docker("network", "create", "-d", "bridge", "--subnet", "10.224.0.0/22", f"{PREFIX}-ref")
         docker("network", "create", "-d", docker_run.FLOOR_DRIVER, "--subnet", "10.232.0.0/22", f"{PREFIX}-floor")
-        nets = {"ours": f"{PREFIX}-ours", "reference": f"{PREFIX}-ref", "floor": f"{PREFIX}-floor"}
+        docker("network", "create", "-d", AHEAD_DRIVER, "--subnet", "10.240.0.0/22", f"{PREFIX}-ahead")
+        nets = {"ours": f"{PREFIX}-ours", "reference": f"{PREFIX}-ref", "floor": f"{PREFIX}-floor",
+                "ahead": f"{PREFIX}-ahead"}
+        kinds = {**nets, "none": "none"}  # kind -> the network its containers run on
         probes = []
 
         def reload(label: str) -> dict:
@@ -323,14 +335,14 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
             return figure
 
         reloads = [reload("network only")]
-        runs = {k: [] for k in nets}
+        runs = {k: [] for k in kinds}
         rss = {0: {"shim": shim_rss(), "dockerd": dockerd_rss()}}
         started = time.monotonic()
         for i in range(m):
-            order = list(nets)[i % len(nets):] + list(nets)[:i % len(nets)]  # each kind first in turn
+            order = list(kinds)[i % len(kinds):] + list(kinds)[:i % len(kinds)]  # each kind first in turn
             for kind in order:
                 t0 = time.perf_counter()
-                docker("run", "-d", "--name", f"{PREFIX}-{kind[:3]}{i}", "--network", nets[kind], image,
+                docker("run", "-d", "--name", f"{PREFIX}-{kind[:3]}{i}", "--network", kinds[kind], image,
                        "sleep", "3600")
                 runs[kind].append(time.perf_counter() - t0)
             if i + 1 in marks:
@@ -368,7 +380,7 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
         # networks, dockerd 20.10 now and then kept a network's endpoint count
         # above what it lists (`network rm`: "has active endpoints" with no
         # endpoint left), on any of the three, the bridge driver's too.
-        for name in (f"{PREFIX}-{kind[:3]}{i}" for i in range(m) for kind in nets):
+        for name in (f"{PREFIX}-{kind[:3]}{i}" for i in range(m) for kind in kinds):
             docker("rm", "-f", name)
         refused = []
         for net in nets.values():  # a refusal is reported with what is left, and the figures are kept
@@ -400,9 +412,10 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
         if dockerd:
             dockerd.close()
         shim.stop()
-        if floor is not None:
-            floor.terminate()
-            floor.wait(timeout=30)
+        for driver in (floor, ahead):
+            if driver is not None:
+                driver.terminate()
+                driver.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
     return figures
 
@@ -441,17 +454,22 @@ def report(cni: dict, dock: dict) -> str:
         lines.append("left behind: " + ("nothing" if not cni["left_behind"] else "; ".join(cni["left_behind"][:10])))
     if dock:
         m = dock["containers"]
-        lines += ["", f"docker run -d, {m} containers per network, interleaved; {docker_run.FLOOR_ROW}",
+        lines += ["", f"docker run -d, {m} containers per network, interleaved; {docker_run.FLOOR_ROW}; "
+                      "ahead: the floor with its veths made at CreateNetwork (Join only hands one out); "
+                      "none: --network none",
                   f"{'containers':>14} {'ours p50':>9} {'p95':>8} {'bridge p50':>10} {'p95':>7} {'ratio p50':>10} "
-                  f"{'p95':>5} {'floor p50':>10} {'ratio':>6} {'shim RSS':>9} {'dockerd RSS':>12}"
-                  f"  containers' own ratios: median [95 % interval]"]
-        for ours, ref, floor, paired in zip(dock["run"]["ours"], dock["run"]["reference"], dock["run"]["floor"],
-                                            dock["paired"]):
+                  f"{'p95':>5} {'floor p50':>10} {'ratio':>6} {'ahead p50':>10} {'ratio':>6} {'none p50':>9} "
+                  f"{'shim RSS':>9} {'dockerd RSS':>12}  containers' own ratios: median [95 % interval]"]
+        runs = dock["run"]
+        for ours, ref, floor, ahead, none, paired in zip(runs["ours"], runs["reference"], runs["floor"],
+                                                         runs["ahead"], runs["none"], dock["paired"]):
             rss = dock["rss_mib"][ours["to"]]
             lines.append(f"{ours['from']:>7}-{ours['to']:<6} {ours['p50_ms']:7.0f}ms {ours['p95_ms']:6.0f}ms "
                          f"{ref['p50_ms']:8.0f}ms {ref['p95_ms']:5.0f}ms {ours['p50_ms'] / ref['p50_ms']:10.2f} "
                          f"{ours['p95_ms'] / ref['p95_ms']:5.2f} {floor['p50_ms']:8.0f}ms "
-                         f"{floor['p50_ms'] / ref['p50_ms']:6.2f} {rss['shim']:5.1f} MiB {rss['dockerd']:8.1f} MiB"
+                         f"{floor['p50_ms'] / ref['p50_ms']:6.2f} {ahead['p50_ms']:8.0f}ms "
+                         f"{ahead['p50_ms'] / ref['p50_ms']:6.2f} {none['p50_ms']:7.0f}ms "
+                         f"{rss['shim']:5.1f} MiB {rss['dockerd']:8.1f} MiB"
                          f"  {docker_run.interval_text(paired['median'], paired['low'], paired['high'])}")
         if dock["api_join"]:
             first, last = dock["api_join"]
