@@ -14,7 +14,7 @@ the interface handed over by name) against a built-in driver.
 With FLOOR_VETHS_AHEAD=N (and FLOOR_CLAIMS_DIR, an empty directory), the
 floor does even less on a container's path: CreateNetwork makes N veth pairs
 on the bridge, and each Join hands out the next one not yet claimed (a
-directory made in FLOOR_CLAIMS_DIR/taken claims it, whichever worker answers).
+directory made in FLOOR_CLAIMS_DIR claims it, whichever worker answers).
 Its Join is then a lookup: what a remote driver costs a `docker run` with no
 work of its own at all (bench/load.py's "ahead" column).
 
@@ -126,7 +126,7 @@ def _claim_spare(network_id: str, endpoint_id: str) -> str:
     """The container end of the next veth made ahead no Join has claimed.
     Claims are made in order, so their count is the next one's number;
     another worker's claim meanwhile moves this one on."""
-    taken = os.path.join(CLAIMS, "taken")
+    taken = os.path.join(CLAIMS, f"taken-{network_id[:12]}")
     os.makedirs(taken, exist_ok=True)
     i = len(os.listdir(taken))
     while i < AHEAD:
