@@ -87,6 +87,8 @@ def create_network():
     index = ipr.link_lookup(ifname=name)[0]
     ipr.addr("add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
     ipr.link("set", index=index, state="up")
+    if AHEAD:
+        os.mkdir(_taken(body["NetworkID"]))
     for i in range(AHEAD):
         host, container = _spare(body["NetworkID"], i)
         ipr.link("add", ifname=host, kind="veth", peer=container, master=index, state="up")
@@ -126,8 +128,7 @@ def _claim_spare(network_id: str, endpoint_id: str) -> str:
     """The container end of the next veth made ahead no Join has claimed.
     Claims are made in order, so their count is the next one's number;
     another worker's claim meanwhile moves this one on."""
-    taken = os.path.join(CLAIMS, f"taken-{network_id[:12]}")
-    os.makedirs(taken, exist_ok=True)
+    taken = _taken(network_id)
     i = len(os.listdir(taken))
     while i < AHEAD:
         try:
@@ -139,6 +140,11 @@ def _claim_spare(network_id: str, endpoint_id: str) -> str:
             f.write(str(i))
         return _spare(network_id, i)[1]
     raise RuntimeError(f"all {AHEAD} veths made ahead are taken")
+
+
+def _taken(network_id: str) -> str:
+    """The directory of the network's claims, made with its veths."""
+    return os.path.join(CLAIMS, f"taken-{network_id[:12]}")
 
 
 def _claim_of(endpoint_id: str) -> str:
