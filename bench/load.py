@@ -394,6 +394,9 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
             "containers": m, "window": size,
             "run": {k: [window(v, mark, size) for mark in marks] for k, v in runs.items()},
             "paired": [paired_window(runs["ours"], runs["reference"], mark, size) for mark in marks],
+            # the floors' own too: whether a remote driver doing less than ours is above the bridge driver
+            "paired_floors": {kind: [paired_window(runs[kind], runs["reference"], mark, size) for mark in marks]
+                              for kind in ("floor", "ahead")},
             "rss_mib": rss, "reloads": reloads,
             "api_join": [window(joins, jsize, jsize), window(joins, len(joins), jsize)] if joins else [],
             "left_behind": refused + [f"shim state: {e}" for e in shim.state_entries()]
@@ -471,6 +474,12 @@ def report(cni: dict, dock: dict) -> str:
                          f"{ahead['p50_ms'] / ref['p50_ms']:6.2f} {none['p50_ms']:7.0f}ms "
                          f"{rss['shim']:5.1f} MiB {rss['dockerd']:8.1f} MiB"
                          f"  {docker_run.interval_text(paired['median'], paired['low'], paired['high'])}")
+        lines += ["containers' own ratios to the bridge driver, median [95 % interval]",
+                  f"{'containers':>14} {'ours':>17} {'floor':>17} {'ahead':>17}"]
+        floors = dock["paired_floors"]
+        for window, *paired in zip(runs["ours"], dock["paired"], floors["floor"], floors["ahead"]):
+            lines.append(f"{window['from']:>7}-{window['to']:<6} " + " ".join(
+                f"{docker_run.interval_text(p['median'], p['low'], p['high']):>17}" for p in paired))
         if dock["api_join"]:
             first, last = dock["api_join"]
             lines.append(f"Join through the HTTP API (CNI ADD, the interface handed over in the host): endpoints {first['from']}-"
