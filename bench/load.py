@@ -63,6 +63,7 @@ from tests.conftest import process_tree  # noqa: E402
 REFERENCE = "/usr/lib/cni"
 AHEAD_DRIVER = f"{docker_run.FLOOR_DRIVER}-ahead"  # bench/floor_driver.py with FLOOR_VETHS_AHEAD
 PREFIX = "rload"
+PAIRED = ("ours", "floor", "ahead")  # the kinds whose containers' own ratios to the bridge driver are reported
 CLONE_NEWNET = 0x40000000
 DOCS = REPO / "docs" / "performance.md"
 BEGIN, END = "<!-- load:begin -->", "<!-- load:end -->"
@@ -393,10 +394,9 @@ def docker_load(m: int, size: int, marks: list, endpoints: int) -> dict:
         figures = {
             "containers": m, "window": size,
             "run": {k: [window(v, mark, size) for mark in marks] for k, v in runs.items()},
-            "paired": [paired_window(runs["ours"], runs["reference"], mark, size) for mark in marks],
-            # the floors' own too: whether a remote driver doing less than ours is above the bridge driver
-            "paired_floors": {kind: [paired_window(runs[kind], runs["reference"], mark, size) for mark in marks]
-                              for kind in ("floor", "ahead")},
+            # the floors' too: whether a remote driver doing less than ours is above the bridge driver
+            "paired": {kind: [paired_window(runs[kind], runs["reference"], mark, size) for mark in marks]
+                       for kind in PAIRED},
             "rss_mib": rss, "reloads": reloads,
             "api_join": [window(joins, jsize, jsize), window(joins, len(joins), jsize)] if joins else [],
             "left_behind": refused + [f"shim state: {e}" for e in shim.state_entries()]
@@ -462,23 +462,21 @@ def report(cni: dict, dock: dict) -> str:
                       "none: --network none",
                   f"{'containers':>14} {'ours p50':>9} {'p95':>8} {'bridge p50':>10} {'p95':>7} {'ratio p50':>10} "
                   f"{'p95':>5} {'floor p50':>10} {'ratio':>6} {'ahead p50':>10} {'ratio':>6} {'none p50':>9} "
-                  f"{'shim RSS':>9} {'dockerd RSS':>12}  containers' own ratios: median [95 % interval]"]
+                  f"{'shim RSS':>9} {'dockerd RSS':>12}"]
         runs = dock["run"]
-        for ours, ref, floor, ahead, none, paired in zip(runs["ours"], runs["reference"], runs["floor"],
-                                                         runs["ahead"], runs["none"], dock["paired"]):
+        for ours, ref, floor, ahead, none in zip(runs["ours"], runs["reference"], runs["floor"], runs["ahead"],
+                                                 runs["none"]):
             rss = dock["rss_mib"][ours["to"]]
             lines.append(f"{ours['from']:>7}-{ours['to']:<6} {ours['p50_ms']:7.0f}ms {ours['p95_ms']:6.0f}ms "
                          f"{ref['p50_ms']:8.0f}ms {ref['p95_ms']:5.0f}ms {ours['p50_ms'] / ref['p50_ms']:10.2f} "
                          f"{ours['p95_ms'] / ref['p95_ms']:5.2f} {floor['p50_ms']:8.0f}ms "
                          f"{floor['p50_ms'] / ref['p50_ms']:6.2f} {ahead['p50_ms']:8.0f}ms "
                          f"{ahead['p50_ms'] / ref['p50_ms']:6.2f} {none['p50_ms']:7.0f}ms "
-                         f"{rss['shim']:5.1f} MiB {rss['dockerd']:8.1f} MiB"
-                         f"  {docker_run.interval_text(paired['median'], paired['low'], paired['high'])}")
+                         f"{rss['shim']:5.1f} MiB {rss['dockerd']:8.1f} MiB")
         lines += ["containers' own ratios to the bridge driver, median [95 % interval]",
-                  f"{'containers':>14} {'ours':>17} {'floor':>17} {'ahead':>17}"]
-        floors = dock["paired_floors"]
-        for window, *paired in zip(runs["ours"], dock["paired"], floors["floor"], floors["ahead"]):
-            lines.append(f"{window['from']:>7}-{window['to']:<6} " + " ".join(
+                  f"{'containers':>14} " + " ".join(f"{kind:>17}" for kind in PAIRED)]
+        for counted, *paired in zip(runs["ours"], *(dock["paired"][kind] for kind in PAIRED)):
+            lines.append(f"{counted['from']:>7}-{counted['to']:<6} " + " ".join(
                 f"{docker_run.interval_text(p['median'], p['low'], p['high']):>17}" for p in paired))
         if dock["api_join"]:
             first, last = dock["api_join"]
